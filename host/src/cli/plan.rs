@@ -1,0 +1,114 @@
+//! `compactor plan`: the batches a cycle would run, changing nothing.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use compactor::config::Config;
+use compactor::planner::{self, Plan, PlanOptions, PlannedTier};
+use compactor::plugin::{ArtifactCache, PluginRuntime};
+use compactor::storage::Storage;
+
+use super::Format;
+use super::table::Table;
+
+/// Show the batches a compaction cycle would run, without changing anything.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Lists the storage once, runs each tier's policy on every partition, and prints the\n\
+resulting batches in tier order, then database, measurement, partition and batch number.\n\
+Nothing in storage changes. Exit status 1 means a tier or partition could not be planned\n\
+(the rest of the plan is still printed).")]
+pub(crate) struct Args {
+    /// The configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// The time the policies see as now (RFC 3339; default: the current time).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    now: Option<DateTime<Utc>>,
+    /// Only this database.
+    #[arg(long, value_name = "DB")]
+    database: Option<String>,
+    /// Only this tier (repeatable; default: every enabled tier).
+    #[arg(long = "tier", value_name = "NAME")]
+    tiers: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.to_utc())
+        .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-04-11T15:00:00Z)"))
+}
+
+pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    let known: Vec<&str> = config.tiers.iter().map(|t| t.name.as_str()).collect();
+    if let Some(unknown) = args.tiers.iter().find(|t| !known.contains(&t.as_str())) {
+        anyhow::bail!("unknown tier {unknown:?} (configured: {})", known.join(", "));
+    }
+    let options = PlanOptions {
+        now: args.now.unwrap_or_else(Utc::now),
+        database: args.database,
+        tiers: args.tiers,
+        max_files_per_batch: config.compaction.max_files_per_batch,
+    };
+    let plan = plan_with_config(&config, &options)?;
+    print_plan(&plan, args.format)?;
+    Ok(if plan.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Opens the config's storage and plugins and plans one cycle.
+pub(crate) fn plan_with_config(config: &Config, options: &PlanOptions) -> anyhow::Result<Plan> {
+    let (effective, adjusted) = compactor::tier::clamp_max_files_per_batch(config.compaction.max_files_per_batch);
+    if adjusted {
+        tracing::warn!(configured = config.compaction.max_files_per_batch, effective, min = 2, max = 500, "compaction.max_files_per_batch adjusted");
+    }
+    let storage = Storage::open(&config.storage.url, &config.storage.options, &config.base_dir)?;
+    let plugins = PluginRuntime::new(ArtifactCache::new(config.plugin_cache_dir()))?;
+    let tiers = PlannedTier::load_all(config, &plugins)?;
+    let runtime = super::runtime()?;
+    runtime.block_on(planner::plan(&storage, &tiers, options)).with_context(|| format!("cannot plan over {storage}"))
+}
+
+pub(crate) fn print_plan(plan: &Plan, format: Format) -> anyhow::Result<()> {
+    for problem in &plan.problems {
+        eprintln!("warning: {problem}");
+    }
+    match format {
+        Format::Json => {
+            let batches: Vec<_> = plan.batches.iter().map(|b| &b.candidate).collect();
+            super::table::print_json(&batches)
+        }
+        Format::Table => {
+            let mut table = Table::new(["TIER", "DATABASE", "MEASUREMENT", "PARTITION", "BATCH", "FILES", "SIZE"]);
+            for batch in &plan.batches {
+                let c = &batch.candidate;
+                table.row([
+                    c.tier.clone(),
+                    c.database.clone(),
+                    c.measurement.clone(),
+                    c.partition_path.clone(),
+                    format!("{}/{}", c.batch_number, c.total_batches),
+                    c.files.len().to_string(),
+                    compactor::units::format_bytes(batch.bytes),
+                ]);
+            }
+            let files: usize = plan.tiers.iter().map(|t| t.files).sum();
+            let bytes: u64 = plan.tiers.iter().map(|t| t.bytes).sum();
+            let per_tier: Vec<String> = plan.tiers.iter().map(|t| format!("{}: {} in {} partitions", t.tier, t.batches, t.partitions_selected)).collect();
+            let summary = format!(
+                "{} batches in {} partitions, {} files, {} ({}){}",
+                plan.batches.len(),
+                plan.partition_count(),
+                files,
+                compactor::units::format_bytes(bytes),
+                per_tier.join("; "),
+                if plan.problems.is_empty() { String::new() } else { format!("; {} problems (see above)", plan.problems.len()) },
+            );
+            table.print(&summary)
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The compactor engine: merges the many small Parquet files of a
+//! time-series lake into few large sorted ones, with the decision of *what* to
+//! compact taken by sandboxed WebAssembly tier policies.
+//!
+//! The modules follow the data flow:
+//!
+//! ```text
+//! storage listing ─► planner ─► tier policy (plugin) ─► validated candidates ─► batches
+//! ```
+//!
+//! - [`config`]: the TOML configuration, defaults and validation;
+//! - [`storage`]: `object_store` access, listing and partition paths;
+//! - [`plugin`]: the wasmtime runtime that loads, limits and calls components;
+//! - [`builtin`]: the components embedded in the binary (`builtin:hourly`, …);
+//! - [`tier`]: configured tiers and Arc's batch splitting;
+//! - [`manifest`]: Arc-compatible recovery manifests in `_compaction_state/`;
+//! - [`planner`]: one cycle's plan, as data.
+
+pub mod builtin;
+pub mod config;
+pub mod manifest;
+pub mod planner;
+pub mod sample;
+pub mod plugin;
+pub mod storage;
+pub mod tier;
+pub mod units;

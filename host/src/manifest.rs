@@ -1,0 +1,204 @@
+//! Arc-compatible recovery manifests under `_compaction_state/`: a job writes
+//! one before it uploads its output, and the files a pending manifest holds
+//! (its inputs and its output) are excluded from new candidates until
+//! recovery finishes the job.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{COMPACTION_STATE_ROOT, Storage, StorageError};
+
+/// A recovery manifest, field for field as Arc writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryManifest {
+    /// Storage key of the job's output.
+    pub output_path: String,
+    /// Expected size of the output, in bytes.
+    pub output_size: i64,
+    /// Storage keys of the job's validated inputs.
+    pub input_files: Vec<String>,
+    /// Database name.
+    pub database: String,
+    /// Measurement name.
+    pub measurement: String,
+    /// Partition key prefix including the database.
+    pub partition_path: String,
+    /// Tier name.
+    pub tier: String,
+    /// Always `pending`.
+    pub status: String,
+    /// When the manifest was written.
+    pub created_at: DateTime<Utc>,
+    /// The job's id.
+    pub job_id: String,
+}
+
+impl RecoveryManifest {
+    /// `_compaction_state/{tier}/{database}/{partition_path with "/"→"_"}_{job_id}.json`.
+    pub fn key(&self) -> String {
+        format!(
+            "{COMPACTION_STATE_ROOT}/{}/{}/{}_{}.json",
+            self.tier,
+            self.database,
+            self.partition_path.replace('/', "_"),
+            self.job_id
+        )
+    }
+}
+
+/// A recovery-manifest error, naming the manifest.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// Listing `_compaction_state/` failed; callers must not treat this as
+    /// "no manifests".
+    #[error("failed to list manifests: {0}")]
+    List(#[source] StorageError),
+    /// Reading one manifest failed.
+    #[error("failed to read manifest {key}: {source}")]
+    Read {
+        /// The manifest key.
+        key: String,
+        /// The cause.
+        source: StorageError,
+    },
+    /// A manifest is not valid JSON of the expected shape.
+    #[error("failed to unmarshal manifest {key}: {source}")]
+    Parse {
+        /// The manifest key.
+        key: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// Writing a manifest failed.
+    #[error("failed to write manifest to {key}: {source}")]
+    Write {
+        /// The manifest key.
+        key: String,
+        /// The cause.
+        source: StorageError,
+    },
+    /// Deleting a manifest failed.
+    #[error("failed to delete manifest {key}: {source}")]
+    Delete {
+        /// The manifest key.
+        key: String,
+        /// The cause.
+        source: StorageError,
+    },
+}
+
+/// Reads and writes the recovery manifests of one store.
+#[derive(Debug, Clone)]
+pub struct ManifestStore {
+    storage: Storage,
+}
+
+impl ManifestStore {
+    /// The manifests of `storage`.
+    pub fn new(storage: Storage) -> Self {
+        Self { storage }
+    }
+
+    /// Keys of every manifest (`.json` under `_compaction_state/`), sorted. A
+    /// missing directory is an empty list; a listing error propagates.
+    pub async fn list(&self) -> Result<Vec<String>, ManifestError> {
+        let listed = self.storage.list(&format!("{COMPACTION_STATE_ROOT}/")).await.map_err(ManifestError::List)?;
+        let mut keys: Vec<String> = listed.into_iter().map(|f| f.key).filter(|k| k.ends_with(".json")).collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Reads the manifest at `key`.
+    pub async fn read(&self, key: &str) -> Result<RecoveryManifest, ManifestError> {
+        let bytes = self.storage.read(key).await.map_err(|source| ManifestError::Read { key: key.to_owned(), source })?;
+        serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse { key: key.to_owned(), source })
+    }
+
+    /// Writes `manifest` (pretty JSON, 2-space indent) and returns its key.
+    pub async fn write(&self, manifest: &RecoveryManifest) -> Result<String, ManifestError> {
+        let key = manifest.key();
+        let json = serde_json::to_vec_pretty(manifest).map_err(|source| ManifestError::Parse { key: key.clone(), source })?;
+        self.storage.write(&key, json).await.map_err(|source| ManifestError::Write { key: key.clone(), source })?;
+        Ok(key)
+    }
+
+    /// Deletes the manifest at `key`.
+    pub async fn delete(&self, key: &str) -> Result<(), ManifestError> {
+        self.storage.delete(key).await.map_err(|source| ManifestError::Delete { key: key.to_owned(), source })
+    }
+
+    /// Every file held by a pending manifest: all inputs and every output.
+    /// An unreadable manifest is skipped with a warning; a listing error
+    /// propagates, so that callers fail safe.
+    pub async fn held_files(&self) -> Result<HashSet<String>, ManifestError> {
+        let mut held = HashSet::new();
+        for key in self.list().await? {
+            match self.read(&key).await {
+                Ok(manifest) => {
+                    held.extend(manifest.input_files);
+                    held.insert(manifest.output_path);
+                }
+                Err(e) => tracing::warn!(manifest = %key, error = %e, "skipping unreadable recovery manifest"),
+            }
+        }
+        Ok(held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(job_id: &str) -> RecoveryManifest {
+        RecoveryManifest {
+            output_path: "testdb/cpu/output.parquet".into(),
+            output_size: 17,
+            input_files: vec!["testdb/cpu/file1.parquet".into(), "testdb/cpu/file2.parquet".into(), "testdb/cpu/file3.parquet".into()],
+            database: "testdb".into(),
+            measurement: "cpu".into(),
+            partition_path: "testdb/cpu/2025/01/15/10".into(),
+            tier: "hourly".into(),
+            status: "pending".into(),
+            created_at: DateTime::from_timestamp(1_736_935_200, 0).unwrap(),
+            job_id: job_id.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn write_read_list_delete_round_trip() {
+        let store = ManifestStore::new(Storage::in_memory());
+        assert!(store.list().await.unwrap().is_empty());
+        let key = store.write(&manifest("test_job_123")).await.unwrap();
+        assert_eq!(key, "_compaction_state/hourly/testdb/testdb_cpu_2025_01_15_10_test_job_123.json");
+        assert_eq!(store.read(&key).await.unwrap(), manifest("test_job_123"));
+        for id in ["job_0", "job_1"] {
+            store.write(&manifest(id)).await.unwrap();
+        }
+        assert_eq!(store.list().await.unwrap().len(), 3);
+        store.delete(&key).await.unwrap();
+        assert!(store.read(&key).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn held_files_are_inputs_and_outputs() {
+        let store = ManifestStore::new(Storage::in_memory());
+        store.write(&manifest("j")).await.unwrap();
+        let held = store.held_files().await.unwrap();
+        assert_eq!(held.len(), 4);
+        assert!(held.contains("testdb/cpu/output.parquet") && held.contains("testdb/cpu/file2.parquet"));
+        assert!(!held.contains("testdb/cpu/untracked.parquet"));
+    }
+
+    #[tokio::test]
+    async fn unreadable_manifests_are_skipped_and_non_json_ignored() {
+        let storage = Storage::in_memory();
+        storage.write("_compaction_state/hourly/db/bad.json", "not json").await.unwrap();
+        storage.write("_compaction_state/hourly/db/notes.txt", "x").await.unwrap();
+        let store = ManifestStore::new(storage);
+        assert_eq!(store.list().await.unwrap().len(), 1);
+        assert!(store.held_files().await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,289 @@
+//! Object storage access through the `object_store` crate: opening a store
+//! from its URL, listing, reading and writing objects, with errors that name
+//! the key that failed.
+
+mod partition;
+
+use std::collections::BTreeMap;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, PutPayload};
+
+pub use partition::{PartitionLevel, Partition, group_into_partitions};
+
+/// Root of Arc's recovery manifests; never a database.
+pub const COMPACTION_STATE_ROOT: &str = "_compaction_state";
+
+/// A storage error, naming the URL or key involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The store could not be opened.
+    #[error("cannot open storage {url}: {message}")]
+    Open {
+        /// The configured URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// A listing failed.
+    #[error("cannot list {prefix:?} in {store}: {source}")]
+    List {
+        /// The store's description.
+        store: String,
+        /// The listed prefix.
+        prefix: String,
+        /// The cause.
+        source: object_store::Error,
+    },
+    /// An object operation failed.
+    #[error("cannot {operation} {key:?} in {store}: {source}")]
+    Object {
+        /// `read`, `write`, `delete`, `stat`.
+        operation: &'static str,
+        /// The store's description.
+        store: String,
+        /// The key.
+        key: String,
+        /// The cause.
+        source: object_store::Error,
+    },
+}
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Storage key, relative to the store root.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last-modified time reported by the store.
+    pub last_modified: DateTime<Utc>,
+}
+
+/// A lake's object store.
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    description: String,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl std::fmt::Display for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl Storage {
+    /// Opens the store at `url` (`file://`, `memory://`, `s3://`, `az://`,
+    /// `gs://`, or a plain local path resolved against `base_dir`), passing
+    /// `options` to the `object_store` builder.
+    pub fn open(url: &str, options: &BTreeMap<String, String>, base_dir: &FsPath) -> Result<Self, StorageError> {
+        let open_error = |message: String| StorageError::Open { url: url.to_owned(), message };
+        if !url.contains("://") {
+            return Self::local(&base_dir.join(url)).map_err(|e| open_error(e.to_string()));
+        }
+        let parsed = url::Url::parse(url).map_err(|e| open_error(e.to_string()))?;
+        if parsed.scheme() == "file" {
+            let path = parsed.to_file_path().map_err(|()| open_error("not a local path".into()))?;
+            return Self::local(&path).map_err(|e| open_error(e.to_string()));
+        }
+        if parsed.scheme() == "memory" {
+            return Ok(Self::in_memory());
+        }
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter()).map_err(|e| open_error(e.to_string()))?;
+        let store: Arc<dyn ObjectStore> =
+            if prefix.as_ref().is_empty() { Arc::from(store) } else { Arc::new(PrefixStore::new(store, prefix)) };
+        Ok(Self { store, description: redact_url(&parsed) })
+    }
+
+    /// A local directory, which must exist.
+    pub fn local(root: &FsPath) -> Result<Self, StorageError> {
+        let store = LocalFileSystem::new_with_prefix(root).map_err(|e| StorageError::Open {
+            url: root.display().to_string(),
+            message: format!("{e} (does the directory exist?)"),
+        })?;
+        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
+        Ok(Self { store: Arc::new(store), description: format!("file://{}", root.display()) })
+    }
+
+    /// A fresh, empty in-memory store (for tests and benchmarks).
+    pub fn in_memory() -> Self {
+        Self { store: Arc::new(InMemory::new()), description: "memory://".into() }
+    }
+
+    /// Wraps any `object_store` implementation.
+    pub fn from_store(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
+        Self { store, description: description.into() }
+    }
+
+    /// The underlying store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Every object under `prefix` (recursively; `""` is the whole store),
+    /// except names starting with `.`. A missing prefix is an empty listing.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<FileMeta>, StorageError> {
+        let location = (!prefix.is_empty()).then(|| Path::from(prefix.trim_end_matches('/')));
+        let objects: Vec<_> = self
+            .store
+            .list(location.as_ref())
+            .try_collect()
+            .await
+            .map_err(|source| StorageError::List { store: self.description.clone(), prefix: prefix.to_owned(), source })?;
+        Ok(objects
+            .into_iter()
+            .filter(|o| !o.location.parts().any(|p| p.as_ref().starts_with('.')))
+            .map(|o| FileMeta { key: o.location.to_string(), size: o.size, last_modified: o.last_modified })
+            .collect())
+    }
+
+    /// Names of the immediate sub-directories of `prefix`, sorted, except
+    /// names starting with `.`.
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let location = (!prefix.is_empty()).then(|| Path::from(prefix.trim_end_matches('/')));
+        let listing = self
+            .store
+            .list_with_delimiter(location.as_ref())
+            .await
+            .map_err(|source| StorageError::List { store: self.description.clone(), prefix: prefix.to_owned(), source })?;
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .filter(|name| !name.is_empty() && !name.starts_with('.'))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The whole content of `key`.
+    pub async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
+        let result = self.store.get(&Path::from(key)).await.map_err(|e| self.object_error("read", key, e))?;
+        result.bytes().await.map_err(|e| self.object_error("read", key, e))
+    }
+
+    /// Writes `bytes` to `key`, replacing any previous object.
+    pub async fn write(&self, key: &str, bytes: impl Into<PutPayload>) -> Result<(), StorageError> {
+        self.store.put(&Path::from(key), bytes.into()).await.map_err(|e| self.object_error("write", key, e))?;
+        Ok(())
+    }
+
+    /// Deletes `key`; a missing object is success.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.object_error("delete", key, e)),
+        }
+    }
+
+    /// The size of `key`, or `None` when it does not exist.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        match self.store.head(&Path::from(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.object_error("stat", key, e)),
+        }
+    }
+
+    fn object_error(&self, operation: &'static str, key: &str, source: object_store::Error) -> StorageError {
+        StorageError::Object { operation, store: self.description.clone(), key: key.to_owned(), source }
+    }
+}
+
+/// The URL without credentials or query, safe to log.
+fn redact_url(url: &url::Url) -> String {
+    let mut safe = url.clone();
+    let _ = safe.set_password(None);
+    let _ = safe.set_username("");
+    safe.set_query(None);
+    safe.to_string()
+}
+
+/// True for objects compaction may read: `*.parquet`, not hidden.
+pub fn is_eligible_input(key: &str) -> bool {
+    key.ends_with(".parquet") && !key.split('/').any(|segment| segment.starts_with('.'))
+}
+
+/// Databases of the lake: top-level directories, except hidden ones,
+/// `compaction` and `_compaction_state` (Arc's reserved names).
+pub async fn discover_databases(storage: &Storage) -> Result<Vec<String>, StorageError> {
+    let mut names = storage.list_dirs("").await?;
+    names.retain(|n| n != "compaction" && n != COMPACTION_STATE_ROOT);
+    Ok(names)
+}
+
+/// Measurements of `database`: its immediate sub-directories.
+pub async fn discover_measurements(storage: &Storage, database: &str) -> Result<Vec<String>, StorageError> {
+    storage.list_dirs(&format!("{database}/")).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store_with(keys: &[&str]) -> Storage {
+        let storage = Storage::in_memory();
+        for key in keys {
+            storage.write(key, Bytes::from_static(b"x")).await.unwrap();
+        }
+        storage
+    }
+
+    #[tokio::test]
+    async fn databases_skip_hidden_and_reserved_names() {
+        let storage = store_with(&[
+            "db1/cpu/2025/01/01/00/file1.parquet",
+            "db1/mem/2025/01/01/00/file1.parquet",
+            "db2/disk/2025/01/01/00/file1.parquet",
+            ".hidden/table/2025/01/01/00/file1.parquet",
+            "_compaction_state/hourly/db1/x.json",
+            "compaction/x/y",
+        ])
+        .await;
+        assert_eq!(discover_databases(&storage).await.unwrap(), ["db1", "db2"]);
+        assert_eq!(discover_measurements(&storage, "db1").await.unwrap(), ["cpu", "mem"]);
+    }
+
+    #[tokio::test]
+    async fn pseudo_database_measurements_are_relative() {
+        let storage = store_with(&["rocket-01/factory/temps/2026/08/19/10/a.parquet"]).await;
+        assert_eq!(discover_measurements(&storage, "rocket-01/factory").await.unwrap(), ["temps"]);
+    }
+
+    #[tokio::test]
+    async fn listing_hides_dot_names_and_missing_prefix_is_empty() {
+        let storage = store_with(&["db/cpu/2025/01/01/00/.tmp.parquet", "db/cpu/2025/01/01/00/a.parquet"]).await;
+        let keys: Vec<String> = storage.list("db/cpu/").await.unwrap().into_iter().map(|f| f.key).collect();
+        assert_eq!(keys, ["db/cpu/2025/01/01/00/a.parquet"]);
+        assert!(storage.list("nope/").await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_visible_parquet_is_input() {
+        assert!(is_eligible_input("db/cpu/2026/01/01/00/a.parquet"));
+        assert!(!is_eligible_input("db/cpu/2026/01/01/00/notes.txt"));
+        assert!(!is_eligible_input("db/cpu/2026/01/01/00/.a.parquet"));
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        let url = url::Url::parse("s3://key:secret@bucket/prefix?token=x").unwrap();
+        assert_eq!(redact_url(&url), "s3://bucket/prefix");
+    }
+}

@@ -1,0 +1,186 @@
+//! The `compactor` binary, end to end: `plan` on a generated tree on local
+//! disk, `plugin check|info`, and errors for bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::util::raw_files;
+
+fn compactor(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_compactor")).args(args).output().expect("run compactor")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A lake on disk: `mydb/cpu` with two hourly partitions of 12 raw files and
+/// one of 3, `mydb/mem` with one of 40, and a stray text file.
+fn generated_lake(root: &Path) {
+    let mut keys = Vec::new();
+    for hour in ["13", "14"] {
+        keys.extend(raw_files("cpu", &format!("20260411_{hour}0512"), 12).iter().map(|f| format!("mydb/cpu/2026/04/11/{hour}/{f}")));
+    }
+    keys.extend(raw_files("cpu", "20260411_150512", 3).iter().map(|f| format!("mydb/cpu/2026/04/11/15/{f}")));
+    keys.extend(raw_files("mem", "20260411_140512", 40).iter().map(|f| format!("mydb/mem/2026/04/11/14/{f}")));
+    keys.push("mydb/cpu/2026/04/11/14/readme.txt".into());
+    for key in keys {
+        let path = root.join(&key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"PAR1 not really parquet PAR1").unwrap();
+    }
+}
+
+fn write_config(dir: &Path, extra: &str) -> String {
+    let config = dir.join("compactor.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\nurl = \"file://{}\"\n\n[plugins]\ncache_dir = \"{}\"\n{extra}", dir.join("lake").display(), std::env::temp_dir().join("compactor-test-artifacts").display()),
+    )
+    .unwrap();
+    config.display().to_string()
+}
+
+#[test]
+fn plan_json_lists_arc_candidates() {
+    let dir = tempfile::tempdir().unwrap();
+    generated_lake(&dir.path().join("lake"));
+    let config = write_config(dir.path(), "");
+    let output = compactor(&["plan", "--config", &config, "--now", "2026-04-11T18:00:00Z", "--format", "json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let batches: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON array on stdout");
+    let batches = batches.as_array().unwrap();
+    let summary: Vec<(String, String, u64, u64, u64)> = batches
+        .iter()
+        .map(|b| {
+            (
+                b["tier"].as_str().unwrap().to_owned(),
+                b["partition_path"].as_str().unwrap().to_owned(),
+                b["file_count"].as_u64().unwrap(),
+                b["batch_number"].as_u64().unwrap(),
+                b["total_batches"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("hourly", "mydb/cpu/2026/04/11/13", 12, 1, 1),
+        ("hourly", "mydb/cpu/2026/04/11/14", 12, 1, 1),
+        ("hourly", "mydb/mem/2026/04/11/14", 30, 1, 2),
+        ("hourly", "mydb/mem/2026/04/11/14", 10, 2, 2),
+    ];
+    assert_eq!(summary, expected.map(|(t, p, n, b, tb)| (t.to_owned(), p.to_owned(), n, b, tb)));
+
+    let first = &batches[0];
+    let mut keys: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["batch_number", "database", "file_count", "files", "measurement", "partition_path", "partition_time", "tier", "total_batches"]);
+    assert_eq!(first["database"], "mydb");
+    assert_eq!(first["measurement"], "cpu");
+    assert_eq!(first["partition_time"], "2026-04-11T13:00:00Z");
+    let files: Vec<&str> = first["files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert_eq!(files.len(), 12);
+    assert!(files.windows(2).all(|w| w[0] < w[1]));
+    assert!(files.iter().all(|f| f.starts_with("mydb/cpu/2026/04/11/13/cpu_20260411_130512_") && f.ends_with(".parquet")));
+    assert!(!stdout(&output).contains("readme.txt"));
+}
+
+#[test]
+fn plan_changes_nothing_in_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    generated_lake(&dir.path().join("lake"));
+    let config = write_config(dir.path(), "");
+    let before = listing(&dir.path().join("lake"));
+    let output = compactor(&["plan", "--config", &config, "--now", "2026-04-11T18:00:00Z"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(listing(&dir.path().join("lake")), before);
+}
+
+fn listing(root: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push((entry.path().display().to_string(), entry.metadata().unwrap().len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn plan_table_is_aligned_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    generated_lake(&dir.path().join("lake"));
+    let config = write_config(dir.path(), "");
+    let output = compactor(&["plan", "--config", &config, "--now", "2026-04-11T18:00:00Z", "--tier", "hourly", "--database", "mydb"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("TIER    DATABASE  MEASUREMENT  PARTITION"), "{text}");
+    let partition_column = lines[0].find("PARTITION").unwrap();
+    assert!(lines[1..5].iter().all(|l| l.find("mydb/").unwrap() == partition_column), "{text}");
+    assert!(lines.last().unwrap().starts_with("4 batches in 3 partitions, 64 files"), "{text}");
+}
+
+#[test]
+fn plan_reports_config_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("lake")).unwrap();
+    let config = write_config(dir.path(), "[compaction]\nmax_concurent = 3\n");
+    let output = compactor(&["plan", "--config", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("max_concurent"), "{}", stderr(&output));
+
+    let config = write_config(dir.path(), "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n[tiers.config]\nmin_file = 3\n");
+    let output = compactor(&["plan", "--config", &config, "--now", "2026-04-11T18:00:00Z"]);
+    assert_eq!(output.status.code(), Some(1), "a tier that fails is reported, the plan still prints");
+    assert!(stderr(&output).contains("tier hourly: plugin builtin:hourly refused its configuration: invalid config: unknown field `min_file`"), "{}", stderr(&output));
+
+    let output = compactor(&["plan", "--config", &config, "--now", "yesterday"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("expected RFC 3339"), "{}", stderr(&output));
+
+    let output = compactor(&["plan", "--config", &config, "--tier", "weekly"]);
+    assert!(stderr(&output).contains("unknown tier \"weekly\" (configured: hourly)"), "{}", stderr(&output));
+}
+
+#[test]
+fn plan_refuses_a_missing_lake() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let output = compactor(&["plan", "--config", &config]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("cannot open storage"), "{}", stderr(&output));
+}
+
+#[test]
+fn plugin_check_and_info() {
+    let output = compactor(&["plugin", "check", "builtin:hourly"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "ok: builtin:hourly is a tier-policy component for compactor:policy@1.0.0 (host speaks 1.0.0)");
+
+    let output = compactor(&["plugin", "info", "builtin:daily", "--format", "json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(info["world"], "tier-policy");
+    assert_eq!(info["wit_version"], "1.0.0");
+    assert_eq!(info["tier"]["name"], "daily");
+    assert_eq!(info["tier"]["partition_level"], "day");
+    assert_eq!(info["tier"]["min_files"], 12);
+
+    let output = compactor(&["plugin", "info", "builtin:role"]);
+    assert!(stdout(&output).contains("world:        cluster-gate"), "{}", stdout(&output));
+
+    let output = compactor(&["plugin", "check", compactor::builtin::HOSTILE_COMPONENT, "--plugin-config", r#"{"mode":"configure-error"}"#]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("refused its configuration"), "{}", stderr(&output));
+}

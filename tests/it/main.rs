@@ -1,0 +1,9 @@
+//! Integration tests of the compactor host: the built-in policies run as
+//! components, the sandbox against hostile components, and the command line.
+
+mod cli;
+mod plan;
+mod policies;
+mod sandbox;
+mod sdk;
+mod util;

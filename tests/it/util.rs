@@ -1,0 +1,93 @@
+//! Shared fixtures: a plugin runtime with a shared artifact cache, partitions
+//! built from keys, and times from RFC 3339.
+
+use std::sync::OnceLock;
+
+use chrono::{DateTime, Utc};
+use compactor::config::PluginLimits;
+use compactor::plugin::{ArtifactCache, PluginRuntime, PluginSource, TierInstance, TierPlugin};
+use compactor::storage::{FileMeta, Partition};
+
+/// One runtime per test process; compiled components are cached across runs.
+pub fn runtime() -> &'static PluginRuntime {
+    static RUNTIME: OnceLock<PluginRuntime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let cache = std::env::temp_dir().join("compactor-test-artifacts");
+        PluginRuntime::new(ArtifactCache::new(cache)).expect("plugin runtime")
+    })
+}
+
+/// A built-in or test component, loaded once per process.
+pub fn plugin(spec: &str) -> TierPlugin {
+    static LOADED: OnceLock<std::sync::Mutex<Vec<(String, TierPlugin)>>> = OnceLock::new();
+    let loaded = LOADED.get_or_init(Default::default);
+    let mut loaded = loaded.lock().unwrap();
+    if let Some((_, plugin)) = loaded.iter().find(|(s, _)| s == spec) {
+        return plugin.clone();
+    }
+    let source = match spec {
+        "hostile" => PluginSource::Path(compactor::builtin::HOSTILE_COMPONENT.into()),
+        builtin => PluginSource::parse(builtin, std::path::Path::new(".")),
+    };
+    let plugin = runtime().load_tier(&source).unwrap_or_else(|e| panic!("{spec}: {e}"));
+    loaded.push((spec.to_owned(), plugin.clone()));
+    plugin
+}
+
+/// A configured instance of `spec` with default limits.
+pub fn instance(spec: &str, config: &str) -> TierInstance {
+    plugin(spec).instantiate(config, PluginLimits::default()).unwrap_or_else(|e| panic!("{spec}: {e}"))
+}
+
+/// An instant from RFC 3339.
+pub fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+}
+
+/// A partition of `path` (`db/meas/YYYY/MM/DD[/HH]`) holding `names`, which
+/// are relative to `path` unless they contain `/` from the root.
+pub fn partition(path: &str, time: &str, names: &[&str]) -> Partition {
+    let mut segments = path.splitn(3, '/');
+    let database = segments.next().unwrap().to_owned();
+    let measurement = segments.next().unwrap().to_owned();
+    let mut files: Vec<FileMeta> = names
+        .iter()
+        .map(|name| FileMeta {
+            key: if name.starts_with(&format!("{database}/")) { (*name).to_owned() } else { format!("{path}/{name}") },
+            size: 1000,
+            last_modified: at(time),
+        })
+        .collect();
+    files.sort_by(|a, b| a.key.cmp(&b.key));
+    Partition { database, measurement, path: path.to_owned(), time: at(time), files }
+}
+
+/// `n` raw ingest names written at `stamp` (`YYYYMMDD_HHMMSS`).
+pub fn raw_files(measurement: &str, stamp: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{measurement}_{stamp}_{i:09}.parquet")).collect()
+}
+
+/// Borrowed view of owned names.
+pub fn refs(names: &[String]) -> Vec<&str> {
+    names.iter().map(String::as_str).collect()
+}
+
+/// A tier named `name` running `spec` with `config` and `limits`.
+pub fn tier(name: &str, spec: &str, config: &str, limits: PluginLimits) -> compactor::planner::PlannedTier {
+    compactor::planner::PlannedTier { name: name.into(), enabled: true, policy: Ok(std::sync::Arc::new(plugin(spec))), config_json: config.into(), limits }
+}
+
+/// An in-memory store holding `keys` (each 100 bytes).
+pub async fn store_with(keys: &[String]) -> compactor::storage::Storage {
+    let storage = compactor::storage::Storage::in_memory();
+    for key in keys {
+        storage.write(key, vec![0u8; 100]).await.unwrap();
+    }
+    storage
+}
+
+/// Plans `tiers` over `storage` at `now`, with Arc's batch size.
+pub async fn plan(storage: &compactor::storage::Storage, tiers: &[compactor::planner::PlannedTier], now: &str) -> compactor::planner::Plan {
+    let options = compactor::planner::PlanOptions { now: at(now), database: None, tiers: Vec::new(), max_files_per_batch: 30 };
+    compactor::planner::plan(storage, tiers, &options).await.unwrap()
+}
