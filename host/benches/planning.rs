@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         limits: PluginLimits::default(),
     };
     let native_tier = PlannedTier { policy: Ok(Arc::new(NativeHourly)), ..wasm_tier.clone() };
-    let mut plan_time = |tier: &PlannedTier| -> anyhow::Result<(Duration, usize)> {
+    let plan_time = |tier: &PlannedTier| -> anyhow::Result<(Duration, usize)> {
         let mut best = Duration::MAX;
         let mut batches = 0;
         for _ in 0..3 {

@@ -148,6 +148,131 @@ impl ManifestStore {
     }
 }
 
+/// Manifests older than this are logged as stale (and still processed, as
+/// in Arc).
+pub const STALE_AFTER: chrono::Duration = chrono::Duration::days(7);
+
+/// What recovery did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RecoveryReport {
+    /// Manifests resolved and deleted.
+    pub recovered: usize,
+    /// Jobs finished: output kept, inputs deleted.
+    pub completed: usize,
+    /// Jobs rolled back: output missing or partial, inputs untouched.
+    pub rolled_back: usize,
+    /// Manifests kept for the next attempt, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Hooks recovery calls; both optional.
+#[derive(Default)]
+pub struct RecoveryObservers<'a> {
+    /// Called with each output that recovery keeps, before inputs are deleted.
+    pub kept_output: Option<&'a (dyn Fn(&str) + Sync)>,
+    /// Called with a finished job's inputs; an error keeps the manifest so
+    /// the call is repeated next time.
+    pub consumed_inputs: Option<&'a (dyn Fn(&[String]) -> Result<(), String> + Sync)>,
+}
+
+impl ManifestStore {
+    /// Finishes or rolls back every job that left a recovery manifest:
+    ///
+    /// - unreadable manifest → deleted;
+    /// - output missing → the job died before its upload finished: the
+    ///   manifest is deleted, inputs untouched;
+    /// - output present but not the recorded size, or not ending in Parquet's
+    ///   magic → a partial upload: output and manifest deleted, inputs
+    ///   untouched;
+    /// - otherwise the output is complete: the inputs are deleted (missing ones
+    ///   are fine), then the manifest.
+    ///
+    /// Every row therefore exists exactly once afterwards. A listing error is
+    /// returned; per-manifest failures keep that manifest and are reported.
+    pub async fn recover(&self, observers: &RecoveryObservers<'_>) -> Result<RecoveryReport, ManifestError> {
+        let mut report = RecoveryReport::default();
+        for key in self.list().await? {
+            match self.recover_one(&key, observers).await {
+                Ok(Some(completed)) => {
+                    report.recovered += 1;
+                    if completed { report.completed += 1 } else { report.rolled_back += 1 }
+                }
+                Ok(None) => report.recovered += 1,
+                Err(reason) => {
+                    tracing::warn!(manifest = %key, %reason, "recovery manifest kept for the next attempt");
+                    report.failed.push((key, reason));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// `Ok(Some(true))` finished, `Ok(Some(false))` rolled back, `Ok(None)`
+    /// an unreadable manifest dropped.
+    async fn recover_one(&self, key: &str, observers: &RecoveryObservers<'_>) -> Result<Option<bool>, String> {
+        let manifest = match self.read(key).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(manifest = %key, error = %e, "deleting unreadable recovery manifest");
+                self.delete(key).await.map_err(|e| e.to_string())?;
+                return Ok(None);
+            }
+        };
+        if chrono::Utc::now() - manifest.created_at > STALE_AFTER {
+            tracing::warn!(manifest = %key, created_at = %manifest.created_at, "stale recovery manifest; processing it normally");
+        }
+        let output = &manifest.output_path;
+        let complete = match self.storage.size(output).await.map_err(|e| e.to_string())? {
+            None => {
+                tracing::info!(manifest = %key, %output, "output missing: the job died before uploading; inputs untouched");
+                false
+            }
+            Some(size) if i64::try_from(size).ok() != Some(manifest.output_size) || !self.has_parquet_footer(output, size).await => {
+                tracing::warn!(manifest = %key, %output, size, expected = manifest.output_size, "partial output: deleting it; inputs untouched");
+                if let Err(e) = self.storage.delete(output).await {
+                    tracing::warn!(%output, error = %e, "cannot delete partial output");
+                }
+                false
+            }
+            Some(_) => true,
+        };
+        if complete {
+            if let Some(observer) = observers.kept_output {
+                observer(output);
+            }
+            let mut failures = 0;
+            for input in &manifest.input_files {
+                if let Err(e) = self.storage.delete(input).await {
+                    tracing::warn!(%input, error = %e, "cannot delete compacted input");
+                    failures += 1;
+                }
+            }
+            if failures > 0 {
+                return Err(format!("failed to delete {failures} of {} input files", manifest.input_files.len()));
+            }
+            if let Some(observer) = observers.consumed_inputs {
+                observer(&manifest.input_files).map_err(|e| format!("receipt marking incomplete; keeping manifest for re-fire: {e}"))?;
+            }
+        }
+        self.delete(key).await.map_err(|e| e.to_string())?;
+        Ok(Some(complete))
+    }
+
+    async fn has_parquet_footer(&self, key: &str, size: u64) -> bool {
+        if size < 12 {
+            return false;
+        }
+        let location = object_store::path::Path::from(key);
+        match self.storage.object_store().get_range(&location, size - 4..size).await {
+            Ok(tail) => tail.as_ref() == b"PAR1",
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "cannot read the output's footer; trusting its size");
+                true
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,7 +153,7 @@ mod hourly {
         assert_newest(&["invalid.parquet", "no_timestamp.parquet"], None);
         assert_newest(&["invalid.parquet", "metrics_20260102_120000_123456789.parquet", "no_timestamp.parquet"], Some("2026-01-02T12:00:00Z"));
         assert_newest(&["my_long_name_20260102_120000_1.parquet"], Some("2026-01-02T12:00:00Z"));
-        assert_newest(&["metrics_20260102_120000_1_compacted.parquet"], Some("2026-01-02T12:00:00Z"));
+        assert_newest(&["plain.parquet", "metrics_20260102_120000_1_compacted.parquet"], Some("2026-01-02T12:00:00Z"));
         assert_newest(&["metrics_20260230_120000_1.parquet"], None);
     }
 }

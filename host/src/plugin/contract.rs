@@ -121,12 +121,13 @@ pub fn check(engine: &Engine, component: &Component) -> Result<Contract, String>
     for (name, _) in ty.imports(engine) {
         let (base, version) = split_version(name);
         let allowed = match base {
-            "compactor:policy/log" => version.as_ref().is_some_and(|v| v.major == host.major),
+            // `types` holds only type definitions; `log` is the one host function.
+            "compactor:policy/log" | "compactor:policy/types" => version.as_ref().is_some_and(|v| v.major == host.major),
             _ => GRANTED_WASI.contains(&base) && version.as_ref().is_some_and(|v| v.major == 0 && v.minor == 2),
         };
         if !allowed {
             return Err(format!(
-                "imports {name}, which is outside the {WIT_PACKAGE} contract (plugins may import only {WIT_PACKAGE}/log and capability-free WASI 0.2 interfaces; no network, filesystem or environment)"
+                "imports {name}, which is outside the {WIT_PACKAGE} contract (plugins may import only {WIT_PACKAGE}/types, {WIT_PACKAGE}/log and capability-free WASI 0.2 interfaces; no network, filesystem or environment)"
             ));
         }
         imports.push(name.to_owned());

@@ -69,11 +69,22 @@ pub struct FileMeta {
     pub last_modified: DateTime<Utc>,
 }
 
+/// How a child process rebuilds the same store: Arc's `storage_type` and
+/// `storage_config` (JSON, never with secrets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageDescriptor {
+    /// `local`, `s3`, …
+    pub storage_type: String,
+    /// The settings, as a JSON object.
+    pub config_json: String,
+}
+
 /// A lake's object store.
 #[derive(Clone)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     description: String,
+    descriptor: Option<StorageDescriptor>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -108,27 +119,53 @@ impl Storage {
         let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter()).map_err(|e| open_error(e.to_string()))?;
         let store: Arc<dyn ObjectStore> =
             if prefix.as_ref().is_empty() { Arc::from(store) } else { Arc::new(PrefixStore::new(store, prefix)) };
-        Ok(Self { store, description: redact_url(&parsed) })
+        Ok(Self { store, description: redact_url(&parsed), descriptor: None })
     }
 
-    /// A local directory, which must exist.
+    /// A local directory, which must exist. Directories emptied by deletes
+    /// are removed.
     pub fn local(root: &FsPath) -> Result<Self, StorageError> {
-        let store = LocalFileSystem::new_with_prefix(root).map_err(|e| StorageError::Open {
-            url: root.display().to_string(),
-            message: format!("{e} (does the directory exist?)"),
-        })?;
+        let store = LocalFileSystem::new_with_prefix(root)
+            .map_err(|e| StorageError::Open { url: root.display().to_string(), message: format!("{e} (does the directory exist?)") })?
+            .with_automatic_cleanup(true);
         let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
-        Ok(Self { store: Arc::new(store), description: format!("file://{}", root.display()) })
+        let descriptor = StorageDescriptor {
+            storage_type: "local".into(),
+            config_json: serde_json::json!({ "base_path": root.display().to_string() }).to_string(),
+        };
+        Ok(Self { store: Arc::new(store), description: format!("file://{}", root.display()), descriptor: Some(descriptor) })
+    }
+
+    /// Rebuilds a store in a child process from its descriptor.
+    pub fn from_descriptor(storage_type: &str, config_json: &str) -> Result<Self, StorageError> {
+        let open_error = |message: String| StorageError::Open { url: format!("{storage_type} {config_json}"), message };
+        match storage_type {
+            "local" => {
+                #[derive(serde::Deserialize)]
+                struct Local {
+                    base_path: String,
+                }
+                let local: Local = serde_json::from_str(config_json).map_err(|e| open_error(format!("invalid storage config: {e}")))?;
+                Self::local(FsPath::new(&local.base_path))
+            }
+            other => Err(open_error(format!("unsupported storage type: {other}"))),
+        }
+    }
+
+    /// How a child process rebuilds this store; `None` for stores other
+    /// processes cannot see (in-memory).
+    pub fn descriptor(&self) -> Option<&StorageDescriptor> {
+        self.descriptor.as_ref()
     }
 
     /// A fresh, empty in-memory store (for tests and benchmarks).
     pub fn in_memory() -> Self {
-        Self { store: Arc::new(InMemory::new()), description: "memory://".into() }
+        Self { store: Arc::new(InMemory::new()), description: "memory://".into(), descriptor: None }
     }
 
     /// Wraps any `object_store` implementation.
     pub fn from_store(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
-        Self { store, description: description.into() }
+        Self { store, description: description.into(), descriptor: None }
     }
 
     /// The underlying store.

@@ -1,0 +1,525 @@
+//! The job, in the child process. Order of steps; a crash at any arrow is
+//! survivable because recovery (in `manifest`) finishes or rolls back
+//! whatever a recovery manifest describes:
+//!
+//! 1. download the inputs into `{temp}/{job_id}/` (vanished ones are skipped)
+//!    → 2. check magic bytes (corrupt inputs are skipped and never deleted),
+//!    probe for `time` → 3. merge with DuckDB → 4. verify: the output's row
+//!    count equals the inputs' (or the distinct-key count when deduplicating)
+//!    → 5. write the recovery manifest → 6. upload, create-only (multipart
+//!    when large) → 7. delete the inputs → 8. delete the recovery manifest.
+//!
+//! Setting `COMPACTOR_FAULT` to a step name (`after-download`, `after-merge`,
+//! `after-manifest`, `mid-upload`, `after-upload`, `mid-delete`,
+//! `after-delete`) makes the child kill itself with SIGKILL there; the crash
+//! tests use it.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as StorePath;
+use object_store::{PutMode, PutOptions, WriteMultipart};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::sql::{self, compaction_statements, file_list, is_valid_identifier, order_by};
+use super::{JobConfig, JobResult, output_name};
+use crate::completion::{self, CompletionManifest, CompletionOutput, CompletionState};
+use crate::manifest::{ManifestStore, RecoveryManifest};
+use crate::storage::Storage;
+
+/// Outputs up to this size are uploaded in one request.
+pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 64 << 20;
+
+/// Concurrent downloads per job.
+const DOWNLOAD_CONCURRENCY: usize = 4;
+
+/// Runs one job and always returns a result; `success: false` carries why.
+pub fn run(config: &JobConfig, storage: &Storage, duckdb: &duckdb::Connection) -> JobResult {
+    let started = Instant::now();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return failure(JobResult::default(), format!("cannot start the I/O runtime: {e}"), started),
+    };
+    let mut job = Job { config, storage, duckdb, runtime: &runtime, result: JobResult::default(), work_dir: work_dir(config) };
+    let outcome = job.execute();
+    let _ = std::fs::remove_dir_all(&job.work_dir);
+    let result = std::mem::take(&mut job.result);
+    match outcome {
+        Ok(()) => JobResult { success: true, duration_ms: started.elapsed().as_millis() as u64, ..result },
+        Err(e) => failure(result, format!("{e:#}"), started),
+    }
+}
+
+fn failure(result: JobResult, error: String, started: Instant) -> JobResult {
+    JobResult { success: false, error: Some(error), duration_ms: started.elapsed().as_millis() as u64, ..result }
+}
+
+/// `{temp_directory}/{job_id}`.
+pub fn work_dir(config: &JobConfig) -> PathBuf {
+    let base = if config.temp_directory.is_empty() { "./data/compaction" } else { &config.temp_directory };
+    Path::new(base).join(&config.job_id)
+}
+
+struct Job<'a> {
+    config: &'a JobConfig,
+    storage: &'a Storage,
+    duckdb: &'a duckdb::Connection,
+    runtime: &'a tokio::runtime::Runtime,
+    result: JobResult,
+    work_dir: PathBuf,
+}
+
+/// A downloaded input: its storage key and local copy.
+struct Input {
+    key: String,
+    local: PathBuf,
+}
+
+impl Job<'_> {
+    fn execute(&mut self) -> anyhow::Result<()> {
+        let config = self.config;
+        let cluster = !config.completion_dir.is_empty();
+        if cluster {
+            self.write_completion(CompletionState::WritingOutput, None, None);
+        }
+        create_private_dir(&self.work_dir).with_context(|| format!("failed to create temp directory {}", self.work_dir.display()))?;
+
+        let downloaded = self.download().context("failed to download files")?;
+        fault_point("after-download");
+        if downloaded.is_empty() {
+            tracing::info!("no input left to compact (all vanished)");
+            self.discard_completion();
+            return Ok(());
+        }
+        let mut inputs = Vec::new();
+        for input in downloaded {
+            match validate_parquet_file(&input.local) {
+                Ok(()) => inputs.push(input),
+                Err(e) => {
+                    tracing::warn!(file = %input.key, error = %e, "skipping invalid input; it stays in storage");
+                    self.result.skipped_inputs.push(input.key);
+                }
+            }
+        }
+        if inputs.is_empty() {
+            bail!("no valid parquet files found");
+        }
+        let local: Vec<String> = inputs.iter().map(|i| i.local.display().to_string()).collect();
+        let files_sql = file_list(&local);
+        match self.has_time_column(&files_sql) {
+            Ok(false) => {
+                tracing::warn!(partition = %config.partition_path, "no time column in the inputs; leaving them as they are");
+                self.result.bytes_before = 0;
+                self.discard_completion();
+                return Ok(());
+            }
+            Ok(true) => {}
+            Err(e) => tracing::warn!(error = %e, "time-column probe failed; merging anyway"),
+        }
+
+        let now = Utc::now();
+        let name = output_name(&config.measurement, now, config.batch_number, &config.effective_output_suffix());
+        let output_local = self.work_dir.join(&name);
+        let output_key = format!("{}/{name}", config.partition_path);
+        self.result.output_file = output_key.clone();
+        let (rows_before, expected_rows) = self.merge(&files_sql, &local, &output_local).context("failed to compact files")?;
+        fault_point("after-merge");
+        let rows_after = self.count_rows(&file_list(std::slice::from_ref(&output_local.display().to_string())))?;
+        self.result.rows_before = rows_before;
+        self.result.rows_after = rows_after;
+        if rows_after != expected_rows {
+            bail!("output verification failed: expected {expected_rows} rows (inputs have {rows_before}), the output has {rows_after}; nothing was uploaded or deleted");
+        }
+        let input_keys: Vec<String> = inputs.iter().map(|i| i.key.clone()).collect();
+        self.result.compacted_inputs = input_keys.clone();
+        self.result.files_compacted = input_keys.len();
+        let output_size = std::fs::metadata(&output_local).context("failed to stat the output")?.len();
+        self.result.bytes_after = output_size;
+
+        let manifests = ManifestStore::new(self.storage.clone());
+        let manifest = RecoveryManifest {
+            output_path: output_key.clone(),
+            output_size: output_size as i64,
+            input_files: input_keys.clone(),
+            database: config.database.clone(),
+            measurement: config.measurement.clone(),
+            partition_path: config.partition_path.clone(),
+            tier: config.tier.clone(),
+            status: "pending".into(),
+            created_at: Utc::now(),
+            job_id: config.job_id.clone(),
+        };
+        let manifest_key = self.runtime.block_on(manifests.write(&manifest)).context("failed to write manifest")?;
+        fault_point("after-manifest");
+
+        if let Err(e) = self.runtime.block_on(self.upload(&output_local, &output_key, output_size)) {
+            if let Err(cleanup) = self.runtime.block_on(manifests.delete(&manifest_key)) {
+                tracing::warn!(error = %cleanup, "cannot delete the recovery manifest of a failed upload; recovery will");
+            }
+            return Err(e.context("failed to upload compacted file"));
+        }
+        fault_point("after-upload");
+        if cluster {
+            let sha256 = sha256_file(&output_local)?;
+            let output = CompletionOutput {
+                path: output_key.clone(),
+                sha256,
+                size_bytes: output_size,
+                database: completion_database(&config.database),
+                measurement: config.measurement.clone(),
+                partition_time: config.partition_time,
+                tier: config.tier.clone(),
+                created_at: Utc::now(),
+            };
+            let written = self.write_completion(CompletionState::OutputWritten, Some(vec![output]), None);
+            if !written {
+                bail!("failed to write completion manifest");
+            }
+        }
+
+        let undeleted = self.runtime.block_on(self.delete_inputs(&input_keys));
+        fault_point("after-delete");
+        if !undeleted.is_empty() {
+            tracing::warn!(count = undeleted.len(), "some inputs could not be deleted; recovery will retry");
+            self.result.undeleted_inputs = undeleted;
+            return Ok(());
+        }
+        if config.parent_finalizes_manifest {
+            self.result.manifest_path = manifest_key;
+        } else if let Err(e) = self.runtime.block_on(manifests.delete(&manifest_key)) {
+            tracing::warn!(error = %e, "cannot delete the recovery manifest; recovery will");
+        }
+        if cluster {
+            self.update_completion_sources_deleted(&input_keys);
+        }
+        Ok(())
+    }
+
+    /// Streams every input into the work directory, `DOWNLOAD_CONCURRENCY` at
+    /// a time, keeping input order; vanished inputs are skipped.
+    fn download(&mut self) -> anyhow::Result<Vec<Input>> {
+        let store = self.storage.object_store().clone();
+        let dir = self.work_dir.clone();
+        let keys = self.config.files.clone();
+        let downloads = futures::stream::iter(keys.into_iter().enumerate().map(|(index, key)| {
+            let (store, dir) = (store.clone(), dir.clone());
+            async move {
+                // The index keeps two inputs with one base name apart.
+                let base = key.rsplit('/').next().unwrap_or(&key).to_owned();
+                let local = dir.join(format!("{index:05}_{base}"));
+                match download_one(store.as_ref(), &key, &local).await {
+                    Ok(size) => Ok(Some((Input { key, local }, size))),
+                    Err(object_store::Error::NotFound { .. }) => {
+                        let _ = tokio::fs::remove_file(&local).await;
+                        tracing::info!(file = %key, "input vanished before download; skipping it");
+                        Ok(None)
+                    }
+                    Err(e) => {
+                        let _ = tokio::fs::remove_file(&local).await;
+                        Err(anyhow::anyhow!("failed to stream {key}: {e}"))
+                    }
+                }
+            }
+        }))
+        .buffered(DOWNLOAD_CONCURRENCY)
+        .try_collect::<Vec<_>>();
+        let downloaded = self.runtime.block_on(downloads)?;
+        let mut inputs = Vec::new();
+        for (input, size) in downloaded.into_iter().flatten() {
+            self.result.bytes_before += size;
+            inputs.push(input);
+        }
+        Ok(inputs)
+    }
+
+    fn has_time_column(&self, files_sql: &str) -> anyhow::Result<bool> {
+        let count: i64 = self.duckdb.query_row(
+            &format!(
+                "SELECT COUNT(*) FROM (DESCRIBE SELECT * FROM read_parquet({files_sql}, union_by_name=true)) WHERE column_name = 'time'"
+            ),
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(count > 0)
+    }
+
+    fn count_rows(&self, files_sql: &str) -> anyhow::Result<u64> {
+        let rows: i64 = self
+            .duckdb
+            .query_row(&format!("SELECT COALESCE(SUM(num_rows), 0)::BIGINT FROM parquet_file_metadata({files_sql})"), [], |row| row.get(0))
+            .context("cannot count rows")?;
+        Ok(rows as u64)
+    }
+
+    /// Runs the merge; returns (input rows, rows the output must have).
+    fn merge(&self, files_sql: &str, local: &[String], output: &Path) -> anyhow::Result<(u64, u64)> {
+        let rows_before = self.count_rows(files_sql)?;
+        let (tags, dedup_time) = self.dedup_settings(local);
+        let sort_keys = self.config.effective_sort_keys();
+        let order = order_by(&sort_keys);
+        let statements = compaction_statements(files_sql, &order, &output.display().to_string(), &tags, dedup_time);
+        let dedup = statements.len() > 1;
+        if order.is_empty() {
+            self.duckdb.execute_batch("SET preserve_insertion_order = true")?;
+        }
+        let mut expected = rows_before;
+        for (i, statement) in statements.iter().enumerate() {
+            if dedup && i == 1 {
+                let key: Vec<String> = tags.iter().map(|t| sql::quote_identifier(t)).chain(["\"time\"".to_owned()]).collect();
+                let distinct: i64 = self.duckdb.query_row(
+                    &format!("SELECT COUNT(*) FROM (SELECT DISTINCT {} FROM {})", key.join(", "), sql::STAGING_TABLE),
+                    [],
+                    |row| row.get(0),
+                )?;
+                expected = distinct as u64;
+            }
+            self.duckdb.execute_batch(statement).with_context(|| "failed to execute compaction query")?;
+        }
+        if dedup {
+            let _ = self.duckdb.execute_batch(&format!("DROP TABLE IF EXISTS {}", sql::STAGING_TABLE));
+            tracing::info!(rows_before, rows_after = expected, tags = ?tags, dedup_time, "deduplicated");
+        }
+        Ok((rows_before, expected))
+    }
+
+    /// Tag columns (sorted union of every file's `arc:tags`) and the
+    /// `arc:dedup_time` marker. A bad tag list disables tag dedup (warning).
+    fn dedup_settings(&self, local: &[String]) -> (Vec<String>, bool) {
+        let mut tags = std::collections::BTreeSet::new();
+        let mut dedup_time = false;
+        let mut tag_error = None;
+        for path in local {
+            let query = format!(
+                "SELECT decode(key), decode(value) FROM parquet_kv_metadata('{}') WHERE decode(key) IN ('arc:tags', 'arc:dedup_time')",
+                sql::escape_path(path)
+            );
+            let rows: Result<Vec<(String, String)>, _> = self
+                .duckdb
+                .prepare(&query)
+                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect());
+            match rows {
+                Ok(rows) => {
+                    for (key, value) in rows {
+                        if key == "arc:dedup_time" {
+                            dedup_time |= value == "true";
+                        } else if !value.is_empty() {
+                            for tag in value.split(',') {
+                                if is_valid_identifier(tag) {
+                                    tags.insert(tag.to_owned());
+                                } else {
+                                    tag_error = Some(format!("invalid tag column name in parquet metadata: {tag:?}"));
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => tag_error = Some(e.to_string()),
+            }
+        }
+        if let Some(e) = tag_error {
+            tracing::warn!(error = %e, "cannot read tag columns; no tag dedup for this job");
+            tags.clear();
+        }
+        (tags.into_iter().collect(), dedup_time)
+    }
+
+    /// Uploads create-only: one request when small, parts when large.
+    async fn upload(&self, local: &Path, key: &str, size: u64) -> anyhow::Result<()> {
+        let store = self.storage.object_store();
+        let location = StorePath::from(key);
+        let threshold = self.config.multipart_threshold_bytes.unwrap_or(DEFAULT_MULTIPART_THRESHOLD).max(1);
+        if size <= threshold {
+            let bytes = tokio::fs::read(local).await?;
+            store
+                .put_opts(&location, bytes.into(), PutOptions::from(PutMode::Create))
+                .await
+                .with_context(|| format!("cannot create {key}"))?;
+            return Ok(());
+        }
+        // Multipart uploads cannot be conditional: refuse an existing object
+        // first (names are unique per job, so this is a safety net).
+        match store.head(&location).await {
+            Ok(_) => bail!("{key} already exists; refusing to overwrite it"),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let upload = store.put_multipart(&location).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, threshold as usize);
+        let mut file = tokio::fs::File::open(local).await?;
+        let mut buffer = vec![0u8; (threshold as usize).min(8 << 20)];
+        let mut sent = 0u64;
+        loop {
+            let n = file.read(&mut buffer).await?;
+            if n == 0 {
+                break;
+            }
+            writer.wait_for_capacity(2).await?;
+            writer.write(&buffer[..n]);
+            sent += n as u64;
+            if sent >= threshold {
+                fault_point("mid-upload");
+            }
+        }
+        writer.finish().await.with_context(|| format!("cannot complete the upload of {key}"))?;
+        Ok(())
+    }
+
+    /// Deletes the inputs one by one; returns those that could not be.
+    async fn delete_inputs(&self, keys: &[String]) -> Vec<String> {
+        let mut undeleted = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            if let Err(e) = self.storage.delete(key).await {
+                tracing::warn!(file = %key, error = %e, "cannot delete compacted input");
+                undeleted.push(key.clone());
+            }
+            if i == 0 {
+                fault_point("mid-delete");
+            }
+        }
+        undeleted
+    }
+
+    fn completion(&self, state: CompletionState, outputs: Option<Vec<CompletionOutput>>, deleted: Option<Vec<String>>) -> CompletionManifest {
+        let now = Utc::now();
+        CompletionManifest {
+            job_id: self.config.job_id.clone(),
+            database: completion_database(&self.config.database),
+            measurement: self.config.measurement.clone(),
+            partition_path: self.config.partition_path.clone(),
+            tier: self.config.tier.clone(),
+            state,
+            outputs,
+            deleted_sources: deleted,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn write_completion(&self, state: CompletionState, outputs: Option<Vec<CompletionOutput>>, deleted: Option<Vec<String>>) -> bool {
+        match completion::write(Path::new(&self.config.completion_dir), &self.completion(state, outputs, deleted)) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write completion manifest");
+                false
+            }
+        }
+    }
+
+    fn update_completion_sources_deleted(&self, inputs: &[String]) {
+        let path = Path::new(&self.config.completion_dir).join(format!("{}.json", self.config.job_id));
+        let updated = completion::read(&path).and_then(|mut m| {
+            m.state = CompletionState::SourcesDeleted;
+            m.deleted_sources = Some(inputs.to_vec());
+            m.updated_at = Utc::now();
+            completion::write(Path::new(&self.config.completion_dir), &m)
+        });
+        if let Err(e) = updated {
+            tracing::warn!(error = %e, "cannot update completion manifest to sources_deleted");
+        }
+    }
+
+    fn discard_completion(&self) {
+        if !self.config.completion_dir.is_empty() {
+            let path = Path::new(&self.config.completion_dir).join(format!("{}.json", self.config.job_id));
+            let _ = completion::delete(&path);
+        }
+    }
+}
+
+/// The database as the cluster manifest names it: a pseudo-database
+/// `spoke/db` is `db`.
+fn completion_database(database: &str) -> String {
+    database.split_once('/').map_or(database, |(_, db)| db).to_owned()
+}
+
+async fn download_one(store: &dyn object_store::ObjectStore, key: &str, local: &Path) -> Result<u64, object_store::Error> {
+    let result = store.get(&StorePath::from(key)).await?;
+    let mut stream = result.into_stream();
+    let io = |e: std::io::Error| object_store::Error::Generic { store: "local temp", source: Box::new(e) };
+    let mut file = tokio::fs::File::create(local).await.map_err(io)?;
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        size += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.flush().await.map_err(io)?;
+    Ok(size)
+}
+
+/// Checks Parquet's magic bytes: at least 12 bytes, `PAR1` at both ends.
+pub fn validate_parquet_file(path: &Path) -> anyhow::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).with_context(|| format!("failed to open file {}", path.display()))?;
+    let size = file.metadata()?.len();
+    if size < 12 {
+        bail!("file too small to be valid parquet ({size} bytes)");
+    }
+    let mut magic = [0u8; 4];
+    file.read_exact(&mut magic)?;
+    if &magic != b"PAR1" {
+        bail!("invalid parquet magic header: got {:?}", String::from_utf8_lossy(&magic));
+    }
+    file.seek(SeekFrom::End(-4))?;
+    file.read_exact(&mut magic)?;
+    if &magic != b"PAR1" {
+        bail!("invalid parquet magic footer: got {:?}", String::from_utf8_lossy(&magic));
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut file = std::fs::File::open(path)?;
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Kills this process with SIGKILL when `COMPACTOR_FAULT` names `step`
+/// (crash tests only).
+fn fault_point(step: &str) {
+    if std::env::var("COMPACTOR_FAULT").is_ok_and(|f| f == step) {
+        tracing::warn!(step, "fault injection: killing the job");
+        // SAFETY: raising a signal on our own process has no memory effects.
+        unsafe {
+            libc::raise(libc::SIGKILL);
+        }
+    }
+}
+
+/// Opens DuckDB with the job's settings: memory limit, threads, and a spill
+/// directory under the job's work directory.
+pub fn open_duckdb(config: &JobConfig) -> anyhow::Result<duckdb::Connection> {
+    let connection = duckdb::Connection::open_in_memory().context("cannot open DuckDB")?;
+    if !config.memory_limit.is_empty() {
+        if let Err(e) = connection.execute_batch(&format!("SET memory_limit='{}'", config.memory_limit.replace('\'', "''"))) {
+            tracing::warn!(error = %e, "cannot set DuckDB memory_limit");
+        }
+    }
+    if config.threads > 0 {
+        if let Err(e) = connection.execute_batch(&format!("SET threads={}", config.threads)) {
+            tracing::warn!(error = %e, "cannot set DuckDB threads");
+        }
+    }
+    if !config.job_id.is_empty() {
+        let spill = work_dir(config).join("duckdb-spill");
+        match create_private_dir(&spill) {
+            Ok(()) => {
+                if let Err(e) = connection.execute_batch(&format!("SET temp_directory='{}'", sql::escape_path(&spill.display().to_string()))) {
+                    tracing::warn!(error = %e, "cannot set DuckDB temp_directory");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot create DuckDB spill directory"),
+        }
+    }
+    Ok(connection)
+}
