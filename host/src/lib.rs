@@ -13,11 +13,18 @@
 //! - [`plugin`]: the wasmtime runtime that loads, limits and calls components;
 //! - [`builtin`]: the components embedded in the binary (`builtin:hourly`, …);
 //! - [`tier`]: configured tiers and Arc's batch splitting;
-//! - [`manifest`]: Arc-compatible recovery manifests in `_compaction_state/`;
+//! - [`manifest`]: Arc-compatible recovery manifests in `_compaction_state/`
+//!   and recovery;
+//! - [`job`]: one batch compacted by DuckDB in a child process;
+//! - [`completion`]: completion manifests, the watcher and the manifest bridge;
+//! - [`lock`]: partition locks across processes;
 //! - [`planner`]: one cycle's plan, as data.
 
 pub mod builtin;
+pub mod completion;
 pub mod config;
+pub mod job;
+pub mod lock;
 pub mod manifest;
 pub mod planner;
 pub mod sample;

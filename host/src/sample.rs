@@ -76,10 +76,10 @@ pub fn generate(root: &Path, now: DateTime<Utc>, spec: &SampleSpec) -> anyhow::R
                     .collect();
                 let first_slot = i64::from(file) * i64::from(spec.rows_per_file);
                 let sql = format!(
-                    "COPY (SELECT TIMESTAMPTZ '{start}' + to_microseconds(({first_slot} + r) * {slot_micros}) AS time{tag_columns}, \
+                    "COPY (SELECT make_timestamp(({start_us} + ({first_slot} + r) * {slot_micros})::BIGINT)::TIMESTAMPTZ AS time{tag_columns}, \
                      round(50 + 40 * sin(r / 17.0 + {seed}), 3) AS value, (r * 31 + {seed}) % 1000 AS counter \
                      FROM range({rows}) t(r)) TO '{path}' (FORMAT PARQUET, COMPRESSION ZSTD)",
-                    start = hour_start.format("%Y-%m-%d %H:%M:%S+00"),
+                    start_us = hour_start.timestamp_micros(),
                     seed = measurement_index as u32 * 1000 + hour * 10 + file,
                     rows = spec.rows_per_file,
                     path = path.display().to_string().replace('\'', "''"),

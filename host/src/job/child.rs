@@ -500,6 +500,8 @@ fn fault_point(step: &str) {
 /// directory under the job's work directory.
 pub fn open_duckdb(config: &JobConfig) -> anyhow::Result<duckdb::Connection> {
     let connection = duckdb::Connection::open_in_memory().context("cannot open DuckDB")?;
+    // Extensions cannot be downloaded here; fail fast instead of trying.
+    connection.execute_batch("SET autoinstall_known_extensions = false; SET autoload_known_extensions = false")?;
     if !config.memory_limit.is_empty() {
         if let Err(e) = connection.execute_batch(&format!("SET memory_limit='{}'", config.memory_limit.replace('\'', "''"))) {
             tracing::warn!(error = %e, "cannot set DuckDB memory_limit");

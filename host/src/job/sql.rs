@@ -5,9 +5,16 @@
 pub const WRITE_OPTIONS: &str = "FORMAT PARQUET, COMPRESSION ZSTD, COMPRESSION_LEVEL 3, ROW_GROUP_SIZE 122880";
 
 /// Normalises `time` to TIMESTAMPTZ: timestamps and ISO strings cast
-/// directly, integer-like strings are epoch microseconds, anything else NULL.
+/// directly, integer-like strings are epoch microseconds (UTC), anything else
+/// NULL.
+///
+/// Arc writes the second branch as `make_timestamptz(…)`, which lives in
+/// DuckDB's ICU extension; the bundled DuckDB has no ICU (and cannot download
+/// it), so the same instant is built from core functions: `make_timestamp`
+/// of the microseconds, cast to TIMESTAMPTZ. Without ICU the session time
+/// zone is always UTC, so the instant is preserved exactly.
 pub const TIME_NORMALISATION: &str =
-    r#"COALESCE(TRY_CAST("time" AS TIMESTAMPTZ), make_timestamptz(TRY_CAST("time" AS BIGINT))) AS "time""#;
+    r#"COALESCE(TRY_CAST("time" AS TIMESTAMPTZ), TRY_CAST(make_timestamp(TRY_CAST("time" AS BIGINT)) AS TIMESTAMPTZ)) AS "time""#;
 
 /// The staging table of the dedup variant.
 pub const STAGING_TABLE: &str = "arc_compaction_staged";
@@ -99,7 +106,7 @@ mod tests {
         let sql = compaction_statements("['a.parquet', 'b.parquet']", r#"ORDER BY "time""#, "/tmp/out.parquet", &[], false).join(";");
         assert!(sql.contains("read_parquet") && sql.contains(r#"ORDER BY "time""#));
         assert!(!sql.contains("ROW_NUMBER"));
-        assert!(sql.contains("make_timestamptz") && sql.contains("TIMESTAMPTZ"));
+        assert!(sql.contains("make_timestamp(") && sql.contains("TIMESTAMPTZ"));
         assert!(sql.contains(WRITE_OPTIONS));
     }
 
@@ -107,7 +114,7 @@ mod tests {
     fn dedup_variant_partitions_by_tags_then_time() {
         let sql = compaction_statements("['a.parquet', 'b.parquet']", r#"ORDER BY "time""#, "/tmp/out.parquet", &keys(&["host", "region"]), false).join(";");
         assert!(sql.contains(r#"PARTITION BY "host", "region", "time""#));
-        assert!(sql.contains("QUALIFY ROW_NUMBER") && sql.contains("make_timestamptz") && sql.contains(r#"ORDER BY "time""#));
+        assert!(sql.contains("QUALIFY ROW_NUMBER") && sql.contains("make_timestamp(") && sql.contains(r#"ORDER BY "time""#));
         assert!(!sql.contains("__dedup_rn"));
         let time_only = compaction_statements("['a.parquet']", r#"ORDER BY "time""#, "/o", &[], true).join(";");
         assert!(time_only.contains(r#"PARTITION BY "time""#) && !time_only.contains("PARTITION BY ,"));

@@ -87,7 +87,7 @@ pub enum PluginError {
         fuel: u64,
     },
     /// A call ran past its wall-clock deadline.
-    #[error("plugin {plugin} ran past its {timeout:?} deadline in {export} (stopped after {elapsed:.1?})")]
+    #[error("plugin {plugin} ran past its {timeout:?} deadline in {export}")]
     Deadline {
         /// The plugin.
         plugin: String,
@@ -95,8 +95,6 @@ pub enum PluginError {
         export: &'static str,
         /// The deadline.
         timeout: Duration,
-        /// When it was stopped.
-        elapsed: Duration,
     },
     /// The instance tried to grow its memory past the cap.
     #[error("plugin {plugin} exceeded its memory limit of {} in {export}", crate::units::format_bytes(*limit))]

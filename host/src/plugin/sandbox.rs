@@ -159,6 +159,7 @@ impl rand_core::TryRng for SplitMix64 {
 pub(crate) struct Sandbox {
     pub(crate) store: Store<PluginState>,
     limits: PluginLimits,
+    deadline_ticks: u64,
     poisoned: Option<String>,
 }
 
@@ -166,7 +167,8 @@ impl Sandbox {
     pub(crate) fn new(engine: &Engine, plugin: Arc<str>, limits: PluginLimits) -> Self {
         let mut store = Store::new(engine, PluginState::new(plugin, limits.memory_bytes));
         store.limiter(|state| state);
-        Self { store, limits, poisoned: None }
+        let deadline_ticks = (limits.call_timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
+        Self { store, limits, deadline_ticks, poisoned: None }
     }
 
     pub(crate) fn plugin(&self) -> &str {
@@ -183,24 +185,23 @@ impl Sandbox {
         if let Some(earlier) = &self.poisoned {
             return Err(PluginError::Disabled { plugin: self.plugin().to_owned(), earlier: earlier.clone() });
         }
-        let ticks = (self.limits.call_timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
-        let fuel = self.limits.fuel_per_call;
-        let started = Instant::now();
-        let outcome = self.store.set_fuel(fuel).and_then(|()| {
-            self.store.set_epoch_deadline(ticks);
+        let outcome = self.store.set_fuel(self.limits.fuel_per_call).and_then(|()| {
+            self.store.set_epoch_deadline(self.deadline_ticks);
             let state = self.store.data_mut();
             state.logs_this_call = 0;
-            state.last_error_log = None;
+            if state.last_error_log.is_some() {
+                state.last_error_log = None;
+            }
             f(&mut self.store)
         });
         outcome.map_err(|error| {
-            let error = self.classify(export, error, started.elapsed());
+            let error = self.classify(export, error);
             self.poisoned = Some(error.to_string());
             error
         })
     }
 
-    fn classify(&mut self, export: &'static str, error: wasmtime::Error, elapsed: Duration) -> PluginError {
+    fn classify(&mut self, export: &'static str, error: wasmtime::Error) -> PluginError {
         let plugin = self.plugin().to_owned();
         let state = self.store.data();
         if state.memory_exceeded {
@@ -208,7 +209,7 @@ impl Sandbox {
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => PluginError::OutOfFuel { plugin, export, fuel: self.limits.fuel_per_call },
-            Some(Trap::Interrupt) => PluginError::Deadline { plugin, export, timeout: self.limits.call_timeout, elapsed },
+            Some(Trap::Interrupt) => PluginError::Deadline { plugin, export, timeout: self.limits.call_timeout },
             _ => {
                 let cause = match &state.last_error_log {
                     Some(message) => format!("{error:#}; the plugin reported: {message}"),
@@ -220,8 +221,10 @@ impl Sandbox {
     }
 }
 
-/// The process-wide engine. An epoch ticker thread advances it every
-/// [`EPOCH_TICK`], which bounds how late a deadline can fire.
+/// The process-wide engine. An epoch ticker thread keeps the epoch equal to
+/// the milliseconds since start (catching up after a late wake-up), so a
+/// deadline of n ticks fires between n and n + 1 ms of wall time, plus the
+/// ticker's wake-up latency.
 pub(crate) fn shared_engine() -> Result<&'static Engine, PluginError> {
     static ENGINE: std::sync::OnceLock<Result<Engine, String>> = std::sync::OnceLock::new();
     let engine = ENGINE.get_or_init(|| {
@@ -237,8 +240,14 @@ pub(crate) fn shared_engine() -> Result<&'static Engine, PluginError> {
         std::thread::Builder::new()
             .name("compactor-epoch".into())
             .spawn(move || {
+                let start = Instant::now();
+                let mut ticks: u128 = 0;
                 while let Some(engine) = ticking.upgrade() {
-                    engine.increment_epoch();
+                    let due = start.elapsed().as_nanos() / EPOCH_TICK.as_nanos();
+                    while ticks < due {
+                        engine.increment_epoch();
+                        ticks += 1;
+                    }
                     drop(engine);
                     std::thread::sleep(EPOCH_TICK);
                 }
