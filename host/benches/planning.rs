@@ -222,6 +222,10 @@ impl<P: TierPolicy> PartitionPolicy for NativeInstance<P> {
         }
     }
 
+    fn output_suffix(&self) -> String {
+        self.0.info().output_suffix
+    }
+
     fn select_candidates(&mut self, p: &Partition, now: DateTime<Utc>) -> Result<Vec<Vec<String>>, PluginError> {
         let partition = compactor_plugin_sdk::Partition {
             database: p.database.clone(),

@@ -111,6 +111,8 @@ pub struct CompactionConfig {
     pub default_sort_keys: Vec<String>,
     /// Sort keys per measurement, used verbatim.
     pub sort_keys: BTreeMap<String, Vec<String>>,
+    /// Outputs larger than this are uploaded in parts of this size.
+    pub multipart_threshold: String,
 }
 
 impl Default for CompactionConfig {
@@ -123,6 +125,7 @@ impl Default for CompactionConfig {
             threads: 0,
             default_sort_keys: vec!["time".into()],
             sort_keys: BTreeMap::new(),
+            multipart_threshold: "64MiB".into(),
         }
     }
 }
@@ -136,6 +139,19 @@ impl CompactionConfig {
     /// Partitions in flight: 0 means 2.
     pub fn effective_max_concurrent(&self) -> usize {
         if self.max_concurrent == 0 { 2 } else { self.max_concurrent as usize }
+    }
+
+    /// DuckDB threads per job: 0 means half the cores (at least 1).
+    pub fn effective_threads(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads as usize;
+        }
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    }
+
+    /// The multipart threshold in bytes (validated at load).
+    pub fn multipart_threshold_bytes(&self) -> u64 {
+        crate::units::parse_size(&self.multipart_threshold).unwrap_or(64 << 20)
     }
 
     /// The sort keys of `measurement`.
@@ -332,6 +348,9 @@ impl Config {
             return Err(value_error("compaction.threads", format!("{} (must be >= 0; 0 = auto)", c.threads)));
         }
         validate_memory_limit(&c.memory_limit)?;
+        if crate::units::parse_size(&c.multipart_threshold).is_none_or(|b| b == 0) {
+            return Err(value_error("compaction.multipart_threshold", format!("{:?} (expected a size such as \"64MiB\")", c.multipart_threshold)));
+        }
         for (measurement, keys) in std::iter::once(("default", &c.default_sort_keys)).chain(c.sort_keys.iter().map(|(m, k)| (m.as_str(), k))) {
             if keys.iter().any(|k| k.trim().is_empty()) {
                 return Err(value_error(format!("compaction.sort_keys.{measurement}"), "contains an empty column name"));

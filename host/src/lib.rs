@@ -18,6 +18,7 @@
 //! - [`job`]: one batch compacted by DuckDB in a child process;
 //! - [`completion`]: completion manifests, the watcher and the manifest bridge;
 //! - [`lock`]: partition locks across processes;
+//! - [`manager`]: cycles: recovery, then plan and execute each tier;
 //! - [`planner`]: one cycle's plan, as data.
 
 pub mod builtin;
@@ -25,9 +26,11 @@ pub mod completion;
 pub mod config;
 pub mod job;
 pub mod lock;
+pub mod manager;
 pub mod manifest;
 pub mod planner;
 pub mod sample;
+pub mod scheduler;
 pub mod plugin;
 pub mod storage;
 pub mod tier;

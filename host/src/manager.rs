@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -271,7 +271,8 @@ impl Manager {
             if let Some(progress) = lock(&self.progress).clone() {
                 progress(Progress::TierStarted { tier: tier.name.clone(), batches: plan.batches.len() });
             }
-            let (records, skipped) = self.execute(plan.batches).await;
+            let suffix = plan.tiers.first().map(|t| t.output_suffix.clone()).filter(|s| !s.is_empty());
+            let (records, skipped) = self.execute(plan.batches, suffix.as_deref()).await;
             report.jobs.extend(records);
             report.skipped_locked += skipped;
         }
@@ -288,14 +289,14 @@ impl Manager {
 
     /// Runs the batches of one tier: partitions in parallel (bounded), the
     /// batches of a partition in sequence.
-    async fn execute(&self, batches: Vec<PlannedBatch>) -> (Vec<JobRecord>, usize) {
+    async fn execute(&self, batches: Vec<PlannedBatch>, suffix: Option<&str>) -> (Vec<JobRecord>, usize) {
         let mut partitions: BTreeMap<String, Vec<PlannedBatch>> = BTreeMap::new();
         for batch in batches {
             partitions.entry(batch.candidate.partition_path.clone()).or_default().push(batch);
         }
         let limit = self.config.compaction.effective_max_concurrent();
         let results: Vec<(Vec<JobRecord>, usize)> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-            futures::stream::iter(partitions.into_values().map(|batches| self.execute_partition(batches))),
+            futures::stream::iter(partitions.into_values().map(|batches| self.execute_partition(batches, suffix))),
             limit,
         ))
         .await;
@@ -309,12 +310,12 @@ impl Manager {
         (records, skipped)
     }
 
-    async fn execute_partition(&self, batches: Vec<PlannedBatch>) -> (Vec<JobRecord>, usize) {
+    async fn execute_partition(&self, batches: Vec<PlannedBatch>, suffix: Option<&str>) -> (Vec<JobRecord>, usize) {
         let Some(first) = batches.first() else { return (Vec::new(), 0) };
         let partition = first.candidate.partition_path.clone();
         let database = first.candidate.database.clone();
-        let lock = match self.locks.try_acquire(&partition).await {
-            Ok(Some(lock)) => lock,
+        let held = match self.locks.try_acquire(&partition).await {
+            Ok(Some(held)) => held,
             Ok(None) => {
                 tracing::info!(%partition, "partition is being compacted elsewhere; skipping it this cycle");
                 return (Vec::new(), batches.len());
@@ -326,22 +327,21 @@ impl Manager {
         };
         let mut records = Vec::new();
         for batch in batches {
-            let record = self.execute_batch(&batch).await;
+            let record = self.execute_batch(&batch, suffix).await;
             if let Some(progress) = lock(&self.progress).clone() {
                 progress(Progress::BatchDone { record: record.clone() });
             }
             records.push(record);
         }
-        self.locks.release(lock).await;
+        self.locks.release(held).await;
         remove_partition_temp_dirs(&self.temp_directory, &job_prefix(&database, &partition));
         (records, 0)
     }
 
-    async fn execute_batch(&self, batch: &PlannedBatch) -> JobRecord {
+    async fn execute_batch(&self, batch: &PlannedBatch, suffix: Option<&str>) -> JobRecord {
         let candidate = &batch.candidate;
         let started = Instant::now();
         let descriptor = self.storage.descriptor().cloned().unwrap_or_else(|| unreachable_descriptor());
-        let suffix = self.output_suffix(&candidate.tier);
         let template = JobConfig {
             database: candidate.database.clone(),
             measurement: candidate.measurement.clone(),
@@ -359,7 +359,7 @@ impl Manager {
             job_id: String::new(),
             completion_dir: String::new(),
             partition_time: candidate.partition_time,
-            output_suffix: suffix,
+            output_suffix: suffix.map(str::to_owned),
             multipart_threshold_bytes: Some(self.config.compaction.multipart_threshold_bytes()),
         };
         let results: Mutex<Vec<JobResult>> = Mutex::default();
@@ -408,10 +408,6 @@ impl Manager {
         };
         self.account(&record);
         record
-    }
-
-    fn output_suffix(&self, tier: &str) -> Option<String> {
-        self.tiers.iter().find(|t| t.name == tier).and_then(|t| t.output_suffix.clone())
     }
 
     fn account(&self, record: &JobRecord) {
@@ -487,9 +483,6 @@ fn remove_partition_temp_dirs(temp_directory: &Path, prefix: &str) {
         }
     }
 }
-
-/// How long `run` waits between scheduler checks at most.
-pub const MAX_SCHEDULER_SLEEP: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,9 @@ pub trait PartitionPolicy {
     /// How the host groups files into partitions for this policy.
     fn partition_level(&self) -> PartitionLevel;
 
+    /// Suffix of output names, e.g. `compacted`.
+    fn output_suffix(&self) -> String;
+
     /// The groups of files to compact in `partition` at `now`.
     fn select_candidates(&mut self, partition: &Partition, now: DateTime<Utc>) -> Result<Vec<Vec<String>>, PluginError>;
 }
@@ -37,6 +40,10 @@ pub trait PolicyFactory: Send + Sync {
 impl PartitionPolicy for TierInstance {
     fn partition_level(&self) -> PartitionLevel {
         self.description().partition_level
+    }
+
+    fn output_suffix(&self) -> String {
+        self.description().output_suffix.clone()
     }
 
     fn select_candidates(&mut self, partition: &Partition, now: DateTime<Utc>) -> Result<Vec<Vec<String>>, PluginError> {
@@ -122,6 +129,8 @@ pub struct TierSummary {
     pub tier: String,
     /// Plugin display name.
     pub plugin: String,
+    /// Suffix of the tier's output names.
+    pub output_suffix: String,
     /// Partitions shown to the policy.
     pub partitions_seen: usize,
     /// Partitions with at least one batch.
@@ -284,6 +293,7 @@ fn plan_tier(
         }
     };
     let level = instance.partition_level();
+    summary.output_suffix = instance.output_suffix();
     for listing in listings {
         for partition in group_into_partitions(&listing.database, &listing.measurement, &listing.files, level) {
             summary.partitions_seen += 1;

@@ -1,8 +1,13 @@
 //! Command-line parsing and dispatch: one file per subcommand.
 
+mod compact;
 mod demo;
+mod once;
 mod plan;
 mod plugin;
+mod progress;
+mod recover;
+mod run;
 mod table;
 
 use std::process::ExitCode;
@@ -25,10 +30,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Demo(demo::Args),
     Plan(plan::Args),
+    Once(once::Args),
+    Run(run::Args),
+    Recover(recover::Args),
     #[command(subcommand)]
     Plugin(plugin::Command),
-    Demo(demo::Args),
+    #[command(hide = true)]
+    Compact(compact::Args),
 }
 
 /// Output formats of reporting commands.
@@ -43,24 +53,55 @@ pub(crate) enum Format {
 
 pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let child = matches!(cli.command, Command::Compact(_));
+    init_logging(cli.verbose, child);
     match cli.command {
-        Command::Plan(args) => plan::exec(args),
-        Command::Plugin(command) => plugin::exec(command),
         Command::Demo(args) => demo::exec(args),
+        Command::Plan(args) => plan::exec(args),
+        Command::Once(args) => once::exec(args),
+        Command::Run(args) => run::exec(args),
+        Command::Recover(args) => recover::exec(args),
+        Command::Plugin(command) => plugin::exec(command),
+        Command::Compact(args) => compact::exec(args),
     }
 }
 
-fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
+/// Loads the config, checks `tiers` names, and builds the manager.
+pub(crate) fn load_manager(config_path: &std::path::Path, tiers: &[String]) -> anyhow::Result<compactor::manager::Manager> {
+    let config = compactor::config::Config::load(config_path)?;
+    check_tier_names(&config, tiers)?;
+    let storage = compactor::storage::Storage::open(&config.storage.url, &config.storage.options, &config.base_dir)?;
+    let plugins = compactor::plugin::PluginRuntime::new(compactor::plugin::ArtifactCache::new(config.plugin_cache_dir()))?;
+    let planned = compactor::planner::PlannedTier::load_all(&config, &plugins)?;
+    let child = compactor::job::parent::ChildCommand::current_exe()?;
+    Ok(compactor::manager::Manager::new(config, storage, planned, child))
+}
+
+/// Refuses `--tier` names the config does not define.
+pub(crate) fn check_tier_names(config: &compactor::config::Config, tiers: &[String]) -> anyhow::Result<()> {
+    let known: Vec<&str> = config.tiers.iter().map(|t| t.name.as_str()).collect();
+    if let Some(unknown) = tiers.iter().find(|t| !known.contains(&t.as_str())) {
+        anyhow::bail!("unknown tier {unknown:?} (configured: {})", known.join(", "));
+    }
+    Ok(())
+}
+
+/// Logs go to stderr; the job child writes JSON lines for its parent.
+fn init_logging(verbose: u8, child: bool) {
+    let default = match (child, verbose) {
+        (true, _) | (false, 1) => "info",
+        (false, 0) => "warn",
+        (false, 2) => "debug",
+        (false, _) => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("COMPACTOR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("COMPACTOR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let logger = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    if child {
+        logger.json().init();
+    } else {
+        logger.init();
+    }
 }
 
 /// Two worker threads are plenty for the CLI's I/O.

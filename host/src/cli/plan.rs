@@ -45,10 +45,7 @@ pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
 
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
-    let known: Vec<&str> = config.tiers.iter().map(|t| t.name.as_str()).collect();
-    if let Some(unknown) = args.tiers.iter().find(|t| !known.contains(&t.as_str())) {
-        anyhow::bail!("unknown tier {unknown:?} (configured: {})", known.join(", "));
-    }
+    super::check_tier_names(&config, &args.tiers)?;
     let options = PlanOptions {
         now: args.now.unwrap_or_else(Utc::now),
         database: args.database,
