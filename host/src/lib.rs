@@ -35,3 +35,4 @@ pub mod plugin;
 pub mod storage;
 pub mod tier;
 pub mod units;
+pub mod verify;
