@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::job::parent::{ChildCommand, RunSubset, compact_adaptive};
 use crate::job::{JobConfig, JobResult, job_id, job_prefix};
 use crate::lock::{DEFAULT_LOCK_TTL, PartitionLocks};
-use crate::manifest::{ManifestStore, RecoveryObservers, RecoveryReport};
+use crate::manifest::{ManifestStore, RecoveryManifest, RecoveryObservers, RecoveryReport};
 use crate::planner::{self, PlanOptions, PlanProblem, PlannedBatch, PlannedTier};
 use crate::storage::Storage;
 
@@ -371,8 +371,30 @@ impl Manager {
             };
             let child = &self.child;
             let results = &results;
+            let manifests = ManifestStore::new(self.storage.clone());
             Box::pin(async move {
-                let outcome = child.run(&config).await;
+                let mut outcome = child.run(&config).await;
+                if let Err(failure) = &outcome {
+                    // A job killed after writing its recovery manifest may
+                    // have uploaded its output: resolve that first, or a retry
+                    // in halves would merge the same rows a second time.
+                    let key = RecoveryManifest::key_for(&config.tier, &config.database, &config.partition_path, &config.job_id);
+                    match manifests.recover_job(&key).await {
+                        Ok(Some(true)) => {
+                            tracing::warn!(job_id = %config.job_id, error = %failure, "the job died after its upload; recovery finished it");
+                            let files_compacted = config.files.len();
+                            outcome = Ok(JobResult { success: true, files_compacted, output_file: String::new(), ..Default::default() });
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(job_id = %config.job_id, error = %e, "cannot resolve the failed job's manifest; not retrying");
+                            let mut failure = failure.clone();
+                            failure.message = format!("{}; its recovery manifest could not be resolved: {e}", failure.message);
+                            failure.permanent = true;
+                            outcome = Err(failure);
+                        }
+                    }
+                }
                 match &outcome {
                     Ok(result) => lock(results).push(result.clone()),
                     Err(failure) => {

@@ -38,13 +38,12 @@ pub struct RecoveryManifest {
 impl RecoveryManifest {
     /// `_compaction_state/{tier}/{database}/{partition_path with "/"→"_"}_{job_id}.json`.
     pub fn key(&self) -> String {
-        format!(
-            "{COMPACTION_STATE_ROOT}/{}/{}/{}_{}.json",
-            self.tier,
-            self.database,
-            self.partition_path.replace('/', "_"),
-            self.job_id
-        )
+        Self::key_for(&self.tier, &self.database, &self.partition_path, &self.job_id)
+    }
+
+    /// The key of the manifest a job would write.
+    pub fn key_for(tier: &str, database: &str, partition_path: &str, job_id: &str) -> String {
+        format!("{COMPACTION_STATE_ROOT}/{tier}/{database}/{}_{job_id}.json", partition_path.replace('/', "_"))
     }
 }
 
@@ -207,6 +206,16 @@ impl ManifestStore {
         Ok(report)
     }
 
+    /// Resolves the manifest at `key` if there is one: `Some(true)` when the
+    /// job's output was complete and its inputs are now deleted, `Some(false)`
+    /// when it was rolled back, `None` when there was no manifest.
+    pub async fn recover_job(&self, key: &str) -> Result<Option<bool>, String> {
+        match self.storage.size(key).await.map_err(|e| e.to_string())? {
+            None => Ok(None),
+            Some(_) => self.recover_one(key, &RecoveryObservers::default()).await,
+        }
+    }
+
     /// `Ok(Some(true))` finished, `Ok(Some(false))` rolled back, `Ok(None)`
     /// an unreadable manifest dropped.
     async fn recover_one(&self, key: &str, observers: &RecoveryObservers<'_>) -> Result<Option<bool>, String> {
@@ -236,6 +245,9 @@ impl ManifestStore {
             }
             Some(_) => true,
         };
+        if !complete {
+            self.storage.discard_staged_uploads(output);
+        }
         if complete {
             if let Some(observer) = observers.kept_output {
                 observer(output);

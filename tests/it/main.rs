@@ -2,6 +2,7 @@
 //! components, the sandbox against hostile components, and the command line.
 
 mod cli;
+mod compaction;
 mod plan;
 mod policies;
 mod sandbox;

@@ -21,6 +21,12 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    // Die with the parent: a job outliving a killed engine would race the
+    // next engine's recovery.
+    // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
     let fail = |message: String| {
         eprintln!("error: {message}");
         Ok(ExitCode::from(1))

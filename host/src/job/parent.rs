@@ -30,6 +30,9 @@ pub struct JobFailure {
     pub exit_code: Option<i32>,
     /// The job's result, when the child produced one.
     pub result: Option<JobResult>,
+    /// Never retry, whatever the classification says (e.g. the state the
+    /// failed attempt left behind could not be resolved).
+    pub permanent: bool,
 }
 
 impl std::fmt::Display for JobFailure {
@@ -62,7 +65,7 @@ impl ChildCommand {
 
     /// Runs one job in a child process.
     pub async fn run(&self, config: &JobConfig) -> Result<JobResult, JobFailure> {
-        let failure = |message: String| JobFailure { message, stderr: String::new(), exit_code: None, result: None };
+        let failure = |message: String| JobFailure { message, stderr: String::new(), exit_code: None, result: None, permanent: false };
         let input = serde_json::to_vec(config).map_err(|e| failure(format!("cannot encode job config: {e}")))?;
         let mut child = tokio::process::Command::new(&self.program)
             .args(["compact", "--job-stdin"])
@@ -116,6 +119,7 @@ impl ChildCommand {
                 stderr,
                 exit_code: status.code(),
                 result: None,
+                permanent: false,
             });
         }
         let result: JobResult = serde_json::from_slice(&out).map_err(|e| JobFailure {
@@ -123,6 +127,7 @@ impl ChildCommand {
             stderr: stderr.clone(),
             exit_code: status.code(),
             result: None,
+            permanent: false,
         })?;
         if !result.success {
             return Err(JobFailure {
@@ -130,6 +135,7 @@ impl ChildCommand {
                 stderr,
                 exit_code: status.code(),
                 result: Some(result),
+                permanent: false,
             });
         }
         Ok(result)
@@ -175,7 +181,7 @@ pub type RunSubset<'a> = dyn Fn(Vec<String>) -> Pin<Box<dyn Future<Output = Resu
 /// error if the batch did not fully succeed.
 pub async fn compact_adaptive(run: &RunSubset<'_>, files: Vec<String>) -> (Vec<Attempt>, Result<(), String>) {
     let mut attempts = Vec::new();
-    let outcome = attempt(run, files, 0, String::new(), &mut attempts).await;
+    let outcome = attempt(run, files, 0, String::new(), None, &mut attempts).await;
     (attempts, outcome)
 }
 
@@ -184,6 +190,7 @@ fn attempt<'r: 'b, 'b>(
     files: Vec<String>,
     depth: usize,
     previous_stderr: String,
+    cause: Option<String>,
     attempts: &'b mut Vec<Attempt>,
 ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'b>> {
     Box::pin(async move {
@@ -191,7 +198,8 @@ fn attempt<'r: 'b, 'b>(
             return Err(format!("compaction failed: exceeded max retry depth {MAX_RETRY_DEPTH}"));
         }
         if files.len() < MIN_BATCH_FILES {
-            return Err(format!("compaction failed: batch size {} below minimum {MIN_BATCH_FILES}", files.len()));
+            let after = cause.map(|c| format!(" (after: {c})")).unwrap_or_default();
+            return Err(format!("compaction failed: batch size {} below minimum {MIN_BATCH_FILES}{after}", files.len()));
         }
         let count = files.len();
         let failure = match run(files.clone()).await {
@@ -204,14 +212,15 @@ fn attempt<'r: 'b, 'b>(
         attempts.push(Attempt { files: count, outcome: Err(failure.message.clone()) });
         let stderr = quoted_stderr(&failure.message).unwrap_or(if failure.stderr.is_empty() { previous_stderr } else { failure.stderr.clone() });
         let verdict = classify(Some(&failure.message), &stderr, failure.exit_code);
-        if !verdict.recoverable || count <= MIN_BATCH_FILES {
+        if failure.permanent || !verdict.recoverable || count <= MIN_BATCH_FILES {
             return Err(failure.message);
         }
         tracing::warn!(files = count, reason = verdict.reason, "recoverable failure; retrying in halves");
         let mid = count / 2;
         let (first, second) = (files[..mid].to_vec(), files[mid..].to_vec());
-        attempt(run, first, depth + 1, stderr.clone(), attempts).await.map_err(|e| format!("first half failed: {e}"))?;
-        attempt(run, second, depth + 1, stderr, attempts).await.map_err(|e| format!("second half failed: {e}"))
+        let cause = Some(failure.message);
+        attempt(run, first, depth + 1, stderr.clone(), cause.clone(), attempts).await.map_err(|e| format!("first half failed: {e}"))?;
+        attempt(run, second, depth + 1, stderr, cause, attempts).await.map_err(|e| format!("second half failed: {e}"))
     })
 }
 
@@ -226,7 +235,7 @@ mod tests {
     }
 
     fn failing(message: &str) -> JobFailure {
-        JobFailure { message: message.into(), stderr: String::new(), exit_code: None, result: None }
+        JobFailure { message: message.into(), stderr: String::new(), exit_code: None, result: None, permanent: false }
     }
 
     #[tokio::test]
@@ -267,7 +276,9 @@ mod tests {
         let (_, outcome) = compact_adaptive(&run, files(30)).await;
         // 30 → 15 → 7 → 3 → 1: the 1-file half is refused.
         assert_eq!(*sizes.lock().unwrap(), [30, 15, 7, 3]);
-        assert!(outcome.unwrap_err().starts_with("first half failed: first half failed: first half failed: first half failed: compaction failed: batch size 1"));
+        let error = outcome.unwrap_err();
+        assert!(error.starts_with("first half failed: first half failed: first half failed: first half failed: compaction failed: batch size 1"), "{error}");
+        assert!(error.ends_with("(after: subprocess failed: signal: killed)"), "the cause is kept: {error}");
         sizes.lock().unwrap().clear();
         let (_, outcome) = compact_adaptive(&run, files(2)).await;
         assert_eq!(*sizes.lock().unwrap(), [2], "two files never split");

@@ -209,6 +209,36 @@ impl Storage {
         Ok(names)
     }
 
+    /// Removes what an interrupted multipart upload of `key` left behind.
+    /// The local store stages parts in `{key}#{n}` files next to the target;
+    /// other stores keep incomplete uploads invisible (S3 lifecycle rules
+    /// expire them), so there is nothing to do.
+    pub fn discard_staged_uploads(&self, key: &str) {
+        let Some(root) = self.local_root() else { return };
+        let target = root.join(key);
+        let (Some(dir), Some(name)) = (target.parent(), target.file_name().and_then(|n| n.to_str())) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let staged = file_name
+                .to_str()
+                .and_then(|n| n.strip_prefix(name))
+                .and_then(|rest| rest.strip_prefix('#'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if staged {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a staged upload");
+                }
+            }
+        }
+    }
+
+    fn local_root(&self) -> Option<std::path::PathBuf> {
+        let descriptor = self.descriptor.as_ref().filter(|d| d.storage_type == "local")?;
+        let config: serde_json::Value = serde_json::from_str(&descriptor.config_json).ok()?;
+        config.get("base_path")?.as_str().map(std::path::PathBuf::from)
+    }
+
     /// The whole content of `key`.
     pub async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
         let result = self.store.get(&Path::from(key)).await.map_err(|e| self.object_error("read", key, e))?;

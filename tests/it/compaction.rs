@@ -1,0 +1,302 @@
+//! Compaction end to end with the real binary, real DuckDB and real Parquet
+//! on local disk: crash safety by fault injection at every step boundary of
+//! the job and by killing the engine mid-cycle, bad inputs, memory pressure,
+//! and two engines racing on one lake. After every scenario, recovery and a
+//! clean cycle must leave exactly the original rows (compared row by row).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use compactor::sample::{self, SampleSpec};
+use compactor::verify;
+
+const NOW: &str = "2026-04-13T12:00:00Z";
+
+struct Lake {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    lake: PathBuf,
+    pristine: PathBuf,
+    config: String,
+}
+
+fn spec(rows_per_file: u32) -> SampleSpec {
+    SampleSpec {
+        database: "db".into(),
+        measurements: vec![("cpu".into(), vec!["host".into()]), ("mem_total".into(), vec![])],
+        hours: 2,
+        files_per_hour: 12,
+        rows_per_file,
+    }
+}
+
+/// A lake of two measurements × two hours × 12 files, a pristine copy, and a
+/// config (Arc's tiers, daily with `min_files = 2` so that two hours make a
+/// day); `extra` is appended to `[compaction]`.
+fn lake_with(rows_per_file: u32, extra: &str) -> Lake {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let lake = root.join("lake");
+    sample::generate(&lake, crate::util::at(NOW), &spec(rows_per_file)).unwrap();
+    let pristine = root.join("pristine");
+    copy_dir(&lake, &pristine);
+    let config = root.join("compactor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nurl = \"lake\"\n\n[plugins]\ncache_dir = \"{}\"\n\n[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n\n\
+             [[tiers]]\nname = \"daily\"\nplugin = \"builtin:daily\"\n[tiers.config]\nmin_files = 2\n\n[compaction]\ntemp_directory = \"tmp\"\nthreads = 1\n{extra}\n",
+            std::env::temp_dir().join("compactor-test-artifacts").display()
+        ),
+    )
+    .unwrap();
+    Lake { _dir: dir, root, lake, pristine, config: config.display().to_string() }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+fn files_under(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(entry.path().strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn compactor(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_compactor"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run compactor")
+}
+
+fn once(lake: &Lake, env: &[(&str, &str)]) -> Output {
+    compactor(&["once", "--config", &lake.config, "--now", NOW], env)
+}
+
+fn text(output: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// Exactly the original rows, no manifest, lock or job directory left, and
+/// nothing but Parquet files in the lake.
+fn assert_intact(lake: &Lake) {
+    let connection = verify::connection().unwrap();
+    for measurement in ["cpu", "mem_total"] {
+        let before = format!("{}/db/{measurement}/**/*.parquet", lake.pristine.display());
+        let after = format!("{}/db/{measurement}/**/*.parquet", lake.lake.display());
+        let (missing, extra) = verify::row_differences(&connection, &before, &after).unwrap();
+        assert_eq!((missing, extra), (0, 0), "{measurement}: rows missing / duplicated; lake: {:#?}", files_under(&lake.lake));
+    }
+    let leftovers: Vec<String> = files_under(&lake.lake).into_iter().filter(|f| !f.ends_with(".parquet")).collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    let temp = files_under(&lake.root.join("tmp"));
+    assert!(temp.is_empty(), "temp files left behind: {temp:?}");
+}
+
+/// Fully compacted: one daily file per measurement and nothing else.
+fn assert_compacted(lake: &Lake) {
+    let files = files_under(&lake.lake);
+    assert_eq!(files.len(), 2, "{files:#?}");
+    assert!(files.iter().all(|f| f.ends_with("_b1_daily.parquet")), "{files:#?}");
+}
+
+#[test]
+fn once_compacts_hourly_then_daily_and_keeps_every_row() {
+    let lake = lake_with(50, "");
+    let output = once(&lake, &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains("hourly  4     0       48        4"), "{summary}");
+    assert!(summary.contains("daily   2     0       4         2"), "{summary}");
+    assert_intact(&lake);
+    assert_compacted(&lake);
+    let again = once(&lake, &[]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 jobs"), "{}", text(&again));
+}
+
+#[test]
+fn a_job_killed_at_any_step_loses_and_duplicates_nothing() {
+    for step in ["after-download", "after-merge", "after-manifest", "mid-upload", "after-upload", "mid-delete", "after-delete"] {
+        // A tiny multipart threshold makes every upload multipart, so that
+        // `mid-upload` lands between two parts.
+        let lake = lake_with(50, "multipart_threshold = \"1KiB\"");
+        let crashed = once(&lake, &[("COMPACTOR_FAULT", step)]);
+        let recovered = compactor(&["recover", "--config", &lake.config], &[]);
+        assert!(recovered.status.success(), "{step}: {}", text(&recovered));
+        let clean = once(&lake, &[]);
+        assert!(clean.status.success(), "{step}: crashed run:\n{}\nclean run:\n{}", text(&crashed), text(&clean));
+        assert_intact(&lake);
+        assert_compacted(&lake);
+    }
+}
+
+#[test]
+fn the_engine_killed_mid_cycle_loses_and_duplicates_nothing() {
+    for delay_ms in [150, 400, 800] {
+        let lake = lake_with(2000, "");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_compactor"))
+            .args(["once", "--config", &lake.config, "--now", NOW])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Jobs die with the engine (PR_SET_PDEATHSIG); give them a moment.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let clean = once(&lake, &[]);
+        assert!(clean.status.success(), "killed after {delay_ms} ms: {}", text(&clean));
+        assert_intact(&lake);
+        assert_compacted(&lake);
+    }
+}
+
+#[test]
+fn two_engines_on_one_lake_compact_every_row_once() {
+    let lake = lake_with(500, "");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_compactor"))
+            .args(["once", "--config", &lake.config, "--now", NOW, "--tier", "hourly"])
+            .output()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(spawn);
+        let b = s.spawn(spawn);
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    assert!(a.status.success() && b.status.success(), "{}\n{}", text(&a), text(&b));
+    let clean = once(&lake, &[]);
+    assert!(clean.status.success(), "{}", text(&clean));
+    assert_intact(&lake);
+    assert_compacted(&lake);
+}
+
+#[test]
+fn an_impossible_memory_limit_fails_cleanly_with_inputs_untouched() {
+    let lake = lake_with(20_000, "memory_limit = \"1MB\"\nmax_files_per_batch = 12");
+    let before = files_under(&lake.lake);
+    let output = once(&lake, &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains("Out of Memory"), "the failure names its cause: {}", text(&output));
+    assert_eq!(files_under(&lake.lake), before, "inputs untouched");
+    assert_intact(&lake);
+}
+
+/// Writes one Parquet file with DuckDB.
+fn write_parquet(path: &Path, select: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    verify::connection().unwrap().execute_batch(&format!("COPY ({select}) TO '{}' (FORMAT PARQUET)", path.display())).unwrap();
+}
+
+#[test]
+fn bad_inputs_get_the_spec_outcome_and_lose_no_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let hour = dir.path().join("lake/db/cpu_total/2026/04/11/10");
+    let t = |i: usize| format!("cpu_total_20260411_10{i:02}00_000000001.parquet");
+    for i in 0..8 {
+        write_parquet(&hour.join(t(i)), &format!("SELECT make_timestamp((1775901600000000 + {i} * 1000000 + r)::BIGINT)::TIMESTAMPTZ AS time, 'h' || r AS host, r * 1.5 AS value FROM range(100) t(r)"));
+    }
+    // Schema drift: an extra column, and a missing one.
+    write_parquet(&hour.join(t(8)), "SELECT make_timestamp((1775901700000000 + r)::BIGINT)::TIMESTAMPTZ AS time, 'h' AS host, 1.0 AS value, 'x' AS extra FROM range(10) t(r)");
+    write_parquet(&hour.join(t(9)), "SELECT make_timestamp((1775901800000000 + r)::BIGINT)::TIMESTAMPTZ AS time, 2.0 AS value FROM range(10) t(r)");
+    // `time` as integer-epoch strings (microseconds).
+    write_parquet(&hour.join(t(10)), "SELECT (1775901900000000 + r)::VARCHAR AS time, 'h' AS host, 3.25 AS value FROM range(10) t(r)");
+    // A zero-row file.
+    write_parquet(&hour.join(t(11)), "SELECT make_timestamp(0::BIGINT)::TIMESTAMPTZ AS time, 'h' AS host, 0.0 AS value FROM range(0) t(r)");
+    // Corrupt and truncated Parquet, and a file that is not Parquet at all.
+    std::fs::write(hour.join(t(12)), b"this is not parquet at all").unwrap();
+    let real = std::fs::read(hour.join(t(0))).unwrap();
+    std::fs::write(hour.join(t(13)), &real[..real.len() / 2]).unwrap();
+    std::fs::write(hour.join("notes.txt"), b"operator notes").unwrap();
+    // A partition without a time column.
+    let no_time = dir.path().join("lake/db/trades/2026/04/11/10");
+    for i in 0..10 {
+        write_parquet(&no_time.join(format!("trades_20260411_10{i:02}00_000000001.parquet")), "SELECT 'AAPL' AS symbol, 1.5 AS price FROM range(5)");
+    }
+    let config = dir.path().join("compactor.toml");
+    std::fs::write(&config, format!("[storage]\nurl = \"lake\"\n[compaction]\ntemp_directory = \"tmp\"\n[plugins]\ncache_dir = \"{}\"\n[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n", std::env::temp_dir().join("compactor-test-artifacts").display())).unwrap();
+
+    let output = compactor(&["once", "--config", &config.display().to_string(), "--now", NOW, "--format", "json"], &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let jobs = report["jobs"].as_array().unwrap();
+    let cpu = jobs.iter().find(|j| j["measurement"] == "cpu_total").unwrap();
+    assert_eq!(cpu["success"], true);
+    assert_eq!(cpu["files_compacted"], 12, "8 good + 2 drifted + 1 epoch-string + 1 empty");
+    assert_eq!(cpu["rows_after"], 830);
+    let skipped: Vec<&str> = cpu["skipped_inputs"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert_eq!(skipped.len(), 2, "corrupt and truncated inputs are skipped: {skipped:?}");
+    let trades = jobs.iter().find(|j| j["measurement"] == "trades").unwrap();
+    assert_eq!((trades["success"].as_bool(), trades["files_compacted"].as_u64()), (Some(true), Some(0)), "no time column: clean skip");
+
+    let left = files_under(&dir.path().join("lake/db/cpu_total"));
+    assert!(left.iter().any(|f| f.ends_with(&t(12))) && left.iter().any(|f| f.ends_with(&t(13))), "bad files stay: {left:?}");
+    assert!(left.iter().any(|f| f.ends_with("notes.txt")), "non-Parquet files are never touched");
+    assert_eq!(left.iter().filter(|f| f.ends_with("_compacted.parquet")).count(), 1);
+    assert_eq!(files_under(&dir.path().join("lake/db/trades")).len(), 10, "inputs without time stay");
+
+    let connection = verify::connection().unwrap();
+    let output_glob = format!("{}/lake/db/cpu_total/**/*_compacted.parquet", dir.path().display());
+    let (rows, min_time, typ): (i64, String, String) = connection
+        .query_row(
+            &format!("SELECT count(*), min(time)::VARCHAR, any_value(typeof(time)) FROM read_parquet('{output_glob}') WHERE value = 3.25"),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, typ.as_str()), (10, "TIMESTAMP WITH TIME ZONE"));
+    assert_eq!(min_time, "2026-04-11 10:05:00+00", "epoch microseconds keep their instant");
+}
+
+#[test]
+fn the_child_protocol_reports_errors_as_arc_does() {
+    let output = compactor(&["compact"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("error: --job-stdin or --job flag required"));
+    let job = r#"{"database":"db","measurement":"cpu","partition_path":"db/cpu/2026/04/11/10","files":["db/cpu/2026/04/11/10/a.parquet"],"tier":"hourly","storage_type":"resilient","storage_config":"{}"}"#;
+    let output = compactor(&["compact", "--job", job], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.lines().last().unwrap().starts_with("error:") && stderr.contains("unsupported storage type: resilient"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("db/cpu/2026/04/11/10")).unwrap();
+    std::fs::write(dir.path().join("db/cpu/2026/04/11/10/a.parquet"), b"garbage garbage garbage").unwrap();
+    let job = serde_json::json!({
+        "database": "db", "measurement": "cpu", "partition_path": "db/cpu/2026/04/11/10",
+        "files": ["db/cpu/2026/04/11/10/a.parquet"], "tier": "hourly",
+        "temp_directory": dir.path().join("tmp").display().to_string(),
+        "storage_type": "local", "storage_config": serde_json::json!({"base_path": dir.path().display().to_string()}).to_string(),
+    });
+    let output = compactor(&["compact", "--job", &job.to_string()], &[]);
+    assert_eq!(output.status.code(), Some(0), "a failed job still exits 0");
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).expect("exactly one JSON object on stdout");
+    assert_eq!(result["success"], false);
+    assert_eq!(result["error"], "no valid parquet files found");
+}
