@@ -144,6 +144,23 @@ impl PartitionLocks {
         Ok(record.expires_at <= Utc::now() || dead_here)
     }
 
+    /// Deletes every abandoned lock object (expired, unreadable, or left by a
+    /// dead process on this host); returns how many.
+    pub async fn remove_abandoned(&self) -> Result<usize, object_store::Error> {
+        let prefix = Path::from(format!("{COMPACTION_STATE_ROOT}/locks"));
+        let objects: Vec<_> = futures::TryStreamExt::try_collect(self.storage.object_store().list(Some(&prefix))).await?;
+        let mut removed = 0;
+        for object in objects {
+            if self.is_abandoned(&object.location).await? {
+                match self.storage.object_store().delete(&object.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Releases a lock taken by this process.
     pub async fn release(&self, lock: PartitionLock) {
         let location = Path::from(Self::object_key(&lock.key));

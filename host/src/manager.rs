@@ -225,8 +225,14 @@ impl Manager {
         &self.storage
     }
 
-    /// Finishes or rolls back interrupted jobs (see [`ManifestStore::recover`]).
+    /// Removes abandoned partition locks, then finishes or rolls back
+    /// interrupted jobs (see [`ManifestStore::recover`]).
     pub async fn recover(&self) -> Result<RecoveryReport, crate::manifest::ManifestError> {
+        match self.locks.remove_abandoned().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed abandoned partition locks"),
+            Err(e) => tracing::warn!(error = %e, "cannot check partition locks"),
+        }
         let report = ManifestStore::new(self.storage.clone()).recover(&RecoveryObservers::default()).await?;
         lock(&self.stats).total_manifests_recovered += report.recovered as u64;
         Ok(report)
