@@ -88,6 +88,8 @@ pub struct JobRecord {
     pub skipped_inputs: Vec<String>,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
+    /// Largest peak resident memory of the job processes, in bytes.
+    pub peak_job_rss_bytes: u64,
 }
 
 /// The outcome of one cycle, as data: it feeds the summary table, JSON and
@@ -433,6 +435,7 @@ impl Manager {
             error: outcome.err(),
             skipped_inputs: results.iter().flat_map(|r| r.skipped_inputs.clone()).collect(),
             duration_ms: started.elapsed().as_millis() as u64,
+            peak_job_rss_bytes: results.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
         };
         self.account(&record);
         record

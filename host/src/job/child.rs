@@ -47,6 +47,7 @@ pub fn run(config: &JobConfig, storage: &Storage, duckdb: &duckdb::Connection) -
     let outcome = job.execute();
     let _ = std::fs::remove_dir_all(&job.work_dir);
     let result = std::mem::take(&mut job.result);
+    let result = JobResult { peak_rss_bytes: super::peak_rss_bytes(), ..result };
     match outcome {
         Ok(()) => JobResult { success: true, duration_ms: started.elapsed().as_millis() as u64, ..result },
         Err(e) => failure(result, format!("{e:#}"), started),
@@ -87,7 +88,9 @@ impl Job<'_> {
         }
         create_private_dir(&self.work_dir).with_context(|| format!("failed to create temp directory {}", self.work_dir.display()))?;
 
+        let mut timer = StepTimer::new();
         let downloaded = self.download().context("failed to download files")?;
+        timer.step("download");
         fault_point("after-download");
         if downloaded.is_empty() {
             tracing::info!("no input left to compact (all vanished)");
@@ -125,7 +128,9 @@ impl Job<'_> {
         let output_local = self.work_dir.join(&name);
         let output_key = format!("{}/{name}", config.partition_path);
         self.result.output_file = output_key.clone();
+        timer.step("probe");
         let (rows_before, expected_rows) = self.merge(&files_sql, &local, &output_local).context("failed to compact files")?;
+        timer.step("merge");
         fault_point("after-merge");
         let rows_after = self.count_rows(&file_list(std::slice::from_ref(&output_local.display().to_string())))?;
         self.result.rows_before = rows_before;
@@ -152,7 +157,9 @@ impl Job<'_> {
             created_at: Utc::now(),
             job_id: config.job_id.clone(),
         };
+        timer.step("verify");
         let manifest_key = self.runtime.block_on(manifests.write(&manifest)).context("failed to write manifest")?;
+        timer.step("manifest");
         fault_point("after-manifest");
 
         if let Err(e) = self.runtime.block_on(self.upload(&output_local, &output_key, output_size)) {
@@ -162,6 +169,7 @@ impl Job<'_> {
             return Err(e.context("failed to upload compacted file"));
         }
         fault_point("after-upload");
+        timer.step("upload");
         if cluster {
             let sha256 = sha256_file(&output_local)?;
             let output = CompletionOutput {
@@ -182,6 +190,8 @@ impl Job<'_> {
 
         let undeleted = self.runtime.block_on(self.delete_inputs(&input_keys));
         fault_point("after-delete");
+        timer.step("delete");
+        tracing::info!(steps = %timer, "job steps");
         if !undeleted.is_empty() {
             tracing::warn!(count = undeleted.len(), "some inputs could not be deleted; recovery will retry");
             self.result.undeleted_inputs = undeleted;
@@ -286,42 +296,39 @@ impl Job<'_> {
     }
 
     /// Tag columns (sorted union of every file's `arc:tags`) and the
-    /// `arc:dedup_time` marker. A bad tag list disables tag dedup (warning).
+    /// `arc:dedup_time` marker, read in one query over all inputs. A bad tag
+    /// list disables tag dedup (warning).
     fn dedup_settings(&self, local: &[String]) -> (Vec<String>, bool) {
+        let query = format!(
+            "SELECT decode(key), decode(value) FROM parquet_kv_metadata({}) WHERE decode(key) IN ('arc:tags', 'arc:dedup_time')",
+            file_list(local)
+        );
+        let rows: Result<Vec<(String, String)>, _> =
+            self.duckdb.prepare(&query).and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect());
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read Parquet metadata; no dedup for this job");
+                return (Vec::new(), false);
+            }
+        };
         let mut tags = std::collections::BTreeSet::new();
         let mut dedup_time = false;
-        let mut tag_error = None;
-        for path in local {
-            let query = format!(
-                "SELECT decode(key), decode(value) FROM parquet_kv_metadata('{}') WHERE decode(key) IN ('arc:tags', 'arc:dedup_time')",
-                sql::escape_path(path)
-            );
-            let rows: Result<Vec<(String, String)>, _> = self
-                .duckdb
-                .prepare(&query)
-                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect());
-            match rows {
-                Ok(rows) => {
-                    for (key, value) in rows {
-                        if key == "arc:dedup_time" {
-                            dedup_time |= value == "true";
-                        } else if !value.is_empty() {
-                            for tag in value.split(',') {
-                                if is_valid_identifier(tag) {
-                                    tags.insert(tag.to_owned());
-                                } else {
-                                    tag_error = Some(format!("invalid tag column name in parquet metadata: {tag:?}"));
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(e) => tag_error = Some(e.to_string()),
+        for (key, value) in rows {
+            if key == "arc:dedup_time" {
+                dedup_time |= value == "true";
+                continue;
             }
-        }
-        if let Some(e) = tag_error {
-            tracing::warn!(error = %e, "cannot read tag columns; no tag dedup for this job");
-            tags.clear();
+            if value.is_empty() {
+                continue;
+            }
+            for tag in value.split(',') {
+                if !is_valid_identifier(tag) {
+                    tracing::warn!(tag, "invalid tag column name in parquet metadata; no tag dedup for this job");
+                    return (Vec::new(), dedup_time);
+                }
+                tags.insert(tag.to_owned());
+            }
         }
         (tags.into_iter().collect(), dedup_time)
     }
@@ -429,6 +436,31 @@ impl Job<'_> {
     }
 }
 
+/// Wall time per job step, for the log.
+struct StepTimer {
+    last: Instant,
+    steps: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl StepTimer {
+    fn new() -> Self {
+        Self { last: Instant::now(), steps: Vec::new() }
+    }
+
+    fn step(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.steps.push((name, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for StepTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.steps.iter().map(|(n, d)| format!("{n}={:.1}ms", d.as_secs_f64() * 1e3)).collect();
+        f.write_str(&parts.join(" "))
+    }
+}
+
 /// The database as the cluster manifest names it: a pseudo-database
 /// `spoke/db` is `db`.
 fn completion_database(database: &str) -> String {
@@ -437,8 +469,19 @@ fn completion_database(database: &str) -> String {
 
 async fn download_one(store: &dyn object_store::ObjectStore, key: &str, local: &Path) -> Result<u64, object_store::Error> {
     let result = store.get(&StorePath::from(key)).await?;
-    let mut stream = result.into_stream();
     let io = |e: std::io::Error| object_store::Error::Generic { store: "local temp", source: Box::new(e) };
+    if let object_store::GetResultPayload::File(mut file, _) = result.payload {
+        // A local store hands out the open file: let the kernel copy it.
+        let local = local.to_owned();
+        return tokio::task::spawn_blocking(move || {
+            let mut out = std::fs::File::create(&local)?;
+            std::io::copy(&mut file, &mut out)
+        })
+        .await
+        .map_err(|e| io(std::io::Error::other(e)))?
+        .map_err(io);
+    }
+    let mut stream = result.into_stream();
     let mut file = tokio::fs::File::create(local).await.map_err(io)?;
     let mut size = 0u64;
     while let Some(chunk) = stream.next().await {

@@ -138,6 +138,28 @@ pub struct JobResult {
     /// Wall time of the job, in milliseconds.
     #[serde(default)]
     pub duration_ms: u64,
+    /// Peak resident memory of the job process, in bytes (0 if unknown).
+    #[serde(default)]
+    pub peak_rss_bytes: u64,
+}
+
+/// Peak resident set size of this process (`VmHWM`), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    proc_status_kib("VmHWM:") * 1024
+}
+
+/// Current resident set size of this process (`VmRSS`), in bytes.
+pub fn rss_bytes() -> u64 {
+    proc_status_kib("VmRSS:") * 1024
+}
+
+fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
 }
 
 /// `db` with `/` replaced by `.`, so a pseudo-database `spoke/db` cannot

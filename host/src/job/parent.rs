@@ -149,11 +149,19 @@ fn reemit(job_id: &str, line: &str) {
     }
     let parsed: Option<serde_json::Value> = serde_json::from_str(line).ok();
     let level = parsed.as_ref().and_then(|v| v.get("level")).and_then(|l| l.as_str()).unwrap_or("info").to_ascii_lowercase();
-    let message = parsed
-        .as_ref()
-        .and_then(|v| v.get("fields").and_then(|f| f.get("message")).or_else(|| v.get("message")))
-        .and_then(|m| m.as_str())
-        .map_or_else(|| line.to_owned(), str::to_owned);
+    let fields = parsed.as_ref().and_then(|v| v.get("fields")).and_then(|f| f.as_object());
+    let message = match fields {
+        Some(fields) => fields
+            .iter()
+            .map(|(k, v)| match (k.as_str(), v.as_str()) {
+                ("message", Some(text)) => text.to_owned(),
+                (_, Some(text)) => format!("{k}={text}"),
+                _ => format!("{k}={v}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => line.to_owned(),
+    };
     match level.as_str() {
         "error" => tracing::error!(subprocess = "compaction", job_id, "{message}"),
         "warn" => tracing::warn!(subprocess = "compaction", job_id, "{message}"),
