@@ -338,6 +338,20 @@ impl Job<'_> {
         let store = self.storage.object_store();
         let location = StorePath::from(key);
         let threshold = self.config.multipart_threshold_bytes.unwrap_or(DEFAULT_MULTIPART_THRESHOLD).max(1);
+        if let Some(target) = self.storage.local_path(key).filter(|_| size <= threshold) {
+            // A local store: link the finished file into place. `link` fails
+            // if the name exists, so this is create-only and atomic, like the
+            // store's own put. (Larger outputs take the multipart path below,
+            // as they would on any store.)
+            if let Some(dir) = target.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            match tokio::fs::hard_link(local, &target).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!("{key} already exists; refusing to overwrite it"),
+                Err(e) => tracing::debug!(error = %e, "cannot link the output into place; uploading a copy"),
+            }
+        }
         if size <= threshold {
             let bytes = tokio::fs::read(local).await?;
             store
@@ -470,10 +484,16 @@ fn completion_database(database: &str) -> String {
 async fn download_one(store: &dyn object_store::ObjectStore, key: &str, local: &Path) -> Result<u64, object_store::Error> {
     let result = store.get(&StorePath::from(key)).await?;
     let io = |e: std::io::Error| object_store::Error::Generic { store: "local temp", source: Box::new(e) };
-    if let object_store::GetResultPayload::File(mut file, _) = result.payload {
-        // A local store hands out the open file: let the kernel copy it.
+    if let object_store::GetResultPayload::File(mut file, path) = result.payload {
+        // A local store hands out the file itself. Parquet files are never
+        // modified in place, so a hard link is a faithful copy that costs
+        // nothing; across file systems, let the kernel copy it.
         let local = local.to_owned();
         return tokio::task::spawn_blocking(move || {
+            let size = file.metadata()?.len();
+            if std::fs::hard_link(&path, &local).is_ok() {
+                return Ok(size);
+            }
             let mut out = std::fs::File::create(&local)?;
             std::io::copy(&mut file, &mut out)
         })

@@ -233,6 +233,11 @@ impl Storage {
         }
     }
 
+    /// The file behind `key` when this is a local store.
+    pub fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.local_root().map(|root| root.join(key))
+    }
+
     fn local_root(&self) -> Option<std::path::PathBuf> {
         let descriptor = self.descriptor.as_ref().filter(|d| d.storage_type == "local")?;
         let config: serde_json::Value = serde_json::from_str(&descriptor.config_json).ok()?;
