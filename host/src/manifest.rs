@@ -338,4 +338,70 @@ mod tests {
         assert_eq!(store.list().await.unwrap().len(), 1);
         assert!(store.held_files().await.unwrap().is_empty());
     }
+
+    async fn with_manifest(output: Option<&[u8]>, output_size: i64) -> (Storage, ManifestStore) {
+        let storage = Storage::in_memory();
+        storage.write("testdb/cpu/input1.parquet", "in").await.unwrap();
+        if let Some(bytes) = output {
+            storage.write("testdb/cpu/output.parquet", bytes.to_vec()).await.unwrap();
+        }
+        let store = ManifestStore::new(storage.clone());
+        let m = RecoveryManifest {
+            output_size,
+            input_files: vec!["testdb/cpu/input1.parquet".into(), "testdb/cpu/already-gone.parquet".into()],
+            ..manifest("j1")
+        };
+        store.write(&m).await.unwrap();
+        (storage, store)
+    }
+
+    #[tokio::test]
+    async fn recovery_rolls_back_when_the_output_is_missing() {
+        let (storage, store) = with_manifest(None, 17).await;
+        let report = store.recover(&RecoveryObservers::default()).await.unwrap();
+        assert_eq!((report.recovered, report.rolled_back, report.completed), (1, 1, 0));
+        assert!(store.list().await.unwrap().is_empty());
+        assert_eq!(storage.size("testdb/cpu/input1.parquet").await.unwrap(), Some(2), "inputs untouched");
+    }
+
+    #[tokio::test]
+    async fn recovery_finishes_a_complete_output() {
+        let output = b"PAR1 fake data PAR1";
+        let (storage, store) = with_manifest(Some(output), output.len() as i64).await;
+        let consumed = std::sync::Mutex::new(Vec::new());
+        let observe = |inputs: &[String]| -> Result<(), String> {
+            consumed.lock().unwrap().extend_from_slice(inputs);
+            Ok(())
+        };
+        let observers = RecoveryObservers { kept_output: None, consumed_inputs: Some(&observe) };
+        let report = store.recover(&observers).await.unwrap();
+        assert_eq!((report.recovered, report.completed), (1, 1));
+        assert_eq!(storage.size("testdb/cpu/input1.parquet").await.unwrap(), None, "inputs deleted; a missing one is fine");
+        assert!(storage.size("testdb/cpu/output.parquet").await.unwrap().is_some());
+        assert_eq!(consumed.lock().unwrap().len(), 2);
+        assert!(store.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn recovery_deletes_a_partial_output_and_keeps_inputs() {
+        for (bytes, size) in [(&b"PAR1 fake data PAR1"[..], 999), (&b"PAR1 truncated upload"[..], 21)] {
+            let (storage, store) = with_manifest(Some(bytes), size).await;
+            let report = store.recover(&RecoveryObservers::default()).await.unwrap();
+            assert_eq!((report.recovered, report.rolled_back), (1, 1));
+            assert_eq!(storage.size("testdb/cpu/output.parquet").await.unwrap(), None);
+            assert!(storage.size("testdb/cpu/input1.parquet").await.unwrap().is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_observer_keeps_the_manifest_for_the_next_attempt() {
+        let output = b"PAR1 fake data PAR1";
+        let (_storage, store) = with_manifest(Some(output), output.len() as i64).await;
+        let refuse = |_: &[String]| -> Result<(), String> { Err("sqlite busy".into()) };
+        let report = store.recover(&RecoveryObservers { kept_output: None, consumed_inputs: Some(&refuse) }).await.unwrap();
+        assert_eq!(report.failed.len(), 1);
+        assert!(report.failed[0].1.contains("receipt marking incomplete"));
+        assert_eq!(store.list().await.unwrap().len(), 1);
+        assert_eq!(store.recover(&RecoveryObservers::default()).await.unwrap().recovered, 1);
+    }
 }

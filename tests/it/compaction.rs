@@ -300,3 +300,83 @@ fn the_child_protocol_reports_errors_as_arc_does() {
     assert_eq!(result["success"], false);
     assert_eq!(result["error"], "no valid parquet files found");
 }
+
+#[test]
+fn cluster_mode_jobs_hand_over_completion_manifests() {
+    let lake = lake_with(50, "");
+    let dir = lake.lake.join("db/cpu/2026/04/11/00");
+    let files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| format!("db/cpu/2026/04/11/00/{}", e.unwrap().file_name().to_string_lossy())).collect();
+    let completion = lake.root.join("completion");
+    let job = serde_json::json!({
+        "database": "db", "measurement": "cpu", "partition_path": "db/cpu/2026/04/11/00", "files": files,
+        "tier": "hourly", "batch_number": 1, "job_id": "db_db_cpu_2026_04_11_00_1_b1",
+        "temp_directory": lake.root.join("tmp").display().to_string(),
+        "completion_dir": completion.display().to_string(),
+        "partition_time": "2026-04-11T00:00:00Z",
+        "storage_type": "local", "storage_config": serde_json::json!({"base_path": lake.lake.display().to_string()}).to_string(),
+    });
+    let output = compactor(&["compact", "--job", &job.to_string()], &[]);
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["success"], true, "{}", text(&output));
+    let manifest = compactor::completion::read(&completion.join("db_db_cpu_2026_04_11_00_1_b1.json")).unwrap();
+    assert_eq!(manifest.state, compactor::completion::CompletionState::SourcesDeleted);
+    assert_eq!(manifest.deleted_sources.as_ref().unwrap().len(), 12);
+    let out = &manifest.outputs.as_ref().unwrap()[0];
+    assert_eq!(out.path, result["output_file"].as_str().unwrap());
+    use sha2::Digest;
+    let bytes = std::fs::read(lake.lake.join(&out.path)).unwrap();
+    assert_eq!(out.sha256, hex::encode(sha2::Sha256::digest(&bytes)));
+    assert_eq!(out.size_bytes, bytes.len() as u64);
+}
+
+#[test]
+fn run_starts_recovers_and_stops_cleanly_on_sigterm() {
+    let lake = lake_with(10, "");
+    std::fs::write(&lake.config, std::fs::read_to_string(&lake.config).unwrap() + "\n[cluster]\nenabled = true\nrole = \"reader\"\n").unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_compactor"))
+        .args(["-v", "run", "--config", &lake.config])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("node role is not compactor"), "a reader in a cluster stays idle: {stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
+}
+
+#[test]
+fn inputs_that_vanish_before_the_job_reads_them_are_skipped() {
+    let lake = lake_with(50, "");
+    let dir = lake.lake.join("db/cpu/2026/04/11/00");
+    let mut files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| format!("db/cpu/2026/04/11/00/{}", e.unwrap().file_name().to_string_lossy())).collect();
+    files.sort();
+    files.push("db/cpu/2026/04/11/00/cpu_20260411_005900_000000009.parquet".into());
+    let job = serde_json::json!({
+        "database": "db", "measurement": "cpu", "partition_path": "db/cpu/2026/04/11/00", "files": files,
+        "tier": "hourly", "batch_number": 1, "job_id": "db_db_cpu_2026_04_11_00_2_b1",
+        "temp_directory": lake.root.join("tmp").display().to_string(),
+        "storage_type": "local", "storage_config": serde_json::json!({"base_path": lake.lake.display().to_string()}).to_string(),
+    });
+    let output = compactor(&["compact", "--job-stdin"], &[]);
+    assert_eq!(output.status.code(), Some(1), "stdin was empty: {}", text(&output));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_compactor"))
+        .args(["compact", "--job-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(job.to_string().as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["success"], true, "{}", text(&output));
+    assert_eq!(result["files_compacted"], 12, "the vanished input is skipped, the rest compacted");
+    assert_intact(&lake);
+}
