@@ -205,26 +205,10 @@ pub fn cleanup_orphans(dir: &Path, timeout: Duration, now: DateTime<Utc>) -> Res
     Ok(deleted)
 }
 
-/// An entry of the cluster file manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RegisterFile {
-    /// Storage key.
-    pub path: String,
-    /// SHA-256, hex.
-    pub sha256: String,
-    /// Size in bytes.
-    pub size_bytes: u64,
-    /// Database.
-    pub database: String,
-    /// Measurement.
-    pub measurement: String,
-    /// UTC start of the partition.
-    pub partition_time: DateTime<Utc>,
-    /// Tier name.
-    pub tier: String,
-    /// When the file was written.
-    pub created_at: DateTime<Utc>,
-}
+/// An entry of the cluster file manifest: the output as the completion
+/// manifest describes it (the cluster side adds the origin node and log
+/// sequence number).
+pub type RegisterFile = CompletionOutput;
 
 /// A source to remove from the cluster file manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -391,25 +375,8 @@ fn apply(path: &Path, bridge: &dyn ManifestBridge, state: &mut WatcherState) {
     if manifest.state == CompletionState::WritingOutput {
         return;
     }
-    let registers: Vec<RegisterFile> = if state.registered.contains(&manifest.job_id) {
-        Vec::new()
-    } else {
-        manifest
-            .outputs
-            .iter()
-            .flatten()
-            .map(|o| RegisterFile {
-                path: o.path.clone(),
-                sha256: o.sha256.clone(),
-                size_bytes: o.size_bytes,
-                database: o.database.clone(),
-                measurement: o.measurement.clone(),
-                partition_time: o.partition_time,
-                tier: o.tier.clone(),
-                created_at: o.created_at,
-            })
-            .collect()
-    };
+    let registers: Vec<RegisterFile> =
+        if state.registered.contains(&manifest.job_id) { Vec::new() } else { manifest.outputs.iter().flatten().cloned().collect() };
     let deletes: Vec<DeleteFile> = if manifest.state == CompletionState::SourcesDeleted {
         let reason = format!("compaction:{}", manifest.job_id);
         manifest.deleted_sources.iter().flatten().map(|p| DeleteFile { path: p.clone(), reason: reason.clone() }).collect()

@@ -107,30 +107,25 @@ pub enum Level {
 /// Sends one message to the host's log, attributed to this plugin (natively:
 /// to stderr).
 pub fn log(level: Level, message: &str) {
+    // Each world's bindings have their own `Level`; map onto whichever is built.
+    #[allow(unused_macros)]
+    macro_rules! send {
+        ($($wit:tt)*) => {{
+            use $($wit)* as wit;
+            let level = match level {
+                Level::Trace => wit::Level::Trace,
+                Level::Debug => wit::Level::Debug,
+                Level::Info => wit::Level::Info,
+                Level::Warn => wit::Level::Warn,
+                Level::Error => wit::Level::Error,
+            };
+            wit::log(level, message);
+        }};
+    }
     #[cfg(all(feature = "tier", target_family = "wasm"))]
-    {
-        use tier_bindings::compactor::policy::log as wit;
-        let level = match level {
-            Level::Trace => wit::Level::Trace,
-            Level::Debug => wit::Level::Debug,
-            Level::Info => wit::Level::Info,
-            Level::Warn => wit::Level::Warn,
-            Level::Error => wit::Level::Error,
-        };
-        wit::log(level, message);
-    }
+    send!(tier_bindings::compactor::policy::log);
     #[cfg(all(feature = "gate", not(feature = "tier"), target_family = "wasm"))]
-    {
-        use gate_bindings::compactor::policy::log as wit;
-        let level = match level {
-            Level::Trace => wit::Level::Trace,
-            Level::Debug => wit::Level::Debug,
-            Level::Info => wit::Level::Info,
-            Level::Warn => wit::Level::Warn,
-            Level::Error => wit::Level::Error,
-        };
-        wit::log(level, message);
-    }
+    send!(gate_bindings::compactor::policy::log);
     #[cfg(not(target_family = "wasm"))]
     eprintln!("{level:?}: {message}");
     #[cfg(all(target_family = "wasm", not(any(feature = "tier", feature = "gate"))))]
