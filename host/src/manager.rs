@@ -19,7 +19,7 @@ use crate::job::{JobConfig, JobResult, job_id, job_prefix};
 use crate::lock::{DEFAULT_LOCK_TTL, PartitionLocks};
 use crate::manifest::{ManifestStore, RecoveryManifest, RecoveryObservers, RecoveryReport};
 use crate::planner::{self, PlanOptions, PlanProblem, PlannedBatch, PlannedTier};
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageDescriptor};
 
 /// Records kept in the manager's history.
 const HISTORY_LIMIT: usize = 100;
@@ -260,9 +260,9 @@ impl Manager {
         if selected.is_empty() {
             return Ok(report);
         }
-        if self.storage.descriptor().is_none() {
+        let Some(descriptor) = self.storage.descriptor().cloned() else {
             return Err(CycleError::NotShareable(self.storage.to_string()));
-        }
+        };
         match self.recover().await {
             Ok(recovery) => report.recovery = recovery,
             Err(e) => tracing::error!(error = %e, "recovery failed; continuing with the cycle"),
@@ -280,7 +280,7 @@ impl Manager {
                 progress(Progress::TierStarted { tier: tier.name.clone(), batches: plan.batches.len() });
             }
             let suffix = plan.tiers.first().map(|t| t.output_suffix.clone()).filter(|s| !s.is_empty());
-            let (records, skipped) = self.execute(plan.batches, suffix.as_deref()).await;
+            let (records, skipped) = self.execute(plan.batches, &descriptor, suffix.as_deref()).await;
             report.jobs.extend(records);
             report.skipped_locked += skipped;
         }
@@ -297,14 +297,14 @@ impl Manager {
 
     /// Runs the batches of one tier: partitions in parallel (bounded), the
     /// batches of a partition in sequence.
-    async fn execute(&self, batches: Vec<PlannedBatch>, suffix: Option<&str>) -> (Vec<JobRecord>, usize) {
+    async fn execute(&self, batches: Vec<PlannedBatch>, descriptor: &StorageDescriptor, suffix: Option<&str>) -> (Vec<JobRecord>, usize) {
         let mut partitions: BTreeMap<String, Vec<PlannedBatch>> = BTreeMap::new();
         for batch in batches {
             partitions.entry(batch.candidate.partition_path.clone()).or_default().push(batch);
         }
         let limit = self.config.compaction.effective_max_concurrent();
         let results: Vec<(Vec<JobRecord>, usize)> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-            futures::stream::iter(partitions.into_values().map(|batches| self.execute_partition(batches, suffix))),
+            futures::stream::iter(partitions.into_values().map(|batches| self.execute_partition(batches, descriptor, suffix))),
             limit,
         ))
         .await;
@@ -318,7 +318,12 @@ impl Manager {
         (records, skipped)
     }
 
-    async fn execute_partition(&self, batches: Vec<PlannedBatch>, suffix: Option<&str>) -> (Vec<JobRecord>, usize) {
+    async fn execute_partition(
+        &self,
+        batches: Vec<PlannedBatch>,
+        descriptor: &StorageDescriptor,
+        suffix: Option<&str>,
+    ) -> (Vec<JobRecord>, usize) {
         let Some(first) = batches.first() else { return (Vec::new(), 0) };
         let partition = first.candidate.partition_path.clone();
         let database = first.candidate.database.clone();
@@ -335,7 +340,7 @@ impl Manager {
         };
         let mut records = Vec::new();
         for batch in batches {
-            let record = self.execute_batch(&batch, suffix).await;
+            let record = self.execute_batch(&batch, descriptor, suffix).await;
             if let Some(progress) = lock(&self.progress).clone() {
                 progress(Progress::BatchDone { record: record.clone() });
             }
@@ -346,10 +351,9 @@ impl Manager {
         (records, 0)
     }
 
-    async fn execute_batch(&self, batch: &PlannedBatch, suffix: Option<&str>) -> JobRecord {
+    async fn execute_batch(&self, batch: &PlannedBatch, descriptor: &StorageDescriptor, suffix: Option<&str>) -> JobRecord {
         let candidate = &batch.candidate;
         let started = Instant::now();
-        let descriptor = self.storage.descriptor().cloned().unwrap_or_else(|| unreachable_descriptor());
         let template = JobConfig {
             database: candidate.database.clone(),
             measurement: candidate.measurement.clone(),
@@ -467,11 +471,6 @@ impl Manager {
     }
 }
 
-fn unreachable_descriptor() -> crate::storage::StorageDescriptor {
-    // `run_cycle` refuses stores without a descriptor before any batch runs.
-    crate::storage::StorageDescriptor { storage_type: "unsupported".into(), config_json: "{}".into() }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -532,5 +531,49 @@ mod tests {
         let mut left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         left.sort();
         assert_eq!(left, [".completion", "notes.txt"]);
+    }
+
+    fn manager(tiers: Vec<PlannedTier>) -> Manager {
+        let config = Config::parse("[storage]\nurl = \"memory://\"\n").unwrap();
+        let child = ChildCommand { program: "/nonexistent".into(), env: Vec::new() };
+        Manager::new(config, Storage::in_memory(), tiers, child)
+    }
+
+    #[tokio::test]
+    async fn cycle_ids_start_at_one_and_are_used_even_by_empty_cycles() {
+        let manager = manager(Vec::new());
+        assert_eq!((manager.current_cycle_id(), manager.is_cycle_running()), (0, false));
+        for expected in 1..=3 {
+            assert_eq!(manager.run_cycle(CycleOptions::default()).await.unwrap().cycle_id, expected);
+        }
+        let unknown = CycleOptions { tiers: vec!["weekly".into()], database: Some("db1".into()), ..Default::default() };
+        assert_eq!(manager.run_cycle(unknown).await.unwrap().cycle_id, 4, "unknown tier names are ignored");
+        assert!(manager.recent_jobs().is_empty());
+        assert_eq!(manager.stats().total_jobs_completed, 0);
+    }
+
+    #[tokio::test]
+    async fn a_second_cycle_is_refused_while_one_runs() {
+        let manager = manager(Vec::new());
+        manager.running.store(true, Ordering::SeqCst);
+        assert!(matches!(manager.run_cycle(CycleOptions::default()).await, Err(CycleError::AlreadyRunning)));
+        assert_eq!(manager.current_cycle_id(), 0, "a refused cycle gets no id");
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_store_cannot_be_compacted_by_a_job_process() {
+        let plugin = crate::plugin::PluginRuntime::new(crate::plugin::ArtifactCache::disabled())
+            .unwrap()
+            .load_tier(&crate::plugin::PluginSource::Builtin("hourly".into()))
+            .unwrap();
+        let tier = PlannedTier {
+            name: "hourly".into(),
+            enabled: true,
+            policy: Ok(std::sync::Arc::new(plugin)),
+            config_json: "{}".into(),
+            limits: crate::config::PluginLimits::default(),
+        };
+        let error = manager(vec![tier]).run_cycle(CycleOptions::default()).await.unwrap_err();
+        assert!(error.to_string().contains("cannot be compacted by a job process"), "{error}");
     }
 }
