@@ -333,19 +333,31 @@ fn cluster_mode_jobs_hand_over_completion_manifests() {
 fn run_starts_recovers_and_stops_cleanly_on_sigterm() {
     let lake = lake_with(10, "");
     std::fs::write(&lake.config, std::fs::read_to_string(&lake.config).unwrap() + "\n[cluster]\nenabled = true\nrole = \"reader\"\n").unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_compactor"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_compactor"))
         .args(["-v", "run", "--config", &lake.config])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut stderr = String::new();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        stderr.push_str(&line);
+        stderr.push('\n');
+        if line.contains("compactor is running") {
+            break;
+        }
+    }
     // SAFETY: sending a signal to our own child process.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    for line in lines {
+        stderr.push_str(&line.unwrap());
+        stderr.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{stderr}");
     assert!(stderr.contains("node role is not compactor"), "a reader in a cluster stays idle: {stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");
 }

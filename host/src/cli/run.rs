@@ -25,6 +25,8 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let manager = Arc::new(super::load_manager(&args.config, &[])?);
     manager.cleanup_orphaned_temp_dirs()?;
     runtime.block_on(async {
+        // Listen for signals before anything else, so that none is missed.
+        let stop_signal = ShutdownSignal::new()?;
         match manager.recover().await {
             Ok(report) => tracing::info!(recovered = report.recovered, "start-up recovery finished"),
             Err(e) => tracing::error!(error = %e, "start-up recovery failed"),
@@ -45,7 +47,8 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let scheduler = tokio::spawn(compactor::scheduler::run(manager.clone(), schedules, stopped));
-        shutdown_signal().await;
+        tracing::info!("compactor is running; SIGINT or SIGTERM stops it");
+        stop_signal.wait().await;
         tracing::info!("shutting down: waiting for a running cycle to finish");
         let _ = stop.send(true);
         let _ = scheduler.await;
@@ -68,17 +71,22 @@ fn gate_allows(config: &Config) -> anyhow::Result<bool> {
     Ok(gate.can_compact(&node)?)
 }
 
-async fn shutdown_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGINT and SIGTERM, registered when created.
+struct ShutdownSignal {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
     }
 }
