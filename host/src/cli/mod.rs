@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
 #[command(name = "compactor", version, about, propagate_version = true)]
-#[command(after_help = "Start with `compactor demo`, which builds a sample lake and shows its plan.\n\
+#[command(after_help = "Start with `compactor demo`: it builds a sample lake, compacts it and verifies every row.\n\
 Logs go to stderr; set COMPACTOR_LOG (e.g. COMPACTOR_LOG=debug) or pass -v for more.")]
 struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
