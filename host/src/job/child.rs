@@ -286,7 +286,9 @@ impl Job<'_> {
                 )?;
                 expected = distinct as u64;
             }
+            let started = Instant::now();
             self.duckdb.execute_batch(statement).with_context(|| "failed to execute compaction query")?;
+            tracing::debug!(statement = i, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "merge statement");
         }
         if dedup {
             let _ = self.duckdb.execute_batch(&format!("DROP TABLE IF EXISTS {}", sql::STAGING_TABLE));
@@ -565,6 +567,9 @@ pub fn open_duckdb(config: &JobConfig) -> anyhow::Result<duckdb::Connection> {
     let connection = duckdb::Connection::open_in_memory().context("cannot open DuckDB")?;
     // Extensions cannot be downloaded here; fail fast instead of trying.
     connection.execute_batch("SET autoinstall_known_extensions = false; SET autoload_known_extensions = false")?;
+    // The probe, the row count, the dedup settings and the merge all read the
+    // inputs' footers: read them once.
+    connection.execute_batch("SET parquet_metadata_cache = true")?;
     if !config.memory_limit.is_empty() {
         if let Err(e) = connection.execute_batch(&format!("SET memory_limit='{}'", config.memory_limit.replace('\'', "''"))) {
             tracing::warn!(error = %e, "cannot set DuckDB memory_limit");
