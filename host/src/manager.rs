@@ -172,7 +172,9 @@ pub struct Manager {
 
 impl Manager {
     /// A manager for `config`'s store and tiers, running jobs with `child`.
-    pub fn new(config: Config, storage: Storage, tiers: Vec<PlannedTier>, child: ChildCommand) -> Self {
+    pub fn new(config: Config, storage: Storage, tiers: Vec<PlannedTier>, mut child: ChildCommand) -> Self {
+        // Credentials from the config reach jobs through their environment.
+        child.env.extend(storage.child_env().iter().cloned());
         let temp_directory = config.resolve_path(&config.compaction.temp_directory);
         let locks = PartitionLocks::new(storage.clone(), DEFAULT_LOCK_TTL);
         Self {

@@ -3,6 +3,7 @@
 //! the key that failed.
 
 mod partition;
+mod s3;
 
 use std::collections::BTreeMap;
 use std::path::Path as FsPath;
@@ -85,6 +86,9 @@ pub struct Storage {
     store: Arc<dyn ObjectStore>,
     description: String,
     descriptor: Option<StorageDescriptor>,
+    /// Credentials a job process needs, passed in its environment (never in
+    /// its JSON config, logs or manifests).
+    child_env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -116,10 +120,13 @@ impl Storage {
         if parsed.scheme() == "memory" {
             return Ok(Self::in_memory());
         }
+        if parsed.scheme() == "s3" || parsed.scheme() == "s3a" {
+            return s3::open(&parsed, options).map_err(|e| open_error(e.to_string()));
+        }
         let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter()).map_err(|e| open_error(e.to_string()))?;
         let store: Arc<dyn ObjectStore> =
             if prefix.as_ref().is_empty() { Arc::from(store) } else { Arc::new(PrefixStore::new(store, prefix)) };
-        Ok(Self { store, description: redact_url(&parsed), descriptor: None })
+        Ok(Self { store, description: redact_url(&parsed), descriptor: None, child_env: Vec::new() })
     }
 
     /// A local directory, which must exist. Directories emptied by deletes
@@ -133,7 +140,7 @@ impl Storage {
             storage_type: "local".into(),
             config_json: serde_json::json!({ "base_path": root.display().to_string() }).to_string(),
         };
-        Ok(Self { store: Arc::new(store), description: format!("file://{}", root.display()), descriptor: Some(descriptor) })
+        Ok(Self { store: Arc::new(store), description: format!("file://{}", root.display()), descriptor: Some(descriptor), child_env: Vec::new() })
     }
 
     /// Rebuilds a store in a child process from its descriptor.
@@ -148,6 +155,7 @@ impl Storage {
                 let local: Local = serde_json::from_str(config_json).map_err(|e| open_error(format!("invalid storage config: {e}")))?;
                 Self::local(FsPath::new(&local.base_path))
             }
+            "s3" => s3::from_descriptor(config_json).map_err(|e| open_error(e.to_string())),
             other => Err(open_error(format!("unsupported storage type: {other}"))),
         }
     }
@@ -158,14 +166,20 @@ impl Storage {
         self.descriptor.as_ref()
     }
 
+    /// Environment variables a job process needs to reach this store
+    /// (credentials given in the config); empty when it inherits them.
+    pub fn child_env(&self) -> &[(String, String)] {
+        &self.child_env
+    }
+
     /// A fresh, empty in-memory store (for tests and benchmarks).
     pub fn in_memory() -> Self {
-        Self { store: Arc::new(InMemory::new()), description: "memory://".into(), descriptor: None }
+        Self { store: Arc::new(InMemory::new()), description: "memory://".into(), descriptor: None, child_env: Vec::new() }
     }
 
     /// Wraps any `object_store` implementation.
     pub fn from_store(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
-        Self { store, description: description.into(), descriptor: None }
+        Self { store, description: description.into(), descriptor: None, child_env: Vec::new() }
     }
 
     /// The underlying store.
