@@ -4,6 +4,7 @@
 mod cli;
 mod compaction;
 mod plan;
+mod s3;
 mod policies;
 mod sandbox;
 mod sdk;

@@ -1,0 +1,219 @@
+//! The compaction job on a real S3-compatible server (moto, on 127.0.0.1):
+//! a cycle, a crash at three step boundaries followed by recovery, and two
+//! engines racing on one bucket. Rows are compared with the original, row by
+//! row, after downloading the bucket.
+//!
+//! The server is `$COMPACTOR_TEST_S3_ENDPOINT` (`.ci/run` starts one), or a
+//! `moto_server` this test binary starts itself.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use compactor::sample::{self, SampleSpec};
+use compactor::storage::Storage;
+use compactor::verify;
+
+const NOW: &str = "2026-04-13T12:00:00Z";
+
+fn endpoint() -> &'static str {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(|| {
+        let endpoint = std::env::var("COMPACTOR_TEST_S3_ENDPOINT").unwrap_or_else(|_| start_moto());
+        let address = endpoint.trim_start_matches("http://").to_owned();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&address).is_ok() {
+                return endpoint;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("no S3 server answers at {endpoint} (install moto: pip install 'moto[server]')");
+    })
+}
+
+/// Starts `moto_server` on a free port, from a thread that lives as long as
+/// the test process, so that the server dies with it (PR_SET_PDEATHSIG).
+fn start_moto() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (ready, started) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new("moto_server");
+        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        // SAFETY: prctl only sets a flag on the new process.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn();
+        let _ = ready.send(child.is_ok());
+        if let Ok(mut child) = child {
+            let _ = child.wait();
+        }
+        loop {
+            std::thread::park();
+        }
+    });
+    assert!(started.recv().unwrap_or(false), "cannot start moto_server (install it: pip install 'moto[server]')");
+    format!("http://127.0.0.1:{port}")
+}
+
+fn create_bucket(name: &str) {
+    let address = endpoint().trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "PUT /{name} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 200"), "cannot create bucket {name}: {response}");
+}
+
+struct Bucket {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    storage: Storage,
+    config: String,
+}
+
+fn options() -> BTreeMap<String, String> {
+    [
+        ("aws_endpoint", endpoint()),
+        ("aws_allow_http", "true"),
+        ("aws_region", "us-east-1"),
+        ("aws_access_key_id", "test"),
+        ("aws_secret_access_key", "test"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// A bucket holding a small lake under `lake/`, its pristine copy on disk,
+/// and a config pointing at it.
+fn bucket(name: &str) -> Bucket {
+    create_bucket(name);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let spec = SampleSpec {
+        database: "db".into(),
+        measurements: vec![("cpu".into(), vec!["host".into()])],
+        hours: 2,
+        files_per_hour: 12,
+        rows_per_file: 50,
+    };
+    sample::generate(&root.join("pristine"), crate::util::at(NOW), &spec).unwrap();
+    let url = format!("s3://{name}/lake");
+    let storage = Storage::open(&url, &options(), &root).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for file in files(&root.join("pristine")) {
+        let bytes = std::fs::read(root.join("pristine").join(&file)).unwrap();
+        runtime.block_on(storage.write(&file, bytes)).unwrap();
+    }
+    let options: String = options().iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
+    let config = root.join("compactor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nurl = \"{url}\"\n[storage.options]\n{options}\n[plugins]\ncache_dir = \"{}\"\n\n\
+             [[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n\n[[tiers]]\nname = \"daily\"\nplugin = \"builtin:daily\"\n[tiers.config]\nmin_files = 2\n\n\
+             [compaction]\ntemp_directory = \"tmp\"\nthreads = 1\n",
+            std::env::temp_dir().join("compactor-test-artifacts").display()
+        ),
+    )
+    .unwrap();
+    Bucket { _dir: dir, root, storage, config: config.display().to_string() }
+}
+
+fn files(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(entry.path().strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn compactor(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_compactor"));
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// Downloads the bucket and checks: exactly the original rows, two daily
+/// outputs, and nothing else (no manifest, no lock).
+fn assert_intact_and_compacted(bucket: &Bucket) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let objects = runtime.block_on(bucket.storage.list("")).unwrap();
+    let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys.len(), 1, "one daily output and nothing else: {keys:#?}");
+    assert!(keys[0].ends_with("_b1_daily.parquet"), "{keys:?}");
+    let downloaded = bucket.root.join("downloaded");
+    for object in &objects {
+        let path = downloaded.join(&object.key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, runtime.block_on(bucket.storage.read(&object.key)).unwrap()).unwrap();
+    }
+    let connection = verify::connection().unwrap();
+    let before = format!("{}/**/*.parquet", bucket.root.join("pristine").display());
+    let after = format!("{}/**/*.parquet", downloaded.display());
+    assert_eq!(verify::row_differences(&connection, &before, &after).unwrap(), (0, 0));
+}
+
+#[test]
+fn a_cycle_on_s3_compacts_every_row_once() {
+    let bucket = bucket("s3-cycle");
+    let plan = compactor(&["plan", "--config", &bucket.config, "--now", NOW, "--format", "json"], &[]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    let batches: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(batches.as_array().unwrap().len(), 3, "2 hourly + 1 daily (before hourly ran): {batches}");
+    let once = compactor(&["once", "--config", &bucket.config, "--now", NOW], &[]);
+    assert!(once.status.success(), "{}", text(&once));
+    assert!(!String::from_utf8_lossy(&once.stderr).contains("secret"), "no secret in the logs");
+    assert_intact_and_compacted(&bucket);
+}
+
+#[test]
+fn a_job_killed_on_s3_loses_and_duplicates_nothing() {
+    for (i, step) in ["after-manifest", "after-upload", "mid-delete"].iter().enumerate() {
+        let bucket = bucket(&format!("s3-crash-{i}"));
+        let _crashed = compactor(&["once", "--config", &bucket.config, "--now", NOW], &[("COMPACTOR_FAULT", step)]);
+        let recovered = compactor(&["recover", "--config", &bucket.config], &[]);
+        assert!(recovered.status.success(), "{step}: {}", text(&recovered));
+        let clean = compactor(&["once", "--config", &bucket.config, "--now", NOW], &[]);
+        assert!(clean.status.success(), "{step}: {}", text(&clean));
+        assert_intact_and_compacted(&bucket);
+    }
+}
+
+#[test]
+fn two_engines_racing_on_one_bucket_compact_every_row_once() {
+    let bucket = bucket("s3-race");
+    let run = || compactor(&["once", "--config", &bucket.config, "--now", NOW, "--tier", "hourly"], &[]);
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(run);
+        let b = s.spawn(run);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(a.status.success() && b.status.success(), "{}\n{}", text(&a), text(&b));
+    let clean = compactor(&["once", "--config", &bucket.config, "--now", NOW], &[]);
+    assert!(clean.status.success(), "{}", text(&clean));
+    assert_intact_and_compacted(&bucket);
+}
