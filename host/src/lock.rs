@@ -161,6 +161,22 @@ impl PartitionLocks {
         Ok(removed)
     }
 
+    /// Checks that the store refuses to overwrite on a create-only write,
+    /// which partition locks (and create-only uploads) rely on. Writes and
+    /// removes a probe object under `_compaction_state/`.
+    pub async fn check_conditional_writes(&self) -> Result<bool, object_store::Error> {
+        let probe = Path::from(format!("{COMPACTION_STATE_ROOT}/locks/.probe-{}", self.owner.replace(':', "-")));
+        let store = self.storage.object_store();
+        store.put_opts(&probe, "probe".into(), PutOptions::from(PutMode::Create)).await?;
+        let second = store.put_opts(&probe, "probe".into(), PutOptions::from(PutMode::Create)).await;
+        let _ = store.delete(&probe).await;
+        match second {
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(true),
+            Ok(_) | Err(object_store::Error::NotImplemented) | Err(object_store::Error::NotSupported { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Releases a lock taken by this process.
     pub async fn release(&self, lock: PartitionLock) {
         let location = Path::from(Self::object_key(&lock.key));
@@ -238,6 +254,16 @@ mod tests {
         assert!(b.try_acquire("db/cpu/2026/04/11/11").await.unwrap().is_some(), "other partitions are independent");
         a.release(held).await;
         assert!(b.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn stores_with_create_only_writes_pass_the_check() {
+        let locks = PartitionLocks::new(Storage::in_memory(), DEFAULT_LOCK_TTL);
+        assert!(locks.check_conditional_writes().await.unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let local = PartitionLocks::new(Storage::local(dir.path()).unwrap(), DEFAULT_LOCK_TTL);
+        assert!(local.check_conditional_writes().await.unwrap());
+        assert!(std::fs::read_dir(dir.path().join("_compaction_state/locks")).map_or(true, |mut d| d.next().is_none()), "the probe is removed");
     }
 
     #[tokio::test]

@@ -242,6 +242,21 @@ impl Manager {
         Ok(report)
     }
 
+    /// Checks at start-up that the store can do create-only writes; when it
+    /// cannot, says so and what it means instead of silently racing.
+    pub async fn check_store(&self) {
+        match self.locks.check_conditional_writes().await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                store = %self.storage,
+                "this store cannot do conditional (create-only) writes: partition locks cannot exclude another \
+                 compactor and an upload could overwrite an object; run a single compactor against this store \
+                 (for S3-compatible servers, set aws_conditional_put in [storage.options] if they support it)"
+            ),
+            Err(e) => tracing::warn!(store = %self.storage, error = %e, "cannot check whether the store supports create-only writes"),
+        }
+    }
+
     /// Removes every sub-directory of the temp directory except the reserved
     /// `.completion` (leftovers of killed jobs); plain files stay.
     pub fn cleanup_orphaned_temp_dirs(&self) -> std::io::Result<usize> {
@@ -275,6 +290,7 @@ impl Manager {
                 database: options.database.clone(),
                 tiers: vec![tier.name.clone()],
                 max_files_per_batch: self.config.compaction.max_files_per_batch,
+                multipart_threshold: self.config.compaction.multipart_threshold_bytes(),
             };
             let plan = planner::plan(&self.storage, std::slice::from_ref(tier), &plan_options).await?;
             report.problems.extend(plan.problems);

@@ -109,6 +109,8 @@ pub struct PlanOptions {
     pub tiers: Vec<String>,
     /// Batch size, clamped as Arc does.
     pub max_files_per_batch: i64,
+    /// Outputs larger than this are uploaded in parts (for the cost).
+    pub multipart_threshold: u64,
 }
 
 /// One batch of the plan and the bytes it would read.
@@ -143,6 +145,49 @@ pub struct TierSummary {
     pub bytes: u64,
     /// Files the policy chose that a pending recovery manifest holds.
     pub held_files_dropped: usize,
+    /// Object-store requests executing this tier's batches would make.
+    pub requests: RequestCost,
+}
+
+/// Object-store requests, by kind. LIST pages hold up to 1,000 keys, as on
+/// S3; multipart uploads count their parts plus the create and complete
+/// calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RequestCost {
+    /// LIST requests (pages).
+    pub list: u64,
+    /// GET and HEAD requests.
+    pub get: u64,
+    /// PUT requests, including multipart parts.
+    pub put: u64,
+    /// DELETE requests.
+    pub delete: u64,
+}
+
+impl RequestCost {
+    /// The sum of two costs.
+    pub fn add(self, other: RequestCost) -> RequestCost {
+        RequestCost { list: self.list + other.list, get: self.get + other.get, put: self.put + other.put, delete: self.delete + other.delete }
+    }
+
+    /// All requests.
+    pub fn total(&self) -> u64 {
+        self.list + self.get + self.put + self.delete
+    }
+
+    /// What one batch costs to execute: the lock (create, delete), one GET
+    /// per input, the recovery manifest (put, delete), the output (one PUT,
+    /// or parts + 2 when larger than `multipart_threshold`, sized at most the
+    /// inputs' bytes), and one DELETE per input.
+    pub fn of_batch(files: usize, bytes: u64, multipart_threshold: u64) -> RequestCost {
+        let output_puts = if bytes <= multipart_threshold { 1 } else { bytes.div_ceil(multipart_threshold.max(1)) + 2 };
+        RequestCost { list: 0, get: files as u64, put: 2 + output_puts, delete: files as u64 + 2 }
+    }
+}
+
+/// LIST pages needed for `keys` keys (at least one request).
+pub fn list_pages(keys: usize) -> u64 {
+    (keys as u64).div_ceil(1000).max(1)
 }
 
 /// Something that went wrong in one tier or partition; the rest of the plan
@@ -172,6 +217,9 @@ pub struct Plan {
     /// Batches in tier order, then database, measurement, partition path and
     /// batch number.
     pub batches: Vec<PlannedBatch>,
+    /// LIST requests planning made (discovery, manifests, one listing per
+    /// measurement), also what a cycle's planning costs.
+    pub planning_requests: RequestCost,
     /// Counts per tier, in tier order.
     pub tiers: Vec<TierSummary>,
     /// Failures that skipped a tier or a partition.
@@ -208,6 +256,7 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
     if selected.is_empty() {
         return Ok(plan);
     }
+    plan.planning_requests.list += 1;
     let held = match ManifestStore::new(storage.clone()).held_files().await {
         Ok(held) => Some(held),
         Err(e) => {
@@ -222,6 +271,9 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
         }
     };
     let listings = list_measurements(storage, options.database.as_deref(), &selected, &mut plan.problems).await?;
+    let databases: std::collections::BTreeSet<&str> = listings.iter().map(|l| l.database.as_str()).collect();
+    plan.planning_requests.list += u64::from(options.database.is_none()) + databases.len() as u64;
+    plan.planning_requests.list += listings.iter().map(|l| list_pages(l.files.len())).sum::<u64>();
     for tier in selected {
         let summary = plan_tier(tier, &listings, held.as_ref(), options, &mut plan);
         plan.tiers.push(summary);
@@ -331,6 +383,7 @@ fn plan_tier(
                 };
                 for batch in split_into_batches(&candidate, options.max_files_per_batch) {
                     let bytes = batch_bytes(&partition, &batch.files);
+                    summary.requests = summary.requests.add(RequestCost::of_batch(batch.files.len(), bytes, options.multipart_threshold));
                     summary.batches += 1;
                     summary.files += batch.files.len();
                     summary.bytes += bytes;
@@ -396,6 +449,13 @@ mod tests {
         assert!(validate_answer(&p, &[vec![a.clone()], vec![a.clone()]]).unwrap_err().contains("more than once"));
         assert!(validate_answer(&p, &[vec!["db/cpu/x.parquet".into()]]).unwrap_err().contains("not in the partition's listing"));
         assert!(validate_answer(&p, &[vec!["db/cpu/2026/01/01/00/../../../../../etc/passwd".into()]]).unwrap_err().contains("path-traversal"));
+    }
+
+    #[test]
+    fn request_costs_follow_the_job_protocol() {
+        assert_eq!(RequestCost::of_batch(30, 1000, 64 << 20), RequestCost { list: 0, get: 30, put: 3, delete: 32 });
+        assert_eq!(RequestCost::of_batch(2, 250, 100).put, 2 + 3 + 2, "three parts, create and complete");
+        assert_eq!((list_pages(0), list_pages(1000), list_pages(1001)), (1, 1, 2));
     }
 
     #[test]

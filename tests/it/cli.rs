@@ -121,14 +121,19 @@ fn plan_table_is_aligned_with_a_summary() {
     let dir = tempfile::tempdir().unwrap();
     generated_lake(&dir.path().join("lake"));
     let config = write_config(dir.path(), "");
-    let output = compactor(&["plan", "--config", &config, "--now", "2026-04-11T18:00:00Z", "--tier", "hourly", "--database", "mydb"]);
+    let output = compactor(&["plan", "--config", &config, "--now", "2026-04-11T18:00:00Z", "--tier", "hourly"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("TIER    DATABASE  MEASUREMENT  PARTITION"), "{text}");
     let partition_column = lines[0].find("PARTITION").unwrap();
     assert!(lines[1..5].iter().all(|l| l.find("mydb/").unwrap() == partition_column), "{text}");
-    assert!(lines.last().unwrap().starts_with("4 batches in 3 partitions, 64 files"), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("4 batches in 3 partitions, 64 files")), "{text}");
+    // 4 batches: 64 GETs, 64 + 8 DELETEs, 3 PUTs each (lock, manifest, output);
+    // LIST: manifests, databases, the measurements of mydb, one listing each
+    // of cpu and mem.
+    let cost = lines.iter().find(|l| l.starts_with("cost of the cycle")).expect("a cost line");
+    assert!(cost.contains("(5 LIST, 64 GET, 12 PUT incl. parts, 72 DELETE)"), "{cost}");
 }
 
 #[test]

@@ -111,7 +111,7 @@ async fn pseudo_databases_plan_like_plain_ones() {
     let keys: Vec<String> = ["fa", "fb", "fc"].iter().map(|f| format!("rocket-01/factory/temps/2026/08/19/10/{f}.parquet")).collect();
     let storage = store_with(&keys).await;
     let tiers = [tier("hourly", "builtin:hourly", r#"{"min_files": 3}"#, PluginLimits::default())];
-    let options = PlanOptions { now: at("2026-08-20T00:00:00Z"), database: Some("rocket-01/factory".into()), tiers: vec![], max_files_per_batch: 30 };
+    let options = PlanOptions { now: at("2026-08-20T00:00:00Z"), database: Some("rocket-01/factory".into()), tiers: vec![], max_files_per_batch: 30, multipart_threshold: 64 << 20 };
     let plan = planner::plan(&storage, &tiers, &options).await.unwrap();
     assert_eq!(plan.batches.len(), 1);
     let c = &plan.batches[0].candidate;
@@ -130,6 +130,7 @@ async fn tier_and_database_filters_and_disabled_tiers() {
         database: database.map(str::to_owned),
         tiers: tiers.iter().map(|t| (*t).to_owned()).collect(),
         max_files_per_batch: 30,
+        multipart_threshold: 64 << 20,
     };
     let only_daily = planner::plan(&storage, &tiers, &options(&["daily"], None)).await.unwrap();
     assert!(only_daily.batches.iter().all(|b| b.candidate.tier == "daily") && only_daily.batches.len() == 2);

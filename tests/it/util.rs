@@ -88,6 +88,6 @@ pub async fn store_with(keys: &[String]) -> compactor::storage::Storage {
 
 /// Plans `tiers` over `storage` at `now`, with Arc's batch size.
 pub async fn plan(storage: &compactor::storage::Storage, tiers: &[compactor::planner::PlannedTier], now: &str) -> compactor::planner::Plan {
-    let options = compactor::planner::PlanOptions { now: at(now), database: None, tiers: Vec::new(), max_files_per_batch: 30 };
+    let options = compactor::planner::PlanOptions { now: at(now), database: None, tiers: Vec::new(), max_files_per_batch: 30, multipart_threshold: 64 << 20 };
     compactor::planner::plan(storage, tiers, &options).await.unwrap()
 }

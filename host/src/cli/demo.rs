@@ -59,7 +59,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::write(&config_path, "[storage]\nurl = \"lake\"\n\n[compaction]\ntemp_directory = \"compaction\"\n")
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = Config::load(&config_path)?;
-    let options = PlanOptions { now, database: None, tiers: Vec::new(), max_files_per_batch: config.compaction.max_files_per_batch };
+    let options = PlanOptions { now, database: None, tiers: Vec::new(), max_files_per_batch: config.compaction.max_files_per_batch, multipart_threshold: config.compaction.multipart_threshold_bytes() };
     let plan = super::plan::plan_with_config(&config, &options)?;
     super::plan::print_plan(&plan, args.format)?;
     if args.plan_only || !plan.problems.is_empty() {

@@ -51,6 +51,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         database: args.database,
         tiers: args.tiers,
         max_files_per_batch: config.compaction.max_files_per_batch,
+        multipart_threshold: config.compaction.multipart_threshold_bytes(),
     };
     let plan = plan_with_config(&config, &options)?;
     print_plan(&plan, args.format)?;
@@ -105,7 +106,23 @@ pub(crate) fn print_plan(plan: &Plan, format: Format) -> anyhow::Result<()> {
                 per_tier.join("; "),
                 if plan.problems.is_empty() { String::new() } else { format!("; {} problems (see above)", plan.problems.len()) },
             );
-            table.print(&summary)
+            table.print(&summary)?;
+            let requests = plan.tiers.iter().fold(plan.planning_requests, |total, t| total.add(t.requests));
+            println!(
+                "cost of the cycle: {} requests ({} LIST, {} GET, {} PUT incl. parts, {} DELETE); reads {}, writes at most {}",
+                requests.total(),
+                requests.list,
+                requests.get,
+                requests.put,
+                requests.delete,
+                compactor::units::format_bytes(bytes),
+                compactor::units::format_bytes(bytes)
+            );
+            for tier in &plan.tiers {
+                let r = tier.requests;
+                println!("  {}: {} GET, {} PUT, {} DELETE; reads {}", tier.tier, r.get, r.put, r.delete, compactor::units::format_bytes(tier.bytes));
+            }
+            Ok(())
         }
     }
 }
