@@ -62,8 +62,8 @@ fn start_moto() -> String {
     format!("http://127.0.0.1:{port}")
 }
 
-fn create_bucket(name: &str) {
-    let address = endpoint().trim_start_matches("http://");
+fn create_bucket_at(endpoint: &str, name: &str) {
+    let address = endpoint.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     write!(stream, "PUT /{name} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
@@ -78,9 +78,9 @@ struct Bucket {
     config: String,
 }
 
-fn options() -> BTreeMap<String, String> {
+fn options_for(endpoint: &str) -> BTreeMap<String, String> {
     [
-        ("aws_endpoint", endpoint()),
+        ("aws_endpoint", endpoint),
         ("aws_allow_http", "true"),
         ("aws_region", "us-east-1"),
         ("aws_access_key_id", "test"),
@@ -94,7 +94,11 @@ fn options() -> BTreeMap<String, String> {
 /// A bucket holding a small lake under `lake/`, its pristine copy on disk,
 /// and a config pointing at it.
 fn bucket(name: &str) -> Bucket {
-    create_bucket(name);
+    bucket_at(endpoint(), name, &[])
+}
+
+fn bucket_at(endpoint: &str, name: &str, extra: &[(&str, &str)]) -> Bucket {
+    create_bucket_at(endpoint, name);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     let spec = SampleSpec {
@@ -106,13 +110,15 @@ fn bucket(name: &str) -> Bucket {
     };
     sample::generate(&root.join("pristine"), crate::util::at(NOW), &spec).unwrap();
     let url = format!("s3://{name}/lake");
-    let storage = Storage::open(&url, &options(), &root).unwrap();
+    let mut options = options_for(endpoint);
+    options.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let storage = Storage::open(&url, &options, &root).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     for file in files(&root.join("pristine")) {
         let bytes = std::fs::read(root.join("pristine").join(&file)).unwrap();
         runtime.block_on(storage.write(&file, bytes)).unwrap();
     }
-    let options: String = options().iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
+    let options: String = options.iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
     let config = root.join("compactor.toml");
     std::fs::write(
         &config,
@@ -216,4 +222,86 @@ fn two_engines_racing_on_one_bucket_compact_every_row_once() {
     let clean = compactor(&["once", "--config", &bucket.config, "--now", NOW], &[]);
     assert!(clean.status.success(), "{}", text(&clean));
     assert_intact_and_compacted(&bucket);
+}
+
+/// A private moto server, so that pausing it affects no other test.
+struct PrivateServer {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl PrivateServer {
+    fn start() -> Self {
+        use std::os::unix::process::CommandExt;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut command = Command::new("moto_server");
+        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        // SAFETY: prctl only sets a flag on the new process.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("moto_server (pip install 'moto[server]')");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self { child, endpoint };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("moto_server did not start");
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_server_stopped_mid_upload_or_mid_delete_loses_nothing() {
+    let server = PrivateServer::start();
+    // Requests to a stopped server fail after a second, without retries.
+    let fast_failure = [("timeout", "1s"), ("connect_timeout", "1s"), ("max_retries", "0"), ("retry_timeout", "2s")];
+    for (i, step) in ["after-manifest", "mid-delete"].iter().enumerate() {
+        let bucket = bucket_at(&server.endpoint, &format!("s3-paused-{i}"), &fast_failure);
+        let stalled = bucket.root.join("stalled");
+        let mut engine = Command::new(env!("CARGO_BIN_EXE_compactor"))
+            .args(["once", "--config", &bucket.config, "--now", NOW])
+            .env("COMPACTOR_STALL", format!("{step}:1500:{}", stalled.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..300 {
+            if stalled.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(stalled.exists(), "{step}: the job never reached the step");
+        // The job is about to upload (or to delete its second input): cut
+        // the store off until its requests have failed.
+        server.signal(libc::SIGSTOP);
+        std::thread::sleep(std::time::Duration::from_millis(4000));
+        server.signal(libc::SIGCONT);
+        let _ = engine.wait();
+        let recovered = compactor(&["recover", "--config", &bucket.config], &[]);
+        assert!(recovered.status.success(), "{step}: {}", text(&recovered));
+        let clean = compactor(&["once", "--config", &bucket.config, "--now", NOW], &[]);
+        assert!(clean.status.success(), "{step}: {}", text(&clean));
+        assert_intact_and_compacted(&bucket);
+    }
 }

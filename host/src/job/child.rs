@@ -9,6 +9,9 @@
 //!    → 5. write the recovery manifest → 6. upload, create-only (multipart
 //!    when large) → 7. delete the inputs → 8. delete the recovery manifest.
 //!
+//! Once the manifest is written, only success removes it: after a failed
+//! upload or delete, recovery decides from what the store actually holds.
+//!
 //! Setting `COMPACTOR_FAULT` to a step name (`after-download`, `after-merge`,
 //! `after-manifest`, `mid-upload`, `after-upload`, `mid-delete`,
 //! `after-delete`) makes the child kill itself with SIGKILL there; the crash
@@ -163,10 +166,11 @@ impl Job<'_> {
         fault_point("after-manifest");
 
         if let Err(e) = self.runtime.block_on(self.upload(&output_local, &output_key, output_size)) {
-            if let Err(cleanup) = self.runtime.block_on(manifests.delete(&manifest_key)) {
-                tracing::warn!(error = %cleanup, "cannot delete the recovery manifest of a failed upload; recovery will");
-            }
-            return Err(e.context("failed to upload compacted file"));
+            // A failed upload is ambiguous: a request that timed out may still
+            // land. Arc deletes the manifest here, which can leave a complete
+            // output beside its inputs; keeping it lets recovery decide from
+            // what is actually in the store.
+            return Err(e.context("failed to upload compacted file (the recovery manifest stays for recovery to resolve)"));
         }
         fault_point("after-upload");
         timer.step("upload");
@@ -549,9 +553,20 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Kills this process with SIGKILL when `COMPACTOR_FAULT` names `step`
-/// (crash tests only).
+/// Kills this process with SIGKILL when `COMPACTOR_FAULT` names `step`; with
+/// `COMPACTOR_STALL=step:millis:path`, creates `path` there and sleeps, so a
+/// test can cut the store off at that exact point (fault tests only).
 fn fault_point(step: &str) {
+    if let Ok(stall) = std::env::var("COMPACTOR_STALL") {
+        let mut parts = stall.splitn(3, ':');
+        if parts.next() == Some(step) {
+            let millis = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+            if let Some(path) = parts.next() {
+                let _ = std::fs::write(path, step);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(millis));
+        }
+    }
     if std::env::var("COMPACTOR_FAULT").is_ok_and(|f| f == step) {
         tracing::warn!(step, "fault injection: killing the job");
         // SAFETY: raising a signal on our own process has no memory effects.
