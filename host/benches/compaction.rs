@@ -1,9 +1,10 @@
 //! Compaction benchmark, in one run on one machine: one partition of 30 files
 //! × 100,000 rows compacted end to end by the engine (child process,
 //! download, merge, verify, upload, delete) versus the bare DuckDB
-//! `COPY … ORDER BY` of the same files with the same threads; then the
-//! engine's parent RSS over 50 cycles and the job's peak RSS against its
-//! `memory_limit`.
+//! `COPY … ORDER BY` of the same files with the same threads; the same
+//! partition on a loopback S3 server (moto) and the requests a compacted
+//! partition costs; then the engine's parent RSS over 50 cycles and the job's
+//! peak RSS against its `memory_limit`.
 //!
 //! Run: `cargo bench --bench compaction` (prints a Markdown table).
 
@@ -43,12 +44,24 @@ fn main() -> anyhow::Result<()> {
     }
     let mut engine = Duration::MAX;
     let mut peak_job_rss = 0;
+    let mut local_requests = Default::default();
     for run in 0..3 {
         let lake = work.path().join(format!("lake{run}"));
         copy_partition(&template, &lake)?;
-        let (elapsed, peak) = engine_cycle(work.path(), &lake, &format!("tmp{run}"))?;
+        let storage = Storage::local(&lake)?;
+        let (elapsed, peak, requests) = engine_cycle(work.path(), storage, &format!("tmp{run}"))?;
         engine = engine.min(elapsed);
         peak_job_rss = peak_job_rss.max(peak);
+        local_requests = requests;
+    }
+    let moto = Moto::start()?;
+    let mut s3 = Duration::MAX;
+    let mut s3_requests = Default::default();
+    for run in 0..3 {
+        let storage = moto.bucket_with(&format!("bench{run}"), &template)?;
+        let (elapsed, _, requests) = engine_cycle(work.path(), storage, &format!("s3tmp{run}"))?;
+        s3 = s3.min(elapsed);
+        s3_requests = requests;
     }
     let per_core = |d: Duration, x: f64| x / d.as_secs_f64() / THREADS as f64;
 
@@ -66,6 +79,20 @@ fn main() -> anyhow::Result<()> {
     println!("| engine / bare throughput | {:.2} | ≥ 0.85 |", bare.as_secs_f64() / engine.as_secs_f64());
     println!("| bare: rows/s per core, MB/s per core | {:.0}, {:.1} | - |", per_core(bare, rows), per_core(bare, mb));
     println!("| engine: rows/s per core, MB/s per core | {:.0}, {:.1} | - |", per_core(engine, rows), per_core(engine, mb));
+    println!("| engine on loopback S3 (moto), same partition | {:.0} ms | - |", s3.as_secs_f64() * 1e3);
+    println!("| engine on S3: rows/s per core, MB/s per core | {:.0}, {:.1} | - |", per_core(s3, rows), per_core(s3, mb));
+    for (label, r) in [("local", local_requests), ("S3", s3_requests)] {
+        let r: compactor::planner::RequestCost = r;
+        println!(
+            "| requests per compacted partition, {label} ({FILES} files) | {} ({} LIST, {} GET, {} PUT, {} DELETE) = files + {} | ≤ files + a small constant |",
+            r.total(),
+            r.list,
+            r.get,
+            r.put,
+            r.delete,
+            r.total() as i64 - FILES as i64
+        );
+    }
     println!(
         "| parent RSS over 50 cycles (first / max / last) | {:.1} / {:.1} / {:.1} MB | < 100 MB |",
         rss_first as f64 / 1e6,
@@ -129,6 +156,7 @@ fn bare_duckdb(template: &Path, output: &Path) -> anyhow::Result<Duration> {
 }
 
 fn config(work: &Path, lake: &Path, temp: &str) -> anyhow::Result<Config> {
+    // The storage URL is not used: the manager gets its store directly.
     let mut config = Config::parse(&format!(
         "[storage]\nurl = \"{}\"\n[compaction]\nthreads = {THREADS}\nmemory_limit = \"{MEMORY_LIMIT}\"\ntemp_directory = \"{}\"\n\
          [[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n",
@@ -139,25 +167,83 @@ fn config(work: &Path, lake: &Path, temp: &str) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn manager(work: &Path, lake: &Path, temp: &str) -> anyhow::Result<Manager> {
-    let config = config(work, lake, temp)?;
-    let storage = Storage::local(lake)?;
+fn manager(work: &Path, storage: Storage, temp: &str) -> anyhow::Result<Manager> {
+    let config = config(work, work, temp)?;
     let plugins = PluginRuntime::new(ArtifactCache::new(std::env::temp_dir().join("compactor-bench-artifacts")))?;
     let tiers = PlannedTier::load_all(&config, &plugins)?;
     let child = ChildCommand { program: env!("CARGO_BIN_EXE_compactor").into(), env: Vec::new() };
     Ok(Manager::new(config, storage, tiers, child))
 }
 
-/// One cycle over a fresh copy of the partition: (wall time, job peak RSS).
-fn engine_cycle(work: &Path, lake: &Path, temp: &str) -> anyhow::Result<(Duration, u64)> {
-    let manager = manager(work, lake, temp)?;
+/// One cycle over a fresh copy of the partition: (wall time, job peak RSS,
+/// requests).
+fn engine_cycle(work: &Path, storage: Storage, temp: &str) -> anyhow::Result<(Duration, u64, compactor::planner::RequestCost)> {
+    let manager = manager(work, storage, temp)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let now = DateTime::parse_from_rfc3339(NOW)?.to_utc();
     let started = Instant::now();
     let report = runtime.block_on(manager.run_cycle(CycleOptions { now: Some(now), ..Default::default() }))?;
     let elapsed = started.elapsed();
     anyhow::ensure!(report.jobs.len() == 1 && report.all_succeeded(), "engine run failed: {:?}", report.jobs);
-    Ok((elapsed, report.jobs[0].peak_job_rss_bytes))
+    Ok((elapsed, report.jobs[0].peak_job_rss_bytes, report.requests))
+}
+
+/// A moto server on 127.0.0.1 for the S3 runs, stopped on drop.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start moto_server ({e}); pip install 'moto[server]'"))?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Self { child, endpoint: format!("http://127.0.0.1:{port}") });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!("moto_server did not start")
+    }
+
+    /// A new bucket holding the template partition.
+    fn bucket_with(&self, name: &str, template: &Path) -> anyhow::Result<Storage> {
+        use std::io::{Read, Write};
+        let address = self.endpoint.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address)?;
+        write!(stream, "PUT /{name} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        stream.read_to_string(&mut String::new())?;
+        let options: std::collections::BTreeMap<String, String> = [
+            ("aws_endpoint", self.endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_region", "us-east-1"),
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let storage = Storage::open(&format!("s3://{name}/lake"), &options, Path::new("."))?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        for file in inputs(template) {
+            let key = format!("{PARTITION}/{}", file.file_name().unwrap_or_default().to_string_lossy());
+            runtime.block_on(storage.write(&key, std::fs::read(&file)?))?;
+        }
+        Ok(storage)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// In a fresh process that never opens DuckDB: 50 cycles over small
@@ -182,7 +268,7 @@ fn parent_rss_child() -> anyhow::Result<()> {
     }
     let lake = work.path().join("lake");
     std::fs::create_dir_all(&lake)?;
-    let manager = manager(work.path(), &lake, "tmp")?;
+    let manager = manager(work.path(), Storage::local(&lake)?, "tmp")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let now = DateTime::parse_from_rfc3339(NOW)?.to_utc();
     let mut out = Vec::new();

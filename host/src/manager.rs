@@ -18,7 +18,7 @@ use crate::job::parent::{ChildCommand, RunSubset, compact_adaptive};
 use crate::job::{JobConfig, JobResult, job_id, job_prefix};
 use crate::lock::{DEFAULT_LOCK_TTL, PartitionLocks};
 use crate::manifest::{ManifestStore, RecoveryManifest, RecoveryObservers, RecoveryReport};
-use crate::planner::{self, PlanOptions, PlanProblem, PlannedBatch, PlannedTier};
+use crate::planner::{self, PlanOptions, PlanProblem, PlannedBatch, PlannedTier, RequestCost};
 use crate::storage::{Storage, StorageDescriptor};
 
 /// Records kept in the manager's history.
@@ -90,6 +90,8 @@ pub struct JobRecord {
     pub duration_ms: u64,
     /// Largest peak resident memory of the job processes, in bytes.
     pub peak_job_rss_bytes: u64,
+    /// Object-store requests the batch's job processes made.
+    pub requests: RequestCost,
 }
 
 /// The outcome of one cycle, as data: it feeds the summary table, JSON and
@@ -106,6 +108,9 @@ pub struct CycleReport {
     pub skipped_locked: usize,
     /// Planning problems (a tier or partition that could not be planned).
     pub problems: Vec<PlanProblem>,
+    /// Object-store requests of the whole cycle: the engine's own (recovery,
+    /// listing, locks) and its jobs'.
+    pub requests: RequestCost,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
 }
@@ -158,6 +163,7 @@ pub enum Progress {
 pub struct Manager {
     config: Config,
     storage: Storage,
+    requests: Arc<crate::storage::RequestCounts>,
     tiers: Vec<PlannedTier>,
     child: ChildCommand,
     locks: PartitionLocks,
@@ -175,11 +181,13 @@ impl Manager {
     pub fn new(config: Config, storage: Storage, tiers: Vec<PlannedTier>, mut child: ChildCommand) -> Self {
         // Credentials from the config reach jobs through their environment.
         child.env.extend(storage.child_env().iter().cloned());
+        let (storage, requests) = storage.counted();
         let temp_directory = config.resolve_path(&config.compaction.temp_directory);
         let locks = PartitionLocks::new(storage.clone(), DEFAULT_LOCK_TTL);
         Self {
             config,
             storage,
+            requests,
             tiers,
             child,
             locks,
@@ -271,6 +279,7 @@ impl Manager {
         let _running = ResetOnDrop(&self.running);
         let cycle_id = self.cycle_id.fetch_add(1, Ordering::SeqCst) + 1;
         let started = Instant::now();
+        let requests_before = self.requests.snapshot();
         let mut report = CycleReport { cycle_id, ..Default::default() };
         let selected: Vec<&PlannedTier> =
             self.tiers.iter().filter(|t| t.enabled && (options.tiers.is_empty() || options.tiers.contains(&t.name))).collect();
@@ -303,6 +312,14 @@ impl Manager {
             report.skipped_locked += skipped;
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
+        let own = self.requests.snapshot();
+        let own = RequestCost {
+            list: own.list - requests_before.list,
+            get: own.get - requests_before.get,
+            put: own.put - requests_before.put,
+            delete: own.delete - requests_before.delete,
+        };
+        report.requests = report.jobs.iter().fold(own, |total, j| total.add(j.requests));
         tracing::info!(
             cycle_id,
             jobs = report.jobs.len(),
@@ -458,6 +475,7 @@ impl Manager {
             skipped_inputs: results.iter().flat_map(|r| r.skipped_inputs.clone()).collect(),
             duration_ms: started.elapsed().as_millis() as u64,
             peak_job_rss_bytes: results.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
+            requests: results.iter().fold(RequestCost::default(), |total, r| total.add(r.requests)),
         };
         self.account(&record);
         record

@@ -152,7 +152,7 @@ pub struct TierSummary {
 /// Object-store requests, by kind. LIST pages hold up to 1,000 keys, as on
 /// S3; multipart uploads count their parts plus the create and complete
 /// calls.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RequestCost {
     /// LIST requests (pages).
     pub list: u64,
@@ -178,10 +178,12 @@ impl RequestCost {
     /// What one batch costs to execute: the lock (create, delete), one GET
     /// per input, the recovery manifest (put, delete), the output (one PUT,
     /// or parts + 2 when larger than `multipart_threshold`, sized at most the
-    /// inputs' bytes), and one DELETE per input.
+    /// inputs' bytes), and the inputs' deletion (the first alone, the rest in
+    /// bulk requests of up to 1,000 keys).
     pub fn of_batch(files: usize, bytes: u64, multipart_threshold: u64) -> RequestCost {
         let output_puts = if bytes <= multipart_threshold { 1 } else { bytes.div_ceil(multipart_threshold.max(1)) + 2 };
-        RequestCost { list: 0, get: files as u64, put: 2 + output_puts, delete: files as u64 + 2 }
+        let input_deletes = if files == 0 { 0 } else { 1 + (files as u64 - 1).div_ceil(1000) };
+        RequestCost { list: 0, get: files as u64, put: 2 + output_puts, delete: input_deletes + 2 }
     }
 }
 
@@ -453,7 +455,7 @@ mod tests {
 
     #[test]
     fn request_costs_follow_the_job_protocol() {
-        assert_eq!(RequestCost::of_batch(30, 1000, 64 << 20), RequestCost { list: 0, get: 30, put: 3, delete: 32 });
+        assert_eq!(RequestCost::of_batch(30, 1000, 64 << 20), RequestCost { list: 0, get: 30, put: 3, delete: 4 });
         assert_eq!(RequestCost::of_batch(2, 250, 100).put, 2 + 3 + 2, "three parts, create and complete");
         assert_eq!((list_pages(0), list_pages(1000), list_pages(1001)), (1, 1, 2));
     }

@@ -57,7 +57,9 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         Ok(connection) => connection,
         Err(e) => return fail(format!("{e:#}")),
     };
-    let result = child::run(&config, &storage, &duckdb);
+    let (storage, counts) = storage.counted();
+    let mut result = child::run(&config, &storage, &duckdb);
+    result.requests = counts.snapshot();
     match serde_json::to_string(&result) {
         Ok(json) => {
             println!("{json}");

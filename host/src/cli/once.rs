@@ -84,6 +84,8 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
         report.duration_ms as f64 / 1000.0
     );
     table.print(&summary)?;
+    let r = report.requests;
+    println!("requests: {} ({} LIST, {} GET, {} PUT incl. parts, {} DELETE)", r.total(), r.list, r.get, r.put, r.delete);
     for job in report.failed() {
         println!("failed: {} batch {} ({} files): {}", job.partition_path, job.batch_number, job.files_in, job.error.as_deref().unwrap_or("unknown error"));
     }

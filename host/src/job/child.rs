@@ -394,19 +394,33 @@ impl Job<'_> {
         Ok(())
     }
 
-    /// Deletes the inputs one by one; returns those that could not be.
+    /// Deletes the inputs — the first alone, the rest in bulk (one request
+    /// per 1,000 keys on S3); returns those that could not be deleted. A key
+    /// already gone counts as deleted.
     async fn delete_inputs(&self, keys: &[String]) -> Vec<String> {
-        let mut undeleted = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            if let Err(e) = self.storage.delete(key).await {
-                tracing::warn!(file = %key, error = %e, "cannot delete compacted input");
-                undeleted.push(key.clone());
+        let Some((first, rest)) = keys.split_first() else { return Vec::new() };
+        let mut deleted = std::collections::HashSet::new();
+        match self.storage.delete(first).await {
+            Ok(()) => {
+                deleted.insert(first.clone());
             }
-            if i == 0 {
-                fault_point("mid-delete");
+            Err(e) => tracing::warn!(file = %first, error = %e, "cannot delete compacted input"),
+        }
+        fault_point("mid-delete");
+        let locations = futures::stream::iter(rest.iter().map(|k| Ok(StorePath::from(k.as_str())))).boxed();
+        let results: Vec<_> = self.storage.object_store().delete_stream(locations).collect().await;
+        for result in results {
+            match result {
+                Ok(path) => {
+                    deleted.insert(path.to_string());
+                }
+                Err(object_store::Error::NotFound { path, .. }) => {
+                    deleted.insert(path);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot delete a compacted input"),
             }
         }
-        undeleted
+        keys.iter().filter(|k| !deleted.contains(*k)).cloned().collect()
     }
 
     fn completion(&self, state: CompletionState, outputs: Option<Vec<CompletionOutput>>, deleted: Option<Vec<String>>) -> CompletionManifest {

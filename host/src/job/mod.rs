@@ -141,6 +141,9 @@ pub struct JobResult {
     /// Peak resident memory of the job process, in bytes (0 if unknown).
     #[serde(default)]
     pub peak_rss_bytes: u64,
+    /// Object-store requests the job made.
+    #[serde(default)]
+    pub requests: crate::planner::RequestCost,
 }
 
 /// Peak resident set size of this process (`VmHWM`), in bytes.

@@ -2,6 +2,7 @@
 //! from its URL, listing, reading and writing objects, with errors that name
 //! the key that failed.
 
+mod counting;
 mod partition;
 mod s3;
 
@@ -18,6 +19,7 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, PutPayload};
 
+pub use counting::{CountingStore, RequestCounts};
 pub use partition::{PartitionLevel, Partition, group_into_partitions};
 
 /// Root of Arc's recovery manifests; never a database.
@@ -180,6 +182,13 @@ impl Storage {
     /// Wraps any `object_store` implementation.
     pub fn from_store(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
         Self { store, description: description.into(), descriptor: None, child_env: Vec::new() }
+    }
+
+    /// The same store, counting every request it makes from now on.
+    pub fn counted(&self) -> (Storage, Arc<RequestCounts>) {
+        let counts = Arc::new(RequestCounts::default());
+        let store = Arc::new(CountingStore::new(self.store.clone(), counts.clone()));
+        (Storage { store, ..self.clone() }, counts)
     }
 
     /// The underlying store.
