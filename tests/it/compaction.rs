@@ -209,15 +209,17 @@ fn an_impossible_memory_limit_fails_cleanly_with_inputs_untouched() {
 }
 
 /// Writes one Parquet file with DuckDB.
-fn write_parquet(path: &Path, select: &str) {
+pub fn write_parquet(path: &Path, select: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     verify::connection().unwrap().execute_batch(&format!("COPY ({select}) TO '{}' (FORMAT PARQUET)", path.display())).unwrap();
 }
 
-#[test]
-fn bad_inputs_get_the_spec_outcome_and_lose_no_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let hour = dir.path().join("lake/db/cpu_total/2026/04/11/10");
+/// Writes the bad-input lake under `lake`: `db/cpu_total` with 8 good files,
+/// schema drift both ways, epoch-string times, a zero-row file, corrupt and
+/// truncated Parquet and a text file; `db/trades` without a time column.
+/// Returns the names of the corrupt and truncated inputs.
+pub fn write_bad_inputs(lake: &Path) -> (String, String) {
+    let hour = lake.join("db/cpu_total/2026/04/11/10");
     let t = |i: usize| format!("cpu_total_20260411_10{i:02}00_000000001.parquet");
     for i in 0..8 {
         write_parquet(&hour.join(t(i)), &format!("SELECT make_timestamp((1775901600000000 + {i} * 1000000 + r)::BIGINT)::TIMESTAMPTZ AS time, 'h' || r AS host, r * 1.5 AS value FROM range(100) t(r)"));
@@ -235,16 +237,15 @@ fn bad_inputs_get_the_spec_outcome_and_lose_no_row() {
     std::fs::write(hour.join(t(13)), &real[..real.len() / 2]).unwrap();
     std::fs::write(hour.join("notes.txt"), b"operator notes").unwrap();
     // A partition without a time column.
-    let no_time = dir.path().join("lake/db/trades/2026/04/11/10");
+    let no_time = lake.join("db/trades/2026/04/11/10");
     for i in 0..10 {
         write_parquet(&no_time.join(format!("trades_20260411_10{i:02}00_000000001.parquet")), "SELECT 'AAPL' AS symbol, 1.5 AS price FROM range(5)");
     }
-    let config = dir.path().join("compactor.toml");
-    std::fs::write(&config, format!("[storage]\nurl = \"lake\"\n[compaction]\ntemp_directory = \"tmp\"\n[plugins]\ncache_dir = \"{}\"\n[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n", std::env::temp_dir().join("compactor-test-artifacts").display())).unwrap();
+    (t(12), t(13))
+}
 
-    let output = compactor(&["once", "--config", &config.display().to_string(), "--now", NOW, "--format", "json"], &[]);
-    assert!(output.status.success(), "{}", text(&output));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+/// Checks the `once --format json` report of a cycle over the bad-input lake.
+pub fn assert_bad_input_report(report: &serde_json::Value) {
     let jobs = report["jobs"].as_array().unwrap();
     let cpu = jobs.iter().find(|j| j["measurement"] == "cpu_total").unwrap();
     assert_eq!(cpu["success"], true);
@@ -254,9 +255,22 @@ fn bad_inputs_get_the_spec_outcome_and_lose_no_row() {
     assert_eq!(skipped.len(), 2, "corrupt and truncated inputs are skipped: {skipped:?}");
     let trades = jobs.iter().find(|j| j["measurement"] == "trades").unwrap();
     assert_eq!((trades["success"].as_bool(), trades["files_compacted"].as_u64()), (Some(true), Some(0)), "no time column: clean skip");
+}
+
+#[test]
+fn bad_inputs_get_the_spec_outcome_and_lose_no_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (corrupt, truncated) = write_bad_inputs(&dir.path().join("lake"));
+    let config = dir.path().join("compactor.toml");
+    std::fs::write(&config, format!("[storage]\nurl = \"lake\"\n[compaction]\ntemp_directory = \"tmp\"\n[plugins]\ncache_dir = \"{}\"\n[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n", std::env::temp_dir().join("compactor-test-artifacts").display())).unwrap();
+
+    let output = compactor(&["once", "--config", &config.display().to_string(), "--now", NOW, "--format", "json"], &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_bad_input_report(&report);
 
     let left = files_under(&dir.path().join("lake/db/cpu_total"));
-    assert!(left.iter().any(|f| f.ends_with(&t(12))) && left.iter().any(|f| f.ends_with(&t(13))), "bad files stay: {left:?}");
+    assert!(left.iter().any(|f| f.ends_with(&corrupt)) && left.iter().any(|f| f.ends_with(&truncated)), "bad files stay: {left:?}");
     assert!(left.iter().any(|f| f.ends_with("notes.txt")), "non-Parquet files are never touched");
     assert_eq!(left.iter().filter(|f| f.ends_with("_compacted.parquet")).count(), 1);
     assert_eq!(files_under(&dir.path().join("lake/db/trades")).len(), 10, "inputs without time stay");

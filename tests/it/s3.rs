@@ -118,19 +118,25 @@ fn bucket_at(endpoint: &str, name: &str, extra: &[(&str, &str)]) -> Bucket {
         let bytes = std::fs::read(root.join("pristine").join(&file)).unwrap();
         runtime.block_on(storage.write(&file, bytes)).unwrap();
     }
+    let tiers = "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n\n[[tiers]]\nname = \"daily\"\nplugin = \"builtin:daily\"\n[tiers.config]\nmin_files = 2\n";
+    let config = write_config(&root, &url, &options, tiers);
+    Bucket { _dir: dir, root, storage, config }
+}
+
+/// A config for `url` with `options` and `tiers`, in `root`.
+fn write_config(root: &Path, url: &str, options: &BTreeMap<String, String>, tiers: &str) -> String {
     let options: String = options.iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
     let config = root.join("compactor.toml");
     std::fs::write(
         &config,
         format!(
-            "[storage]\nurl = \"{url}\"\n[storage.options]\n{options}\n[plugins]\ncache_dir = \"{}\"\n\n\
-             [[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n\n[[tiers]]\nname = \"daily\"\nplugin = \"builtin:daily\"\n[tiers.config]\nmin_files = 2\n\n\
+            "[storage]\nurl = \"{url}\"\n[storage.options]\n{options}\n[plugins]\ncache_dir = \"{}\"\n\n{tiers}\n\
              [compaction]\ntemp_directory = \"tmp\"\nthreads = 1\n",
             std::env::temp_dir().join("compactor-test-artifacts").display()
         ),
     )
     .unwrap();
-    Bucket { _dir: dir, root, storage, config: config.display().to_string() }
+    config.display().to_string()
 }
 
 fn files(root: &Path) -> Vec<String> {
@@ -306,4 +312,30 @@ fn the_server_stopped_mid_upload_or_mid_delete_loses_nothing() {
         assert!(clean.status.success(), "{step}: {}", text(&clean));
         assert_intact_and_compacted(&bucket);
     }
+}
+
+#[test]
+fn bad_inputs_on_s3_get_the_spec_outcome() {
+    create_bucket_at(endpoint(), "s3-bad-inputs");
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("lake");
+    let (corrupt, truncated) = crate::compaction::write_bad_inputs(&local);
+    let url = "s3://s3-bad-inputs/lake";
+    let options = options_for(endpoint());
+    let storage = Storage::open(url, &options, dir.path()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for file in files(&local) {
+        runtime.block_on(storage.write(&file, std::fs::read(local.join(&file)).unwrap())).unwrap();
+    }
+    let config = write_config(dir.path(), url, &options, "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n");
+    let output = compactor(&["once", "--config", &config, "--now", NOW, "--format", "json"], &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    crate::compaction::assert_bad_input_report(&serde_json::from_slice(&output.stdout).unwrap());
+    let left: Vec<String> = runtime.block_on(storage.list("")).unwrap().into_iter().map(|o| o.key).collect();
+    for kept in [corrupt.as_str(), truncated.as_str(), "notes.txt"] {
+        assert!(left.iter().any(|k| k.ends_with(kept)), "{kept} stays: {left:#?}");
+    }
+    assert_eq!(left.iter().filter(|k| k.starts_with("db/trades/")).count(), 10, "inputs without time stay");
+    assert_eq!(left.iter().filter(|k| k.ends_with("_compacted.parquet")).count(), 1);
+    assert_eq!(left.len(), 14, "{left:#?}");
 }
