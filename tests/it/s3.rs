@@ -339,3 +339,47 @@ fn bad_inputs_on_s3_get_the_spec_outcome() {
     assert_eq!(left.iter().filter(|k| k.ends_with("_compacted.parquet")).count(), 1);
     assert_eq!(left.len(), 14, "{left:#?}");
 }
+
+#[test]
+fn a_job_killed_mid_multipart_upload_on_s3_loses_nothing() {
+    create_bucket_at(endpoint(), "s3-multipart");
+    let dir = tempfile::tempdir().unwrap();
+    let pristine = dir.path().join("pristine");
+    // Random doubles barely compress: the output is ~10 MB, two 5 MiB parts.
+    for i in 0..12 {
+        crate::compaction::write_parquet(
+            &pristine.join(format!("db/cpu/2026/04/11/00/cpu_20260411_00{:02}00_000000001.parquet", i * 4)),
+            &format!("SELECT make_timestamp((1775865600000000 + {i} * 100000 + r)::BIGINT)::TIMESTAMPTZ AS time, random() AS value FROM range(100000) t(r)"),
+        );
+    }
+    let url = "s3://s3-multipart/lake";
+    let options = options_for(endpoint());
+    let storage = Storage::open(url, &options, dir.path()).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for file in files(&pristine) {
+        runtime.block_on(storage.write(&file, std::fs::read(pristine.join(&file)).unwrap())).unwrap();
+    }
+    let config = write_config(dir.path(), url, &options, "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n");
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + "multipart_threshold = \"5MiB\"\n").unwrap();
+
+    // The first job dies after its first part; the halves that the retry
+    // compacts are small enough for single uploads and succeed.
+    let crashed = compactor(&["once", "--config", &config, "--now", NOW], &[("COMPACTOR_FAULT", "mid-upload")]);
+    assert!(String::from_utf8_lossy(&crashed.stderr).contains("step=mid-upload"), "the job was killed mid-upload: {}", text(&crashed));
+    let recovered = compactor(&["recover", "--config", &config], &[]);
+    assert!(recovered.status.success(), "{}", text(&recovered));
+    let clean = compactor(&["once", "--config", &config, "--now", NOW], &[]);
+    assert!(clean.status.success(), "{}", text(&clean));
+
+    let objects = runtime.block_on(storage.list("")).unwrap();
+    assert!(objects.iter().all(|o| o.key.ends_with("_compacted.parquet")), "only outputs are left: {objects:#?}");
+    let downloaded = dir.path().join("downloaded");
+    for object in &objects {
+        let path = downloaded.join(&object.key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, runtime.block_on(storage.read(&object.key)).unwrap()).unwrap();
+    }
+    let connection = verify::connection().unwrap();
+    let rows = verify::row_differences(&connection, &format!("{}/**/*.parquet", pristine.display()), &format!("{}/**/*.parquet", downloaded.display()));
+    assert_eq!(rows.unwrap(), (0, 0));
+}
