@@ -220,13 +220,23 @@ fn a_job_killed_on_s3_loses_and_duplicates_nothing() {
 #[test]
 fn two_engines_racing_on_one_bucket_compact_every_row_once() {
     let bucket = bucket("s3-race");
-    let run = || compactor(&["once", "--config", &bucket.config, "--now", NOW, "--tier", "hourly"], &[]);
+    let run = || compactor(&["once", "--config", &bucket.config, "--now", NOW, "--tier", "hourly", "--format", "json"], &[]);
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(run);
         let b = s.spawn(run);
         (a.join().unwrap(), b.join().unwrap())
     });
     assert!(a.status.success() && b.status.success(), "{}\n{}", text(&a), text(&b));
+    // Each of the two hour partitions was compacted by exactly one engine.
+    let mut compacted: Vec<String> = [&a, &b]
+        .iter()
+        .flat_map(|o| {
+            let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            report["jobs"].as_array().unwrap().iter().filter(|j| j["files_compacted"].as_u64() > Some(0)).map(|j| j["partition_path"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        })
+        .collect();
+    compacted.sort();
+    assert_eq!(compacted, ["db/cpu/2026/04/11/00", "db/cpu/2026/04/11/01"], "{}\n{}", text(&a), text(&b));
     let clean = compactor(&["once", "--config", &bucket.config, "--now", NOW], &[]);
     assert!(clean.status.success(), "{}", text(&clean));
     assert_intact_and_compacted(&bucket);
