@@ -10,6 +10,8 @@ use std::process::{Command, Output};
 use compactor::sample::{self, SampleSpec};
 use compactor::verify;
 
+use crate::util::{compactor, files_under, text};
+
 const NOW: &str = "2026-04-13T12:00:00Z";
 
 struct Lake {
@@ -65,39 +67,8 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn files_under(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_dir() {
-                stack.push(entry.path());
-            } else {
-                out.push(entry.path().strip_prefix(root).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn compactor(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_compactor"));
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run compactor")
-}
-
 fn once(lake: &Lake, env: &[(&str, &str)]) -> Output {
     compactor(&["once", "--config", &lake.config, "--now", NOW], env)
-}
-
-fn text(output: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
 /// Exactly the original rows, no manifest, lock or job directory left, and

@@ -9,12 +9,14 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use compactor::sample::{self, SampleSpec};
 use compactor::storage::Storage;
 use compactor::verify;
+
+use crate::util::{compactor, files_under, text};
 
 const NOW: &str = "2026-04-13T12:00:00Z";
 
@@ -114,7 +116,7 @@ fn bucket_at(endpoint: &str, name: &str, extra: &[(&str, &str)]) -> Bucket {
     options.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     let storage = Storage::open(&url, &options, &root).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    for file in files(&root.join("pristine")) {
+    for file in files_under(&root.join("pristine")) {
         let bytes = std::fs::read(root.join("pristine").join(&file)).unwrap();
         runtime.block_on(storage.write(&file, bytes)).unwrap();
     }
@@ -139,36 +141,6 @@ fn write_config(root: &Path, url: &str, options: &BTreeMap<String, String>, tier
     config.display().to_string()
 }
 
-fn files(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_dir() {
-                stack.push(entry.path());
-            } else {
-                out.push(entry.path().strip_prefix(root).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn compactor(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_compactor"));
-    command.args(args);
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.output().unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
 /// Downloads the bucket and checks: exactly the original rows, two daily
 /// outputs, and nothing else (no manifest, no lock).
 fn assert_intact_and_compacted(bucket: &Bucket) {
@@ -187,6 +159,15 @@ fn assert_intact_and_compacted(bucket: &Bucket) {
     let before = format!("{}/**/*.parquet", bucket.root.join("pristine").display());
     let after = format!("{}/**/*.parquet", downloaded.display());
     assert_eq!(verify::row_differences(&connection, &before, &after).unwrap(), (0, 0));
+}
+
+/// After a fault at `step`: recovery, a clean cycle, and every row once.
+fn recover_then_compact(bucket: &Bucket, step: &str) {
+    let recovered = compactor(&["recover", "--config", &bucket.config], &[]);
+    assert!(recovered.status.success(), "{step}: {}", text(&recovered));
+    let clean = compactor(&["once", "--config", &bucket.config, "--now", NOW], &[]);
+    assert!(clean.status.success(), "{step}: {}", text(&clean));
+    assert_intact_and_compacted(bucket);
 }
 
 #[test]
@@ -209,11 +190,7 @@ fn a_job_killed_on_s3_loses_and_duplicates_nothing() {
     for (i, step) in ["after-download", "after-merge", "after-manifest", "after-upload", "mid-delete", "after-delete"].iter().enumerate() {
         let bucket = bucket(&format!("s3-crash-{i}"));
         let _crashed = compactor(&["once", "--config", &bucket.config, "--now", NOW], &[("COMPACTOR_FAULT", step)]);
-        let recovered = compactor(&["recover", "--config", &bucket.config], &[]);
-        assert!(recovered.status.success(), "{step}: {}", text(&recovered));
-        let clean = compactor(&["once", "--config", &bucket.config, "--now", NOW], &[]);
-        assert!(clean.status.success(), "{step}: {}", text(&clean));
-        assert_intact_and_compacted(&bucket);
+        recover_then_compact(&bucket, step);
     }
 }
 
@@ -316,11 +293,7 @@ fn the_server_stopped_mid_upload_or_mid_delete_loses_nothing() {
         std::thread::sleep(std::time::Duration::from_millis(4000));
         server.signal(libc::SIGCONT);
         let _ = engine.wait();
-        let recovered = compactor(&["recover", "--config", &bucket.config], &[]);
-        assert!(recovered.status.success(), "{step}: {}", text(&recovered));
-        let clean = compactor(&["once", "--config", &bucket.config, "--now", NOW], &[]);
-        assert!(clean.status.success(), "{step}: {}", text(&clean));
-        assert_intact_and_compacted(&bucket);
+        recover_then_compact(&bucket, step);
     }
 }
 
@@ -334,7 +307,7 @@ fn bad_inputs_on_s3_get_the_spec_outcome() {
     let options = options_for(endpoint());
     let storage = Storage::open(url, &options, dir.path()).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    for file in files(&local) {
+    for file in files_under(&local) {
         runtime.block_on(storage.write(&file, std::fs::read(local.join(&file)).unwrap())).unwrap();
     }
     let config = write_config(dir.path(), url, &options, "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n");
@@ -366,7 +339,7 @@ fn a_job_killed_mid_multipart_upload_on_s3_loses_nothing() {
     let options = options_for(endpoint());
     let storage = Storage::open(url, &options, dir.path()).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    for file in files(&pristine) {
+    for file in files_under(&pristine) {
         runtime.block_on(storage.write(&file, std::fs::read(pristine.join(&file)).unwrap())).unwrap();
     }
     let config = write_config(dir.path(), url, &options, "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n");

@@ -91,3 +91,37 @@ pub async fn plan(storage: &compactor::storage::Storage, tiers: &[compactor::pla
     let options = compactor::planner::PlanOptions { now: at(now), database: None, tiers: Vec::new(), max_files_per_batch: 30, multipart_threshold: 64 << 20 };
     compactor::planner::plan(storage, tiers, &options).await.unwrap()
 }
+
+/// Every file below `root`, relative and sorted; a missing root is empty.
+pub fn files_under(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(entry.path().strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs the `compactor` binary with extra environment.
+pub fn compactor(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_compactor"));
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("run compactor")
+}
+
+/// stdout and stderr of a run, for assertion messages.
+pub fn text(output: &std::process::Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
