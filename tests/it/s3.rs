@@ -100,7 +100,6 @@ fn bucket(name: &str) -> Bucket {
 }
 
 fn bucket_at(endpoint: &str, name: &str, extra: &[(&str, &str)]) -> Bucket {
-    create_bucket_at(endpoint, name);
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     let spec = SampleSpec {
@@ -111,18 +110,25 @@ fn bucket_at(endpoint: &str, name: &str, extra: &[(&str, &str)]) -> Bucket {
         rows_per_file: 50,
     };
     sample::generate(&root.join("pristine"), crate::util::at(NOW), &spec).unwrap();
-    let url = format!("s3://{name}/lake");
     let mut options = options_for(endpoint);
     options.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let storage = Storage::open(&url, &options, &root).unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    for file in files_under(&root.join("pristine")) {
-        let bytes = std::fs::read(root.join("pristine").join(&file)).unwrap();
-        runtime.block_on(storage.write(&file, bytes)).unwrap();
-    }
+    let (url, storage) = upload_lake(name, &options, &root.join("pristine"));
     let tiers = "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n\n[[tiers]]\nname = \"daily\"\nplugin = \"builtin:daily\"\n[tiers.config]\nmin_files = 2\n";
     let config = write_config(&root, &url, &options, tiers);
     Bucket { _dir: dir, root, storage, config }
+}
+
+/// Creates bucket `name` and uploads every file under `local` to its `lake/`
+/// prefix; returns the URL and the store.
+fn upload_lake(name: &str, options: &BTreeMap<String, String>, local: &Path) -> (String, Storage) {
+    create_bucket_at(&options["aws_endpoint"], name);
+    let url = format!("s3://{name}/lake");
+    let storage = Storage::open(&url, options, local).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for file in files_under(local) {
+        runtime.block_on(storage.write(&file, std::fs::read(local.join(&file)).unwrap())).unwrap();
+    }
+    (url, storage)
 }
 
 /// A config for `url` with `options` and `tiers`, in `root`.
@@ -299,18 +305,13 @@ fn the_server_stopped_mid_upload_or_mid_delete_loses_nothing() {
 
 #[test]
 fn bad_inputs_on_s3_get_the_spec_outcome() {
-    create_bucket_at(endpoint(), "s3-bad-inputs");
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("lake");
     let (corrupt, truncated) = crate::compaction::write_bad_inputs(&local);
-    let url = "s3://s3-bad-inputs/lake";
     let options = options_for(endpoint());
-    let storage = Storage::open(url, &options, dir.path()).unwrap();
+    let (url, storage) = upload_lake("s3-bad-inputs", &options, &local);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    for file in files_under(&local) {
-        runtime.block_on(storage.write(&file, std::fs::read(local.join(&file)).unwrap())).unwrap();
-    }
-    let config = write_config(dir.path(), url, &options, "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n");
+    let config = write_config(dir.path(), &url, &options, "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n");
     let output = compactor(&["once", "--config", &config, "--now", NOW, "--format", "json"], &[]);
     assert!(output.status.success(), "{}", text(&output));
     crate::compaction::assert_bad_input_report(&serde_json::from_slice(&output.stdout).unwrap());
@@ -325,7 +326,6 @@ fn bad_inputs_on_s3_get_the_spec_outcome() {
 
 #[test]
 fn a_job_killed_mid_multipart_upload_on_s3_loses_nothing() {
-    create_bucket_at(endpoint(), "s3-multipart");
     let dir = tempfile::tempdir().unwrap();
     let pristine = dir.path().join("pristine");
     // Random doubles barely compress: the output is ~10 MB, two 5 MiB parts.
@@ -335,14 +335,10 @@ fn a_job_killed_mid_multipart_upload_on_s3_loses_nothing() {
             &format!("SELECT make_timestamp((1775865600000000 + {i} * 100000 + r)::BIGINT)::TIMESTAMPTZ AS time, random() AS value FROM range(100000) t(r)"),
         );
     }
-    let url = "s3://s3-multipart/lake";
     let options = options_for(endpoint());
-    let storage = Storage::open(url, &options, dir.path()).unwrap();
+    let (url, storage) = upload_lake("s3-multipart", &options, &pristine);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    for file in files_under(&pristine) {
-        runtime.block_on(storage.write(&file, std::fs::read(pristine.join(&file)).unwrap())).unwrap();
-    }
-    let config = write_config(dir.path(), url, &options, "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n");
+    let config = write_config(dir.path(), &url, &options, "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n");
     std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + "multipart_threshold = \"5MiB\"\n").unwrap();
 
     // The first job dies after its first part; the halves that the retry
