@@ -312,13 +312,7 @@ impl Manager {
             report.skipped_locked += skipped;
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
-        let own = self.requests.snapshot();
-        let own = RequestCost {
-            list: own.list - requests_before.list,
-            get: own.get - requests_before.get,
-            put: own.put - requests_before.put,
-            delete: own.delete - requests_before.delete,
-        };
+        let own = self.requests.snapshot().since(requests_before);
         report.requests = report.jobs.iter().fold(own, |total, j| total.add(j.requests));
         tracing::info!(
             cycle_id,

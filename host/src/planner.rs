@@ -170,6 +170,16 @@ impl RequestCost {
         RequestCost { list: self.list + other.list, get: self.get + other.get, put: self.put + other.put, delete: self.delete + other.delete }
     }
 
+    /// The requests made since `earlier` (a snapshot of the same counters).
+    pub fn since(self, earlier: RequestCost) -> RequestCost {
+        RequestCost {
+            list: self.list.saturating_sub(earlier.list),
+            get: self.get.saturating_sub(earlier.get),
+            put: self.put.saturating_sub(earlier.put),
+            delete: self.delete.saturating_sub(earlier.delete),
+        }
+    }
+
     /// All requests.
     pub fn total(&self) -> u64 {
         self.list + self.get + self.put + self.delete
