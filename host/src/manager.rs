@@ -232,6 +232,11 @@ impl Manager {
         history.iter().skip(history.len().saturating_sub(10)).cloned().collect()
     }
 
+    /// The configuration this manager runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The store this manager compacts.
     pub fn storage(&self) -> &Storage {
         &self.storage

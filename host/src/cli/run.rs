@@ -21,8 +21,8 @@ pub(crate) struct Args {
 
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
-    let config = Config::load(&args.config)?;
     let manager = Arc::new(super::load_manager(&args.config, &[])?);
+    let config = manager.config().clone();
     manager.cleanup_orphaned_temp_dirs()?;
     runtime.block_on(manager.check_store());
     runtime.block_on(async {
