@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::kit::TestConfig;
 use crate::util::raw_files;
 
 fn compactor(args: &[&str]) -> Output {
@@ -36,13 +37,12 @@ fn generated_lake(root: &Path) {
 }
 
 fn write_config(dir: &Path, extra: &str) -> String {
-    let config = dir.join("compactor.toml");
-    std::fs::write(
-        &config,
-        format!("[storage]\nurl = \"file://{}\"\n\n[plugins]\ncache_dir = \"{}\"\n{extra}", dir.join("lake").display(), std::env::temp_dir().join("compactor-test-artifacts").display()),
-    )
-    .unwrap();
-    config.display().to_string()
+    let config = TestConfig::new(format!("file://{}", dir.join("lake").display()));
+    // `extra` is deliberately bad TOML for the config-error tests, so it is
+    // appended as text to a config that is valid on its own.
+    let path = dir.join("compactor.toml");
+    std::fs::write(&path, format!("{}\n{extra}", config.to_toml())).unwrap();
+    path.display().to_string()
 }
 
 #[test]
@@ -77,7 +77,10 @@ fn plan_json_lists_arc_candidates() {
     let first = &batches[0];
     let mut keys: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort();
-    assert_eq!(keys, ["batch_number", "database", "file_count", "files", "measurement", "partition_path", "partition_time", "tier", "total_batches"]);
+    assert_eq!(
+        keys,
+        ["batch_number", "database", "file_count", "files", "measurement", "partition_path", "partition_time", "tier", "total_batches"]
+    );
     assert_eq!(first["database"], "mydb");
     assert_eq!(first["measurement"], "cpu");
     assert_eq!(first["partition_time"], "2026-04-11T13:00:00Z");
@@ -149,7 +152,11 @@ fn plan_reports_config_errors_naming_the_key() {
     let config = write_config(dir.path(), "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n[tiers.config]\nmin_file = 3\n");
     let output = compactor(&["plan", "--config", &config, "--now", "2026-04-11T18:00:00Z"]);
     assert_eq!(output.status.code(), Some(1), "a tier that fails is reported, the plan still prints");
-    assert!(stderr(&output).contains("tier hourly: plugin builtin:hourly refused its configuration: invalid config: unknown field `min_file`"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("tier hourly: plugin builtin:hourly refused its configuration: invalid config: unknown field `min_file`"),
+        "{}",
+        stderr(&output)
+    );
 
     let output = compactor(&["plan", "--config", &config, "--now", "yesterday"]);
     assert_eq!(output.status.code(), Some(2));
@@ -186,7 +193,7 @@ fn plugin_check_and_info() {
     let output = compactor(&["plugin", "info", "builtin:role"]);
     assert!(stdout(&output).contains("world:        cluster-gate"), "{}", stdout(&output));
 
-    let output = compactor(&["plugin", "check", compactor::builtin::HOSTILE_COMPONENT, "--plugin-config", r#"{"mode":"configure-error"}"#]);
+    let output = compactor(&["plugin", "check", compactor_test_components::HOSTILE, "--plugin-config", r#"{"mode":"configure-error"}"#]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("refused its configuration"), "{}", stderr(&output));
 }

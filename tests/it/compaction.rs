@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use compactor::sample::{self, SampleSpec};
-use compactor::verify;
+use compactor_job::sample::{self, SampleSpec};
+use compactor_job::verify;
 
+use crate::kit::{TestConfig, kill_engine_and_wait_for_jobs, value};
 use crate::util::{compactor, files_under, text};
 
 const NOW: &str = "2026-04-13T12:00:00Z";
@@ -34,25 +35,20 @@ fn spec(rows_per_file: u32) -> SampleSpec {
 
 /// A lake of two measurements × two hours × 12 files, a pristine copy, and a
 /// config (Arc's tiers, daily with `min_files = 2` so that two hours make a
-/// day); `extra` is appended to `[compaction]`.
-fn lake_with(rows_per_file: u32, extra: &str) -> Lake {
+/// day); `extra` adds `[compaction]` keys.
+fn lake_with(rows_per_file: u32, extra: &[(&str, toml::Value)]) -> Lake {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     let lake = root.join("lake");
     sample::generate(&lake, crate::util::at(NOW), &spec(rows_per_file)).unwrap();
     let pristine = root.join("pristine");
     copy_dir(&lake, &pristine);
-    let config = root.join("compactor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\nurl = \"lake\"\n\n[plugins]\ncache_dir = \"{}\"\n\n[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n\n\
-             [[tiers]]\nname = \"daily\"\nplugin = \"builtin:daily\"\n[tiers.config]\nmin_files = 2\n\n[compaction]\ntemp_directory = \"tmp\"\nthreads = 1\n{extra}\n",
-            std::env::temp_dir().join("compactor-test-artifacts").display()
-        ),
-    )
-    .unwrap();
-    Lake { _dir: dir, root, lake, pristine, config: config.display().to_string() }
+    let mut config = TestConfig::new("lake").hourly_and_daily().compaction("temp_directory", "tmp").compaction("threads", 1);
+    for (key, value) in extra {
+        config = config.compaction(key, value.clone());
+    }
+    let config = config.write(&root);
+    Lake { _dir: dir, root, lake, pristine, config }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -96,7 +92,7 @@ fn assert_compacted(lake: &Lake) {
 
 #[test]
 fn once_compacts_hourly_then_daily_and_keeps_every_row() {
-    let lake = lake_with(50, "");
+    let lake = lake_with(50, &[]);
     let output = once(&lake, &[]);
     assert!(output.status.success(), "{}", text(&output));
     let summary = String::from_utf8_lossy(&output.stdout);
@@ -114,7 +110,7 @@ fn a_job_killed_at_any_step_loses_and_duplicates_nothing() {
     for step in ["after-download", "after-merge", "after-manifest", "mid-upload", "after-upload", "mid-delete", "after-delete"] {
         // A tiny multipart threshold makes every upload multipart, so that
         // `mid-upload` lands between two parts.
-        let lake = lake_with(50, "multipart_threshold = \"1KiB\"");
+        let lake = lake_with(50, &[("multipart_threshold", value("1KiB"))]);
         let crashed = once(&lake, &[("COMPACTOR_FAULT", step)]);
         let recovered = compactor(&["recover", "--config", &lake.config], &[]);
         assert!(recovered.status.success(), "{step}: {}", text(&recovered));
@@ -128,7 +124,7 @@ fn a_job_killed_at_any_step_loses_and_duplicates_nothing() {
 #[test]
 fn the_engine_killed_mid_cycle_loses_and_duplicates_nothing() {
     for delay_ms in [150, 400, 800] {
-        let lake = lake_with(2000, "");
+        let lake = lake_with(2000, &[]);
         let mut child = Command::new(env!("CARGO_BIN_EXE_compactor"))
             .args(["once", "--config", &lake.config, "--now", NOW])
             .stdout(std::process::Stdio::null())
@@ -136,10 +132,7 @@ fn the_engine_killed_mid_cycle_loses_and_duplicates_nothing() {
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        // Jobs die with the engine (PR_SET_PDEATHSIG); give them a moment.
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        kill_engine_and_wait_for_jobs(&mut child);
         let clean = once(&lake, &[]);
         assert!(clean.status.success(), "killed after {delay_ms} ms: {}", text(&clean));
         assert_intact(&lake);
@@ -149,11 +142,9 @@ fn the_engine_killed_mid_cycle_loses_and_duplicates_nothing() {
 
 #[test]
 fn two_engines_on_one_lake_compact_every_row_once() {
-    let lake = lake_with(500, "");
+    let lake = lake_with(500, &[]);
     let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_compactor"))
-            .args(["once", "--config", &lake.config, "--now", NOW, "--tier", "hourly"])
-            .output()
+        Command::new(env!("CARGO_BIN_EXE_compactor")).args(["once", "--config", &lake.config, "--now", NOW, "--tier", "hourly"]).output()
     };
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(spawn);
@@ -169,7 +160,7 @@ fn two_engines_on_one_lake_compact_every_row_once() {
 
 #[test]
 fn an_impossible_memory_limit_fails_cleanly_with_inputs_untouched() {
-    let lake = lake_with(20_000, "memory_limit = \"1MB\"\nmax_files_per_batch = 12");
+    let lake = lake_with(20_000, &[("memory_limit", value("1MB")), ("max_files_per_batch", value(12))]);
     let before = files_under(&lake.lake);
     let output = once(&lake, &[]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
@@ -180,7 +171,7 @@ fn an_impossible_memory_limit_fails_cleanly_with_inputs_untouched() {
 }
 
 /// Writes one Parquet file with DuckDB.
-pub fn write_parquet(path: &Path, select: &str) {
+pub(crate) fn write_parquet(path: &Path, select: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     verify::connection().unwrap().execute_batch(&format!("COPY ({select}) TO '{}' (FORMAT PARQUET)", path.display())).unwrap();
 }
@@ -189,15 +180,26 @@ pub fn write_parquet(path: &Path, select: &str) {
 /// schema drift both ways, epoch-string times, a zero-row file, corrupt and
 /// truncated Parquet and a text file; `db/trades` without a time column.
 /// Returns the names of the corrupt and truncated inputs.
-pub fn write_bad_inputs(lake: &Path) -> (String, String) {
+pub(crate) fn write_bad_inputs(lake: &Path) -> (String, String) {
     let hour = lake.join("db/cpu_total/2026/04/11/10");
     let t = |i: usize| format!("cpu_total_20260411_10{i:02}00_000000001.parquet");
     for i in 0..8 {
-        write_parquet(&hour.join(t(i)), &format!("SELECT make_timestamp((1775901600000000 + {i} * 1000000 + r)::BIGINT)::TIMESTAMPTZ AS time, 'h' || r AS host, r * 1.5 AS value FROM range(100) t(r)"));
+        write_parquet(
+            &hour.join(t(i)),
+            &format!(
+                "SELECT make_timestamp((1775901600000000 + {i} * 1000000 + r)::BIGINT)::TIMESTAMPTZ AS time, 'h' || r AS host, r * 1.5 AS value FROM range(100) t(r)"
+            ),
+        );
     }
     // Schema drift: an extra column, and a missing one.
-    write_parquet(&hour.join(t(8)), "SELECT make_timestamp((1775901700000000 + r)::BIGINT)::TIMESTAMPTZ AS time, 'h' AS host, 1.0 AS value, 'x' AS extra FROM range(10) t(r)");
-    write_parquet(&hour.join(t(9)), "SELECT make_timestamp((1775901800000000 + r)::BIGINT)::TIMESTAMPTZ AS time, 2.0 AS value FROM range(10) t(r)");
+    write_parquet(
+        &hour.join(t(8)),
+        "SELECT make_timestamp((1775901700000000 + r)::BIGINT)::TIMESTAMPTZ AS time, 'h' AS host, 1.0 AS value, 'x' AS extra FROM range(10) t(r)",
+    );
+    write_parquet(
+        &hour.join(t(9)),
+        "SELECT make_timestamp((1775901800000000 + r)::BIGINT)::TIMESTAMPTZ AS time, 2.0 AS value FROM range(10) t(r)",
+    );
     // `time` as integer-epoch strings (microseconds).
     write_parquet(&hour.join(t(10)), "SELECT (1775901900000000 + r)::VARCHAR AS time, 'h' AS host, 3.25 AS value FROM range(10) t(r)");
     // A zero-row file.
@@ -210,13 +212,16 @@ pub fn write_bad_inputs(lake: &Path) -> (String, String) {
     // A partition without a time column.
     let no_time = lake.join("db/trades/2026/04/11/10");
     for i in 0..10 {
-        write_parquet(&no_time.join(format!("trades_20260411_10{i:02}00_000000001.parquet")), "SELECT 'AAPL' AS symbol, 1.5 AS price FROM range(5)");
+        write_parquet(
+            &no_time.join(format!("trades_20260411_10{i:02}00_000000001.parquet")),
+            "SELECT 'AAPL' AS symbol, 1.5 AS price FROM range(5)",
+        );
     }
     (t(12), t(13))
 }
 
 /// Checks the `once --format json` report of a cycle over the bad-input lake.
-pub fn assert_bad_input_report(report: &serde_json::Value) {
+pub(crate) fn assert_bad_input_report(report: &serde_json::Value) {
     let jobs = report["jobs"].as_array().unwrap();
     let cpu = jobs.iter().find(|j| j["measurement"] == "cpu_total").unwrap();
     assert_eq!(cpu["success"], true);
@@ -233,7 +238,8 @@ fn bad_inputs_get_the_spec_outcome_and_lose_no_row() {
     let dir = tempfile::tempdir().unwrap();
     let (corrupt, truncated) = write_bad_inputs(&dir.path().join("lake"));
     let config = dir.path().join("compactor.toml");
-    std::fs::write(&config, format!("[storage]\nurl = \"lake\"\n[compaction]\ntemp_directory = \"tmp\"\n[plugins]\ncache_dir = \"{}\"\n[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n", std::env::temp_dir().join("compactor-test-artifacts").display())).unwrap();
+    std::fs::write(&config, TestConfig::new("lake").compaction("temp_directory", "tmp").tier("hourly", "builtin:hourly", &[]).to_toml())
+        .unwrap();
 
     let output = compactor(&["once", "--config", &config.display().to_string(), "--now", NOW, "--format", "json"], &[]);
     assert!(output.status.success(), "{}", text(&output));
@@ -288,9 +294,10 @@ fn the_child_protocol_reports_errors_as_arc_does() {
 
 #[test]
 fn cluster_mode_jobs_hand_over_completion_manifests() {
-    let lake = lake_with(50, "");
+    let lake = lake_with(50, &[]);
     let dir = lake.lake.join("db/cpu/2026/04/11/00");
-    let files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| format!("db/cpu/2026/04/11/00/{}", e.unwrap().file_name().to_string_lossy())).collect();
+    let files: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| format!("db/cpu/2026/04/11/00/{}", e.unwrap().file_name().to_string_lossy())).collect();
     let completion = lake.root.join("completion");
     let job = serde_json::json!({
         "database": "db", "measurement": "cpu", "partition_path": "db/cpu/2026/04/11/00", "files": files,
@@ -303,8 +310,8 @@ fn cluster_mode_jobs_hand_over_completion_manifests() {
     let output = compactor(&["compact", "--job", &job.to_string()], &[]);
     let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(result["success"], true, "{}", text(&output));
-    let manifest = compactor::completion::read(&completion.join("db_db_cpu_2026_04_11_00_1_b1.json")).unwrap();
-    assert_eq!(manifest.state, compactor::completion::CompletionState::SourcesDeleted);
+    let manifest = compactor_job::completion::read(&completion.join("db_db_cpu_2026_04_11_00_1_b1.json")).unwrap();
+    assert_eq!(manifest.state, compactor_job::completion::CompletionState::SourcesDeleted);
     assert_eq!(manifest.deleted_sources.as_ref().unwrap().len(), 12);
     let out = &manifest.outputs.as_ref().unwrap()[0];
     assert_eq!(out.path, result["output_file"].as_str().unwrap());
@@ -316,8 +323,9 @@ fn cluster_mode_jobs_hand_over_completion_manifests() {
 
 #[test]
 fn run_starts_recovers_and_stops_cleanly_on_sigterm() {
-    let lake = lake_with(10, "");
-    std::fs::write(&lake.config, std::fs::read_to_string(&lake.config).unwrap() + "\n[cluster]\nenabled = true\nrole = \"reader\"\n").unwrap();
+    let lake = lake_with(10, &[]);
+    std::fs::write(&lake.config, std::fs::read_to_string(&lake.config).unwrap() + "\n[cluster]\nenabled = true\nrole = \"reader\"\n")
+        .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_compactor"))
         .args(["-v", "run", "--config", &lake.config])
         .stderr(std::process::Stdio::piped())
@@ -349,9 +357,10 @@ fn run_starts_recovers_and_stops_cleanly_on_sigterm() {
 
 #[test]
 fn inputs_that_vanish_before_the_job_reads_them_are_skipped() {
-    let lake = lake_with(50, "");
+    let lake = lake_with(50, &[]);
     let dir = lake.lake.join("db/cpu/2026/04/11/00");
-    let mut files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| format!("db/cpu/2026/04/11/00/{}", e.unwrap().file_name().to_string_lossy())).collect();
+    let mut files: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| format!("db/cpu/2026/04/11/00/{}", e.unwrap().file_name().to_string_lossy())).collect();
     files.sort();
     files.push("db/cpu/2026/04/11/00/cpu_20260411_005900_000000009.parquet".into());
     let job = serde_json::json!({

@@ -3,9 +3,10 @@
 
 mod cli;
 mod compaction;
+mod kit;
 mod plan;
-mod s3;
 mod policies;
+mod s3;
 mod sandbox;
 mod sdk;
 mod util;

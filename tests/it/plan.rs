@@ -3,15 +3,18 @@
 
 use std::sync::Arc;
 
-use compactor::config::PluginLimits;
-use compactor::manifest::{ManifestStore, RecoveryManifest};
-use compactor::planner::{self, PlanOptions};
-use compactor::storage::Storage;
+use compactor_engine::planner::{self, PlanOptions};
+use compactor_job::manifest::{ManifestStore, RecoveryManifest};
+use compactor_runtime::PluginLimits;
+use compactor_storage::Storage;
 
 use crate::util::{at, plan, raw_files, store_with, tier};
 
 fn hour(db_meas: &str, hour: &str, n: usize) -> Vec<String> {
-    raw_files(db_meas.rsplit('/').next().unwrap(), "20260411_100500", n).iter().map(|f| format!("{db_meas}/2026/04/11/{hour}/{f}")).collect()
+    raw_files(db_meas.rsplit('/').next().unwrap(), "20260411_100500", n)
+        .iter()
+        .map(|f| format!("{db_meas}/2026/04/11/{hour}/{f}"))
+        .collect()
 }
 
 fn arc_tiers() -> Vec<planner::PlannedTier> {
@@ -26,7 +29,8 @@ async fn batches_come_in_tier_database_measurement_partition_order() {
     keys.extend(hour("db1/aaa", "10", 2));
     let storage = store_with(&keys).await;
     let plan = plan(&storage, &arc_tiers(), "2026-04-13T00:00:00Z").await;
-    let order: Vec<(String, String)> = plan.batches.iter().map(|b| (b.candidate.tier.clone(), b.candidate.partition_path.clone())).collect();
+    let order: Vec<(String, String)> =
+        plan.batches.iter().map(|b| (b.candidate.tier.clone(), b.candidate.partition_path.clone())).collect();
     let expected = [
         ("hourly", "db1/cpu/2026/04/11/10"),
         ("hourly", "db1/cpu/2026/04/11/11"),
@@ -69,7 +73,7 @@ async fn only_visible_parquet_files_are_ever_inputs() {
     assert!(plan_of(&storage).await.batches.is_empty());
 }
 
-async fn plan_of(storage: &Storage) -> compactor::planner::Plan {
+async fn plan_of(storage: &Storage) -> compactor_engine::planner::Plan {
     plan(storage, &arc_tiers(), "2026-04-13T00:00:00Z").await
 }
 
@@ -111,11 +115,20 @@ async fn pseudo_databases_plan_like_plain_ones() {
     let keys: Vec<String> = ["fa", "fb", "fc"].iter().map(|f| format!("rocket-01/factory/temps/2026/08/19/10/{f}.parquet")).collect();
     let storage = store_with(&keys).await;
     let tiers = [tier("hourly", "builtin:hourly", r#"{"min_files": 3}"#, PluginLimits::default())];
-    let options = PlanOptions { now: at("2026-08-20T00:00:00Z"), database: Some("rocket-01/factory".into()), tiers: vec![], max_files_per_batch: 30, multipart_threshold: 64 << 20 };
+    let options = PlanOptions {
+        now: at("2026-08-20T00:00:00Z"),
+        database: Some("rocket-01/factory".into()),
+        tiers: vec![],
+        max_files_per_batch: 30,
+        multipart_threshold: 64 << 20,
+    };
     let plan = planner::plan(&storage, &tiers, &options).await.unwrap();
     assert_eq!(plan.batches.len(), 1);
     let c = &plan.batches[0].candidate;
-    assert_eq!((c.database.as_str(), c.measurement.as_str(), c.partition_path.as_str()), ("rocket-01/factory", "temps", "rocket-01/factory/temps/2026/08/19/10"));
+    assert_eq!(
+        (c.database.as_str(), c.measurement.as_str(), c.partition_path.as_str()),
+        ("rocket-01/factory", "temps", "rocket-01/factory/temps/2026/08/19/10")
+    );
     assert_eq!(c.partition_time, at("2026-08-19T10:00:00Z"));
 }
 
@@ -161,18 +174,18 @@ mod failing {
     use futures::stream::BoxStream;
     use object_store::path::Path;
     use object_store::{
-        GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
-        Result,
+        GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+        PutResult, Result,
     };
 
     #[derive(Debug)]
-    pub struct FailsUnder {
+    pub(super) struct FailsUnder {
         inner: Arc<dyn ObjectStore>,
         prefix: &'static str,
     }
 
     impl FailsUnder {
-        pub fn new(inner: Arc<dyn ObjectStore>, prefix: &'static str) -> Self {
+        pub(super) fn new(inner: Arc<dyn ObjectStore>, prefix: &'static str) -> Self {
             Self { inner, prefix }
         }
 

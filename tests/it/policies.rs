@@ -1,9 +1,9 @@
 //! Arc's tier rules (spec §1.3–§5), checked against the built-in *components*
 //! through the plugin runtime, plus the bin-packing policy and the role gate.
 
-use compactor::config::PluginLimits;
-use compactor::plugin::{NodeInfo, PluginSource};
-use compactor::storage::PartitionLevel;
+use compactor_model::PartitionLevel;
+use compactor_runtime::PluginLimits;
+use compactor_runtime::{NodeInfo, PluginSource};
 
 use crate::util::{at, instance, partition, raw_files, refs, runtime};
 
@@ -18,14 +18,20 @@ mod hourly {
     fn defaults_are_min_files_10_and_min_age_at_least_one_hour() {
         let tier = instance("builtin:hourly", "{}");
         let d = tier.description();
-        assert_eq!((d.name.as_str(), d.partition_level, d.output_suffix.as_str(), d.min_files), ("hourly", PartitionLevel::Hour, "compacted", 10));
+        assert_eq!(
+            (d.name.as_str(), d.partition_level, d.output_suffix.as_str(), d.min_files),
+            ("hourly", PartitionLevel::Hour, "compacted", 10)
+        );
         assert_eq!(d.effective_config["min_age_hours"], 1);
         for forced in ["0", "-5"] {
             let tier = instance("builtin:hourly", &format!(r#"{{"min_age_hours": {forced}}}"#));
             assert_eq!(tier.description().effective_config["min_age_hours"], 1, "{forced}");
         }
         assert_eq!(instance("builtin:hourly", r#"{"min_files": 0}"#).description().min_files, 10);
-        assert_eq!(instance("builtin:hourly", r#"{"min_files": 20, "min_age_hours": 3}"#).description().effective_config["min_age_hours"], 3);
+        assert_eq!(
+            instance("builtin:hourly", r#"{"min_files": 20, "min_age_hours": 3}"#).description().effective_config["min_age_hours"],
+            3
+        );
     }
 
     #[test]
@@ -151,7 +157,10 @@ mod hourly {
             Some("2026-01-02T00:00:00Z"),
         );
         assert_newest(&["invalid.parquet", "no_timestamp.parquet"], None);
-        assert_newest(&["invalid.parquet", "metrics_20260102_120000_123456789.parquet", "no_timestamp.parquet"], Some("2026-01-02T12:00:00Z"));
+        assert_newest(
+            &["invalid.parquet", "metrics_20260102_120000_123456789.parquet", "no_timestamp.parquet"],
+            Some("2026-01-02T12:00:00Z"),
+        );
         assert_newest(&["my_long_name_20260102_120000_1.parquet"], Some("2026-01-02T12:00:00Z"));
         assert_newest(&["plain.parquet", "metrics_20260102_120000_1_compacted.parquet"], Some("2026-01-02T12:00:00Z"));
         assert_newest(&["metrics_20260230_120000_1.parquet"], None);
@@ -169,7 +178,10 @@ mod daily {
     fn defaults_are_min_files_12_min_age_24_and_skip_check_after_7_days() {
         let tier = instance("builtin:daily", "{}");
         let d = tier.description();
-        assert_eq!((d.name.as_str(), d.partition_level, d.output_suffix.as_str(), d.min_files), ("daily", PartitionLevel::Day, "daily", 12));
+        assert_eq!(
+            (d.name.as_str(), d.partition_level, d.output_suffix.as_str(), d.min_files),
+            ("daily", PartitionLevel::Day, "daily", 12)
+        );
         assert_eq!(d.effective_config["min_age_hours"], 24);
         assert_eq!(d.effective_config["skip_file_age_check_days"], 7);
         let zeroes = instance("builtin:daily", r#"{"min_age_hours": 0, "min_files": 0, "skip_file_age_check_days": -3}"#);
@@ -261,7 +273,11 @@ mod binpack {
     #[test]
     fn bad_config_names_the_key() {
         let plugin = crate::util::plugin("builtin:binpack");
-        for (config, key) in [(r#"{"partition_level": "week"}"#, "partition_level"), (r#"{"target_size": 3}"#, "target_size"), (r#"{"min_files": 1}"#, "min_files")] {
+        for (config, key) in [
+            (r#"{"partition_level": "week"}"#, "partition_level"),
+            (r#"{"target_size": 3}"#, "target_size"),
+            (r#"{"min_files": 1}"#, "min_files"),
+        ] {
             let error = plugin.instantiate(config, PluginLimits::default()).err().unwrap().to_string();
             assert!(error.contains(key), "{error}");
         }

@@ -10,58 +10,18 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
-use compactor::sample::{self, SampleSpec};
-use compactor::storage::Storage;
-use compactor::verify;
+use compactor_job::sample::{self, SampleSpec};
+use compactor_job::verify;
+use compactor_storage::Storage;
 
+use crate::kit::{MotoServer, TestConfig};
 use crate::util::{compactor, files_under, text};
 
 const NOW: &str = "2026-04-13T12:00:00Z";
 
 fn endpoint() -> &'static str {
-    static ENDPOINT: OnceLock<String> = OnceLock::new();
-    ENDPOINT.get_or_init(|| {
-        let endpoint = std::env::var("COMPACTOR_TEST_S3_ENDPOINT").unwrap_or_else(|_| start_moto());
-        let address = endpoint.trim_start_matches("http://").to_owned();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&address).is_ok() {
-                return endpoint;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("no S3 server answers at {endpoint} (install moto: pip install 'moto[server]')");
-    })
-}
-
-/// Starts `moto_server` on a free port, from a thread that lives as long as
-/// the test process, so that the server dies with it (PR_SET_PDEATHSIG).
-fn start_moto() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (ready, started) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::os::unix::process::CommandExt;
-        let mut command = Command::new("moto_server");
-        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-        // SAFETY: prctl only sets a flag on the new process.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command.spawn();
-        let _ = ready.send(child.is_ok());
-        if let Ok(mut child) = child {
-            let _ = child.wait();
-        }
-        loop {
-            std::thread::park();
-        }
-    });
-    assert!(started.recv().unwrap_or(false), "cannot start moto_server (install it: pip install 'moto[server]')");
-    format!("http://127.0.0.1:{port}")
+    crate::kit::shared_s3_endpoint()
 }
 
 fn create_bucket_at(endpoint: &str, name: &str) {
@@ -113,8 +73,7 @@ fn bucket_at(endpoint: &str, name: &str, extra: &[(&str, &str)]) -> Bucket {
     let mut options = options_for(endpoint);
     options.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     let (url, storage) = upload_lake(name, &options, &root.join("pristine"));
-    let tiers = "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n\n[[tiers]]\nname = \"daily\"\nplugin = \"builtin:daily\"\n[tiers.config]\nmin_files = 2\n";
-    let config = write_config(&root, &url, &options, tiers);
+    let config = s3_config(&url, &options).hourly_and_daily().write(&root);
     Bucket { _dir: dir, root, storage, config }
 }
 
@@ -131,20 +90,9 @@ fn upload_lake(name: &str, options: &BTreeMap<String, String>, local: &Path) -> 
     (url, storage)
 }
 
-/// A config for `url` with `options` and `tiers`, in `root`.
-fn write_config(root: &Path, url: &str, options: &BTreeMap<String, String>, tiers: &str) -> String {
-    let options: String = options.iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
-    let config = root.join("compactor.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\nurl = \"{url}\"\n[storage.options]\n{options}\n[plugins]\ncache_dir = \"{}\"\n\n{tiers}\n\
-             [compaction]\ntemp_directory = \"tmp\"\nthreads = 1\n",
-            std::env::temp_dir().join("compactor-test-artifacts").display()
-        ),
-    )
-    .unwrap();
-    config.display().to_string()
+/// A config for `url` with `options`, jobs in `tmp` with one thread.
+fn s3_config(url: &str, options: &BTreeMap<String, String>) -> TestConfig {
+    TestConfig::new(url).storage_options(options).compaction("temp_directory", "tmp").compaction("threads", 1)
 }
 
 /// Downloads the bucket and checks: exactly the original rows, two daily
@@ -215,7 +163,13 @@ fn two_engines_racing_on_one_bucket_compact_every_row_once() {
         .iter()
         .flat_map(|o| {
             let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            report["jobs"].as_array().unwrap().iter().filter(|j| j["files_compacted"].as_u64() > Some(0)).map(|j| j["partition_path"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+            report["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|j| j["files_compacted"].as_u64() > Some(0))
+                .map(|j| j["partition_path"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
         })
         .collect();
     compacted.sort();
@@ -225,55 +179,9 @@ fn two_engines_racing_on_one_bucket_compact_every_row_once() {
     assert_intact_and_compacted(&bucket);
 }
 
-/// A private moto server, so that pausing it affects no other test.
-struct PrivateServer {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl PrivateServer {
-    fn start() -> Self {
-        use std::os::unix::process::CommandExt;
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut command = Command::new("moto_server");
-        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-        // SAFETY: prctl only sets a flag on the new process.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command.spawn().expect("moto_server (pip install 'moto[server]')");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self { child, endpoint };
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("moto_server did not start");
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: sending a signal to our own child process.
-        unsafe {
-            libc::kill(self.child.id() as i32, signal);
-        }
-    }
-}
-
-impl Drop for PrivateServer {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn the_server_stopped_mid_upload_or_mid_delete_loses_nothing() {
-    let server = PrivateServer::start();
+    let server = MotoServer::start();
     // Requests to a stopped server fail after a second, without retries.
     let fast_failure = [("timeout", "1s"), ("connect_timeout", "1s"), ("max_retries", "0"), ("retry_timeout", "2s")];
     for (i, step) in ["after-manifest", "mid-delete"].iter().enumerate() {
@@ -311,7 +219,7 @@ fn bad_inputs_on_s3_get_the_spec_outcome() {
     let options = options_for(endpoint());
     let (url, storage) = upload_lake("s3-bad-inputs", &options, &local);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let config = write_config(dir.path(), &url, &options, "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n");
+    let config = s3_config(&url, &options).tier("hourly", "builtin:hourly", &[]).write(dir.path());
     let output = compactor(&["once", "--config", &config, "--now", NOW, "--format", "json"], &[]);
     assert!(output.status.success(), "{}", text(&output));
     crate::compaction::assert_bad_input_report(&serde_json::from_slice(&output.stdout).unwrap());
@@ -332,14 +240,16 @@ fn a_job_killed_mid_multipart_upload_on_s3_loses_nothing() {
     for i in 0..12 {
         crate::compaction::write_parquet(
             &pristine.join(format!("db/cpu/2026/04/11/00/cpu_20260411_00{:02}00_000000001.parquet", i * 4)),
-            &format!("SELECT make_timestamp((1775865600000000 + {i} * 100000 + r)::BIGINT)::TIMESTAMPTZ AS time, random() AS value FROM range(100000) t(r)"),
+            &format!(
+                "SELECT make_timestamp((1775865600000000 + {i} * 100000 + r)::BIGINT)::TIMESTAMPTZ AS time, random() AS value FROM range(100000) t(r)"
+            ),
         );
     }
     let options = options_for(endpoint());
     let (url, storage) = upload_lake("s3-multipart", &options, &pristine);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let config = write_config(dir.path(), &url, &options, "[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n");
-    std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + "multipart_threshold = \"5MiB\"\n").unwrap();
+    let config =
+        s3_config(&url, &options).compaction("multipart_threshold", "5MiB").tier("hourly", "builtin:hourly", &[]).write(dir.path());
 
     // The first job dies after its first part; the halves that the retry
     // compacts are small enough for single uploads and succeed.
@@ -359,6 +269,10 @@ fn a_job_killed_mid_multipart_upload_on_s3_loses_nothing() {
         std::fs::write(&path, runtime.block_on(storage.read(&object.key)).unwrap()).unwrap();
     }
     let connection = verify::connection().unwrap();
-    let rows = verify::row_differences(&connection, &format!("{}/**/*.parquet", pristine.display()), &format!("{}/**/*.parquet", downloaded.display()));
+    let rows = verify::row_differences(
+        &connection,
+        &format!("{}/**/*.parquet", pristine.display()),
+        &format!("{}/**/*.parquet", downloaded.display()),
+    );
     assert_eq!(rows.unwrap(), (0, 0));
 }

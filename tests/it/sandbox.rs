@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use compactor::config::PluginLimits;
-use compactor::planner::Plan;
-use compactor::plugin::PluginSource;
+use compactor_engine::planner::Plan;
+use compactor_runtime::PluginLimits;
+use compactor_runtime::PluginSource;
 
 use crate::util::{plan, raw_files, runtime, store_with, tier};
 

@@ -42,11 +42,7 @@ fn current_outputs_and_odd_names_carry_none() {
 
 #[test]
 fn newest_wins_in_any_order() {
-    let keys = [
-        "a/metrics_20260102_090000_1.parquet",
-        "a/metrics_20260103_150000_1.parquet",
-        "a/metrics_20260101_120000_1.parquet",
-    ];
+    let keys = ["a/metrics_20260102_090000_1.parquet", "a/metrics_20260103_150000_1.parquet", "a/metrics_20260101_120000_1.parquet"];
     assert_eq!(newest_file_time(keys), at(2026, 1, 3, 15));
     assert_eq!(newest_file_time([]), None);
 }

@@ -4,21 +4,21 @@
 use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
-use compactor::config::PluginLimits;
-use compactor::plugin::{ArtifactCache, PluginRuntime, PluginSource, TierInstance, TierPlugin};
-use compactor::storage::{FileMeta, Partition};
+use compactor_model::{FileMeta, Partition};
+use compactor_runtime::PluginLimits;
+use compactor_runtime::{ArtifactCache, PluginRuntime, PluginSource, TierInstance, TierPlugin};
 
 /// One runtime per test process; compiled components are cached across runs.
-pub fn runtime() -> &'static PluginRuntime {
+pub(crate) fn runtime() -> &'static PluginRuntime {
     static RUNTIME: OnceLock<PluginRuntime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         let cache = std::env::temp_dir().join("compactor-test-artifacts");
-        PluginRuntime::new(ArtifactCache::new(cache)).expect("plugin runtime")
+        PluginRuntime::new(ArtifactCache::new(cache)).expect("plugin runtime").with_builtins(compactor_builtin::BUILTINS)
     })
 }
 
 /// A built-in or test component, loaded once per process.
-pub fn plugin(spec: &str) -> TierPlugin {
+pub(crate) fn plugin(spec: &str) -> TierPlugin {
     static LOADED: OnceLock<std::sync::Mutex<Vec<(String, TierPlugin)>>> = OnceLock::new();
     let loaded = LOADED.get_or_init(Default::default);
     let mut loaded = loaded.lock().unwrap();
@@ -26,7 +26,7 @@ pub fn plugin(spec: &str) -> TierPlugin {
         return plugin.clone();
     }
     let source = match spec {
-        "hostile" => PluginSource::Path(compactor::builtin::HOSTILE_COMPONENT.into()),
+        "hostile" => PluginSource::Path(compactor_test_components::HOSTILE.into()),
         builtin => PluginSource::parse(builtin, std::path::Path::new(".")),
     };
     let plugin = runtime().load_tier(&source).unwrap_or_else(|e| panic!("{spec}: {e}"));
@@ -35,18 +35,18 @@ pub fn plugin(spec: &str) -> TierPlugin {
 }
 
 /// A configured instance of `spec` with default limits.
-pub fn instance(spec: &str, config: &str) -> TierInstance {
+pub(crate) fn instance(spec: &str, config: &str) -> TierInstance {
     plugin(spec).instantiate(config, PluginLimits::default()).unwrap_or_else(|e| panic!("{spec}: {e}"))
 }
 
 /// An instant from RFC 3339.
-pub fn at(text: &str) -> DateTime<Utc> {
+pub(crate) fn at(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text).unwrap().to_utc()
 }
 
 /// A partition of `path` (`db/meas/YYYY/MM/DD[/HH]`) holding `names`, which
 /// are relative to `path` unless they contain `/` from the root.
-pub fn partition(path: &str, time: &str, names: &[&str]) -> Partition {
+pub(crate) fn partition(path: &str, time: &str, names: &[&str]) -> Partition {
     let mut segments = path.splitn(3, '/');
     let database = segments.next().unwrap().to_owned();
     let measurement = segments.next().unwrap().to_owned();
@@ -63,23 +63,29 @@ pub fn partition(path: &str, time: &str, names: &[&str]) -> Partition {
 }
 
 /// `n` raw ingest names written at `stamp` (`YYYYMMDD_HHMMSS`).
-pub fn raw_files(measurement: &str, stamp: &str, n: usize) -> Vec<String> {
+pub(crate) fn raw_files(measurement: &str, stamp: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{measurement}_{stamp}_{i:09}.parquet")).collect()
 }
 
 /// Borrowed view of owned names.
-pub fn refs(names: &[String]) -> Vec<&str> {
+pub(crate) fn refs(names: &[String]) -> Vec<&str> {
     names.iter().map(String::as_str).collect()
 }
 
 /// A tier named `name` running `spec` with `config` and `limits`.
-pub fn tier(name: &str, spec: &str, config: &str, limits: PluginLimits) -> compactor::planner::PlannedTier {
-    compactor::planner::PlannedTier { name: name.into(), enabled: true, policy: Ok(std::sync::Arc::new(plugin(spec))), config_json: config.into(), limits }
+pub(crate) fn tier(name: &str, spec: &str, config: &str, limits: PluginLimits) -> compactor_engine::planner::PlannedTier {
+    compactor_engine::planner::PlannedTier {
+        name: name.into(),
+        enabled: true,
+        policy: Ok(std::sync::Arc::new(plugin(spec))),
+        config_json: config.into(),
+        limits,
+    }
 }
 
 /// An in-memory store holding `keys` (each 100 bytes).
-pub async fn store_with(keys: &[String]) -> compactor::storage::Storage {
-    let storage = compactor::storage::Storage::in_memory();
+pub(crate) async fn store_with(keys: &[String]) -> compactor_storage::Storage {
+    let storage = compactor_storage::Storage::in_memory();
     for key in keys {
         storage.write(key, vec![0u8; 100]).await.unwrap();
     }
@@ -87,13 +93,23 @@ pub async fn store_with(keys: &[String]) -> compactor::storage::Storage {
 }
 
 /// Plans `tiers` over `storage` at `now`, with Arc's batch size.
-pub async fn plan(storage: &compactor::storage::Storage, tiers: &[compactor::planner::PlannedTier], now: &str) -> compactor::planner::Plan {
-    let options = compactor::planner::PlanOptions { now: at(now), database: None, tiers: Vec::new(), max_files_per_batch: 30, multipart_threshold: 64 << 20 };
-    compactor::planner::plan(storage, tiers, &options).await.unwrap()
+pub(crate) async fn plan(
+    storage: &compactor_storage::Storage,
+    tiers: &[compactor_engine::planner::PlannedTier],
+    now: &str,
+) -> compactor_engine::planner::Plan {
+    let options = compactor_engine::planner::PlanOptions {
+        now: at(now),
+        database: None,
+        tiers: Vec::new(),
+        max_files_per_batch: 30,
+        multipart_threshold: 64 << 20,
+    };
+    compactor_engine::planner::plan(storage, tiers, &options).await.unwrap()
 }
 
 /// Every file below `root`, relative and sorted; a missing root is empty.
-pub fn files_under(root: &std::path::Path) -> Vec<String> {
+pub(crate) fn files_under(root: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -112,7 +128,7 @@ pub fn files_under(root: &std::path::Path) -> Vec<String> {
 }
 
 /// Runs the `compactor` binary with extra environment.
-pub fn compactor(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+pub(crate) fn compactor(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_compactor"));
     command.args(args);
     for (k, v) in env {
@@ -122,6 +138,6 @@ pub fn compactor(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 }
 
 /// stdout and stderr of a run, for assertion messages.
-pub fn text(output: &std::process::Output) -> String {
+pub(crate) fn text(output: &std::process::Output) -> String {
     format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }

@@ -9,19 +9,21 @@
 //! or on your own component and config:
 //!
 //!     cargo run --release -p plugin-host-example -- path/to/policy.wasm '{"min_files": 3}'
+//!
+//! or on a built-in policy: `-- builtin:hourly`.
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use compactor::config::PluginLimits;
-use compactor::plugin::{ArtifactCache, PluginRuntime, PluginSource};
-use compactor::storage::{FileMeta, Partition};
+use compactor_model::{FileMeta, Partition};
+use compactor_runtime::PluginLimits;
+use compactor_runtime::{ArtifactCache, PluginRuntime, PluginSource};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let component = args.next().unwrap_or_else(|| compactor::builtin::EXAMPLE_COMPONENT.to_owned());
+    let component = args.next().unwrap_or_else(|| compactor_test_components::EXAMPLE_POLICY.to_owned());
     let config = args.next().unwrap_or_else(|| "{}".to_owned());
 
     // 1. One runtime per process; compiled components are cached on disk.
-    let runtime = PluginRuntime::new(ArtifactCache::new(compactor::config::default_cache_dir()))?;
+    let runtime = PluginRuntime::new(ArtifactCache::new(ArtifactCache::default_dir()))?.with_builtins(compactor_builtin::BUILTINS);
 
     // 2. Load the component: it is checked against the WIT contract (world,
     //    version, imports) before anything runs.

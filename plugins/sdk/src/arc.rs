@@ -85,18 +85,10 @@ pub fn is_hour_level(key: &str) -> bool {
 /// `min_files` files and at least `min_files` of them are uncompacted inputs
 /// (not ending in `compacted_suffix` and accepted by `is_uncompacted`).
 /// Files that are neither still travel with the candidate.
-pub fn should_compact_by_count(
-    files: &[&str],
-    min_files: i64,
-    compacted_suffix: &str,
-    is_uncompacted: impl Fn(&str) -> bool,
-) -> bool {
+pub fn should_compact_by_count(files: &[&str], min_files: i64, compacted_suffix: &str, is_uncompacted: impl Fn(&str) -> bool) -> bool {
     if (files.len() as i64) < min_files {
         return false;
     }
-    let uncompacted = files
-        .iter()
-        .filter(|f| !f.ends_with(compacted_suffix) && is_uncompacted(f))
-        .count();
+    let uncompacted = files.iter().filter(|f| !f.ends_with(compacted_suffix) && is_uncompacted(f)).count();
     uncompacted as i64 >= min_files
 }

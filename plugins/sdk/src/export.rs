@@ -36,10 +36,7 @@ mod instance {
     pub(crate) fn with<T: 'static, R>(f: impl FnOnce(&T) -> R) -> R {
         CONFIGURED.with(|slot| {
             let slot = slot.borrow();
-            let value = slot
-                .as_ref()
-                .and_then(|v| v.downcast_ref::<T>())
-                .expect("the host called the plugin before `configure`");
+            let value = slot.as_ref().and_then(|v| v.downcast_ref::<T>()).expect("the host called the plugin before `configure`");
             f(value)
         })
     }
@@ -88,9 +85,7 @@ mod tier {
 
         fn should_compact(files: Vec<String>, partition_time_ms: i64, now_ms: i64) -> bool {
             let files: Vec<&str> = files.iter().map(String::as_str).collect();
-            instance::with(|p: &T| {
-                p.should_compact(&files, Timestamp(partition_time_ms), Timestamp(now_ms))
-            })
+            instance::with(|p: &T| p.should_compact(&files, Timestamp(partition_time_ms), Timestamp(now_ms)))
         }
 
         fn select_candidates(partition: wit::Partition, now_ms: i64) -> Vec<wit::Candidate> {
@@ -102,11 +97,7 @@ mod tier {
                 files: partition
                     .files
                     .into_iter()
-                    .map(|f| FileInfo {
-                        path: f.path,
-                        size_bytes: f.size_bytes,
-                        last_modified: Timestamp(f.last_modified_ms),
-                    })
+                    .map(|f| FileInfo { path: f.path, size_bytes: f.size_bytes, last_modified: Timestamp(f.last_modified_ms) })
                     .collect(),
             };
             instance::with(|p: &T| p.select_candidates(&partition, Timestamp(now_ms)))

@@ -43,17 +43,17 @@ mod gate;
 #[cfg(feature = "tier")]
 mod tier;
 
-#[cfg(feature = "gate")]
-pub use gate::{ClusterGate, NodeInfo};
-#[cfg(feature = "tier")]
-pub use tier::{Candidate, FileInfo, Partition, PartitionLevel, TierInfo, TierPolicy};
-pub use time::{DAY_MS, HOUR_MS, Timestamp};
 #[cfg(all(target_family = "wasm", feature = "gate"))]
 #[doc(hidden)]
 pub use export::GateAdapter;
 #[cfg(all(target_family = "wasm", feature = "tier"))]
 #[doc(hidden)]
 pub use export::TierAdapter;
+#[cfg(feature = "gate")]
+pub use gate::{ClusterGate, NodeInfo};
+#[cfg(feature = "tier")]
+pub use tier::{Candidate, FileInfo, Partition, PartitionLevel, TierInfo, TierPolicy};
+pub use time::{DAY_MS, HOUR_MS, Timestamp};
 
 /// Re-exported so plugins never pin their own, incompatible version.
 pub use serde;

@@ -150,10 +150,6 @@ pub trait TierPolicy: Sized + 'static {
 
     /// The groups of files to compact in `partition` at `now`.
     fn select_candidates(&self, partition: &Partition, now: Timestamp) -> Vec<Candidate> {
-        if self.should_compact(&partition.paths(), partition.time, now) {
-            vec![Candidate::whole(partition)]
-        } else {
-            Vec::new()
-        }
+        if self.should_compact(&partition.paths(), partition.time, now) { vec![Candidate::whole(partition)] } else { Vec::new() }
     }
 }

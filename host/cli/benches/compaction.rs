@@ -1,0 +1,300 @@
+//! Compaction benchmark, in one run on one machine: one partition of 30 files
+//! × 100,000 rows compacted end to end by the engine (child process,
+//! download, merge, verify, upload, delete) versus the bare DuckDB
+//! `COPY … ORDER BY` of the same files with the same threads; the same
+//! partition on a loopback S3 server (moto) and the requests a compacted
+//! partition costs; then the engine's parent RSS over 50 cycles and the job's
+//! peak RSS against its `memory_limit`.
+//!
+//! Run: `cargo bench --bench compaction` (prints a Markdown table).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::DateTime;
+use compactor_engine::config::Config;
+use compactor_engine::manager::{CycleOptions, Manager};
+use compactor_engine::planner::PlannedTier;
+use compactor_job::parent::ChildCommand;
+use compactor_job::sql::{TIME_NORMALISATION, WRITE_OPTIONS, file_list, order_by};
+use compactor_runtime::{ArtifactCache, PluginRuntime};
+use compactor_storage::Storage;
+
+const FILES: usize = 30;
+const ROWS_PER_FILE: usize = 100_000;
+const THREADS: usize = 2;
+const MEMORY_LIMIT: &str = "1GB";
+const PARTITION: &str = "bench/cpu/2026/04/11/10";
+const NOW: &str = "2026-04-13T00:00:00Z";
+
+fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--parent-rss") {
+        return parent_rss_child();
+    }
+    let work = tempfile::tempdir()?;
+    let template = work.path().join("template");
+    generate(&template, ROWS_PER_FILE)?;
+    let input_bytes: u64 = inputs(&template).iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
+    let rows = (FILES * ROWS_PER_FILE) as f64;
+    let mb = input_bytes as f64 / 1e6;
+
+    let mut bare = Duration::MAX;
+    for _ in 0..3 {
+        bare = bare.min(bare_duckdb(&template, &work.path().join("bare.parquet"))?);
+    }
+    let mut engine = Duration::MAX;
+    let mut peak_job_rss = 0;
+    let mut local_requests = Default::default();
+    for run in 0..3 {
+        let lake = work.path().join(format!("lake{run}"));
+        copy_partition(&template, &lake)?;
+        let storage = Storage::local(&lake)?;
+        let (elapsed, peak, requests) = engine_cycle(work.path(), storage, &format!("tmp{run}"))?;
+        engine = engine.min(elapsed);
+        peak_job_rss = peak_job_rss.max(peak);
+        local_requests = requests;
+    }
+    let moto = Moto::start()?;
+    let mut s3 = Duration::MAX;
+    let mut s3_requests = Default::default();
+    for run in 0..3 {
+        let storage = moto.bucket_with(&format!("bench{run}"), &template)?;
+        let (elapsed, _, requests) = engine_cycle(work.path(), storage, &format!("s3tmp{run}"))?;
+        s3 = s3.min(elapsed);
+        s3_requests = requests;
+    }
+    let per_core = |d: Duration, x: f64| x / d.as_secs_f64() / THREADS as f64;
+
+    let parent = std::process::Command::new(std::env::current_exe()?).arg("--parent-rss").output()?;
+    anyhow::ensure!(parent.status.success(), "parent RSS run failed: {}", String::from_utf8_lossy(&parent.stderr));
+    let rss: Vec<u64> = String::from_utf8(parent.stdout)?.split_whitespace().map(|n| n.parse().unwrap_or(0)).collect();
+    let (rss_first, rss_max, rss_last) =
+        (rss.first().copied().unwrap_or(0), rss.iter().copied().max().unwrap_or(0), rss.last().copied().unwrap_or(0));
+    let limit = compactor_model::units::parse_size(MEMORY_LIMIT).unwrap_or(0);
+
+    println!(
+        "Partition: {FILES} files × {ROWS_PER_FILE} rows ({:.1} MB of Parquet), sorted by time, {THREADS} DuckDB threads, best of 3.\n",
+        mb
+    );
+    println!("| measurement | value | target |");
+    println!("|---|---|---|");
+    println!("| bare DuckDB COPY … ORDER BY | {:.0} ms | - |", bare.as_secs_f64() * 1e3);
+    println!("| engine end to end (child, download, merge, verify, upload, delete) | {:.0} ms | - |", engine.as_secs_f64() * 1e3);
+    println!("| engine / bare throughput | {:.2} | ≥ 0.85 |", bare.as_secs_f64() / engine.as_secs_f64());
+    println!("| bare: rows/s per core, MB/s per core | {:.0}, {:.1} | - |", per_core(bare, rows), per_core(bare, mb));
+    println!("| engine: rows/s per core, MB/s per core | {:.0}, {:.1} | - |", per_core(engine, rows), per_core(engine, mb));
+    println!("| engine on loopback S3 (moto), same partition | {:.0} ms | - |", s3.as_secs_f64() * 1e3);
+    println!("| engine on S3: rows/s per core, MB/s per core | {:.0}, {:.1} | - |", per_core(s3, rows), per_core(s3, mb));
+    for (label, r) in [("local", local_requests), ("S3", s3_requests)] {
+        let r: compactor_storage::RequestCost = r;
+        println!(
+            "| requests per compacted partition, {label} ({FILES} files) | {} ({} LIST, {} GET, {} PUT, {} DELETE) = files + {} | ≤ files + a small constant |",
+            r.total(),
+            r.list,
+            r.get,
+            r.put,
+            r.delete,
+            r.total() as i64 - FILES as i64
+        );
+    }
+    println!(
+        "| parent RSS over 50 cycles (first / max / last) | {:.1} / {:.1} / {:.1} MB | < 100 MB |",
+        rss_first as f64 / 1e6,
+        rss_max as f64 / 1e6,
+        rss_last as f64 / 1e6
+    );
+    println!(
+        "| job peak RSS vs memory_limit {MEMORY_LIMIT} | {:.0} MB ({:.0}% of the limit) | ≤ limit + 30% |",
+        peak_job_rss as f64 / 1e6,
+        peak_job_rss as f64 * 100.0 / limit as f64
+    );
+    Ok(())
+}
+
+/// 30 raw files of one hour partition, written by DuckDB.
+fn generate(root: &Path, rows: usize) -> anyhow::Result<()> {
+    let dir = root.join(PARTITION);
+    std::fs::create_dir_all(&dir)?;
+    let connection = compactor_job::verify::connection()?;
+    let hour_us = DateTime::parse_from_rfc3339("2026-04-11T10:00:00Z")?.timestamp_micros();
+    for f in 0..FILES {
+        let path = dir.join(format!("cpu_20260411_10{:02}00_{:09}.parquet", f * 2, f));
+        connection.execute_batch(&format!(
+            "COPY (SELECT make_timestamp(({hour_us} + ((r * {FILES} + {f}) % 3600000000))::BIGINT)::TIMESTAMPTZ AS time, \
+             'host-' || (r % 50) AS host, 'region-' || (r % 5) AS region, random() * 100 AS usage, r AS counter \
+             FROM range({rows}) t(r)) TO '{}' (FORMAT PARQUET, COMPRESSION ZSTD)",
+            path.display()
+        ))?;
+    }
+    Ok(())
+}
+
+fn inputs(root: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(root.join(PARTITION)).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn copy_partition(template: &Path, lake: &Path) -> anyhow::Result<()> {
+    let dir = lake.join(PARTITION);
+    std::fs::create_dir_all(&dir)?;
+    for file in inputs(template) {
+        std::fs::copy(&file, dir.join(file.file_name().unwrap_or_default()))?;
+    }
+    Ok(())
+}
+
+/// The engine's merge SQL, alone, on the local files.
+fn bare_duckdb(template: &Path, output: &Path) -> anyhow::Result<Duration> {
+    let connection = compactor_job::verify::connection()?;
+    connection.execute_batch(&format!("SET threads={THREADS}; SET memory_limit='{MEMORY_LIMIT}'"))?;
+    let files: Vec<String> = inputs(template).iter().map(|p| p.display().to_string()).collect();
+    let started = Instant::now();
+    connection.execute_batch(&format!(
+        "COPY (SELECT * REPLACE ({TIME_NORMALISATION}) FROM read_parquet({}, union_by_name=true) {}) TO '{}' ({WRITE_OPTIONS})",
+        file_list(&files),
+        order_by(&["time".to_owned()]),
+        output.display()
+    ))?;
+    Ok(started.elapsed())
+}
+
+fn config(work: &Path, lake: &Path, temp: &str) -> anyhow::Result<Config> {
+    // The storage URL is not used: the manager gets its store directly.
+    let mut config = Config::parse(&format!(
+        "[storage]\nurl = \"{}\"\n[compaction]\nthreads = {THREADS}\nmemory_limit = \"{MEMORY_LIMIT}\"\ntemp_directory = \"{}\"\n\
+         [[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n",
+        lake.display(),
+        work.join(temp).display()
+    ))?;
+    config.base_dir = work.to_owned();
+    Ok(config)
+}
+
+fn manager(work: &Path, storage: Storage, temp: &str) -> anyhow::Result<Manager> {
+    let config = config(work, work, temp)?;
+    let plugins = PluginRuntime::new(ArtifactCache::new(std::env::temp_dir().join("compactor-bench-artifacts")))?
+        .with_builtins(compactor_builtin::BUILTINS);
+    let tiers = PlannedTier::load_all(&config, &plugins)?;
+    let child = ChildCommand { program: env!("CARGO_BIN_EXE_compactor").into(), env: Vec::new() };
+    Ok(Manager::new(config, storage, tiers, plugins, child))
+}
+
+/// One cycle over a fresh copy of the partition: (wall time, job peak RSS,
+/// requests).
+fn engine_cycle(work: &Path, storage: Storage, temp: &str) -> anyhow::Result<(Duration, u64, compactor_storage::RequestCost)> {
+    let manager = manager(work, storage, temp)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let now = DateTime::parse_from_rfc3339(NOW)?.to_utc();
+    let started = Instant::now();
+    let report = runtime.block_on(manager.run_cycle(CycleOptions { now: Some(now), ..Default::default() }))?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(report.jobs.len() == 1 && report.all_succeeded(), "engine run failed: {:?}", report.jobs);
+    Ok((elapsed, report.jobs[0].peak_job_rss_bytes, report.requests))
+}
+
+/// A moto server on 127.0.0.1 for the S3 runs, stopped on drop.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start moto_server ({e}); pip install 'moto[server]'"))?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Self { child, endpoint: format!("http://127.0.0.1:{port}") });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!("moto_server did not start")
+    }
+
+    /// A new bucket holding the template partition.
+    fn bucket_with(&self, name: &str, template: &Path) -> anyhow::Result<Storage> {
+        use std::io::{Read, Write};
+        let address = self.endpoint.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address)?;
+        write!(stream, "PUT /{name} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        stream.read_to_string(&mut String::new())?;
+        let options: std::collections::BTreeMap<String, String> = [
+            ("aws_endpoint", self.endpoint.as_str()),
+            ("aws_allow_http", "true"),
+            ("aws_region", "us-east-1"),
+            ("aws_access_key_id", "test"),
+            ("aws_secret_access_key", "test"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let storage = Storage::open(&format!("s3://{name}/lake"), &options, Path::new("."))?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        for file in inputs(template) {
+            let key = format!("{PARTITION}/{}", file.file_name().unwrap_or_default().to_string_lossy());
+            runtime.block_on(storage.write(&key, std::fs::read(&file)?))?;
+        }
+        Ok(storage)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// In a fresh process that never opens DuckDB: 50 cycles over small
+/// partitions, printing this process's RSS after each.
+fn parent_rss_child() -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let template = work.path().join("template");
+    // Small inputs, written by the job binary's own DuckDB-free path: copy a
+    // tiny Parquet file produced by a throwaway child.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_compactor"))
+        .args(["demo", "--plan-only", "--dir"])
+        .arg(work.path().join("seed"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "cannot make seed files");
+    let seed_hour = find_hour_dir(&work.path().join("seed/lake/demo/cpu"))?;
+    let dir = template.join(PARTITION);
+    std::fs::create_dir_all(&dir)?;
+    for (i, file) in std::fs::read_dir(&seed_hour)?.flatten().enumerate() {
+        std::fs::copy(file.path(), dir.join(format!("cpu_20260411_10{:02}00_{i:09}.parquet", i * 2)))?;
+    }
+    let lake = work.path().join("lake");
+    std::fs::create_dir_all(&lake)?;
+    let manager = manager(work.path(), Storage::local(&lake)?, "tmp")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let now = DateTime::parse_from_rfc3339(NOW)?.to_utc();
+    let mut out = Vec::new();
+    for _ in 0..50 {
+        let _ = std::fs::remove_dir_all(lake.join("bench"));
+        copy_partition(&template, &lake)?;
+        let report = runtime.block_on(manager.run_cycle(CycleOptions { now: Some(now), ..Default::default() }))?;
+        anyhow::ensure!(report.all_succeeded() && report.jobs.len() == 1, "cycle failed: {:?}", report.jobs);
+        out.push(compactor_job::rss_bytes().to_string());
+    }
+    println!("{}", out.join(" "));
+    Ok(())
+}
+
+fn find_hour_dir(measurement: &Path) -> anyhow::Result<PathBuf> {
+    let mut dir = measurement.to_owned();
+    for _ in 0..4 {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+        entries.sort();
+        dir = entries.into_iter().next().ok_or_else(|| anyhow::anyhow!("no sample hour under {}", measurement.display()))?;
+    }
+    Ok(dir)
+}

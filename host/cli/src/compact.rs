@@ -1,0 +1,70 @@
+//! `compactor compact --job-stdin`: the child side of a job. Reads one JSON
+//! job config, writes exactly one JSON result on stdout and JSON log lines on
+//! stderr. Exits 0 whenever the job ran (even if it failed), 1 when it could
+//! not run at all.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use compactor_job::{JobConfig, child, job_id};
+use compactor_storage::Storage;
+
+/// Run one compaction job (used by the engine itself; JSON in, JSON out).
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Read the job config (JSON) from stdin.
+    #[arg(long)]
+    job_stdin: bool,
+    /// The job config as a JSON argument (legacy).
+    #[arg(long, value_name = "JSON")]
+    job: Option<String>,
+}
+
+pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    // Die with the parent: a job outliving a killed engine would race the
+    // next engine's recovery.
+    // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        Ok(ExitCode::from(1))
+    };
+    let text = match (args.job_stdin, args.job) {
+        (true, _) => {
+            let mut text = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+                return fail(format!("cannot read stdin: {e}"));
+            }
+            text
+        }
+        (false, Some(json)) => json,
+        (false, None) => return fail("--job-stdin or --job flag required".into()),
+    };
+    let mut config: JobConfig = match serde_json::from_str(&text) {
+        Ok(config) => config,
+        Err(e) => return fail(format!("invalid job config: {e}")),
+    };
+    if config.job_id.is_empty() {
+        config.job_id = job_id(&config.database, &config.partition_path, chrono::Utc::now(), config.batch_number);
+    }
+    let storage = match Storage::from_descriptor(&config.storage_type, &config.storage_config) {
+        Ok(storage) => storage,
+        Err(e) => return fail(e.to_string()),
+    };
+    let duckdb = match child::open_duckdb(&config) {
+        Ok(connection) => connection,
+        Err(e) => return fail(format!("{e:#}")),
+    };
+    let (storage, counts) = storage.counted();
+    let mut result = child::run(&config, &storage, &duckdb);
+    result.requests = counts.snapshot();
+    match serde_json::to_string(&result) {
+        Ok(json) => {
+            println!("{json}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => fail(format!("cannot encode the result: {e}")),
+    }
+}

@@ -1,0 +1,121 @@
+//! The `compactor` command line. Exit status: 0 on success, 1 when the work
+//! ran but something in it failed (a plugin, a partition), 2 on an error
+//! that stopped it (bad config, unreachable storage, bad flags).
+
+mod compact;
+mod demo;
+mod once;
+mod plan;
+mod plugin;
+mod progress;
+mod recover;
+mod run;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use compactor_engine::config::Config;
+use compactor_engine::manager::Manager;
+use compactor_job::parent::ChildCommand;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(status) => status,
+        Err(error) => {
+            if is_broken_pipe(&error) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Output piped into `head` is not an error.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// Compacts time-series Parquet lakes in object storage, with tier policies
+/// as sandboxed WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "compactor", version, about, propagate_version = true)]
+#[command(after_help = "Start with `compactor demo`: it builds a sample lake, compacts it and verifies every row.\n\
+Logs go to stderr; set COMPACTOR_LOG (e.g. COMPACTOR_LOG=debug) or pass -v for more.")]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Demo(demo::Args),
+    Plan(plan::Args),
+    Once(once::Args),
+    Run(run::Args),
+    Recover(recover::Args),
+    #[command(subcommand)]
+    Plugin(plugin::Command),
+    #[command(hide = true)]
+    Compact(compact::Args),
+}
+
+/// Output formats of reporting commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub(crate) enum Format {
+    /// Aligned columns and a summary line, for people.
+    #[default]
+    Table,
+    /// Machine-readable JSON on stdout.
+    Json,
+}
+
+pub(crate) fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let child = matches!(cli.command, Command::Compact(_));
+    init_logging(cli.verbose, child);
+    match cli.command {
+        Command::Demo(args) => demo::exec(args),
+        Command::Plan(args) => plan::exec(args),
+        Command::Once(args) => once::exec(args),
+        Command::Run(args) => run::exec(args),
+        Command::Recover(args) => recover::exec(args),
+        Command::Plugin(command) => plugin::exec(command),
+        Command::Compact(args) => compact::exec(args),
+    }
+}
+
+/// The composition root of every command that plans or compacts: the
+/// config, loaded once, with `--tier` names checked.
+pub(crate) fn open_manager(config_path: &std::path::Path, tiers: &[String]) -> anyhow::Result<Manager> {
+    let config = Config::load(config_path)?;
+    config.check_tier_names(tiers)?;
+    Manager::open(config, ChildCommand::current_exe()?)
+}
+
+/// Logs go to stderr; the job child writes JSON lines for its parent.
+fn init_logging(verbose: u8, child: bool) {
+    let default = match (child, verbose) {
+        (true, _) | (false, 1) => "info",
+        (false, 0) => "warn",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("COMPACTOR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let logger = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    if child {
+        logger.json().init();
+    } else {
+        logger.init();
+    }
+}
+
+/// Two worker threads are plenty for the CLI's I/O.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}

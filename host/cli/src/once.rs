@@ -1,0 +1,105 @@
+//! `compactor once`: recovery, then one compaction cycle, then a summary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use compactor_engine::manager::{CycleOptions, CycleReport};
+use compactor_model::units::format_bytes;
+
+use crate::Format;
+use crate::table::Table;
+
+/// Run recovery and one compaction cycle now, then exit.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Finishes or rolls back interrupted jobs, then plans and compacts every enabled tier\n\
+(or the given ones) in order. Exit status 0 only when every job succeeded.")]
+pub(crate) struct Args {
+    /// The configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// The time the policies see as now (RFC 3339; default: the current time).
+    #[arg(long, value_name = "RFC3339", value_parser = crate::plan::parse_time)]
+    now: Option<DateTime<Utc>>,
+    /// Only this tier (repeatable).
+    #[arg(long = "tier", value_name = "NAME")]
+    tiers: Vec<String>,
+    /// Only this database.
+    #[arg(long, value_name = "DB")]
+    database: Option<String>,
+    /// Output format of the summary.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
+    let runtime = crate::runtime()?;
+    let manager = crate::open_manager(&args.config, &args.tiers)?;
+    let cleaned = manager.cleanup_orphaned_temp_dirs()?;
+    runtime.block_on(manager.check_store());
+    if cleaned > 0 {
+        tracing::info!(cleaned, "removed orphaned job directories");
+    }
+    let progress = crate::progress::attach(&manager);
+    let report = runtime.block_on(manager.run_cycle(CycleOptions { now: args.now, tiers: args.tiers, database: args.database }))?;
+    progress.finish();
+    print_report(&report, args.format)?;
+    Ok(if report.all_succeeded() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The cycle summary: one line per tier, totals, then every failure.
+pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Result<()> {
+    for problem in &report.problems {
+        eprintln!("warning: {problem}");
+    }
+    if format == Format::Json {
+        return crate::table::print_json(report);
+    }
+    let mut tiers: Vec<&str> = report.jobs.iter().map(|j| j.tier.as_str()).collect();
+    tiers.dedup();
+    let mut table = Table::new(["TIER", "JOBS", "FAILED", "FILES IN", "FILES OUT", "BEFORE", "AFTER", "ROWS"]);
+    for tier in &tiers {
+        let jobs: Vec<_> = report.jobs.iter().filter(|j| j.tier == *tier).collect();
+        table.row([
+            (*tier).to_owned(),
+            jobs.len().to_string(),
+            jobs.iter().filter(|j| !j.success).count().to_string(),
+            jobs.iter().map(|j| j.files_compacted).sum::<usize>().to_string(),
+            jobs.iter().map(|j| j.files_out).sum::<usize>().to_string(),
+            format_bytes(jobs.iter().map(|j| j.bytes_before).sum()),
+            format_bytes(jobs.iter().map(|j| j.bytes_after).sum()),
+            jobs.iter().map(|j| j.rows_after).sum::<u64>().to_string(),
+        ]);
+    }
+    let failed = report.failed().count();
+    let recovery = &report.recovery;
+    let summary = format!(
+        "cycle {}: {} jobs, {} failed, {} batches skipped (partition locked elsewhere); recovery: {} finished, {} rolled back; {:.1}s",
+        report.cycle_id,
+        report.jobs.len(),
+        failed,
+        report.skipped_locked,
+        recovery.completed,
+        recovery.rolled_back,
+        report.duration_ms as f64 / 1000.0
+    );
+    table.print(&summary)?;
+    let r = report.requests;
+    println!("requests: {} ({} LIST, {} GET, {} PUT incl. parts, {} DELETE)", r.total(), r.list, r.get, r.put, r.delete);
+    for job in report.failed() {
+        println!(
+            "failed: {} batch {} ({} files): {}",
+            job.partition_path,
+            job.batch_number,
+            job.files_in,
+            job.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    for job in report.jobs.iter().filter(|j| !j.skipped_inputs.is_empty()) {
+        println!("skipped invalid inputs in {}: {}", job.partition_path, job.skipped_inputs.join(", "));
+    }
+    for (manifest, reason) in &recovery.failed {
+        println!("recovery kept {manifest}: {reason}");
+    }
+    Ok(())
+}

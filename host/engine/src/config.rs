@@ -1,0 +1,527 @@
+//! The TOML configuration: its shape, Arc's defaults, and validation that
+//! names the offending key.
+//!
+//! ```toml
+//! [storage]
+//! url = "file:///var/lib/arc"
+//!
+//! [compaction]
+//! max_files_per_batch = 30
+//!
+//! [[tiers]]
+//! name = "hourly"
+//! plugin = "builtin:hourly"
+//! [tiers.config]
+//! min_files = 10
+//! ```
+//!
+//! A config without `[[tiers]]` runs Arc's defaults: `hourly`, then `daily`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use compactor_runtime::{ArtifactCache, PluginLimits};
+use serde::Deserialize;
+
+use crate::tier::clamp_max_files_per_batch;
+
+/// A configuration error, naming the key and the bad value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this shape (unknown key, wrong type…).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// `--tier` names a tier the config does not define.
+    #[error("unknown tier {name:?} (configured: {configured})")]
+    UnknownTier {
+        /// The name given.
+        name: String,
+        /// The configured names, comma-separated.
+        configured: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid {key} value: {message}")]
+    Value {
+        /// Dotted key, e.g. `compaction.max_concurrent`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn value_error(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Value { key: key.into(), message: message.into() }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the lake lives.
+    pub storage: StorageConfig,
+    /// Job and cycle settings.
+    #[serde(default)]
+    pub compaction: CompactionConfig,
+    /// Plugin runtime settings.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// Tiers in the order they run. Empty means Arc's `hourly` then `daily`.
+    #[serde(default)]
+    pub tiers: Vec<TierConfig>,
+    /// Cluster role and gate.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    /// Directory of the config file, against which relative paths resolve.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `object_store` URL: `file:///path`, `memory://`, `s3://bucket/prefix`,
+    /// … A plain path is a local directory (relative to the config file).
+    pub url: String,
+    /// Options passed to the `object_store` builder (e.g. `aws_region`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// `[compaction]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionConfig {
+    /// Files per batch; < 2 means 30, > 500 means 500 (Arc's clamp).
+    pub max_files_per_batch: i64,
+    /// Partitions compacted at once; 0 means 2.
+    pub max_concurrent: i64,
+    /// Where jobs download and merge.
+    pub temp_directory: PathBuf,
+    /// DuckDB memory limit per job, e.g. `2GB`; empty lets DuckDB decide.
+    pub memory_limit: String,
+    /// DuckDB threads per job; 0 means half the cores.
+    pub threads: i64,
+    /// Sort keys of measurements without their own entry.
+    pub default_sort_keys: Vec<String>,
+    /// Sort keys per measurement, used verbatim.
+    pub sort_keys: BTreeMap<String, Vec<String>>,
+    /// Outputs larger than this are uploaded in parts of this size.
+    pub multipart_threshold: String,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        Self {
+            max_files_per_batch: 30,
+            max_concurrent: 2,
+            temp_directory: PathBuf::from("./data/compaction"),
+            memory_limit: String::new(),
+            threads: 0,
+            default_sort_keys: vec!["time".into()],
+            sort_keys: BTreeMap::new(),
+            multipart_threshold: "64MiB".into(),
+        }
+    }
+}
+
+impl CompactionConfig {
+    /// The batch size after Arc's clamp.
+    pub fn effective_max_files_per_batch(&self) -> usize {
+        clamp_max_files_per_batch(self.max_files_per_batch).0
+    }
+
+    /// Partitions in flight: 0 means 2.
+    pub fn effective_max_concurrent(&self) -> usize {
+        if self.max_concurrent == 0 { 2 } else { self.max_concurrent as usize }
+    }
+
+    /// DuckDB threads per job: 0 means half the cores (at least 1).
+    pub fn effective_threads(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads as usize;
+        }
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    }
+
+    /// The multipart threshold in bytes (validated at load).
+    pub fn multipart_threshold_bytes(&self) -> u64 {
+        compactor_model::units::parse_size(&self.multipart_threshold).unwrap_or(64 << 20)
+    }
+
+    /// The sort keys of `measurement`.
+    pub fn sort_keys_for(&self, measurement: &str) -> &[String] {
+        self.sort_keys.get(measurement).unwrap_or(&self.default_sort_keys)
+    }
+}
+
+/// `[plugins]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Where compiled components are cached; default
+    /// `$XDG_CACHE_HOME/compactor/components` or `~/.cache/compactor/components`.
+    pub cache_dir: Option<PathBuf>,
+    /// Default sandbox limits of every plugin.
+    pub limits: LimitsConfig,
+}
+
+/// Sandbox limits, as written in the config; absent fields take defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Fuel (≈ wasm instructions) per call.
+    pub fuel_per_call: Option<u64>,
+    /// Linear memory per instance, e.g. `256MiB`.
+    pub memory: Option<String>,
+    /// Wall-clock deadline per call, in milliseconds.
+    pub call_timeout_ms: Option<u64>,
+}
+
+impl LimitsConfig {
+    /// `limits` with the fields this table sets replaced; `key` names the
+    /// table for errors.
+    pub fn apply_to(&self, limits: PluginLimits, key: &str) -> Result<PluginLimits, ConfigError> {
+        let overrides = self;
+        let mut limits = limits;
+        if let Some(fuel) = overrides.fuel_per_call {
+            if fuel == 0 {
+                return Err(value_error(format!("{key}.fuel_per_call"), "0 (must be at least 1)"));
+            }
+            limits.fuel_per_call = fuel;
+        }
+        if let Some(memory) = &overrides.memory {
+            limits.memory_bytes = compactor_model::units::parse_size(memory).filter(|b| *b >= 1 << 20).ok_or_else(|| {
+                value_error(format!("{key}.memory"), format!("{memory:?} (expected a size of at least 1MiB, e.g. \"256MiB\")"))
+            })?;
+        }
+        if let Some(ms) = overrides.call_timeout_ms {
+            if ms == 0 {
+                return Err(value_error(format!("{key}.call_timeout_ms"), "0 (must be at least 1)"));
+            }
+            limits.call_timeout = Duration::from_millis(ms);
+        }
+        Ok(limits)
+    }
+}
+
+/// One `[[tiers]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Tier name, used in output names, manifests and `--tier`.
+    pub name: String,
+    /// `builtin:NAME` or a path to a `.wasm` component (relative to the
+    /// config file).
+    pub plugin: String,
+    /// Disabled tiers are skipped.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// 5-field cron schedule, UTC.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Handed to the plugin's `configure` as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Sandbox limits for this tier's plugin, over `[plugins.limits]`.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl TierConfig {
+    /// Arc's tiers: `hourly` at minute 5 of every hour, `daily` at 03:00.
+    pub fn arc_defaults() -> Vec<TierConfig> {
+        let tier = |name: &str, schedule: &str| TierConfig {
+            name: name.into(),
+            plugin: format!("builtin:{name}"),
+            enabled: true,
+            schedule: Some(schedule.into()),
+            config: toml::Table::new(),
+            limits: LimitsConfig::default(),
+        };
+        vec![tier("hourly", "5 * * * *"), tier("daily", "0 3 * * *")]
+    }
+
+    /// The schedule, defaulting to Arc's `5 * * * *`.
+    pub fn effective_schedule(&self) -> &str {
+        self.schedule.as_deref().filter(|s| !s.trim().is_empty()).unwrap_or("5 * * * *")
+    }
+
+    /// The `[tiers.config]` table as the JSON object handed to the plugin.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Cluster mode; standalone when false.
+    pub enabled: bool,
+    /// This node's id.
+    pub node_id: String,
+    /// This node's role: `standalone`, `writer`, `reader`, `compactor`.
+    pub role: String,
+    /// The cluster-gate component.
+    pub gate: String,
+    /// Handed to the gate's `configure` as JSON.
+    pub gate_config: toml::Table,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_id: "local".into(),
+            role: "standalone".into(),
+            gate: "builtin:role".into(),
+            gate_config: toml::Table::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            other => other,
+        })?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text; relative paths resolve against the
+    /// current directory.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        if config.tiers.is_empty() {
+            config.tiers = TierConfig::arc_defaults();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// What validation accepted but changed, for the composition root to
+    /// log once whatever the command (Arc clamps `max_files_per_batch`).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let configured = self.compaction.max_files_per_batch;
+        let (effective, adjusted) = clamp_max_files_per_batch(configured);
+        if adjusted {
+            warnings.push(format!("compaction.max_files_per_batch = {configured} is outside 2..=500; using {effective} (Arc's clamp)"));
+        }
+        warnings
+    }
+
+    /// Refuses `--tier` names the config does not define.
+    pub fn check_tier_names(&self, tiers: &[String]) -> Result<(), ConfigError> {
+        let known: Vec<&str> = self.tiers.iter().map(|t| t.name.as_str()).collect();
+        match tiers.iter().find(|t| !known.contains(&t.as_str())) {
+            Some(unknown) => Err(ConfigError::UnknownTier { name: unknown.clone(), configured: known.join(", ") }),
+            None => Ok(()),
+        }
+    }
+
+    /// The gate's sandbox limits: `[plugins.limits]` over the defaults.
+    pub fn gate_limits(&self) -> Result<PluginLimits, ConfigError> {
+        self.plugins.limits.apply_to(PluginLimits::default(), "plugins.limits")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.storage.url.trim().is_empty() {
+            return Err(value_error("storage.url", "\"\" (expected e.g. \"file:///var/lib/arc\")"));
+        }
+        let c = &self.compaction;
+        if c.max_concurrent < 0 {
+            return Err(value_error("compaction.max_concurrent", format!("{} (must be >= 0; 0 = default)", c.max_concurrent)));
+        }
+        if c.threads < 0 {
+            return Err(value_error("compaction.threads", format!("{} (must be >= 0; 0 = auto)", c.threads)));
+        }
+        validate_memory_limit(&c.memory_limit)?;
+        if compactor_model::units::parse_size(&c.multipart_threshold).is_none_or(|b| b == 0) {
+            return Err(value_error(
+                "compaction.multipart_threshold",
+                format!("{:?} (expected a size such as \"64MiB\")", c.multipart_threshold),
+            ));
+        }
+        for (measurement, keys) in
+            std::iter::once(("default", &c.default_sort_keys)).chain(c.sort_keys.iter().map(|(m, k)| (m.as_str(), k)))
+        {
+            if keys.iter().any(|k| k.trim().is_empty()) {
+                return Err(value_error(format!("compaction.sort_keys.{measurement}"), "contains an empty column name"));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, tier) in self.tiers.iter().enumerate() {
+            let key = format!("tiers[{i}]");
+            if tier.name.is_empty() || !tier.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(value_error(format!("{key}.name"), format!("{:?} (letters, digits, '-' and '_' only)", tier.name)));
+            }
+            if !names.insert(tier.name.as_str()) {
+                return Err(value_error(format!("{key}.name"), format!("{:?} (two tiers share this name)", tier.name)));
+            }
+            if tier.plugin.trim().is_empty() {
+                return Err(value_error(format!("{key}.plugin"), "\"\" (expected builtin:NAME or a path to a .wasm component)"));
+            }
+            parse_schedule(tier.effective_schedule()).map_err(|e| value_error(format!("{key}.schedule"), e))?;
+            tier.limits.apply_to(self.plugins.limits.apply_to(PluginLimits::default(), "plugins.limits")?, &format!("{key}.limits"))?;
+        }
+        Ok(())
+    }
+
+    /// The sandbox limits of tier `index`.
+    pub fn tier_limits(&self, index: usize) -> Result<PluginLimits, ConfigError> {
+        let defaults = self.plugins.limits.apply_to(PluginLimits::default(), "plugins.limits")?;
+        self.tiers[index].limits.apply_to(defaults, &format!("tiers[{index}].limits"))
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    pub fn resolve_path(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() { path.to_owned() } else { self.base_dir.join(path) }
+    }
+
+    /// The component cache directory.
+    pub fn plugin_cache_dir(&self) -> PathBuf {
+        match &self.plugins.cache_dir {
+            Some(dir) => self.resolve_path(dir),
+            None => ArtifactCache::default_dir(),
+        }
+    }
+}
+
+/// Arc's rule for `compaction.memory_limit`: empty, or a number with one of
+/// the units `B`, `KB`, `MB`, `GB`, `TB` (percent and unit-less forms are
+/// refused because DuckDB needs an absolute size).
+pub fn validate_memory_limit(value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    let trimmed = value.trim_end();
+    let unit_start = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(unit_start);
+    let number_ok = !number.is_empty()
+        && number.split('.').count() <= 2
+        && number.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()));
+    let unit = unit.trim_start();
+    let shape_ok = number_ok && trimmed.len() == value.len() && matches!(unit, "" | "B" | "KB" | "MB" | "GB" | "TB" | "%");
+    if !shape_ok {
+        return Err(value_error("compaction.memory_limit", format!("{value:?}")));
+    }
+    if matches!(unit, "" | "%") {
+        return Err(value_error(
+            "compaction.memory_limit",
+            format!(
+                "{value:?} (DuckDB requires an absolute size with a unit, e.g. \"2GB\" or \"512MB\"; percent and unit-less forms are not supported)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a standard 5-field cron expression (minute hour day-of-month month
+/// day-of-week), evaluated in UTC. Descriptors such as `@hourly` are refused,
+/// as in Arc.
+pub fn parse_schedule(expression: &str) -> Result<cron::Schedule, String> {
+    let fields = expression.split_whitespace().count();
+    if fields != 5 {
+        return Err(format!("{expression:?} (expected 5 fields: minute hour day-of-month month day-of-week)"));
+    }
+    format!("0 {expression}").parse::<cron::Schedule>().map_err(|e| format!("{expression:?} ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text)
+    }
+
+    #[test]
+    fn minimal_config_gets_arc_defaults() {
+        let c = parse("[storage]\nurl = \"memory://\"\n").unwrap();
+        assert_eq!(c.tiers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["hourly", "daily"]);
+        assert_eq!(c.tiers[1].effective_schedule(), "0 3 * * *");
+        assert_eq!(c.compaction.effective_max_files_per_batch(), 30);
+        assert_eq!(c.compaction.effective_max_concurrent(), 2);
+        assert_eq!(c.compaction.sort_keys_for("cpu"), ["time"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let err = parse("[storage]\nurl = \"memory://\"\n[compaction]\nmax_file_per_batch = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_file_per_batch"), "{err}");
+        let err =
+            parse("[storage]\nurl = \"memory://\"\n[[tiers]]\nname = \"h\"\nplugin = \"builtin:hourly\"\nenable = true\n").unwrap_err();
+        assert!(err.to_string().contains("enable"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = parse("[storage]\nurl = \"memory://\"\n[compaction]\nmax_concurrent = -1\n").unwrap_err();
+        assert_eq!(err.to_string(), "invalid compaction.max_concurrent value: -1 (must be >= 0; 0 = default)");
+        let err = parse("[storage]\nurl = \"memory://\"\n[compaction]\nthreads = -2\n").unwrap_err();
+        assert_eq!(err.to_string(), "invalid compaction.threads value: -2 (must be >= 0; 0 = auto)");
+        let err = parse("[storage]\nurl = \"memory://\"\n[[tiers]]\nname = \"h\"\nplugin = \"builtin:hourly\"\nschedule = \"@hourly\"\n")
+            .unwrap_err();
+        assert!(err.to_string().starts_with("invalid tiers[0].schedule value"), "{err}");
+        let err = parse(
+            "[storage]\nurl = \"memory://\"\n[[tiers]]\nname = \"h\"\nplugin = \"builtin:hourly\"\n[tiers.limits]\nmemory = \"lots\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("invalid tiers[0].limits.memory value"), "{err}");
+    }
+
+    #[test]
+    fn memory_limit_follows_arc() {
+        for ok in ["", "2GB", "512MB", "0.5GB", "8 GB", "100000B", "1.5TB", "4KB"] {
+            assert!(validate_memory_limit(ok).is_ok(), "{ok}");
+        }
+        for bad in ["40%", "80 %", "1000000", "0.5", "bogus", "GB", "-1GB"] {
+            assert!(validate_memory_limit(bad).is_err(), "{bad}");
+        }
+        assert!(validate_memory_limit("40%").unwrap_err().to_string().contains("percent and unit-less"));
+    }
+
+    #[test]
+    fn tier_limits_layer_over_plugin_defaults() {
+        let c = parse(
+            "[storage]\nurl = \"memory://\"\n[plugins.limits]\nfuel_per_call = 1000\n[[tiers]]\nname = \"h\"\nplugin = \"builtin:hourly\"\n[tiers.limits]\ncall_timeout_ms = 50\n",
+        )
+        .unwrap();
+        let limits = c.tier_limits(0).unwrap();
+        assert_eq!(limits.fuel_per_call, 1000);
+        assert_eq!(limits.call_timeout, Duration::from_millis(50));
+        assert_eq!(limits.memory_bytes, PluginLimits::default().memory_bytes);
+    }
+
+    #[test]
+    fn five_field_cron_only() {
+        assert!(parse_schedule("5 * * * *").is_ok());
+        assert!(parse_schedule("0 3 * * *").is_ok());
+        assert!(parse_schedule("0 0 3 * * *").is_err());
+        assert!(parse_schedule("61 * * * *").is_err());
+    }
+}

@@ -1,0 +1,654 @@
+//! Compaction cycles: recovery first, then each tier in configured order —
+//! plan, then execute its batches (up to `max_concurrent` partitions at once,
+//! the batches of one partition in sequence), each in a child process with
+//! Arc's halving retry. Tiers run one after the other so that daily sees
+//! hourly's outputs. One cycle at a time: a second one is refused.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::planner::{self, PlanOptions, PlanProblem, PlannedBatch, PlannedTier};
+use compactor_job::manifest::{ManifestStore, RecoveryManifest, RecoveryObservers, RecoveryOutcome, RecoveryReport};
+use compactor_job::parent::{ChildCommand, RunSubset, compact_adaptive};
+use compactor_job::{JobConfig, JobResult, job_id, job_prefix};
+use compactor_runtime::{NodeInfo, PluginRuntime, PluginSource};
+use compactor_storage::RequestCost;
+use compactor_storage::lock::{DEFAULT_LOCK_TTL, PartitionLocks};
+use compactor_storage::{Storage, StorageDescriptor};
+
+/// Records kept in the manager's history.
+const HISTORY_LIMIT: usize = 100;
+
+/// A cycle that could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    /// Another cycle is running.
+    #[error("compaction cycle already running")]
+    AlreadyRunning,
+    /// Planning failed (e.g. the databases could not be listed).
+    #[error(transparent)]
+    Plan(#[from] planner::PlanError),
+    /// The store cannot be used by a child process.
+    #[error("storage {0} cannot be compacted by a job process (use file://, s3://, …)")]
+    NotShareable(String),
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct CycleOptions {
+    /// The time policies see as now (default: the current time).
+    pub now: Option<DateTime<Utc>>,
+    /// Only these tiers (default: every enabled tier).
+    pub tiers: Vec<String>,
+    /// Only this database.
+    pub database: Option<String>,
+}
+
+/// One batch's outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JobRecord {
+    /// Database.
+    pub database: String,
+    /// Measurement.
+    pub measurement: String,
+    /// Partition key prefix.
+    pub partition_path: String,
+    /// Tier.
+    pub tier: String,
+    /// 1-based batch number.
+    pub batch_number: usize,
+    /// Files in the batch.
+    pub files_in: usize,
+    /// Inputs merged and removed, over all attempts.
+    pub files_compacted: usize,
+    /// Outputs written.
+    pub files_out: usize,
+    /// Bytes of the merged inputs.
+    pub bytes_before: u64,
+    /// Bytes of the outputs.
+    pub bytes_after: u64,
+    /// Rows read.
+    pub rows_before: u64,
+    /// Rows written (verified).
+    pub rows_after: u64,
+    /// Child processes run (more than one after a halving retry).
+    pub attempts: usize,
+    /// Whether every attempt needed succeeded.
+    pub success: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Inputs skipped as invalid Parquet (left in place).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_inputs: Vec<String>,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+    /// Largest peak resident memory of the job processes, in bytes.
+    pub peak_job_rss_bytes: u64,
+    /// Object-store requests the batch's job processes made.
+    pub requests: RequestCost,
+}
+
+/// The outcome of one cycle, as data: it feeds the summary table, JSON and
+/// stats alike.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CycleReport {
+    /// The cycle's id (1-based).
+    pub cycle_id: u64,
+    /// What recovery did first.
+    pub recovery: RecoveryReport,
+    /// One record per batch run.
+    pub jobs: Vec<JobRecord>,
+    /// Batches skipped because another compaction held their partition.
+    pub skipped_locked: usize,
+    /// Planning problems (a tier or partition that could not be planned).
+    pub problems: Vec<PlanProblem>,
+    /// Object-store requests of the whole cycle: the engine's own (recovery,
+    /// listing, locks) and its jobs'.
+    pub requests: RequestCost,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl CycleReport {
+    /// Jobs that failed.
+    pub fn failed(&self) -> impl Iterator<Item = &JobRecord> {
+        self.jobs.iter().filter(|j| !j.success)
+    }
+
+    /// True when every job succeeded and nothing failed to plan.
+    pub fn all_succeeded(&self) -> bool {
+        self.failed().next().is_none() && self.problems.is_empty() && self.recovery.failed.is_empty()
+    }
+}
+
+/// Counters over the manager's lifetime.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ManagerStats {
+    /// Jobs that succeeded.
+    pub total_jobs_completed: u64,
+    /// Jobs that failed.
+    pub total_jobs_failed: u64,
+    /// Inputs compacted.
+    pub total_files_compacted: u64,
+    /// Bytes saved (may be negative).
+    pub total_bytes_saved: i64,
+    /// Manifests recovered.
+    pub total_manifests_recovered: u64,
+}
+
+/// A progress event, for a terminal progress bar.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// A tier's plan is ready: `batches` jobs to run.
+    TierStarted {
+        /// Tier name.
+        tier: String,
+        /// Batches planned.
+        batches: usize,
+    },
+    /// A batch finished.
+    BatchDone {
+        /// The record.
+        record: Box<JobRecord>,
+    },
+}
+
+/// Where progress events go.
+type ProgressSink = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// Runs compaction cycles over one store.
+pub struct Manager {
+    config: Config,
+    storage: Storage,
+    requests: Arc<compactor_storage::RequestCounts>,
+    tiers: Vec<PlannedTier>,
+    plugins: PluginRuntime,
+    child: ChildCommand,
+    locks: PartitionLocks,
+    temp_directory: PathBuf,
+    running: AtomicBool,
+    cycle_id: AtomicU64,
+    stats: Mutex<ManagerStats>,
+    history: Mutex<VecDeque<JobRecord>>,
+    progress: Mutex<Option<ProgressSink>>,
+}
+
+impl Manager {
+    /// The composition root: opens `config`'s store, the plugin runtime with
+    /// the built-in components, and every tier's policy, and logs the
+    /// config's warnings. Every command that plans or compacts starts here.
+    /// A tier whose plugin cannot load is kept as an error so that the other
+    /// tiers still run.
+    pub fn open(config: Config, child: ChildCommand) -> anyhow::Result<Self> {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
+        let storage = Storage::open(&config.storage.url, &config.storage.options, &config.base_dir)?;
+        let plugins = crate::plugin_runtime(config.plugin_cache_dir())?;
+        let tiers = PlannedTier::load_all(&config, &plugins)?;
+        Ok(Self::new(config, storage, tiers, plugins, child))
+    }
+
+    /// A manager for `config`'s store and tiers, running jobs with `child`.
+    pub fn new(config: Config, storage: Storage, tiers: Vec<PlannedTier>, plugins: PluginRuntime, mut child: ChildCommand) -> Self {
+        // Credentials from the config reach jobs through their environment.
+        child.env.extend(storage.child_env().iter().cloned());
+        let (storage, requests) = storage.counted();
+        let temp_directory = config.resolve_path(&config.compaction.temp_directory);
+        let locks = PartitionLocks::new(storage.clone(), DEFAULT_LOCK_TTL);
+        Self {
+            config,
+            storage,
+            requests,
+            tiers,
+            plugins,
+            child,
+            locks,
+            temp_directory,
+            running: AtomicBool::new(false),
+            cycle_id: AtomicU64::new(0),
+            stats: Mutex::default(),
+            history: Mutex::default(),
+            progress: Mutex::default(),
+        }
+    }
+
+    /// Receives progress events.
+    pub fn set_progress(&self, progress: impl Fn(Progress) + Send + Sync + 'static) {
+        *lock(&self.progress) = Some(Arc::new(progress));
+    }
+
+    /// Whether a cycle is running.
+    pub fn is_cycle_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// The last cycle id handed out (0 before the first cycle).
+    pub fn current_cycle_id(&self) -> u64 {
+        self.cycle_id.load(Ordering::SeqCst)
+    }
+
+    /// Lifetime counters.
+    pub fn stats(&self) -> ManagerStats {
+        lock(&self.stats).clone()
+    }
+
+    /// The last (at most 10) job records, oldest first.
+    pub fn recent_jobs(&self) -> Vec<JobRecord> {
+        let history = lock(&self.history);
+        history.iter().skip(history.len().saturating_sub(10)).cloned().collect()
+    }
+
+    /// The configuration this manager runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store this manager compacts.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The plan of one cycle over every selected tier at once, changing
+    /// nothing (`compactor plan`); a cycle plans each tier just before
+    /// running it instead, so that daily sees hourly's outputs.
+    pub async fn plan(&self, options: &CycleOptions) -> Result<planner::Plan, planner::PlanError> {
+        planner::plan(&self.storage, &self.tiers, &self.plan_options(options, options.tiers.clone())).await
+    }
+
+    fn plan_options(&self, options: &CycleOptions, tiers: Vec<String>) -> PlanOptions {
+        PlanOptions {
+            now: options.now.unwrap_or_else(Utc::now),
+            database: options.database.clone(),
+            tiers,
+            max_files_per_batch: self.config.compaction.max_files_per_batch,
+            multipart_threshold: self.config.compaction.multipart_threshold_bytes(),
+        }
+    }
+
+    /// Asks the cluster gate whether this node may compact. Standalone nodes
+    /// always may; in cluster mode the gate component decides, with the
+    /// configured sandbox limits.
+    pub fn gate_allows(&self) -> anyhow::Result<bool> {
+        let cluster = &self.config.cluster;
+        if !cluster.enabled {
+            return Ok(true);
+        }
+        let gate = self.plugins.load_gate(&PluginSource::parse(&cluster.gate, &self.config.base_dir))?;
+        let gate_config = serde_json::to_string(&cluster.gate_config)?;
+        let mut gate = gate.instantiate(&gate_config, self.config.gate_limits()?)?;
+        let node = NodeInfo { id: cluster.node_id.clone(), role: cluster.role.clone(), ..Default::default() };
+        Ok(gate.can_compact(&node)?)
+    }
+
+    /// Removes abandoned partition locks, then finishes or rolls back
+    /// interrupted jobs (see [`ManifestStore::recover`]).
+    pub async fn recover(&self) -> Result<RecoveryReport, compactor_job::manifest::ManifestError> {
+        match self.locks.remove_abandoned().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed abandoned partition locks"),
+            Err(e) => tracing::warn!(error = %e, "cannot check partition locks"),
+        }
+        let report = ManifestStore::new(self.storage.clone()).recover(&RecoveryObservers::default()).await?;
+        lock(&self.stats).total_manifests_recovered += report.recovered as u64;
+        Ok(report)
+    }
+
+    /// Checks at start-up that the store can do create-only writes; when it
+    /// cannot, says so and what it means instead of silently racing.
+    pub async fn check_store(&self) {
+        match self.locks.check_conditional_writes().await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                store = %self.storage,
+                "this store cannot do conditional (create-only) writes: partition locks cannot exclude another \
+                 compactor and an upload could overwrite an object; run a single compactor against this store \
+                 (for S3-compatible servers, set aws_conditional_put in [storage.options] if they support it)"
+            ),
+            Err(e) => tracing::warn!(store = %self.storage, error = %e, "cannot check whether the store supports create-only writes"),
+        }
+    }
+
+    /// Removes every sub-directory of the temp directory except the reserved
+    /// `.completion` (leftovers of killed jobs); plain files stay.
+    pub fn cleanup_orphaned_temp_dirs(&self) -> std::io::Result<usize> {
+        cleanup_orphaned_temp_dirs(&self.temp_directory)
+    }
+
+    /// Runs one cycle.
+    pub async fn run_cycle(&self, options: CycleOptions) -> Result<CycleReport, CycleError> {
+        if self.running.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            return Err(CycleError::AlreadyRunning);
+        }
+        let _running = ResetOnDrop(&self.running);
+        let cycle_id = self.cycle_id.fetch_add(1, Ordering::SeqCst) + 1;
+        let started = Instant::now();
+        let requests_before = self.requests.snapshot();
+        let mut report = CycleReport { cycle_id, ..Default::default() };
+        let selected: Vec<&PlannedTier> =
+            self.tiers.iter().filter(|t| t.enabled && (options.tiers.is_empty() || options.tiers.contains(&t.name))).collect();
+        if selected.is_empty() {
+            return Ok(report);
+        }
+        let Some(descriptor) = self.storage.descriptor().cloned() else {
+            return Err(CycleError::NotShareable(self.storage.to_string()));
+        };
+        match self.recover().await {
+            Ok(recovery) => report.recovery = recovery,
+            Err(e) => tracing::error!(error = %e, "recovery failed; continuing with the cycle"),
+        }
+        for tier in selected {
+            let plan_options = self.plan_options(&options, vec![tier.name.clone()]);
+            let plan = planner::plan(&self.storage, std::slice::from_ref(tier), &plan_options).await?;
+            report.problems.extend(plan.problems);
+            if let Some(progress) = lock(&self.progress).clone() {
+                progress(Progress::TierStarted { tier: tier.name.clone(), batches: plan.batches.len() });
+            }
+            let suffix = plan.tiers.first().map(|t| t.output_suffix.clone()).filter(|s| !s.is_empty());
+            let (records, skipped) = self.execute(plan.batches, &descriptor, suffix.as_deref()).await;
+            report.jobs.extend(records);
+            report.skipped_locked += skipped;
+        }
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        let own = self.requests.snapshot().since(requests_before);
+        report.requests = report.jobs.iter().fold(own, |total, j| total + j.requests);
+        tracing::info!(
+            cycle_id,
+            jobs = report.jobs.len(),
+            failed = report.failed().count(),
+            duration_ms = report.duration_ms,
+            "compaction cycle finished"
+        );
+        Ok(report)
+    }
+
+    /// Runs the batches of one tier: partitions in parallel (bounded), the
+    /// batches of a partition in sequence.
+    async fn execute(&self, batches: Vec<PlannedBatch>, descriptor: &StorageDescriptor, suffix: Option<&str>) -> (Vec<JobRecord>, usize) {
+        let mut partitions: BTreeMap<String, Vec<PlannedBatch>> = BTreeMap::new();
+        for batch in batches {
+            partitions.entry(batch.candidate.partition_path.clone()).or_default().push(batch);
+        }
+        let limit = self.config.compaction.effective_max_concurrent();
+        let results: Vec<(Vec<JobRecord>, usize)> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+            futures::stream::iter(partitions.into_values().map(|batches| self.execute_partition(batches, descriptor, suffix))),
+            limit,
+        ))
+        .await;
+        let mut records = Vec::new();
+        let mut skipped = 0;
+        for (r, s) in results {
+            records.extend(r);
+            skipped += s;
+        }
+        records.sort_by(|a, b| (&a.partition_path, a.batch_number).cmp(&(&b.partition_path, b.batch_number)));
+        (records, skipped)
+    }
+
+    async fn execute_partition(
+        &self,
+        batches: Vec<PlannedBatch>,
+        descriptor: &StorageDescriptor,
+        suffix: Option<&str>,
+    ) -> (Vec<JobRecord>, usize) {
+        let Some(first) = batches.first() else { return (Vec::new(), 0) };
+        let partition = first.candidate.partition_path.clone();
+        let database = first.candidate.database.clone();
+        let held = match self.locks.try_acquire(&partition).await {
+            Ok(Some(held)) => held,
+            Ok(None) => {
+                tracing::info!(%partition, "partition is being compacted elsewhere; skipping it this cycle");
+                return (Vec::new(), batches.len());
+            }
+            Err(e) => {
+                tracing::error!(%partition, error = %e, "cannot take the partition lock; skipping it this cycle");
+                return (Vec::new(), batches.len());
+            }
+        };
+        let mut records = Vec::new();
+        for batch in batches {
+            let record = self.execute_batch(&batch, descriptor, suffix).await;
+            if let Some(progress) = lock(&self.progress).clone() {
+                progress(Progress::BatchDone { record: Box::new(record.clone()) });
+            }
+            records.push(record);
+        }
+        self.locks.release(held).await;
+        remove_partition_temp_dirs(&self.temp_directory, &job_prefix(&database, &partition));
+        (records, 0)
+    }
+
+    async fn execute_batch(&self, batch: &PlannedBatch, descriptor: &StorageDescriptor, suffix: Option<&str>) -> JobRecord {
+        let candidate = &batch.candidate;
+        let started = Instant::now();
+        let template = JobConfig {
+            database: candidate.database.clone(),
+            measurement: candidate.measurement.clone(),
+            partition_path: candidate.partition_path.clone(),
+            files: Vec::new(),
+            tier: candidate.tier.clone(),
+            temp_directory: self.temp_directory.display().to_string(),
+            batch_number: candidate.batch_number,
+            parent_finalizes_manifest: false,
+            sort_keys: Some(self.config.compaction.sort_keys_for(&candidate.measurement).to_vec()),
+            memory_limit: self.config.compaction.memory_limit.clone(),
+            threads: self.config.compaction.effective_threads(),
+            storage_type: descriptor.storage_type.clone(),
+            storage_config: descriptor.config_json.clone(),
+            job_id: String::new(),
+            completion_dir: String::new(),
+            partition_time: candidate.partition_time,
+            output_suffix: suffix.map(str::to_owned),
+            multipart_threshold_bytes: Some(self.config.compaction.multipart_threshold_bytes()),
+        };
+        let results: Mutex<Vec<JobResult>> = Mutex::default();
+        let run: &RunSubset<'_> = &|files: Vec<String>| {
+            let config = JobConfig {
+                files,
+                job_id: job_id(&template.database, &template.partition_path, Utc::now(), template.batch_number),
+                ..template.clone()
+            };
+            let child = &self.child;
+            let results = &results;
+            let manifests = ManifestStore::new(self.storage.clone());
+            Box::pin(async move {
+                let mut outcome = child.run(&config).await;
+                if let Err(failure) = &outcome {
+                    // A job killed after writing its recovery manifest may
+                    // have uploaded its output: resolve that first, or a retry
+                    // in halves would merge the same rows a second time.
+                    let key = RecoveryManifest::key_for(&config.tier, &config.database, &config.partition_path, &config.job_id);
+                    match manifests.recover_job(&key).await {
+                        Ok(RecoveryOutcome::Finished) => {
+                            tracing::warn!(job_id = %config.job_id, error = %failure, "the job died after its upload; recovery finished it");
+                            let files_compacted = config.files.len();
+                            outcome = Ok(JobResult { success: true, files_compacted, output_file: String::new(), ..Default::default() });
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(job_id = %config.job_id, error = %e, "cannot resolve the failed job's manifest; not retrying");
+                            let mut failure = failure.clone();
+                            failure.message = format!("{}; its recovery manifest could not be resolved: {e}", failure.message);
+                            failure.permanent = true;
+                            outcome = Err(failure);
+                        }
+                    }
+                }
+                match &outcome {
+                    Ok(result) => lock(results).push(result.clone()),
+                    Err(failure) => {
+                        if let Some(result) = &failure.result {
+                            lock(results).push(result.clone());
+                        }
+                    }
+                }
+                outcome
+            })
+        };
+        let (attempts, outcome) = compact_adaptive(run, candidate.files.clone()).await;
+        let results = results.into_inner().unwrap_or_default();
+        let succeeded: Vec<&JobResult> = results.iter().filter(|r| r.success).collect();
+        let record = JobRecord {
+            database: candidate.database.clone(),
+            measurement: candidate.measurement.clone(),
+            partition_path: candidate.partition_path.clone(),
+            tier: candidate.tier.clone(),
+            batch_number: candidate.batch_number,
+            files_in: candidate.files.len(),
+            files_compacted: succeeded.iter().map(|r| r.files_compacted).sum(),
+            files_out: succeeded.iter().filter(|r| r.files_compacted > 0).count(),
+            bytes_before: succeeded.iter().map(|r| r.bytes_before).sum(),
+            bytes_after: succeeded.iter().map(|r| r.bytes_after).sum(),
+            rows_before: succeeded.iter().map(|r| r.rows_before).sum(),
+            rows_after: succeeded.iter().map(|r| r.rows_after).sum(),
+            attempts: attempts.len(),
+            success: outcome.is_ok(),
+            error: outcome.err(),
+            skipped_inputs: results.iter().flat_map(|r| r.skipped_inputs.clone()).collect(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            peak_job_rss_bytes: results.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
+            requests: results.iter().fold(RequestCost::default(), |total, r| total + r.requests),
+        };
+        self.account(&record);
+        record
+    }
+
+    fn account(&self, record: &JobRecord) {
+        {
+            let mut stats = lock(&self.stats);
+            if record.success {
+                stats.total_jobs_completed += 1;
+                stats.total_files_compacted += record.files_compacted as u64;
+                stats.total_bytes_saved += record.bytes_before as i64 - record.bytes_after as i64;
+            } else {
+                stats.total_jobs_failed += 1;
+            }
+        }
+        {
+            let mut history = lock(&self.history);
+            history.push_back(record.clone());
+            while history.len() > HISTORY_LIMIT {
+                history.pop_front();
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct ResetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Removes every sub-directory of `temp_directory` except `.completion`; a
+/// missing directory is fine. Returns how many were removed.
+pub fn cleanup_orphaned_temp_dirs(temp_directory: &Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(temp_directory) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(std::io::Error::new(e.kind(), format!("failed to read temp directory: {e}"))),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if !is_dir || entry.file_name() == ".completion" {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove orphaned temp directory"),
+        }
+    }
+    Ok(removed)
+}
+
+fn remove_partition_temp_dirs(temp_directory: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(temp_directory) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use compactor_runtime::ArtifactCache;
+
+    #[test]
+    fn orphan_cleanup_keeps_completion_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(cleanup_orphaned_temp_dirs(&dir.path().join("nonexistent/path")).unwrap(), 0);
+        std::fs::create_dir_all(dir.path().join("orphan_job_123")).unwrap();
+        std::fs::write(dir.path().join("orphan_job_123/test.parquet"), "x").unwrap();
+        std::fs::create_dir_all(dir.path().join("orphan_job_456")).unwrap();
+        std::fs::create_dir_all(dir.path().join(".completion/pending")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        assert_eq!(cleanup_orphaned_temp_dirs(dir.path()).unwrap(), 2);
+        let mut left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, [".completion", "notes.txt"]);
+    }
+
+    fn manager(tiers: Vec<PlannedTier>) -> Manager {
+        let config = Config::parse("[storage]\nurl = \"memory://\"\n").unwrap();
+        let child = ChildCommand { program: "/nonexistent".into(), env: Vec::new() };
+        let plugins = PluginRuntime::new(ArtifactCache::disabled()).unwrap();
+        Manager::new(config, Storage::in_memory(), tiers, plugins, child)
+    }
+
+    #[tokio::test]
+    async fn cycle_ids_start_at_one_and_are_used_even_by_empty_cycles() {
+        let manager = manager(Vec::new());
+        assert_eq!((manager.current_cycle_id(), manager.is_cycle_running()), (0, false));
+        for expected in 1..=3 {
+            assert_eq!(manager.run_cycle(CycleOptions::default()).await.unwrap().cycle_id, expected);
+        }
+        let unknown = CycleOptions { tiers: vec!["weekly".into()], database: Some("db1".into()), ..Default::default() };
+        assert_eq!(manager.run_cycle(unknown).await.unwrap().cycle_id, 4, "unknown tier names are ignored");
+        assert!(manager.recent_jobs().is_empty());
+        assert_eq!(manager.stats().total_jobs_completed, 0);
+    }
+
+    #[tokio::test]
+    async fn a_second_cycle_is_refused_while_one_runs() {
+        let manager = manager(Vec::new());
+        manager.running.store(true, Ordering::SeqCst);
+        assert!(matches!(manager.run_cycle(CycleOptions::default()).await, Err(CycleError::AlreadyRunning)));
+        assert_eq!(manager.current_cycle_id(), 0, "a refused cycle gets no id");
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_store_cannot_be_compacted_by_a_job_process() {
+        let plugin = PluginRuntime::new(ArtifactCache::disabled())
+            .unwrap()
+            .with_builtins(compactor_builtin::BUILTINS)
+            .load_tier(&compactor_runtime::PluginSource::Builtin("hourly".into()))
+            .unwrap();
+        let tier = PlannedTier {
+            name: "hourly".into(),
+            enabled: true,
+            policy: Ok(std::sync::Arc::new(plugin)),
+            config_json: "{}".into(),
+            limits: compactor_runtime::PluginLimits::default(),
+        };
+        let error = manager(vec![tier]).run_cycle(CycleOptions::default()).await.unwrap_err();
+        assert!(error.to_string().contains("cannot be compacted by a job process"), "{error}");
+    }
+}

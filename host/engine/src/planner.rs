@@ -1,0 +1,447 @@
+//! Planning a cycle: list each `{database}/{measurement}/` once, group the
+//! files into partitions for every tier, ask the tier's policy which files to
+//! compact, validate the answer, drop files held by recovery manifests, and
+//! split into batches. The plan is a value; nothing in storage changes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError};
+use crate::tier::{Candidate, split_into_batches};
+use compactor_job::manifest::ManifestStore;
+use compactor_model::{FileMeta, Partition, PartitionLevel, group_into_partitions, is_eligible_input};
+use compactor_runtime::{PluginError, PluginLimits, PluginRuntime, PluginSource, TierInstance, TierPlugin};
+use compactor_storage::{self as storage, RequestCost, Storage, StorageError};
+
+/// What the planner needs from one configured policy instance.
+pub trait PartitionPolicy {
+    /// How the host groups files into partitions for this policy.
+    fn partition_level(&self) -> PartitionLevel;
+
+    /// Suffix of output names, e.g. `compacted`.
+    fn output_suffix(&self) -> String;
+
+    /// The groups of files to compact in `partition` at `now`.
+    fn select_candidates(&mut self, partition: &Partition, now: DateTime<Utc>) -> Result<Vec<Vec<String>>, PluginError>;
+}
+
+/// Makes configured policy instances: a loaded plugin, or native code in
+/// benchmarks that compare the two.
+pub trait PolicyFactory: Send + Sync {
+    /// Display name for reports and errors.
+    fn name(&self) -> &str;
+
+    /// A fresh instance with `config_json` applied.
+    fn instantiate(&self, config_json: &str, limits: PluginLimits) -> Result<Box<dyn PartitionPolicy>, PluginError>;
+}
+
+impl PartitionPolicy for TierInstance {
+    fn partition_level(&self) -> PartitionLevel {
+        self.description().partition_level
+    }
+
+    fn output_suffix(&self) -> String {
+        self.description().output_suffix.clone()
+    }
+
+    fn select_candidates(&mut self, partition: &Partition, now: DateTime<Utc>) -> Result<Vec<Vec<String>>, PluginError> {
+        TierInstance::select_candidates(self, partition, now)
+    }
+}
+
+impl PolicyFactory for TierPlugin {
+    fn name(&self) -> &str {
+        TierPlugin::name(self)
+    }
+
+    fn instantiate(&self, config_json: &str, limits: PluginLimits) -> Result<Box<dyn PartitionPolicy>, PluginError> {
+        Ok(Box::new(TierPlugin::instantiate(self, config_json, limits)?))
+    }
+}
+
+/// A tier ready to plan: its name from the config, its policy and settings.
+#[derive(Clone)]
+pub struct PlannedTier {
+    /// Tier name (`hourly`, …).
+    pub name: String,
+    /// Disabled tiers are skipped.
+    pub enabled: bool,
+    /// The policy, or why it could not be loaded.
+    pub policy: Result<Arc<dyn PolicyFactory>, String>,
+    /// The policy's config, as JSON.
+    pub config_json: String,
+    /// Sandbox limits.
+    pub limits: PluginLimits,
+}
+
+impl PlannedTier {
+    /// Loads every tier of `config`, in order. A plugin that fails to load
+    /// is kept as an error, so that the other tiers still plan.
+    pub fn load_all(config: &Config, runtime: &PluginRuntime) -> Result<Vec<PlannedTier>, ConfigError> {
+        config
+            .tiers
+            .iter()
+            .enumerate()
+            .map(|(index, tier)| {
+                let source = PluginSource::parse(&tier.plugin, &config.base_dir);
+                Ok(PlannedTier {
+                    name: tier.name.clone(),
+                    enabled: tier.enabled,
+                    policy: runtime.load_tier(&source).map(|p| Arc::new(p) as Arc<dyn PolicyFactory>).map_err(|e| e.to_string()),
+                    config_json: tier.config_json(),
+                    limits: config.tier_limits(index)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// What to plan.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// The time the policies see as "now".
+    pub now: DateTime<Utc>,
+    /// Only this database (discovery otherwise).
+    pub database: Option<String>,
+    /// Only these tiers (all enabled ones when empty).
+    pub tiers: Vec<String>,
+    /// Batch size, clamped as Arc does.
+    pub max_files_per_batch: i64,
+    /// Outputs larger than this are uploaded in parts (for the cost).
+    pub multipart_threshold: u64,
+}
+
+/// One batch of the plan and the bytes it would read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedBatch {
+    /// Arc's candidate fields.
+    #[serde(flatten)]
+    pub candidate: Candidate,
+    /// Total size of the batch's files.
+    #[serde(skip)]
+    pub bytes: u64,
+}
+
+/// Per-tier counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TierSummary {
+    /// Tier name.
+    pub tier: String,
+    /// Plugin display name.
+    pub plugin: String,
+    /// Suffix of the tier's output names.
+    pub output_suffix: String,
+    /// Partitions shown to the policy.
+    pub partitions_seen: usize,
+    /// Partitions with at least one batch.
+    pub partitions_selected: usize,
+    /// Batches planned.
+    pub batches: usize,
+    /// Files in those batches.
+    pub files: usize,
+    /// Bytes in those batches.
+    pub bytes: u64,
+    /// Files the policy chose that a pending recovery manifest holds.
+    pub held_files_dropped: usize,
+    /// Object-store requests executing this tier's batches would make.
+    pub requests: RequestCost,
+}
+
+/// What one batch costs to execute: the lock (create, delete), one GET
+/// per input, the recovery manifest (put, delete), the output (one PUT,
+/// or parts + 2 when larger than `multipart_threshold`, sized at most the
+/// inputs' bytes), and the inputs' deletion (the first alone, the rest in
+/// bulk requests of up to 1,000 keys).
+pub fn batch_cost(files: usize, bytes: u64, multipart_threshold: u64) -> RequestCost {
+    let output_puts = if bytes <= multipart_threshold { 1 } else { bytes.div_ceil(multipart_threshold.max(1)) + 2 };
+    let input_deletes = if files == 0 { 0 } else { 1 + (files as u64 - 1).div_ceil(1000) };
+    RequestCost { list: 0, get: files as u64, put: 2 + output_puts, delete: input_deletes + 2 }
+}
+
+/// LIST pages needed for `keys` keys (at least one request).
+pub fn list_pages(keys: usize) -> u64 {
+    (keys as u64).div_ceil(1000).max(1)
+}
+
+/// Something that went wrong in one tier or partition; the rest of the plan
+/// is still valid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanProblem {
+    /// The tier.
+    pub tier: String,
+    /// The partition, when the problem is specific to one.
+    pub partition: Option<String>,
+    /// What happened.
+    pub message: String,
+}
+
+impl std::fmt::Display for PlanProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.partition {
+            Some(partition) => write!(f, "tier {} on partition {partition}: {}", self.tier, self.message),
+            None => write!(f, "tier {}: {}", self.tier, self.message),
+        }
+    }
+}
+
+/// The plan of one cycle.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Plan {
+    /// Batches in tier order, then database, measurement, partition path and
+    /// batch number.
+    pub batches: Vec<PlannedBatch>,
+    /// LIST requests planning made (discovery, manifests, one listing per
+    /// measurement), also what a cycle's planning costs.
+    pub planning_requests: RequestCost,
+    /// Counts per tier, in tier order.
+    pub tiers: Vec<TierSummary>,
+    /// Failures that skipped a tier or a partition.
+    pub problems: Vec<PlanProblem>,
+}
+
+impl Plan {
+    /// Number of distinct partitions with batches.
+    pub fn partition_count(&self) -> usize {
+        self.tiers.iter().map(|t| t.partitions_selected).sum()
+    }
+}
+
+/// An error that stops planning altogether.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The databases of the lake could not be listed.
+    #[error("cannot discover databases: {0}")]
+    Discovery(#[source] StorageError),
+}
+
+/// The files of one measurement, listed once per plan.
+struct Listing {
+    database: String,
+    measurement: String,
+    files: Vec<FileMeta>,
+}
+
+/// Plans one cycle over `storage` for `tiers`.
+pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOptions) -> Result<Plan, PlanError> {
+    let mut plan = Plan::default();
+    let selected: Vec<&PlannedTier> =
+        tiers.iter().filter(|t| t.enabled && (options.tiers.is_empty() || options.tiers.contains(&t.name))).collect();
+    if selected.is_empty() {
+        return Ok(plan);
+    }
+    plan.planning_requests.list += 1;
+    let held = match ManifestStore::new(storage.clone()).held_files().await {
+        Ok(held) => Some(held),
+        Err(e) => {
+            for tier in &selected {
+                plan.problems.push(PlanProblem {
+                    tier: tier.name.clone(),
+                    partition: None,
+                    message: format!("{e}; every candidate is skipped this cycle, to be safe"),
+                });
+            }
+            None
+        }
+    };
+    let listings = list_measurements(storage, options.database.as_deref(), &selected, &mut plan.problems).await?;
+    let databases: std::collections::BTreeSet<&str> = listings.iter().map(|l| l.database.as_str()).collect();
+    plan.planning_requests.list += u64::from(options.database.is_none()) + databases.len() as u64;
+    plan.planning_requests.list += listings.iter().map(|l| list_pages(l.files.len())).sum::<u64>();
+    for tier in selected {
+        let summary = plan_tier(tier, &listings, held.as_ref(), options, &mut plan);
+        plan.tiers.push(summary);
+    }
+    Ok(plan)
+}
+
+async fn list_measurements(
+    storage: &Storage,
+    database: Option<&str>,
+    tiers: &[&PlannedTier],
+    problems: &mut Vec<PlanProblem>,
+) -> Result<Vec<Listing>, PlanError> {
+    let databases = match database {
+        Some(db) => vec![db.to_owned()],
+        None => storage::discover_databases(storage).await.map_err(PlanError::Discovery)?,
+    };
+    let mut report = |message: String| {
+        for tier in tiers {
+            problems.push(PlanProblem { tier: tier.name.clone(), partition: None, message: message.clone() });
+        }
+    };
+    let mut listings = Vec::new();
+    for database in databases {
+        let measurements = match storage::discover_measurements(storage, &database).await {
+            Ok(m) => m,
+            Err(e) => {
+                report(format!("skipping database {database}: {e}"));
+                continue;
+            }
+        };
+        for measurement in measurements {
+            match storage.list(&format!("{database}/{measurement}/")).await {
+                Ok(mut files) => {
+                    files.retain(|f| is_eligible_input(&f.key));
+                    listings.push(Listing { database: database.clone(), measurement, files });
+                }
+                Err(e) => report(format!("skipping {database}/{measurement}: {e}")),
+            }
+        }
+    }
+    Ok(listings)
+}
+
+fn plan_tier(
+    tier: &PlannedTier,
+    listings: &[Listing],
+    held: Option<&HashSet<String>>,
+    options: &PlanOptions,
+    plan: &mut Plan,
+) -> TierSummary {
+    let mut summary = TierSummary { tier: tier.name.clone(), ..Default::default() };
+    let mut problem = |partition: Option<&str>, message: String| {
+        plan.problems.push(PlanProblem { tier: tier.name.clone(), partition: partition.map(str::to_owned), message })
+    };
+    let policy = match &tier.policy {
+        Ok(policy) => policy,
+        Err(message) => {
+            problem(None, message.clone());
+            return summary;
+        }
+    };
+    summary.plugin = policy.name().to_owned();
+    let mut instance = match policy.instantiate(&tier.config_json, tier.limits) {
+        Ok(instance) => instance,
+        Err(e) => {
+            problem(None, e.to_string());
+            return summary;
+        }
+    };
+    let level = instance.partition_level();
+    summary.output_suffix = instance.output_suffix();
+    for listing in listings {
+        for partition in group_into_partitions(&listing.database, &listing.measurement, &listing.files, level) {
+            summary.partitions_seen += 1;
+            let answer = match instance.select_candidates(&partition, options.now) {
+                Ok(answer) => answer,
+                Err(e) => {
+                    problem(Some(&partition.path), format!("{e}; the tier is skipped for the rest of this cycle"));
+                    return summary;
+                }
+            };
+            if let Err(reason) = validate_answer(&partition, &answer) {
+                problem(
+                    Some(&partition.path),
+                    format!("plugin {} gave an invalid answer: {reason}; the partition is skipped", policy.name()),
+                );
+                continue;
+            }
+            let Some(held) = held else { continue };
+            let mut selected = false;
+            for mut files in answer {
+                let before = files.len();
+                files.retain(|f| !held.contains(f));
+                summary.held_files_dropped += before - files.len();
+                if files.is_empty() {
+                    continue;
+                }
+                files.sort();
+                let candidate = Candidate {
+                    database: partition.database.clone(),
+                    measurement: partition.measurement.clone(),
+                    partition_path: partition.path.clone(),
+                    file_count: files.len(),
+                    files,
+                    tier: tier.name.clone(),
+                    partition_time: partition.time,
+                    batch_number: 0,
+                    total_batches: 0,
+                };
+                for batch in split_into_batches(&candidate, options.max_files_per_batch) {
+                    let bytes = batch_bytes(&partition, &batch.files);
+                    summary.requests += batch_cost(batch.files.len(), bytes, options.multipart_threshold);
+                    summary.batches += 1;
+                    summary.files += batch.files.len();
+                    summary.bytes += bytes;
+                    plan.batches.push(PlannedBatch { candidate: batch, bytes });
+                }
+                selected = true;
+            }
+            summary.partitions_selected += usize::from(selected);
+        }
+    }
+    summary
+}
+
+fn batch_bytes(partition: &Partition, files: &[String]) -> u64 {
+    let chosen: HashSet<&str> = files.iter().map(String::as_str).collect();
+    partition.files.iter().filter(|f| chosen.contains(f.key.as_str())).map(|f| f.size).sum()
+}
+
+/// Checks a policy's answer: every key comes from the partition's listing,
+/// and none appears twice.
+fn validate_answer(partition: &Partition, answer: &[Vec<String>]) -> Result<(), String> {
+    let listed: HashSet<&str> = partition.files.iter().map(|f| f.key.as_str()).collect();
+    let mut seen = HashSet::new();
+    for key in answer.iter().flatten() {
+        if key.starts_with('/') || key.split('/').any(|segment| segment == ".." || segment == ".") {
+            return Err(format!("it named the path-traversal key {key:?}"));
+        }
+        if !listed.contains(key.as_str()) {
+            return Err(format!("it named {key:?}, which is not in the partition's listing"));
+        }
+        if !seen.insert(key.as_str()) {
+            return Err(format!("it named {key:?} more than once"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(keys: &[&str]) -> Partition {
+        Partition {
+            database: "db".into(),
+            measurement: "cpu".into(),
+            path: "db/cpu/2026/01/01/00".into(),
+            time: DateTime::UNIX_EPOCH,
+            files: keys.iter().map(|k| FileMeta { key: (*k).into(), size: 10, last_modified: DateTime::UNIX_EPOCH }).collect(),
+        }
+    }
+
+    #[test]
+    fn answers_naming_only_listed_files_once_are_valid() {
+        let p = partition(&["db/cpu/2026/01/01/00/a.parquet", "db/cpu/2026/01/01/00/b.parquet"]);
+        let answer = vec![vec!["db/cpu/2026/01/01/00/a.parquet".to_owned()], vec!["db/cpu/2026/01/01/00/b.parquet".to_owned()]];
+        assert_eq!(validate_answer(&p, &answer), Ok(()));
+    }
+
+    #[test]
+    fn foreign_duplicate_and_traversal_keys_are_rejected() {
+        let p = partition(&["db/cpu/2026/01/01/00/a.parquet"]);
+        let a = "db/cpu/2026/01/01/00/a.parquet".to_owned();
+        assert!(validate_answer(&p, &[vec![a.clone()], vec![a.clone()]]).unwrap_err().contains("more than once"));
+        assert!(validate_answer(&p, &[vec!["db/cpu/x.parquet".into()]]).unwrap_err().contains("not in the partition's listing"));
+        assert!(
+            validate_answer(&p, &[vec!["db/cpu/2026/01/01/00/../../../../../etc/passwd".into()]]).unwrap_err().contains("path-traversal")
+        );
+    }
+
+    #[test]
+    fn request_costs_follow_the_job_protocol() {
+        assert_eq!(batch_cost(30, 1000, 64 << 20), RequestCost { list: 0, get: 30, put: 3, delete: 4 });
+        assert_eq!(batch_cost(2, 250, 100).put, 2 + 3 + 2, "three parts, create and complete");
+        assert_eq!((list_pages(0), list_pages(1000), list_pages(1001)), (1, 1, 2));
+    }
+
+    #[test]
+    fn batch_bytes_sums_the_chosen_files() {
+        let p = partition(&["a", "b", "c"]);
+        assert_eq!(batch_bytes(&p, &["a".into(), "c".into()]), 20);
+    }
+}

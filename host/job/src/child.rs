@@ -1,0 +1,722 @@
+//! The job, in the child process. Order of steps; a crash at any arrow is
+//! survivable because recovery (in `manifest`) finishes or rolls back
+//! whatever a recovery manifest describes:
+//!
+//! 1. download the inputs into `{temp}/{job_id}/` (vanished ones are skipped)
+//!    → 2. check magic bytes (corrupt inputs are skipped and never deleted),
+//!    probe for `time` → 3. merge with DuckDB → 4. verify: the output's row
+//!    count equals the inputs' (or the distinct-key count when deduplicating)
+//!    → 5. write the recovery manifest → 6. upload, create-only (multipart
+//!    when large) → 7. delete the inputs → 8. delete the recovery manifest.
+//!
+//! Once the manifest is written, only success removes it: after a failed
+//! upload or delete, recovery decides from what the store actually holds.
+//!
+//! Setting `COMPACTOR_FAULT` to a step name (`after-download`, `after-merge`,
+//! `after-manifest`, `mid-upload`, `after-upload`, `mid-delete`,
+//! `after-delete`) makes the child kill itself with SIGKILL there; the crash
+//! tests use it.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as StorePath;
+use object_store::{PutMode, PutOptions, WriteMultipart};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::completion::{self, CompletionManifest, CompletionOutput, CompletionState};
+use crate::manifest::{ManifestStore, RecoveryManifest};
+use crate::sql::{self, compaction_statements, file_list, is_valid_identifier, order_by};
+use crate::{FailureKind, JobConfig, JobResult, output_name};
+use compactor_storage::Storage;
+
+/// Outputs up to this size are uploaded in one request.
+pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 64 << 20;
+
+/// Concurrent downloads per job.
+const DOWNLOAD_CONCURRENCY: usize = 4;
+
+/// Runs one job and always returns a result; `success: false` carries why.
+pub fn run(config: &JobConfig, storage: &Storage, duckdb: &duckdb::Connection) -> JobResult {
+    let started = Instant::now();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return failure(JobResult::default(), &anyhow::Error::new(e).context("cannot start the I/O runtime"), started),
+    };
+    let mut job = Job { config, storage, duckdb, runtime: &runtime, result: JobResult::default(), work_dir: work_dir(config) };
+    let outcome = job.execute();
+    let _ = std::fs::remove_dir_all(&job.work_dir);
+    let result = std::mem::take(&mut job.result);
+    let result = JobResult { peak_rss_bytes: crate::peak_rss_bytes(), ..result };
+    match outcome {
+        Ok(()) => JobResult { success: true, duration_ms: started.elapsed().as_millis() as u64, ..result },
+        Err(e) => failure(result, &e, started),
+    }
+}
+
+fn failure(result: JobResult, error: &anyhow::Error, started: Instant) -> JobResult {
+    JobResult {
+        success: false,
+        error: Some(format!("{error:#}")),
+        failure_kind: Some(failure_kind(error)),
+        duration_ms: started.elapsed().as_millis() as u64,
+        ..result
+    }
+}
+
+/// The output's row count differs from the inputs'.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "output verification failed: expected {expected} rows (inputs have {before}), the output has {after}; nothing was uploaded or deleted"
+)]
+struct VerificationMismatch {
+    expected: u64,
+    before: u64,
+    after: u64,
+}
+
+/// None of the downloaded inputs is valid Parquet.
+#[derive(Debug, thiserror::Error)]
+#[error("no valid parquet files found")]
+struct NoValidInput;
+
+/// The kind of a job's failure, from the type of the first error in its
+/// chain that has one.
+fn failure_kind(error: &anyhow::Error) -> FailureKind {
+    for cause in error.chain() {
+        if cause.is::<VerificationMismatch>() {
+            return FailureKind::Verification;
+        }
+        if cause.is::<NoValidInput>() {
+            return FailureKind::NoValidInput;
+        }
+        if let Some(e) = cause.downcast_ref::<duckdb::Error>() {
+            return duckdb_failure_kind(&e.to_string());
+        }
+        let store_error = cause
+            .downcast_ref::<compactor_storage::StorageError>()
+            .and_then(|e| e.object_store_error())
+            .or_else(|| cause.downcast_ref::<object_store::Error>());
+        if let Some(e) = store_error {
+            return match e {
+                object_store::Error::NotFound { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. } => FailureKind::Denied,
+                _ => FailureKind::Storage,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<std::io::Error>() {
+            return match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => FailureKind::Denied,
+                _ => FailureKind::LocalIo,
+            };
+        }
+    }
+    FailureKind::Unknown
+}
+
+/// DuckDB reports its error type only as the message's prefix
+/// (`Binder Error: …`); the Rust crate does not expose it otherwise.
+fn duckdb_failure_kind(message: &str) -> FailureKind {
+    let lower = message.to_lowercase();
+    if ["binder error", "catalog error", "parser error"].iter().any(|m| lower.contains(m)) {
+        FailureKind::Sql
+    } else if ["out of memory", "could not allocate", "cannot allocate", "memory allocation failed"].iter().any(|m| lower.contains(m)) {
+        FailureKind::OutOfMemory
+    } else if ["permission denied", "no such file"].iter().any(|m| lower.contains(m)) {
+        FailureKind::Denied
+    } else {
+        FailureKind::Unknown
+    }
+}
+
+/// `{temp_directory}/{job_id}`.
+pub fn work_dir(config: &JobConfig) -> PathBuf {
+    let base = if config.temp_directory.is_empty() { "./data/compaction" } else { &config.temp_directory };
+    Path::new(base).join(&config.job_id)
+}
+
+struct Job<'a> {
+    config: &'a JobConfig,
+    storage: &'a Storage,
+    duckdb: &'a duckdb::Connection,
+    runtime: &'a tokio::runtime::Runtime,
+    result: JobResult,
+    work_dir: PathBuf,
+}
+
+/// A downloaded input: its storage key and local copy.
+struct Input {
+    key: String,
+    local: PathBuf,
+}
+
+impl Job<'_> {
+    fn execute(&mut self) -> anyhow::Result<()> {
+        let config = self.config;
+        let cluster = !config.completion_dir.is_empty();
+        if cluster {
+            self.write_completion(CompletionState::WritingOutput, None, None);
+        }
+        create_private_dir(&self.work_dir).with_context(|| format!("failed to create temp directory {}", self.work_dir.display()))?;
+
+        let mut timer = StepTimer::new();
+        let downloaded = self.download().context("failed to download files")?;
+        timer.step("download");
+        fault_point("after-download");
+        if downloaded.is_empty() {
+            tracing::info!("no input left to compact (all vanished)");
+            self.discard_completion();
+            return Ok(());
+        }
+        let mut inputs = Vec::new();
+        for input in downloaded {
+            match validate_parquet_file(&input.local) {
+                Ok(()) => inputs.push(input),
+                Err(e) => {
+                    tracing::warn!(file = %input.key, error = %e, "skipping invalid input; it stays in storage");
+                    self.result.skipped_inputs.push(input.key);
+                }
+            }
+        }
+        if inputs.is_empty() {
+            return Err(NoValidInput.into());
+        }
+        let local: Vec<String> = inputs.iter().map(|i| i.local.display().to_string()).collect();
+        let files_sql = file_list(&local);
+        match self.has_time_column(&files_sql) {
+            Ok(false) => {
+                tracing::warn!(partition = %config.partition_path, "no time column in the inputs; leaving them as they are");
+                self.result.bytes_before = 0;
+                self.discard_completion();
+                return Ok(());
+            }
+            Ok(true) => {}
+            Err(e) => tracing::warn!(error = %e, "time-column probe failed; merging anyway"),
+        }
+
+        let now = Utc::now();
+        let name = output_name(&config.measurement, now, config.batch_number, &config.effective_output_suffix());
+        let output_local = self.work_dir.join(&name);
+        let output_key = format!("{}/{name}", config.partition_path);
+        self.result.output_file = output_key.clone();
+        timer.step("probe");
+        let (rows_before, expected_rows) = self.merge(&files_sql, &local, &output_local).context("failed to compact files")?;
+        timer.step("merge");
+        fault_point("after-merge");
+        let rows_after = self.count_rows(&file_list(std::slice::from_ref(&output_local.display().to_string())))?;
+        self.result.rows_before = rows_before;
+        self.result.rows_after = rows_after;
+        if rows_after != expected_rows {
+            return Err(VerificationMismatch { expected: expected_rows, before: rows_before, after: rows_after }.into());
+        }
+        let input_keys: Vec<String> = inputs.iter().map(|i| i.key.clone()).collect();
+        self.result.compacted_inputs = input_keys.clone();
+        self.result.files_compacted = input_keys.len();
+        let output_size = std::fs::metadata(&output_local).context("failed to stat the output")?.len();
+        self.result.bytes_after = output_size;
+
+        let manifests = ManifestStore::new(self.storage.clone());
+        let manifest = RecoveryManifest {
+            output_path: output_key.clone(),
+            output_size: output_size as i64,
+            input_files: input_keys.clone(),
+            database: config.database.clone(),
+            measurement: config.measurement.clone(),
+            partition_path: config.partition_path.clone(),
+            tier: config.tier.clone(),
+            status: "pending".into(),
+            created_at: Utc::now(),
+            job_id: config.job_id.clone(),
+        };
+        timer.step("verify");
+        let manifest_key = self.runtime.block_on(manifests.write(&manifest)).context("failed to write manifest")?;
+        timer.step("manifest");
+        fault_point("after-manifest");
+
+        if let Err(e) = self.runtime.block_on(self.upload(&output_local, &output_key, output_size)) {
+            // A failed upload is ambiguous: a request that timed out may still
+            // land. Arc deletes the manifest here, which can leave a complete
+            // output beside its inputs; keeping it lets recovery decide from
+            // what is actually in the store.
+            return Err(e.context("failed to upload compacted file (the recovery manifest stays for recovery to resolve)"));
+        }
+        fault_point("after-upload");
+        timer.step("upload");
+        if cluster {
+            let sha256 = sha256_file(&output_local)?;
+            let output = CompletionOutput {
+                path: output_key.clone(),
+                sha256,
+                size_bytes: output_size,
+                database: completion_database(&config.database),
+                measurement: config.measurement.clone(),
+                partition_time: config.partition_time,
+                tier: config.tier.clone(),
+                created_at: Utc::now(),
+            };
+            let written = self.write_completion(CompletionState::OutputWritten, Some(vec![output]), None);
+            if !written {
+                bail!("failed to write completion manifest");
+            }
+        }
+
+        let undeleted = self.runtime.block_on(self.delete_inputs(&input_keys));
+        fault_point("after-delete");
+        timer.step("delete");
+        tracing::info!(steps = %timer, "job steps");
+        if !undeleted.is_empty() {
+            tracing::warn!(count = undeleted.len(), "some inputs could not be deleted; recovery will retry");
+            self.result.undeleted_inputs = undeleted;
+            return Ok(());
+        }
+        if config.parent_finalizes_manifest {
+            self.result.manifest_path = manifest_key;
+        } else if let Err(e) = self.runtime.block_on(manifests.delete(&manifest_key)) {
+            tracing::warn!(error = %e, "cannot delete the recovery manifest; recovery will");
+        }
+        if cluster {
+            self.update_completion_sources_deleted(&input_keys);
+        }
+        Ok(())
+    }
+
+    /// Streams every input into the work directory, `DOWNLOAD_CONCURRENCY` at
+    /// a time, keeping input order; vanished inputs are skipped.
+    fn download(&mut self) -> anyhow::Result<Vec<Input>> {
+        let store = self.storage.object_store().clone();
+        let dir = self.work_dir.clone();
+        let keys = self.config.files.clone();
+        let downloads = futures::stream::iter(keys.into_iter().enumerate().map(|(index, key)| {
+            let (store, dir) = (store.clone(), dir.clone());
+            async move {
+                // The index keeps two inputs with one base name apart.
+                let base = key.rsplit('/').next().unwrap_or(&key).to_owned();
+                let local = dir.join(format!("{index:05}_{base}"));
+                match download_one(store.as_ref(), &key, &local).await {
+                    Ok(size) => Ok(Some((Input { key, local }, size))),
+                    Err(object_store::Error::NotFound { .. }) => {
+                        let _ = tokio::fs::remove_file(&local).await;
+                        tracing::info!(file = %key, "input vanished before download; skipping it");
+                        Ok(None)
+                    }
+                    Err(e) => {
+                        let _ = tokio::fs::remove_file(&local).await;
+                        Err(anyhow::Error::new(e).context(format!("failed to stream {key}")))
+                    }
+                }
+            }
+        }))
+        .buffered(DOWNLOAD_CONCURRENCY)
+        .try_collect::<Vec<_>>();
+        let downloaded = self.runtime.block_on(downloads)?;
+        let mut inputs = Vec::new();
+        for (input, size) in downloaded.into_iter().flatten() {
+            self.result.bytes_before += size;
+            inputs.push(input);
+        }
+        Ok(inputs)
+    }
+
+    fn has_time_column(&self, files_sql: &str) -> anyhow::Result<bool> {
+        let count: i64 = self.duckdb.query_row(
+            &format!(
+                "SELECT COUNT(*) FROM (DESCRIBE SELECT * FROM read_parquet({files_sql}, union_by_name=true)) WHERE column_name = 'time'"
+            ),
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(count > 0)
+    }
+
+    fn count_rows(&self, files_sql: &str) -> anyhow::Result<u64> {
+        let rows: i64 = self
+            .duckdb
+            .query_row(&format!("SELECT COALESCE(SUM(num_rows), 0)::BIGINT FROM parquet_file_metadata({files_sql})"), [], |row| row.get(0))
+            .context("cannot count rows")?;
+        Ok(rows as u64)
+    }
+
+    /// Runs the merge; returns (input rows, rows the output must have).
+    fn merge(&self, files_sql: &str, local: &[String], output: &Path) -> anyhow::Result<(u64, u64)> {
+        let rows_before = self.count_rows(files_sql)?;
+        let (tags, dedup_time) = self.dedup_settings(local);
+        let sort_keys = self.config.effective_sort_keys();
+        let order = order_by(&sort_keys);
+        let statements = compaction_statements(files_sql, &order, &output.display().to_string(), &tags, dedup_time);
+        let dedup = statements.len() > 1;
+        if order.is_empty() {
+            self.duckdb.execute_batch("SET preserve_insertion_order = true")?;
+        }
+        let mut expected = rows_before;
+        for (i, statement) in statements.iter().enumerate() {
+            if dedup && i == 1 {
+                let key: Vec<String> = tags.iter().map(|t| sql::quote_identifier(t)).chain(["\"time\"".to_owned()]).collect();
+                let distinct: i64 = self.duckdb.query_row(
+                    &format!("SELECT COUNT(*) FROM (SELECT DISTINCT {} FROM {})", key.join(", "), sql::STAGING_TABLE),
+                    [],
+                    |row| row.get(0),
+                )?;
+                expected = distinct as u64;
+            }
+            let started = Instant::now();
+            self.duckdb.execute_batch(statement).with_context(|| "failed to execute compaction query")?;
+            tracing::debug!(statement = i, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "merge statement");
+        }
+        if dedup {
+            let _ = self.duckdb.execute_batch(&format!("DROP TABLE IF EXISTS {}", sql::STAGING_TABLE));
+            tracing::info!(rows_before, rows_after = expected, tags = ?tags, dedup_time, "deduplicated");
+        }
+        Ok((rows_before, expected))
+    }
+
+    /// Tag columns (sorted union of every file's `arc:tags`) and the
+    /// `arc:dedup_time` marker, read in one query over all inputs. A bad tag
+    /// list disables tag dedup (warning).
+    fn dedup_settings(&self, local: &[String]) -> (Vec<String>, bool) {
+        let query = format!(
+            "SELECT decode(key), decode(value) FROM parquet_kv_metadata({}) WHERE decode(key) IN ('arc:tags', 'arc:dedup_time')",
+            file_list(local)
+        );
+        let rows: Result<Vec<(String, String)>, _> =
+            self.duckdb.prepare(&query).and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect());
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read Parquet metadata; no dedup for this job");
+                return (Vec::new(), false);
+            }
+        };
+        let mut tags = std::collections::BTreeSet::new();
+        let mut dedup_time = false;
+        for (key, value) in rows {
+            if key == "arc:dedup_time" {
+                dedup_time |= value == "true";
+                continue;
+            }
+            if value.is_empty() {
+                continue;
+            }
+            for tag in value.split(',') {
+                if !is_valid_identifier(tag) {
+                    tracing::warn!(tag, "invalid tag column name in parquet metadata; no tag dedup for this job");
+                    return (Vec::new(), dedup_time);
+                }
+                tags.insert(tag.to_owned());
+            }
+        }
+        (tags.into_iter().collect(), dedup_time)
+    }
+
+    /// Uploads create-only: one request when small, parts when large.
+    async fn upload(&self, local: &Path, key: &str, size: u64) -> anyhow::Result<()> {
+        let store = self.storage.object_store();
+        let location = StorePath::from(key);
+        let threshold = self.config.multipart_threshold_bytes.unwrap_or(DEFAULT_MULTIPART_THRESHOLD).max(1);
+        if let Some(target) = self.storage.local_path(key).filter(|_| size <= threshold) {
+            // A local store: link the finished file into place. `link` fails
+            // if the name exists, so this is create-only and atomic, like the
+            // store's own put. (Larger outputs take the multipart path below,
+            // as they would on any store.)
+            if let Some(dir) = target.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            match tokio::fs::hard_link(local, &target).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!("{key} already exists; refusing to overwrite it"),
+                Err(e) => tracing::debug!(error = %e, "cannot link the output into place; uploading a copy"),
+            }
+        }
+        if size <= threshold {
+            let bytes = tokio::fs::read(local).await?;
+            store
+                .put_opts(&location, bytes.into(), PutOptions::from(PutMode::Create))
+                .await
+                .with_context(|| format!("cannot create {key}"))?;
+            return Ok(());
+        }
+        // Multipart uploads cannot be conditional: refuse an existing object
+        // first (names are unique per job, so this is a safety net).
+        match store.head(&location).await {
+            Ok(_) => bail!("{key} already exists; refusing to overwrite it"),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let upload = store.put_multipart(&location).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, threshold as usize);
+        let mut file = tokio::fs::File::open(local).await?;
+        let mut buffer = vec![0u8; (threshold as usize).min(8 << 20)];
+        let mut sent = 0u64;
+        loop {
+            let n = file.read(&mut buffer).await?;
+            if n == 0 {
+                break;
+            }
+            writer.wait_for_capacity(2).await?;
+            writer.write(&buffer[..n]);
+            sent += n as u64;
+            if sent >= threshold {
+                fault_point("mid-upload");
+            }
+        }
+        writer.finish().await.with_context(|| format!("cannot complete the upload of {key}"))?;
+        Ok(())
+    }
+
+    /// Deletes the inputs — the first alone, the rest in bulk (one request
+    /// per 1,000 keys on S3); returns those that could not be deleted. A key
+    /// already gone counts as deleted.
+    async fn delete_inputs(&self, keys: &[String]) -> Vec<String> {
+        let Some((first, rest)) = keys.split_first() else { return Vec::new() };
+        let mut deleted = std::collections::HashSet::new();
+        match self.storage.delete(first).await {
+            Ok(()) => {
+                deleted.insert(first.clone());
+            }
+            Err(e) => tracing::warn!(file = %first, error = %e, "cannot delete compacted input"),
+        }
+        fault_point("mid-delete");
+        let locations = futures::stream::iter(rest.iter().map(|k| Ok(StorePath::from(k.as_str())))).boxed();
+        let results: Vec<_> = self.storage.object_store().delete_stream(locations).collect().await;
+        for result in results {
+            match result {
+                Ok(path) => {
+                    deleted.insert(path.to_string());
+                }
+                Err(object_store::Error::NotFound { path, .. }) => {
+                    deleted.insert(path);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot delete a compacted input"),
+            }
+        }
+        keys.iter().filter(|k| !deleted.contains(*k)).cloned().collect()
+    }
+
+    fn completion(
+        &self,
+        state: CompletionState,
+        outputs: Option<Vec<CompletionOutput>>,
+        deleted: Option<Vec<String>>,
+    ) -> CompletionManifest {
+        let now = Utc::now();
+        CompletionManifest {
+            job_id: self.config.job_id.clone(),
+            database: completion_database(&self.config.database),
+            measurement: self.config.measurement.clone(),
+            partition_path: self.config.partition_path.clone(),
+            tier: self.config.tier.clone(),
+            state,
+            outputs,
+            deleted_sources: deleted,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn write_completion(&self, state: CompletionState, outputs: Option<Vec<CompletionOutput>>, deleted: Option<Vec<String>>) -> bool {
+        match completion::write(Path::new(&self.config.completion_dir), &self.completion(state, outputs, deleted)) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write completion manifest");
+                false
+            }
+        }
+    }
+
+    fn update_completion_sources_deleted(&self, inputs: &[String]) {
+        let path = Path::new(&self.config.completion_dir).join(format!("{}.json", self.config.job_id));
+        let updated = completion::read(&path).and_then(|mut m| {
+            m.state = CompletionState::SourcesDeleted;
+            m.deleted_sources = Some(inputs.to_vec());
+            m.updated_at = Utc::now();
+            completion::write(Path::new(&self.config.completion_dir), &m)
+        });
+        if let Err(e) = updated {
+            tracing::warn!(error = %e, "cannot update completion manifest to sources_deleted");
+        }
+    }
+
+    fn discard_completion(&self) {
+        if !self.config.completion_dir.is_empty() {
+            let path = Path::new(&self.config.completion_dir).join(format!("{}.json", self.config.job_id));
+            let _ = completion::delete(&path);
+        }
+    }
+}
+
+/// Wall time per job step, for the log.
+struct StepTimer {
+    last: Instant,
+    steps: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl StepTimer {
+    fn new() -> Self {
+        Self { last: Instant::now(), steps: Vec::new() }
+    }
+
+    fn step(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.steps.push((name, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for StepTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.steps.iter().map(|(n, d)| format!("{n}={:.1}ms", d.as_secs_f64() * 1e3)).collect();
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// The database as the cluster manifest names it: a pseudo-database
+/// `spoke/db` is `db`.
+fn completion_database(database: &str) -> String {
+    database.split_once('/').map_or(database, |(_, db)| db).to_owned()
+}
+
+async fn download_one(store: &dyn object_store::ObjectStore, key: &str, local: &Path) -> Result<u64, object_store::Error> {
+    let result = store.get(&StorePath::from(key)).await?;
+    let io = |e: std::io::Error| object_store::Error::Generic { store: "local temp", source: Box::new(e) };
+    if let object_store::GetResultPayload::File(mut file, path) = result.payload {
+        // A local store hands out the file itself. Parquet files are never
+        // modified in place, so a hard link is a faithful copy that costs
+        // nothing; across file systems, let the kernel copy it.
+        let local = local.to_owned();
+        return tokio::task::spawn_blocking(move || {
+            let size = file.metadata()?.len();
+            if std::fs::hard_link(&path, &local).is_ok() {
+                return Ok(size);
+            }
+            let mut out = std::fs::File::create(&local)?;
+            std::io::copy(&mut file, &mut out)
+        })
+        .await
+        .map_err(|e| io(std::io::Error::other(e)))?
+        .map_err(io);
+    }
+    let mut stream = result.into_stream();
+    let mut file = tokio::fs::File::create(local).await.map_err(io)?;
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        size += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.flush().await.map_err(io)?;
+    Ok(size)
+}
+
+/// Checks Parquet's magic bytes: at least 12 bytes, `PAR1` at both ends.
+pub fn validate_parquet_file(path: &Path) -> anyhow::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).with_context(|| format!("failed to open file {}", path.display()))?;
+    let size = file.metadata()?.len();
+    if size < 12 {
+        bail!("file too small to be valid parquet ({size} bytes)");
+    }
+    let mut magic = [0u8; 4];
+    file.read_exact(&mut magic)?;
+    if &magic != b"PAR1" {
+        bail!("invalid parquet magic header: got {:?}", String::from_utf8_lossy(&magic));
+    }
+    file.seek(SeekFrom::End(-4))?;
+    file.read_exact(&mut magic)?;
+    if &magic != b"PAR1" {
+        bail!("invalid parquet magic footer: got {:?}", String::from_utf8_lossy(&magic));
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut file = std::fs::File::open(path)?;
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Kills this process with SIGKILL when `COMPACTOR_FAULT` names `step`; with
+/// `COMPACTOR_STALL=step:millis:path`, creates `path` there and sleeps, so a
+/// test can cut the store off at that exact point (fault tests only).
+fn fault_point(step: &str) {
+    if let Ok(stall) = std::env::var("COMPACTOR_STALL") {
+        let mut parts = stall.splitn(3, ':');
+        if parts.next() == Some(step) {
+            let millis = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+            if let Some(path) = parts.next() {
+                let _ = std::fs::write(path, step);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(millis));
+        }
+    }
+    if std::env::var("COMPACTOR_FAULT").is_ok_and(|f| f == step) {
+        tracing::warn!(step, "fault injection: killing the job");
+        // SAFETY: raising a signal on our own process has no memory effects.
+        unsafe {
+            libc::raise(libc::SIGKILL);
+        }
+    }
+}
+
+/// Opens DuckDB with the job's settings: memory limit, threads, and a spill
+/// directory under the job's work directory.
+pub fn open_duckdb(config: &JobConfig) -> anyhow::Result<duckdb::Connection> {
+    let connection = duckdb::Connection::open_in_memory().context("cannot open DuckDB")?;
+    // Extensions cannot be downloaded here; fail fast instead of trying.
+    connection.execute_batch("SET autoinstall_known_extensions = false; SET autoload_known_extensions = false")?;
+    // The probe, the row count, the dedup settings and the merge all read the
+    // inputs' footers: read them once.
+    connection.execute_batch("SET parquet_metadata_cache = true")?;
+    if !config.memory_limit.is_empty()
+        && let Err(e) = connection.execute_batch(&format!("SET memory_limit='{}'", config.memory_limit.replace('\'', "''")))
+    {
+        tracing::warn!(error = %e, "cannot set DuckDB memory_limit");
+    }
+    if config.threads > 0
+        && let Err(e) = connection.execute_batch(&format!("SET threads={}", config.threads))
+    {
+        tracing::warn!(error = %e, "cannot set DuckDB threads");
+    }
+    if !config.job_id.is_empty() {
+        let spill = work_dir(config).join("duckdb-spill");
+        match create_private_dir(&spill) {
+            Ok(()) => {
+                if let Err(e) =
+                    connection.execute_batch(&format!("SET temp_directory='{}'", sql::escape_path(&spill.display().to_string())))
+                {
+                    tracing::warn!(error = %e, "cannot set DuckDB temp_directory");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot create DuckDB spill directory"),
+        }
+    }
+    Ok(connection)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_typed_by_their_source() {
+        let duckdb = duckdb::Connection::open_in_memory().unwrap();
+        let sql = duckdb.execute_batch("SELECT nope FROM range(1)").unwrap_err();
+        assert_eq!(failure_kind(&anyhow::Error::new(sql).context("failed to compact files")), FailureKind::Sql);
+        let missing = object_store::Error::NotFound { path: "a".into(), source: "gone".into() };
+        assert_eq!(failure_kind(&anyhow::Error::new(missing).context("x")), FailureKind::Denied);
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full");
+        assert_eq!(failure_kind(&anyhow::Error::new(full)), FailureKind::LocalIo);
+        let mismatch = VerificationMismatch { expected: 2, before: 2, after: 1 };
+        assert_eq!(failure_kind(&anyhow::Error::new(mismatch).context("y")), FailureKind::Verification);
+        assert_eq!(failure_kind(&anyhow::anyhow!("Binder Error in plain text")), FailureKind::Unknown, "text alone is not a type");
+    }
+}

@@ -1,0 +1,334 @@
+//! The parent side of a job: run `compactor compact --job-stdin` as a child
+//! process, hand it the job on stdin, re-emit its log lines, parse its one
+//! JSON result, and describe failures the way the classifier expects. Plus
+//! Arc's adaptive retry: a recoverable failure splits the batch in halves.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::classify::{Classification, classify, quoted_stderr};
+use crate::{FailureKind, JobConfig, JobResult};
+
+/// Deepest split of a failing batch.
+pub const MAX_RETRY_DEPTH: usize = 4;
+/// Smallest batch worth compacting.
+pub const MIN_BATCH_FILES: usize = 2;
+
+/// A failed job attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFailure {
+    /// What went wrong, in Arc's words (`subprocess failed: signal: killed
+    /// (stderr: …)`, or the job's own error).
+    pub message: String,
+    /// The child's stderr.
+    pub stderr: String,
+    /// The child's exit code, when it exited with one.
+    pub exit_code: Option<i32>,
+    /// What kind of failure it was.
+    pub kind: FailureKind,
+    /// The job's result, when the child produced one.
+    pub result: Option<JobResult>,
+    /// Never retry, whatever the classification says (e.g. the state the
+    /// failed attempt left behind could not be resolved).
+    pub permanent: bool,
+}
+
+impl std::fmt::Display for JobFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl JobFailure {
+    /// A failure of `kind` with nothing else known.
+    pub fn new(kind: FailureKind, message: String) -> Self {
+        Self { message, stderr: String::new(), exit_code: None, kind, result: None, permanent: false }
+    }
+
+    /// Whether retrying (split in halves) may help, and why.
+    pub fn classification(&self) -> Classification {
+        self.classification_with(&self.stderr)
+    }
+
+    /// The verdict from the kind; a failure nobody typed falls back to Arc's
+    /// text rules over the message and `stderr`.
+    fn classification_with(&self, stderr: &str) -> Classification {
+        match self.kind {
+            FailureKind::Unknown => classify(Some(&self.message), stderr, self.exit_code),
+            kind => kind.classification(),
+        }
+    }
+}
+
+/// How to start a child job.
+#[derive(Debug, Clone)]
+pub struct ChildCommand {
+    /// The executable (normally this binary).
+    pub program: PathBuf,
+    /// Extra environment (credentials, fault injection in tests).
+    pub env: Vec<(String, String)>,
+}
+
+impl ChildCommand {
+    /// This binary, with the parent's environment.
+    pub fn current_exe() -> std::io::Result<Self> {
+        Ok(Self { program: std::env::current_exe()?, env: Vec::new() })
+    }
+
+    /// Runs one job in a child process.
+    pub async fn run(&self, config: &JobConfig) -> Result<JobResult, JobFailure> {
+        let failure = |message: String| JobFailure::new(FailureKind::Protocol, message);
+        let input = serde_json::to_vec(config).map_err(|e| failure(format!("cannot encode job config: {e}")))?;
+        let mut child = tokio::process::Command::new(&self.program)
+            .args(["compact", "--job-stdin"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failure(format!("cannot start subprocess {}: {e}", self.program.display())))?;
+        let mut stdin = child.stdin.take().ok_or_else(|| failure("subprocess has no stdin".into()))?;
+        let mut stdout = child.stdout.take().ok_or_else(|| failure("subprocess has no stdout".into()))?;
+        let stderr = child.stderr.take().ok_or_else(|| failure("subprocess has no stderr".into()))?;
+        let job_id = config.job_id.clone();
+        let write = async move {
+            let _ = stdin.write_all(&input).await;
+            drop(stdin);
+        };
+        let read_stdout = async move {
+            let mut out = Vec::new();
+            let _ = stdout.read_to_end(&mut out).await;
+            out
+        };
+        let read_stderr = async move {
+            let mut lines = BufReader::new(stderr).lines();
+            let mut all = String::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                reemit(&job_id, &line);
+                if !line.trim().is_empty() {
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            }
+            all
+        };
+        let ((), out, err, status) = tokio::join!(write, read_stdout, read_stderr, child.wait());
+        let stderr = err.trim_end().to_owned();
+        let status = status.map_err(|e| failure(format!("cannot wait for subprocess: {e}")))?;
+        if !status.success() {
+            use std::os::unix::process::ExitStatusExt;
+            let (kind, description) = match (status.code(), status.signal()) {
+                (_, Some(libc::SIGKILL)) => (FailureKind::Killed, "signal: killed".to_owned()),
+                (_, Some(libc::SIGSEGV)) => (FailureKind::Segfault, "signal: segmentation fault".to_owned()),
+                (_, Some(libc::SIGABRT)) => (FailureKind::Signal, "signal: aborted".to_owned()),
+                (_, Some(signal)) => (FailureKind::Signal, format!("signal: {signal}")),
+                (Some(137), None) => (FailureKind::OomKilled, "exit status 137".to_owned()),
+                (Some(139), None) => (FailureKind::Segfault, "exit status 139".to_owned()),
+                (Some(code), None) => (FailureKind::Unknown, format!("exit status {code}")),
+                (None, None) => (FailureKind::Unknown, "unknown exit".to_owned()),
+            };
+            return Err(JobFailure {
+                message: format!("subprocess failed: {description} (stderr: {stderr})"),
+                stderr,
+                exit_code: status.code(),
+                kind,
+                result: None,
+                permanent: false,
+            });
+        }
+        let result: JobResult = serde_json::from_slice(&out).map_err(|e| JobFailure {
+            message: format!("failed to parse subprocess result: {e} (stdout: {})", String::from_utf8_lossy(&out)),
+            stderr: stderr.clone(),
+            exit_code: status.code(),
+            kind: FailureKind::Protocol,
+            result: None,
+            permanent: false,
+        })?;
+        if !result.success {
+            return Err(JobFailure {
+                message: result.error.clone().unwrap_or_else(|| "job failed without an error message".into()),
+                stderr,
+                exit_code: status.code(),
+                kind: result.failure_kind.unwrap_or(FailureKind::Unknown),
+                result: Some(result),
+                permanent: false,
+            });
+        }
+        Ok(result)
+    }
+}
+
+/// Re-emits one child log line at the level it carries.
+fn reemit(job_id: &str, line: &str) {
+    if line.trim().is_empty() {
+        return;
+    }
+    let parsed: Option<serde_json::Value> = serde_json::from_str(line).ok();
+    let level = parsed.as_ref().and_then(|v| v.get("level")).and_then(|l| l.as_str()).unwrap_or("info").to_ascii_lowercase();
+    let fields = parsed.as_ref().and_then(|v| v.get("fields")).and_then(|f| f.as_object());
+    let message = match fields {
+        Some(fields) => fields
+            .iter()
+            .map(|(k, v)| match (k.as_str(), v.as_str()) {
+                ("message", Some(text)) => text.to_owned(),
+                (_, Some(text)) => format!("{k}={text}"),
+                _ => format!("{k}={v}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => line.to_owned(),
+    };
+    match level.as_str() {
+        "error" => tracing::error!(subprocess = "compaction", job_id, "{message}"),
+        "warn" => tracing::warn!(subprocess = "compaction", job_id, "{message}"),
+        "debug" => tracing::debug!(subprocess = "compaction", job_id, "{message}"),
+        "trace" => tracing::trace!(subprocess = "compaction", job_id, "{message}"),
+        _ => tracing::info!(subprocess = "compaction", job_id, "{message}"),
+    }
+}
+
+/// One attempt of the adaptive retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// Files in the attempt.
+    pub files: usize,
+    /// `Ok` with the result, or the failure message.
+    pub outcome: Result<JobResult, String>,
+}
+
+/// Runs a job over a subset of files.
+pub type RunSubset<'a> = dyn Fn(Vec<String>) -> Pin<Box<dyn Future<Output = Result<JobResult, JobFailure>> + Send + 'a>> + Sync + 'a;
+
+/// Arc's adaptive compaction: run the batch; on a recoverable failure split
+/// it at n/2 and run the first half, then (only if it succeeded) the second,
+/// down to depth 4 or 2 files. Returns every attempt, in order, and the final
+/// error if the batch did not fully succeed.
+pub async fn compact_adaptive(run: &RunSubset<'_>, files: Vec<String>) -> (Vec<Attempt>, Result<(), String>) {
+    let mut attempts = Vec::new();
+    let outcome = attempt(run, files, 0, String::new(), None, &mut attempts).await;
+    (attempts, outcome)
+}
+
+fn attempt<'r: 'b, 'b>(
+    run: &'b RunSubset<'r>,
+    files: Vec<String>,
+    depth: usize,
+    previous_stderr: String,
+    cause: Option<String>,
+    attempts: &'b mut Vec<Attempt>,
+) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'b>> {
+    Box::pin(async move {
+        if depth > MAX_RETRY_DEPTH {
+            return Err(format!("compaction failed: exceeded max retry depth {MAX_RETRY_DEPTH}"));
+        }
+        if files.len() < MIN_BATCH_FILES {
+            let after = cause.map(|c| format!(" (after: {c})")).unwrap_or_default();
+            return Err(format!("compaction failed: batch size {} below minimum {MIN_BATCH_FILES}{after}", files.len()));
+        }
+        let count = files.len();
+        let failure = match run(files.clone()).await {
+            Ok(result) => {
+                attempts.push(Attempt { files: count, outcome: Ok(result) });
+                return Ok(());
+            }
+            Err(failure) => failure,
+        };
+        attempts.push(Attempt { files: count, outcome: Err(failure.message.clone()) });
+        let stderr =
+            quoted_stderr(&failure.message).unwrap_or(if failure.stderr.is_empty() { previous_stderr } else { failure.stderr.clone() });
+        let verdict = failure.classification_with(&stderr);
+        if failure.permanent || !verdict.recoverable || count <= MIN_BATCH_FILES {
+            return Err(failure.message);
+        }
+        tracing::warn!(files = count, reason = verdict.reason, "recoverable failure; retrying in halves");
+        let mid = count / 2;
+        let (first, second) = (files[..mid].to_vec(), files[mid..].to_vec());
+        let cause = Some(failure.message);
+        attempt(run, first, depth + 1, stderr.clone(), cause.clone(), attempts).await.map_err(|e| format!("first half failed: {e}"))?;
+        attempt(run, second, depth + 1, stderr, cause, attempts).await.map_err(|e| format!("second half failed: {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn files(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("f{i}")).collect()
+    }
+
+    fn failing(message: &str) -> JobFailure {
+        JobFailure::new(FailureKind::Unknown, message.into())
+    }
+
+    #[tokio::test]
+    async fn recoverable_failures_split_in_halves_first_half_first() {
+        let sizes = Mutex::new(Vec::new());
+        let run = |f: Vec<String>| -> Pin<Box<dyn Future<Output = Result<JobResult, JobFailure>> + Send + '_>> {
+            sizes.lock().unwrap().push(f.len());
+            let n = f.len();
+            Box::pin(async move { if n > 15 { Err(failing("subprocess failed: signal: killed")) } else { Ok(JobResult::default()) } })
+        };
+        let (attempts, outcome) = compact_adaptive(&run, files(30)).await;
+        assert_eq!(outcome, Ok(()));
+        assert_eq!(*sizes.lock().unwrap(), [30, 15, 15]);
+        assert_eq!(attempts.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn permanent_failures_make_one_attempt_and_small_batches_never_split() {
+        let count = Mutex::new(0);
+        let run = |_f: Vec<String>| -> Pin<Box<dyn Future<Output = Result<JobResult, JobFailure>> + Send + '_>> {
+            *count.lock().unwrap() += 1;
+            Box::pin(async { Err(failing("failed to execute compaction query: Binder Error: nope")) })
+        };
+        let (_, outcome) = compact_adaptive(&run, files(30)).await;
+        assert!(outcome.unwrap_err().contains("Binder Error"));
+        assert_eq!(*count.lock().unwrap(), 1);
+        let (_, outcome) = compact_adaptive(&run, files(1)).await;
+        assert_eq!(outcome.unwrap_err(), "compaction failed: batch size 1 below minimum 2");
+    }
+
+    #[tokio::test]
+    async fn the_kind_decides_not_the_text() {
+        let count = Mutex::new(0);
+        let run = |_f: Vec<String>| -> Pin<Box<dyn Future<Output = Result<JobResult, JobFailure>> + Send + '_>> {
+            *count.lock().unwrap() += 1;
+            // No marker in the text: only the kind says it is permanent.
+            Box::pin(async { Err(JobFailure::new(FailureKind::Sql, "the merge failed".into())) })
+        };
+        let (_, outcome) = compact_adaptive(&run, files(30)).await;
+        assert_eq!(outcome.unwrap_err(), "the merge failed");
+        assert_eq!(*count.lock().unwrap(), 1, "a SQL error is not retried");
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_half_skips_the_second() {
+        let sizes = Mutex::new(Vec::new());
+        let run = |f: Vec<String>| -> Pin<Box<dyn Future<Output = Result<JobResult, JobFailure>> + Send + '_>> {
+            sizes.lock().unwrap().push(f.len());
+            Box::pin(async { Err(failing("subprocess failed: signal: killed")) })
+        };
+        let (_, outcome) = compact_adaptive(&run, files(30)).await;
+        // 30 → 15 → 7 → 3 → 1: the 1-file half is refused.
+        assert_eq!(*sizes.lock().unwrap(), [30, 15, 7, 3]);
+        let error = outcome.unwrap_err();
+        assert!(
+            error
+                .starts_with("first half failed: first half failed: first half failed: first half failed: compaction failed: batch size 1"),
+            "{error}"
+        );
+        assert!(error.ends_with("(after: subprocess failed: signal: killed)"), "the cause is kept: {error}");
+        sizes.lock().unwrap().clear();
+        let (_, outcome) = compact_adaptive(&run, files(2)).await;
+        assert_eq!(*sizes.lock().unwrap(), [2], "two files never split");
+        assert!(outcome.is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! `WasmTier`: a tier-policy component behind a plain-Rust interface.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::PluginLimits;
+use crate::bindings::tier::{TierPolicy, TierPolicyPre};
+use crate::bindings::types;
+use crate::contract::Contract;
+use crate::sandbox::Sandbox;
+use crate::{LoadStats, PluginError, PluginRuntime, World, wrong_world};
+use compactor_model::{Partition, PartitionLevel};
+
+/// What a tier policy says about itself, after `configure`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TierDescription {
+    /// The policy's default tier name.
+    pub name: String,
+    /// One-line description.
+    pub description: String,
+    /// How the host groups files for it.
+    pub partition_level: PartitionLevel,
+    /// Suffix of output names, e.g. `compacted`.
+    pub output_suffix: String,
+    /// Its minimum number of files.
+    pub min_files: u32,
+    /// Its configuration after defaults.
+    pub effective_config: serde_json::Value,
+}
+
+/// A loaded tier-policy component, pre-instantiated: instances are cheap.
+#[derive(Clone)]
+pub struct TierPlugin {
+    name: Arc<str>,
+    contract: Contract,
+    stats: LoadStats,
+    engine: &'static wasmtime::Engine,
+    pre: TierPolicyPre<crate::PluginState>,
+}
+
+impl TierPlugin {
+    pub(crate) fn new(runtime: &PluginRuntime, loaded: crate::LoadedComponent) -> Result<Self, PluginError> {
+        if loaded.contract.world != World::TierPolicy {
+            return Err(wrong_world(&loaded, World::TierPolicy));
+        }
+        let pre = TierPolicyPre::new(runtime.instantiate_pre(&loaded)?).map_err(|e| PluginError::Incompatible {
+            plugin: loaded.name.to_string(),
+            reason: format!("does not match the tier-policy world: {e:#}"),
+        })?;
+        Ok(Self { name: loaded.name, contract: loaded.contract, stats: loaded.stats, engine: runtime.engine, pre })
+    }
+
+    /// The plugin's display name (`builtin:hourly` or its path).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the contract check found.
+    pub fn contract(&self) -> &Contract {
+        &self.contract
+    }
+
+    /// How the component was loaded.
+    pub fn load_stats(&self) -> LoadStats {
+        self.stats
+    }
+
+    /// Creates a store and instantiates the component without configuring
+    /// it, then drops both: the bare cost of a fresh instance.
+    pub fn instantiate_bare(&self, limits: PluginLimits) -> Result<(), PluginError> {
+        self.fresh(limits).map(drop)
+    }
+
+    fn fresh(&self, limits: PluginLimits) -> Result<(Sandbox, TierPolicy), PluginError> {
+        let mut sandbox = Sandbox::new(self.engine, self.name.clone(), limits);
+        let pre = &self.pre;
+        let bindings = sandbox.call("instantiate", |store| pre.instantiate(store))?;
+        Ok((sandbox, bindings))
+    }
+
+    /// A fresh instance with `config_json` applied and its description read.
+    pub fn instantiate(&self, config_json: &str, limits: PluginLimits) -> Result<TierInstance, PluginError> {
+        let (mut sandbox, bindings) = self.fresh(limits)?;
+        let tier = bindings.compactor_policy_tier();
+        sandbox
+            .call("configure", |store| tier.call_configure(store, config_json))?
+            .map_err(|message| PluginError::Config { plugin: self.name.to_string(), message })?;
+        let info = sandbox.call("info", |store| tier.call_info(store))?;
+        let effective_config = serde_json::from_str(&info.effective_config).unwrap_or(serde_json::Value::String(info.effective_config));
+        let description = TierDescription {
+            name: info.name,
+            description: info.description,
+            partition_level: match info.partition_level {
+                types::PartitionLevel::Hour => PartitionLevel::Hour,
+                types::PartitionLevel::Day => PartitionLevel::Day,
+            },
+            output_suffix: info.output_suffix,
+            min_files: info.min_files,
+            effective_config,
+        };
+        validate_suffix(&self.name, &description.output_suffix)?;
+        Ok(TierInstance { sandbox, bindings, description })
+    }
+}
+
+/// Output suffixes become part of storage keys: keep them tame.
+fn validate_suffix(plugin: &str, suffix: &str) -> Result<(), PluginError> {
+    if suffix.is_empty() || !suffix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(PluginError::Incompatible {
+            plugin: plugin.to_owned(),
+            reason: format!("declares output suffix {suffix:?}; letters, digits, '-' and '_' only"),
+        });
+    }
+    Ok(())
+}
+
+/// One configured instance of a tier policy. Calls run under the instance's
+/// limits; after a failure every later call fails fast.
+pub struct TierInstance {
+    sandbox: Sandbox,
+    bindings: TierPolicy,
+    description: TierDescription,
+}
+
+impl TierInstance {
+    /// The tier's description after `configure`.
+    pub fn description(&self) -> &TierDescription {
+        &self.description
+    }
+
+    /// The plugin's display name.
+    pub fn plugin(&self) -> &str {
+        self.sandbox.plugin()
+    }
+
+    /// Asks the policy for the candidates of `partition` at `now`.
+    pub fn select_candidates(&mut self, partition: &Partition, now: DateTime<Utc>) -> Result<Vec<Vec<String>>, PluginError> {
+        let wit_partition = types::Partition {
+            database: partition.database.clone(),
+            measurement: partition.measurement.clone(),
+            path: partition.path.clone(),
+            time_ms: partition.time.timestamp_millis(),
+            files: partition
+                .files
+                .iter()
+                .map(|f| types::FileInfo { path: f.key.clone(), size_bytes: f.size, last_modified_ms: f.last_modified.timestamp_millis() })
+                .collect(),
+        };
+        let tier = self.bindings.compactor_policy_tier();
+        let now = now.timestamp_millis();
+        let candidates = self.sandbox.call("select-candidates", |store| tier.call_select_candidates(store, &wit_partition, now))?;
+        Ok(candidates.into_iter().map(|c| c.files).collect())
+    }
+
+    /// The policy's decision on a whole file list.
+    pub fn should_compact(&mut self, files: &[String], partition_time: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool, PluginError> {
+        let tier = self.bindings.compactor_policy_tier();
+        let (partition_ms, now_ms) = (partition_time.timestamp_millis(), now.timestamp_millis());
+        self.sandbox.call("should-compact", |store| tier.call_should_compact(store, files, partition_ms, now_ms))
+    }
+
+    /// Whether `name` is an output of this tier.
+    pub fn is_compacted_file(&mut self, name: &str) -> Result<bool, PluginError> {
+        let tier = self.bindings.compactor_policy_tier();
+        self.sandbox.call("is-compacted-file", |store| tier.call_is_compacted_file(store, name))
+    }
+}

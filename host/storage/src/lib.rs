@@ -1,0 +1,374 @@
+//! Object storage access through the `object_store` crate: opening a store
+//! from its URL, listing, reading and writing objects, with errors that name
+//! the key that failed.
+
+mod counting;
+pub mod lock;
+mod s3;
+
+use std::collections::BTreeMap;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, PutPayload};
+
+pub use compactor_model::{FileMeta, is_eligible_input};
+pub use counting::{CountingStore, RequestCost, RequestCounts};
+
+/// Root of Arc's recovery manifests; never a database.
+pub const COMPACTION_STATE_ROOT: &str = "_compaction_state";
+
+/// A storage error, naming the URL or key involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The store could not be opened.
+    #[error("cannot open storage {url}: {message}")]
+    Open {
+        /// The configured URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// A listing failed.
+    #[error("cannot list {prefix:?} in {store}: {source}")]
+    List {
+        /// The store's description.
+        store: String,
+        /// The listed prefix.
+        prefix: String,
+        /// The cause (boxed: `object_store::Error` is large, and every
+        /// `Result` of this crate carries it).
+        source: Box<object_store::Error>,
+    },
+    /// An object operation failed.
+    #[error("cannot {operation} {key:?} in {store}: {source}")]
+    Object {
+        /// `read`, `write`, `delete`, `stat`.
+        operation: &'static str,
+        /// The store's description.
+        store: String,
+        /// The key.
+        key: String,
+        /// The cause (boxed: `object_store::Error` is large, and every
+        /// `Result` of this crate carries it).
+        source: Box<object_store::Error>,
+    },
+}
+
+/// How a child process rebuilds the same store: Arc's `storage_type` and
+/// `storage_config` (JSON, never with secrets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageDescriptor {
+    /// `local`, `s3`, …
+    pub storage_type: String,
+    /// The settings, as a JSON object.
+    pub config_json: String,
+}
+
+/// A lake's object store.
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    description: String,
+    descriptor: Option<StorageDescriptor>,
+    /// Credentials a job process needs, passed in its environment (never in
+    /// its JSON config, logs or manifests).
+    child_env: Vec<(String, String)>,
+}
+
+impl StorageError {
+    /// The object-store error behind this one, if any.
+    pub fn object_store_error(&self) -> Option<&object_store::Error> {
+        match self {
+            Self::List { source, .. } | Self::Object { source, .. } => Some(source),
+            Self::Open { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl std::fmt::Display for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl Storage {
+    /// Opens the store at `url` (`file://`, `memory://`, `s3://`, `az://`,
+    /// `gs://`, or a plain local path resolved against `base_dir`), passing
+    /// `options` to the `object_store` builder.
+    pub fn open(url: &str, options: &BTreeMap<String, String>, base_dir: &FsPath) -> Result<Self, StorageError> {
+        let open_error = |message: String| StorageError::Open { url: url.to_owned(), message };
+        if !url.contains("://") {
+            return Self::local(&base_dir.join(url)).map_err(|e| open_error(e.to_string()));
+        }
+        let parsed = url::Url::parse(url).map_err(|e| open_error(e.to_string()))?;
+        if parsed.scheme() == "file" {
+            let path = parsed.to_file_path().map_err(|()| open_error("not a local path".into()))?;
+            return Self::local(&path).map_err(|e| open_error(e.to_string()));
+        }
+        if parsed.scheme() == "memory" {
+            return Ok(Self::in_memory());
+        }
+        if parsed.scheme() == "s3" || parsed.scheme() == "s3a" {
+            return s3::open(&parsed, options).map_err(|e| open_error(e.to_string()));
+        }
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter()).map_err(|e| open_error(e.to_string()))?;
+        let store: Arc<dyn ObjectStore> =
+            if prefix.as_ref().is_empty() { Arc::from(store) } else { Arc::new(PrefixStore::new(store, prefix)) };
+        Ok(Self { store, description: redact_url(&parsed), descriptor: None, child_env: Vec::new() })
+    }
+
+    /// A local directory, which must exist. Directories emptied by deletes
+    /// are removed.
+    pub fn local(root: &FsPath) -> Result<Self, StorageError> {
+        let store = LocalFileSystem::new_with_prefix(root)
+            .map_err(|e| StorageError::Open { url: root.display().to_string(), message: format!("{e} (does the directory exist?)") })?
+            .with_automatic_cleanup(true);
+        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
+        let descriptor = StorageDescriptor {
+            storage_type: "local".into(),
+            config_json: serde_json::json!({ "base_path": root.display().to_string() }).to_string(),
+        };
+        Ok(Self {
+            store: Arc::new(store),
+            description: format!("file://{}", root.display()),
+            descriptor: Some(descriptor),
+            child_env: Vec::new(),
+        })
+    }
+
+    /// Rebuilds a store in a child process from its descriptor.
+    pub fn from_descriptor(storage_type: &str, config_json: &str) -> Result<Self, StorageError> {
+        let open_error = |message: String| StorageError::Open { url: format!("{storage_type} {config_json}"), message };
+        match storage_type {
+            "local" => {
+                #[derive(serde::Deserialize)]
+                struct Local {
+                    base_path: String,
+                }
+                let local: Local = serde_json::from_str(config_json).map_err(|e| open_error(format!("invalid storage config: {e}")))?;
+                Self::local(FsPath::new(&local.base_path))
+            }
+            "s3" => s3::from_descriptor(config_json).map_err(|e| open_error(e.to_string())),
+            other => Err(open_error(format!("unsupported storage type: {other}"))),
+        }
+    }
+
+    /// How a child process rebuilds this store; `None` for stores other
+    /// processes cannot see (in-memory).
+    pub fn descriptor(&self) -> Option<&StorageDescriptor> {
+        self.descriptor.as_ref()
+    }
+
+    /// Environment variables a job process needs to reach this store
+    /// (credentials given in the config); empty when it inherits them.
+    pub fn child_env(&self) -> &[(String, String)] {
+        &self.child_env
+    }
+
+    /// A fresh, empty in-memory store (for tests and benchmarks).
+    pub fn in_memory() -> Self {
+        Self { store: Arc::new(InMemory::new()), description: "memory://".into(), descriptor: None, child_env: Vec::new() }
+    }
+
+    /// Wraps any `object_store` implementation.
+    pub fn from_store(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
+        Self { store, description: description.into(), descriptor: None, child_env: Vec::new() }
+    }
+
+    /// The same store, counting every request it makes from now on.
+    pub fn counted(&self) -> (Storage, Arc<RequestCounts>) {
+        let counts = Arc::new(RequestCounts::default());
+        let store = Arc::new(CountingStore::new(self.store.clone(), counts.clone()));
+        (Storage { store, ..self.clone() }, counts)
+    }
+
+    /// The underlying store.
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Every object under `prefix` (recursively; `""` is the whole store),
+    /// except names starting with `.`. A missing prefix is an empty listing.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<FileMeta>, StorageError> {
+        let location = (!prefix.is_empty()).then(|| Path::from(prefix.trim_end_matches('/')));
+        let objects: Vec<_> = self.store.list(location.as_ref()).try_collect().await.map_err(|source| StorageError::List {
+            store: self.description.clone(),
+            prefix: prefix.to_owned(),
+            source: Box::new(source),
+        })?;
+        Ok(objects
+            .into_iter()
+            .filter(|o| !o.location.parts().any(|p| p.as_ref().starts_with('.')))
+            .map(|o| FileMeta { key: o.location.to_string(), size: o.size, last_modified: o.last_modified })
+            .collect())
+    }
+
+    /// Names of the immediate sub-directories of `prefix`, sorted, except
+    /// names starting with `.`.
+    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let location = (!prefix.is_empty()).then(|| Path::from(prefix.trim_end_matches('/')));
+        let listing = self.store.list_with_delimiter(location.as_ref()).await.map_err(|source| StorageError::List {
+            store: self.description.clone(),
+            prefix: prefix.to_owned(),
+            source: Box::new(source),
+        })?;
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .filter(|name| !name.is_empty() && !name.starts_with('.'))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Removes what an interrupted multipart upload of `key` left behind.
+    /// The local store stages parts in `{key}#{n}` files next to the target;
+    /// other stores keep incomplete uploads invisible (S3 lifecycle rules
+    /// expire them), so there is nothing to do.
+    pub fn discard_staged_uploads(&self, key: &str) {
+        let Some(root) = self.local_root() else { return };
+        let target = root.join(key);
+        let (Some(dir), Some(name)) = (target.parent(), target.file_name().and_then(|n| n.to_str())) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let staged = file_name
+                .to_str()
+                .and_then(|n| n.strip_prefix(name))
+                .and_then(|rest| rest.strip_prefix('#'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if staged && let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a staged upload");
+            }
+        }
+    }
+
+    /// The file behind `key` when this is a local store.
+    pub fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.local_root().map(|root| root.join(key))
+    }
+
+    fn local_root(&self) -> Option<std::path::PathBuf> {
+        let descriptor = self.descriptor.as_ref().filter(|d| d.storage_type == "local")?;
+        let config: serde_json::Value = serde_json::from_str(&descriptor.config_json).ok()?;
+        config.get("base_path")?.as_str().map(std::path::PathBuf::from)
+    }
+
+    /// The whole content of `key`.
+    pub async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
+        let result = self.store.get(&Path::from(key)).await.map_err(|e| self.object_error("read", key, e))?;
+        result.bytes().await.map_err(|e| self.object_error("read", key, e))
+    }
+
+    /// Writes `bytes` to `key`, replacing any previous object.
+    pub async fn write(&self, key: &str, bytes: impl Into<PutPayload>) -> Result<(), StorageError> {
+        self.store.put(&Path::from(key), bytes.into()).await.map_err(|e| self.object_error("write", key, e))?;
+        Ok(())
+    }
+
+    /// Deletes `key`; a missing object is success.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.object_error("delete", key, e)),
+        }
+    }
+
+    /// The size of `key`, or `None` when it does not exist.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        match self.store.head(&Path::from(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.object_error("stat", key, e)),
+        }
+    }
+
+    fn object_error(&self, operation: &'static str, key: &str, source: object_store::Error) -> StorageError {
+        StorageError::Object { operation, store: self.description.clone(), key: key.to_owned(), source: Box::new(source) }
+    }
+}
+
+/// The URL without credentials or query, safe to log.
+fn redact_url(url: &url::Url) -> String {
+    let mut safe = url.clone();
+    let _ = safe.set_password(None);
+    let _ = safe.set_username("");
+    safe.set_query(None);
+    safe.to_string()
+}
+
+/// Databases of the lake: top-level directories, except hidden ones,
+/// `compaction` and `_compaction_state` (Arc's reserved names).
+pub async fn discover_databases(storage: &Storage) -> Result<Vec<String>, StorageError> {
+    let mut names = storage.list_dirs("").await?;
+    names.retain(|n| n != "compaction" && n != COMPACTION_STATE_ROOT);
+    Ok(names)
+}
+
+/// Measurements of `database`: its immediate sub-directories.
+pub async fn discover_measurements(storage: &Storage, database: &str) -> Result<Vec<String>, StorageError> {
+    storage.list_dirs(&format!("{database}/")).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store_with(keys: &[&str]) -> Storage {
+        let storage = Storage::in_memory();
+        for key in keys {
+            storage.write(key, Bytes::from_static(b"x")).await.unwrap();
+        }
+        storage
+    }
+
+    #[tokio::test]
+    async fn databases_skip_hidden_and_reserved_names() {
+        let storage = store_with(&[
+            "db1/cpu/2025/01/01/00/file1.parquet",
+            "db1/mem/2025/01/01/00/file1.parquet",
+            "db2/disk/2025/01/01/00/file1.parquet",
+            ".hidden/table/2025/01/01/00/file1.parquet",
+            "_compaction_state/hourly/db1/x.json",
+            "compaction/x/y",
+        ])
+        .await;
+        assert_eq!(discover_databases(&storage).await.unwrap(), ["db1", "db2"]);
+        assert_eq!(discover_measurements(&storage, "db1").await.unwrap(), ["cpu", "mem"]);
+    }
+
+    #[tokio::test]
+    async fn pseudo_database_measurements_are_relative() {
+        let storage = store_with(&["rocket-01/factory/temps/2026/08/19/10/a.parquet"]).await;
+        assert_eq!(discover_measurements(&storage, "rocket-01/factory").await.unwrap(), ["temps"]);
+    }
+
+    #[tokio::test]
+    async fn listing_hides_dot_names_and_missing_prefix_is_empty() {
+        let storage = store_with(&["db/cpu/2025/01/01/00/.tmp.parquet", "db/cpu/2025/01/01/00/a.parquet"]).await;
+        let keys: Vec<String> = storage.list("db/cpu/").await.unwrap().into_iter().map(|f| f.key).collect();
+        assert_eq!(keys, ["db/cpu/2025/01/01/00/a.parquet"]);
+        assert!(storage.list("nope/").await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        let url = url::Url::parse("s3://key:secret@bucket/prefix?token=x").unwrap();
+        assert_eq!(redact_url(&url), "s3://bucket/prefix");
+    }
+}

@@ -1,0 +1,195 @@
+//! S3 and S3-compatible stores: opening from `s3://bucket/prefix` with
+//! `[storage.options]`, and Arc's storage config JSON for the job process
+//! (`bucket`, `prefix`, `region`, `endpoint`, `path_style`, `use_ssl`), which
+//! never carries credentials: those travel in the job's environment.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::prefix::PrefixStore;
+use serde::{Deserialize, Serialize};
+
+use super::{Storage, StorageDescriptor, redact_url};
+
+/// Arc's S3 storage config, field for field, plus the other non-secret
+/// options (timeouts, retries, …) so the job process behaves the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct S3Config {
+    bucket: String,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    endpoint: String,
+    #[serde(default)]
+    path_style: bool,
+    #[serde(default = "yes")]
+    use_ssl: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    options: BTreeMap<String, String>,
+}
+
+/// Retry options, read by the engine (object_store has no string keys for
+/// them): `max_retries` (default 10) and `retry_timeout` (e.g. `"3m"`).
+const RETRY_OPTIONS: &[&str] = &["max_retries", "retry_timeout"];
+
+fn retry_config(options: &BTreeMap<String, String>) -> anyhow::Result<object_store::RetryConfig> {
+    let mut retry = object_store::RetryConfig::default();
+    if let Some(n) = options.get("max_retries") {
+        retry.max_retries = n.parse().map_err(|_| anyhow::anyhow!("storage option max_retries: expected a number, got {n:?}"))?;
+    }
+    if let Some(t) = options.get("retry_timeout") {
+        retry.retry_timeout =
+            humantime::parse_duration(t).map_err(|e| anyhow::anyhow!("storage option retry_timeout: {e} (e.g. \"30s\")"))?;
+    }
+    Ok(retry)
+}
+
+/// Applies every option but the retry ones to `builder`.
+fn configure(mut builder: AmazonS3Builder, options: &BTreeMap<String, String>) -> anyhow::Result<AmazonS3Builder> {
+    for (key, value) in options.iter().filter(|(k, _)| !RETRY_OPTIONS.contains(&k.as_str())) {
+        let config_key = AmazonS3ConfigKey::from_str(key).map_err(|_| anyhow::anyhow!("unknown S3 option {key:?} in [storage.options]"))?;
+        builder = builder.with_config(config_key, value);
+    }
+    Ok(builder.with_retry(retry_config(options)?))
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Options that are secrets, and the environment variable each travels in.
+const SECRETS: &[(&str, &str)] = &[
+    ("aws_access_key_id", "AWS_ACCESS_KEY_ID"),
+    ("access_key_id", "AWS_ACCESS_KEY_ID"),
+    ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+    ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+    ("aws_session_token", "AWS_SESSION_TOKEN"),
+    ("session_token", "AWS_SESSION_TOKEN"),
+    ("aws_token", "AWS_SESSION_TOKEN"),
+    ("token", "AWS_SESSION_TOKEN"),
+];
+
+/// Opens `s3://bucket/prefix` with `options` (object_store's S3 keys, e.g.
+/// `aws_endpoint`, `aws_region`, `aws_allow_http`,
+/// `aws_virtual_hosted_style_request`, `aws_conditional_put`); credentials
+/// come from the options or the standard AWS environment variables.
+pub(super) fn open(url: &url::Url, options: &BTreeMap<String, String>) -> anyhow::Result<Storage> {
+    let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or_else(|| anyhow::anyhow!("no bucket in {url}"))?.to_owned();
+    let prefix = url.path().trim_matches('/').to_owned();
+    let builder = configure(AmazonS3Builder::from_env().with_bucket_name(&bucket), options)?;
+    let child_env: Vec<(String, String)> = options
+        .iter()
+        .filter_map(|(key, value)| SECRETS.iter().find(|(k, _)| k == key).map(|(_, env)| ((*env).to_owned(), value.clone())))
+        .collect();
+    // Everything that is not a secret, and not already one of Arc's fields,
+    // travels in the job config.
+    let arc_fields = ["aws_endpoint", "endpoint", "aws_region", "region", "aws_bucket", "bucket"];
+    let extra: BTreeMap<String, String> = options
+        .iter()
+        .filter(|(k, _)| !SECRETS.iter().any(|(s, _)| s == k) && !arc_fields.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let get = |key: AmazonS3ConfigKey| builder.get_config_value(&key).unwrap_or_default();
+    let endpoint = get(AmazonS3ConfigKey::Endpoint);
+    let config = S3Config {
+        bucket,
+        prefix: prefix.clone(),
+        region: get(AmazonS3ConfigKey::Region),
+        path_style: get(AmazonS3ConfigKey::VirtualHostedStyleRequest) != "true",
+        use_ssl: !endpoint.starts_with("http://"),
+        endpoint,
+        options: extra,
+    };
+    let store = builder.build()?;
+    Ok(Storage {
+        store: with_prefix(Arc::new(store), &prefix),
+        description: redact_url(url),
+        descriptor: Some(descriptor(&config)),
+        child_env,
+    })
+}
+
+/// Rebuilds the store in a job process from Arc's config JSON; credentials
+/// come from the environment.
+pub(super) fn from_descriptor(config_json: &str) -> anyhow::Result<Storage> {
+    let config: S3Config = serde_json::from_str(config_json)?;
+    let builder = AmazonS3Builder::from_env()
+        .with_bucket_name(&config.bucket)
+        .with_allow_http(!config.use_ssl)
+        .with_virtual_hosted_style_request(!config.path_style);
+    let mut builder = configure(builder, &config.options)?;
+    if !config.region.is_empty() {
+        builder = builder.with_region(&config.region);
+    }
+    if !config.endpoint.is_empty() {
+        builder = builder.with_endpoint(&config.endpoint);
+    }
+    let store = builder.build()?;
+    let description = format!("s3://{}/{}", config.bucket, config.prefix);
+    Ok(Storage {
+        store: with_prefix(Arc::new(store), &config.prefix),
+        description,
+        descriptor: Some(descriptor(&config)),
+        child_env: Vec::new(),
+    })
+}
+
+fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
+    if prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix)) }
+}
+
+fn descriptor(config: &S3Config) -> StorageDescriptor {
+    StorageDescriptor { storage_type: "s3".into(), config_json: serde_json::to_string(config).unwrap_or_default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn the_job_config_round_trips_and_keeps_the_prefix() {
+        let url = url::Url::parse("s3://arc-data/instances/abc123/").unwrap();
+        let opts = options(&[
+            ("aws_region", "us-west-2"),
+            ("aws_endpoint", "http://localhost:9000"),
+            ("aws_allow_http", "true"),
+            ("timeout", "5s"),
+            ("max_retries", "2"),
+            ("aws_access_key_id", "AKIA"),
+            ("aws_secret_access_key", "s3cr3t"),
+        ]);
+        let storage = open(&url, &opts).unwrap();
+        let descriptor = storage.descriptor().unwrap().clone();
+        assert_eq!(descriptor.storage_type, "s3");
+        let json: serde_json::Value = serde_json::from_str(&descriptor.config_json).unwrap();
+        assert_eq!(json["bucket"], "arc-data");
+        assert_eq!(json["prefix"], "instances/abc123");
+        assert_eq!(json["region"], "us-west-2");
+        assert_eq!(json["endpoint"], "http://localhost:9000");
+        assert_eq!((json["path_style"].as_bool(), json["use_ssl"].as_bool()), (Some(true), Some(false)));
+        assert_eq!(json["options"]["timeout"], "5s", "non-secret options reach the job");
+        assert_eq!(json["options"]["max_retries"], "2");
+        assert!(!descriptor.config_json.contains("s3cr3t") && !descriptor.config_json.contains("AKIA"), "no secrets in the job config");
+        assert!(!storage.to_string().contains("s3cr3t"));
+        assert!(storage.child_env().contains(&("AWS_SECRET_ACCESS_KEY".to_owned(), "s3cr3t".to_owned())));
+        let rebuilt = Storage::from_descriptor("s3", &descriptor.config_json).unwrap();
+        assert_eq!(rebuilt.descriptor().unwrap().config_json, descriptor.config_json, "rebuilding yields the identical config");
+    }
+
+    #[test]
+    fn unknown_options_and_missing_buckets_are_errors() {
+        let url = url::Url::parse("s3://bucket/p").unwrap();
+        assert!(open(&url, &options(&[("aws_regoin", "x")])).unwrap_err().to_string().contains("aws_regoin"));
+        assert!(open(&url, &options(&[("retry_timeout", "soon")])).unwrap_err().to_string().contains("retry_timeout"));
+        assert!(Storage::from_descriptor("resilient", "{}").unwrap_err().to_string().contains("unsupported storage type: resilient"));
+    }
+}

@@ -1,0 +1,7 @@
+//! Paths of the guest components that tests and examples load, built by
+//! `build.rs`: [`HOSTILE`] misbehaves on purpose (the sandbox tests) and
+//! [`EXAMPLE_POLICY`] is `examples/policy`. Only dev-dependencies and the
+//! example host depend on this crate, so the production binary never
+//! carries them.
+
+include!(concat!(env!("OUT_DIR"), "/components.rs"));

@@ -1,0 +1,241 @@
+//! The test kit: a typed config builder (serialised with `toml`, so no test
+//! depends on the order of string appends) and waits on readiness signals.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// A `compactor.toml` under construction.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct TestConfig {
+    storage: Storage,
+    plugins: Plugins,
+    #[serde(skip_serializing_if = "toml::Table::is_empty")]
+    compaction: toml::Table,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tiers: Vec<toml::Table>,
+    #[serde(skip_serializing_if = "toml::Table::is_empty")]
+    cluster: toml::Table,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Storage {
+    url: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Plugins {
+    cache_dir: String,
+}
+
+/// A TOML value from a Rust one.
+pub(crate) fn value(v: impl Into<toml::Value>) -> toml::Value {
+    v.into()
+}
+
+impl TestConfig {
+    /// A config for the store at `url`, with the tests' shared artifact
+    /// cache, Arc's default tiers, and nothing else.
+    pub(crate) fn new(url: impl Into<String>) -> Self {
+        let cache_dir = std::env::temp_dir().join("compactor-test-artifacts").display().to_string();
+        Self {
+            storage: Storage { url: url.into(), options: BTreeMap::new() },
+            plugins: Plugins { cache_dir },
+            compaction: toml::Table::new(),
+            tiers: Vec::new(),
+            cluster: toml::Table::new(),
+        }
+    }
+
+    /// `[storage.options]`.
+    pub(crate) fn storage_options(mut self, options: &BTreeMap<String, String>) -> Self {
+        self.storage.options.extend(options.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self
+    }
+
+    /// One `[compaction]` key.
+    pub(crate) fn compaction(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.compaction.insert(key.into(), value.into());
+        self
+    }
+
+    /// One `[cluster]` key.
+    pub(crate) fn cluster(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.cluster.insert(key.into(), value.into());
+        self
+    }
+
+    /// A `[[tiers]]` entry running `plugin`, with `config` as its
+    /// `[tiers.config]` (pairs of key and value).
+    pub(crate) fn tier(mut self, name: &str, plugin: &str, config: &[(&str, toml::Value)]) -> Self {
+        let mut tier = toml::Table::new();
+        tier.insert("name".into(), name.into());
+        tier.insert("plugin".into(), plugin.into());
+        if !config.is_empty() {
+            tier.insert("config".into(), toml::Value::Table(config.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()));
+        }
+        self.tiers.push(tier);
+        self
+    }
+
+    /// Arc's two tiers, daily with `min_files = 2` so that two hours make a
+    /// day.
+    pub(crate) fn hourly_and_daily(self) -> Self {
+        self.tier("hourly", "builtin:hourly", &[]).tier("daily", "builtin:daily", &[("min_files", value(2))])
+    }
+
+    /// The TOML text.
+    pub(crate) fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a test config serialises")
+    }
+
+    /// Writes `dir/compactor.toml` and returns its path.
+    pub(crate) fn write(&self, dir: &Path) -> String {
+        let path = dir.join("compactor.toml");
+        std::fs::write(&path, self.to_toml()).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path.display().to_string()
+    }
+}
+
+/// Polls `ready` every 20 ms until it holds, or panics after `timeout`
+/// naming `what`: tests wait on a signal, never on a fixed sleep.
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn configs_are_valid_toml_whatever_the_call_order() {
+    let config = TestConfig::new("lake")
+        .tier("hourly", "builtin:hourly", &[("min_files", value(3))])
+        .compaction("threads", 1)
+        .cluster("enabled", true)
+        .compaction("temp_directory", "tmp");
+    let parsed = compactor_engine::config::Config::parse(&config.to_toml()).unwrap();
+    assert_eq!(parsed.compaction.threads, 1);
+    assert_eq!(parsed.compaction.temp_directory, Path::new("tmp"));
+    assert_eq!(parsed.tiers.len(), 1);
+    assert_eq!(parsed.tiers[0].config_json(), r#"{"min_files":3}"#);
+    assert!(parsed.cluster.enabled);
+}
+
+/// Kills an engine process and waits until the jobs it had started are gone
+/// too (they die with it through `PR_SET_PDEATHSIG`, but not at once): a
+/// test that starts the next engine earlier races a live job.
+pub(crate) fn kill_engine_and_wait_for_jobs(engine: &mut std::process::Child) {
+    let pid = engine.id() as i32;
+    // Stopped, the engine starts no job between the listing and the kill.
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let jobs = children_of(pid);
+    let _ = engine.kill();
+    let _ = engine.wait();
+    wait_until("the killed engine's jobs to exit", Duration::from_secs(30), || jobs.iter().all(|job| !is_running(*job)));
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|candidate| stat_fields(*candidate).is_some_and(|(_, parent)| parent == pid))
+        .collect()
+}
+
+/// A process that exists and is not a zombie.
+fn is_running(pid: i32) -> bool {
+    stat_fields(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+}
+
+/// (state, parent pid) from `/proc/PID/stat`.
+fn stat_fields(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((state, parent))
+}
+
+/// An S3-compatible server (`moto_server`) on a free loopback port, ready
+/// when `start` returns. It dies with the thread that started it
+/// (`PR_SET_PDEATHSIG`) and is stopped by PID on drop.
+pub(crate) struct MotoServer {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) endpoint: String,
+}
+
+impl MotoServer {
+    /// Starts a server and waits until it accepts connections.
+    pub(crate) fn start() -> Self {
+        use std::os::unix::process::CommandExt;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut command = std::process::Command::new("moto_server");
+        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        // SAFETY: prctl only sets a flag on the new process.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("cannot start moto_server (install it: pip install 'moto[server]')");
+        let server = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+        wait_until("moto_server to accept connections", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        server
+    }
+
+    /// Sends `signal` to the server (SIGSTOP cuts the store off).
+    pub(crate) fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The S3 endpoint the tests share: `$COMPACTOR_TEST_S3_ENDPOINT` (as
+/// `.ci/run` sets it), else one server started for this test process on a
+/// thread that outlives every test, so that the server lives as long as the
+/// process and no longer.
+pub(crate) fn shared_s3_endpoint() -> &'static str {
+    static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ENDPOINT.get_or_init(|| {
+        if let Ok(endpoint) = std::env::var("COMPACTOR_TEST_S3_ENDPOINT") {
+            let address = endpoint.trim_start_matches("http://").to_owned();
+            wait_until(&format!("an S3 server at {endpoint}"), Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_ok());
+            return endpoint;
+        }
+        let (ready, started) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let server = MotoServer::start();
+            let _ = ready.send(server.endpoint.clone());
+            loop {
+                std::thread::park();
+            }
+        });
+        started.recv().expect("moto_server did not start")
+    })
+}
