@@ -4,13 +4,14 @@
 use compactor_guest_build::{GuestWorkspace, build, write_generated};
 
 /// (constant, artifact name).
-const COMPONENTS: &[(&str, &str)] = &[("HOSTILE", "hostile"), ("EXAMPLE_POLICY", "example_policy")];
+const COMPONENTS: &[(&str, &str)] =
+    &[("HOSTILE", "hostile"), ("RAW", "raw"), ("RAW_GATE", "raw_gate"), ("EXAMPLE_POLICY", "example_policy")];
 
 fn main() {
     let artifacts = build(
         2,
         &[
-            GuestWorkspace { dir: "plugins", packages: &["hostile"] },
+            GuestWorkspace { dir: "plugins", packages: &["hostile", "raw", "raw-gate"] },
             GuestWorkspace { dir: "examples/policy", packages: &["example-policy"] },
         ],
     );

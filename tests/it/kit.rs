@@ -30,6 +30,8 @@ struct Storage {
 #[derive(Debug, Clone, Serialize)]
 struct Plugins {
     cache_dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<toml::Value>,
 }
 
 /// A TOML value from a Rust one.
@@ -44,11 +46,25 @@ impl TestConfig {
         let cache_dir = std::env::temp_dir().join("compactor-test-artifacts").display().to_string();
         Self {
             storage: Storage { url: url.into(), options: BTreeMap::new() },
-            plugins: Plugins { cache_dir },
+            plugins: Plugins { cache_dir, limits: None },
             compaction: toml::Table::new(),
             tiers: Vec::new(),
             cluster: toml::Table::new(),
         }
+    }
+
+    /// `[plugins.limits]`, e.g. a table with `call_timeout_ms`.
+    pub(crate) fn plugin_limits(mut self, limits: toml::Value) -> Self {
+        self.plugins.limits = Some(limits);
+        self
+    }
+
+    /// `limits` of the last `[[tiers]]` entry.
+    pub(crate) fn tier_limits(mut self, limits: toml::Value) -> Self {
+        if let Some(tier) = self.tiers.last_mut() {
+            tier.insert("limits".into(), limits);
+        }
+        self
     }
 
     /// `[storage.options]`.

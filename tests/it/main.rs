@@ -6,7 +6,7 @@ mod compaction;
 mod kit;
 mod plan;
 mod policies;
+mod raw;
 mod s3;
 mod sandbox;
-mod sdk;
 mod util;

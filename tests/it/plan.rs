@@ -95,9 +95,12 @@ async fn files_held_by_recovery_manifests_are_dropped_from_candidates() {
     };
     ManifestStore::new(storage.clone()).write(&manifest).await.unwrap();
     let plan = plan(&storage, &arc_tiers()[..1], "2026-04-13T00:00:00Z").await;
-    // As in Arc, the tier's min_files is not re-applied after the exclusion.
-    assert_eq!(plan.batches.len(), 1);
-    assert_eq!(plan.batches[0].candidate.files, [keys[11].clone()]);
+    // As in Arc, the tier's min_files is not re-applied after the exclusion,
+    // but a lone file is not a batch: Arc would plan it and fail it as
+    // "batch size 1 below minimum 2" in every cycle (issue 8). The held files
+    // come back once recovery has resolved them, so this is no problem.
+    assert!(plan.batches.is_empty(), "{:?}", plan.batches);
+    assert!(plan.problems.is_empty(), "{:?}", plan.problems);
     assert_eq!(plan.tiers[0].held_files_dropped, 11);
 }
 

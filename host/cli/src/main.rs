@@ -107,7 +107,9 @@ fn init_logging(verbose: u8, child: bool) {
     };
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("COMPACTOR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let logger = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // Colours only for a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logger = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
     if child {
         logger.json().init();
     } else {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
-use compactor_engine::manager::{CycleOptions, CycleReport};
+use compactor_engine::manager::{CycleOptions, CycleReport, GateDecision};
 use compactor_model::units::format_bytes;
 
 use crate::Format;
@@ -49,6 +49,11 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
 
 /// The cycle summary: one line per tier, totals, then every failure.
 pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Result<()> {
+    match &report.gate {
+        GateDecision::Standalone | GateDecision::Allowed { .. } => {}
+        GateDecision::Denied { .. } => eprintln!("note: {}", report.gate),
+        GateDecision::Failed { .. } => eprintln!("error: {}", report.gate),
+    }
     for problem in &report.problems {
         eprintln!("warning: {problem}");
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use compactor_engine::manager::{CycleOptions, Manager};
+use compactor_engine::manager::{CycleOptions, GateDecision, Manager};
 use compactor_engine::planner::Plan;
 
 use crate::Format;
@@ -43,8 +43,15 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let manager = crate::open_manager(&args.config, &args.tiers)?;
     let options = CycleOptions { now: Some(args.now.unwrap_or_else(Utc::now)), tiers: args.tiers, database: args.database };
     let plan = plan(&manager, &options)?;
+    // The plan is what the tiers would do; the gate decides whether this
+    // node does it.
+    let gate = manager.gate_decision();
+    if gate != GateDecision::Standalone {
+        eprintln!("note: {gate}");
+    }
     print_plan(&plan, args.format)?;
-    Ok(if plan.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let gate_failed = matches!(gate, GateDecision::Failed { .. });
+    Ok(if plan.problems.is_empty() && !gate_failed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Plans one cycle with `manager`, changing nothing.

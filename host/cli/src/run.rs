@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use compactor_engine::config::parse_schedule;
+use compactor_engine::manager::GateDecision;
 
 /// Run the scheduler until interrupted.
 #[derive(Debug, clap::Args)]
@@ -27,23 +28,29 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         // Listen for signals before anything else, so that none is missed.
         let stop_signal = ShutdownSignal::new()?;
-        match manager.recover().await {
-            Ok(report) => tracing::info!(recovered = report.recovered, "start-up recovery finished"),
-            Err(e) => tracing::error!(error = %e, "start-up recovery failed"),
-        }
-        let allowed = manager.gate_allows()?;
-        if !allowed {
-            tracing::warn!(role = %config.cluster.role, "compaction: node role is not compactor; the scheduler stays idle");
-        }
-        let schedules = if allowed {
-            config
-                .tiers
-                .iter()
-                .filter(|t| t.enabled)
-                .map(|t| Ok((t.name.clone(), parse_schedule(t.effective_schedule()).map_err(anyhow::Error::msg)?)))
-                .collect::<anyhow::Result<Vec<_>>>()?
-        } else {
-            Vec::new()
+        // A node the gate does not allow touches nothing, recovery included.
+        let gate = manager.gate_decision();
+        let schedules = match &gate {
+            GateDecision::Denied { role, .. } => {
+                tracing::warn!(%role, "compaction: node role is not compactor; the scheduler stays idle ({gate})");
+                Vec::new()
+            }
+            GateDecision::Failed { .. } => {
+                tracing::error!("{gate}; the scheduler stays idle");
+                Vec::new()
+            }
+            GateDecision::Standalone | GateDecision::Allowed { .. } => {
+                match manager.recover().await {
+                    Ok(report) => tracing::info!(recovered = report.recovered, "start-up recovery finished"),
+                    Err(e) => tracing::error!(error = %e, "start-up recovery failed"),
+                }
+                config
+                    .tiers
+                    .iter()
+                    .filter(|t| t.enabled)
+                    .map(|t| Ok((t.name.clone(), parse_schedule(t.effective_schedule()).map_err(anyhow::Error::msg)?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            }
         };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let scheduler = tokio::spawn(compactor_engine::scheduler::run(manager.clone(), schedules, stopped));

@@ -96,12 +96,64 @@ pub struct JobRecord {
     pub requests: RequestCost,
 }
 
+/// What the cluster gate said about this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum GateDecision {
+    /// Not in cluster mode: the node compacts.
+    #[default]
+    Standalone,
+    /// The gate lets this node compact.
+    Allowed {
+        /// The gate component.
+        plugin: String,
+    },
+    /// The gate says this node does not compact.
+    Denied {
+        /// The gate component.
+        plugin: String,
+        /// This node's configured role.
+        role: String,
+    },
+    /// The gate failed (trap, deadline, load error…): nothing is compacted,
+    /// to be safe.
+    Failed {
+        /// The gate component.
+        plugin: String,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+impl GateDecision {
+    /// Whether this node may compact.
+    pub fn allows(&self) -> bool {
+        matches!(self, Self::Standalone | Self::Allowed { .. })
+    }
+}
+
+impl std::fmt::Display for GateDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Standalone => f.write_str("standalone: this node compacts"),
+            Self::Allowed { plugin } => write!(f, "the cluster gate {plugin} lets this node compact"),
+            Self::Denied { plugin, role } => {
+                write!(f, "the cluster gate {plugin} says this node (role {role:?}) does not compact; nothing is compacted here")
+            }
+            Self::Failed { plugin, error } => write!(f, "the cluster gate {plugin} failed, so nothing is compacted: {error}"),
+        }
+    }
+}
+
 /// The outcome of one cycle, as data: it feeds the summary table, JSON and
 /// stats alike.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CycleReport {
     /// The cycle's id (1-based).
     pub cycle_id: u64,
+    /// What the cluster gate said; a cycle the gate does not allow does
+    /// nothing else.
+    pub gate: GateDecision,
     /// What recovery did first.
     pub recovery: RecoveryReport,
     /// One record per batch run.
@@ -123,9 +175,13 @@ impl CycleReport {
         self.jobs.iter().filter(|j| !j.success)
     }
 
-    /// True when every job succeeded and nothing failed to plan.
+    /// True when every job succeeded, nothing failed to plan, and the gate
+    /// (if any) answered.
     pub fn all_succeeded(&self) -> bool {
-        self.failed().next().is_none() && self.problems.is_empty() && self.recovery.failed.is_empty()
+        self.failed().next().is_none()
+            && self.problems.is_empty()
+            && self.recovery.failed.is_empty()
+            && !matches!(self.gate, GateDecision::Failed { .. })
     }
 }
 
@@ -276,17 +332,27 @@ impl Manager {
 
     /// Asks the cluster gate whether this node may compact. Standalone nodes
     /// always may; in cluster mode the gate component decides, with the
-    /// configured sandbox limits.
-    pub fn gate_allows(&self) -> anyhow::Result<bool> {
+    /// configured sandbox limits, and a gate that fails means no. Every
+    /// command that compacts asks, once per cycle.
+    pub fn gate_decision(&self) -> GateDecision {
         let cluster = &self.config.cluster;
         if !cluster.enabled {
-            return Ok(true);
+            return GateDecision::Standalone;
         }
-        let gate = self.plugins.load_gate(&PluginSource::parse(&cluster.gate, &self.config.base_dir))?;
-        let gate_config = serde_json::to_string(&cluster.gate_config)?;
-        let mut gate = gate.instantiate(&gate_config, self.config.gate_limits()?)?;
+        let source = PluginSource::parse(&cluster.gate, &self.config.base_dir);
+        let plugin = source.to_string();
         let node = NodeInfo { id: cluster.node_id.clone(), role: cluster.role.clone(), ..Default::default() };
-        Ok(gate.can_compact(&node)?)
+        let answer = (|| -> anyhow::Result<bool> {
+            let gate = self.plugins.load_gate(&source)?;
+            let gate_config = serde_json::to_string(&cluster.gate_config)?;
+            let mut gate = gate.instantiate(&gate_config, self.config.gate_limits()?)?;
+            Ok(gate.can_compact(&node)?)
+        })();
+        match answer {
+            Ok(true) => GateDecision::Allowed { plugin },
+            Ok(false) => GateDecision::Denied { plugin, role: cluster.role.clone() },
+            Err(error) => GateDecision::Failed { plugin, error: format!("{error:#}") },
+        }
     }
 
     /// Removes abandoned partition locks, then finishes or rolls back
@@ -341,6 +407,11 @@ impl Manager {
         let Some(descriptor) = self.storage.descriptor().cloned() else {
             return Err(CycleError::NotShareable(self.storage.to_string()));
         };
+        report.gate = self.gate_decision();
+        if !report.gate.allows() {
+            tracing::warn!(cycle_id, "{}", report.gate);
+            return Ok(report);
+        }
         match self.recover().await {
             Ok(recovery) => report.recovery = recovery,
             Err(e) => tracing::error!(error = %e, "recovery failed; continuing with the cycle"),

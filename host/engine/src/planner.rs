@@ -12,8 +12,9 @@ use serde::Serialize;
 use crate::config::{Config, ConfigError};
 use crate::tier::{Candidate, split_into_batches};
 use compactor_job::manifest::ManifestStore;
+use compactor_job::parent::MIN_BATCH_FILES;
 use compactor_model::{FileMeta, Partition, PartitionLevel, group_into_partitions, is_eligible_input};
-use compactor_runtime::{PluginError, PluginLimits, PluginRuntime, PluginSource, TierInstance, TierPlugin};
+use compactor_runtime::{PluginError, PluginLimits, PluginRuntime, PluginSource, TierInstance, TierPlugin, sanitize};
 use compactor_storage::{self as storage, RequestCost, Storage, StorageError};
 
 /// What the planner needs from one configured policy instance.
@@ -251,7 +252,7 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
     plan.planning_requests.list += u64::from(options.database.is_none()) + databases.len() as u64;
     plan.planning_requests.list += listings.iter().map(|l| list_pages(l.files.len())).sum::<u64>();
     for tier in selected {
-        let summary = plan_tier(tier, &listings, held.as_ref(), options, &mut plan);
+        let summary = plan_tier_on_own_thread(tier, &listings, held.as_ref(), options, &mut plan);
         plan.tiers.push(summary);
     }
     Ok(plan)
@@ -292,6 +293,41 @@ async fn list_measurements(
         }
     }
     Ok(listings)
+}
+
+/// Plans one tier on a thread of its own: the policy's WASI host calls may
+/// block, which is illegal on a thread that drives the async runtime, and a
+/// panic there must cost one tier, not the engine.
+fn plan_tier_on_own_thread(
+    tier: &PlannedTier,
+    listings: &[Listing],
+    held: Option<&HashSet<String>>,
+    options: &PlanOptions,
+    plan: &mut Plan,
+) -> TierSummary {
+    let outcome = std::thread::scope(|scope| {
+        let mut tier_plan = Plan::default();
+        let thread = std::thread::Builder::new()
+            .name(format!("plan-{}", tier.name))
+            .spawn_scoped(scope, || {
+                let summary = plan_tier(tier, listings, held, options, &mut tier_plan);
+                (summary, tier_plan)
+            })
+            .map_err(|e| format!("cannot start a planning thread: {e}"))?;
+        thread.join().map_err(|panic| format!("planning panicked (a bug in compactor): {}", crate::panic_message(&*panic)))
+    });
+    match outcome {
+        Ok((summary, tier_plan)) => {
+            plan.batches.extend(tier_plan.batches);
+            plan.problems.extend(tier_plan.problems);
+            summary
+        }
+        Err(message) => {
+            tracing::error!(tier = %tier.name, "{message}");
+            plan.problems.push(PlanProblem { tier: tier.name.clone(), partition: None, message });
+            TierSummary { tier: tier.name.clone(), ..Default::default() }
+        }
+    }
 }
 
 fn plan_tier(
@@ -348,6 +384,23 @@ fn plan_tier(
                 if files.is_empty() {
                     continue;
                 }
+                if files.len() < MIN_BATCH_FILES && before >= MIN_BATCH_FILES {
+                    // What recovery holds comes back next cycle.
+                    continue;
+                }
+                if files.len() < MIN_BATCH_FILES {
+                    // A job needs two files; one alone would fail every cycle.
+                    problem(
+                        Some(&partition.path),
+                        format!(
+                            "plugin {} chose a candidate of {} file ({}); at least {MIN_BATCH_FILES} are needed, so it is skipped",
+                            policy.name(),
+                            files.len(),
+                            sanitize(&files[0], 200)
+                        ),
+                    );
+                    continue;
+                }
                 files.sort();
                 let candidate = Candidate {
                     database: partition.database.clone(),
@@ -381,20 +434,31 @@ fn batch_bytes(partition: &Partition, files: &[String]) -> u64 {
     partition.files.iter().filter(|f| chosen.contains(f.key.as_str())).map(|f| f.size).sum()
 }
 
-/// Checks a policy's answer: every key comes from the partition's listing,
-/// and none appears twice.
+/// Longest key a policy may name: S3's limit on object names.
+const MAX_KEY_BYTES: usize = 1024;
+
+/// Checks a policy's answer: every key could be an object name, comes from
+/// the partition's listing, and appears once. The messages quote keys
+/// sanitised and cut, whatever the policy sent.
 fn validate_answer(partition: &Partition, answer: &[Vec<String>]) -> Result<(), String> {
     let listed: HashSet<&str> = partition.files.iter().map(|f| f.key.as_str()).collect();
     let mut seen = HashSet::new();
     for key in answer.iter().flatten() {
+        let quoted = || format!("\"{}\"", sanitize(key, 200));
+        if key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
+            return Err(format!(
+                "it named {}, which cannot be an object name (control characters or over {MAX_KEY_BYTES} bytes)",
+                quoted()
+            ));
+        }
         if key.starts_with('/') || key.split('/').any(|segment| segment == ".." || segment == ".") {
-            return Err(format!("it named the path-traversal key {key:?}"));
+            return Err(format!("it named the path-traversal key {}", quoted()));
         }
         if !listed.contains(key.as_str()) {
-            return Err(format!("it named {key:?}, which is not in the partition's listing"));
+            return Err(format!("it named {}, which is not in the partition's listing", quoted()));
         }
         if !seen.insert(key.as_str()) {
-            return Err(format!("it named {key:?} more than once"));
+            return Err(format!("it named {} more than once", quoted()));
         }
     }
     Ok(())
@@ -430,6 +494,11 @@ mod tests {
         assert!(
             validate_answer(&p, &[vec!["db/cpu/2026/01/01/00/../../../../../etc/passwd".into()]]).unwrap_err().contains("path-traversal")
         );
+        let huge = "db/cpu/2026/01/01/00/".to_owned() + &"k".repeat(50 << 20);
+        let message = validate_answer(&p, &[vec![huge]]).unwrap_err();
+        assert!(message.len() < 400 && message.contains("cannot be an object name"), "{}", &message[..400.min(message.len())]);
+        let forged = validate_answer(&p, &[vec!["db/cpu/x\nERROR forged line".into()]]).unwrap_err();
+        assert!(forged.contains("x\\nERROR") && !forged.contains('\n'), "{forged}");
     }
 
     #[test]

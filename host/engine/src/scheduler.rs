@@ -3,19 +3,50 @@
 //! not queued.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::watch;
 
 use crate::manager::{CycleError, CycleOptions, Manager};
 
+/// First pause before restarting a tier whose task failed; it doubles up to
+/// [`MAX_RESTART_BACKOFF`].
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest pause before restarting a failed tier task.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(300);
+
 /// Runs `schedules` (tier name, cron schedule) until `shutdown` turns true;
-/// a cycle in progress is finished first.
+/// a cycle in progress is finished first. Each tier's task is supervised: a
+/// task that fails (a panic is a bug, but must not silently end a tier's
+/// schedule) is reported and restarted after a growing pause.
 pub async fn run(manager: Arc<Manager>, schedules: Vec<(String, cron::Schedule)>, shutdown: watch::Receiver<bool>) {
     let tasks: Vec<_> =
-        schedules.into_iter().map(|(tier, schedule)| tokio::spawn(run_one(manager.clone(), tier, schedule, shutdown.clone()))).collect();
+        schedules.into_iter().map(|(tier, schedule)| tokio::spawn(supervise(manager.clone(), tier, schedule, shutdown.clone()))).collect();
     for task in tasks {
         let _ = task.await;
+    }
+}
+
+async fn supervise(manager: Arc<Manager>, tier: String, schedule: cron::Schedule, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = RESTART_BACKOFF;
+    loop {
+        let task = tokio::spawn(run_one(manager.clone(), tier.clone(), schedule.clone(), shutdown.clone()));
+        match task.await {
+            Ok(()) => return,
+            Err(failure) => {
+                let reason = if failure.is_panic() { crate::panic_message(&*failure.into_panic()) } else { failure.to_string() };
+                tracing::error!(%tier, %reason, restart_in = ?backoff, "the tier's scheduler task failed (a bug in compactor); restarting it");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
     }
 }
 

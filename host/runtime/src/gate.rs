@@ -6,6 +6,7 @@ use crate::PluginLimits;
 use crate::bindings::gate::{ClusterGate, ClusterGatePre};
 use crate::bindings::types;
 use crate::contract::Contract;
+use crate::output::sanitize;
 use crate::sandbox::Sandbox;
 use crate::{PluginError, PluginRuntime, World, wrong_world};
 
@@ -70,7 +71,7 @@ impl GatePlugin {
         let gate = bindings.compactor_policy_gate();
         sandbox
             .call("configure", |store| gate.call_configure(store, config_json))?
-            .map_err(|message| PluginError::Config { plugin: self.name.to_string(), message })?;
+            .map_err(|message| PluginError::Config { plugin: self.name.to_string(), message: sanitize(&message, 1024) })?;
         Ok(GateInstance { sandbox, bindings })
     }
 }
@@ -93,6 +94,6 @@ impl GateInstance {
     pub fn role(&mut self, node: &NodeInfo) -> Result<String, PluginError> {
         let gate = self.bindings.compactor_policy_gate();
         let node = types::NodeInfo::from(node);
-        self.sandbox.call("role", |store| gate.call_role(store, &node))
+        self.sandbox.call("role", |store| gate.call_role(store, &node)).map(|role| sanitize(&role, 128))
     }
 }

@@ -10,8 +10,10 @@
 
 mod bindings;
 mod cache;
+mod clocks;
 pub mod contract;
 mod gate;
+mod output;
 mod sandbox;
 mod tier;
 
@@ -25,6 +27,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 pub use cache::{ArtifactCache, LoadStats};
 pub use contract::{Contract, World, host_wit_version};
 pub use gate::{GateInstance, GatePlugin, NodeInfo};
+pub use output::sanitize;
 pub use tier::{TierDescription, TierInstance, TierPlugin};
 
 use sandbox::PluginState;
@@ -215,6 +218,7 @@ impl PluginRuntime {
         let link_error = |e: wasmtime::Error| PluginError::Engine { message: format!("{e:#}") };
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(link_error)?;
         bindings::log::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(link_error)?;
+        clocks::add_capped_sleeps(&mut linker).map_err(link_error)?;
         Ok(Self { engine, linker: Arc::new(linker), cache, builtins: &[] })
     }
 

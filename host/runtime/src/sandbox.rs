@@ -1,8 +1,24 @@
 //! The sandbox around one plugin instance: the store data (WASI with nothing
-//! granted, the `log` import, the memory limiter), the per-call fuel and
-//! deadline, and the translation of traps into errors that say what happened.
+//! granted, the `log` import, captured stdout and stderr, the memory
+//! limiter), the per-call fuel and deadlines, and the translation of traps
+//! into errors that say what happened.
+//!
+//! It must hold against any component, not only SDK-built ones: a component
+//! may print, read stdin, sleep, panic the default way, or declare many
+//! memories. Hence:
+//!
+//! - WASI's host calls are synchronous and block (wasmtime-wasi drives them
+//!   with `Handle::block_on`), which panics on a thread that drives a Tokio
+//!   runtime: such callers get their call run on a thread of its own;
+//! - sleeps end at the call's wall-clock deadline (see `clocks`), after
+//!   which the epoch interrupt stops the guest as soon as it runs again, so
+//!   the deadline covers host calls too;
+//! - stdout and stderr go to the log, attributed, bounded and sanitised;
+//!   stdin is empty;
+//! - the memory cap counts every memory and table of the instance.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
@@ -12,6 +28,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::PluginError;
 use crate::PluginLimits;
 use crate::bindings::log;
+use crate::output::{CapturedOutput, sanitize};
 
 /// How often the epoch advances; the deadline's resolution.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -21,20 +38,33 @@ const MAX_LOG_MESSAGE: usize = 4096;
 /// Log messages kept per call; the rest are counted and dropped.
 const MAX_LOGS_PER_CALL: u32 = 64;
 
+/// Bytes a table element is counted as against the memory cap.
+const TABLE_ELEMENT_BYTES: u64 = 16;
+
 /// The data of one plugin instance's store.
 pub(crate) struct PluginState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     plugin: Arc<str>,
     memory_limit: u64,
+    /// Bytes of every linear memory and table of the instance, summed.
+    memory_in_use: u64,
     memory_exceeded: bool,
     logs_this_call: u32,
     last_error_log: Option<String>,
+    output: CapturedOutput,
+    /// The wall-clock end of the current call: sleeps end there.
+    pub(crate) call_deadline: Instant,
+    /// Set when a sleep of the current call was cut at its deadline.
+    pub(crate) past_deadline: Arc<AtomicBool>,
 }
 
 impl PluginState {
     fn new(plugin: Arc<str>, memory_limit: u64) -> Self {
+        let output = CapturedOutput::default();
         let wasi = WasiCtx::builder()
+            .stdout(output.stream("stdout"))
+            .stderr(output.stream("stderr"))
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
             .secure_random(SplitMix64(0x5eed))
@@ -44,30 +74,44 @@ impl PluginState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        Self { wasi, table: ResourceTable::new(), plugin, memory_limit, memory_exceeded: false, logs_this_call: 0, last_error_log: None }
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            plugin,
+            memory_limit,
+            memory_in_use: 0,
+            memory_exceeded: false,
+            logs_this_call: 0,
+            last_error_log: None,
+            output,
+            call_deadline: Instant::now(),
+            past_deadline: Arc::default(),
+        }
     }
-}
 
-impl WasiView for PluginState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    /// Sends what the guest printed during the call to the log. The last
+    /// stderr line is kept like an error log: a panic with Rust's default
+    /// hook prints its message there, and a trap's error quotes it.
+    fn flush_output(&mut self) {
+        for (stream, line) in self.output.take_lines() {
+            self.emit(log::Level::Info, &format!("{stream}: {line}"));
+            if stream == "stderr" && !line.starts_with("note: run with `RUST_BACKTRACE") {
+                self.last_error_log = Some(sanitize(&line, MAX_LOG_MESSAGE));
+            }
+        }
     }
-}
 
-impl log::Host for PluginState {
-    fn log(&mut self, level: log::Level, mut message: String) {
+    /// One bounded, sanitised log line attributed to the plugin; after
+    /// `MAX_LOGS_PER_CALL` lines in a call, the rest are dropped.
+    fn emit(&mut self, level: log::Level, message: &str) {
         self.logs_this_call += 1;
         if self.logs_this_call > MAX_LOGS_PER_CALL {
+            if self.logs_this_call == MAX_LOGS_PER_CALL + 1 {
+                tracing::warn!(plugin = &*self.plugin, "more than {MAX_LOGS_PER_CALL} log lines in one call; dropping the rest");
+            }
             return;
         }
-        if message.len() > MAX_LOG_MESSAGE {
-            let mut cut = MAX_LOG_MESSAGE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+        let message = sanitize(message, MAX_LOG_MESSAGE);
         let plugin = &*self.plugin;
         match level {
             log::Level::Trace => tracing::trace!(plugin, "{message}"),
@@ -82,17 +126,39 @@ impl log::Host for PluginState {
     }
 }
 
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl log::Host for PluginState {
+    fn log(&mut self, level: log::Level, message: String) {
+        self.emit(level, &message);
+    }
+}
+
 impl ResourceLimiter for PluginState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired as u64 > self.memory_limit {
+    // The cap is per instance: every memory's and table's growth is added
+    // to one sum (a component may declare many memories).
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow((desired as u64).saturating_sub(current as u64))
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow((desired as u64).saturating_sub(current as u64).saturating_mul(TABLE_ELEMENT_BYTES))
+    }
+}
+
+impl PluginState {
+    fn grow(&mut self, bytes: u64) -> wasmtime::Result<bool> {
+        let total = self.memory_in_use.saturating_add(bytes);
+        if total > self.memory_limit {
             self.memory_exceeded = true;
             wasmtime::bail!("memory limit exceeded");
         }
+        self.memory_in_use = total;
         Ok(true)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
     }
 }
 
@@ -168,24 +234,49 @@ impl Sandbox {
     }
 
     /// Runs `f` (one export call, or instantiation) under a fresh fuel budget
-    /// and deadline, translating failures into [`PluginError`].
-    pub(crate) fn call<R>(
+    /// and deadline, translating failures into [`PluginError`]. Never
+    /// panics, whatever the guest does, and works from any thread.
+    pub(crate) fn call<R: Send>(
         &mut self,
         export: &'static str,
-        f: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<R> + Send,
     ) -> Result<R, PluginError> {
         if let Some(earlier) = &self.poisoned {
             return Err(PluginError::Disabled { plugin: self.plugin().to_owned(), earlier: earlier.clone() });
         }
-        let outcome = self.store.set_fuel(self.limits.fuel_per_call).and_then(|()| {
-            self.store.set_epoch_deadline(self.deadline_ticks);
-            let state = self.store.data_mut();
-            state.logs_this_call = 0;
-            if state.last_error_log.is_some() {
+        let (fuel, ticks, timeout) = (self.limits.fuel_per_call, self.deadline_ticks, self.limits.call_timeout);
+        let store = &mut self.store;
+        let run = move || {
+            let outcome = store.set_fuel(fuel).and_then(|()| {
+                store.set_epoch_deadline(ticks);
+                let state = store.data_mut();
+                state.logs_this_call = 0;
                 state.last_error_log = None;
-            }
-            f(&mut self.store)
-        });
+                state.call_deadline = Instant::now() + timeout;
+                state.past_deadline.store(false, Ordering::SeqCst);
+                let result = f(store);
+                if store.data().past_deadline.load(Ordering::SeqCst) {
+                    // The guest slept to the deadline and returned before
+                    // the epoch interrupt could stop it: the call failed.
+                    return Err(wasmtime::Error::new(Trap::Interrupt));
+                }
+                result
+            });
+            store.data_mut().flush_output();
+            outcome
+        };
+        let outcome = if tokio::runtime::Handle::try_current().is_ok() {
+            // This thread may be driving a Tokio runtime, where WASI's
+            // blocking host calls panic: run the call where blocking is
+            // legal. (Callers that make many calls, like the planner, run
+            // them all on a plain thread, so this is the rare path.)
+            std::thread::scope(|scope| match std::thread::Builder::new().name("compactor-plugin".into()).spawn_scoped(scope, run) {
+                Ok(thread) => thread.join().unwrap_or_else(|panic| Err(host_panic(&*panic))),
+                Err(e) => Err(wasmtime::Error::msg(format!("cannot start a thread for the plugin call: {e}"))),
+            })
+        } else {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|panic| Err(host_panic(&*panic)))
+        };
         outcome.map_err(|error| {
             let error = self.classify(export, error);
             self.poisoned = Some(error.to_string());
@@ -203,14 +294,26 @@ impl Sandbox {
             Some(Trap::OutOfFuel) => PluginError::OutOfFuel { plugin, export, fuel: self.limits.fuel_per_call },
             Some(Trap::Interrupt) => PluginError::Deadline { plugin, export, timeout: self.limits.call_timeout },
             _ => {
+                // The trap alone: wasmtime's wasm backtrace is noise here.
+                let error = match error.downcast_ref::<Trap>() {
+                    Some(trap) => trap.to_string(),
+                    None => sanitize(&format!("{error:#}"), MAX_LOG_MESSAGE),
+                };
                 let cause = match &state.last_error_log {
-                    Some(message) => format!("{error:#}; the plugin reported: {message}"),
-                    None => format!("{error:#}"),
+                    Some(message) => format!("{error}; the plugin reported: {message}"),
+                    None => error,
                 };
                 PluginError::Trap { plugin, export, cause }
             }
         }
     }
+}
+
+/// A panic of host code during a plugin call, as an error: the host keeps
+/// running and the instance is poisoned like after a trap.
+fn host_panic(panic: &(dyn std::any::Any + Send)) -> wasmtime::Error {
+    let message = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned());
+    wasmtime::Error::msg(format!("the host panicked during the call: {}", message.unwrap_or_else(|| "no message".into())))
 }
 
 /// The process-wide engine. An epoch ticker thread keeps the epoch equal to
@@ -248,4 +351,37 @@ pub(crate) fn shared_engine() -> Result<&'static Engine, PluginError> {
         Ok(engine)
     });
     engine.as_ref().map_err(|message| PluginError::Engine { message: message.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A module with `count` memories of `pages` 64-KiB pages each.
+    fn memories(count: usize, pages: u32) -> String {
+        format!("(module {})", "(memory PAGES) ".replace("PAGES", &pages.to_string()).repeat(count))
+    }
+
+    fn instantiate(limit: u64, wat: &str) -> Result<(), PluginError> {
+        let engine = shared_engine().unwrap();
+        let module = wasmtime::Module::new(engine, wat).unwrap();
+        let limits = PluginLimits { memory_bytes: limit, ..PluginLimits::default() };
+        let mut sandbox = Sandbox::new(engine, "test:memories".into(), limits);
+        sandbox.call("instantiate", |store| wasmtime::Linker::new(engine).instantiate(store, &module).map(drop))
+    }
+
+    #[test]
+    fn the_memory_cap_counts_every_memory_of_the_instance() {
+        // 16 memories of 60 MiB each: every one fits the 64 MiB cap alone.
+        let error = instantiate(64 << 20, &memories(16, 960)).unwrap_err();
+        assert!(matches!(error, PluginError::OutOfMemory { .. }), "{error}");
+        assert_eq!(error.to_string(), "plugin test:memories exceeded its memory limit of 64.0 MiB in instantiate");
+        instantiate(64 << 20, &memories(3, 320)).expect("60 MiB in three memories fits");
+    }
+
+    #[test]
+    fn tables_count_against_the_cap() {
+        let error = instantiate(1 << 20, "(module (table 100000 funcref))").unwrap_err();
+        assert!(matches!(error, PluginError::OutOfMemory { .. }), "{error}");
+    }
 }

@@ -8,6 +8,7 @@ use crate::PluginLimits;
 use crate::bindings::tier::{TierPolicy, TierPolicyPre};
 use crate::bindings::types;
 use crate::contract::Contract;
+use crate::output::sanitize;
 use crate::sandbox::Sandbox;
 use crate::{LoadStats, PluginError, PluginRuntime, World, wrong_world};
 use compactor_model::{Partition, PartitionLevel};
@@ -85,12 +86,17 @@ impl TierPlugin {
         let tier = bindings.compactor_policy_tier();
         sandbox
             .call("configure", |store| tier.call_configure(store, config_json))?
-            .map_err(|message| PluginError::Config { plugin: self.name.to_string(), message })?;
+            .map_err(|message| PluginError::Config { plugin: self.name.to_string(), message: sanitize(&message, MAX_MESSAGE) })?;
         let info = sandbox.call("info", |store| tier.call_info(store))?;
-        let effective_config = serde_json::from_str(&info.effective_config).unwrap_or(serde_json::Value::String(info.effective_config));
+        let effective_config = if info.effective_config.len() > MAX_EFFECTIVE_CONFIG {
+            serde_json::Value::String(sanitize(&info.effective_config, 256))
+        } else {
+            serde_json::from_str(&info.effective_config)
+                .unwrap_or_else(|_| serde_json::Value::String(sanitize(&info.effective_config, 256)))
+        };
         let description = TierDescription {
-            name: info.name,
-            description: info.description,
+            name: sanitize(&info.name, MAX_NAME),
+            description: sanitize(&info.description, MAX_MESSAGE),
             partition_level: match info.partition_level {
                 types::PartitionLevel::Hour => PartitionLevel::Hour,
                 types::PartitionLevel::Day => PartitionLevel::Day,
@@ -104,12 +110,25 @@ impl TierPlugin {
     }
 }
 
-/// Output suffixes become part of storage keys: keep them tame.
+/// Longest name a policy may give itself (longer ones are cut).
+const MAX_NAME: usize = 128;
+/// Longest description or message kept from a policy (longer ones are cut).
+const MAX_MESSAGE: usize = 1024;
+/// Longest effective config kept as JSON.
+const MAX_EFFECTIVE_CONFIG: usize = 64 * 1024;
+/// Longest output suffix: it becomes part of every output's name.
+const MAX_OUTPUT_SUFFIX: usize = 64;
+
+/// Output suffixes become part of storage keys: keep them tame and short.
 fn validate_suffix(plugin: &str, suffix: &str) -> Result<(), PluginError> {
-    if suffix.is_empty() || !suffix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    let tame = suffix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if suffix.is_empty() || suffix.len() > MAX_OUTPUT_SUFFIX || !tame {
         return Err(PluginError::Incompatible {
             plugin: plugin.to_owned(),
-            reason: format!("declares output suffix {suffix:?}; letters, digits, '-' and '_' only"),
+            reason: format!(
+                "declares output suffix \"{}\"; it must be 1 to {MAX_OUTPUT_SUFFIX} letters, digits, '-' or '_'",
+                sanitize(suffix, MAX_OUTPUT_SUFFIX)
+            ),
         });
     }
     Ok(())
