@@ -32,8 +32,9 @@ pub(crate) fn add_capped_sleeps(linker: &mut Linker<PluginState>) -> wasmtime::R
 }
 
 fn capped_sleep(state: &mut PluginState, nanos: u64) -> wasmtime::Result<Resource<DynPollable>> {
-    let deadline = state.call_deadline;
-    let wanted = Instant::now().checked_add(Duration::from_nanos(nanos)).unwrap_or(deadline + Duration::from_secs(1));
+    let now = Instant::now();
+    let deadline = now + crate::sandbox::until_epoch(state.call_deadline);
+    let wanted = now.checked_add(Duration::from_nanos(nanos)).unwrap_or(deadline + Duration::from_secs(1));
     let sleep = CappedSleep {
         until: tokio::time::Instant::from_std(wanted.min(deadline)),
         cut: wanted > deadline,
@@ -56,7 +57,7 @@ impl Pollable for CappedSleep {
     async fn ready(&mut self) {
         tokio::time::sleep_until(self.until).await;
         if self.cut {
-            self.past_deadline.store(true, Ordering::SeqCst);
+            self.past_deadline.store(true, Ordering::Relaxed);
         }
     }
 }

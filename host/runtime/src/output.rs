@@ -3,6 +3,7 @@
 //! [`sanitize`] for every string it hands over.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -37,6 +38,9 @@ pub fn sanitize(text: &str, max: usize) -> String {
 #[derive(Clone, Default)]
 pub(crate) struct CapturedOutput {
     inner: Arc<Mutex<Captured>>,
+    /// Whether anything was written since the last `take_lines`: checked on
+    /// every call, so it avoids the lock.
+    written: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -57,7 +61,13 @@ impl CapturedOutput {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Nothing was written since the last `take_lines`.
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.written.load(Ordering::Relaxed)
+    }
+
     fn write(&self, name: &'static str, bytes: &[u8]) {
+        self.written.store(true, Ordering::Relaxed);
         let mut captured = self.lock();
         let room = MAX_CAPTURED_BYTES.saturating_sub(captured.bytes);
         let kept = bytes.len().min(room);
@@ -75,6 +85,7 @@ impl CapturedOutput {
     /// What was written since the last call, as (stream, line) pairs, and
     /// resets the budget.
     pub(crate) fn take_lines(&self) -> Vec<(&'static str, String)> {
+        self.written.store(false, Ordering::Relaxed);
         let captured = std::mem::take(&mut *self.lock());
         let mut lines: Vec<(&'static str, String)> = captured
             .chunks
