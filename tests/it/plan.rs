@@ -104,6 +104,32 @@ async fn files_held_by_recovery_manifests_are_dropped_from_candidates() {
     assert_eq!(plan.tiers[0].held_files_dropped, 11);
 }
 
+/// Found by the suite under load: a manifest read that timed out released a
+/// live job's files (its uploaded output among them) to the daily tier, and
+/// recovery then rolled the job back, so its rows were merged twice.
+#[tokio::test]
+async fn a_manifest_that_cannot_be_read_now_skips_every_candidate() {
+    let keys = hour("db/cpu", "10", 12);
+    let inner = store_with(&keys).await;
+    let manifest = RecoveryManifest {
+        output_path: "db/cpu/2026/04/11/10/cpu_20260411_110000_1_b1_compacted.parquet".into(),
+        output_size: 10,
+        input_files: keys[..11].to_vec(),
+        database: "db".into(),
+        measurement: "cpu".into(),
+        partition_path: "db/cpu/2026/04/11/10".into(),
+        tier: "hourly".into(),
+        status: "pending".into(),
+        created_at: at("2026-04-11T11:00:00Z"),
+        job_id: "db_db_cpu_2026_04_11_10_1_b1".into(),
+    };
+    ManifestStore::new(inner.clone()).write(&manifest).await.unwrap();
+    let storage = Storage::from_store(Arc::new(failing::FailsUnder::reads(inner.object_store().clone(), "_compaction_state")), "flaky://");
+    let plan = plan(&storage, &arc_tiers(), "2026-04-13T00:00:00Z").await;
+    assert!(plan.batches.is_empty(), "{:?}", plan.batches);
+    assert!(plan.problems[0].to_string().contains("failed to read manifest"), "{}", plan.problems[0]);
+}
+
 #[tokio::test]
 async fn an_unreadable_manifest_listing_skips_every_candidate() {
     let inner = store_with(&hour("db/cpu", "10", 12)).await;
@@ -170,7 +196,7 @@ async fn a_tier_whose_plugin_failed_to_load_does_not_stop_the_others() {
     assert_eq!(plan.batches[0].candidate.tier, "daily");
 }
 
-/// A store double that fails every listing under one prefix.
+/// A store double that fails every listing (or every read) under one prefix.
 mod failing {
     use std::sync::Arc;
 
@@ -185,15 +211,22 @@ mod failing {
     pub(super) struct FailsUnder {
         inner: Arc<dyn ObjectStore>,
         prefix: &'static str,
+        reads: bool,
     }
 
     impl FailsUnder {
+        /// Listings under `prefix` fail.
         pub(super) fn new(inner: Arc<dyn ObjectStore>, prefix: &'static str) -> Self {
-            Self { inner, prefix }
+            Self { inner, prefix, reads: false }
+        }
+
+        /// Listings work; reads of objects under `prefix` fail.
+        pub(super) fn reads(inner: Arc<dyn ObjectStore>, prefix: &'static str) -> Self {
+            Self { inner, prefix, reads: true }
         }
 
         fn refuses(&self, prefix: Option<&Path>) -> bool {
-            prefix.is_some_and(|p| p.as_ref().starts_with(self.prefix))
+            !self.reads && prefix.is_some_and(|p| p.as_ref().starts_with(self.prefix))
         }
     }
 
@@ -216,6 +249,9 @@ mod failing {
             self.inner.put_multipart_opts(location, opts).await
         }
         async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+            if self.reads && location.as_ref().starts_with(self.prefix) {
+                return Err(slow_down());
+            }
             self.inner.get_opts(location, options).await
         }
         async fn delete(&self, location: &Path) -> Result<()> {

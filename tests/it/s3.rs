@@ -101,7 +101,7 @@ fn assert_intact_and_compacted(bucket: &Bucket) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let objects = runtime.block_on(bucket.storage.list("")).unwrap();
     let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
-    assert_eq!(keys.len(), 1, "one daily output and nothing else: {keys:#?}");
+    assert_eq!(keys.len(), 1, "one daily output and nothing else: {keys:#?}\n{}", logs(bucket));
     assert!(keys[0].ends_with("_b1_daily.parquet"), "{keys:?}");
     let downloaded = bucket.root.join("downloaded");
     for object in &objects {
@@ -117,11 +117,21 @@ fn assert_intact_and_compacted(bucket: &Bucket) {
 
 /// After a fault at `step`: recovery, a clean cycle, and every row once.
 fn recover_then_compact(bucket: &Bucket, step: &str) {
-    let recovered = compactor(&["recover", "--config", &bucket.config], &[]);
+    let recovered = compactor(&["-v", "recover", "--config", &bucket.config], &[]);
+    std::fs::write(bucket.root.join("recover.log"), text(&recovered)).unwrap();
     assert!(recovered.status.success(), "{step}: {}", text(&recovered));
-    let clean = compactor(&["once", "--config", &bucket.config, "--now", NOW], &[]);
+    let clean = compactor(&["-v", "once", "--config", &bucket.config, "--now", NOW], &[]);
+    std::fs::write(bucket.root.join("once.log"), text(&clean)).unwrap();
     assert!(clean.status.success(), "{step}: {}", text(&clean));
     assert_intact_and_compacted(bucket);
+}
+
+/// The logs a test left in the bucket's directory, for failure messages.
+fn logs(bucket: &Bucket) -> String {
+    ["engine.log", "recover.log", "once.log"]
+        .iter()
+        .filter_map(|name| std::fs::read_to_string(bucket.root.join(name)).ok().map(|log| format!("--- {name}\n{log}")))
+        .collect()
 }
 
 #[test]
@@ -187,11 +197,12 @@ fn the_server_stopped_mid_upload_or_mid_delete_loses_nothing() {
     for (i, step) in ["after-manifest", "mid-delete"].iter().enumerate() {
         let bucket = bucket_at(&server.endpoint, &format!("s3-paused-{i}"), &fast_failure);
         let stalled = bucket.root.join("stalled");
+        let log = std::fs::File::create(bucket.root.join("engine.log")).unwrap();
         let mut engine = Command::new(env!("CARGO_BIN_EXE_compactor"))
-            .args(["once", "--config", &bucket.config, "--now", NOW])
+            .args(["-v", "once", "--config", &bucket.config, "--now", NOW])
             .env("COMPACTOR_STALL", format!("{step}:1500:{}", stalled.display()))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         for _ in 0..300 {

@@ -130,8 +130,12 @@ impl ManifestStore {
     }
 
     /// Every file held by a pending manifest: all inputs and every output.
-    /// An unreadable manifest is skipped with a warning; a listing error
-    /// propagates, so that callers fail safe.
+    /// A manifest that vanished since the listing was resolved and holds
+    /// nothing; one that is not valid JSON is skipped with a warning (it
+    /// says nothing it holds). Any other error — a listing or a read that
+    /// failed, perhaps only for now — propagates, so that callers fail safe:
+    /// releasing a live job's files to the planner would let another job
+    /// merge them a second time.
     pub async fn held_files(&self) -> Result<HashSet<String>, ManifestError> {
         let mut held = HashSet::new();
         for key in self.list().await? {
@@ -140,7 +144,12 @@ impl ManifestStore {
                     held.extend(manifest.input_files);
                     held.insert(manifest.output_path);
                 }
-                Err(e) => tracing::warn!(manifest = %key, error = %e, "skipping unreadable recovery manifest"),
+                Err(ManifestError::Read { source, .. })
+                    if matches!(source.object_store_error(), Some(object_store::Error::NotFound { .. })) => {}
+                Err(e @ ManifestError::Parse { .. }) => {
+                    tracing::warn!(manifest = %key, error = %e, "skipping unreadable recovery manifest")
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(held)
