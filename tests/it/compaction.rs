@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use compactor_job::sample::{self, SampleSpec};
 use compactor_job::verify;
 
-use crate::kit::{TestConfig, kill_engine_and_wait_for_jobs, value};
+use crate::kit::{TestConfig, kill_engine_and_wait_for_jobs, run_until_ready_then_sigterm, value};
 use crate::util::{compactor, files_under, text};
 
 const NOW: &str = "2026-04-13T12:00:00Z";
@@ -324,32 +324,10 @@ fn cluster_mode_jobs_hand_over_completion_manifests() {
 #[test]
 fn run_starts_recovers_and_stops_cleanly_on_sigterm() {
     let lake = lake_with(10, &[]);
-    std::fs::write(&lake.config, std::fs::read_to_string(&lake.config).unwrap() + "\n[cluster]\nenabled = true\nrole = \"reader\"\n")
-        .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_compactor"))
-        .args(["-v", "run", "--config", &lake.config])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = String::new();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        stderr.push_str(&line);
-        stderr.push('\n');
-        if line.contains("compactor is running") {
-            break;
-        }
-    }
-    // SAFETY: sending a signal to our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    for line in lines {
-        stderr.push_str(&line.unwrap());
-        stderr.push('\n');
-    }
-    let status = child.wait().unwrap();
+    let config =
+        TestConfig::new("lake").hourly_and_daily().compaction("temp_directory", "tmp").cluster("enabled", true).cluster("role", "reader");
+    let config = config.write(&lake.root);
+    let (status, stderr) = run_until_ready_then_sigterm(&config);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("node role is not compactor"), "a reader in a cluster stays idle: {stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");

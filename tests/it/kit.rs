@@ -255,3 +255,33 @@ pub(crate) fn shared_s3_endpoint() -> &'static str {
         started.recv().expect("moto_server did not start")
     })
 }
+
+/// Starts `compactor -v run --config CONFIG`, waits for its readiness line
+/// ("compactor is running"), sends SIGTERM, and returns its exit status and
+/// everything it wrote on stderr.
+pub(crate) fn run_until_ready_then_sigterm(config: &str) -> (std::process::ExitStatus, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_compactor"))
+        .args(["-v", "run", "--config", config])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        stderr.push_str(&line);
+        stderr.push('\n');
+        if line.contains("compactor is running") {
+            break;
+        }
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    for line in lines {
+        stderr.push_str(&line.unwrap());
+        stderr.push('\n');
+    }
+    (child.wait().unwrap(), stderr)
+}

@@ -77,14 +77,12 @@ async fn plan_of(storage: &Storage) -> compactor_engine::planner::Plan {
     plan(storage, &arc_tiers(), "2026-04-13T00:00:00Z").await
 }
 
-#[tokio::test]
-async fn files_held_by_recovery_manifests_are_dropped_from_candidates() {
-    let keys = hour("db/cpu", "10", 12);
-    let storage = store_with(&keys).await;
-    let manifest = RecoveryManifest {
+/// A pending hourly manifest whose job merged `inputs`.
+fn manifest_holding(inputs: &[String]) -> RecoveryManifest {
+    RecoveryManifest {
         output_path: "db/cpu/2026/04/11/10/cpu_20260411_110000_1_b1_compacted.parquet".into(),
         output_size: 10,
-        input_files: keys[..11].to_vec(),
+        input_files: inputs.to_vec(),
         database: "db".into(),
         measurement: "cpu".into(),
         partition_path: "db/cpu/2026/04/11/10".into(),
@@ -92,7 +90,14 @@ async fn files_held_by_recovery_manifests_are_dropped_from_candidates() {
         status: "pending".into(),
         created_at: at("2026-04-11T11:00:00Z"),
         job_id: "db_db_cpu_2026_04_11_10_1_b1".into(),
-    };
+    }
+}
+
+#[tokio::test]
+async fn files_held_by_recovery_manifests_are_dropped_from_candidates() {
+    let keys = hour("db/cpu", "10", 12);
+    let storage = store_with(&keys).await;
+    let manifest = manifest_holding(&keys[..11]);
     ManifestStore::new(storage.clone()).write(&manifest).await.unwrap();
     let plan = plan(&storage, &arc_tiers()[..1], "2026-04-13T00:00:00Z").await;
     // As in Arc, the tier's min_files is not re-applied after the exclusion,
@@ -111,18 +116,7 @@ async fn files_held_by_recovery_manifests_are_dropped_from_candidates() {
 async fn a_manifest_that_cannot_be_read_now_skips_every_candidate() {
     let keys = hour("db/cpu", "10", 12);
     let inner = store_with(&keys).await;
-    let manifest = RecoveryManifest {
-        output_path: "db/cpu/2026/04/11/10/cpu_20260411_110000_1_b1_compacted.parquet".into(),
-        output_size: 10,
-        input_files: keys[..11].to_vec(),
-        database: "db".into(),
-        measurement: "cpu".into(),
-        partition_path: "db/cpu/2026/04/11/10".into(),
-        tier: "hourly".into(),
-        status: "pending".into(),
-        created_at: at("2026-04-11T11:00:00Z"),
-        job_id: "db_db_cpu_2026_04_11_10_1_b1".into(),
-    };
+    let manifest = manifest_holding(&keys[..11]);
     ManifestStore::new(inner.clone()).write(&manifest).await.unwrap();
     let storage = Storage::from_store(Arc::new(failing::FailsUnder::reads(inner.object_store().clone(), "_compaction_state")), "flaky://");
     let plan = plan(&storage, &arc_tiers(), "2026-04-13T00:00:00Z").await;

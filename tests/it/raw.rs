@@ -13,7 +13,7 @@ use compactor_job::sample::{self, SampleSpec};
 use compactor_job::verify;
 use compactor_test_components::{RAW, RAW_GATE};
 
-use crate::kit::{TestConfig, value};
+use crate::kit::{TestConfig, run_until_ready_then_sigterm, value};
 use crate::util::{files_under, text};
 
 const NOW: &str = "2026-04-13T12:00:00Z";
@@ -274,27 +274,7 @@ fn once_asks_the_gate_and_compacts_nothing_unless_it_says_yes() {
 fn run_with_a_failing_gate_stays_up_idle_and_stops_on_sigterm() {
     let lake = lake();
     let config = gated_config(&lake, RAW_GATE, "panic", "compactor");
-    let mut child =
-        Command::new(env!("CARGO_BIN_EXE_compactor")).args(["-v", "run", "--config", &config]).stderr(Stdio::piped()).spawn().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
-    let mut stderr = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        stderr.push_str(&line);
-        stderr.push('\n');
-        if line.contains("compactor is running") {
-            break;
-        }
-    }
-    // SAFETY: sending a signal to our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    for line in lines {
-        stderr.push_str(&line.unwrap());
-        stderr.push('\n');
-    }
-    let status = child.wait().unwrap();
+    let (status, stderr) = run_until_ready_then_sigterm(&config);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains(&format!("the cluster gate {RAW_GATE} failed")) && stderr.contains("stays idle"), "{stderr}");
     assert!(!stderr.contains("panicked at") || stderr.contains("raw policy panics"), "only the plugin's own panic: {stderr}");
