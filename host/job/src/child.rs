@@ -27,8 +27,8 @@ use object_store::path::Path as StorePath;
 use object_store::{PutMode, PutOptions, WriteMultipart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::completion::{self, CompletionManifest, CompletionOutput, CompletionState};
 use crate::manifest::{ManifestStore, RecoveryManifest};
+use crate::seams::Seams;
 use crate::sql::{self, compaction_statements, file_list, is_valid_identifier, order_by};
 use crate::{FailureKind, JobConfig, JobResult, output_name};
 use compactor_storage::Storage;
@@ -46,7 +46,16 @@ pub fn run(config: &JobConfig, storage: &Storage, duckdb: &duckdb::Connection) -
         Ok(r) => r,
         Err(e) => return failure(JobResult::default(), &anyhow::Error::new(e).context("cannot start the I/O runtime"), started),
     };
-    let mut job = Job { config, storage, duckdb, runtime: &runtime, result: JobResult::default(), work_dir: work_dir(config) };
+    let mut job = Job {
+        config,
+        storage,
+        duckdb,
+        runtime: &runtime,
+        result: JobResult::default(),
+        work_dir: work_dir(config),
+        seams: Seams::for_job(config),
+        timer: StepTimer::new(),
+    };
     let outcome = job.execute();
     let _ = std::fs::remove_dir_all(&job.work_dir);
     let result = std::mem::take(&mut job.result);
@@ -146,6 +155,8 @@ struct Job<'a> {
     runtime: &'a tokio::runtime::Runtime,
     result: JobResult,
     work_dir: PathBuf,
+    seams: Seams<'a>,
+    timer: StepTimer,
 }
 
 /// A downloaded input: its storage key and local copy.
@@ -154,23 +165,62 @@ struct Input {
     local: PathBuf,
 }
 
-impl Job<'_> {
-    fn execute(&mut self) -> anyhow::Result<()> {
-        let config = self.config;
-        let cluster = !config.completion_dir.is_empty();
-        if cluster {
-            self.write_completion(CompletionState::WritingOutput, None, None);
-        }
-        create_private_dir(&self.work_dir).with_context(|| format!("failed to create temp directory {}", self.work_dir.display()))?;
+/// The valid inputs of the job, downloaded.
+struct Inputs {
+    inputs: Vec<Input>,
+    /// Their local paths as a DuckDB list literal.
+    files_sql: String,
+}
 
-        let mut timer = StepTimer::new();
+impl Inputs {
+    fn keys(&self) -> Vec<String> {
+        self.inputs.iter().map(|i| i.key.clone()).collect()
+    }
+
+    fn local_paths(&self) -> Vec<String> {
+        self.inputs.iter().map(|i| i.local.display().to_string()).collect()
+    }
+}
+
+/// The merged output: its local file and its storage key.
+struct Output {
+    local: PathBuf,
+    key: String,
+}
+
+impl Job<'_> {
+    /// The job's steps, in order; see the module's documentation for why a
+    /// crash between any two of them is survivable.
+    fn execute(&mut self) -> anyhow::Result<()> {
+        self.seams.started();
+        create_private_dir(&self.work_dir).with_context(|| format!("failed to create temp directory {}", self.work_dir.display()))?;
+        let Some(inputs) = self.download_valid_inputs()? else {
+            self.seams.nothing_to_do();
+            return Ok(());
+        };
+        if !self.probe_time_column(&inputs) {
+            self.seams.nothing_to_do();
+            return Ok(());
+        }
+        let (output, expected_rows) = self.merge_inputs(&inputs)?;
+        self.verify(&inputs, &output, expected_rows)?;
+        let manifest_key = self.write_manifest(&inputs, &output)?;
+        self.upload_output(&output)?;
+        self.delete_inputs_and_manifest(&inputs, manifest_key);
+        tracing::info!(steps = %self.timer, "job steps");
+        Ok(())
+    }
+
+    /// Steps 1 and 2: the inputs that still exist, downloaded, and of those
+    /// the valid Parquet files (the others stay in storage, never deleted).
+    /// `None` when every input vanished.
+    fn download_valid_inputs(&mut self) -> anyhow::Result<Option<Inputs>> {
         let downloaded = self.download().context("failed to download files")?;
-        timer.step("download");
-        fault_point("after-download");
+        self.timer.step("download");
+        self.seams.at("after-download");
         if downloaded.is_empty() {
             tracing::info!("no input left to compact (all vanished)");
-            self.discard_completion();
-            return Ok(());
+            return Ok(None);
         }
         let mut inputs = Vec::new();
         for input in downloaded {
@@ -185,45 +235,67 @@ impl Job<'_> {
         if inputs.is_empty() {
             return Err(NoValidInput.into());
         }
-        let local: Vec<String> = inputs.iter().map(|i| i.local.display().to_string()).collect();
-        let files_sql = file_list(&local);
-        match self.has_time_column(&files_sql) {
-            Ok(false) => {
-                tracing::warn!(partition = %config.partition_path, "no time column in the inputs; leaving them as they are");
-                self.result.bytes_before = 0;
-                self.discard_completion();
-                return Ok(());
-            }
-            Ok(true) => {}
-            Err(e) => tracing::warn!(error = %e, "time-column probe failed; merging anyway"),
-        }
+        let files_sql = file_list(&inputs.iter().map(|i| i.local.display().to_string()).collect::<Vec<_>>());
+        Ok(Some(Inputs { inputs, files_sql }))
+    }
 
-        let now = Utc::now();
-        let name = output_name(&config.measurement, now, config.batch_number, &config.effective_output_suffix());
-        let output_local = self.work_dir.join(&name);
-        let output_key = format!("{}/{name}", config.partition_path);
-        self.result.output_file = output_key.clone();
-        timer.step("probe");
-        let (rows_before, expected_rows) = self.merge(&files_sql, &local, &output_local).context("failed to compact files")?;
-        timer.step("merge");
-        fault_point("after-merge");
-        let rows_after = self.count_rows(&file_list(std::slice::from_ref(&output_local.display().to_string())))?;
+    /// Step 3a: whether the inputs have a `time` column (without one they
+    /// are left as they are); a failed probe merges anyway.
+    fn probe_time_column(&mut self, inputs: &Inputs) -> bool {
+        let has_time = match self.has_time_column(&inputs.files_sql) {
+            Ok(has_time) => has_time,
+            Err(e) => {
+                tracing::warn!(error = %e, "time-column probe failed; merging anyway");
+                true
+            }
+        };
+        if !has_time {
+            tracing::warn!(partition = %self.config.partition_path, "no time column in the inputs; leaving them as they are");
+            self.result.bytes_before = 0;
+        }
+        self.timer.step("probe");
+        has_time
+    }
+
+    /// Step 3b: the merge into a local output; returns it and the rows it
+    /// must have.
+    fn merge_inputs(&mut self, inputs: &Inputs) -> anyhow::Result<(Output, u64)> {
+        let config = self.config;
+        let name = output_name(&config.measurement, Utc::now(), config.batch_number, &config.effective_output_suffix());
+        let local = self.work_dir.join(&name);
+        let key = format!("{}/{name}", config.partition_path);
+        self.result.output_file = key.clone();
+        let (rows_before, expected_rows) =
+            self.merge(&inputs.files_sql, &inputs.local_paths(), &local).context("failed to compact files")?;
         self.result.rows_before = rows_before;
+        self.timer.step("merge");
+        self.seams.at("after-merge");
+        Ok((Output { local, key }, expected_rows))
+    }
+
+    /// Step 4: the output has exactly the rows it must have; otherwise
+    /// nothing is uploaded or deleted.
+    fn verify(&mut self, inputs: &Inputs, output: &Output, expected_rows: u64) -> anyhow::Result<()> {
+        let rows_after = self.count_rows(&file_list(std::slice::from_ref(&output.local.display().to_string())))?;
         self.result.rows_after = rows_after;
         if rows_after != expected_rows {
-            return Err(VerificationMismatch { expected: expected_rows, before: rows_before, after: rows_after }.into());
+            return Err(VerificationMismatch { expected: expected_rows, before: self.result.rows_before, after: rows_after }.into());
         }
-        let input_keys: Vec<String> = inputs.iter().map(|i| i.key.clone()).collect();
-        self.result.compacted_inputs = input_keys.clone();
-        self.result.files_compacted = input_keys.len();
-        let output_size = std::fs::metadata(&output_local).context("failed to stat the output")?.len();
-        self.result.bytes_after = output_size;
+        self.result.compacted_inputs = inputs.keys();
+        self.result.files_compacted = inputs.inputs.len();
+        self.timer.step("verify");
+        Ok(())
+    }
 
-        let manifests = ManifestStore::new(self.storage.clone());
+    /// Step 5: the recovery manifest; from here on only success removes it.
+    fn write_manifest(&mut self, inputs: &Inputs, output: &Output) -> anyhow::Result<String> {
+        let config = self.config;
+        let size = std::fs::metadata(&output.local).context("failed to stat the output")?.len();
+        self.result.bytes_after = size;
         let manifest = RecoveryManifest {
-            output_path: output_key.clone(),
-            output_size: output_size as i64,
-            input_files: input_keys.clone(),
+            output_path: output.key.clone(),
+            output_size: size as i64,
+            input_files: inputs.keys(),
             database: config.database.clone(),
             measurement: config.measurement.clone(),
             partition_path: config.partition_path.clone(),
@@ -232,56 +304,46 @@ impl Job<'_> {
             created_at: Utc::now(),
             job_id: config.job_id.clone(),
         };
-        timer.step("verify");
-        let manifest_key = self.runtime.block_on(manifests.write(&manifest)).context("failed to write manifest")?;
-        timer.step("manifest");
-        fault_point("after-manifest");
+        let key = self.runtime.block_on(ManifestStore::new(self.storage.clone()).write(&manifest)).context("failed to write manifest")?;
+        self.timer.step("manifest");
+        self.seams.at("after-manifest");
+        Ok(key)
+    }
 
-        if let Err(e) = self.runtime.block_on(self.upload(&output_local, &output_key, output_size)) {
+    /// Step 6: the create-only upload.
+    fn upload_output(&mut self, output: &Output) -> anyhow::Result<()> {
+        let size = self.result.bytes_after;
+        if let Err(e) = self.runtime.block_on(self.upload(&output.local, &output.key, size)) {
             // A failed upload is ambiguous: a request that timed out may still
             // land. Arc deletes the manifest here, which can leave a complete
             // output beside its inputs; keeping it lets recovery decide from
             // what is actually in the store.
             return Err(e.context("failed to upload compacted file (the recovery manifest stays for recovery to resolve)"));
         }
-        fault_point("after-upload");
-        timer.step("upload");
-        if cluster {
-            let sha256 = sha256_file(&output_local)?;
-            let output = CompletionOutput {
-                path: output_key.clone(),
-                sha256,
-                size_bytes: output_size,
-                database: completion_database(&config.database),
-                measurement: config.measurement.clone(),
-                partition_time: config.partition_time,
-                tier: config.tier.clone(),
-                created_at: Utc::now(),
-            };
-            let written = self.write_completion(CompletionState::OutputWritten, Some(vec![output]), None);
-            if !written {
-                bail!("failed to write completion manifest");
-            }
-        }
+        self.seams.at("after-upload");
+        self.timer.step("upload");
+        self.seams.uploaded(&output.local, &output.key, size)
+    }
 
-        let undeleted = self.runtime.block_on(self.delete_inputs(&input_keys));
-        fault_point("after-delete");
-        timer.step("delete");
-        tracing::info!(steps = %timer, "job steps");
+    /// Steps 7 and 8: the inputs are deleted, then the manifest (or the
+    /// parent is told to delete it). Inputs that cannot be deleted keep the
+    /// manifest, for recovery to finish.
+    fn delete_inputs_and_manifest(&mut self, inputs: &Inputs, manifest_key: String) {
+        let keys = inputs.keys();
+        let undeleted = self.runtime.block_on(self.delete_inputs(&keys));
+        self.seams.at("after-delete");
+        self.timer.step("delete");
         if !undeleted.is_empty() {
             tracing::warn!(count = undeleted.len(), "some inputs could not be deleted; recovery will retry");
             self.result.undeleted_inputs = undeleted;
-            return Ok(());
+            return;
         }
-        if config.parent_finalizes_manifest {
+        if self.config.parent_finalizes_manifest {
             self.result.manifest_path = manifest_key;
-        } else if let Err(e) = self.runtime.block_on(manifests.delete(&manifest_key)) {
+        } else if let Err(e) = self.runtime.block_on(ManifestStore::new(self.storage.clone()).delete(&manifest_key)) {
             tracing::warn!(error = %e, "cannot delete the recovery manifest; recovery will");
         }
-        if cluster {
-            self.update_completion_sources_deleted(&input_keys);
-        }
-        Ok(())
+        self.seams.inputs_deleted(&keys);
     }
 
     /// Streams every input into the work directory, `DOWNLOAD_CONCURRENCY` at
@@ -459,7 +521,7 @@ impl Job<'_> {
             writer.write(&buffer[..n]);
             sent += n as u64;
             if sent >= threshold {
-                fault_point("mid-upload");
+                self.seams.at("mid-upload");
             }
         }
         writer.finish().await.with_context(|| format!("cannot complete the upload of {key}"))?;
@@ -478,7 +540,7 @@ impl Job<'_> {
             }
             Err(e) => tracing::warn!(file = %first, error = %e, "cannot delete compacted input"),
         }
-        fault_point("mid-delete");
+        self.seams.at("mid-delete");
         let locations = futures::stream::iter(rest.iter().map(|k| Ok(StorePath::from(k.as_str())))).boxed();
         let results: Vec<_> = self.storage.object_store().delete_stream(locations).collect().await;
         for result in results {
@@ -493,57 +555,6 @@ impl Job<'_> {
             }
         }
         keys.iter().filter(|k| !deleted.contains(*k)).cloned().collect()
-    }
-
-    fn completion(
-        &self,
-        state: CompletionState,
-        outputs: Option<Vec<CompletionOutput>>,
-        deleted: Option<Vec<String>>,
-    ) -> CompletionManifest {
-        let now = Utc::now();
-        CompletionManifest {
-            job_id: self.config.job_id.clone(),
-            database: completion_database(&self.config.database),
-            measurement: self.config.measurement.clone(),
-            partition_path: self.config.partition_path.clone(),
-            tier: self.config.tier.clone(),
-            state,
-            outputs,
-            deleted_sources: deleted,
-            created_at: now,
-            updated_at: now,
-        }
-    }
-
-    fn write_completion(&self, state: CompletionState, outputs: Option<Vec<CompletionOutput>>, deleted: Option<Vec<String>>) -> bool {
-        match completion::write(Path::new(&self.config.completion_dir), &self.completion(state, outputs, deleted)) {
-            Ok(_) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot write completion manifest");
-                false
-            }
-        }
-    }
-
-    fn update_completion_sources_deleted(&self, inputs: &[String]) {
-        let path = Path::new(&self.config.completion_dir).join(format!("{}.json", self.config.job_id));
-        let updated = completion::read(&path).and_then(|mut m| {
-            m.state = CompletionState::SourcesDeleted;
-            m.deleted_sources = Some(inputs.to_vec());
-            m.updated_at = Utc::now();
-            completion::write(Path::new(&self.config.completion_dir), &m)
-        });
-        if let Err(e) = updated {
-            tracing::warn!(error = %e, "cannot update completion manifest to sources_deleted");
-        }
-    }
-
-    fn discard_completion(&self) {
-        if !self.config.completion_dir.is_empty() {
-            let path = Path::new(&self.config.completion_dir).join(format!("{}.json", self.config.job_id));
-            let _ = completion::delete(&path);
-        }
     }
 }
 
@@ -574,10 +585,6 @@ impl std::fmt::Display for StepTimer {
 
 /// The database as the cluster manifest names it: a pseudo-database
 /// `spoke/db` is `db`.
-fn completion_database(database: &str) -> String {
-    database.split_once('/').map_or(database, |(_, db)| db).to_owned()
-}
-
 async fn download_one(store: &dyn object_store::ObjectStore, key: &str, local: &Path) -> Result<u64, object_store::Error> {
     let result = store.get(&StorePath::from(key)).await?;
     let io = |e: std::io::Error| object_store::Error::Generic { store: "local temp", source: Box::new(e) };
@@ -634,37 +641,6 @@ pub fn validate_parquet_file(path: &Path) -> anyhow::Result<()> {
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
-
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    let mut file = std::fs::File::open(path)?;
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// Kills this process with SIGKILL when `COMPACTOR_FAULT` names `step`; with
-/// `COMPACTOR_STALL=step:millis:path`, creates `path` there and sleeps, so a
-/// test can cut the store off at that exact point (fault tests only).
-fn fault_point(step: &str) {
-    if let Ok(stall) = std::env::var("COMPACTOR_STALL") {
-        let mut parts = stall.splitn(3, ':');
-        if parts.next() == Some(step) {
-            let millis = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
-            if let Some(path) = parts.next() {
-                let _ = std::fs::write(path, step);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(millis));
-        }
-    }
-    if std::env::var("COMPACTOR_FAULT").is_ok_and(|f| f == step) {
-        tracing::warn!(step, "fault injection: killing the job");
-        // SAFETY: raising a signal on our own process has no memory effects.
-        unsafe {
-            libc::raise(libc::SIGKILL);
-        }
-    }
 }
 
 /// Opens DuckDB with the job's settings: memory limit, threads, and a spill

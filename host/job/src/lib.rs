@@ -20,6 +20,7 @@ pub mod completion;
 pub mod manifest;
 pub mod parent;
 pub mod sample;
+mod seams;
 pub mod sql;
 pub mod verify;
 
