@@ -166,6 +166,21 @@ fn plan_reports_config_errors_naming_the_key() {
     assert!(stderr(&output).contains("unknown tier \"weekly\" (configured: hourly)"), "{}", stderr(&output));
 }
 
+/// Found by an adversarial run: an object named with an escape sequence and
+/// a newline reached stderr verbatim through a listing error, so whoever can
+/// write to the lake could forge log lines or drive the operator's terminal.
+#[test]
+fn object_names_with_control_characters_do_not_reach_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    generated_lake(&dir.path().join("lake"));
+    let forged = dir.path().join("lake/mydb/cpu/2026/04/11/13/cpu_x\u{1b}[31m\nERROR forged.parquet");
+    std::fs::write(forged, b"PAR1").unwrap();
+    let config = write_config(dir.path(), "");
+    let output = compactor(&["plan", "--config", &config, "--now", "2026-04-11T18:00:00Z"]);
+    let stderr = stderr(&output);
+    assert!(!stderr.contains('\u{1b}') && !stderr.lines().any(|l| l.starts_with("ERROR forged")), "{stderr}");
+}
+
 #[test]
 fn plan_refuses_a_missing_lake() {
     let dir = tempfile::tempdir().unwrap();

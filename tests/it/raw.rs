@@ -231,6 +231,12 @@ fn plugin_check_survives_raw_components_and_is_cut_off_by_the_deadline() {
             assert!(String::from_utf8_lossy(&output.stderr).contains(RAW), "{mode}: names the plugin: {}", text(&output));
         }
     }
+    // Bidi and zero-width marks survive JSON's own escaping: the host
+    // escapes them in names, descriptions and the effective config alike.
+    let (output, _) = run_measured(&["plugin", "info", RAW, "--plugin-config", r#"{"mode": "forge"}"#, "--format", "json"]);
+    let info = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && !info.contains('\u{202e}') && !info.contains('\u{200b}'), "{}", text(&output));
+    assert!(info.contains(r"k\\u{202e}y"), "escaped, and JSON escapes the backslash: {info}");
     // No Tokio runtime here: the sleep is a blocking host call, cut at the
     // default 5 s deadline.
     let started = Instant::now();

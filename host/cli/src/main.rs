@@ -26,7 +26,8 @@ fn main() -> ExitCode {
             if is_broken_pipe(&error) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {error:#}");
+            // Errors can quote object names and plugin text.
+            eprintln!("error: {}", compactor_runtime::sanitize(&format!("{error:#}"), 8192));
             ExitCode::from(2)
         }
     }

@@ -179,14 +179,20 @@ pub struct PlanProblem {
     pub message: String,
 }
 
+// Sanitised as a whole: a message can quote a storage error, and an object
+// name in the lake may hold control characters just as a plugin's text can.
 impl std::fmt::Display for PlanProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.partition {
-            Some(partition) => write!(f, "tier {} on partition {partition}: {}", self.tier, self.message),
-            None => write!(f, "tier {}: {}", self.tier, self.message),
-        }
+        let text = match &self.partition {
+            Some(partition) => format!("tier {} on partition {partition}: {}", self.tier, self.message),
+            None => format!("tier {}: {}", self.tier, self.message),
+        };
+        f.write_str(&sanitize(&text, MAX_PROBLEM_TEXT))
     }
 }
+
+/// Longest problem text shown.
+const MAX_PROBLEM_TEXT: usize = 4096;
 
 /// The plan of one cycle.
 #[derive(Debug, Clone, Default, Serialize)]

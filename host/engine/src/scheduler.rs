@@ -68,6 +68,14 @@ async fn run_one(manager: Arc<Manager>, tier: String, schedule: cron::Schedule, 
         let options = CycleOptions { tiers: vec![tier.clone()], ..Default::default() };
         match manager.run_cycle(options).await {
             Ok(report) => {
+                // The daemon has no summary table: what went wrong goes to
+                // the log (a failing policy would otherwise be invisible).
+                for problem in &report.problems {
+                    tracing::warn!(%tier, cycle_id = report.cycle_id, "{problem}");
+                }
+                for job in report.failed() {
+                    tracing::warn!(%tier, partition = %job.partition_path, error = job.error.as_deref().unwrap_or_default(), "job failed");
+                }
                 tracing::info!(%tier, cycle_id = report.cycle_id, jobs = report.jobs.len(), failed = report.failed().count(), "scheduled cycle finished")
             }
             Err(CycleError::AlreadyRunning) => tracing::warn!(%tier, "skipped a firing: a compaction cycle is already running"),

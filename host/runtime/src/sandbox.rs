@@ -47,6 +47,9 @@ pub(crate) fn until_epoch(deadline: u64) -> Duration {
 const MAX_LOG_MESSAGE: usize = 4096;
 /// Log messages kept per call; the rest are counted and dropped.
 const MAX_LOGS_PER_CALL: u32 = 64;
+/// Log messages kept per instance (one tier of one cycle), over all its
+/// calls: a policy that logs on every partition cannot flood the log.
+const MAX_LOGS_PER_INSTANCE: u32 = 1024;
 
 /// Bytes a table element is counted as against the memory cap.
 const TABLE_ELEMENT_BYTES: u64 = 16;
@@ -61,6 +64,7 @@ pub(crate) struct PluginState {
     memory_in_use: u64,
     memory_exceeded: bool,
     logs_this_call: u32,
+    logs_total: u32,
     last_error_log: Option<String>,
     output: CapturedOutput,
     /// The wall-clock end of the current call, in epoch ticks: sleeps end
@@ -93,6 +97,7 @@ impl PluginState {
             memory_in_use: 0,
             memory_exceeded: false,
             logs_this_call: 0,
+            logs_total: 0,
             last_error_log: None,
             output,
             call_deadline: 0,
@@ -119,9 +124,13 @@ impl PluginState {
     /// `MAX_LOGS_PER_CALL` lines in a call, the rest are dropped.
     fn emit(&mut self, level: log::Level, message: &str) {
         self.logs_this_call += 1;
-        if self.logs_this_call > MAX_LOGS_PER_CALL {
-            if self.logs_this_call == MAX_LOGS_PER_CALL + 1 {
+        self.logs_total = self.logs_total.saturating_add(1);
+        if self.logs_this_call > MAX_LOGS_PER_CALL || self.logs_total > MAX_LOGS_PER_INSTANCE {
+            if self.logs_this_call == MAX_LOGS_PER_CALL + 1 && self.logs_total <= MAX_LOGS_PER_INSTANCE {
                 tracing::warn!(plugin = &*self.plugin, "more than {MAX_LOGS_PER_CALL} log lines in one call; dropping the rest");
+            }
+            if self.logs_total == MAX_LOGS_PER_INSTANCE + 1 {
+                tracing::warn!(plugin = &*self.plugin, "more than {MAX_LOGS_PER_INSTANCE} log lines from this instance; dropping the rest");
             }
             return;
         }
@@ -312,7 +321,7 @@ impl Sandbox {
                 // The trap alone: wasmtime's wasm backtrace is noise here.
                 let error = match error.downcast_ref::<Trap>() {
                     Some(trap) => trap.to_string(),
-                    None => sanitize(&format!("{error:#}"), MAX_LOG_MESSAGE),
+                    None => sanitize(&error.root_cause().to_string(), MAX_LOG_MESSAGE),
                 };
                 let cause = match &state.last_error_log {
                     Some(message) => format!("{error}; the plugin reported: {message}"),

@@ -92,6 +92,7 @@ impl TierPlugin {
             serde_json::Value::String(sanitize(&info.effective_config, 256))
         } else {
             serde_json::from_str(&info.effective_config)
+                .map(sanitize_json)
                 .unwrap_or_else(|_| serde_json::Value::String(sanitize(&info.effective_config, 256)))
         };
         let description = TierDescription {
@@ -118,6 +119,18 @@ const MAX_MESSAGE: usize = 1024;
 const MAX_EFFECTIVE_CONFIG: usize = 64 * 1024;
 /// Longest output suffix: it becomes part of every output's name.
 const MAX_OUTPUT_SUFFIX: usize = 64;
+
+/// `value` with every key and string sanitised: JSON escapes control
+/// characters when printed, but not bidi or zero-width marks.
+fn sanitize_json(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(sanitize(&s, MAX_MESSAGE)),
+        Value::Array(items) => Value::Array(items.into_iter().map(sanitize_json).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (sanitize(&k, MAX_NAME), sanitize_json(v))).collect()),
+        other => other,
+    }
+}
 
 /// Output suffixes become part of storage keys: keep them tame and short.
 fn validate_suffix(plugin: &str, suffix: &str) -> Result<(), PluginError> {

@@ -27,7 +27,8 @@ impl Guest for Raw {
             "long-suffix" => ("raw".to_owned(), "a 10 KB suffix".to_owned(), "s".repeat(10 * 1024)),
             _ => ("raw".to_owned(), "written without the SDK".to_owned(), "raw".to_owned()),
         };
-        TierInfo { name, description, partition_level: PartitionLevel::Hour, output_suffix, min_files: 2, effective_config: "{}".into() }
+        let effective_config = if mode == "forge" { "{\"k\u{202e}y\": \"v\u{200b}\\u001b[31m\"}".into() } else { "{}".into() };
+        TierInfo { name, description, partition_level: PartitionLevel::Hour, output_suffix, min_files: 2, effective_config }
     }
 
     fn is_compacted_file(name: String) -> bool {
