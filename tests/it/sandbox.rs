@@ -171,3 +171,38 @@ fn bytes_that_are_not_a_component_are_refused() {
     let error = runtime().load_tier(&PluginSource::Builtin("nope".into())).err().unwrap().to_string();
     assert!(error.contains("unknown built-in plugin \"nope\" (available: hourly, daily, binpack, role)"), "{error}");
 }
+
+/// Found by an adversarial run: a policy that takes just under its deadline
+/// on every partition made `run` wait minutes after SIGTERM. A stop request
+/// now ends planning before the next partition.
+#[test]
+fn a_stop_request_ends_planning_before_the_next_partition() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let keys: Vec<String> = (0..20)
+        .flat_map(|h| {
+            raw_files("cpu", &format!("20260411_{h:02}0500"), 2).into_iter().map(move |n| format!("db/cpu/2026/04/11/{h:02}/{n}"))
+        })
+        .collect();
+    let storage = runtime.block_on(store_with(&keys));
+    let limits = PluginLimits { call_timeout: Duration::from_secs(2), ..PluginLimits::default() };
+    let tiers = [tier("raw", "raw", r#"{"mode": "nap"}"#, limits)];
+    let options = compactor_engine::planner::PlanOptions {
+        now: crate::util::at("2026-04-13T00:00:00Z"),
+        database: None,
+        tiers: Vec::new(),
+        max_files_per_batch: 30,
+        multipart_threshold: 64 << 20,
+        stop: Default::default(),
+    };
+    let stop = options.stop.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let started = std::time::Instant::now();
+    let plan = runtime.block_on(compactor_engine::planner::plan(&storage, &tiers, &options)).unwrap();
+    stopper.join().unwrap();
+    // 20 partitions at 0.9 s each would take 18 s.
+    assert!(started.elapsed() < Duration::from_secs(4), "planning took {:?} after the stop", started.elapsed());
+    assert!(plan.tiers[0].partitions_seen < 5, "{:?}", plan.tiers[0]);
+}

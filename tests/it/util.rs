@@ -27,6 +27,7 @@ pub(crate) fn plugin(spec: &str) -> TierPlugin {
     }
     let source = match spec {
         "hostile" => PluginSource::Path(compactor_test_components::HOSTILE.into()),
+        "raw" => PluginSource::Path(compactor_test_components::RAW.into()),
         builtin => PluginSource::parse(builtin, std::path::Path::new(".")),
     };
     let plugin = runtime().load_tier(&source).unwrap_or_else(|e| panic!("{spec}: {e}"));
@@ -104,6 +105,7 @@ pub(crate) async fn plan(
         tiers: Vec::new(),
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
+        stop: Default::default(),
     };
     compactor_engine::planner::plan(storage, tiers, &options).await.unwrap()
 }

@@ -56,7 +56,8 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         let scheduler = tokio::spawn(compactor_engine::scheduler::run(manager.clone(), schedules, stopped));
         tracing::info!("compactor is running; SIGINT or SIGTERM stops it");
         stop_signal.wait().await;
-        tracing::info!("shutting down: waiting for a running cycle to finish");
+        tracing::info!("shutting down: waiting for the running jobs and policy calls to finish");
+        manager.request_stop();
         let _ = stop.send(true);
         let _ = scheduler.await;
         anyhow::Ok(())

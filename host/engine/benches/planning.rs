@@ -37,7 +37,14 @@ fn main() -> anyhow::Result<()> {
     let storage = runtime.block_on(lake(start))?;
     eprintln!("built the lake of {} files in {:.1?}", MEASUREMENTS * HOURS * FILES_PER_PARTITION, built.elapsed());
 
-    let options = PlanOptions { now, database: None, tiers: Vec::new(), max_files_per_batch: 30, multipart_threshold: 64 << 20 };
+    let options = PlanOptions {
+        now,
+        database: None,
+        tiers: Vec::new(),
+        max_files_per_batch: 30,
+        multipart_threshold: 64 << 20,
+        stop: Default::default(),
+    };
     let wasm_tier = PlannedTier {
         name: "hourly".into(),
         enabled: true,

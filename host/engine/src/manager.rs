@@ -228,6 +228,7 @@ pub struct Manager {
     tiers: Vec<PlannedTier>,
     plugins: PluginRuntime,
     child: ChildCommand,
+    stop: Arc<AtomicBool>,
     locks: PartitionLocks,
     temp_directory: PathBuf,
     running: AtomicBool,
@@ -267,6 +268,7 @@ impl Manager {
             tiers,
             plugins,
             child,
+            stop: Arc::default(),
             locks,
             temp_directory,
             running: AtomicBool::new(false),
@@ -275,6 +277,12 @@ impl Manager {
             history: Mutex::default(),
             progress: Mutex::default(),
         }
+    }
+
+    /// Asks a running cycle to stop soon: no further partition is planned
+    /// and no further batch is started; a job already running finishes.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 
     /// Receives progress events.
@@ -327,6 +335,7 @@ impl Manager {
             tiers,
             max_files_per_batch: self.config.compaction.max_files_per_batch,
             multipart_threshold: self.config.compaction.multipart_threshold_bytes(),
+            stop: self.stop.clone(),
         }
     }
 
@@ -417,6 +426,9 @@ impl Manager {
             Err(e) => tracing::error!(error = %e, "recovery failed; continuing with the cycle"),
         }
         for tier in selected {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
             let plan_options = self.plan_options(&options, vec![tier.name.clone()]);
             let plan = planner::plan(&self.storage, std::slice::from_ref(tier), &plan_options).await?;
             report.problems.extend(plan.problems);
@@ -486,6 +498,9 @@ impl Manager {
         };
         let mut records = Vec::new();
         for batch in batches {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
             let record = self.execute_batch(&batch, descriptor, suffix).await;
             if let Some(progress) = lock(&self.progress).clone() {
                 progress(Progress::BatchDone { record: Box::new(record.clone()) });

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -113,6 +114,9 @@ pub struct PlanOptions {
     pub max_files_per_batch: i64,
     /// Outputs larger than this are uploaded in parts (for the cost).
     pub multipart_threshold: u64,
+    /// Set on shutdown: planning stops before the next partition, so that a
+    /// stop waits for one policy call at most, not for every partition.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// One batch of the plan and the bytes it would read.
@@ -366,6 +370,10 @@ fn plan_tier(
     summary.output_suffix = instance.output_suffix();
     for listing in listings {
         for partition in group_into_partitions(&listing.database, &listing.measurement, &listing.files, level) {
+            if options.stop.load(Ordering::Relaxed) {
+                tracing::info!(tier = %tier.name, "stopping: the rest of the tier is not planned");
+                return summary;
+            }
             summary.partitions_seen += 1;
             let answer = match instance.select_candidates(&partition, options.now) {
                 Ok(answer) => answer,

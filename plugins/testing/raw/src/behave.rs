@@ -42,6 +42,9 @@ pub(crate) fn behave(mode: &str, export: &str) {
         }
         "sleep" if export != "configure" => std::thread::sleep(Duration::from_secs(3600)),
         "sleep-configure" => std::thread::sleep(Duration::from_secs(3600)),
+        // Just under a second per call: under a longer deadline the tier is
+        // never disabled, so only a stop request cuts a cycle short.
+        "nap" if export == "select-candidates" => std::thread::sleep(Duration::from_millis(900)),
         "loop" if export != "configure" => loop {
             std::hint::black_box(());
         },
