@@ -12,7 +12,7 @@ use compactor_engine::manager::GateDecision;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Recovers interrupted jobs, then runs each enabled tier on its schedule (5-field cron,\n\
 UTC). In cluster mode the cluster gate decides at start-up whether this node compacts.\n\
-SIGINT or SIGTERM stops scheduling; a cycle in progress is finished first.")]
+SIGINT or SIGTERM stops scheduling; jobs and policy calls already running finish, nothing new starts.")]
 pub(crate) struct Args {
     /// The configuration file.
     #[arg(long, value_name = "FILE")]

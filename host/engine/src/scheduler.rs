@@ -17,7 +17,8 @@ const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Runs `schedules` (tier name, cron schedule) until `shutdown` turns true;
-/// a cycle in progress is finished first. Each tier's task is supervised: a
+/// a cycle in progress stops at its next partition or batch (see
+/// [`Manager::request_stop`]) and is awaited. Each tier's task is supervised: a
 /// task that fails (a panic is a bug, but must not silently end a tier's
 /// schedule) is reported and restarted after a growing pause.
 pub async fn run(manager: Arc<Manager>, schedules: Vec<(String, cron::Schedule)>, shutdown: watch::Receiver<bool>) {
