@@ -269,6 +269,10 @@ fn once_asks_the_gate_and_compacts_nothing_unless_it_says_yes() {
         assert!(stderr.contains(&format!("the cluster gate {gate}")), "{gate} {mode}: {stderr}");
         let (plan, _) = run_measured(&["plan", "--config", &config, "--now", NOW]);
         assert!(String::from_utf8_lossy(&plan.stderr).contains(&format!("note: the cluster gate {gate}")), "plan shows the gate");
+        let (recover, _) = run_measured(&["recover", "--config", &config]);
+        assert_survived(&recover, mode);
+        assert_eq!(recover.status.code(), Some(code), "{gate} {mode}: recover asks the gate too: {}", text(&recover));
+        assert!(String::from_utf8_lossy(&recover.stderr).contains("nothing was recovered"), "{}", text(&recover));
     }
     let lake = lake();
     let (output, _) = run_measured(&["once", "--config", &gated_config(&lake, RAW_GATE, "yes", "compactor"), "--now", NOW]);

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use compactor_engine::manager::GateDecision;
+
 use crate::Format;
 
 /// Finish or roll back jobs interrupted by a crash, and clean up after them.
@@ -23,6 +25,20 @@ pub(crate) struct Args {
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = crate::runtime()?;
     let manager = crate::open_manager(&args.config, &[])?;
+    // Recovery deletes inputs and outputs: a node the gate does not allow
+    // to compact leaves the lake to the node that does.
+    let gate = manager.gate_decision();
+    match gate {
+        GateDecision::Standalone | GateDecision::Allowed { .. } => {}
+        GateDecision::Denied { .. } => {
+            eprintln!("note: {gate}; nothing was recovered");
+            return Ok(ExitCode::SUCCESS);
+        }
+        GateDecision::Failed { .. } => {
+            eprintln!("error: {gate}; nothing was recovered");
+            return Ok(ExitCode::from(1));
+        }
+    }
     let cleaned = manager.cleanup_orphaned_temp_dirs()?;
     let report = runtime.block_on(manager.recover())?;
     match args.format {
