@@ -1,12 +1,15 @@
 //! Compaction benchmark, in one run on one machine: one partition of 30 files
 //! × 100,000 rows compacted end to end by the engine (child process,
 //! download, merge, verify, upload, delete) versus the bare DuckDB
-//! `COPY … ORDER BY` of the same files with the same threads; the same
+//! `COPY … ORDER BY` of the same files with the same threads, both in the
+//! bundled build in-process and in the official build of the same version
+//! (the Python wheel, installed from PyPI when missing); the same
 //! partition on a loopback S3 server (moto) and the requests a compacted
 //! partition costs; then the engine's parent RSS over 50 cycles and the job's
 //! peak RSS against its `memory_limit`.
 //!
-//! Run: `cargo bench --bench compaction` (prints a Markdown table).
+//! Run: `cargo bench -p compactor --bench compaction` (prints a Markdown
+//! table).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -42,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..3 {
         bare = bare.min(bare_duckdb(&template, &work.path().join("bare.parquet"))?);
     }
+    let official = official_duckdb(&template, &work.path().join("official.parquet"))?;
     let mut engine = Duration::MAX;
     let mut peak_job_rss = 0;
     let mut local_requests = Default::default();
@@ -78,7 +82,12 @@ fn main() -> anyhow::Result<()> {
     );
     println!("| measurement | value | target |");
     println!("|---|---|---|");
-    println!("| bare DuckDB COPY … ORDER BY | {:.0} ms | - |", bare.as_secs_f64() * 1e3);
+    if let Some(official) = official {
+        println!("| official DuckDB {OFFICIAL_DUCKDB} (Python wheel), same COPY | {:.0} ms | - |", official.as_secs_f64() * 1e3);
+        println!("| bundled (in-process) / official throughput | {:.2} | - |", official.as_secs_f64() / bare.as_secs_f64());
+        println!("| engine / official throughput | {:.2} | - |", official.as_secs_f64() / engine.as_secs_f64());
+    }
+    println!("| bare DuckDB COPY … ORDER BY (the bundled build, in-process) | {:.0} ms | - |", bare.as_secs_f64() * 1e3);
     println!("| engine end to end (child, download, merge, verify, upload, delete) | {:.0} ms | - |", engine.as_secs_f64() * 1e3);
     println!("| engine / bare throughput | {:.2} | ≥ 0.85 |", bare.as_secs_f64() / engine.as_secs_f64());
     println!("| bare: rows/s per core, MB/s per core | {:.0}, {:.1} | - |", per_core(bare, rows), per_core(bare, mb));
@@ -146,18 +155,70 @@ fn copy_partition(template: &Path, lake: &Path) -> anyhow::Result<()> {
 }
 
 /// The engine's merge SQL, alone, on the local files.
-fn bare_duckdb(template: &Path, output: &Path) -> anyhow::Result<Duration> {
-    let connection = compactor_job::verify::connection()?;
-    connection.execute_batch(&format!("SET threads={THREADS}; SET memory_limit='{MEMORY_LIMIT}'"))?;
+/// The merge statement both baselines run: the job's SQL for this partition.
+fn merge_sql(template: &Path, output: &Path) -> String {
     let files: Vec<String> = inputs(template).iter().map(|p| p.display().to_string()).collect();
-    let started = Instant::now();
-    connection.execute_batch(&format!(
+    format!(
         "COPY (SELECT * REPLACE ({TIME_NORMALISATION}) FROM read_parquet({}, union_by_name=true) {}) TO '{}' ({WRITE_OPTIONS})",
         file_list(&files),
         order_by(&["time".to_owned()]),
         output.display()
-    ))?;
+    )
+}
+
+fn bare_duckdb(template: &Path, output: &Path) -> anyhow::Result<Duration> {
+    let connection = compactor_job::verify::connection()?;
+    connection.execute_batch(&format!("SET threads={THREADS}; SET memory_limit='{MEMORY_LIMIT}'"))?;
+    let sql = merge_sql(template, output);
+    let started = Instant::now();
+    connection.execute_batch(&sql)?;
     Ok(started.elapsed())
+}
+
+/// The DuckDB version the engine bundles; the official build compared with
+/// it is the Python wheel of the same version.
+const OFFICIAL_DUCKDB: &str = "1.4.5";
+
+/// The same statement in the official DuckDB build (the Python wheel of the
+/// bundled version, installed from PyPI if missing): best of 3, timed inside
+/// Python, so interpreter start-up is not counted. `None` when Python or the
+/// wheel cannot be had.
+fn official_duckdb(template: &Path, output: &Path) -> anyhow::Result<Option<Duration>> {
+    let has_wheel = |python: &str| {
+        std::process::Command::new(python)
+            .args(["-c", &format!("import duckdb, sys; sys.exit(duckdb.__version__ != '{OFFICIAL_DUCKDB}')")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !has_wheel("python3") {
+        let _ =
+            std::process::Command::new("python3").args(["-m", "pip", "install", "--quiet", &format!("duckdb=={OFFICIAL_DUCKDB}")]).status();
+        if !has_wheel("python3") {
+            eprintln!("official DuckDB {OFFICIAL_DUCKDB} (pip install duckdb=={OFFICIAL_DUCKDB}) is not available; skipping that baseline");
+            return Ok(None);
+        }
+    }
+    let script = format!(
+        "import duckdb, sys, time\n\
+         sql = sys.stdin.read()\n\
+         best = None\n\
+         for _ in range(3):\n\
+         \x20   con = duckdb.connect()\n\
+         \x20   con.execute(\"SET threads={THREADS}; SET memory_limit='{MEMORY_LIMIT}'; SET TimeZone='UTC'\")\n\
+         \x20   t = time.perf_counter(); con.execute(sql); e = time.perf_counter() - t\n\
+         \x20   best = e if best is None else min(best, e)\n\
+         \x20   con.close()\n\
+         print(best)\n"
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(&mut child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?, merge_sql(template, output).as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "the official DuckDB run failed");
+    Ok(Some(Duration::from_secs_f64(String::from_utf8(out.stdout)?.trim().parse()?)))
 }
 
 fn config(work: &Path, lake: &Path, temp: &str) -> anyhow::Result<Config> {
