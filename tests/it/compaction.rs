@@ -90,6 +90,34 @@ fn assert_compacted(lake: &Lake) {
     assert!(files.iter().all(|f| f.ends_with("_b1_daily.parquet")), "{files:#?}");
 }
 
+/// Row groups in each output of the lake.
+fn row_groups(lake: &Lake) -> Vec<i64> {
+    let connection = verify::connection().unwrap();
+    files_under(&lake.lake)
+        .iter()
+        .map(|f| {
+            let path = lake.lake.join(f).display().to_string().replace('\'', "''");
+            connection
+                .query_row(&format!("SELECT count(DISTINCT row_group_id) FROM parquet_metadata('{path}')"), [], |row| row.get(0))
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn row_group_size_is_a_config_key_with_arcs_default() {
+    // One day: 2 hours × 12 files × 500 rows per measurement, 12,000 rows
+    // per daily output.
+    let lake = lake_with(500, &[("row_group_size", value(2048))]);
+    let output = once(&lake, &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_intact(&lake);
+    assert_eq!(row_groups(&lake), [6, 6], "12,000 rows in groups of 2,048");
+    let lake = lake_with(500, &[]);
+    assert!(once(&lake, &[]).status.success());
+    assert_eq!(row_groups(&lake), [1, 1], "Arc's 122,880 rows hold the whole day");
+}
+
 #[test]
 fn once_compacts_hourly_then_daily_and_keeps_every_row() {
     let lake = lake_with(50, &[]);

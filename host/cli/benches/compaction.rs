@@ -19,7 +19,7 @@ use compactor_engine::config::Config;
 use compactor_engine::manager::{CycleOptions, Manager};
 use compactor_engine::planner::PlannedTier;
 use compactor_job::parent::ChildCommand;
-use compactor_job::sql::{TIME_NORMALISATION, WRITE_OPTIONS, file_list, order_by};
+use compactor_job::sql::{DEFAULT_ROW_GROUP_SIZE, TIME_NORMALISATION, file_list, order_by, write_options};
 use compactor_runtime::{ArtifactCache, PluginRuntime};
 use compactor_storage::Storage;
 
@@ -159,10 +159,11 @@ fn copy_partition(template: &Path, lake: &Path) -> anyhow::Result<()> {
 fn merge_sql(template: &Path, output: &Path) -> String {
     let files: Vec<String> = inputs(template).iter().map(|p| p.display().to_string()).collect();
     format!(
-        "COPY (SELECT * REPLACE ({TIME_NORMALISATION}) FROM read_parquet({}, union_by_name=true) {}) TO '{}' ({WRITE_OPTIONS})",
+        "COPY (SELECT * REPLACE ({TIME_NORMALISATION}) FROM read_parquet({}, union_by_name=true) {}) TO '{}' ({})",
         file_list(&files),
         order_by(&["time".to_owned()]),
-        output.display()
+        output.display(),
+        write_options(DEFAULT_ROW_GROUP_SIZE)
     )
 }
 

@@ -534,6 +534,7 @@ impl Manager {
             partition_time: candidate.partition_time,
             output_suffix: suffix.map(str::to_owned),
             multipart_threshold_bytes: Some(self.config.compaction.multipart_threshold_bytes()),
+            row_group_size: Some(self.config.compaction.row_group_size as u64),
         };
         let results: Mutex<Vec<JobResult>> = Mutex::default();
         let run: &RunSubset<'_> = &|files: Vec<String>| {

@@ -408,7 +408,14 @@ impl Job<'_> {
         let (tags, dedup_time) = self.dedup_settings(local);
         let sort_keys = self.config.effective_sort_keys();
         let order = order_by(&sort_keys);
-        let statements = compaction_statements(files_sql, &order, &output.display().to_string(), &tags, dedup_time);
+        let statements = compaction_statements(
+            files_sql,
+            &order,
+            &output.display().to_string(),
+            &tags,
+            dedup_time,
+            self.config.effective_row_group_size(),
+        );
         let dedup = statements.len() > 1;
         if order.is_empty() {
             self.duckdb.execute_batch("SET preserve_insertion_order = true")?;

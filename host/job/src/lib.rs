@@ -79,6 +79,9 @@ pub struct JobConfig {
     /// Outputs larger than this are uploaded in parts of this size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multipart_threshold_bytes: Option<u64>,
+    /// Rows per Parquet row group of the output; Arc's 122,880 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_group_size: Option<u64>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -91,6 +94,11 @@ fn unset_time() -> DateTime<Utc> {
 }
 
 impl JobConfig {
+    /// Rows per row group of the output.
+    pub fn effective_row_group_size(&self) -> u64 {
+        self.row_group_size.unwrap_or(sql::DEFAULT_ROW_GROUP_SIZE)
+    }
+
     /// The sort keys in effect.
     pub fn effective_sort_keys(&self) -> Vec<String> {
         self.sort_keys.clone().unwrap_or_else(|| vec!["time".into()])

@@ -1,8 +1,14 @@
 //! Arc's merge SQL for DuckDB: the input list, the time normalisation, the
 //! `ORDER BY` from the sort keys, and the tag-based dedup variant.
 
-/// Write options of every output (exact, as Arc).
-pub const WRITE_OPTIONS: &str = "FORMAT PARQUET, COMPRESSION ZSTD, COMPRESSION_LEVEL 3, ROW_GROUP_SIZE 122880";
+/// Arc's row-group size: rows per Parquet row group of an output.
+pub const DEFAULT_ROW_GROUP_SIZE: u64 = 122_880;
+
+/// Write options of every output: Arc's, with `row_group_size` rows per row
+/// group (Arc's is [`DEFAULT_ROW_GROUP_SIZE`]).
+pub fn write_options(row_group_size: u64) -> String {
+    format!("FORMAT PARQUET, COMPRESSION ZSTD, COMPRESSION_LEVEL 3, ROW_GROUP_SIZE {row_group_size}")
+}
 
 /// Normalises `time` to TIMESTAMPTZ: timestamps and ISO strings cast
 /// directly, integer-like strings are epoch microseconds (UTC), anything else
@@ -54,12 +60,20 @@ pub fn is_valid_identifier(name: &str) -> bool {
 /// The statements of one merge, in order, on one connection. Dedup runs when
 /// `tags` is non-empty or `dedup_time` is set, keyed by the sorted tags then
 /// `time`.
-pub fn compaction_statements(files_sql: &str, order_by: &str, output: &str, tags: &[String], dedup_time: bool) -> Vec<String> {
+pub fn compaction_statements(
+    files_sql: &str,
+    order_by: &str,
+    output: &str,
+    tags: &[String],
+    dedup_time: bool,
+    row_group_size: u64,
+) -> Vec<String> {
     let output = escape_path(output);
+    let write_options = write_options(row_group_size);
     let order = if order_by.is_empty() { String::new() } else { format!(" {order_by}") };
     if tags.is_empty() && !dedup_time {
         return vec![format!(
-            "COPY (SELECT * REPLACE ({TIME_NORMALISATION}) FROM read_parquet({files_sql}, union_by_name=true){order}) TO '{output}' ({WRITE_OPTIONS})"
+            "COPY (SELECT * REPLACE ({TIME_NORMALISATION}) FROM read_parquet({files_sql}, union_by_name=true){order}) TO '{output}' ({write_options})"
         )];
     }
     let key: Vec<String> = tags.iter().map(|t| quote_identifier(t)).chain(std::iter::once("\"time\"".to_owned())).collect();
@@ -68,7 +82,7 @@ pub fn compaction_statements(files_sql: &str, order_by: &str, output: &str, tags
             "CREATE OR REPLACE TEMP TABLE {STAGING_TABLE} AS SELECT * REPLACE ({TIME_NORMALISATION}) FROM read_parquet({files_sql}, union_by_name=true)"
         ),
         format!(
-            "COPY (SELECT * FROM {STAGING_TABLE} QUALIFY ROW_NUMBER() OVER (PARTITION BY {} ORDER BY \"time\" DESC) = 1{order}) TO '{output}' ({WRITE_OPTIONS})",
+            "COPY (SELECT * FROM {STAGING_TABLE} QUALIFY ROW_NUMBER() OVER (PARTITION BY {} ORDER BY \"time\" DESC) = 1{order}) TO '{output}' ({write_options})",
             key.join(", ")
         ),
     ]
@@ -103,11 +117,19 @@ mod tests {
 
     #[test]
     fn standard_variant_has_no_dedup() {
-        let sql = compaction_statements("['a.parquet', 'b.parquet']", r#"ORDER BY "time""#, "/tmp/out.parquet", &[], false).join(";");
+        let sql = compaction_statements(
+            "['a.parquet', 'b.parquet']",
+            r#"ORDER BY "time""#,
+            "/tmp/out.parquet",
+            &[],
+            false,
+            DEFAULT_ROW_GROUP_SIZE,
+        )
+        .join(";");
         assert!(sql.contains("read_parquet") && sql.contains(r#"ORDER BY "time""#));
         assert!(!sql.contains("ROW_NUMBER"));
         assert!(sql.contains("make_timestamp(") && sql.contains("TIMESTAMPTZ"));
-        assert!(sql.contains(WRITE_OPTIONS));
+        assert!(sql.contains("ROW_GROUP_SIZE 122880"), "Arc's write options: {sql}");
     }
 
     #[test]
@@ -118,24 +140,26 @@ mod tests {
             "/tmp/out.parquet",
             &keys(&["host", "region"]),
             false,
+            1_000_000,
         )
         .join(";");
+        assert!(sql.contains("ROW_GROUP_SIZE 1000000"), "{sql}");
         assert!(sql.contains(r#"PARTITION BY "host", "region", "time""#));
         assert!(sql.contains("QUALIFY ROW_NUMBER") && sql.contains("make_timestamp(") && sql.contains(r#"ORDER BY "time""#));
         assert!(!sql.contains("__dedup_rn"));
-        let time_only = compaction_statements("['a.parquet']", r#"ORDER BY "time""#, "/o", &[], true).join(";");
+        let time_only = compaction_statements("['a.parquet']", r#"ORDER BY "time""#, "/o", &[], true, DEFAULT_ROW_GROUP_SIZE).join(";");
         assert!(time_only.contains(r#"PARTITION BY "time""#) && !time_only.contains("PARTITION BY ,"));
-        let both = compaction_statements("['a.parquet']", "", "/o", &keys(&["host"]), true).join(";");
+        let both = compaction_statements("['a.parquet']", "", "/o", &keys(&["host"]), true, DEFAULT_ROW_GROUP_SIZE).join(";");
         assert!(both.contains(r#"PARTITION BY "host", "time""#));
-        let empty = compaction_statements("['a.parquet']", "", "/o", &[], false).join(";");
+        let empty = compaction_statements("['a.parquet']", "", "/o", &[], false, DEFAULT_ROW_GROUP_SIZE).join(";");
         assert!(!empty.contains("ROW_NUMBER"));
     }
 
     #[test]
     fn output_paths_and_identifiers_are_escaped() {
-        let sql = compaction_statements("'a'", "", "/tmp/it's out.parquet", &keys(&["host"]), false).join(";");
+        let sql = compaction_statements("'a'", "", "/tmp/it's out.parquet", &keys(&["host"]), false, DEFAULT_ROW_GROUP_SIZE).join(";");
         assert!(sql.contains("it''s"));
-        let sql = compaction_statements("'a'", "", "/o", &keys(&["host\"injection"]), false).join(";");
+        let sql = compaction_statements("'a'", "", "/o", &keys(&["host\"injection"]), false, DEFAULT_ROW_GROUP_SIZE).join(";");
         assert!(sql.contains(r#""host""injection""#));
     }
 
