@@ -199,21 +199,19 @@ pub struct LimitsConfig {
 impl LimitsConfig {
     /// `limits` with the fields this table sets replaced; `key` names the
     /// table for errors.
-    pub fn apply_to(&self, limits: PluginLimits, key: &str) -> Result<PluginLimits, ConfigError> {
-        let overrides = self;
-        let mut limits = limits;
-        if let Some(fuel) = overrides.fuel_per_call {
+    pub fn apply_to(&self, mut limits: PluginLimits, key: &str) -> Result<PluginLimits, ConfigError> {
+        if let Some(fuel) = self.fuel_per_call {
             if fuel == 0 {
                 return Err(value_error(format!("{key}.fuel_per_call"), "0 (must be at least 1)"));
             }
             limits.fuel_per_call = fuel;
         }
-        if let Some(memory) = &overrides.memory {
+        if let Some(memory) = &self.memory {
             limits.memory_bytes = compactor_model::units::parse_size(memory).filter(|b| *b >= 1 << 20).ok_or_else(|| {
                 value_error(format!("{key}.memory"), format!("{memory:?} (expected a size of at least 1MiB, e.g. \"256MiB\")"))
             })?;
         }
-        if let Some(ms) = overrides.call_timeout_ms {
+        if let Some(ms) = self.call_timeout_ms {
             if ms == 0 {
                 return Err(value_error(format!("{key}.call_timeout_ms"), "0 (must be at least 1)"));
             }
@@ -347,7 +345,8 @@ impl Config {
         }
     }
 
-    /// The gate's sandbox limits: `[plugins.limits]` over the defaults.
+    /// The sandbox limits of every plugin, and the gate's: `[plugins.limits]`
+    /// over the defaults.
     pub fn gate_limits(&self) -> Result<PluginLimits, ConfigError> {
         self.plugins.limits.apply_to(PluginLimits::default(), "plugins.limits")
     }
@@ -393,15 +392,14 @@ impl Config {
                 return Err(value_error(format!("{key}.plugin"), "\"\" (expected builtin:NAME or a path to a .wasm component)"));
             }
             parse_schedule(tier.effective_schedule()).map_err(|e| value_error(format!("{key}.schedule"), e))?;
-            tier.limits.apply_to(self.plugins.limits.apply_to(PluginLimits::default(), "plugins.limits")?, &format!("{key}.limits"))?;
+            self.tier_limits(i)?;
         }
         Ok(())
     }
 
     /// The sandbox limits of tier `index`.
     pub fn tier_limits(&self, index: usize) -> Result<PluginLimits, ConfigError> {
-        let defaults = self.plugins.limits.apply_to(PluginLimits::default(), "plugins.limits")?;
-        self.tiers[index].limits.apply_to(defaults, &format!("tiers[{index}].limits"))
+        self.tiers[index].limits.apply_to(self.gate_limits()?, &format!("tiers[{index}].limits"))
     }
 
     /// Resolves a path from the config against the config file's directory.

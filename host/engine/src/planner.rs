@@ -316,6 +316,8 @@ fn plan_tier_on_own_thread(
     plan: &mut Plan,
 ) -> TierSummary {
     let outcome = std::thread::scope(|scope| {
+        // A plan of its own, merged only when the thread finishes: a tier
+        // that panics half-way adds no batch.
         let mut tier_plan = Plan::default();
         let thread = std::thread::Builder::new()
             .name(format!("plan-{}", tier.name))

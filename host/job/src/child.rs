@@ -235,8 +235,9 @@ impl Job<'_> {
         if inputs.is_empty() {
             return Err(NoValidInput.into());
         }
-        let files_sql = file_list(&inputs.iter().map(|i| i.local.display().to_string()).collect::<Vec<_>>());
-        Ok(Some(Inputs { inputs, files_sql }))
+        let mut inputs = Inputs { inputs, files_sql: String::new() };
+        inputs.files_sql = file_list(&inputs.local_paths());
+        Ok(Some(inputs))
     }
 
     /// Step 3a: whether the inputs have a `time` column (without one they

@@ -120,6 +120,17 @@ impl PluginState {
         }
     }
 
+    /// Counts `bytes` more of memory or table against the instance's cap.
+    fn grow(&mut self, bytes: u64) -> wasmtime::Result<bool> {
+        let total = self.memory_in_use.saturating_add(bytes);
+        if total > self.memory_limit {
+            self.memory_exceeded = true;
+            wasmtime::bail!("memory limit exceeded");
+        }
+        self.memory_in_use = total;
+        Ok(true)
+    }
+
     /// One bounded, sanitised log line attributed to the plugin; after
     /// `MAX_LOGS_PER_CALL` lines in a call, the rest are dropped.
     fn emit(&mut self, level: log::Level, message: &str) {
@@ -170,18 +181,6 @@ impl ResourceLimiter for PluginState {
 
     fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         self.grow((desired as u64).saturating_sub(current as u64).saturating_mul(TABLE_ELEMENT_BYTES))
-    }
-}
-
-impl PluginState {
-    fn grow(&mut self, bytes: u64) -> wasmtime::Result<bool> {
-        let total = self.memory_in_use.saturating_add(bytes);
-        if total > self.memory_limit {
-            self.memory_exceeded = true;
-            wasmtime::bail!("memory limit exceeded");
-        }
-        self.memory_in_use = total;
-        Ok(true)
     }
 }
 
@@ -314,22 +313,19 @@ impl Sandbox {
         if state.memory_exceeded {
             return PluginError::OutOfMemory { plugin, export, limit: self.limits.memory_bytes };
         }
-        match error.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => PluginError::OutOfFuel { plugin, export, fuel: self.limits.fuel_per_call },
-            Some(Trap::Interrupt) => PluginError::Deadline { plugin, export, timeout: self.limits.call_timeout },
-            _ => {
-                // The trap alone: wasmtime's wasm backtrace is noise here.
-                let error = match error.downcast_ref::<Trap>() {
-                    Some(trap) => trap.to_string(),
-                    None => sanitize(&error.root_cause().to_string(), MAX_LOG_MESSAGE),
-                };
-                let cause = match &state.last_error_log {
-                    Some(message) => format!("{error}; the plugin reported: {message}"),
-                    None => error,
-                };
-                PluginError::Trap { plugin, export, cause }
-            }
-        }
+        // The trap or the root cause alone: wasmtime's wasm backtrace is noise
+        // here.
+        let error = match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => return PluginError::OutOfFuel { plugin, export, fuel: self.limits.fuel_per_call },
+            Some(Trap::Interrupt) => return PluginError::Deadline { plugin, export, timeout: self.limits.call_timeout },
+            Some(trap) => trap.to_string(),
+            None => sanitize(&error.root_cause().to_string(), MAX_LOG_MESSAGE),
+        };
+        let cause = match &state.last_error_log {
+            Some(message) => format!("{error}; the plugin reported: {message}"),
+            None => error,
+        };
+        PluginError::Trap { plugin, export, cause }
     }
 }
 
