@@ -85,7 +85,7 @@ fn assert_intact(lake: &Lake) {
 
 /// Fully compacted: one daily file per measurement and nothing else.
 fn assert_compacted(lake: &Lake) {
-    let files = files_under(&lake.lake);
+    let files: Vec<String> = files_under(&lake.lake);
     assert_eq!(files.len(), 2, "{files:#?}");
     assert!(files.iter().all(|f| f.ends_with("_b1_daily.parquet")), "{files:#?}");
 }

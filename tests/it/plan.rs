@@ -90,6 +90,7 @@ fn manifest_holding(inputs: &[String]) -> RecoveryManifest {
         status: "pending".into(),
         created_at: at("2026-04-11T11:00:00Z"),
         job_id: "db_db_cpu_2026_04_11_10_1_b1".into(),
+        owner: None,
     }
 }
 
@@ -111,17 +112,26 @@ async fn files_held_by_recovery_manifests_are_dropped_from_candidates() {
 
 /// Found by the suite under load: a manifest read that timed out released a
 /// live job's files (its uploaded output among them) to the daily tier, and
-/// recovery then rolled the job back, so its rows were merged twice.
+/// recovery then rolled the job back, so its rows were merged twice. Now the
+/// partitions the manifest names wait — its hour, and the day around it —
+/// and the others are planned.
 #[tokio::test]
-async fn a_manifest_that_cannot_be_read_now_skips_every_candidate() {
-    let keys = hour("db/cpu", "10", 12);
+async fn a_manifest_that_cannot_be_read_now_blocks_its_partitions() {
+    let mut keys = hour("db/cpu", "10", 12);
     let inner = store_with(&keys).await;
     let manifest = manifest_holding(&keys[..11]);
     ManifestStore::new(inner.clone()).write(&manifest).await.unwrap();
+    keys = hour("db/cpu", "11", 12);
+    for key in &keys {
+        inner.write(key, bytes::Bytes::from_static(b"x")).await.unwrap();
+    }
     let storage = Storage::from_store(Arc::new(failing::FailsUnder::reads(inner.object_store().clone(), "_compaction_state")), "flaky://");
     let plan = plan(&storage, &arc_tiers(), "2026-04-13T00:00:00Z").await;
-    assert!(plan.batches.is_empty(), "{:?}", plan.batches);
-    assert!(plan.problems[0].to_string().contains("failed to read manifest"), "{}", plan.problems[0]);
+    let planned: Vec<&str> = plan.batches.iter().map(|b| b.candidate.partition_path.as_str()).collect();
+    assert_eq!(planned, ["db/cpu/2026/04/11/11"], "hour 10 and its day wait; hour 11 does not");
+    let problems: Vec<String> = plan.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(problems.iter().all(|p| p.contains("cannot be read now")), "{problems:#?}");
 }
 
 #[tokio::test]

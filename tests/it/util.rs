@@ -110,7 +110,15 @@ pub(crate) async fn plan(
     compactor_engine::planner::plan(storage, tiers, &options).await.unwrap()
 }
 
-/// Every file below `root`, relative and sorted; a missing root is empty.
+/// A lease object (or its local sidecar): one per day of a measurement that
+/// was ever compacted, kept (empty) after its claims end, since no store can
+/// delete it conditionally.
+pub(crate) fn is_lease(key: &str) -> bool {
+    key.starts_with("_compaction_state/leases/")
+}
+
+/// Every file below `root`, relative and sorted, except lease objects; a
+/// missing root is empty.
 pub(crate) fn files_under(root: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
@@ -125,6 +133,7 @@ pub(crate) fn files_under(root: &std::path::Path) -> Vec<String> {
             }
         }
     }
+    out.retain(|f| !is_lease(f));
     out.sort();
     out
 }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use compactor_runtime::{ArtifactCache, PluginLimits};
+use compactor_storage::lease::LeaseSettings;
 use serde::Deserialize;
 
 use crate::tier::clamp_max_files_per_batch;
@@ -85,6 +86,9 @@ pub struct Config {
     /// Cluster role and gate.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// Leases between engines sharing the store.
+    #[serde(default)]
+    pub coordination: CoordinationConfig,
     /// Directory of the config file, against which relative paths resolve.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -273,6 +277,53 @@ impl TierConfig {
     }
 }
 
+/// `[coordination]`: the leases that keep one owner per partition when
+/// several engines share a store (durations as humantime strings: `"60s"`,
+/// `"2m"`). See the ownership model in `docs/architecture.md`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinationConfig {
+    /// How long a claim lasts without renewal; renewed every third of it.
+    pub lease_ttl: String,
+    /// The largest difference between two engines' wall clocks.
+    pub max_clock_skew: String,
+    /// How long before its lease's deadline a job stops trusting it; a
+    /// quarter of `lease_ttl` when absent.
+    pub safety_margin: Option<String>,
+}
+
+impl Default for CoordinationConfig {
+    fn default() -> Self {
+        Self { lease_ttl: "60s".into(), max_clock_skew: "5s".into(), safety_margin: None }
+    }
+}
+
+impl CoordinationConfig {
+    /// The lease timing, validated.
+    pub fn lease_settings(&self) -> Result<LeaseSettings, ConfigError> {
+        let duration = |key: &str, value: &str| {
+            humantime::parse_duration(value)
+                .map_err(|e| value_error(format!("coordination.{key}"), format!("{value:?} ({e}; expected e.g. \"60s\")")))
+        };
+        let ttl = duration("lease_ttl", &self.lease_ttl)?;
+        if ttl < Duration::from_secs(1) {
+            return Err(value_error("coordination.lease_ttl", format!("{:?} (must be at least 1s)", self.lease_ttl)));
+        }
+        let max_clock_skew = duration("max_clock_skew", &self.max_clock_skew)?;
+        let safety_margin = match &self.safety_margin {
+            Some(margin) => duration("safety_margin", margin)?,
+            None => ttl / 4,
+        };
+        if safety_margin >= ttl / 2 {
+            return Err(value_error(
+                "coordination.safety_margin",
+                format!("{safety_margin:?} (must be less than half of lease_ttl, {:?})", self.lease_ttl),
+            ));
+        }
+        Ok(LeaseSettings { ttl, max_clock_skew, safety_margin })
+    }
+}
+
 /// `[cluster]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -355,6 +406,7 @@ impl Config {
         if self.storage.url.trim().is_empty() {
             return Err(value_error("storage.url", "\"\" (expected e.g. \"file:///var/lib/arc\")"));
         }
+        self.coordination.lease_settings()?;
         let c = &self.compaction;
         if c.max_concurrent < 0 {
             return Err(value_error("compaction.max_concurrent", format!("{} (must be >= 0; 0 = default)", c.max_concurrent)));

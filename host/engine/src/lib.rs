@@ -16,6 +16,7 @@ pub mod config;
 pub mod manager;
 pub mod planner;
 pub mod scheduler;
+pub mod temp;
 pub mod tier;
 
 use compactor_runtime::{ArtifactCache, PluginError, PluginRuntime};

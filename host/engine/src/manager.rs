@@ -15,12 +15,13 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::planner::{self, PlanOptions, PlanProblem, PlannedBatch, PlannedTier};
+use crate::temp::{EngineDir, sweep_dead_engines};
 use compactor_job::manifest::{ManifestStore, RecoveryManifest, RecoveryObservers, RecoveryOutcome, RecoveryReport};
-use compactor_job::parent::{ChildCommand, RunSubset, compact_adaptive};
-use compactor_job::{JobConfig, JobResult, job_id, job_prefix};
+use compactor_job::parent::{ChildCommand, JobFailure, RunSubset, compact_adaptive};
+use compactor_job::{FailureKind, JobConfig, JobLease, JobResult, job_id, job_prefix};
 use compactor_runtime::{NodeInfo, PluginRuntime, PluginSource};
 use compactor_storage::RequestCost;
-use compactor_storage::lock::{DEFAULT_LOCK_TTL, PartitionLocks};
+use compactor_storage::lease::{Lease, Leases, new_engine_id};
 use compactor_storage::{Storage, StorageDescriptor};
 
 /// Records kept in the manager's history.
@@ -229,8 +230,9 @@ pub struct Manager {
     plugins: PluginRuntime,
     child: ChildCommand,
     stop: Arc<AtomicBool>,
-    locks: PartitionLocks,
+    leases: Leases,
     temp_directory: PathBuf,
+    engine_dir: Mutex<Option<Arc<EngineDir>>>,
     running: AtomicBool,
     cycle_id: AtomicU64,
     stats: Mutex<ManagerStats>,
@@ -249,6 +251,9 @@ impl Manager {
             tracing::warn!("{warning}");
         }
         let storage = Storage::open(&config.storage.url, &config.storage.options, &config.base_dir)?;
+        if let Some(lake) = storage.local_root() {
+            crate::temp::check_outside_lake(&config.resolve_path(&config.compaction.temp_directory), &lake).map_err(anyhow::Error::msg)?;
+        }
         let plugins = crate::plugin_runtime(config.plugin_cache_dir())?;
         let tiers = PlannedTier::load_all(&config, &plugins)?;
         Ok(Self::new(config, storage, tiers, plugins, child))
@@ -260,7 +265,7 @@ impl Manager {
         child.env.extend(storage.child_env().iter().cloned());
         let (storage, requests) = storage.counted();
         let temp_directory = config.resolve_path(&config.compaction.temp_directory);
-        let locks = PartitionLocks::new(storage.clone(), DEFAULT_LOCK_TTL);
+        let leases = Leases::new(storage.clone(), new_engine_id(), config.coordination.lease_settings().unwrap_or_default());
         Self {
             config,
             storage,
@@ -269,8 +274,9 @@ impl Manager {
             plugins,
             child,
             stop: Arc::default(),
-            locks,
+            leases,
             temp_directory,
+            engine_dir: Mutex::default(),
             running: AtomicBool::new(false),
             cycle_id: AtomicU64::new(0),
             stats: Mutex::default(),
@@ -364,15 +370,18 @@ impl Manager {
         }
     }
 
-    /// Removes abandoned partition locks, then finishes or rolls back
-    /// interrupted jobs (see [`ManifestStore::recover`]).
+    /// This engine's id, as its leases and manifests name it.
+    pub fn engine_id(&self) -> &str {
+        self.leases.engine()
+    }
+
+    /// Finishes or rolls back the interrupted jobs whose owner's lease is
+    /// gone, and leaves live ones alone (see [`ManifestStore::recover`]).
     pub async fn recover(&self) -> Result<RecoveryReport, compactor_job::manifest::ManifestError> {
-        match self.locks.remove_abandoned().await {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "removed abandoned partition locks"),
-            Err(e) => tracing::warn!(error = %e, "cannot check partition locks"),
+        let report = ManifestStore::new(self.storage.clone()).recover(&self.leases, &RecoveryObservers::default()).await?;
+        if !report.quarantined.is_empty() {
+            tracing::error!(manifests = ?report.quarantined, "unparseable recovery manifests moved aside to *.quarantined");
         }
-        let report = ManifestStore::new(self.storage.clone()).recover(&RecoveryObservers::default()).await?;
         lock(&self.stats).total_manifests_recovered += report.recovered as u64;
         Ok(report)
     }
@@ -380,22 +389,47 @@ impl Manager {
     /// Checks at start-up that the store can do create-only writes; when it
     /// cannot, says so and what it means instead of silently racing.
     pub async fn check_store(&self) {
-        match self.locks.check_conditional_writes().await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                store = %self.storage,
-                "this store cannot do conditional (create-only) writes: partition locks cannot exclude another \
-                 compactor and an upload could overwrite an object; run a single compactor against this store \
-                 (for S3-compatible servers, set aws_conditional_put in [storage.options] if they support it)"
-            ),
-            Err(e) => tracing::warn!(store = %self.storage, error = %e, "cannot check whether the store supports create-only writes"),
+        let skew = self.leases.settings().max_clock_skew;
+        match self.leases.check_store().await {
+            Ok(check) => {
+                if !check.conditional_writes {
+                    tracing::warn!(
+                        store = %self.storage,
+                        "this store cannot do conditional (create-only) writes: leases cannot exclude another \
+                         compactor and an upload could overwrite an object; run a single compactor against this store \
+                         (for S3-compatible servers, set aws_conditional_put in [storage.options] if they support it)"
+                    );
+                }
+                if let Some(offset) = check.clock_offset
+                    && offset.abs().to_std().unwrap_or_default() > skew / 2
+                {
+                    tracing::warn!(
+                        store = %self.storage,
+                        offset_ms = offset.num_milliseconds(),
+                        "this host's clock differs from the store's by more than half of [coordination] max_clock_skew \
+                         ({skew:?}); leases between engines assume clocks within that bound: fix the clock (NTP) or raise it"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(store = %self.storage, error = %e, "cannot check the store's conditional writes and clock"),
         }
     }
 
-    /// Removes every sub-directory of the temp directory except the reserved
-    /// `.completion` (leftovers of killed jobs); plain files stay.
+    /// Removes the temp directories of engines that are gone (their leftover
+    /// job directories); nothing of a live engine's, nothing unmarked.
     pub fn cleanup_orphaned_temp_dirs(&self) -> std::io::Result<usize> {
-        cleanup_orphaned_temp_dirs(&self.temp_directory)
+        sweep_dead_engines(&self.temp_directory)
+    }
+
+    /// This engine's temp directory, created on first use.
+    fn engine_dir(&self) -> std::io::Result<Arc<EngineDir>> {
+        let mut dir = lock(&self.engine_dir);
+        if let Some(dir) = dir.as_ref() {
+            return Ok(dir.clone());
+        }
+        let created = Arc::new(EngineDir::create(&self.temp_directory, self.engine_id())?);
+        *dir = Some(created.clone());
+        Ok(created)
     }
 
     /// Runs one cycle.
@@ -485,35 +519,96 @@ impl Manager {
         let Some(first) = batches.first() else { return (Vec::new(), 0) };
         let partition = first.candidate.partition_path.clone();
         let database = first.candidate.database.clone();
-        let held = match self.locks.try_acquire(&partition).await {
-            Ok(Some(held)) => held,
+        let lease = match self.leases.try_acquire(&partition).await {
+            Ok(Some(lease)) => lease,
             Ok(None) => {
-                tracing::info!(%partition, "partition is being compacted elsewhere; skipping it this cycle");
+                tracing::info!(%partition, "partition (or its day, or an hour of it) is being compacted elsewhere; skipping it this cycle");
                 return (Vec::new(), batches.len());
             }
             Err(e) => {
-                tracing::error!(%partition, error = %e, "cannot take the partition lock; skipping it this cycle");
+                tracing::error!(%partition, error = %e, "cannot take the partition's lease; skipping it this cycle");
                 return (Vec::new(), batches.len());
             }
         };
+        let skipped = batches.len();
+        let outcome = self.execute_leased(batches, descriptor, suffix, &lease).await;
+        let (records, unknown_outcome) = match outcome {
+            Ok(done) => done,
+            Err(reason) => {
+                tracing::error!(%partition, "{reason}; skipping it this cycle");
+                self.leases.release(lease).await;
+                return (Vec::new(), skipped);
+            }
+        };
+        if unknown_outcome {
+            // Keep the partition for one more lease TTL, so that the request
+            // whose outcome is unknown has landed or failed before anyone
+            // (this engine included) recovers it.
+            self.leases.release_late(lease).await;
+        } else {
+            self.leases.release(lease).await;
+        }
+        if let Ok(dir) = self.engine_dir() {
+            remove_partition_temp_dirs(dir.path(), &job_prefix(&database, &partition));
+        }
+        (records, 0)
+    }
+
+    /// The batches of one partition, under its lease: the lease is renewed
+    /// meanwhile, and the files of manifests written since the plan are
+    /// dropped first. Returns the records and whether a job's outcome is
+    /// unknown (then the rest of the partition waits for recovery).
+    async fn execute_leased(
+        &self,
+        batches: Vec<PlannedBatch>,
+        descriptor: &StorageDescriptor,
+        suffix: Option<&str>,
+        lease: &Lease,
+    ) -> Result<(Vec<JobRecord>, bool), String> {
+        let engine_dir = self.engine_dir().map_err(|e| format!("cannot create the engine's temp directory: {e}"))?;
+        let deadline_file = engine_dir.path().join(format!("{}.deadline", lease.id()));
+        let _renewal = self.leases.keep_renewed(lease, Some(deadline_file.clone()));
+        // The plan's snapshot of held files may predate another job's
+        // manifest; under the lease, look again.
+        let held = ManifestStore::new(self.storage.clone()).held_files().await.map_err(|e| e.to_string())?;
+        if let Some(manifest) = held.blocked_by(lease.partition()) {
+            return Err(format!("recovery manifest {manifest} cannot be read now"));
+        }
         let mut records = Vec::new();
-        for batch in batches {
+        for mut batch in batches {
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
-            let record = self.execute_batch(&batch, descriptor, suffix).await;
+            let planned = batch.candidate.files.len();
+            batch.candidate.files.retain(|f| !held.contains(f));
+            if batch.candidate.files.len() < compactor_job::parent::MIN_BATCH_FILES {
+                if planned > 0 {
+                    tracing::info!(partition = %lease.partition(), "the batch's files are held by another job's manifest now; skipping it");
+                }
+                continue;
+            }
+            let job = LeasedJob { lease, deadline_file: &deadline_file, engine_dir: engine_dir.path() };
+            let (record, unknown_outcome) = self.execute_batch(&batch, descriptor, suffix, &job).await;
             if let Some(progress) = lock(&self.progress).clone() {
                 progress(Progress::BatchDone { record: Box::new(record.clone()) });
             }
             records.push(record);
+            if unknown_outcome {
+                return Ok((records, true));
+            }
         }
-        self.locks.release(held).await;
-        remove_partition_temp_dirs(&self.temp_directory, &job_prefix(&database, &partition));
-        (records, 0)
+        Ok((records, false))
     }
 
-    async fn execute_batch(&self, batch: &PlannedBatch, descriptor: &StorageDescriptor, suffix: Option<&str>) -> JobRecord {
+    async fn execute_batch(
+        &self,
+        batch: &PlannedBatch,
+        descriptor: &StorageDescriptor,
+        suffix: Option<&str>,
+        job: &LeasedJob<'_>,
+    ) -> (JobRecord, bool) {
         let candidate = &batch.candidate;
+        let lease = job.lease;
         let started = Instant::now();
         let template = JobConfig {
             database: candidate.database.clone(),
@@ -521,7 +616,7 @@ impl Manager {
             partition_path: candidate.partition_path.clone(),
             files: Vec::new(),
             tier: candidate.tier.clone(),
-            temp_directory: self.temp_directory.display().to_string(),
+            temp_directory: job.engine_dir.display().to_string(),
             batch_number: candidate.batch_number,
             parent_finalizes_manifest: false,
             sort_keys: Some(self.config.compaction.sort_keys_for(&candidate.measurement).to_vec()),
@@ -535,8 +630,14 @@ impl Manager {
             output_suffix: suffix.map(str::to_owned),
             multipart_threshold_bytes: Some(self.config.compaction.multipart_threshold_bytes()),
             row_group_size: Some(self.config.compaction.row_group_size as u64),
+            lease: Some(JobLease {
+                engine: self.engine_id().to_owned(),
+                id: lease.id().to_owned(),
+                deadline_file: job.deadline_file.display().to_string(),
+            }),
         };
         let results: Mutex<Vec<JobResult>> = Mutex::default();
+        let unknown_outcome = AtomicBool::new(false);
         let run: &RunSubset<'_> = &|files: Vec<String>| {
             let config = JobConfig {
                 files,
@@ -545,27 +646,46 @@ impl Manager {
             };
             let child = &self.child;
             let results = &results;
+            let unknown_outcome = &unknown_outcome;
             let manifests = ManifestStore::new(self.storage.clone());
+            let engine = self.engine_id();
             Box::pin(async move {
+                if !lease.is_valid() {
+                    let mut failure = JobFailure::new(FailureKind::LeaseLost, "the partition's lease was lost; the job was not started".into());
+                    failure.permanent = true;
+                    return Err(failure);
+                }
                 let mut outcome = child.run(&config).await;
-                if let Err(failure) = &outcome {
-                    // A job killed after writing its recovery manifest may
-                    // have uploaded its output: resolve that first, or a retry
-                    // in halves would merge the same rows a second time.
-                    let key = RecoveryManifest::key_for(&config.tier, &config.database, &config.partition_path, &config.job_id);
-                    match manifests.recover_job(&key).await {
-                        Ok(RecoveryOutcome::Finished) => {
-                            tracing::warn!(job_id = %config.job_id, error = %failure, "the job died after its upload; recovery finished it");
-                            let files_compacted = config.files.len();
-                            outcome = Ok(JobResult { success: true, files_compacted, output_file: String::new(), ..Default::default() });
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::error!(job_id = %config.job_id, error = %e, "cannot resolve the failed job's manifest; not retrying");
-                            let mut failure = failure.clone();
-                            failure.message = format!("{}; its recovery manifest could not be resolved: {e}", failure.message);
+                if let Err(failure) = &mut outcome {
+                    match failure.kind {
+                        FailureKind::UnknownOutcome => {
+                            unknown_outcome.store(true, Ordering::SeqCst);
                             failure.permanent = true;
-                            outcome = Err(failure);
+                        }
+                        FailureKind::LeaseLost => failure.permanent = true,
+                        _ if !lease.is_valid() => {
+                            failure.message = format!("{}; the partition's lease was lost, so recovery resolves the job", failure.message);
+                            failure.permanent = true;
+                        }
+                        _ => {
+                            // A job killed after writing its recovery manifest may
+                            // have uploaded its output: resolve that first, or a
+                            // retry in halves would merge the same rows a second time.
+                            let key = RecoveryManifest::key_for(&config.tier, &config.database, &config.partition_path, &config.job_id);
+                            match manifests.recover_job(&key, lease, engine).await {
+                                Ok(RecoveryOutcome::Finished) => {
+                                    tracing::warn!(job_id = %config.job_id, error = %failure, "the job died after its upload; recovery finished it");
+                                    let files_compacted = config.files.len();
+                                    outcome =
+                                        Ok(JobResult { success: true, files_compacted, output_file: String::new(), ..Default::default() });
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    tracing::error!(job_id = %config.job_id, error = %e, "cannot resolve the failed job's manifest; not retrying");
+                                    failure.message = format!("{}; its recovery manifest could not be resolved: {e}", failure.message);
+                                    failure.permanent = true;
+                                }
+                            }
                         }
                     }
                 }
@@ -605,7 +725,7 @@ impl Manager {
             requests: results.iter().fold(RequestCost::default(), |total, r| total + r.requests),
         };
         self.account(&record);
-        record
+        (record, unknown_outcome.load(Ordering::SeqCst))
     }
 
     fn account(&self, record: &JobRecord) {
@@ -633,34 +753,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a job needs of its partition's lease.
+struct LeasedJob<'a> {
+    lease: &'a Lease,
+    deadline_file: &'a Path,
+    engine_dir: &'a Path,
+}
+
 struct ResetOnDrop<'a>(&'a AtomicBool);
 
 impl Drop for ResetOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::SeqCst);
     }
-}
-
-/// Removes every sub-directory of `temp_directory` except `.completion`; a
-/// missing directory is fine. Returns how many were removed.
-pub fn cleanup_orphaned_temp_dirs(temp_directory: &Path) -> std::io::Result<usize> {
-    let entries = match std::fs::read_dir(temp_directory) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(std::io::Error::new(e.kind(), format!("failed to read temp directory: {e}"))),
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        if !is_dir || entry.file_name() == ".completion" {
-            continue;
-        }
-        match std::fs::remove_dir_all(entry.path()) {
-            Ok(()) => removed += 1,
-            Err(e) => tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove orphaned temp directory"),
-        }
-    }
-    Ok(removed)
 }
 
 fn remove_partition_temp_dirs(temp_directory: &Path, prefix: &str) {
@@ -676,22 +781,6 @@ fn remove_partition_temp_dirs(temp_directory: &Path, prefix: &str) {
 mod tests {
     use super::*;
     use compactor_runtime::ArtifactCache;
-
-    #[test]
-    fn orphan_cleanup_keeps_completion_and_files() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(cleanup_orphaned_temp_dirs(&dir.path().join("nonexistent/path")).unwrap(), 0);
-        std::fs::create_dir_all(dir.path().join("orphan_job_123")).unwrap();
-        std::fs::write(dir.path().join("orphan_job_123/test.parquet"), "x").unwrap();
-        std::fs::create_dir_all(dir.path().join("orphan_job_456")).unwrap();
-        std::fs::create_dir_all(dir.path().join(".completion/pending")).unwrap();
-        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
-        assert_eq!(cleanup_orphaned_temp_dirs(dir.path()).unwrap(), 2);
-        let mut left: Vec<String> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        left.sort();
-        assert_eq!(left, [".completion", "notes.txt"]);
-    }
 
     fn manager(tiers: Vec<PlannedTier>) -> Manager {
         let config = Config::parse("[storage]\nurl = \"memory://\"\n").unwrap();

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
 use crate::tier::{Candidate, split_into_batches};
-use compactor_job::manifest::ManifestStore;
+use compactor_job::manifest::{HeldFiles, ManifestStore};
 use compactor_job::parent::MIN_BATCH_FILES;
 use compactor_model::{FileMeta, Partition, PartitionLevel, group_into_partitions, is_eligible_input};
 use compactor_runtime::{PluginError, PluginLimits, PluginRuntime, PluginSource, TierInstance, TierPlugin, sanitize};
@@ -311,7 +311,7 @@ async fn list_measurements(
 fn plan_tier_on_own_thread(
     tier: &PlannedTier,
     listings: &[Listing],
-    held: Option<&HashSet<String>>,
+    held: Option<&HeldFiles>,
     options: &PlanOptions,
     plan: &mut Plan,
 ) -> TierSummary {
@@ -345,7 +345,7 @@ fn plan_tier_on_own_thread(
 fn plan_tier(
     tier: &PlannedTier,
     listings: &[Listing],
-    held: Option<&HashSet<String>>,
+    held: Option<&HeldFiles>,
     options: &PlanOptions,
     plan: &mut Plan,
 ) -> TierSummary {
@@ -392,6 +392,10 @@ fn plan_tier(
                 continue;
             }
             let Some(held) = held else { continue };
+            if let Some(manifest) = held.blocked_by(&partition.path) {
+                problem(Some(&partition.path), format!("recovery manifest {manifest} cannot be read now; the partition waits, to be safe"));
+                continue;
+            }
             let mut selected = false;
             for mut files in answer {
                 let before = files.len();

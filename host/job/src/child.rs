@@ -6,11 +6,17 @@
 //!    → 2. check magic bytes (corrupt inputs are skipped and never deleted),
 //!    probe for `time` → 3. merge with DuckDB → 4. verify: the output's row
 //!    count equals the inputs' (or the distinct-key count when deduplicating)
-//!    → 5. write the recovery manifest → 6. upload, create-only (multipart
-//!    when large) → 7. delete the inputs → 8. delete the recovery manifest.
+//!    → 5. write the recovery manifest, then check the lease → 6. check,
+//!    upload, create-only (multipart when large) → 7. check, commit: create
+//!    the job's outcome object → 8. check, delete the inputs → 9. delete the
+//!    recovery manifest and the outcome.
 //!
-//! Once the manifest is written, only success removes it: after a failed
-//! upload or delete, recovery decides from what the store actually holds.
+//! The lease checks read the deadline the parent keeps renewed
+//! (`JobConfig::lease`); why each sits where it does is the ownership model
+//! in `docs/architecture.md`. Once the manifest is written, only success
+//! removes it: after a failed upload or delete, recovery decides from what
+//! the store actually holds, and the commit is the one step that two
+//! engines can never both take.
 //!
 //! Setting `COMPACTOR_FAULT` to a step name (`after-download`, `after-merge`,
 //! `after-manifest`, `mid-upload`, `after-upload`, `mid-delete`,
@@ -27,11 +33,12 @@ use object_store::path::Path as StorePath;
 use object_store::{PutMode, PutOptions, WriteMultipart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::manifest::{ManifestStore, RecoveryManifest};
+use crate::manifest::{ManifestOwner, ManifestStore, Outcome, RecoveryManifest};
 use crate::seams::Seams;
 use crate::sql::{self, compaction_statements, file_list, is_valid_identifier, order_by};
 use crate::{FailureKind, JobConfig, JobResult, output_name};
 use compactor_storage::Storage;
+use compactor_storage::lease::deadline_file_is_valid;
 
 /// Outputs up to this size are uploaded in one request.
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 64 << 20;
@@ -92,6 +99,21 @@ struct VerificationMismatch {
 #[error("no valid parquet files found")]
 struct NoValidInput;
 
+/// The job's lease ended before an irreversible step, which it did not take.
+#[derive(Debug, thiserror::Error)]
+#[error("the partition's lease was lost before {step}; the job stopped without it (recovery resolves what it left)")]
+struct LeaseLost {
+    step: &'static str,
+}
+
+/// A request that changes the store failed without saying whether it took
+/// effect.
+#[derive(Debug, thiserror::Error)]
+#[error("the outcome of {what} is unknown; the recovery manifest stays and recovery resolves it once the lease is gone")]
+struct UnknownOutcome {
+    what: &'static str,
+}
+
 /// The kind of a job's failure, from the type of the first error in its
 /// chain that has one.
 fn failure_kind(error: &anyhow::Error) -> FailureKind {
@@ -101,6 +123,12 @@ fn failure_kind(error: &anyhow::Error) -> FailureKind {
         }
         if cause.is::<NoValidInput>() {
             return FailureKind::NoValidInput;
+        }
+        if cause.is::<LeaseLost>() {
+            return FailureKind::LeaseLost;
+        }
+        if cause.is::<UnknownOutcome>() {
+            return FailureKind::UnknownOutcome;
         }
         if let Some(e) = cause.downcast_ref::<duckdb::Error>() {
             return duckdb_failure_kind(&e.to_string());
@@ -206,7 +234,9 @@ impl Job<'_> {
         self.verify(&inputs, &output, expected_rows)?;
         let manifest_key = self.write_manifest(&inputs, &output)?;
         self.upload_output(&output)?;
-        self.delete_inputs_and_manifest(&inputs, manifest_key);
+        if self.commit(&manifest_key, &output)? {
+            self.delete_inputs_and_manifest(&inputs, manifest_key)?;
+        }
         tracing::info!(steps = %self.timer, "job steps");
         Ok(())
     }
@@ -304,47 +334,93 @@ impl Job<'_> {
             status: "pending".into(),
             created_at: Utc::now(),
             job_id: config.job_id.clone(),
+            owner: config.lease.as_ref().map(|l| ManifestOwner { engine: l.engine.clone(), lease: l.id.clone() }),
         };
         let key = self.runtime.block_on(ManifestStore::new(self.storage.clone()).write(&manifest)).context("failed to write manifest")?;
         self.timer.step("manifest");
         self.seams.at("after-manifest");
+        // After the write, not before: passing here means the manifest was in
+        // the store while the lease was valid, so any later owner sees it.
+        self.check_lease("the upload")?;
         Ok(key)
+    }
+
+    /// Fails with [`LeaseLost`] when the parent's lease on the partition is
+    /// no longer valid (with its safety margin).
+    fn check_lease(&self, step: &'static str) -> anyhow::Result<()> {
+        match &self.config.lease {
+            Some(lease) if !deadline_file_is_valid(Path::new(&lease.deadline_file)) => Err(LeaseLost { step }.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Step 7: the output replaces the inputs, decided once by creating the
+    /// job's outcome object. `Ok(false)` when recovery committed it on the
+    /// job's behalf (and finishes it); an abort by recovery deletes the
+    /// output and fails the job.
+    fn commit(&mut self, manifest_key: &str, output: &Output) -> anyhow::Result<bool> {
+        // On local disk, make the output durable before anything that lets
+        // its inputs go.
+        self.storage.sync(&output.key).context("failed to sync the output")?;
+        self.check_lease("the commit")?;
+        let manifests = ManifestStore::new(self.storage.clone());
+        let engine = self.config.lease.as_ref().map_or("job", |l| l.engine.as_str());
+        let decided = self
+            .runtime
+            .block_on(manifests.decide(manifest_key, &output.key, Outcome::Committed, engine))
+            .map_err(|e| anyhow::Error::new(e).context(UnknownOutcome { what: "the commit" }))?;
+        self.timer.step("commit");
+        match decided.outcome {
+            Outcome::Committed if decided.by == engine => Ok(true),
+            Outcome::Committed => {
+                tracing::warn!(by = %decided.by, "recovery committed this job on its behalf and finishes it");
+                Ok(false)
+            }
+            Outcome::Aborted => {
+                if let Err(e) = self.runtime.block_on(self.storage.delete(&output.key)) {
+                    tracing::error!(output = %output.key, error = %e, "cannot delete this aborted job's output; recovery will");
+                }
+                Err(LeaseLost { step: "the commit (another engine aborted this job)" }.into())
+            }
+        }
     }
 
     /// Step 6: the create-only upload.
     fn upload_output(&mut self, output: &Output) -> anyhow::Result<()> {
         let size = self.result.bytes_after;
+        self.check_lease("the upload")?;
         if let Err(e) = self.runtime.block_on(self.upload(&output.local, &output.key, size)) {
             // A failed upload is ambiguous: a request that timed out may still
             // land. Arc deletes the manifest here, which can leave a complete
             // output beside its inputs; keeping it lets recovery decide from
             // what is actually in the store.
-            return Err(e.context("failed to upload compacted file (the recovery manifest stays for recovery to resolve)"));
+            return Err(e.context("failed to upload compacted file").context(UnknownOutcome { what: "the upload" }));
         }
         self.seams.at("after-upload");
         self.timer.step("upload");
         self.seams.uploaded(&output.local, &output.key, size)
     }
 
-    /// Steps 7 and 8: the inputs are deleted, then the manifest (or the
-    /// parent is told to delete it). Inputs that cannot be deleted keep the
-    /// manifest, for recovery to finish.
-    fn delete_inputs_and_manifest(&mut self, inputs: &Inputs, manifest_key: String) {
+    /// Steps 8 and 9: the inputs are deleted, then the manifest and the
+    /// outcome (or the parent is told to). Inputs that cannot be deleted
+    /// keep the manifest, for recovery to finish.
+    fn delete_inputs_and_manifest(&mut self, inputs: &Inputs, manifest_key: String) -> anyhow::Result<()> {
         let keys = inputs.keys();
-        let undeleted = self.runtime.block_on(self.delete_inputs(&keys));
+        let undeleted = self.runtime.block_on(self.delete_inputs(&keys))?;
         self.seams.at("after-delete");
         self.timer.step("delete");
         if !undeleted.is_empty() {
             tracing::warn!(count = undeleted.len(), "some inputs could not be deleted; recovery will retry");
             self.result.undeleted_inputs = undeleted;
-            return;
+            return Ok(());
         }
         if self.config.parent_finalizes_manifest {
             self.result.manifest_path = manifest_key;
-        } else if let Err(e) = self.runtime.block_on(ManifestStore::new(self.storage.clone()).delete(&manifest_key)) {
+        } else if let Err(e) = self.runtime.block_on(ManifestStore::new(self.storage.clone()).finish(&manifest_key)) {
             tracing::warn!(error = %e, "cannot delete the recovery manifest; recovery will");
         }
         self.seams.inputs_deleted(&keys);
+        Ok(())
     }
 
     /// Streams every input into the work directory, `DOWNLOAD_CONCURRENCY` at
@@ -537,11 +613,12 @@ impl Job<'_> {
     }
 
     /// Deletes the inputs — the first alone, the rest in bulk (one request
-    /// per 1,000 keys on S3); returns those that could not be deleted. A key
-    /// already gone counts as deleted.
-    async fn delete_inputs(&self, keys: &[String]) -> Vec<String> {
-        let Some((first, rest)) = keys.split_first() else { return Vec::new() };
+    /// per 1,000 keys on S3), checking the lease before each; returns those
+    /// that could not be deleted. A key already gone counts as deleted.
+    async fn delete_inputs(&self, keys: &[String]) -> anyhow::Result<Vec<String>> {
+        let Some((first, rest)) = keys.split_first() else { return Ok(Vec::new()) };
         let mut deleted = std::collections::HashSet::new();
+        self.check_lease("deleting the inputs")?;
         match self.storage.delete(first).await {
             Ok(()) => {
                 deleted.insert(first.clone());
@@ -549,6 +626,7 @@ impl Job<'_> {
             Err(e) => tracing::warn!(file = %first, error = %e, "cannot delete compacted input"),
         }
         self.seams.at("mid-delete");
+        self.check_lease("deleting the inputs")?;
         let locations = futures::stream::iter(rest.iter().map(|k| Ok(StorePath::from(k.as_str())))).boxed();
         let results: Vec<_> = self.storage.object_store().delete_stream(locations).collect().await;
         for result in results {
@@ -562,7 +640,7 @@ impl Job<'_> {
                 Err(e) => tracing::warn!(error = %e, "cannot delete a compacted input"),
             }
         }
-        keys.iter().filter(|k| !deleted.contains(*k)).cloned().collect()
+        Ok(keys.iter().filter(|k| !deleted.contains(*k)).cloned().collect())
     }
 }
 

@@ -28,6 +28,10 @@ impl crate::FailureKind {
             Sql => verdict(false, "sql_error"),
             OutOfMemory => verdict(true, "memory_error"),
             Denied => verdict(false, "permanent_error"),
+            // Retrying would race the store or another engine: recovery
+            // resolves these once the lease is gone.
+            UnknownOutcome => verdict(false, "unknown_outcome"),
+            LeaseLost => verdict(false, "lease_lost"),
             Signal | Storage | LocalIo | Verification | NoValidInput | Protocol | Unknown => verdict(true, "unknown"),
         }
     }

@@ -82,6 +82,22 @@ pub struct JobConfig {
     /// Rows per Parquet row group of the output; Arc's 122,880 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub row_group_size: Option<u64>,
+    /// The lease the parent holds for the job's partition; without one (a
+    /// job run by hand) the job does not check a lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<JobLease>,
+}
+
+/// The parent's lease on the job's partition, as the child sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLease {
+    /// The engine's id.
+    pub engine: String,
+    /// The lease's id.
+    pub id: String,
+    /// The file where the parent keeps the lease's deadline
+    /// (`CLOCK_BOOTTIME` nanoseconds).
+    pub deadline_file: String,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -145,6 +161,13 @@ pub enum FailureKind {
     NoValidInput,
     /// The child could not be started, or its result could not be read.
     Protocol,
+    /// A request that changes the store (the upload, the commit) failed in
+    /// a way that does not say whether it took effect: the manifest stays,
+    /// and recovery decides once the lease is gone.
+    UnknownOutcome,
+    /// The job's lease ended (or another engine aborted the job) before an
+    /// irreversible step: the job stopped without taking it.
+    LeaseLost,
     /// Nothing typed it; Arc's text rules decide.
     Unknown,
 }

@@ -1,16 +1,35 @@
-//! Arc-compatible recovery manifests under `_compaction_state/`: a job writes
-//! one before it uploads its output, and the files a pending manifest holds
-//! (its inputs and its output) are excluded from new candidates until
-//! recovery finishes the job.
+//! Arc-compatible recovery manifests under `_compaction_state/`, the job
+//! outcome that fences them, and recovery (the ownership model in
+//! `docs/architecture.md`).
+//!
+//! A job writes its manifest before it uploads; the files a manifest holds
+//! (its inputs and its output) are excluded from new candidates until the
+//! job is finished or rolled back. Whether a job's output replaces its
+//! inputs is decided exactly once, by whoever first creates the job's
+//! outcome object (`{manifest}.outcome`, create-only): the job itself
+//! (`committed`), or recovery under the partition's lease (`committed` when
+//! the output is complete, `aborted` otherwise). An aborted outcome stays for
+//! [`STALE_AFTER`] as a fence: should the dead job's upload land after all,
+//! its output is never planned and the next recovery deletes it.
 
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use compactor_storage::lease::{Lease, Leases};
 use compactor_storage::{COMPACTION_STATE_ROOT, Storage, StorageError};
 
-/// A recovery manifest, field for field as Arc writes it.
+/// Who wrote a manifest: the engine and the lease its job held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestOwner {
+    /// The engine's id.
+    pub engine: String,
+    /// The id of the lease (claim) the job held.
+    pub lease: String,
+}
+
+/// A recovery manifest, field for field as Arc writes it, plus its owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoveryManifest {
     /// Storage key of the job's output.
@@ -33,7 +52,14 @@ pub struct RecoveryManifest {
     pub created_at: DateTime<Utc>,
     /// The job's id.
     pub job_id: String,
+    /// The engine and lease of the job (absent in Arc's manifests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<ManifestOwner>,
 }
+
+/// Longest manifest file name, leaving room for `.quarantined` within the
+/// 255 bytes most file systems allow.
+const MAX_NAME_BYTES: usize = 240;
 
 impl RecoveryManifest {
     /// `_compaction_state/{tier}/{database}/{partition_path with "/"→"_"}_{job_id}.json`.
@@ -41,10 +67,51 @@ impl RecoveryManifest {
         Self::key_for(&self.tier, &self.database, &self.partition_path, &self.job_id)
     }
 
-    /// The key of the manifest a job would write.
+    /// The key of the manifest a job would write. A name longer than 240
+    /// bytes keeps its start and ends in a hash of the whole.
     pub fn key_for(tier: &str, database: &str, partition_path: &str, job_id: &str) -> String {
-        format!("{COMPACTION_STATE_ROOT}/{tier}/{database}/{}_{job_id}.json", partition_path.replace('/', "_"))
+        let name = format!("{}_{job_id}", partition_path.replace('/', "_"));
+        let name = if name.len() + ".json".len() <= MAX_NAME_BYTES {
+            name
+        } else {
+            use sha2::Digest;
+            let digest = hex::encode(&sha2::Sha256::digest(name.as_bytes())[..12]);
+            let mut cut = MAX_NAME_BYTES - ".json".len() - digest.len() - 1;
+            while !name.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            format!("{}-{digest}", &name[..cut])
+        };
+        format!("{COMPACTION_STATE_ROOT}/{tier}/{database}/{name}.json")
     }
+}
+
+/// The key of the outcome object of the manifest at `manifest_key`.
+pub fn outcome_key(manifest_key: &str) -> String {
+    format!("{}.outcome", manifest_key.strip_suffix(".json").unwrap_or(manifest_key))
+}
+
+/// Whether a job's output replaces its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The output replaces the inputs: they are deleted.
+    Committed,
+    /// The output is void: deleted wherever it appears; the inputs stay.
+    Aborted,
+}
+
+/// A job's outcome, written once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    /// The decision.
+    pub outcome: Outcome,
+    /// The engine that took it.
+    pub by: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The job's output key.
+    pub output_path: String,
 }
 
 /// A recovery-manifest error, naming the manifest.
@@ -89,6 +156,50 @@ pub enum ManifestError {
     },
 }
 
+/// What `_compaction_state/` holds, from one listing: manifest keys,
+/// outcome keys and quarantined manifests.
+#[derive(Debug, Default)]
+struct StateListing {
+    manifests: Vec<String>,
+    outcomes: HashSet<String>,
+    quarantined: Vec<String>,
+}
+
+/// Files that no new job may take, and partitions nobody may plan now.
+#[derive(Debug, Default)]
+pub struct HeldFiles {
+    files: HashSet<String>,
+    /// Manifest names that could not be read right now.
+    unreadable: Vec<String>,
+}
+
+impl HeldFiles {
+    /// Whether `key` is held.
+    pub fn contains(&self, key: &str) -> bool {
+        self.files.contains(key)
+    }
+
+    /// Files held.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.unreadable.is_empty()
+    }
+
+    /// The manifest that blocks `partition_path`: one that could not be
+    /// read right now and whose name mentions the partition's day (a
+    /// manifest's name starts with its partition path, `/` → `_`).
+    pub fn blocked_by(&self, partition_path: &str) -> Option<&str> {
+        let day: Vec<&str> = partition_path.split('/').collect();
+        let day = if day.len() > 4 && day.last().is_some_and(|h| h.len() == 2) { &day[..day.len() - 1] } else { &day[..] };
+        let needle = day.join("_");
+        self.unreadable.iter().map(String::as_str).find(|name| name.contains(&needle))
+    }
+}
+
 /// Reads and writes the recovery manifests of one store.
 #[derive(Debug, Clone)]
 pub struct ManifestStore {
@@ -101,13 +212,35 @@ impl ManifestStore {
         Self { storage }
     }
 
-    /// Keys of every manifest (`.json` under `_compaction_state/`), sorted. A
-    /// missing directory is an empty list; a listing error propagates.
+    /// Keys of every manifest (`.json` under `_compaction_state/`, except
+    /// its `leases/`), sorted. A missing directory is an empty list; a
+    /// listing error propagates.
     pub async fn list(&self) -> Result<Vec<String>, ManifestError> {
-        let listed = self.storage.list(&format!("{COMPACTION_STATE_ROOT}/")).await.map_err(ManifestError::List)?;
-        let mut keys: Vec<String> = listed.into_iter().map(|f| f.key).filter(|k| k.ends_with(".json")).collect();
+        Ok(self.list_state().await?.manifests)
+    }
+
+    async fn list_state(&self) -> Result<StateListing, ManifestError> {
+        let mut listing = StateListing::default();
+        let root = format!("{COMPACTION_STATE_ROOT}/");
+        let mut keys: Vec<String> = Vec::new();
+        // Leases are many (one per day of a measurement) and never manifests:
+        // list around them.
+        let top = self.storage.list_level(&root).await.map_err(ManifestError::List)?;
+        keys.extend(top.objects);
+        for dir in top.dirs.iter().filter(|d| d.as_str() != "leases") {
+            keys.extend(self.storage.list(&format!("{root}{dir}/")).await.map_err(ManifestError::List)?.into_iter().map(|f| f.key));
+        }
         keys.sort();
-        Ok(keys)
+        for key in keys {
+            if key.ends_with(".json") {
+                listing.manifests.push(key);
+            } else if key.ends_with(".outcome") {
+                listing.outcomes.insert(key);
+            } else if key.ends_with(".json.quarantined") {
+                listing.quarantined.push(key);
+            }
+        }
+        Ok(listing)
     }
 
     /// Reads the manifest at `key`.
@@ -116,11 +249,22 @@ impl ManifestStore {
         serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse { key: key.to_owned(), source })
     }
 
-    /// Writes `manifest` (pretty JSON, 2-space indent) and returns its key.
+    /// Writes `manifest` (pretty JSON, 2-space indent, create-only: a job
+    /// never replaces another's) durably, and returns its key.
     pub async fn write(&self, manifest: &RecoveryManifest) -> Result<String, ManifestError> {
         let key = manifest.key();
         let json = serde_json::to_vec_pretty(manifest).map_err(|source| ManifestError::Parse { key: key.clone(), source })?;
-        self.storage.write(&key, json).await.map_err(|source| ManifestError::Write { key: key.clone(), source })?;
+        let write_error = |source| ManifestError::Write { key: key.clone(), source };
+        if !self.storage.swap(&key, None, json).await.map_err(write_error)? {
+            let exists = object_store::Error::AlreadyExists { path: key.clone(), source: "a manifest with this job id exists".into() };
+            return Err(write_error(StorageError::Object {
+                operation: "create",
+                store: self.storage.to_string(),
+                key: key.clone(),
+                source: Box::new(exists),
+            }));
+        }
+        self.storage.sync(&key).map_err(write_error)?;
         Ok(key)
     }
 
@@ -129,35 +273,100 @@ impl ManifestStore {
         self.storage.delete(key).await.map_err(|source| ManifestError::Delete { key: key.to_owned(), source })
     }
 
-    /// Every file held by a pending manifest: all inputs and every output.
-    /// A manifest that vanished since the listing was resolved and holds
-    /// nothing; one that is not valid JSON is skipped with a warning (it
-    /// says nothing it holds). Any other error — a listing or a read that
-    /// failed, perhaps only for now — propagates, so that callers fail safe:
-    /// releasing a live job's files to the planner would let another job
-    /// merge them a second time.
-    pub async fn held_files(&self) -> Result<HashSet<String>, ManifestError> {
-        let mut held = HashSet::new();
-        for key in self.list().await? {
-            match self.read(&key).await {
+    /// The outcome of the job of the manifest at `manifest_key`, if decided.
+    pub async fn outcome(&self, manifest_key: &str) -> Result<Option<OutcomeRecord>, StorageError> {
+        let key = outcome_key(manifest_key);
+        match self.storage.read_versioned(&key).await? {
+            // An outcome that cannot be parsed still says "decided": aborted
+            // is the reading that never deletes an input.
+            Some((bytes, _)) => Ok(Some(serde_json::from_slice(&bytes).unwrap_or_else(|_| OutcomeRecord {
+                outcome: Outcome::Aborted,
+                by: "unknown".into(),
+                at: Utc::now(),
+                output_path: String::new(),
+            }))),
+            None => Ok(None),
+        }
+    }
+
+    /// Decides the outcome of the job of `manifest`, unless it is decided
+    /// already; returns the decision that stands.
+    pub async fn decide(&self, manifest_key: &str, output_path: &str, outcome: Outcome, by: &str) -> Result<OutcomeRecord, StorageError> {
+        let key = outcome_key(manifest_key);
+        let record = OutcomeRecord { outcome, by: by.to_owned(), at: Utc::now(), output_path: output_path.to_owned() };
+        let body = serde_json::to_vec(&record).unwrap_or_default();
+        if self.storage.swap(&key, None, body).await? {
+            self.storage.sync(&key)?;
+            return Ok(record);
+        }
+        match self.outcome(manifest_key).await? {
+            Some(standing) => Ok(standing),
+            // Created and removed in between: only a finished job removes it.
+            None => Ok(OutcomeRecord { outcome: Outcome::Committed, ..record }),
+        }
+    }
+
+    /// Removes a finished job's manifest, then its outcome (in that order:
+    /// a manifest without an outcome is decided again from the store).
+    pub async fn finish(&self, manifest_key: &str) -> Result<(), ManifestError> {
+        self.delete(manifest_key).await?;
+        let outcome = outcome_key(manifest_key);
+        self.storage.delete(&outcome).await.map_err(|source| ManifestError::Delete { key: outcome, source })
+    }
+
+    /// Every file no new job may take: the inputs and output of every
+    /// pending manifest, the output of every aborted job (its fence), and
+    /// every `*.parquet` name in a quarantined manifest. A manifest that
+    /// vanished since the listing holds nothing; one that cannot be read
+    /// right now blocks the partitions its name mentions
+    /// ([`HeldFiles::blocked_by`]); a listing error propagates, so that
+    /// callers fail safe.
+    pub async fn held_files(&self) -> Result<HeldFiles, ManifestError> {
+        let state = self.list_state().await?;
+        let mut held = HeldFiles::default();
+        for key in &state.manifests {
+            match self.read(key).await {
                 Ok(manifest) => {
-                    held.extend(manifest.input_files);
-                    held.insert(manifest.output_path);
+                    let aborted = state.outcomes.contains(&outcome_key(key))
+                        && matches!(self.outcome(key).await, Ok(Some(OutcomeRecord { outcome: Outcome::Aborted, .. })));
+                    if !aborted {
+                        held.files.extend(manifest.input_files);
+                    }
+                    held.files.insert(manifest.output_path);
                 }
                 Err(ManifestError::Read { source, .. })
                     if matches!(source.object_store_error(), Some(object_store::Error::NotFound { .. })) => {}
-                Err(e @ ManifestError::Parse { .. }) => {
-                    tracing::warn!(manifest = %key, error = %e, "skipping unreadable recovery manifest")
+                Err(e) => {
+                    tracing::warn!(manifest = %key, error = %e, "cannot read a recovery manifest now; its partitions wait");
+                    held.unreadable.push(key.rsplit('/').next().unwrap_or(key).to_owned());
                 }
-                Err(e) => return Err(e),
+            }
+        }
+        for key in state.outcomes.iter().filter(|k| !state.manifests.contains(&format!("{}.json", k.trim_end_matches(".outcome")))) {
+            match self.storage.read(key).await.ok().and_then(|b| serde_json::from_slice::<OutcomeRecord>(&b).ok()) {
+                Some(record) if record.outcome == Outcome::Aborted => {
+                    held.files.insert(record.output_path);
+                }
+                _ => {}
+            }
+        }
+        for key in &state.quarantined {
+            if let Ok(bytes) = self.storage.read(key).await {
+                held.files.extend(parquet_names(&String::from_utf8_lossy(&bytes)));
             }
         }
         Ok(held)
     }
 }
 
+/// Every quoted string ending in `.parquet` in `text` (what a quarantined,
+/// unparseable manifest may still hold).
+fn parquet_names(text: &str) -> Vec<String> {
+    text.split('"').filter(|s| s.ends_with(".parquet") && !s.contains('\n')).map(str::to_owned).collect()
+}
+
 /// Manifests older than this are logged as stale (and still processed, as
-/// in Arc).
+/// in Arc); aborted outcomes are kept this long as fences.
 pub const STALE_AFTER: chrono::Duration = chrono::Duration::days(7);
 
 /// What recovery did.
@@ -169,6 +378,12 @@ pub struct RecoveryReport {
     pub completed: usize,
     /// Jobs rolled back: output missing or partial, inputs untouched.
     pub rolled_back: usize,
+    /// Manifests left alone because their owner's lease is live.
+    pub live: usize,
+    /// Unparseable manifests moved aside to `{key}.quarantined`.
+    pub quarantined: Vec<String>,
+    /// Outputs of aborted jobs that landed late and were deleted.
+    pub late_outputs_deleted: usize,
     /// Manifests kept for the next attempt, with the reason.
     pub failed: Vec<(String, String)>,
 }
@@ -183,8 +398,8 @@ pub enum RecoveryOutcome {
     Finished,
     /// The output was missing or partial: it is deleted, the inputs stay.
     RolledBack,
-    /// The manifest could not be parsed and was deleted.
-    UnreadableDropped,
+    /// The manifest could not be parsed and was moved aside.
+    Quarantined,
 }
 
 /// Why a manifest was kept for the next attempt.
@@ -204,6 +419,12 @@ pub enum RecoveryError {
         /// Inputs of the job.
         total: usize,
     },
+    /// The job committed, but its output is not in the store.
+    #[error("the job committed but its output {0} is missing or incomplete; inputs kept, manifest kept for an operator")]
+    CommittedOutputMissing(String),
+    /// The lease that recovery needs is no longer held.
+    #[error("lost the partition's lease; left for the next recovery")]
+    LeaseLost,
     /// The observer of consumed inputs failed.
     #[error("receipt marking incomplete; keeping manifest for re-fire: {0}")]
     Receipt(String),
@@ -223,99 +444,214 @@ pub struct RecoveryObservers<'a> {
 }
 
 impl ManifestStore {
-    /// Finishes or rolls back every job that left a recovery manifest:
+    /// Finishes or rolls back every job that left a recovery manifest and
+    /// whose owner's lease is gone: recovery takes the lease of the
+    /// manifest's partition first, and a manifest whose partition it cannot
+    /// take is left alone (its files stay held). Under the lease:
     ///
-    /// - unreadable manifest → deleted;
-    /// - output missing → the job died before its upload finished: the
-    ///   manifest is deleted, inputs untouched;
-    /// - output present but not the recorded size, or not ending in Parquet's
-    ///   magic → a partial upload: output and manifest deleted, inputs
-    ///   untouched;
-    /// - otherwise the output is complete: the inputs are deleted (missing ones
-    ///   are fine), then the manifest.
+    /// - outcome `committed`, or none and the output complete (recorded
+    ///   size, Parquet footer) → the inputs are deleted (missing ones are
+    ///   fine), then the manifest;
+    /// - otherwise → outcome `aborted`, the output (partial, or landed late)
+    ///   and staged parts are deleted, the inputs stay, the manifest goes;
+    /// - a manifest that cannot be parsed → moved aside to
+    ///   `{key}.quarantined`.
     ///
-    /// Every row therefore exists exactly once afterwards. A listing error is
-    /// returned; per-manifest failures keep that manifest and are reported.
-    pub async fn recover(&self, observers: &RecoveryObservers<'_>) -> Result<RecoveryReport, ManifestError> {
+    /// Every row therefore exists exactly once afterwards. Aborted outcomes
+    /// are kept for [`STALE_AFTER`]; an output that appears under one is
+    /// deleted. A listing error is returned; per-manifest failures keep that
+    /// manifest and are reported.
+    pub async fn recover(&self, leases: &Leases, observers: &RecoveryObservers<'_>) -> Result<RecoveryReport, ManifestError> {
         let mut report = RecoveryReport::default();
-        for key in self.list().await? {
-            match self.recover_one(&key, observers).await {
+        let state = self.list_state().await?;
+        for key in &state.manifests {
+            let manifest = match self.read(key).await {
+                Ok(manifest) => manifest,
+                Err(ManifestError::Read { source, .. })
+                    if matches!(source.object_store_error(), Some(object_store::Error::NotFound { .. })) =>
+                {
+                    continue;
+                }
+                Err(ManifestError::Parse { .. }) => {
+                    match self.quarantine(key).await {
+                        Ok(()) => report.quarantined.push(key.clone()),
+                        Err(e) => report.failed.push((key.clone(), e.to_string())),
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    report.failed.push((key.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            let lease = match leases.try_acquire(&manifest.partition_path).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    tracing::info!(manifest = %key, "its job's partition is leased: left to its owner");
+                    report.live += 1;
+                    continue;
+                }
+                Err(e) => {
+                    report.failed.push((key.clone(), format!("cannot take the partition's lease: {e}")));
+                    continue;
+                }
+            };
+            let resolved = self.resolve(key, &manifest, &lease, leases.engine(), observers).await;
+            leases.release(lease).await;
+            match resolved {
                 Ok(outcome) => {
                     report.recovered += 1;
                     match outcome {
                         RecoveryOutcome::Finished => report.completed += 1,
                         RecoveryOutcome::RolledBack => report.rolled_back += 1,
-                        RecoveryOutcome::NoManifest | RecoveryOutcome::UnreadableDropped => {}
+                        RecoveryOutcome::NoManifest | RecoveryOutcome::Quarantined => {}
                     }
                 }
                 Err(error) => {
                     let reason = error.to_string();
                     tracing::warn!(manifest = %key, %reason, "recovery manifest kept for the next attempt");
-                    report.failed.push((key, reason));
+                    report.failed.push((key.clone(), reason));
                 }
             }
         }
+        report.late_outputs_deleted = self.sweep_outcomes(&state).await;
         Ok(report)
     }
 
-    /// Resolves the manifest at `key` if there is one.
-    pub async fn recover_job(&self, key: &str) -> Result<RecoveryOutcome, RecoveryError> {
-        match self.storage.size(key).await? {
-            None => Ok(RecoveryOutcome::NoManifest),
-            Some(_) => self.recover_one(key, &RecoveryObservers::default()).await,
-        }
+    /// Resolves the manifest at `key`, if there is one, under `lease` (the
+    /// lease its job held: the parent resolves a failed attempt).
+    pub async fn recover_job(&self, key: &str, lease: &Lease, engine: &str) -> Result<RecoveryOutcome, RecoveryError> {
+        let manifest = match self.read(key).await {
+            Ok(manifest) => manifest,
+            Err(ManifestError::Read { source, .. })
+                if matches!(source.object_store_error(), Some(object_store::Error::NotFound { .. })) =>
+            {
+                return Ok(RecoveryOutcome::NoManifest);
+            }
+            Err(ManifestError::Parse { .. }) => {
+                self.quarantine(key).await?;
+                return Ok(RecoveryOutcome::Quarantined);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.resolve(key, &manifest, lease, engine, &RecoveryObservers::default()).await
     }
 
-    async fn recover_one(&self, key: &str, observers: &RecoveryObservers<'_>) -> Result<RecoveryOutcome, RecoveryError> {
-        let manifest = match self.read(key).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(manifest = %key, error = %e, "deleting unreadable recovery manifest");
-                self.delete(key).await?;
-                return Ok(RecoveryOutcome::UnreadableDropped);
-            }
-        };
-        if chrono::Utc::now() - manifest.created_at > STALE_AFTER {
+    async fn resolve(
+        &self,
+        key: &str,
+        manifest: &RecoveryManifest,
+        lease: &Lease,
+        engine: &str,
+        observers: &RecoveryObservers<'_>,
+    ) -> Result<RecoveryOutcome, RecoveryError> {
+        if Utc::now() - manifest.created_at > STALE_AFTER {
             tracing::warn!(manifest = %key, created_at = %manifest.created_at, "stale recovery manifest; processing it normally");
         }
         let output = &manifest.output_path;
-        let complete = match self.storage.size(output).await? {
+        let decided = match self.outcome(key).await? {
+            Some(record) => record.outcome,
             None => {
-                tracing::info!(manifest = %key, %output, "output missing: the job died before uploading; inputs untouched");
-                false
-            }
-            Some(size) if i64::try_from(size).ok() != Some(manifest.output_size) || !self.has_parquet_footer(output, size).await => {
-                tracing::warn!(manifest = %key, %output, size, expected = manifest.output_size, "partial output: deleting it; inputs untouched");
-                if let Err(e) = self.storage.delete(output).await {
-                    tracing::warn!(%output, error = %e, "cannot delete partial output");
+                let proposal = if self.output_is_complete(manifest).await? { Outcome::Committed } else { Outcome::Aborted };
+                if !lease.is_valid() {
+                    return Err(RecoveryError::LeaseLost);
                 }
-                false
+                self.decide(key, output, proposal, engine).await?.outcome
             }
-            Some(_) => true,
         };
-        if !complete {
-            self.storage.discard_staged_uploads(output);
+        if decided == Outcome::Aborted {
+            tracing::info!(manifest = %key, %output, "the job did not commit: its output (if any) is deleted, its inputs untouched");
+            self.delete_void_output(output).await?;
+            self.delete(key).await?;
+            return Ok(RecoveryOutcome::RolledBack);
         }
-        if complete {
-            if let Some(observer) = observers.kept_output {
-                observer(output);
+        if !self.output_is_complete(manifest).await? {
+            return Err(RecoveryError::CommittedOutputMissing(output.clone()));
+        }
+        if let Some(observer) = observers.kept_output {
+            observer(output);
+        }
+        let mut failures = 0;
+        for input in &manifest.input_files {
+            if !lease.is_valid() {
+                return Err(RecoveryError::LeaseLost);
             }
-            let mut failures = 0;
-            for input in &manifest.input_files {
-                if let Err(e) = self.storage.delete(input).await {
-                    tracing::warn!(%input, error = %e, "cannot delete compacted input");
-                    failures += 1;
+            if let Err(e) = self.storage.delete(input).await {
+                tracing::warn!(%input, error = %e, "cannot delete compacted input");
+                failures += 1;
+            }
+        }
+        if failures > 0 {
+            return Err(RecoveryError::InputsNotDeleted { failed: failures, total: manifest.input_files.len() });
+        }
+        if let Some(observer) = observers.consumed_inputs {
+            observer(&manifest.input_files).map_err(RecoveryError::Receipt)?;
+        }
+        self.finish(key).await?;
+        Ok(RecoveryOutcome::Finished)
+    }
+
+    /// The output exists with the recorded size and ends in Parquet's magic.
+    async fn output_is_complete(&self, manifest: &RecoveryManifest) -> Result<bool, StorageError> {
+        let output = &manifest.output_path;
+        Ok(match self.storage.size(output).await? {
+            None => false,
+            Some(size) => i64::try_from(size).ok() == Some(manifest.output_size) && self.has_parquet_footer(output, size).await,
+        })
+    }
+
+    /// Deletes the output of an aborted job, and what a multipart upload of
+    /// it staged.
+    async fn delete_void_output(&self, output: &str) -> Result<bool, StorageError> {
+        let existed = self.storage.size(output).await?.is_some();
+        if existed {
+            tracing::warn!(%output, "deleting the output of a job that did not commit");
+            self.storage.delete(output).await?;
+        }
+        self.storage.discard_staged_uploads(output);
+        Ok(existed)
+    }
+
+    /// Outcomes without a manifest: a committed one is a finished job's
+    /// leftover (removed); an aborted one is a fence — an output appearing
+    /// under it is deleted, and after [`STALE_AFTER`] it is removed.
+    /// Returns how many late outputs were deleted.
+    async fn sweep_outcomes(&self, state: &StateListing) -> usize {
+        let mut deleted = 0;
+        for key in &state.outcomes {
+            if state.manifests.contains(&format!("{}.json", key.trim_end_matches(".outcome"))) {
+                continue;
+            }
+            let record = match self.storage.read(key).await {
+                Ok(bytes) => serde_json::from_slice::<OutcomeRecord>(&bytes).ok(),
+                Err(_) => continue,
+            };
+            match record {
+                Some(record) if record.outcome == Outcome::Aborted => {
+                    if matches!(self.delete_void_output(&record.output_path).await, Ok(true)) {
+                        deleted += 1;
+                    }
+                    if Utc::now() - record.at > STALE_AFTER {
+                        let _ = self.storage.delete(key).await;
+                    }
+                }
+                _ => {
+                    let _ = self.storage.delete(key).await;
                 }
             }
-            if failures > 0 {
-                return Err(RecoveryError::InputsNotDeleted { failed: failures, total: manifest.input_files.len() });
-            }
-            if let Some(observer) = observers.consumed_inputs {
-                observer(&manifest.input_files).map_err(RecoveryError::Receipt)?;
-            }
         }
+        deleted
+    }
+
+    /// Moves an unparseable manifest aside to `{key}.quarantined`, where it
+    /// keeps the files it names held until an operator removes it.
+    async fn quarantine(&self, key: &str) -> Result<(), ManifestError> {
+        let bytes = self.storage.read(key).await.map_err(|source| ManifestError::Read { key: key.to_owned(), source })?;
+        let target = format!("{key}.quarantined");
+        self.storage.write(&target, bytes).await.map_err(|source| ManifestError::Write { key: target.clone(), source })?;
         self.delete(key).await?;
-        Ok(if complete { RecoveryOutcome::Finished } else { RecoveryOutcome::RolledBack })
+        tracing::error!(manifest = %key, quarantined = %target, "unparseable recovery manifest moved aside; the files it names stay excluded until an operator removes it");
+        Ok(())
     }
 
     async fn has_parquet_footer(&self, key: &str, size: u64) -> bool {
@@ -349,7 +685,12 @@ mod tests {
             status: "pending".into(),
             created_at: DateTime::from_timestamp(1_736_935_200, 0).unwrap(),
             job_id: job_id.into(),
+            owner: None,
         }
+    }
+
+    fn leases(storage: &Storage) -> Leases {
+        Leases::new(storage.clone(), "recoverer".into(), Default::default())
     }
 
     #[tokio::test]
@@ -373,6 +714,7 @@ mod tests {
         store.write(&manifest("j")).await.unwrap();
         let held = store.held_files().await.unwrap();
         assert_eq!(held.len(), 4);
+        assert!(held.blocked_by("testdb/cpu/2025/01/15/10").is_none());
         assert!(held.contains("testdb/cpu/output.parquet") && held.contains("testdb/cpu/file2.parquet"));
         assert!(!held.contains("testdb/cpu/untracked.parquet"));
     }
@@ -384,7 +726,7 @@ mod tests {
         storage.write("_compaction_state/hourly/db/notes.txt", "x").await.unwrap();
         let store = ManifestStore::new(storage);
         assert_eq!(store.list().await.unwrap().len(), 1);
-        assert!(store.held_files().await.unwrap().is_empty());
+        assert_eq!(store.held_files().await.unwrap().len(), 0, "a manifest that says nothing holds nothing");
     }
 
     async fn with_manifest(output: Option<&[u8]>, output_size: i64) -> (Storage, ManifestStore) {
@@ -406,7 +748,7 @@ mod tests {
     #[tokio::test]
     async fn recovery_rolls_back_when_the_output_is_missing() {
         let (storage, store) = with_manifest(None, 17).await;
-        let report = store.recover(&RecoveryObservers::default()).await.unwrap();
+        let report = store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap();
         assert_eq!((report.recovered, report.rolled_back, report.completed), (1, 1, 0));
         assert!(store.list().await.unwrap().is_empty());
         assert_eq!(storage.size("testdb/cpu/input1.parquet").await.unwrap(), Some(2), "inputs untouched");
@@ -422,7 +764,7 @@ mod tests {
             Ok(())
         };
         let observers = RecoveryObservers { kept_output: None, consumed_inputs: Some(&observe) };
-        let report = store.recover(&observers).await.unwrap();
+        let report = store.recover(&leases(&storage), &observers).await.unwrap();
         assert_eq!((report.recovered, report.completed), (1, 1));
         assert_eq!(storage.size("testdb/cpu/input1.parquet").await.unwrap(), None, "inputs deleted; a missing one is fine");
         assert!(storage.size("testdb/cpu/output.parquet").await.unwrap().is_some());
@@ -434,7 +776,7 @@ mod tests {
     async fn recovery_deletes_a_partial_output_and_keeps_inputs() {
         for (bytes, size) in [(&b"PAR1 fake data PAR1"[..], 999), (&b"PAR1 truncated upload"[..], 21)] {
             let (storage, store) = with_manifest(Some(bytes), size).await;
-            let report = store.recover(&RecoveryObservers::default()).await.unwrap();
+            let report = store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap();
             assert_eq!((report.recovered, report.rolled_back), (1, 1));
             assert_eq!(storage.size("testdb/cpu/output.parquet").await.unwrap(), None);
             assert!(storage.size("testdb/cpu/input1.parquet").await.unwrap().is_some());
@@ -444,12 +786,12 @@ mod tests {
     #[tokio::test]
     async fn a_failing_observer_keeps_the_manifest_for_the_next_attempt() {
         let output = b"PAR1 fake data PAR1";
-        let (_storage, store) = with_manifest(Some(output), output.len() as i64).await;
+        let (storage, store) = with_manifest(Some(output), output.len() as i64).await;
         let refuse = |_: &[String]| -> Result<(), String> { Err("sqlite busy".into()) };
-        let report = store.recover(&RecoveryObservers { kept_output: None, consumed_inputs: Some(&refuse) }).await.unwrap();
+        let report = store.recover(&leases(&storage), &RecoveryObservers { kept_output: None, consumed_inputs: Some(&refuse) }).await.unwrap();
         assert_eq!(report.failed.len(), 1);
         assert!(report.failed[0].1.contains("receipt marking incomplete"));
         assert_eq!(store.list().await.unwrap().len(), 1);
-        assert_eq!(store.recover(&RecoveryObservers::default()).await.unwrap().recovered, 1);
+        assert_eq!(store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap().recovered, 1);
     }
 }

@@ -3,7 +3,8 @@
 //! the key that failed.
 
 mod counting;
-pub mod lock;
+pub mod lease;
+mod local;
 mod s3;
 
 use std::collections::BTreeMap;
@@ -12,11 +13,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 pub use compactor_model::{FileMeta, is_eligible_input};
 pub use counting::{CountingStore, RequestCost, RequestCounts};
@@ -60,6 +60,15 @@ pub enum StorageError {
         /// `Result` of this crate carries it).
         source: Box<object_store::Error>,
     },
+}
+
+/// One level of a listing ([`Storage::list_level`]).
+#[derive(Debug, Clone, Default)]
+pub struct Level {
+    /// Keys of the objects directly under the prefix.
+    pub objects: Vec<String>,
+    /// Names of the sub-directories.
+    pub dirs: Vec<String>,
 }
 
 /// How a child process rebuilds the same store: Arc's `storage_type` and
@@ -134,9 +143,8 @@ impl Storage {
     /// A local directory, which must exist. Directories emptied by deletes
     /// are removed.
     pub fn local(root: &FsPath) -> Result<Self, StorageError> {
-        let store = LocalFileSystem::new_with_prefix(root)
-            .map_err(|e| StorageError::Open { url: root.display().to_string(), message: format!("{e} (does the directory exist?)") })?
-            .with_automatic_cleanup(true);
+        let store = local::LocalStore::new(root)
+            .map_err(|e| StorageError::Open { url: root.display().to_string(), message: format!("{e} (does the directory exist?)") })?;
         let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
         let descriptor = StorageDescriptor {
             storage_type: "local".into(),
@@ -220,20 +228,25 @@ impl Storage {
     /// Names of the immediate sub-directories of `prefix`, sorted, except
     /// names starting with `.`.
     pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        Ok(self.list_level(prefix).await?.dirs)
+    }
+
+    /// One level under `prefix`: the keys of its objects and the names of its
+    /// sub-directories, each sorted, except names starting with `.`.
+    pub async fn list_level(&self, prefix: &str) -> Result<Level, StorageError> {
         let location = (!prefix.is_empty()).then(|| Path::from(prefix.trim_end_matches('/')));
         let listing = self.store.list_with_delimiter(location.as_ref()).await.map_err(|source| StorageError::List {
             store: self.description.clone(),
             prefix: prefix.to_owned(),
             source: Box::new(source),
         })?;
-        let mut names: Vec<String> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_owned))
-            .filter(|name| !name.is_empty() && !name.starts_with('.'))
-            .collect();
-        names.sort();
-        Ok(names)
+        let visible = |name: &&str| !name.is_empty() && !name.starts_with('.');
+        let mut dirs: Vec<String> = listing.common_prefixes.iter().filter_map(|p| p.filename()).filter(visible).map(str::to_owned).collect();
+        let mut objects: Vec<String> =
+            listing.objects.iter().filter(|o| o.location.filename().is_some_and(|n| visible(&n))).map(|o| o.location.to_string()).collect();
+        dirs.sort();
+        objects.sort();
+        Ok(Level { objects, dirs })
     }
 
     /// Removes what an interrupted multipart upload of `key` left behind.
@@ -263,7 +276,23 @@ impl Storage {
         self.local_root().map(|root| root.join(key))
     }
 
-    fn local_root(&self) -> Option<std::path::PathBuf> {
+    /// Makes `key` durable when this is a local store: syncs the file and
+    /// its directory (a local `put` does neither). Other stores acknowledge
+    /// a write only once it is durable.
+    pub fn sync(&self, key: &str) -> Result<(), StorageError> {
+        let Some(path) = self.local_path(key) else { return Ok(()) };
+        let io_error = |e: std::io::Error| {
+            self.object_error("sync", key, object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) })
+        };
+        std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io_error)?;
+        match path.parent() {
+            Some(dir) => local::sync_dir(dir).map_err(io_error),
+            None => Ok(()),
+        }
+    }
+
+    /// The root directory when this is a local store.
+    pub fn local_root(&self) -> Option<std::path::PathBuf> {
         let descriptor = self.descriptor.as_ref().filter(|d| d.storage_type == "local")?;
         let config: serde_json::Value = serde_json::from_str(&descriptor.config_json).ok()?;
         config.get("base_path")?.as_str().map(std::path::PathBuf::from)
@@ -279,6 +308,34 @@ impl Storage {
     pub async fn write(&self, key: &str, bytes: impl Into<PutPayload>) -> Result<(), StorageError> {
         self.store.put(&Path::from(key), bytes.into()).await.map_err(|e| self.object_error("write", key, e))?;
         Ok(())
+    }
+
+    /// The content of `key` and its version, or `None` when it does not
+    /// exist.
+    pub async fn read_versioned(&self, key: &str) -> Result<Option<(Bytes, UpdateVersion)>, StorageError> {
+        let result = match self.store.get(&Path::from(key)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.object_error("read", key, e)),
+        };
+        let version = UpdateVersion { e_tag: result.meta.e_tag.clone(), version: result.meta.version.clone() };
+        let bytes = result.bytes().await.map_err(|e| self.object_error("read", key, e))?;
+        Ok(Some((bytes, version)))
+    }
+
+    /// Compare-and-swap: writes `bytes` to `key` only if the object is still
+    /// at `expected` (`None`: only if it does not exist). `Ok(false)` when
+    /// another writer came first.
+    pub async fn swap(&self, key: &str, expected: Option<UpdateVersion>, bytes: impl Into<PutPayload>) -> Result<bool, StorageError> {
+        let mode = match expected {
+            Some(version) => PutMode::Update(version),
+            None => PutMode::Create,
+        };
+        match self.store.put_opts(&Path::from(key), bytes.into(), PutOptions::from(mode)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.object_error("write", key, e)),
+        }
     }
 
     /// Deletes `key`; a missing object is success.

@@ -1,0 +1,502 @@
+//! Partition leases: who may act on a partition, at every moment, across
+//! every engine sharing the store (the ownership model in
+//! `docs/architecture.md`).
+//!
+//! All claims on one day of a measurement live in one object,
+//! `_compaction_state/leases/{day path}.lease`: either one claim on the
+//! whole day or claims on distinct hours. The object changes only by
+//! compare-and-swap ([`Storage::swap`]), so a day claim and an hour claim of
+//! that day can never both be granted. A claim expires `ttl` after it was
+//! last written, judged by other engines on their wall clock with
+//! `max_clock_skew` of slack; its holder judges it on `CLOCK_BOOTTIME` and
+//! gives up `safety_margin` earlier, so the holder always stops believing
+//! before anyone else starts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{COMPACTION_STATE_ROOT, Storage, StorageError};
+
+/// Timing of leases; see the ownership model for what each bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseSettings {
+    /// How long a claim lasts without renewal.
+    pub ttl: Duration,
+    /// The largest difference between two engines' wall clocks.
+    pub max_clock_skew: Duration,
+    /// How long before its deadline a holder stops trusting its claim.
+    pub safety_margin: Duration,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(60), max_clock_skew: Duration::from_secs(5), safety_margin: Duration::from_secs(15) }
+    }
+}
+
+/// One claim, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Claim {
+    /// Unique per claim.
+    id: String,
+    /// The engine holding it.
+    engine: String,
+    /// `day`, or the two-digit hour.
+    part: String,
+    /// The partition path it was taken for.
+    partition: String,
+    /// The holder's wall clock when it last sent this claim, plus the TTL.
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LeaseObject {
+    claims: Vec<Claim>,
+}
+
+/// Which lease object covers a partition, and which part of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Scope {
+    key: String,
+    part: String,
+}
+
+/// `{day}/{HH}` → (day, hour); `{day}` (`…/YYYY/MM/DD`) → (day, `day`);
+/// anything else is its own object, claimed whole.
+fn scope_of(partition_path: &str) -> Scope {
+    let path = partition_path.trim_end_matches('/');
+    let segments: Vec<&str> = path.rsplitn(5, '/').collect();
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let object = |day: &str| format!("{COMPACTION_STATE_ROOT}/leases/{day}.lease");
+    if segments.len() == 5 && digits(segments[0], 2) && digits(segments[1], 2) && digits(segments[2], 2) && digits(segments[3], 4) {
+        let day = &path[..path.len() - 3];
+        return Scope { key: object(day), part: segments[0].to_owned() };
+    }
+    Scope { key: object(path), part: "day".into() }
+}
+
+/// A held claim. Its validity is judged on this host's `CLOCK_BOOTTIME`,
+/// which the renewal task extends.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    scope: Scope,
+    id: String,
+    partition: String,
+    /// `CLOCK_BOOTTIME` nanoseconds until which this holder may act; 0 once lost.
+    deadline: Arc<AtomicU64>,
+}
+
+impl Lease {
+    /// The claim's unique id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The partition it was taken for.
+    pub fn partition(&self) -> &str {
+        &self.partition
+    }
+
+    /// Whether this holder may still act: before its deadline and not lost.
+    pub fn is_valid(&self) -> bool {
+        boottime_nanos() < self.deadline.load(Ordering::SeqCst)
+    }
+
+    /// The deadline, in `CLOCK_BOOTTIME` nanoseconds (0 once lost).
+    pub fn deadline(&self) -> u64 {
+        self.deadline.load(Ordering::SeqCst)
+    }
+}
+
+/// The leases of one engine on one store.
+#[derive(Debug, Clone)]
+pub struct Leases {
+    storage: Storage,
+    engine: String,
+    settings: LeaseSettings,
+    sequence: Arc<AtomicU64>,
+}
+
+/// Swaps tried before a busy lease object is reported as an error.
+const MAX_SWAP_ATTEMPTS: usize = 50;
+
+impl Leases {
+    /// Leases of `engine` (an id unique to this process, see
+    /// [`new_engine_id`]) on `storage`.
+    pub fn new(storage: Storage, engine: String, settings: LeaseSettings) -> Self {
+        Self { storage, engine, settings, sequence: Arc::default() }
+    }
+
+    /// This engine's id.
+    pub fn engine(&self) -> &str {
+        &self.engine
+    }
+
+    /// The timing in force.
+    pub fn settings(&self) -> LeaseSettings {
+        self.settings
+    }
+
+    /// Claims `partition_path`, or `None` when a live claim overlaps it (the
+    /// same hour, its day, or an hour of it when it is a day). Expired claims
+    /// are dropped on the way.
+    pub async fn try_acquire(&self, partition_path: &str) -> Result<Option<Lease>, StorageError> {
+        let scope = scope_of(partition_path);
+        let id = format!("{}-{}", self.engine, self.sequence.fetch_add(1, Ordering::SeqCst));
+        let ttl = self.settings.ttl;
+        let written = self
+            .modify(&scope.key, |claims, now| {
+                if claims.iter().any(|c| c.part == "day" || scope.part == "day" || c.part == scope.part) {
+                    return None;
+                }
+                claims.push(Claim {
+                    id: id.clone(),
+                    engine: self.engine.clone(),
+                    part: scope.part.clone(),
+                    partition: partition_path.to_owned(),
+                    expires_at: now + ttl,
+                });
+                Some(())
+            })
+            .await?;
+        Ok(written.map(|((), sent)| Lease {
+            scope,
+            id,
+            partition: partition_path.to_owned(),
+            deadline: Arc::new(AtomicU64::new(self.deadline_after(sent))),
+        }))
+    }
+
+    /// Extends `lease` by the TTL from now. `Ok(false)` when the claim is
+    /// gone (it expired and another engine took its place): the lease is
+    /// then marked lost.
+    pub async fn renew(&self, lease: &Lease) -> Result<bool, StorageError> {
+        let ttl = self.settings.ttl;
+        let written = self
+            .modify(&lease.scope.key, |claims, now| {
+                let claim = claims.iter_mut().find(|c| c.id == lease.id)?;
+                claim.expires_at = now + ttl;
+                Some(())
+            })
+            .await?;
+        match written {
+            Some(((), sent)) => {
+                let deadline = self.deadline_after(sent);
+                // Never extend a lease already marked lost.
+                let _ = lease.deadline.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| (d != 0).then_some(deadline));
+                Ok(lease.deadline() != 0)
+            }
+            None => {
+                lease.deadline.store(0, Ordering::SeqCst);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Gives `lease` up: removes its claim (only its own).
+    pub async fn release(&self, lease: Lease) {
+        lease.deadline.store(0, Ordering::SeqCst);
+        let removed = self
+            .modify(&lease.scope.key, |claims, _| {
+                let before = claims.len();
+                claims.retain(|c| c.id != lease.id);
+                (claims.len() != before).then_some(())
+            })
+            .await;
+        if let Err(e) = removed {
+            tracing::warn!(partition = %lease.partition, error = %e, "cannot release the partition's lease; it will expire");
+        }
+    }
+
+    /// Gives `lease` up without removing its claim: renewed one last time, it
+    /// keeps the partition for one more TTL, so that a request of the job
+    /// whose outcome is unknown has landed or failed before anyone else
+    /// looks at the partition.
+    pub async fn release_late(&self, lease: Lease) {
+        if let Err(e) = self.renew(&lease).await {
+            tracing::warn!(partition = %lease.partition, error = %e, "cannot extend the partition's lease; it expires as it is");
+        }
+        lease.deadline.store(0, Ordering::SeqCst);
+    }
+
+    /// Keeps `lease` renewed every third of the TTL until the returned guard
+    /// is dropped, writing each new deadline to `deadline_file` (for the
+    /// job process) when given.
+    pub fn keep_renewed(&self, lease: &Lease, deadline_file: Option<PathBuf>) -> Renewal {
+        if let Some(file) = &deadline_file {
+            write_deadline(file, lease.deadline());
+        }
+        let (leases, lease, file) = (self.clone(), lease.clone(), deadline_file.clone());
+        let period = self.settings.ttl / 3;
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                match leases.renew(&lease).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::error!(partition = %lease.partition, "lost the partition's lease; the job stops before its next step"),
+                    Err(e) => tracing::warn!(partition = %lease.partition, error = %e, "cannot renew the partition's lease; retrying"),
+                }
+                if let Some(file) = &file {
+                    write_deadline(file, lease.deadline());
+                }
+                if lease.deadline() == 0 {
+                    break;
+                }
+            }
+        });
+        Renewal { task, deadline_file }
+    }
+
+    fn deadline_after(&self, sent_boottime: u64) -> u64 {
+        let valid = self.settings.ttl.saturating_sub(self.settings.safety_margin);
+        sent_boottime.saturating_add(valid.as_nanos() as u64)
+    }
+
+    /// Reads the lease object at `key`, drops claims expired in this
+    /// engine's view, lets `change` edit the rest (`None`: nothing to write)
+    /// and swaps the result in; retries when another writer came first.
+    /// Returns `change`'s answer and the `CLOCK_BOOTTIME` instant just
+    /// before the successful write was sent.
+    async fn modify<T>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(&mut Vec<Claim>, DateTime<Utc>) -> Option<T>,
+    ) -> Result<Option<(T, u64)>, StorageError> {
+        let skew = chrono::Duration::from_std(self.settings.max_clock_skew).unwrap_or_default();
+        for attempt in 0..MAX_SWAP_ATTEMPTS {
+            let current = self.storage.read_versioned(key).await?;
+            let (mut object, version) = match current {
+                Some((bytes, version)) => {
+                    let object = serde_json::from_slice::<LeaseObject>(&bytes).unwrap_or_else(|e| {
+                        tracing::warn!(lease = key, error = %e, "unreadable lease object; treating it as empty");
+                        LeaseObject::default()
+                    });
+                    (object, Some(version))
+                }
+                None => (LeaseObject::default(), None),
+            };
+            let sent = boottime_nanos();
+            let now = Utc::now();
+            object.claims.retain(|c| c.expires_at + skew > now);
+            let Some(answer) = change(&mut object.claims, now) else { return Ok(None) };
+            let body = serde_json::to_vec(&object).unwrap_or_default();
+            if self.storage.swap(key, version, body).await? {
+                return Ok(Some((answer, sent)));
+            }
+            // Another writer came first: back off a little, by attempt.
+            tokio::time::sleep(Duration::from_millis(2 + (attempt as u64 % 8) * 3)).await;
+        }
+        Err(StorageError::Object {
+            operation: "swap",
+            store: self.storage.to_string(),
+            key: key.to_owned(),
+            source: Box::new(object_store::Error::Precondition { path: key.to_owned(), source: "too many concurrent writers".into() }),
+        })
+    }
+
+    /// Checks what the lease protocol relies on: create-only writes, and this
+    /// host's clock within half `max_clock_skew` of the store's (from the
+    /// `Last-Modified` of a probe it writes and removes).
+    pub async fn check_store(&self) -> Result<StoreCheck, StorageError> {
+        let probe = format!("{COMPACTION_STATE_ROOT}/leases/.probe-{}", self.engine);
+        let before = Utc::now();
+        self.storage.swap(&probe, None, "probe").await?;
+        let after = Utc::now();
+        let conditional_writes = !self.storage.swap(&probe, None, "probe").await.unwrap_or(true);
+        let stored = self.storage.object_store().head(&object_store::path::Path::from(probe.as_str())).await.ok();
+        let _ = self.storage.delete(&probe).await;
+        // The store stamps within [before, after] on a shared clock;
+        // `Last-Modified` has one-second resolution on S3.
+        let clock_offset = stored.map(|meta| {
+            let stamp = meta.last_modified;
+            if stamp < before - chrono::Duration::seconds(1) {
+                stamp - before + chrono::Duration::seconds(1)
+            } else if stamp > after {
+                stamp - after
+            } else {
+                chrono::Duration::zero()
+            }
+        });
+        Ok(StoreCheck { conditional_writes, clock_offset })
+    }
+}
+
+/// What [`Leases::check_store`] found.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreCheck {
+    /// The store refuses a second create-only write of one key.
+    pub conditional_writes: bool,
+    /// How far the store's clock is from this host's (0 when within the
+    /// probe's round trip), if the store reports modification times.
+    pub clock_offset: Option<chrono::Duration>,
+}
+
+/// Renews a lease in the background; dropping it stops the renewals.
+#[derive(Debug)]
+pub struct Renewal {
+    task: tokio::task::JoinHandle<()>,
+    deadline_file: Option<PathBuf>,
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(file) = &self.deadline_file {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds: monotonic, shared by every process of
+/// the host, and counting while the machine is suspended.
+pub fn boottime_nanos() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid, writable timespec.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now);
+    }
+    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+}
+
+/// Writes a lease deadline for a job process (atomically: write, rename).
+fn write_deadline(file: &Path, deadline: u64) {
+    let staging = file.with_extension("tmp");
+    let written = std::fs::write(&staging, deadline.to_string()).and_then(|()| std::fs::rename(&staging, file));
+    if let Err(e) = written {
+        tracing::warn!(file = %file.display(), error = %e, "cannot write the lease deadline for the job");
+    }
+}
+
+/// Whether the lease whose deadline `file` holds is still valid; a missing
+/// or unreadable file is a lost lease.
+pub fn deadline_file_is_valid(file: &Path) -> bool {
+    std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse::<u64>().ok()).is_some_and(|deadline| boottime_nanos() < deadline)
+}
+
+/// A new engine id: host, process id and start time, so that two engines
+/// never share one even in containers with one hostname and one PID.
+pub fn new_engine_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let host: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(40).collect();
+    format!("{host}-{}-{:x}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leases(storage: &Storage, engine: &str, ttl_ms: u64) -> Leases {
+        let settings = LeaseSettings {
+            ttl: Duration::from_millis(ttl_ms),
+            max_clock_skew: Duration::from_millis(ttl_ms / 10),
+            safety_margin: Duration::from_millis(ttl_ms / 4),
+        };
+        Leases::new(storage.clone(), engine.into(), settings)
+    }
+
+    #[test]
+    fn scopes_group_a_day_and_its_hours() {
+        let hour = scope_of("db/cpu/2026/04/11/10");
+        let day = scope_of("db/cpu/2026/04/11");
+        assert_eq!(hour.key, day.key);
+        assert_eq!((hour.part.as_str(), day.part.as_str()), ("10", "day"));
+        assert_eq!(hour.key, "_compaction_state/leases/db/cpu/2026/04/11.lease");
+        assert_eq!(scope_of("spoke/db/cpu/2026/04/11/10").key, "_compaction_state/leases/spoke/db/cpu/2026/04/11.lease");
+        assert_eq!(scope_of("db/2026/2026/04/11").part, "day", "a four-digit measurement is not an hour");
+    }
+
+    #[tokio::test]
+    async fn a_day_excludes_its_hours_and_hours_exclude_their_day() {
+        let storage = Storage::in_memory();
+        let (a, b) = (leases(&storage, "a", 60_000), leases(&storage, "b", 60_000));
+        let hour = a.try_acquire("db/cpu/2026/04/11/10").await.unwrap().expect("free");
+        assert!(b.try_acquire("db/cpu/2026/04/11").await.unwrap().is_none(), "the day is busy while an hour is");
+        assert!(a.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "not re-entrant, even for its engine");
+        let other_hour = b.try_acquire("db/cpu/2026/04/11/11").await.unwrap().expect("hours are independent");
+        assert!(b.try_acquire("db/cpu/2026/04/12").await.unwrap().is_some(), "other days are independent");
+        a.release(hour).await;
+        assert!(a.try_acquire("db/cpu/2026/04/11").await.unwrap().is_none(), "hour 11 still holds the day");
+        b.release(other_hour).await;
+        let day = a.try_acquire("db/cpu/2026/04/11").await.unwrap().expect("free again");
+        assert!(b.try_acquire("db/cpu/2026/04/11/03").await.unwrap().is_none(), "a day claim excludes every hour");
+        assert!(day.is_valid());
+    }
+
+    #[tokio::test]
+    async fn expired_claims_are_taken_over_and_their_holder_learns_it() {
+        let storage = Storage::in_memory();
+        let (a, b) = (leases(&storage, "a", 200), leases(&storage, "b", 200));
+        let held = a.try_acquire("db/cpu/2026/04/11/10").await.unwrap().unwrap();
+        assert!(b.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none());
+        tokio::time::sleep(Duration::from_millis(160)).await;
+        assert!(!held.is_valid(), "the holder gives up at ttl - margin");
+        assert!(b.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "others wait for ttl + skew");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let taken = b.try_acquire("db/cpu/2026/04/11/10").await.unwrap().expect("expired");
+        assert!(!a.renew(&held).await.unwrap(), "the old holder cannot renew");
+        assert_eq!(held.deadline(), 0);
+        a.release(held).await;
+        assert!(a.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "releasing a lost lease leaves the new one");
+        assert!(taken.is_valid());
+    }
+
+    #[tokio::test]
+    async fn renewal_keeps_a_claim_past_its_ttl() {
+        let storage = Storage::in_memory();
+        let (a, b) = (leases(&storage, "a", 300), leases(&storage, "b", 300));
+        let held = a.try_acquire("db/cpu/2026/04/11").await.unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("deadline");
+        let renewal = a.keep_renewed(&held, Some(file.clone()));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(held.is_valid() && deadline_file_is_valid(&file));
+        assert!(b.try_acquire("db/cpu/2026/04/11/01").await.unwrap().is_none());
+        drop(renewal);
+        assert!(!deadline_file_is_valid(&file), "the job's file goes with the renewal");
+        a.release_late(held).await;
+        assert!(b.try_acquire("db/cpu/2026/04/11/01").await.unwrap().is_none(), "a late release keeps the claim for a TTL");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(b.try_acquire("db/cpu/2026/04/11/01").await.unwrap().is_some());
+    }
+
+    #[test]
+    fn racing_engines_never_share_a_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let storage = Storage::local(dir.path()).unwrap();
+        for round in 0..5 {
+            let day = format!("db/cpu/2026/04/1{round}");
+            let granted: Vec<Lease> = runtime.block_on(async {
+                let attempts = (0..6).map(|i| {
+                    let leases = leases(&storage, &format!("e{i}"), 60_000);
+                    let path = if i % 2 == 0 { day.clone() } else { format!("{day}/0{i}") };
+                    async move { leases.try_acquire(&path).await.unwrap() }
+                });
+                futures::future::join_all(attempts).await.into_iter().flatten().collect()
+            });
+            let days = granted.iter().filter(|l| l.partition() == day).count();
+            assert!(!granted.is_empty());
+            assert!(days == 0 || granted.len() == 1, "a day claim stands alone: {granted:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_store_check_finds_create_only_writes_and_a_sane_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Storage::local(dir.path()).unwrap();
+        let check = leases(&local, "a", 60_000).check_store().await.unwrap();
+        assert!(check.conditional_writes);
+        assert!(check.clock_offset.unwrap().num_seconds().abs() <= 1);
+        let left = std::fs::read_dir(dir.path().join("_compaction_state/leases")).map_or(0, |d| d.count());
+        assert_eq!(left, 0, "the probe is removed");
+    }
+}

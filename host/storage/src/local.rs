@@ -1,0 +1,182 @@
+//! Local disk: `object_store`'s `LocalFileSystem`, plus the one thing it
+//! lacks and leases need — `PutMode::Update`, a compare-and-swap on the
+//! object's ETag. The swap runs under an exclusive `flock` on a hidden
+//! sidecar file next to the object, which every process on the host honours
+//! (and NFSv4 forwards to the server), then writes a temporary file, syncs
+//! it, renames it over the object and syncs the directory.
+
+use std::fs::{File, Metadata};
+use std::io::Write;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::stream::BoxStream;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, Result, UpdateVersion,
+};
+
+const STORE: &str = "LocalFileSystem";
+
+/// `LocalFileSystem` with `PutMode::Update`.
+#[derive(Debug)]
+pub(crate) struct LocalStore {
+    inner: Arc<LocalFileSystem>,
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// The directory `root`, which must exist.
+    pub(crate) fn new(root: &FsPath) -> Result<Self> {
+        let inner = LocalFileSystem::new_with_prefix(root)?.with_automatic_cleanup(true);
+        Ok(Self { inner: Arc::new(inner), root: std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned()) })
+    }
+
+    fn update(&self, location: &Path, payload: PutPayload, expected: UpdateVersion) -> Result<PutResult> {
+        let path = self.root.join(location.as_ref());
+        let generic = |source: std::io::Error| object_store::Error::Generic { store: STORE, source: Box::new(source) };
+        let precondition = |why: String| object_store::Error::Precondition { path: location.to_string(), source: why.into() };
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+            return Err(precondition("not a file".into()));
+        };
+        let sidecar = File::options().create(true).truncate(false).write(true).open(dir.join(format!(".{name}.cas"))).map_err(generic)?;
+        sidecar.lock().map_err(generic)?;
+        let current = match std::fs::metadata(&path) {
+            Ok(metadata) => e_tag(&metadata),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(precondition("the object does not exist".into())),
+            Err(e) => return Err(generic(e)),
+        };
+        if expected.e_tag.as_deref() != Some(current.as_str()) {
+            return Err(precondition(format!("version {current} does not match {:?}", expected.e_tag)));
+        }
+        let staging = dir.join(format!(".{name}.cas-{}", std::process::id()));
+        let written = (|| {
+            let mut file = File::create(&staging)?;
+            for chunk in payload.iter() {
+                file.write_all(chunk)?;
+            }
+            file.sync_all()?;
+            std::fs::rename(&staging, &path)?;
+            sync_dir(dir)?;
+            std::fs::metadata(&path)
+        })();
+        let metadata = written.inspect_err(|_| {
+            let _ = std::fs::remove_file(&staging);
+        });
+        Ok(PutResult { e_tag: Some(e_tag(&metadata.map_err(generic)?)), version: None })
+    }
+}
+
+/// `LocalFileSystem`'s ETag scheme, so that a version read by `get` or
+/// `head` matches what `update` compares.
+fn e_tag(metadata: &Metadata) -> String {
+    let inode = std::os::unix::fs::MetadataExt::ino(metadata);
+    let mtime =
+        metadata.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).unwrap_or_default().as_micros();
+    format!("{inode:x}-{mtime:x}-{:x}", metadata.len())
+}
+
+/// Makes a directory entry (a new or renamed file in `dir`) durable.
+pub(crate) fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl std::fmt::Display for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for LocalStore {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+        match opts.mode {
+            PutMode::Update(expected) => {
+                let (this, location) = (Self { inner: self.inner.clone(), root: self.root.clone() }, location.clone());
+                tokio::task::spawn_blocking(move || this.update(&location, payload, expected))
+                    .await
+                    .map_err(|e| object_store::Error::Generic { store: STORE, source: Box::new(e) })?
+            }
+            _ => self.inner.put_opts(location, payload, opts).await,
+        }
+    }
+
+    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn delete(&self, location: &Path) -> Result<()> {
+        self.inner.delete(location).await
+    }
+
+    fn delete_stream<'a>(&'a self, locations: BoxStream<'a, Result<Path>>) -> BoxStream<'a, Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
+        self.inner.copy(from, to).await
+    }
+
+    async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> Result<()> {
+        self.inner.copy_if_not_exists(from, to).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn update_swaps_only_the_version_it_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path()).unwrap();
+        let key = Path::from("a/lease");
+        let created = store.put_opts(&key, "one".into(), PutMode::Create.into()).await.unwrap();
+        let read = store.head(&key).await.unwrap();
+        assert_eq!(read.e_tag, created.e_tag, "get and put agree on the version");
+        let version = UpdateVersion { e_tag: read.e_tag, version: None };
+        let swapped = store.put_opts(&key, "two".into(), PutMode::Update(version.clone()).into()).await.unwrap();
+        let stale = store.put_opts(&key, "three".into(), PutMode::Update(version).into()).await;
+        assert!(matches!(stale, Err(object_store::Error::Precondition { .. })), "{stale:?}");
+        let current = UpdateVersion { e_tag: swapped.e_tag, version: None };
+        store.put_opts(&key, "four".into(), PutMode::Update(current).into()).await.unwrap();
+        assert_eq!(store.get(&key).await.unwrap().bytes().await.unwrap(), "four");
+        let missing = store.put_opts(&Path::from("a/none"), "x".into(), PutMode::Update(UpdateVersion { e_tag: None, version: None }).into()).await;
+        assert!(matches!(missing, Err(object_store::Error::Precondition { .. })));
+    }
+
+    #[test]
+    fn concurrent_swaps_from_one_version_have_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let store = Arc::new(LocalStore::new(dir.path()).unwrap());
+        let key = Path::from("lease");
+        let created = runtime.block_on(store.put_opts(&key, "0".into(), PutMode::Create.into())).unwrap();
+        let version = UpdateVersion { e_tag: created.e_tag, version: None };
+        let winners: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let (store, key, version) = (store.clone(), key.clone(), version.clone());
+                    scope.spawn(move || usize::from(store.update(&key, format!("{i}").into(), version).is_ok()))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(winners, 1);
+    }
+}
