@@ -13,14 +13,14 @@ use compactor_job::verify;
 use crate::kit::{TestConfig, kill_engine_and_wait_for_jobs, run_until_ready_then_sigterm, value};
 use crate::util::{compactor, files_under, text};
 
-const NOW: &str = "2026-04-13T12:00:00Z";
+pub(crate) const NOW: &str = "2026-04-13T12:00:00Z";
 
-struct Lake {
+pub(crate) struct Lake {
     _dir: tempfile::TempDir,
-    root: PathBuf,
-    lake: PathBuf,
+    pub(crate) root: PathBuf,
+    pub(crate) lake: PathBuf,
     pristine: PathBuf,
-    config: String,
+    pub(crate) config: String,
 }
 
 fn spec(rows_per_file: u32) -> SampleSpec {
@@ -37,17 +37,24 @@ fn spec(rows_per_file: u32) -> SampleSpec {
 /// config (Arc's tiers, daily with `min_files = 2` so that two hours make a
 /// day); `extra` adds `[compaction]` keys.
 fn lake_with(rows_per_file: u32, extra: &[(&str, toml::Value)]) -> Lake {
+    lake_configured(rows_per_file, |mut config| {
+        for (key, value) in extra {
+            config = config.compaction(key, value.clone());
+        }
+        config
+    })
+}
+
+/// The same lake, with `configure` applied to its config.
+pub(crate) fn lake_configured(rows_per_file: u32, configure: impl FnOnce(TestConfig) -> TestConfig) -> Lake {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     let lake = root.join("lake");
     sample::generate(&lake, crate::util::at(NOW), &spec(rows_per_file)).unwrap();
     let pristine = root.join("pristine");
     copy_dir(&lake, &pristine);
-    let mut config = TestConfig::new("lake").hourly_and_daily().compaction("temp_directory", "tmp").compaction("threads", 1);
-    for (key, value) in extra {
-        config = config.compaction(key, value.clone());
-    }
-    let config = config.write(&root);
+    let config = TestConfig::new("lake").hourly_and_daily().compaction("temp_directory", "tmp").compaction("threads", 1);
+    let config = configure(config).write(&root);
     Lake { _dir: dir, root, lake, pristine, config }
 }
 
@@ -63,13 +70,13 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn once(lake: &Lake, env: &[(&str, &str)]) -> Output {
+pub(crate) fn once(lake: &Lake, env: &[(&str, &str)]) -> Output {
     compactor(&["once", "--config", &lake.config, "--now", NOW], env)
 }
 
 /// Exactly the original rows, no manifest, lock or job directory left, and
 /// nothing but Parquet files in the lake.
-fn assert_intact(lake: &Lake) {
+pub(crate) fn assert_intact(lake: &Lake) {
     let connection = verify::connection().unwrap();
     for measurement in ["cpu", "mem_total"] {
         let before = format!("{}/db/{measurement}/**/*.parquet", lake.pristine.display());
@@ -84,7 +91,7 @@ fn assert_intact(lake: &Lake) {
 }
 
 /// Fully compacted: one daily file per measurement and nothing else.
-fn assert_compacted(lake: &Lake) {
+pub(crate) fn assert_compacted(lake: &Lake) {
     let files: Vec<String> = files_under(&lake.lake);
     assert_eq!(files.len(), 2, "{files:#?}");
     assert!(files.iter().all(|f| f.ends_with("_b1_daily.parquet")), "{files:#?}");

@@ -18,6 +18,8 @@ pub(crate) struct TestConfig {
     tiers: Vec<toml::Table>,
     #[serde(skip_serializing_if = "toml::Table::is_empty")]
     cluster: toml::Table,
+    #[serde(skip_serializing_if = "toml::Table::is_empty")]
+    coordination: toml::Table,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +52,7 @@ impl TestConfig {
             compaction: toml::Table::new(),
             tiers: Vec::new(),
             cluster: toml::Table::new(),
+            coordination: toml::Table::new(),
         }
     }
 
@@ -76,6 +79,14 @@ impl TestConfig {
     /// One `[compaction]` key.
     pub(crate) fn compaction(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
         self.compaction.insert(key.into(), value.into());
+        self
+    }
+
+    /// Short leases (`lease_ttl`, a tenth of it as `max_clock_skew`), so
+    /// that a test can outwait one.
+    pub(crate) fn lease_ttl_ms(mut self, millis: u64) -> Self {
+        self.coordination.insert("lease_ttl".into(), format!("{millis}ms").into());
+        self.coordination.insert("max_clock_skew".into(), format!("{}ms", millis / 10).into());
         self
     }
 
@@ -284,4 +295,94 @@ pub(crate) fn run_until_ready_then_sigterm(config: &str) -> (std::process::ExitS
         stderr.push('\n');
     }
     (child.wait().unwrap(), stderr)
+}
+
+/// A proxy in front of an S3 server that answers everything as the server
+/// does, except the first PUT whose path contains `pattern`: it takes the
+/// whole request, never answers it, and forwards it to the server `delay`
+/// later — an upload that lands after the client has given up on it.
+pub(crate) struct LateProxy {
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) endpoint: String,
+    /// Set once the held request has reached the server.
+    pub(crate) landed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LateProxy {
+    pub(crate) fn start(upstream: &str, pattern: &'static str, delay: Duration) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let landed = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicBool::new(false));
+        let flag = landed.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (upstream, held, landed) = (upstream.clone(), held.clone(), flag.clone());
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(client.try_clone().unwrap());
+                    let mut client = client;
+                    while let Some((head, body)) = read_request(&mut reader) {
+                        let is_put = head.starts_with("PUT ") && head.lines().next().is_some_and(|l| l.contains(pattern));
+                        if is_put && !held.swap(true, Ordering::SeqCst) {
+                            let landed = landed.clone();
+                            std::thread::spawn(move || {
+                                std::thread::sleep(delay);
+                                forward(&upstream, &head, &body);
+                                landed.store(true, Ordering::SeqCst);
+                            });
+                            return; // The client hears nothing and times out.
+                        }
+                        let response = forward(&upstream, &head, &body);
+                        if std::io::Write::write_all(&mut client, &response).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { endpoint, landed }
+    }
+}
+
+/// One HTTP/1.1 request: its head (up to the blank line) and its body (by
+/// `Content-Length`); `None` at the end of the connection.
+fn read_request(reader: &mut impl std::io::BufRead) -> Option<(String, Vec<u8>)> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let length = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    std::io::Read::read_exact(reader, &mut body).ok()?;
+    Some((head, body))
+}
+
+/// Sends one request to `upstream` on a fresh connection and returns the
+/// whole response (the connection is closed after it).
+fn forward(upstream: &str, head: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let head: String = head
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect::<String>()
+        + "Connection: close\r\n\r\n";
+    let Ok(mut server) = std::net::TcpStream::connect(upstream) else { return Vec::new() };
+    let _ = server.write_all(head.as_bytes()).and_then(|()| server.write_all(body));
+    let mut response = Vec::new();
+    let _ = server.read_to_end(&mut response);
+    response
 }

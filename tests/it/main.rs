@@ -3,6 +3,7 @@
 
 mod cli;
 mod compaction;
+mod engines;
 mod kit;
 mod plan;
 mod policies;

@@ -16,7 +16,7 @@ use compactor_job::verify;
 use compactor_storage::Storage;
 
 use crate::kit::{MotoServer, TestConfig};
-use crate::util::{compactor, files_under, is_lease, text};
+use crate::util::{compactor, files_under, is_coordination_state, text};
 
 const NOW: &str = "2026-04-13T12:00:00Z";
 
@@ -100,7 +100,9 @@ fn s3_config(url: &str, options: &BTreeMap<String, String>) -> TestConfig {
 fn assert_intact_and_compacted(bucket: &Bucket) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut objects = runtime.block_on(bucket.storage.list("")).unwrap();
-    objects.retain(|o| !is_lease(&o.key));
+    objects.retain(|o| {
+        !is_coordination_state(&o.key, || String::from_utf8_lossy(&runtime.block_on(bucket.storage.read(&o.key)).unwrap()).into_owned())
+    });
     let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
     assert_eq!(keys.len(), 1, "one daily output and nothing else: {keys:#?}\n{}", logs(bucket));
     assert!(keys[0].ends_with("_b1_daily.parquet"), "{keys:?}");

@@ -117,9 +117,22 @@ pub(crate) fn is_lease(key: &str) -> bool {
     key.starts_with("_compaction_state/leases/")
 }
 
-/// Every file below `root`, relative and sorted, except lease objects; a
-/// missing root is empty.
+/// What coordination keeps on purpose: lease objects, and the outcome of an
+/// aborted job, kept for a week as a fence against its late upload.
+pub(crate) fn is_coordination_state(key: &str, content: impl FnOnce() -> String) -> bool {
+    is_lease(key) || key.ends_with(".outcome") && content().contains("\"aborted\"")
+}
+
+/// Every file below `root`, relative and sorted, except what coordination
+/// keeps on purpose; a missing root is empty.
 pub(crate) fn files_under(root: &std::path::Path) -> Vec<String> {
+    let mut files = files_under_all(root);
+    files.retain(|f| !is_coordination_state(f, || std::fs::read_to_string(root.join(f)).unwrap_or_default()));
+    files
+}
+
+/// Every file below `root`, relative and sorted; a missing root is empty.
+pub(crate) fn files_under_all(root: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -133,7 +146,6 @@ pub(crate) fn files_under(root: &std::path::Path) -> Vec<String> {
             }
         }
     }
-    out.retain(|f| !is_lease(f));
     out.sort();
     out
 }

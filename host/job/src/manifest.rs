@@ -190,13 +190,28 @@ impl HeldFiles {
     }
 
     /// The manifest that blocks `partition_path`: one that could not be
-    /// read right now and whose name mentions the partition's day (a
-    /// manifest's name starts with its partition path, `/` → `_`).
+    /// read right now and whose name mentions the partition, its day, or
+    /// (for a day) one of its hours. Manifest names hold the partition path
+    /// with `/` → `_` (Arc's `{partition}_{job}.json` and `{job_id}.json`
+    /// alike).
     pub fn blocked_by(&self, partition_path: &str) -> Option<&str> {
-        let day: Vec<&str> = partition_path.split('/').collect();
-        let day = if day.len() > 4 && day.last().is_some_and(|h| h.len() == 2) { &day[..day.len() - 1] } else { &day[..] };
-        let needle = day.join("_");
-        self.unreadable.iter().map(String::as_str).find(|name| name.contains(&needle))
+        let segments: Vec<&str> = partition_path.split('/').collect();
+        let is_hour = segments.len() > 4 && segments.last().is_some_and(|h| h.len() == 2 && h.bytes().all(|b| b.is_ascii_digit()));
+        let (day, hour) = if is_hour { (&segments[..segments.len() - 1], segments.last().copied()) } else { (&segments[..], None) };
+        let day = format!("{}_", day.join("_"));
+        let mentions = |name: &str| {
+            name.match_indices(&day).any(|(at, _)| {
+                let rest = &name[at + day.len()..];
+                let names_an_hour = rest.len() > 2 && rest.as_bytes()[..2].iter().all(u8::is_ascii_digit) && rest.as_bytes()[2] == b'_';
+                match hour {
+                    // An hour is blocked by its own manifests and its day's.
+                    Some(hour) => !names_an_hour || rest.starts_with(hour),
+                    // A day is blocked by its own and any of its hours'.
+                    None => true,
+                }
+            })
+        };
+        self.unreadable.iter().map(String::as_str).find(|name| mentions(name))
     }
 }
 
@@ -708,6 +723,20 @@ mod tests {
         assert!(store.read(&key).await.is_err());
     }
 
+    #[test]
+    fn an_unreadable_manifest_blocks_its_hour_and_day_only() {
+        let held = HeldFiles {
+            files: HashSet::new(),
+            unreadable: vec!["db_cpu_2026_04_11_10_db_db_cpu_2026_04_11_10_17_b1.json".into(), "db_db_mem_2026_04_12_17_b1.json".into()],
+        };
+        assert!(held.blocked_by("db/cpu/2026/04/11/10").is_some());
+        assert!(held.blocked_by("db/cpu/2026/04/11").is_some(), "its day");
+        assert!(held.blocked_by("db/cpu/2026/04/11/11").is_none(), "another hour");
+        assert!(held.blocked_by("db/cpu/2026/04/12").is_none(), "another day");
+        assert!(held.blocked_by("db/mem/2026/04/12/05").is_some(), "an hour of a day-level manifest (Arc's newer naming)");
+        assert!(held.blocked_by("db/mem/2026/04/12").is_some());
+    }
+
     #[tokio::test]
     async fn held_files_are_inputs_and_outputs() {
         let store = ManifestStore::new(Storage::in_memory());
@@ -793,5 +822,106 @@ mod tests {
         assert!(report.failed[0].1.contains("receipt marking incomplete"));
         assert_eq!(store.list().await.unwrap().len(), 1);
         assert_eq!(store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap().recovered, 1);
+    }
+
+    fn owned(job_id: &str) -> RecoveryManifest {
+        RecoveryManifest { owner: Some(ManifestOwner { engine: "owner".into(), lease: "owner-0".into() }), ..manifest(job_id) }
+    }
+
+    #[tokio::test]
+    async fn recovery_leaves_a_live_owners_manifest_alone() {
+        let (storage, store) = with_manifest(None, 17).await;
+        let owner = Leases::new(storage.clone(), "owner".into(), Default::default());
+        let lease = owner.try_acquire("testdb/cpu/2025/01/15/10").await.unwrap().unwrap();
+        let report = store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap();
+        assert_eq!((report.live, report.recovered), (1, 0));
+        assert_eq!(store.list().await.unwrap().len(), 1, "the live job's manifest stays");
+        assert!(store.held_files().await.unwrap().contains("testdb/cpu/input1.parquet"), "and its files stay held");
+        let daily = Leases::new(storage.clone(), "daily".into(), Default::default());
+        assert!(daily.try_acquire("testdb/cpu/2025/01/15").await.unwrap().is_none(), "its day is busy too");
+        owner.release(lease).await;
+        let report = store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap();
+        assert_eq!((report.live, report.rolled_back), (0, 1), "once the owner is gone, recovery acts");
+    }
+
+    #[tokio::test]
+    async fn the_outcome_is_decided_once() {
+        let store = ManifestStore::new(Storage::in_memory());
+        let key = store.write(&owned("j")).await.unwrap();
+        let first = store.decide(&key, "out.parquet", Outcome::Aborted, "recoverer").await.unwrap();
+        let second = store.decide(&key, "out.parquet", Outcome::Committed, "job").await.unwrap();
+        assert_eq!((first.outcome, second.outcome, second.by.as_str()), (Outcome::Aborted, Outcome::Aborted, "recoverer"));
+        assert!(store.write(&owned("j")).await.is_err(), "a manifest is never replaced");
+    }
+
+    #[tokio::test]
+    async fn an_aborted_jobs_late_output_is_held_then_deleted() {
+        let storage = Storage::in_memory();
+        storage.write("testdb/cpu/input1.parquet", "in").await.unwrap();
+        let store = ManifestStore::new(storage.clone());
+        store.write(&RecoveryManifest { input_files: vec!["testdb/cpu/input1.parquet".into()], ..owned("j1") }).await.unwrap();
+        // The owner died before its upload landed: recovery aborts the job.
+        let report = store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap();
+        assert_eq!(report.rolled_back, 1);
+        assert!(store.list().await.unwrap().is_empty());
+        // Then the upload lands after all.
+        storage.write("testdb/cpu/output.parquet", "PAR1 late PAR1").await.unwrap();
+        let held = store.held_files().await.unwrap();
+        assert!(held.contains("testdb/cpu/output.parquet"), "the late output is never planned");
+        assert!(!held.contains("testdb/cpu/input1.parquet"), "the inputs are free again");
+        let report = store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap();
+        assert_eq!(report.late_outputs_deleted, 1);
+        assert_eq!(storage.size("testdb/cpu/output.parquet").await.unwrap(), None);
+        assert!(storage.size("testdb/cpu/input1.parquet").await.unwrap().is_some(), "every row still exactly once");
+    }
+
+    #[tokio::test]
+    async fn a_complete_output_without_outcome_is_committed_by_recovery() {
+        let output = b"PAR1 fake data PAR1";
+        let (storage, store) = with_manifest(Some(output), output.len() as i64).await;
+        let key = store.list().await.unwrap().remove(0);
+        let report = store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap();
+        assert_eq!(report.completed, 1);
+        let left = storage.list("_compaction_state/").await.unwrap();
+        assert!(left.iter().all(|f| f.key.starts_with("_compaction_state/leases/")), "manifest and outcome are gone: {left:?}");
+        // A job that comes back and tries to commit learns it was done.
+        let decided = store.decide(&key, "testdb/cpu/output.parquet", Outcome::Committed, "job").await.unwrap();
+        assert_eq!(decided.outcome, Outcome::Committed);
+    }
+
+    #[tokio::test]
+    async fn unparseable_manifests_are_quarantined_and_keep_their_files() {
+        let storage = Storage::in_memory();
+        let key = "_compaction_state/hourly/db/db_cpu_2026_04_11_10_j.json";
+        storage.write(key, r#"{"output_path":"db/cpu/2026/04/11/10/out.parquet","input_files":["db/cpu/2026/04/11/10/a.parquet","#).await.unwrap();
+        let store = ManifestStore::new(storage.clone());
+        let report = store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap();
+        assert_eq!(report.quarantined, [key]);
+        assert!(storage.size(&format!("{key}.quarantined")).await.unwrap().is_some());
+        assert!(store.list().await.unwrap().is_empty());
+        let held = store.held_files().await.unwrap();
+        assert!(held.contains("db/cpu/2026/04/11/10/a.parquet") && held.contains("db/cpu/2026/04/11/10/out.parquet"), "{held:?}");
+        assert_eq!(store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap().quarantined.len(), 0, "reported once");
+    }
+
+    #[tokio::test]
+    async fn arcs_newer_manifest_names_are_read_and_recovered() {
+        let (storage, store) = with_manifest(None, 17).await;
+        let arc_key = format!("{COMPACTION_STATE_ROOT}/hourly/testdb/j2.json");
+        storage.write(&arc_key, serde_json::to_vec(&manifest("j2")).unwrap()).await.unwrap();
+        assert_eq!(store.list().await.unwrap().len(), 2);
+        assert_eq!(store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap().rolled_back, 2);
+    }
+
+    #[test]
+    fn manifest_names_never_exceed_255_bytes() {
+        let long = "d".repeat(120);
+        let partition = format!("{long}/cpu/2026/04/11/10");
+        let job = crate::job_id(&long, &partition, Utc::now(), 1);
+        let key = RecoveryManifest::key_for("hourly", &long, &partition, &job);
+        let name = key.rsplit('/').next().unwrap();
+        assert!(name.len() <= 240 && name.ends_with(".json"), "{} bytes: {name}", name.len());
+        assert_ne!(key, RecoveryManifest::key_for("hourly", &long, &partition, &format!("{job}x")), "still unique");
+        assert!(format!("{name}.quarantined").len() <= 255);
     }
 }

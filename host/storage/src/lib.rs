@@ -3,6 +3,7 @@
 //! the key that failed.
 
 mod counting;
+pub mod faults;
 pub mod lease;
 mod local;
 mod s3;
@@ -137,7 +138,7 @@ impl Storage {
         let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter()).map_err(|e| open_error(e.to_string()))?;
         let store: Arc<dyn ObjectStore> =
             if prefix.as_ref().is_empty() { Arc::from(store) } else { Arc::new(PrefixStore::new(store, prefix)) };
-        Ok(Self { store, description: redact_url(&parsed), descriptor: None, child_env: Vec::new() })
+        Ok(Self { store: faults::FaultyStore::from_env(store), description: redact_url(&parsed), descriptor: None, child_env: Vec::new() })
     }
 
     /// A local directory, which must exist. Directories emptied by deletes
@@ -151,7 +152,7 @@ impl Storage {
             config_json: serde_json::json!({ "base_path": root.display().to_string() }).to_string(),
         };
         Ok(Self {
-            store: Arc::new(store),
+            store: faults::FaultyStore::from_env(Arc::new(store)),
             description: format!("file://{}", root.display()),
             descriptor: Some(descriptor),
             child_env: Vec::new(),

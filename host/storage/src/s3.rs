@@ -139,8 +139,10 @@ pub(super) fn from_descriptor(config_json: &str) -> anyhow::Result<Storage> {
     })
 }
 
+/// The store under `prefix`, with faults injected when the tests ask for them.
 fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
-    if prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix)) }
+    let store = if prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix)) };
+    super::faults::FaultyStore::from_env(store)
 }
 
 fn descriptor(config: &S3Config) -> StorageDescriptor {
