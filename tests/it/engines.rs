@@ -148,7 +148,9 @@ fn an_engine_paused_longer_than_its_lease_does_not_act_when_it_wakes() {
 
 #[test]
 fn a_temp_directory_that_would_hurt_the_lake_is_refused() {
-    for (temp, relation) in [("lake", "is the storage root"), (".", "contains the storage root"), ("lake/db/tmp", "lies inside the storage root")] {
+    for (temp, relation) in
+        [("lake", "is the storage root"), (".", "contains the storage root"), ("lake/db/tmp", "lies inside the storage root")]
+    {
         let lake = lake_configured(50, |config| config.compaction("temp_directory", temp));
         let before = files_under(&lake.lake);
         for command in [&["once", "--now", NOW][..], &["recover"], &["run"], &["plan", "--now", NOW]] {

@@ -90,22 +90,30 @@ fn upload_lake(name: &str, options: &BTreeMap<String, String>, local: &Path) -> 
     (url, storage)
 }
 
-/// A config for `url` with `options`, jobs in `tmp` with one thread.
+/// Lease TTL of these tests: short, so that a test can outwait it.
+const LEASE_TTL_MS: u64 = 1500;
+
+/// A config for `url` with `options`, jobs in `tmp` with one thread, short
+/// leases.
 fn s3_config(url: &str, options: &BTreeMap<String, String>) -> TestConfig {
-    TestConfig::new(url).storage_options(options).compaction("temp_directory", "tmp").compaction("threads", 1)
+    TestConfig::new(url).storage_options(options).compaction("temp_directory", "tmp").compaction("threads", 1).lease_ttl_ms(LEASE_TTL_MS)
 }
 
 /// Downloads the bucket and checks: exactly the original rows, two daily
-/// outputs, and nothing else (no manifest, no lock).
+/// outputs, and nothing else (no manifest, no claim).
 fn assert_intact_and_compacted(bucket: &Bucket) {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut objects = runtime.block_on(bucket.storage.list("")).unwrap();
-    objects.retain(|o| {
-        !is_coordination_state(&o.key, || String::from_utf8_lossy(&runtime.block_on(bucket.storage.read(&o.key)).unwrap()).into_owned())
-    });
-    let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    let keys = assert_intact(bucket);
     assert_eq!(keys.len(), 1, "one daily output and nothing else: {keys:#?}\n{}", logs(bucket));
     assert!(keys[0].ends_with("_b1_daily.parquet"), "{keys:?}");
+}
+
+/// Downloads the bucket and checks: exactly the original rows, and nothing
+/// but Parquet outputs (no manifest, no claim). Returns the keys.
+fn assert_intact(bucket: &Bucket) -> Vec<String> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let objects = listed(&runtime, &bucket.storage);
+    let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
+    assert!(keys.iter().all(|k| k.ends_with(".parquet")), "only outputs are left: {keys:#?}\n{}", logs(bucket));
     let downloaded = bucket.root.join("downloaded");
     for object in &objects {
         let path = downloaded.join(&object.key);
@@ -115,7 +123,17 @@ fn assert_intact_and_compacted(bucket: &Bucket) {
     let connection = verify::connection().unwrap();
     let before = format!("{}/**/*.parquet", bucket.root.join("pristine").display());
     let after = format!("{}/**/*.parquet", downloaded.display());
-    assert_eq!(verify::row_differences(&connection, &before, &after).unwrap(), (0, 0));
+    assert_eq!(verify::row_differences(&connection, &before, &after).unwrap(), (0, 0), "{}", logs(bucket));
+    keys
+}
+
+/// Every object of the bucket, except what coordination keeps on purpose.
+fn listed(runtime: &tokio::runtime::Runtime, storage: &Storage) -> Vec<compactor_storage::FileMeta> {
+    let mut objects = runtime.block_on(storage.list("")).unwrap();
+    objects.retain(|o| {
+        !is_coordination_state(&o.key, || String::from_utf8_lossy(&runtime.block_on(storage.read(&o.key)).unwrap()).into_owned())
+    });
+    objects
 }
 
 /// After a fault at `step`: recovery, a clean cycle, and every row once.
@@ -221,6 +239,9 @@ fn the_server_stopped_mid_upload_or_mid_delete_loses_nothing() {
         std::thread::sleep(std::time::Duration::from_millis(4000));
         server.signal(libc::SIGCONT);
         let _ = engine.wait();
+        // An upload whose outcome is unknown keeps its partition for one more
+        // lease TTL before anyone recovers it.
+        std::thread::sleep(std::time::Duration::from_millis(2 * LEASE_TTL_MS));
         recover_then_compact(&bucket, step);
     }
 }
@@ -237,7 +258,7 @@ fn bad_inputs_on_s3_get_the_spec_outcome() {
     let output = compactor(&["once", "--config", &config, "--now", NOW, "--format", "json"], &[]);
     assert!(output.status.success(), "{}", text(&output));
     crate::compaction::assert_bad_input_report(&serde_json::from_slice(&output.stdout).unwrap());
-    let left: Vec<String> = runtime.block_on(storage.list("")).unwrap().into_iter().map(|o| o.key).collect();
+    let left: Vec<String> = listed(&runtime, &storage).into_iter().map(|o| o.key).collect();
     for kept in [corrupt.as_str(), truncated.as_str(), "notes.txt"] {
         assert!(left.iter().any(|k| k.ends_with(kept)), "{kept} stays: {left:#?}");
     }
@@ -274,7 +295,7 @@ fn a_job_killed_mid_multipart_upload_on_s3_loses_nothing() {
     let clean = compactor(&["once", "--config", &config, "--now", NOW], &[]);
     assert!(clean.status.success(), "{}", text(&clean));
 
-    let objects = runtime.block_on(storage.list("")).unwrap();
+    let objects = listed(&runtime, &storage);
     assert!(objects.iter().all(|o| o.key.ends_with("_compacted.parquet")), "only outputs are left: {objects:#?}");
     let downloaded = dir.path().join("downloaded");
     for object in &objects {
@@ -289,4 +310,71 @@ fn a_job_killed_mid_multipart_upload_on_s3_loses_nothing() {
         &format!("{}/**/*.parquet", downloaded.display()),
     );
     assert_eq!(rows.unwrap(), (0, 0));
+}
+
+/// Recovery and cycles until a cycle has nothing to do, once every lease of
+/// the engines before has expired.
+fn converge(bucket: &Bucket) {
+    std::thread::sleep(std::time::Duration::from_millis(2 * LEASE_TTL_MS));
+    for attempt in 0..6 {
+        let recovered = compactor(&["-v", "recover", "--config", &bucket.config], &[]);
+        std::fs::write(bucket.root.join("recover.log"), text(&recovered)).unwrap();
+        assert!(recovered.status.success(), "{}", text(&recovered));
+        let cycle = compactor(&["-v", "once", "--config", &bucket.config, "--now", NOW], &[]);
+        std::fs::write(bucket.root.join("once.log"), text(&cycle)).unwrap();
+        if cycle.status.success() && String::from_utf8_lossy(&cycle.stdout).contains("0 jobs") {
+            return;
+        }
+        assert!(attempt < 5, "no convergence: {}", text(&cycle));
+        std::thread::sleep(std::time::Duration::from_millis(LEASE_TTL_MS));
+    }
+}
+
+#[test]
+fn engines_on_different_tiers_and_a_recovery_loop_on_one_bucket() {
+    let bucket = bucket("s3-tiers-race");
+    let engine = |args: &'static [&'static str]| {
+        let config = bucket.config.clone();
+        move || compactor(&[&["once", "--config", &config, "--now", NOW][..], args].concat(), &[])
+    };
+    let (engines, recoveries) = std::thread::scope(|s| {
+        let engines: Vec<_> =
+            [engine(&["--tier", "hourly"]), engine(&["--tier", "daily"]), engine(&[])].into_iter().map(|e| s.spawn(e)).collect();
+        let recoveries: Vec<_> = (0..4).map(|_| compactor(&["recover", "--config", &bucket.config], &[])).collect();
+        (engines.into_iter().map(|e| e.join().unwrap()).collect::<Vec<_>>(), recoveries)
+    });
+    for output in engines.iter().chain(&recoveries) {
+        assert!(output.status.success(), "{}", text(output));
+    }
+    converge(&bucket);
+    assert_intact(&bucket);
+}
+
+/// An output PUT whose answer never comes: the proxy takes it, the client
+/// times out, and the PUT reaches the server later — before recovery looks
+/// (recovery finds the output complete and commits it), or after recovery
+/// aborted the job (the fence deletes it). Either way no row twice.
+#[test]
+fn an_upload_that_lands_after_the_client_timed_out_duplicates_nothing() {
+    for (i, delay_ms) in [2_000u64, 6_000].into_iter().enumerate() {
+        let proxy = crate::kit::LateProxy::start(endpoint(), "_compacted.parquet", std::time::Duration::from_millis(delay_ms));
+        let mut bucket = bucket(&format!("s3-late-{i}"));
+        let mut options = options_for(&proxy.endpoint);
+        options.extend([("timeout", "1s"), ("max_retries", "0")].map(|(k, v)| (k.to_owned(), v.to_owned())));
+        bucket.config = s3_config(&format!("s3://s3-late-{i}/lake"), &options).hourly_and_daily().write(&bucket.root);
+        let first = compactor(&["-v", "once", "--config", &bucket.config, "--now", NOW, "--tier", "hourly"], &[]);
+        std::fs::write(bucket.root.join("engine.log"), text(&first)).unwrap();
+        assert!(text(&first).contains("outcome of the upload is unknown"), "{}", text(&first));
+        if delay_ms > 3 * LEASE_TTL_MS {
+            // Recovery runs before the PUT lands: it aborts the job.
+            std::thread::sleep(std::time::Duration::from_millis(2 * LEASE_TTL_MS));
+            let recovered = compactor(&["-v", "recover", "--config", &bucket.config], &[]);
+            assert!(String::from_utf8_lossy(&recovered.stderr).contains("did not commit"), "{}", text(&recovered));
+        }
+        crate::kit::wait_until("the held PUT to land", std::time::Duration::from_secs(30), || {
+            proxy.landed.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        converge(&bucket);
+        assert_intact_and_compacted(&bucket);
+    }
 }

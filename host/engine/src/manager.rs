@@ -651,7 +651,8 @@ impl Manager {
             let engine = self.engine_id();
             Box::pin(async move {
                 if !lease.is_valid() {
-                    let mut failure = JobFailure::new(FailureKind::LeaseLost, "the partition's lease was lost; the job was not started".into());
+                    let mut failure =
+                        JobFailure::new(FailureKind::LeaseLost, "the partition's lease was lost; the job was not started".into());
                     failure.permanent = true;
                     return Err(failure);
                 }

@@ -342,13 +342,7 @@ fn plan_tier_on_own_thread(
     }
 }
 
-fn plan_tier(
-    tier: &PlannedTier,
-    listings: &[Listing],
-    held: Option<&HeldFiles>,
-    options: &PlanOptions,
-    plan: &mut Plan,
-) -> TierSummary {
+fn plan_tier(tier: &PlannedTier, listings: &[Listing], held: Option<&HeldFiles>, options: &PlanOptions, plan: &mut Plan) -> TierSummary {
     let mut summary = TierSummary { tier: tier.name.clone(), ..Default::default() };
     let mut problem = |partition: Option<&str>, message: String| {
         plan.problems.push(PlanProblem { tier: tier.name.clone(), partition: partition.map(str::to_owned), message })

@@ -117,6 +117,10 @@ struct UnknownOutcome {
 /// The kind of a job's failure, from the type of the first error in its
 /// chain that has one.
 fn failure_kind(error: &anyhow::Error) -> FailureKind {
+    // A context layer is not its own type in `chain()`: ask the error.
+    if error.downcast_ref::<UnknownOutcome>().is_some() {
+        return FailureKind::UnknownOutcome;
+    }
     for cause in error.chain() {
         if cause.is::<VerificationMismatch>() {
             return FailureKind::Verification;
@@ -126,9 +130,6 @@ fn failure_kind(error: &anyhow::Error) -> FailureKind {
         }
         if cause.is::<LeaseLost>() {
             return FailureKind::LeaseLost;
-        }
-        if cause.is::<UnknownOutcome>() {
-            return FailureKind::UnknownOutcome;
         }
         if let Some(e) = cause.downcast_ref::<duckdb::Error>() {
             return duckdb_failure_kind(&e.to_string());
@@ -779,6 +780,10 @@ mod tests {
         assert_eq!(failure_kind(&anyhow::Error::new(full)), FailureKind::LocalIo);
         let mismatch = VerificationMismatch { expected: 2, before: 2, after: 1 };
         assert_eq!(failure_kind(&anyhow::Error::new(mismatch).context("y")), FailureKind::Verification);
+        let timeout = object_store::Error::Generic { store: "S3", source: "timed out".into() };
+        let upload = anyhow::Error::new(timeout).context("failed to upload").context(UnknownOutcome { what: "the upload" });
+        assert_eq!(failure_kind(&upload.context("outer")), FailureKind::UnknownOutcome, "not a plain storage failure");
+        assert_eq!(failure_kind(&LeaseLost { step: "the commit" }.into()), FailureKind::LeaseLost);
         assert_eq!(failure_kind(&anyhow::anyhow!("Binder Error in plain text")), FailureKind::Unknown, "text alone is not a type");
     }
 }

@@ -705,7 +705,7 @@ mod tests {
     }
 
     fn leases(storage: &Storage) -> Leases {
-        Leases::new(storage.clone(), "recoverer".into(), Default::default())
+        Leases::new(storage.clone(), compactor_storage::lease::new_engine_id(), Default::default())
     }
 
     #[tokio::test]
@@ -727,7 +727,10 @@ mod tests {
     fn an_unreadable_manifest_blocks_its_hour_and_day_only() {
         let held = HeldFiles {
             files: HashSet::new(),
-            unreadable: vec!["db_cpu_2026_04_11_10_db_db_cpu_2026_04_11_10_17_b1.json".into(), "db_db_mem_2026_04_12_17_b1.json".into()],
+            unreadable: vec![
+                "db_cpu_2026_04_11_10_db_db_cpu_2026_04_11_10_1776006312123456789_b1.json".into(),
+                "db_db_mem_2026_04_12_1776006312123456789_b1.json".into(),
+            ],
         };
         assert!(held.blocked_by("db/cpu/2026/04/11/10").is_some());
         assert!(held.blocked_by("db/cpu/2026/04/11").is_some(), "its day");
@@ -817,7 +820,8 @@ mod tests {
         let output = b"PAR1 fake data PAR1";
         let (storage, store) = with_manifest(Some(output), output.len() as i64).await;
         let refuse = |_: &[String]| -> Result<(), String> { Err("sqlite busy".into()) };
-        let report = store.recover(&leases(&storage), &RecoveryObservers { kept_output: None, consumed_inputs: Some(&refuse) }).await.unwrap();
+        let report =
+            store.recover(&leases(&storage), &RecoveryObservers { kept_output: None, consumed_inputs: Some(&refuse) }).await.unwrap();
         assert_eq!(report.failed.len(), 1);
         assert!(report.failed[0].1.contains("receipt marking incomplete"));
         assert_eq!(store.list().await.unwrap().len(), 1);
@@ -831,13 +835,13 @@ mod tests {
     #[tokio::test]
     async fn recovery_leaves_a_live_owners_manifest_alone() {
         let (storage, store) = with_manifest(None, 17).await;
-        let owner = Leases::new(storage.clone(), "owner".into(), Default::default());
+        let owner = Leases::new(storage.clone(), compactor_storage::lease::new_engine_id(), Default::default());
         let lease = owner.try_acquire("testdb/cpu/2025/01/15/10").await.unwrap().unwrap();
         let report = store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap();
         assert_eq!((report.live, report.recovered), (1, 0));
         assert_eq!(store.list().await.unwrap().len(), 1, "the live job's manifest stays");
         assert!(store.held_files().await.unwrap().contains("testdb/cpu/input1.parquet"), "and its files stay held");
-        let daily = Leases::new(storage.clone(), "daily".into(), Default::default());
+        let daily = Leases::new(storage.clone(), format!("daily-{}", compactor_storage::lease::new_engine_id()), Default::default());
         assert!(daily.try_acquire("testdb/cpu/2025/01/15").await.unwrap().is_none(), "its day is busy too");
         owner.release(lease).await;
         let report = store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap();
@@ -893,7 +897,10 @@ mod tests {
     async fn unparseable_manifests_are_quarantined_and_keep_their_files() {
         let storage = Storage::in_memory();
         let key = "_compaction_state/hourly/db/db_cpu_2026_04_11_10_j.json";
-        storage.write(key, r#"{"output_path":"db/cpu/2026/04/11/10/out.parquet","input_files":["db/cpu/2026/04/11/10/a.parquet","#).await.unwrap();
+        storage
+            .write(key, r#"{"output_path":"db/cpu/2026/04/11/10/out.parquet","input_files":["db/cpu/2026/04/11/10/a.parquet","#)
+            .await
+            .unwrap();
         let store = ManifestStore::new(storage.clone());
         let report = store.recover(&leases(&storage), &RecoveryObservers::default()).await.unwrap();
         assert_eq!(report.quarantined, [key]);

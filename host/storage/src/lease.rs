@@ -11,6 +11,13 @@
 //! `max_clock_skew` of slack; its holder judges it on `CLOCK_BOOTTIME` and
 //! gives up `safety_margin` earlier, so the holder always stops believing
 //! before anyone else starts.
+//!
+//! One shortcut, exact rather than timed: an engine holds an exclusive
+//! `flock` on `{tmp}/compactor-engines/{engine}.alive` for its whole life,
+//! and its job processes inherit it. Another engine that can open that file
+//! shares the host's kernel; if it can take the lock, the engine and all its
+//! jobs are gone and their claims are void at once. Where the file is not
+//! visible (another host or container), the TTL decides.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -120,6 +127,54 @@ pub struct Leases {
     engine: String,
     settings: LeaseSettings,
     sequence: Arc<AtomicU64>,
+    /// This engine's liveness lock, held while it lives.
+    _alive: Option<Arc<Liveness>>,
+}
+
+/// An engine's liveness lock file; removed when the engine ends normally.
+#[derive(Debug)]
+struct Liveness {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl Drop for Liveness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Where engines on this host keep their liveness locks.
+fn liveness_dir() -> PathBuf {
+    std::env::temp_dir().join("compactor-engines")
+}
+
+/// Takes this engine's liveness lock, inheritable by its job processes so
+/// that it is released only when the engine and every job are gone.
+fn hold_liveness(engine: &str) -> Option<Liveness> {
+    use std::os::fd::AsRawFd;
+    let dir = liveness_dir();
+    std::fs::create_dir_all(&dir).ok()?;
+    let path = dir.join(format!("{engine}.alive"));
+    let file = std::fs::File::create(&path).ok()?;
+    file.try_lock().ok()?;
+    // SAFETY: clears FD_CLOEXEC on a descriptor this process owns.
+    unsafe {
+        libc::fcntl(file.as_raw_fd(), libc::F_SETFD, 0);
+    }
+    Some(Liveness { path, _file: file })
+}
+
+/// Whether `engine` is known to be gone: its liveness file is visible here
+/// and nobody holds its lock (then the file is removed).
+fn known_dead(engine: &str) -> bool {
+    let path = liveness_dir().join(format!("{engine}.alive"));
+    let Ok(file) = std::fs::File::open(&path) else { return false };
+    if file.try_lock().is_err() {
+        return false;
+    }
+    let _ = std::fs::remove_file(&path);
+    true
 }
 
 /// Swaps tried before a busy lease object is reported as an error.
@@ -129,7 +184,8 @@ impl Leases {
     /// Leases of `engine` (an id unique to this process, see
     /// [`new_engine_id`]) on `storage`.
     pub fn new(storage: Storage, engine: String, settings: LeaseSettings) -> Self {
-        Self { storage, engine, settings, sequence: Arc::default() }
+        let alive = hold_liveness(&engine).map(Arc::new);
+        Self { storage, engine, settings, sequence: Arc::default(), _alive: alive }
     }
 
     /// This engine's id.
@@ -238,7 +294,9 @@ impl Leases {
                 tokio::time::sleep(period).await;
                 match leases.renew(&lease).await {
                     Ok(true) => {}
-                    Ok(false) => tracing::error!(partition = %lease.partition, "lost the partition's lease; the job stops before its next step"),
+                    Ok(false) => {
+                        tracing::error!(partition = %lease.partition, "lost the partition's lease; the job stops before its next step")
+                    }
                     Err(e) => tracing::warn!(partition = %lease.partition, error = %e, "cannot renew the partition's lease; retrying"),
                 }
                 if let Some(file) = &file {
@@ -282,7 +340,7 @@ impl Leases {
             };
             let sent = boottime_nanos();
             let now = Utc::now();
-            object.claims.retain(|c| c.expires_at + skew > now);
+            object.claims.retain(|c| c.expires_at + skew > now && (c.engine == self.engine || !known_dead(&c.engine)));
             let Some(answer) = change(&mut object.claims, now) else { return Ok(None) };
             let body = serde_json::to_vec(&object).unwrap_or_default();
             if self.storage.swap(key, version, body).await? {
@@ -387,7 +445,9 @@ pub fn new_engine_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
     let host: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(40).collect();
-    format!("{host}-{}-{:x}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0))
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    let sequence = SEQUENCE.fetch_add(1, Ordering::SeqCst);
+    format!("{host}-{}-{:x}-{sequence}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -400,7 +460,7 @@ mod tests {
             max_clock_skew: Duration::from_millis(ttl_ms / 10),
             safety_margin: Duration::from_millis(ttl_ms / 4),
         };
-        Leases::new(storage.clone(), engine.into(), settings)
+        Leases::new(storage.clone(), format!("{engine}-{}", new_engine_id()), settings)
     }
 
     #[test]
@@ -447,6 +507,23 @@ mod tests {
         a.release(held).await;
         assert!(a.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "releasing a lost lease leaves the new one");
         assert!(taken.is_valid());
+    }
+
+    #[tokio::test]
+    async fn a_dead_engine_on_this_host_loses_its_claims_at_once() {
+        let storage = Storage::in_memory();
+        let engine = new_engine_id();
+        let dead = Leases::new(storage.clone(), engine.clone(), Default::default());
+        let held = dead.try_acquire("db/cpu/2026/04/11/10").await.unwrap().unwrap();
+        let other = leases(&storage, "b", 60_000);
+        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "alive: its lock is held");
+        // Killed: the kernel drops its lock, its file stays.
+        drop(held);
+        drop(dead);
+        std::fs::write(liveness_dir().join(format!("{engine}.alive")), "").unwrap();
+        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some(), "gone: its lock is free");
+        assert!(!liveness_dir().join(format!("{engine}.alive")).exists(), "its file is gone");
+        assert!(!known_dead("an-engine-on-another-host"), "an engine this host cannot see is judged by the TTL");
     }
 
     #[tokio::test]

@@ -242,7 +242,8 @@ impl Storage {
             source: Box::new(source),
         })?;
         let visible = |name: &&str| !name.is_empty() && !name.starts_with('.');
-        let mut dirs: Vec<String> = listing.common_prefixes.iter().filter_map(|p| p.filename()).filter(visible).map(str::to_owned).collect();
+        let mut dirs: Vec<String> =
+            listing.common_prefixes.iter().filter_map(|p| p.filename()).filter(visible).map(str::to_owned).collect();
         let mut objects: Vec<String> =
             listing.objects.iter().filter(|o| o.location.filename().is_some_and(|n| visible(&n))).map(|o| o.location.to_string()).collect();
         dirs.sort();

@@ -74,8 +74,7 @@ impl LocalStore {
 /// `head` matches what `update` compares.
 fn e_tag(metadata: &Metadata) -> String {
     let inode = std::os::unix::fs::MetadataExt::ino(metadata);
-    let mtime =
-        metadata.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).unwrap_or_default().as_micros();
+    let mtime = metadata.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).unwrap_or_default().as_micros();
     format!("{inode:x}-{mtime:x}-{:x}", metadata.len())
 }
 
@@ -156,7 +155,8 @@ mod tests {
         let current = UpdateVersion { e_tag: swapped.e_tag, version: None };
         store.put_opts(&key, "four".into(), PutMode::Update(current).into()).await.unwrap();
         assert_eq!(store.get(&key).await.unwrap().bytes().await.unwrap(), "four");
-        let missing = store.put_opts(&Path::from("a/none"), "x".into(), PutMode::Update(UpdateVersion { e_tag: None, version: None }).into()).await;
+        let missing =
+            store.put_opts(&Path::from("a/none"), "x".into(), PutMode::Update(UpdateVersion { e_tag: None, version: None }).into()).await;
         assert!(matches!(missing, Err(object_store::Error::Precondition { .. })));
     }
 
