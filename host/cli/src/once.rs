@@ -79,7 +79,7 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
     let failed = report.failed().count();
     let recovery = &report.recovery;
     let summary = format!(
-        "cycle {}: {} jobs, {} failed, {} batches skipped (partition locked elsewhere); recovery: {} finished, {} rolled back; {:.1}s",
+        "cycle {}: {} jobs, {} failed, {} batches skipped (partition leased elsewhere); recovery: {} finished, {} rolled back; {:.1}s",
         report.cycle_id,
         report.jobs.len(),
         failed,
@@ -105,6 +105,12 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
     }
     for (manifest, reason) in &recovery.failed {
         println!("recovery kept {manifest}: {reason}");
+    }
+    if recovery.live > 0 {
+        println!("recovery left {} manifests of live jobs to their engines", recovery.live);
+    }
+    for manifest in &recovery.quarantined {
+        println!("recovery quarantined {manifest} (unparseable): the files it names stay excluded until you remove {manifest}.quarantined");
     }
     Ok(())
 }

@@ -9,10 +9,12 @@ use crate::Format;
 
 /// Finish or roll back jobs interrupted by a crash, and clean up after them.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "For every recovery manifest in _compaction_state/: if the job's output is complete,\n\
-its inputs are deleted; if the output is missing or partial, it is removed and the inputs\n\
-stay. Either way every row exists exactly once afterwards. Also removes orphaned job\n\
-directories under the temp directory.")]
+#[command(after_help = "For every recovery manifest in _compaction_state/ whose job's engine no longer holds\n\
+the partition's lease: if the job's output is complete, its inputs are deleted; if the\n\
+output is missing or partial, it is removed and the inputs stay. Either way every row exists\n\
+exactly once afterwards. Manifests of live jobs (another engine's, or this host's) are left\n\
+alone; unparseable ones are moved aside to *.quarantined. Also removes the temp directories\n\
+of engines that are gone (never a live engine's).")]
 pub(crate) struct Args {
     /// The configuration file.
     #[arg(long, value_name = "FILE")]
@@ -45,17 +47,24 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         crate::Format::Json => crate::table::print_json(&report)?,
         crate::Format::Table => {
             println!(
-                "recovery: {} manifests resolved ({} jobs finished, {} rolled back), {} kept, {} orphaned job directories removed",
+                "recovery: {} manifests resolved ({} jobs finished, {} rolled back), {} left to live jobs, {} kept, \
+                 {} quarantined, {} late outputs of aborted jobs deleted, {} temp directories of gone engines removed",
                 report.recovered,
                 report.completed,
                 report.rolled_back,
+                report.live,
                 report.failed.len(),
+                report.quarantined.len(),
+                report.late_outputs_deleted,
                 cleaned
             );
             for (manifest, reason) in &report.failed {
                 println!("kept {manifest}: {reason}");
             }
+            for manifest in &report.quarantined {
+                println!("quarantined {manifest} (unparseable): moved to {manifest}.quarantined; the files it names stay excluded until you remove it");
+            }
         }
     }
-    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.failed.is_empty() && report.quarantined.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
