@@ -6,7 +6,10 @@
 //! (the Python wheel, installed from PyPI when missing); the same
 //! partition on a loopback S3 server (moto) and the requests a compacted
 //! partition costs; then the engine's parent RSS over 50 cycles and the job's
-//! peak RSS against its `memory_limit`.
+//! peak RSS against its `memory_limit`; and what coordination between
+//! engines (lease, second look at the manifests, commit, release) adds to
+//! a job, on both stores, with one engine and with two contending for one
+//! lease object.
 //!
 //! Run: `cargo bench -p compactor --bench compaction` (prints a Markdown
 //! table).
@@ -68,6 +71,16 @@ fn main() -> anyhow::Result<()> {
         s3_requests = requests;
     }
     let per_core = |d: Duration, x: f64| x / d.as_secs_f64() / THREADS as f64;
+    let mut coordination = Vec::new();
+    for (label, storage, job) in [
+        ("local", Storage::local(&work.path().join("lake0"))?, engine),
+        ("S3", moto.bucket_with("coordination", &template)?, s3),
+    ] {
+        for engines in [1, 2] {
+            let (per_job, requests) = coordination_cost(&storage, engines)?;
+            coordination.push((label, engines, per_job, requests, job));
+        }
+    }
 
     let parent = std::process::Command::new(std::env::current_exe()?).arg("--parent-rss").output()?;
     anyhow::ensure!(parent.status.success(), "parent RSS run failed: {}", String::from_utf8_lossy(&parent.stderr));
@@ -104,6 +117,18 @@ fn main() -> anyhow::Result<()> {
             r.put,
             r.delete,
             r.total() as i64 - FILES as i64
+        );
+    }
+    for (label, engines, per_job, r, job) in coordination {
+        println!(
+            "| coordination per job, {label}, {engines} engine(s): lease, second look, commit, release | {:.1} ms, {:.1} requests ({:.1} LIST, {:.1} GET, {:.1} PUT, {:.1} DELETE) = {:.1}% of the job | ≤ ~10% |",
+            per_job.as_secs_f64() * 1e3,
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            per_job.as_secs_f64() * 100.0 / job.as_secs_f64()
         );
     }
     println!(
@@ -254,6 +279,50 @@ fn engine_cycle(work: &Path, storage: Storage, temp: &str) -> anyhow::Result<(Du
     let elapsed = started.elapsed();
     anyhow::ensure!(report.jobs.len() == 1 && report.all_succeeded(), "engine run failed: {:?}", report.jobs);
     Ok((elapsed, report.jobs[0].peak_job_rss_bytes, report.requests))
+}
+
+/// Jobs timed per engine when measuring coordination.
+const COORDINATION_JOBS: u32 = 20;
+
+/// What the ownership protocol adds to one job, beyond Arc's: take the
+/// partition's lease, look at the manifests again under it, create the
+/// outcome (the commit), remove it with the manifest, release the lease.
+/// `engines` engines run at once, each on its own hours of one day, so that
+/// they contend for one lease object. Returns the mean wall time per job and
+/// the requests per job (total, LIST, GET, PUT, DELETE).
+fn coordination_cost(storage: &Storage, engines: usize) -> anyhow::Result<(Duration, [f64; 5])> {
+    use compactor_job::manifest::{ManifestStore, Outcome};
+    use compactor_storage::lease::{Leases, new_engine_id};
+    let (storage, counts) = storage.counted();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let started = Instant::now();
+    runtime.block_on(async {
+        let jobs = (0..engines).map(|engine| {
+            let storage = storage.clone();
+            async move {
+                let leases = Leases::new(storage.clone(), new_engine_id(), Default::default());
+                let manifests = ManifestStore::new(storage);
+                for job in 0..COORDINATION_JOBS {
+                    let partition = format!("bench/cpu/2026/04/12/{:02}", engine * 12 + job as usize % 12);
+                    let lease = leases.try_acquire(&partition).await?.ok_or_else(|| anyhow::anyhow!("{partition} is busy"))?;
+                    manifests.held_files().await?;
+                    let manifest = format!("_compaction_state/hourly/bench/coordination_{engine}_{job}.json");
+                    manifests.decide(&manifest, "bench/out.parquet", Outcome::Committed, leases.engine()).await?;
+                    manifests.finish(&manifest).await?;
+                    leases.release(lease).await;
+                }
+                anyhow::Ok(())
+            }
+        });
+        futures::future::try_join_all(jobs).await
+    })?;
+    let elapsed = started.elapsed();
+    let total = counts.snapshot();
+    let jobs = f64::from(COORDINATION_JOBS) * engines as f64;
+    let per_job = [total.total(), total.list, total.get, total.put, total.delete].map(|n| n as f64 / jobs);
+    // The engines run at once: a job's share is the wall time over the jobs
+    // of one engine.
+    Ok((elapsed / COORDINATION_JOBS, per_job))
 }
 
 /// A moto server on 127.0.0.1 for the S3 runs, stopped on drop.
