@@ -72,10 +72,9 @@ fn main() -> anyhow::Result<()> {
     }
     let per_core = |d: Duration, x: f64| x / d.as_secs_f64() / THREADS as f64;
     let mut coordination = Vec::new();
-    for (label, storage, job) in [
-        ("local", Storage::local(&work.path().join("lake0"))?, engine),
-        ("S3", moto.bucket_with("coordination", &template)?, s3),
-    ] {
+    for (label, storage, job) in
+        [("local", Storage::local(&work.path().join("lake0"))?, engine), ("S3", moto.bucket_with("coordination", &template)?, s3)]
+    {
         for engines in [1, 2] {
             let (per_job, requests) = coordination_cost(&storage, engines)?;
             coordination.push((label, engines, per_job, requests, job));

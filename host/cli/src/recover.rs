@@ -62,7 +62,9 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
                 println!("kept {manifest}: {reason}");
             }
             for manifest in &report.quarantined {
-                println!("quarantined {manifest} (unparseable): moved to {manifest}.quarantined; the files it names stay excluded until you remove it");
+                println!(
+                    "quarantined {manifest} (unparseable): moved to {manifest}.quarantined; the files it names stay excluded until you remove it"
+                );
             }
         }
     }

@@ -529,7 +529,9 @@ impl ManifestStore {
                 }
             }
         }
-        report.late_outputs_deleted = self.sweep_outcomes(&state).await;
+        let settings = leases.settings();
+        let settle = chrono::Duration::from_std(settings.ttl + settings.max_clock_skew).unwrap_or(chrono::Duration::hours(1));
+        report.late_outputs_deleted = self.sweep_outcomes(&state, settle).await;
         Ok(report)
     }
 
@@ -628,10 +630,11 @@ impl ManifestStore {
     }
 
     /// Outcomes without a manifest: a committed one is a finished job's
-    /// leftover (removed); an aborted one is a fence — an output appearing
-    /// under it is deleted, and after [`STALE_AFTER`] it is removed.
-    /// Returns how many late outputs were deleted.
-    async fn sweep_outcomes(&self, state: &StateListing) -> usize {
+    /// leftover, removed once older than `settle`; an aborted one is a
+    /// fence — an output appearing under it is deleted, and after
+    /// [`STALE_AFTER`] it is removed. Returns how many late outputs were
+    /// deleted.
+    async fn sweep_outcomes(&self, state: &StateListing, settle: chrono::Duration) -> usize {
         let mut deleted = 0;
         for key in &state.outcomes {
             if state.manifests.contains(&format!("{}.json", key.trim_end_matches(".outcome"))) {
@@ -650,9 +653,13 @@ impl ManifestStore {
                         let _ = self.storage.delete(key).await;
                     }
                 }
-                _ => {
+                // A finished job's leftover. Only a settled one: a listing
+                // that raced a live job may have seen its outcome but not
+                // (yet) its manifest.
+                Some(record) if Utc::now() - record.at > settle => {
                     let _ = self.storage.delete(key).await;
                 }
+                _ => {}
             }
         }
         deleted

@@ -330,10 +330,17 @@ impl Leases {
             let current = self.storage.read_versioned(key).await?;
             let (mut object, version) = match current {
                 Some((bytes, version)) => {
-                    let object = serde_json::from_slice::<LeaseObject>(&bytes).unwrap_or_else(|e| {
-                        tracing::warn!(lease = key, error = %e, "unreadable lease object; treating it as empty");
-                        LeaseObject::default()
-                    });
+                    // Fail safe: an object nobody can read may hold live
+                    // claims, so nobody may claim through it.
+                    let object = serde_json::from_slice::<LeaseObject>(&bytes).map_err(|e| StorageError::Object {
+                        operation: "parse",
+                        store: self.storage.to_string(),
+                        key: key.to_owned(),
+                        source: Box::new(object_store::Error::Generic {
+                            store: "lease",
+                            source: format!("unreadable lease object ({e}); its day is not compacted until it is fixed or removed").into(),
+                        }),
+                    })?;
                     (object, Some(version))
                 }
                 None => (LeaseObject::default(), None),
@@ -524,6 +531,14 @@ mod tests {
         assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some(), "gone: its lock is free");
         assert!(!liveness_dir().join(format!("{engine}.alive")).exists(), "its file is gone");
         assert!(!known_dead("an-engine-on-another-host"), "an engine this host cannot see is judged by the TTL");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_lease_object_blocks_its_day() {
+        let storage = Storage::in_memory();
+        storage.write("_compaction_state/leases/db/cpu/2026/04/11.lease", "{garbage").await.unwrap();
+        let error = leases(&storage, "a", 60_000).try_acquire("db/cpu/2026/04/11/10").await.unwrap_err();
+        assert!(error.to_string().contains("unreadable lease object"), "{error}");
     }
 
     #[tokio::test]

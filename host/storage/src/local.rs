@@ -43,7 +43,7 @@ impl LocalStore {
             return Err(precondition("not a file".into()));
         };
         let sidecar = File::options().create(true).truncate(false).write(true).open(dir.join(format!(".{name}.cas"))).map_err(generic)?;
-        sidecar.lock().map_err(generic)?;
+        lock_within(&sidecar, LOCK_WAIT).map_err(generic)?;
         let current = match std::fs::metadata(&path) {
             Ok(metadata) => e_tag(&metadata),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(precondition("the object does not exist".into())),
@@ -67,6 +67,26 @@ impl LocalStore {
             let _ = std::fs::remove_file(&staging);
         });
         Ok(PutResult { e_tag: Some(e_tag(&metadata.map_err(generic)?)), version: None })
+    }
+}
+
+/// How long a swap waits for another process's swap of the same object: a
+/// swap holds the lock for microseconds, so a longer wait means its holder is
+/// stopped (SIGSTOP, a frozen VM), and waiting on would stop this engine too.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Takes `file`'s exclusive lock, giving up after `wait`.
+fn lock_within(file: &File, wait: std::time::Duration) -> std::io::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < wait => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "another process holds the object's swap lock"));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
     }
 }
 
@@ -178,5 +198,17 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).sum()
         });
         assert_eq!(winners, 1);
+    }
+
+    #[test]
+    fn a_stopped_swapper_delays_others_but_never_stops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = File::create(dir.path().join(".lease.cas")).unwrap();
+        held.lock().unwrap();
+        let other = File::open(dir.path().join(".lease.cas")).unwrap();
+        let error = lock_within(&other, std::time::Duration::from_millis(50)).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        drop(held);
+        lock_within(&other, std::time::Duration::from_millis(50)).unwrap();
     }
 }
