@@ -33,6 +33,18 @@ fn create_bucket_at(endpoint: &str, name: &str) {
     assert!(response.starts_with("HTTP/1.1 200"), "cannot create bucket {name}: {response}");
 }
 
+/// Multipart uploads of `bucket` that were neither completed nor aborted
+/// (S3's ListMultipartUploads).
+fn multipart_uploads_in_progress(bucket: &str) -> usize {
+    let address = endpoint().trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET /{bucket}?uploads HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.matches("<UploadId>").count()
+}
+
 struct Bucket {
     _dir: tempfile::TempDir,
     root: std::path::PathBuf,
@@ -292,6 +304,7 @@ fn a_job_killed_mid_multipart_upload_on_s3_loses_nothing() {
     assert!(String::from_utf8_lossy(&crashed.stderr).contains("step=mid-upload"), "the job was killed mid-upload: {}", text(&crashed));
     let recovered = compactor(&["recover", "--config", &config], &[]);
     assert!(recovered.status.success(), "{}", text(&recovered));
+    assert_eq!(multipart_uploads_in_progress("s3-multipart"), 0, "the dead job's upload is aborted, its parts freed");
     let clean = compactor(&["once", "--config", &config, "--now", NOW], &[]);
     assert!(clean.status.success(), "{}", text(&clean));
 

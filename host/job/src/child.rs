@@ -37,8 +37,8 @@ use crate::manifest::{ManifestOwner, ManifestStore, Outcome, RecoveryManifest};
 use crate::seams::Seams;
 use crate::sql::{self, compaction_statements, file_list, is_valid_identifier, order_by};
 use crate::{FailureKind, JobConfig, JobResult, output_name};
-use compactor_storage::Storage;
 use compactor_storage::lease::deadline_file_is_valid;
+use compactor_storage::{Storage, TrackedUploads};
 
 /// Outputs up to this size are uploaded in one request.
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 64 << 20;
@@ -234,7 +234,7 @@ impl Job<'_> {
         let (output, expected_rows) = self.merge_inputs(&inputs)?;
         self.verify(&inputs, &output, expected_rows)?;
         let manifest_key = self.write_manifest(&inputs, &output)?;
-        self.upload_output(&output)?;
+        self.upload_output(&output, &manifest_key)?;
         if self.commit(&manifest_key, &output)? {
             self.delete_inputs_and_manifest(&inputs, manifest_key)?;
         }
@@ -387,10 +387,10 @@ impl Job<'_> {
     }
 
     /// Step 6: the create-only upload.
-    fn upload_output(&mut self, output: &Output) -> anyhow::Result<()> {
+    fn upload_output(&mut self, output: &Output, manifest_key: &str) -> anyhow::Result<()> {
         let size = self.result.bytes_after;
         self.check_lease("the upload")?;
-        if let Err(e) = self.runtime.block_on(self.upload(&output.local, &output.key, size)) {
+        if let Err(e) = self.runtime.block_on(self.upload(&output.local, &output.key, size, manifest_key)) {
             // A failed upload is ambiguous: a request that timed out may still
             // land. Arc deletes the manifest here, which can leave a complete
             // output beside its inputs; keeping it lets recovery decide from
@@ -559,7 +559,7 @@ impl Job<'_> {
     }
 
     /// Uploads create-only: one request when small, parts when large.
-    async fn upload(&self, local: &Path, key: &str, size: u64) -> anyhow::Result<()> {
+    async fn upload(&self, local: &Path, key: &str, size: u64, manifest_key: &str) -> anyhow::Result<()> {
         let store = self.storage.object_store();
         let location = StorePath::from(key);
         let threshold = self.config.multipart_threshold_bytes.unwrap_or(DEFAULT_MULTIPART_THRESHOLD).max(1);
@@ -592,6 +592,9 @@ impl Job<'_> {
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+        if let Some(uploads) = self.storage.tracked_uploads() {
+            return self.upload_tracked(uploads, local, key, threshold, manifest_key).await;
+        }
         let upload = store.put_multipart(&location).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, threshold as usize);
         let mut file = tokio::fs::File::open(local).await?;
@@ -611,6 +614,37 @@ impl Job<'_> {
         }
         writer.finish().await.with_context(|| format!("cannot complete the upload of {key}"))?;
         Ok(())
+    }
+
+    /// A multipart upload whose id is recorded beside the manifest before any
+    /// part is sent, so that recovery can abort it if the job dies; the
+    /// lease is checked again before the upload is completed (the moment the
+    /// output appears).
+    async fn upload_tracked(
+        &self,
+        uploads: &TrackedUploads,
+        local: &Path,
+        key: &str,
+        part_size: u64,
+        manifest_key: &str,
+    ) -> anyhow::Result<()> {
+        let id = uploads.create(key).await.with_context(|| format!("cannot start the upload of {key}"))?;
+        ManifestStore::new(self.storage.clone()).record_upload(manifest_key, key, &id).await?;
+        let mut file = tokio::fs::File::open(local).await?;
+        let mut parts = Vec::new();
+        loop {
+            let mut part = Vec::with_capacity(part_size as usize);
+            (&mut file).take(part_size).read_to_end(&mut part).await?;
+            if part.is_empty() {
+                break;
+            }
+            parts.push(
+                uploads.put_part(key, &id, parts.len(), part.into()).await.with_context(|| format!("cannot upload a part of {key}"))?,
+            );
+            self.seams.at("mid-upload");
+        }
+        self.check_lease("completing the upload")?;
+        uploads.complete(key, &id, parts).await.with_context(|| format!("cannot complete the upload of {key}"))
     }
 
     /// Deletes the inputs — the first alone, the rest in bulk (one request

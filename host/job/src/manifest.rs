@@ -91,6 +91,19 @@ pub fn outcome_key(manifest_key: &str) -> String {
     format!("{}.outcome", manifest_key.strip_suffix(".json").unwrap_or(manifest_key))
 }
 
+/// The key of the record of the job's multipart upload (S3), which lets
+/// recovery abort it.
+pub fn upload_record_key(manifest_key: &str) -> String {
+    format!("{}.multipart", manifest_key.strip_suffix(".json").unwrap_or(manifest_key))
+}
+
+/// A multipart upload a job started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct UploadRecord {
+    output_path: String,
+    upload_id: String,
+}
+
 /// Whether a job's output replaces its inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -321,9 +334,36 @@ impl ManifestStore {
         }
     }
 
+    /// Records the multipart upload `upload_id` of `output_path` by the job
+    /// of the manifest at `manifest_key`, before any part is sent.
+    pub async fn record_upload(&self, manifest_key: &str, output_path: &str, upload_id: &str) -> Result<(), StorageError> {
+        let record = UploadRecord { output_path: output_path.to_owned(), upload_id: upload_id.to_owned() };
+        self.storage.write(&upload_record_key(manifest_key), serde_json::to_vec(&record).unwrap_or_default()).await
+    }
+
+    /// Aborts the recorded multipart upload of the manifest at
+    /// `manifest_key`, if any, and removes the record.
+    async fn abort_recorded_upload(&self, manifest_key: &str) -> Result<(), StorageError> {
+        let key = upload_record_key(manifest_key);
+        let Some((bytes, _)) = self.storage.read_versioned(&key).await? else { return Ok(()) };
+        if let (Ok(record), Some(uploads)) = (serde_json::from_slice::<UploadRecord>(&bytes), self.storage.tracked_uploads()) {
+            uploads.abort(&record.output_path, &record.upload_id).await.map_err(|source| StorageError::Object {
+                operation: "abort the multipart upload of",
+                store: self.storage.to_string(),
+                key: record.output_path.clone(),
+                source: Box::new(source),
+            })?;
+            tracing::info!(output = %record.output_path, "aborted the dead job's multipart upload");
+        }
+        self.storage.delete(&key).await
+    }
+
     /// Removes a finished job's manifest, then its outcome (in that order:
-    /// a manifest without an outcome is decided again from the store).
+    /// a manifest without an outcome is decided again from the store), and
+    /// its upload record.
     pub async fn finish(&self, manifest_key: &str) -> Result<(), ManifestError> {
+        let record = upload_record_key(manifest_key);
+        self.storage.delete(&record).await.map_err(|source| ManifestError::Delete { key: record, source })?;
         self.delete(manifest_key).await?;
         let outcome = outcome_key(manifest_key);
         self.storage.delete(&outcome).await.map_err(|source| ManifestError::Delete { key: outcome, source })
@@ -578,6 +618,7 @@ impl ManifestStore {
         };
         if decided == Outcome::Aborted {
             tracing::info!(manifest = %key, %output, "the job did not commit: its output (if any) is deleted, its inputs untouched");
+            self.abort_recorded_upload(key).await?;
             self.delete_void_output(output).await?;
             self.delete(key).await?;
             return Ok(RecoveryOutcome::RolledBack);

@@ -7,6 +7,7 @@ pub mod faults;
 pub mod lease;
 mod local;
 mod s3;
+mod uploads;
 
 use std::collections::BTreeMap;
 use std::path::Path as FsPath;
@@ -21,6 +22,7 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 pub use compactor_model::{FileMeta, is_eligible_input};
 pub use counting::{CountingStore, RequestCost, RequestCounts};
+pub use uploads::TrackedUploads;
 
 /// Root of Arc's recovery manifests; never a database.
 pub const COMPACTION_STATE_ROOT: &str = "_compaction_state";
@@ -91,6 +93,8 @@ pub struct Storage {
     /// Credentials a job process needs, passed in its environment (never in
     /// its JSON config, logs or manifests).
     child_env: Vec<(String, String)>,
+    /// Multipart uploads with known ids, where the store has them (S3).
+    uploads: Option<TrackedUploads>,
 }
 
 impl StorageError {
@@ -138,7 +142,13 @@ impl Storage {
         let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter()).map_err(|e| open_error(e.to_string()))?;
         let store: Arc<dyn ObjectStore> =
             if prefix.as_ref().is_empty() { Arc::from(store) } else { Arc::new(PrefixStore::new(store, prefix)) };
-        Ok(Self { store: faults::FaultyStore::from_env(store), description: redact_url(&parsed), descriptor: None, child_env: Vec::new() })
+        Ok(Self {
+            store: faults::FaultyStore::from_env(store),
+            description: redact_url(&parsed),
+            descriptor: None,
+            child_env: Vec::new(),
+            uploads: None,
+        })
     }
 
     /// A local directory, which must exist. Directories emptied by deletes
@@ -156,6 +166,7 @@ impl Storage {
             description: format!("file://{}", root.display()),
             descriptor: Some(descriptor),
             child_env: Vec::new(),
+            uploads: None,
         })
     }
 
@@ -190,12 +201,12 @@ impl Storage {
 
     /// A fresh, empty in-memory store (for tests and benchmarks).
     pub fn in_memory() -> Self {
-        Self { store: Arc::new(InMemory::new()), description: "memory://".into(), descriptor: None, child_env: Vec::new() }
+        Self { store: Arc::new(InMemory::new()), description: "memory://".into(), descriptor: None, child_env: Vec::new(), uploads: None }
     }
 
     /// Wraps any `object_store` implementation.
     pub fn from_store(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
-        Self { store, description: description.into(), descriptor: None, child_env: Vec::new() }
+        Self { store, description: description.into(), descriptor: None, child_env: Vec::new(), uploads: None }
     }
 
     /// The same store, counting every request it makes from now on.
@@ -203,6 +214,14 @@ impl Storage {
         let counts = Arc::new(RequestCounts::default());
         let store = Arc::new(CountingStore::new(self.store.clone(), counts.clone()));
         (Storage { store, ..self.clone() }, counts)
+    }
+
+    /// Multipart uploads whose ids the job can record, so that recovery can
+    /// abort a dead job's upload; `None` where the store keeps no parts
+    /// (local disk stages them next to the target, see
+    /// [`Storage::discard_staged_uploads`]).
+    pub fn tracked_uploads(&self) -> Option<&TrackedUploads> {
+        self.uploads.as_ref()
     }
 
     /// The underlying store.

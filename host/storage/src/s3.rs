@@ -12,7 +12,7 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::prefix::PrefixStore;
 use serde::{Deserialize, Serialize};
 
-use super::{Storage, StorageDescriptor, redact_url};
+use super::{Storage, StorageDescriptor, TrackedUploads, redact_url};
 
 /// Arc's S3 storage config, field for field, plus the other non-secret
 /// options (timeouts, retries, …) so the job process behaves the same.
@@ -105,12 +105,13 @@ pub(super) fn open(url: &url::Url, options: &BTreeMap<String, String>) -> anyhow
         endpoint,
         options: extra,
     };
-    let store = builder.build()?;
+    let store = Arc::new(builder.build()?);
     Ok(Storage {
-        store: with_prefix(Arc::new(store), &prefix),
+        store: with_prefix(store.clone(), &prefix),
         description: redact_url(url),
         descriptor: Some(descriptor(&config)),
         child_env,
+        uploads: Some(TrackedUploads::new(store, &prefix)),
     })
 }
 
@@ -129,13 +130,14 @@ pub(super) fn from_descriptor(config_json: &str) -> anyhow::Result<Storage> {
     if !config.endpoint.is_empty() {
         builder = builder.with_endpoint(&config.endpoint);
     }
-    let store = builder.build()?;
+    let store = Arc::new(builder.build()?);
     let description = format!("s3://{}/{}", config.bucket, config.prefix);
     Ok(Storage {
-        store: with_prefix(Arc::new(store), &config.prefix),
+        store: with_prefix(store.clone(), &config.prefix),
         description,
         descriptor: Some(descriptor(&config)),
         child_env: Vec::new(),
+        uploads: Some(TrackedUploads::new(store, &config.prefix)),
     })
 }
 
