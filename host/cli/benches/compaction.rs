@@ -307,7 +307,7 @@ fn coordination_cost(storage: &Storage, engines: usize) -> anyhow::Result<(Durat
                     manifests.held_files().await?;
                     let manifest = format!("_compaction_state/hourly/bench/coordination_{engine}_{job}.json");
                     manifests.decide(&manifest, "bench/out.parquet", Outcome::Committed, leases.engine()).await?;
-                    manifests.finish(&manifest).await?;
+                    manifests.finish(&manifest, false).await?;
                     leases.release(lease).await;
                 }
                 anyhow::Ok(())

@@ -417,7 +417,9 @@ impl Job<'_> {
         }
         if self.config.parent_finalizes_manifest {
             self.result.manifest_path = manifest_key;
-        } else if let Err(e) = self.runtime.block_on(ManifestStore::new(self.storage.clone()).finish(&manifest_key)) {
+        } else if let Err(e) =
+            self.runtime.block_on(ManifestStore::new(self.storage.clone()).finish(&manifest_key, self.upload_is_tracked()))
+        {
             tracing::warn!(error = %e, "cannot delete the recovery manifest; recovery will");
         }
         self.seams.inputs_deleted(&keys);
@@ -562,7 +564,7 @@ impl Job<'_> {
     async fn upload(&self, local: &Path, key: &str, size: u64, manifest_key: &str) -> anyhow::Result<()> {
         let store = self.storage.object_store();
         let location = StorePath::from(key);
-        let threshold = self.config.multipart_threshold_bytes.unwrap_or(DEFAULT_MULTIPART_THRESHOLD).max(1);
+        let threshold = self.multipart_threshold();
         if let Some(target) = self.storage.local_path(key).filter(|_| size <= threshold) {
             // A local store: link the finished file into place. `link` fails
             // if the name exists, so this is create-only and atomic, like the
@@ -614,6 +616,15 @@ impl Job<'_> {
         }
         writer.finish().await.with_context(|| format!("cannot complete the upload of {key}"))?;
         Ok(())
+    }
+
+    /// Whether the output goes up as a multipart upload whose id is recorded.
+    fn upload_is_tracked(&self) -> bool {
+        self.storage.tracked_uploads().is_some() && self.result.bytes_after > self.multipart_threshold()
+    }
+
+    fn multipart_threshold(&self) -> u64 {
+        self.config.multipart_threshold_bytes.unwrap_or(DEFAULT_MULTIPART_THRESHOLD).max(1)
     }
 
     /// A multipart upload whose id is recorded beside the manifest before any

@@ -358,12 +358,14 @@ impl ManifestStore {
         self.storage.delete(&key).await
     }
 
-    /// Removes a finished job's manifest, then its outcome (in that order:
-    /// a manifest without an outcome is decided again from the store), and
-    /// its upload record.
-    pub async fn finish(&self, manifest_key: &str) -> Result<(), ManifestError> {
-        let record = upload_record_key(manifest_key);
-        self.storage.delete(&record).await.map_err(|source| ManifestError::Delete { key: record, source })?;
+    /// Removes a finished job's upload record (when `upload_recorded`),
+    /// manifest, then outcome (in that order: a manifest without an outcome
+    /// is decided again from the store).
+    pub async fn finish(&self, manifest_key: &str, upload_recorded: bool) -> Result<(), ManifestError> {
+        if upload_recorded {
+            let record = upload_record_key(manifest_key);
+            self.storage.delete(&record).await.map_err(|source| ManifestError::Delete { key: record, source })?;
+        }
         self.delete(manifest_key).await?;
         let outcome = outcome_key(manifest_key);
         self.storage.delete(&outcome).await.map_err(|source| ManifestError::Delete { key: outcome, source })
@@ -645,7 +647,8 @@ impl ManifestStore {
         if let Some(observer) = observers.consumed_inputs {
             observer(&manifest.input_files).map_err(RecoveryError::Receipt)?;
         }
-        self.finish(key).await?;
+        // Rare enough to look for an upload record whatever the output's size.
+        self.finish(key, true).await?;
         Ok(RecoveryOutcome::Finished)
     }
 

@@ -59,6 +59,10 @@ struct Claim {
     partition: String,
     /// The holder's wall clock when it last sent this claim, plus the TTL.
     expires_at: DateTime<Utc>,
+    /// Released late: it holds its partition until it expires, even if its
+    /// engine dies (a request of its job may still land).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    settling: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -166,15 +170,25 @@ fn hold_liveness(engine: &str) -> Option<Liveness> {
 }
 
 /// Whether `engine` is known to be gone: its liveness file is visible here
-/// and nobody holds its lock (then the file is removed).
+/// and nobody holds its lock. The file stays: the dead engine may have
+/// claims in other lease objects, judged later.
 fn known_dead(engine: &str) -> bool {
     let path = liveness_dir().join(format!("{engine}.alive"));
-    let Ok(file) = std::fs::File::open(&path) else { return false };
-    if file.try_lock().is_err() {
-        return false;
+    std::fs::File::open(path).is_ok_and(|file| file.try_lock().is_ok())
+}
+
+/// Removes the liveness files of engines gone for an hour or more (their
+/// claims have long expired; without the file a claim falls back to its
+/// TTL, so removing one is never unsafe, only slower).
+fn sweep_liveness_files() {
+    let Ok(entries) = std::fs::read_dir(liveness_dir()) else { return };
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for entry in entries.flatten() {
+        let stale = entry.metadata().and_then(|m| m.modified()).is_ok_and(|modified| modified < hour_ago);
+        if stale && std::fs::File::open(entry.path()).is_ok_and(|file| file.try_lock().is_ok()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
-    let _ = std::fs::remove_file(&path);
-    true
 }
 
 /// Swaps tried before a busy lease object is reported as an error.
@@ -184,6 +198,7 @@ impl Leases {
     /// Leases of `engine` (an id unique to this process, see
     /// [`new_engine_id`]) on `storage`.
     pub fn new(storage: Storage, engine: String, settings: LeaseSettings) -> Self {
+        sweep_liveness_files();
         let alive = hold_liveness(&engine).map(Arc::new);
         Self { storage, engine, settings, sequence: Arc::default(), _alive: alive }
     }
@@ -216,6 +231,7 @@ impl Leases {
                     part: scope.part.clone(),
                     partition: partition_path.to_owned(),
                     expires_at: now + ttl,
+                    settling: false,
                 });
                 Some(())
             })
@@ -232,11 +248,16 @@ impl Leases {
     /// gone (it expired and another engine took its place): the lease is
     /// then marked lost.
     pub async fn renew(&self, lease: &Lease) -> Result<bool, StorageError> {
+        self.extend(lease, false).await
+    }
+
+    async fn extend(&self, lease: &Lease, settling: bool) -> Result<bool, StorageError> {
         let ttl = self.settings.ttl;
         let written = self
             .modify(&lease.scope.key, |claims, now| {
                 let claim = claims.iter_mut().find(|c| c.id == lease.id)?;
                 claim.expires_at = now + ttl;
+                claim.settling = settling;
                 Some(())
             })
             .await?;
@@ -274,7 +295,7 @@ impl Leases {
     /// whose outcome is unknown has landed or failed before anyone else
     /// looks at the partition.
     pub async fn release_late(&self, lease: Lease) {
-        if let Err(e) = self.renew(&lease).await {
+        if let Err(e) = self.extend(&lease, true).await {
             tracing::warn!(partition = %lease.partition, error = %e, "cannot extend the partition's lease; it expires as it is");
         }
         lease.deadline.store(0, Ordering::SeqCst);
@@ -347,7 +368,7 @@ impl Leases {
             };
             let sent = boottime_nanos();
             let now = Utc::now();
-            object.claims.retain(|c| c.expires_at + skew > now && (c.engine == self.engine || !known_dead(&c.engine)));
+            object.claims.retain(|c| c.expires_at + skew > now && (c.settling || c.engine == self.engine || !known_dead(&c.engine)));
             let Some(answer) = change(&mut object.claims, now) else { return Ok(None) };
             let body = serde_json::to_vec(&object).unwrap_or_default();
             if self.storage.swap(key, version, body).await? {
@@ -529,8 +550,28 @@ mod tests {
         drop(dead);
         std::fs::write(liveness_dir().join(format!("{engine}.alive")), "").unwrap();
         assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some(), "gone: its lock is free");
-        assert!(!liveness_dir().join(format!("{engine}.alive")).exists(), "its file is gone");
+        assert!(known_dead(&engine), "and stays known dead, for its claims in other lease objects");
         assert!(!known_dead("an-engine-on-another-host"), "an engine this host cannot see is judged by the TTL");
+    }
+
+    #[tokio::test]
+    async fn a_late_release_holds_even_after_its_engine_dies() {
+        let storage = Storage::in_memory();
+        let engine = new_engine_id();
+        let settings = LeaseSettings {
+            ttl: Duration::from_millis(300),
+            max_clock_skew: Duration::from_millis(30),
+            safety_margin: Duration::from_millis(75),
+        };
+        let dying = Leases::new(storage.clone(), engine.clone(), settings);
+        let held = dying.try_acquire("db/cpu/2026/04/11/10").await.unwrap().unwrap();
+        dying.release_late(held).await;
+        drop(dying);
+        std::fs::write(liveness_dir().join(format!("{engine}.alive")), "").unwrap();
+        let other = leases(&storage, "b", 300);
+        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "the job's request may still land");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some());
     }
 
     #[tokio::test]
