@@ -197,3 +197,62 @@ fn object_store_faults_by_seed_never_lose_or_duplicate_a_row() {
         }
     }
 }
+
+/// Found by the adversarial run: a link inside the lake made one hour's
+/// files appear in another hour too (two partitions, two leases), and a
+/// link to the temp directory exposed a live job's working copies.
+#[test]
+fn links_inside_the_lake_are_not_followed() {
+    let lake = short_leases(50);
+    let hours = lake.lake.join("db/cpu/2026/04/11");
+    std::os::unix::fs::symlink("../00", hours.join("01/alias")).unwrap();
+    std::fs::create_dir_all(lake.root.join("tmp")).unwrap();
+    std::os::unix::fs::symlink(lake.root.join("tmp"), hours.join("00/scratch")).unwrap();
+    let output = once(&lake, &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    std::fs::remove_file(hours.join("01/alias")).unwrap();
+    std::fs::remove_file(hours.join("00/scratch")).unwrap();
+    converge(&lake);
+}
+
+/// A hung job must not hold its partition's lease forever: it is killed at
+/// `compaction.job_timeout`, like any killed job, and the partition is free
+/// for the next cycle.
+#[test]
+fn a_hung_job_is_killed_at_the_job_timeout() {
+    let lake = lake_configured(50, |config| config.lease_ttl_ms(TTL_MS).compaction("job_timeout", "1s"));
+    let started = std::time::Instant::now();
+    let hung = compactor(
+        &["once", "--config", &lake.config, "--now", NOW, "--tier", "hourly"],
+        &[("COMPACTOR_STALL", "after-merge:600000:/dev/null/never")],
+    );
+    assert_eq!(hung.status.code(), Some(1), "{}", text(&hung));
+    assert!(String::from_utf8_lossy(&hung.stdout).contains("job_timeout"), "the failure names the timeout: {}", text(&hung));
+    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    converge(&lake);
+}
+
+/// An engine whose clock is off by more than half of `max_clock_skew` would
+/// judge a live claim expired (the adversarial run duplicated two hours'
+/// rows with +3 s): it refuses to run. Needs `faketime`.
+#[test]
+fn an_engine_whose_clock_is_off_refuses_to_run() {
+    let Some(library) = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1"]
+        .into_iter()
+        .find(|l| std::path::Path::new(l).exists())
+    else {
+        eprintln!("faketime is not installed (apt-get install faketime); skipping the clock-skew test");
+        return;
+    };
+    let lake = short_leases(50);
+    let before = files_under(&lake.lake);
+    for command in [&["once", "--now", NOW][..], &["recover"]] {
+        let output = compactor(
+            &[&[command[0], "--config", &lake.config][..], &command[1..]].concat(),
+            &[("LD_PRELOAD", library), ("FAKETIME", "+10s"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")],
+        );
+        assert_eq!(output.status.code(), Some(2), "{command:?}: {}", text(&output));
+        assert!(text(&output).contains("max_clock_skew"), "{command:?}: {}", text(&output));
+    }
+    assert_eq!(files_under(&lake.lake), before, "nothing was touched");
+}

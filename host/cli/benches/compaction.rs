@@ -263,7 +263,7 @@ fn manager(work: &Path, storage: Storage, temp: &str) -> anyhow::Result<Manager>
     let plugins = PluginRuntime::new(ArtifactCache::new(std::env::temp_dir().join("compactor-bench-artifacts")))?
         .with_builtins(compactor_builtin::BUILTINS);
     let tiers = PlannedTier::load_all(&config, &plugins)?;
-    let child = ChildCommand { program: env!("CARGO_BIN_EXE_compactor").into(), env: Vec::new() };
+    let child = ChildCommand { program: env!("CARGO_BIN_EXE_compactor").into(), env: Vec::new(), timeout: None };
     Ok(Manager::new(config, storage, tiers, plugins, child))
 }
 

@@ -36,7 +36,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = crate::runtime()?;
     let manager = crate::open_manager(&args.config, &args.tiers)?;
     let cleaned = manager.cleanup_orphaned_temp_dirs()?;
-    runtime.block_on(manager.check_store());
+    runtime.block_on(manager.check_store())?;
     if cleaned > 0 {
         tracing::info!(cleaned, "removed orphaned job directories");
     }

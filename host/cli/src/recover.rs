@@ -42,6 +42,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let cleaned = manager.cleanup_orphaned_temp_dirs()?;
+    runtime.block_on(manager.check_store())?;
     let report = runtime.block_on(manager.recover())?;
     match args.format {
         crate::Format::Json => crate::table::print_json(&report)?,

@@ -24,7 +24,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let manager = Arc::new(crate::open_manager(&args.config, &[])?);
     let config = manager.config().clone();
     manager.cleanup_orphaned_temp_dirs()?;
-    runtime.block_on(manager.check_store());
+    runtime.block_on(manager.check_store())?;
     runtime.block_on(async {
         // Listen for signals before anything else, so that none is missed.
         let stop_signal = ShutdownSignal::new()?;

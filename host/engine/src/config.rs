@@ -129,6 +129,10 @@ pub struct CompactionConfig {
     /// Rows per Parquet row group of an output (Arc's 122,880; larger groups
     /// make scans of big files faster, Arc #151).
     pub row_group_size: i64,
+    /// A job process running longer than this is killed (and its batch
+    /// retried in halves, as for any killed job), so that a hung job cannot
+    /// hold its partition's lease forever; e.g. `"1h"`, `"0s"` for never.
+    pub job_timeout: String,
 }
 
 impl Default for CompactionConfig {
@@ -143,6 +147,7 @@ impl Default for CompactionConfig {
             sort_keys: BTreeMap::new(),
             multipart_threshold: "64MiB".into(),
             row_group_size: 122_880,
+            job_timeout: "1h".into(),
         }
     }
 }
@@ -151,6 +156,13 @@ impl CompactionConfig {
     /// The batch size after Arc's clamp.
     pub fn effective_max_files_per_batch(&self) -> usize {
         clamp_max_files_per_batch(self.max_files_per_batch).0
+    }
+
+    /// The job timeout; `None` for never.
+    pub fn job_timeout(&self) -> Result<Option<Duration>, ConfigError> {
+        let timeout = humantime::parse_duration(&self.job_timeout)
+            .map_err(|e| value_error("compaction.job_timeout", format!("{:?} ({e}; expected e.g. \"1h\")", self.job_timeout)))?;
+        Ok((!timeout.is_zero()).then_some(timeout))
     }
 
     /// Partitions in flight: 0 means 2.
@@ -407,6 +419,7 @@ impl Config {
             return Err(value_error("storage.url", "\"\" (expected e.g. \"file:///var/lib/arc\")"));
         }
         self.coordination.lease_settings()?;
+        self.compaction.job_timeout()?;
         let c = &self.compaction;
         if c.max_concurrent < 0 {
             return Err(value_error("compaction.max_concurrent", format!("{} (must be >= 0; 0 = default)", c.max_concurrent)));

@@ -263,6 +263,7 @@ impl Manager {
     pub fn new(config: Config, storage: Storage, tiers: Vec<PlannedTier>, plugins: PluginRuntime, mut child: ChildCommand) -> Self {
         // Credentials from the config reach jobs through their environment.
         child.env.extend(storage.child_env().iter().cloned());
+        child.timeout = config.compaction.job_timeout().unwrap_or_default();
         let (storage, requests) = storage.counted();
         let temp_directory = config.resolve_path(&config.compaction.temp_directory);
         let leases = Leases::new(storage.clone(), new_engine_id(), config.coordination.lease_settings().unwrap_or_default());
@@ -386,33 +387,40 @@ impl Manager {
         Ok(report)
     }
 
-    /// Checks at start-up that the store can do create-only writes; when it
-    /// cannot, says so and what it means instead of silently racing.
-    pub async fn check_store(&self) {
+    /// Checks at start-up that the store can do create-only writes (when it
+    /// cannot, says so and what it means instead of silently racing), and
+    /// refuses to go on when this host's clock is further from the store's
+    /// than half of `max_clock_skew`.
+    pub async fn check_store(&self) -> anyhow::Result<()> {
         let skew = self.leases.settings().max_clock_skew;
-        match self.leases.check_store().await {
-            Ok(check) => {
-                if !check.conditional_writes {
-                    tracing::warn!(
-                        store = %self.storage,
-                        "this store cannot do conditional (create-only) writes: leases cannot exclude another \
-                         compactor and an upload could overwrite an object; run a single compactor against this store \
-                         (for S3-compatible servers, set aws_conditional_put in [storage.options] if they support it)"
-                    );
-                }
-                if let Some(offset) = check.clock_offset
-                    && offset.abs().to_std().unwrap_or_default() > skew / 2
-                {
-                    tracing::warn!(
-                        store = %self.storage,
-                        offset_ms = offset.num_milliseconds(),
-                        "this host's clock differs from the store's by more than half of [coordination] max_clock_skew \
-                         ({skew:?}); leases between engines assume clocks within that bound: fix the clock (NTP) or raise it"
-                    );
-                }
+        let check = match self.leases.check_store().await {
+            Ok(check) => check,
+            Err(e) => {
+                tracing::warn!(store = %self.storage, error = %e, "cannot check the store's conditional writes and clock");
+                return Ok(());
             }
-            Err(e) => tracing::warn!(store = %self.storage, error = %e, "cannot check the store's conditional writes and clock"),
+        };
+        if !check.conditional_writes {
+            tracing::warn!(
+                store = %self.storage,
+                "this store cannot do conditional (create-only) writes: leases cannot exclude another \
+                 compactor and an upload could overwrite an object; run a single compactor against this store \
+                 (for S3-compatible servers, set aws_conditional_put in [storage.options] if they support it)"
+            );
         }
+        if let Some(offset) = check.clock_offset
+            && offset.abs().to_std().unwrap_or_default() > skew / 2
+        {
+            // Leases rest on clocks within the bound: an engine whose clock is
+            // off could take over a live job's partition. Refuse, do not warn.
+            anyhow::bail!(
+                "this host's clock differs from the store's ({}) by {} ms, more than half of [coordination] max_clock_skew \
+                 ({skew:?}): leases between engines would not be safe; fix the clock (NTP) or raise max_clock_skew",
+                self.storage,
+                offset.num_milliseconds()
+            );
+        }
+        Ok(())
     }
 
     /// Removes the temp directories of engines that are gone (their leftover
@@ -785,7 +793,7 @@ mod tests {
 
     fn manager(tiers: Vec<PlannedTier>) -> Manager {
         let config = Config::parse("[storage]\nurl = \"memory://\"\n").unwrap();
-        let child = ChildCommand { program: "/nonexistent".into(), env: Vec::new() };
+        let child = ChildCommand { program: "/nonexistent".into(), env: Vec::new(), timeout: None };
         let plugins = PluginRuntime::new(ArtifactCache::disabled()).unwrap();
         Manager::new(config, Storage::in_memory(), tiers, plugins, child)
     }

@@ -71,12 +71,14 @@ pub struct ChildCommand {
     pub program: PathBuf,
     /// Extra environment (credentials, fault injection in tests).
     pub env: Vec<(String, String)>,
+    /// A job running longer is killed; `None` lets it run.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl ChildCommand {
     /// This binary, with the parent's environment.
     pub fn current_exe() -> std::io::Result<Self> {
-        Ok(Self { program: std::env::current_exe()?, env: Vec::new() })
+        Ok(Self { program: std::env::current_exe()?, env: Vec::new(), timeout: None })
     }
 
     /// Runs one job in a child process.
@@ -117,7 +119,30 @@ impl ChildCommand {
             }
             all
         };
-        let ((), out, err, status) = tokio::join!(write, read_stdout, read_stderr, child.wait());
+        let pid = child.id();
+        let finished = async { tokio::join!(write, read_stdout, read_stderr, child.wait()) };
+        tokio::pin!(finished);
+        let deadline = async {
+            match self.timeout {
+                Some(timeout) => tokio::time::sleep(timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        let (((), out, err, status), timed_out) = tokio::select! {
+            done = &mut finished => (done, false),
+            () = deadline => {
+                if let Some(pid) = pid {
+                    tracing::error!(job_id = %config.job_id, timeout = ?self.timeout, "the job ran past compaction.job_timeout; killing it");
+                    // SAFETY: signalling our own child, which has not been reaped yet.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+                ((&mut finished).await, true)
+            }
+        };
+        let mut err = err;
+        if timed_out {
+            err.push_str(&format!("killed after compaction.job_timeout ({:?})", self.timeout.unwrap_or_default()));
+        }
         let stderr = err.trim_end().to_owned();
         let status = status.map_err(|e| failure(format!("cannot wait for subprocess: {e}")))?;
         if !status.success() {

@@ -238,11 +238,32 @@ impl Storage {
             prefix: prefix.to_owned(),
             source: Box::new(source),
         })?;
-        Ok(objects
+        let files: Vec<FileMeta> = objects
             .into_iter()
             .filter(|o| !o.location.parts().any(|p| p.as_ref().starts_with('.')))
             .map(|o| FileMeta { key: o.location.to_string(), size: o.size, last_modified: o.last_modified })
-            .collect())
+            .collect();
+        Ok(self.without_symlinks(files))
+    }
+
+    /// On local disk, drops files reached through a symbolic link (a linked
+    /// file, or one under a linked directory): the local store follows links,
+    /// so a link inside the lake would make one file appear under two keys —
+    /// and two partitions, two leases — and its rows be merged twice.
+    fn without_symlinks(&self, mut files: Vec<FileMeta>) -> Vec<FileMeta> {
+        let Some(root) = self.local_root() else { return files };
+        let mut real_dirs: std::collections::HashMap<std::path::PathBuf, bool> = std::collections::HashMap::new();
+        let before = files.len();
+        files.retain(|file| {
+            let path = root.join(&file.key);
+            let Some(dir) = path.parent() else { return false };
+            let real_dir = *real_dirs.entry(dir.to_owned()).or_insert_with(|| std::fs::canonicalize(dir).is_ok_and(|c| c == dir));
+            real_dir && std::fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_symlink())
+        });
+        if files.len() < before {
+            tracing::warn!(skipped = before - files.len(), store = %self, "skipping files reached through symbolic links in the lake");
+        }
+        files
     }
 
     /// Names of the immediate sub-directories of `prefix`, sorted, except
@@ -442,6 +463,19 @@ mod tests {
         let keys: Vec<String> = storage.list("db/cpu/").await.unwrap().into_iter().map(|f| f.key).collect();
         assert_eq!(keys, ["db/cpu/2025/01/01/00/a.parquet"]);
         assert!(storage.list("nope/").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn files_reached_through_symlinks_are_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = dir.path().join("db/cpu/2026/04/11/10");
+        std::fs::create_dir_all(&hour).unwrap();
+        std::fs::write(hour.join("a.parquet"), "x").unwrap();
+        std::os::unix::fs::symlink(&hour, dir.path().join("db/cpu/2026/04/11/alias")).unwrap();
+        std::os::unix::fs::symlink(hour.join("a.parquet"), hour.join("b.parquet")).unwrap();
+        let storage = Storage::local(dir.path()).unwrap();
+        let keys: Vec<String> = storage.list("db/").await.unwrap().into_iter().map(|f| f.key).collect();
+        assert_eq!(keys, ["db/cpu/2026/04/11/10/a.parquet"]);
     }
 
     #[test]
