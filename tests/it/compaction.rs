@@ -159,7 +159,9 @@ fn a_job_killed_at_any_step_loses_and_duplicates_nothing() {
 #[test]
 fn the_engine_killed_mid_cycle_loses_and_duplicates_nothing() {
     for delay_ms in [150, 400, 800] {
-        let lake = lake_with(2000, &[]);
+        // Short leases: a write the kill interrupted leaves a staging file
+        // that recovery removes once it has settled (a lease TTL).
+        let lake = lake_configured(2000, |config| config.lease_ttl_ms(1000));
         let mut child = Command::new(env!("CARGO_BIN_EXE_compactor"))
             .args(["once", "--config", &lake.config, "--now", NOW])
             .stdout(std::process::Stdio::null())
@@ -168,6 +170,7 @@ fn the_engine_killed_mid_cycle_loses_and_duplicates_nothing() {
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         kill_engine_and_wait_for_jobs(&mut child);
+        std::thread::sleep(std::time::Duration::from_millis(1200));
         let clean = once(&lake, &[]);
         assert!(clean.status.success(), "killed after {delay_ms} ms: {}", text(&clean));
         assert_intact(&lake);

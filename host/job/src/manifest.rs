@@ -574,6 +574,10 @@ impl ManifestStore {
         let settings = leases.settings();
         let settle = chrono::Duration::from_std(settings.ttl + settings.max_clock_skew).unwrap_or(chrono::Duration::hours(1));
         report.late_outputs_deleted = self.sweep_outcomes(&state, settle).await;
+        let staging = self.storage.remove_stale_staging(COMPACTION_STATE_ROOT, settings.ttl + settings.max_clock_skew);
+        if staging > 0 {
+            tracing::info!(removed = staging, "removed staging files of writes that dead jobs left in _compaction_state/");
+        }
         Ok(report)
     }
 

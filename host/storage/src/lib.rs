@@ -313,6 +313,39 @@ impl Storage {
         }
     }
 
+    /// On local disk, removes the staging files (`{name}#{n}`) that writes of
+    /// dead processes left under `prefix`, once older than `settled`: the
+    /// local store writes each object to such a file and then links it into
+    /// place, so a process killed in between leaves one behind. A live
+    /// writer's staging file lives for milliseconds; removing one only fails
+    /// that write. Returns how many were removed.
+    pub fn remove_stale_staging(&self, prefix: &str, settled: std::time::Duration) -> usize {
+        let Some(root) = self.local_root() else { return 0 };
+        let Some(cutoff) = std::time::SystemTime::now().checked_sub(settled) else { return 0 };
+        let mut removed = 0;
+        let mut dirs = vec![root.join(prefix)];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else { continue };
+                if kind.is_dir() {
+                    dirs.push(entry.path());
+                    continue;
+                }
+                let name = entry.file_name();
+                let staged = name
+                    .to_str()
+                    .and_then(|n| n.rsplit_once('#'))
+                    .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
+                if staged && old && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// The file behind `key` when this is a local store.
     pub fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
         self.local_root().map(|root| root.join(key))
@@ -476,6 +509,21 @@ mod tests {
         let storage = Storage::local(dir.path()).unwrap();
         let keys: Vec<String> = storage.list("db/").await.unwrap().into_iter().map(|f| f.key).collect();
         assert_eq!(keys, ["db/cpu/2026/04/11/10/a.parquet"]);
+    }
+
+    #[test]
+    fn only_settled_staging_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("_compaction_state/hourly/db");
+        std::fs::create_dir_all(&state).unwrap();
+        for name in ["m.json#1", "m.json", "notes#draft"] {
+            std::fs::write(state.join(name), "x").unwrap();
+        }
+        let storage = Storage::local(dir.path()).unwrap();
+        assert_eq!(storage.remove_stale_staging("_compaction_state", std::time::Duration::from_secs(60)), 0, "too fresh");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(storage.remove_stale_staging("_compaction_state", std::time::Duration::from_millis(10)), 1);
+        assert!(!state.join("m.json#1").exists() && state.join("m.json").exists() && state.join("notes#draft").exists());
     }
 
     #[test]
