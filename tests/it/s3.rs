@@ -391,3 +391,57 @@ fn an_upload_that_lands_after_the_client_timed_out_duplicates_nothing() {
         assert_intact_and_compacted(&bucket);
     }
 }
+
+/// `compactor -v ARGS --config` of `bucket`, in its own process group, not
+/// waited for.
+fn spawn_engine(bucket: &Bucket, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_compactor"));
+    command
+        .arg("-v")
+        .args(args)
+        .args(["--config", &bucket.config])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    command.envs(env.iter().copied());
+    command.spawn().unwrap()
+}
+
+fn signal_group(child: &std::process::Child, signal: i32) {
+    // SAFETY: signalling the process group of our own child.
+    unsafe {
+        libc::killpg(child.id() as i32, signal);
+    }
+}
+
+/// Three engines on one bucket, one of them SIGKILLed (with its jobs) 300
+/// and 700 ms in; then an engine paused past its lease right after its
+/// upload while another one works, and woken.
+#[test]
+fn engines_killed_or_paused_on_one_bucket_lose_and_duplicate_nothing() {
+    for (round, delay_ms) in [(0, 300), (1, 700)] {
+        let bucket = bucket(&format!("s3-kill-{round}"));
+        let engines: Vec<std::process::Child> = (0..3).map(|_| spawn_engine(&bucket, &["once", "--now", NOW], &[])).collect();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        signal_group(&engines[round], libc::SIGKILL);
+        for engine in engines {
+            let _ = engine.wait_with_output();
+        }
+        converge(&bucket);
+        assert_intact(&bucket);
+    }
+    let bucket = bucket("s3-paused-engine");
+    let reached = bucket.root.join("reached");
+    let stall = format!("after-upload:2000:{}", reached.display());
+    let paused = spawn_engine(&bucket, &["once", "--now", NOW, "--tier", "hourly"], &[("COMPACTOR_STALL", &stall)]);
+    crate::kit::wait_until("the job to finish its upload", std::time::Duration::from_secs(60), || reached.exists());
+    signal_group(&paused, libc::SIGSTOP);
+    std::thread::sleep(std::time::Duration::from_millis(2 * LEASE_TTL_MS));
+    let other = compactor(&["once", "--config", &bucket.config, "--now", NOW], &[]);
+    assert!(other.status.success(), "{}", text(&other));
+    signal_group(&paused, libc::SIGCONT);
+    let _ = paused.wait_with_output();
+    converge(&bucket);
+    assert_intact(&bucket);
+}
