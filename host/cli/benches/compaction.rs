@@ -46,9 +46,9 @@ fn main() -> anyhow::Result<()> {
 
     let mut bare = Duration::MAX;
     for _ in 0..3 {
-        bare = bare.min(bare_duckdb(&template, &work.path().join("bare.parquet"))?);
+        bare = bare.min(bare_duckdb(&inputs(&template), &work.path().join("bare.parquet"), &["time"])?);
     }
-    let official = official_duckdb(&template, &work.path().join("official.parquet"))?;
+    let official = official_duckdb(&inputs(&template), &work.path().join("official.parquet"), &["time"], 3)?.map(|(best, _)| best);
     let mut engine = Duration::MAX;
     let mut peak_job_rss = 0;
     let mut local_requests = Default::default();
@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         let lake = work.path().join(format!("lake{run}"));
         copy_partition(&template, &lake)?;
         let storage = Storage::local(&lake)?;
-        let (elapsed, peak, requests) = engine_cycle(work.path(), storage, &format!("tmp{run}"))?;
+        let (elapsed, peak, requests) = engine_cycle(work.path(), storage, &format!("tmp{run}"), HOURLY_BY_TIME)?;
         engine = engine.min(elapsed);
         peak_job_rss = peak_job_rss.max(peak);
         local_requests = requests;
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     let mut s3_requests = Default::default();
     for run in 0..3 {
         let storage = moto.bucket_with(&format!("bench{run}"), &template)?;
-        let (elapsed, _, requests) = engine_cycle(work.path(), storage, &format!("s3tmp{run}"))?;
+        let (elapsed, _, requests) = engine_cycle(work.path(), storage, &format!("s3tmp{run}"), HOURLY_BY_TIME)?;
         s3 = s3.min(elapsed);
         s3_requests = requests;
     }
@@ -80,6 +80,21 @@ fn main() -> anyhow::Result<()> {
             coordination.push((label, engines, per_job, requests, job));
         }
     }
+
+    // Issue 10's own workload: the same partition sorted by host, then time.
+    let by_host = Shape { sort_keys: &["host", "time"], ..HOURLY_BY_TIME };
+    let mut host_bare = Duration::MAX;
+    for _ in 0..3 {
+        host_bare = host_bare.min(bare_duckdb(&inputs(&template), &work.path().join("bare-host.parquet"), by_host.sort_keys)?);
+    }
+    let host_official = official_duckdb(&inputs(&template), &work.path().join("official-host.parquet"), by_host.sort_keys, 3)?;
+    let mut host_engine = Duration::MAX;
+    for run in 0..3 {
+        let lake = work.path().join(format!("host-lake{run}"));
+        copy_partition(&template, &lake)?;
+        host_engine = host_engine.min(engine_cycle(work.path(), Storage::local(&lake)?, &format!("host-tmp{run}"), by_host)?.0);
+    }
+    let daily = daily_case(work.path())?;
 
     let parent = std::process::Command::new(std::env::current_exe()?).arg("--parent-rss").output()?;
     anyhow::ensure!(parent.status.success(), "parent RSS run failed: {}", String::from_utf8_lossy(&parent.stderr));
@@ -118,6 +133,19 @@ fn main() -> anyhow::Result<()> {
             r.total() as i64 - FILES as i64
         );
     }
+    println!(
+        "| issue 10's workload (ORDER BY host, time): bundled in-process / official / engine | {:.0} / {} / {:.0} ms | - |",
+        host_bare.as_secs_f64() * 1e3,
+        host_official.map_or("-".into(), |(o, _)| format!("{:.0}", o.as_secs_f64() * 1e3)),
+        host_engine.as_secs_f64() * 1e3
+    );
+    if let Some((official, _)) = host_official {
+        println!(
+            "| issue 10's workload: engine / official throughput | {:.2} | ≥ 0.92 |",
+            official.as_secs_f64() / host_engine.as_secs_f64()
+        );
+    }
+    daily.print();
     for (label, engines, per_job, r, job) in coordination {
         println!(
             "| coordination per job, {label}, {engines} engine(s): lease, second look, commit, release | {:.1} ms, {:.1} requests ({:.1} LIST, {:.1} GET, {:.1} PUT, {:.1} DELETE) = {:.1}% of the job | ≤ ~10% |",
@@ -180,21 +208,22 @@ fn copy_partition(template: &Path, lake: &Path) -> anyhow::Result<()> {
 
 /// The engine's merge SQL, alone, on the local files.
 /// The merge statement both baselines run: the job's SQL for this partition.
-fn merge_sql(template: &Path, output: &Path) -> String {
-    let files: Vec<String> = inputs(template).iter().map(|p| p.display().to_string()).collect();
+fn merge_sql(inputs: &[PathBuf], output: &Path, order: &[&str], row_group_size: u64) -> String {
+    let files: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
+    let order: Vec<String> = order.iter().map(|k| (*k).to_owned()).collect();
     format!(
         "COPY (SELECT * REPLACE ({TIME_NORMALISATION}) FROM read_parquet({}, union_by_name=true) {}) TO '{}' ({})",
         file_list(&files),
-        order_by(&["time".to_owned()]),
+        order_by(&order),
         output.display(),
-        write_options(DEFAULT_ROW_GROUP_SIZE)
+        write_options(row_group_size)
     )
 }
 
-fn bare_duckdb(template: &Path, output: &Path) -> anyhow::Result<Duration> {
+fn bare_duckdb(inputs: &[PathBuf], output: &Path, order: &[&str]) -> anyhow::Result<Duration> {
     let connection = compactor_job::verify::connection()?;
     connection.execute_batch(&format!("SET threads={THREADS}; SET memory_limit='{MEMORY_LIMIT}'"))?;
-    let sql = merge_sql(template, output);
+    let sql = merge_sql(inputs, output, order, DEFAULT_ROW_GROUP_SIZE);
     let started = Instant::now();
     connection.execute_batch(&sql)?;
     Ok(started.elapsed())
@@ -208,7 +237,7 @@ const OFFICIAL_DUCKDB: &str = "1.4.5";
 /// bundled version, installed from PyPI if missing): best of 3, timed inside
 /// Python, so interpreter start-up is not counted. `None` when Python or the
 /// wheel cannot be had.
-fn official_duckdb(template: &Path, output: &Path) -> anyhow::Result<Option<Duration>> {
+fn official_duckdb(inputs: &[PathBuf], output: &Path, order: &[&str], runs: usize) -> anyhow::Result<Option<(Duration, u64)>> {
     let has_wheel = |python: &str| {
         std::process::Command::new(python)
             .args(["-c", &format!("import duckdb, sys; sys.exit(duckdb.__version__ != '{OFFICIAL_DUCKDB}')")])
@@ -224,42 +253,62 @@ fn official_duckdb(template: &Path, output: &Path) -> anyhow::Result<Option<Dura
         }
     }
     let script = format!(
-        "import duckdb, sys, time\n\
+        "import duckdb, resource, sys, time\n\
          sql = sys.stdin.read()\n\
          best = None\n\
-         for _ in range(3):\n\
+         for _ in range({runs}):\n\
          \x20   con = duckdb.connect()\n\
-         \x20   con.execute(\"SET threads={THREADS}; SET memory_limit='{MEMORY_LIMIT}'; SET TimeZone='UTC'\")\n\
+         \x20   con.execute(\"SET threads={THREADS}; SET memory_limit='{MEMORY_LIMIT}'; SET TimeZone='UTC'; SET enable_progress_bar=false\")\n\
          \x20   t = time.perf_counter(); con.execute(sql); e = time.perf_counter() - t\n\
          \x20   best = e if best is None else min(best, e)\n\
          \x20   con.close()\n\
-         print(best)\n"
+         print(best, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\n"
     );
     let mut child = std::process::Command::new("python3")
         .args(["-c", &script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    std::io::Write::write_all(&mut child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?, merge_sql(template, output).as_bytes())?;
+    let sql = merge_sql(inputs, output, order, DEFAULT_ROW_GROUP_SIZE);
+    std::io::Write::write_all(&mut child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?, sql.as_bytes())?;
     let out = child.wait_with_output()?;
     anyhow::ensure!(out.status.success(), "the official DuckDB run failed");
-    Ok(Some(Duration::from_secs_f64(String::from_utf8(out.stdout)?.trim().parse()?)))
+    let out = String::from_utf8(out.stdout)?;
+    let mut fields = out.lines().last().unwrap_or_default().split_whitespace();
+    let best: f64 = fields.next().unwrap_or_default().parse()?;
+    let peak_rss: u64 = fields.next().unwrap_or_default().parse()?;
+    Ok(Some((Duration::from_secs_f64(best), peak_rss)))
 }
 
-fn config(work: &Path, lake: &Path, temp: &str) -> anyhow::Result<Config> {
+/// A partition's shape for the engine: its tier, sort keys and row groups.
+#[derive(Clone, Copy)]
+struct Shape {
+    tier: &'static str,
+    sort_keys: &'static [&'static str],
+    row_group_size: u64,
+}
+
+const HOURLY_BY_TIME: Shape = Shape { tier: "hourly", sort_keys: &["time"], row_group_size: DEFAULT_ROW_GROUP_SIZE };
+
+fn config(work: &Path, lake: &Path, temp: &str, shape: Shape) -> anyhow::Result<Config> {
     // The storage URL is not used: the manager gets its store directly.
+    let keys: Vec<String> = shape.sort_keys.iter().map(|k| format!("{k:?}")).collect();
     let mut config = Config::parse(&format!(
         "[storage]\nurl = \"{}\"\n[compaction]\nthreads = {THREADS}\nmemory_limit = \"{MEMORY_LIMIT}\"\ntemp_directory = \"{}\"\n\
-         [[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n",
+         row_group_size = {}\ndefault_sort_keys = [{}]\n[[tiers]]\nname = \"{}\"\nplugin = \"builtin:{}\"\n",
         lake.display(),
-        work.join(temp).display()
+        work.join(temp).display(),
+        shape.row_group_size,
+        keys.join(", "),
+        shape.tier,
+        shape.tier
     ))?;
     config.base_dir = work.to_owned();
     Ok(config)
 }
 
-fn manager(work: &Path, storage: Storage, temp: &str) -> anyhow::Result<Manager> {
-    let config = config(work, work, temp)?;
+fn manager(work: &Path, storage: Storage, temp: &str, shape: Shape) -> anyhow::Result<Manager> {
+    let config = config(work, work, temp, shape)?;
     let plugins = PluginRuntime::new(ArtifactCache::new(std::env::temp_dir().join("compactor-bench-artifacts")))?
         .with_builtins(compactor_builtin::BUILTINS);
     let tiers = PlannedTier::load_all(&config, &plugins)?;
@@ -269,8 +318,13 @@ fn manager(work: &Path, storage: Storage, temp: &str) -> anyhow::Result<Manager>
 
 /// One cycle over a fresh copy of the partition: (wall time, job peak RSS,
 /// requests).
-fn engine_cycle(work: &Path, storage: Storage, temp: &str) -> anyhow::Result<(Duration, u64, compactor_storage::RequestCost)> {
-    let manager = manager(work, storage, temp)?;
+fn engine_cycle(
+    work: &Path,
+    storage: Storage,
+    temp: &str,
+    shape: Shape,
+) -> anyhow::Result<(Duration, u64, compactor_storage::RequestCost)> {
+    let manager = manager(work, storage, temp, shape)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let now = DateTime::parse_from_rfc3339(NOW)?.to_utc();
     let started = Instant::now();
@@ -278,6 +332,115 @@ fn engine_cycle(work: &Path, storage: Storage, temp: &str) -> anyhow::Result<(Du
     let elapsed = started.elapsed();
     anyhow::ensure!(report.jobs.len() == 1 && report.all_succeeded(), "engine run failed: {:?}", report.jobs);
     Ok((elapsed, report.jobs[0].peak_job_rss_bytes, report.requests))
+}
+
+/// The daily case of issue 10: 24 hourly outputs of 1,000,000 rows each
+/// (sorted by time, as hourly outputs are) merged by the daily tier sorted
+/// by host, then time, with `memory_limit` 1GB so that DuckDB spills; the
+/// official build runs the same statement under the same limit; then the
+/// output is queried with Arc's row groups and with 1,000,000-row groups.
+struct DailyCase {
+    engine: Duration,
+    engine_peak_rss: u64,
+    official: Option<(Duration, u64)>,
+    query_default_groups: Duration,
+    query_large_groups: Duration,
+}
+
+const DAILY_FILES: usize = 24;
+const DAILY_ROWS: usize = 1_000_000;
+
+fn daily_case(work: &Path) -> anyhow::Result<DailyCase> {
+    let template = work.join("daily-template");
+    let day = template.join("bench/cpu/2026/04/11");
+    let connection = compactor_job::verify::connection()?;
+    let day_us = DateTime::parse_from_rfc3339("2026-04-11T00:00:00Z")?.timestamp_micros();
+    for hour in 0..DAILY_FILES {
+        let dir = day.join(format!("{hour:02}"));
+        std::fs::create_dir_all(&dir)?;
+        let start = day_us + hour as i64 * 3_600_000_000;
+        connection.execute_batch(&format!(
+            "COPY (SELECT make_timestamp(({start} + r * 3600)::BIGINT)::TIMESTAMPTZ AS time, 'host-' || (r % 200) AS host, \
+             'region-' || (r % 5) AS region, random() * 100 AS usage, r AS counter FROM range({DAILY_ROWS}) t(r) ORDER BY time) \
+             TO '{}' (FORMAT PARQUET, COMPRESSION ZSTD)",
+            dir.join(format!("cpu_20260411_{hour:02}0000_{hour:09}_b1_compacted.parquet")).display()
+        ))?;
+    }
+    let inputs: Vec<PathBuf> =
+        (0..DAILY_FILES).map(|hour| day.join(format!("{hour:02}/cpu_20260411_{hour:02}0000_{hour:09}_b1_compacted.parquet"))).collect();
+    let official = official_duckdb(&inputs, &work.join("daily-official.parquet"), &["host", "time"], 1)?;
+    let mut runs = Vec::new();
+    for (run, row_group_size) in [DEFAULT_ROW_GROUP_SIZE, 1_000_000].into_iter().enumerate() {
+        let lake = work.join(format!("daily-lake{run}"));
+        copy_tree(&template, &lake)?;
+        let shape = Shape { tier: "daily", sort_keys: &["host", "time"], row_group_size };
+        let (elapsed, peak, _) = engine_cycle(work, Storage::local(&lake)?, &format!("daily-tmp{run}"), shape)?;
+        let output = find_daily_output(&lake.join("bench/cpu/2026/04/11"))?;
+        runs.push((elapsed, peak, query_time(&output)?));
+    }
+    Ok(DailyCase {
+        engine: runs[0].0,
+        engine_peak_rss: runs[0].1,
+        official,
+        query_default_groups: runs[0].2,
+        query_large_groups: runs[1].2,
+    })
+}
+
+impl DailyCase {
+    fn print(&self) {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| daily case ({DAILY_FILES} × {DAILY_ROWS} rows, ORDER BY host, time, memory_limit {MEMORY_LIMIT}): engine, job peak RSS | {:.0} ms, {:.0} MB | - |",
+            ms(self.engine),
+            self.engine_peak_rss as f64 / 1e6
+        );
+        if let Some((official, rss)) = self.official {
+            println!("| daily case: official, its peak RSS | {:.0} ms, {:.0} MB | - |", ms(official), rss as f64 / 1e6);
+            println!("| daily case: engine / official throughput | {:.2} | reported |", official.as_secs_f64() / self.engine.as_secs_f64());
+        }
+        println!(
+            "| daily output, one host's average over the day (best of 3): row groups of {DEFAULT_ROW_GROUP_SIZE} / 1,000,000 | {:.1} / {:.1} ms | - |",
+            ms(self.query_default_groups),
+            ms(self.query_large_groups)
+        );
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+fn find_daily_output(day: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::read_dir(day)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .ok_or_else(|| anyhow::anyhow!("no daily output in {}", day.display()))
+}
+
+/// A selective query on one output: one host's average over the day, best
+/// of 3, in the bundled DuckDB.
+fn query_time(output: &Path) -> anyhow::Result<Duration> {
+    let connection = compactor_job::verify::connection()?;
+    connection.execute_batch(&format!("SET threads={THREADS}"))?;
+    let sql = format!("SELECT avg(usage) FROM read_parquet('{}') WHERE host = 'host-7'", output.display());
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let _: Option<f64> = connection.query_row(&sql, [], |row| row.get(0))?;
+        best = best.min(started.elapsed());
+    }
+    Ok(best)
 }
 
 /// Jobs timed per engine when measuring coordination.
@@ -404,7 +567,7 @@ fn parent_rss_child() -> anyhow::Result<()> {
     }
     let lake = work.path().join("lake");
     std::fs::create_dir_all(&lake)?;
-    let manager = manager(work.path(), Storage::local(&lake)?, "tmp")?;
+    let manager = manager(work.path(), Storage::local(&lake)?, "tmp", HOURLY_BY_TIME)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let now = DateTime::parse_from_rfc3339(NOW)?.to_utc();
     let mut out = Vec::new();
