@@ -5,7 +5,10 @@
 //! bundled build in-process and in the official build of the same version
 //! (the Python wheel, installed from PyPI when missing); the same
 //! partition on a loopback S3 server (moto) and the requests a compacted
-//! partition costs; then the engine's parent RSS over 50 cycles and the job's
+//! partition costs; issue 10's workload (the partition sorted by host, then
+//! time) and its daily case (24 × 1,000,000 rows under a 1GB limit), each
+//! against the official build, with query times on the daily output for
+//! two row-group sizes; then the engine's parent RSS over 50 cycles and the job's
 //! peak RSS against its `memory_limit`; and what coordination between
 //! engines (lease, second look at the manifests, commit, release) adds to
 //! a job, on both stores, with one engine and with two contending for one
