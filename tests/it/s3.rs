@@ -445,3 +445,40 @@ fn engines_killed_or_paused_on_one_bucket_lose_and_duplicate_nothing() {
     converge(&bucket);
     assert_intact(&bucket);
 }
+
+/// Found by the adversarial run on S3: a job paused between starting its
+/// multipart upload and recording the upload's id, past its lease, while
+/// recovery rolled it back, left the upload (and its parts, billed) in
+/// progress for good. Woken, it now aborts its own upload.
+#[test]
+fn a_multipart_upload_started_by_a_job_that_lost_its_lease_is_aborted() {
+    let dir = tempfile::tempdir().unwrap();
+    let pristine = dir.path().join("pristine");
+    for i in 0..12 {
+        crate::compaction::write_parquet(
+            &pristine.join(format!("db/cpu/2026/04/11/00/cpu_20260411_00{:02}00_000000001.parquet", i * 4)),
+            &format!(
+                "SELECT make_timestamp((1775865600000000 + {i} * 100000 + r)::BIGINT)::TIMESTAMPTZ AS time, random() AS value FROM range(100000) t(r)"
+            ),
+        );
+    }
+    let options = options_for(endpoint());
+    let (url, _storage) = upload_lake("s3-orphan-upload", &options, &pristine);
+    let config =
+        s3_config(&url, &options).compaction("multipart_threshold", "5MiB").tier("hourly", "builtin:hourly", &[]).write(dir.path());
+    let bucket = Bucket { _dir: dir, root: pristine.parent().unwrap().to_owned(), storage: _storage, config };
+    let reached = bucket.root.join("reached");
+    let stall = format!("upload-started:3000:{}", reached.display());
+    let paused = spawn_engine(&bucket, &["once", "--now", NOW], &[("COMPACTOR_STALL", &stall)]);
+    crate::kit::wait_until("the job to start its upload", std::time::Duration::from_secs(60), || reached.exists());
+    signal_group(&paused, libc::SIGSTOP);
+    std::thread::sleep(std::time::Duration::from_millis(2 * LEASE_TTL_MS));
+    let recovered = compactor(&["-v", "recover", "--config", &bucket.config], &[]);
+    assert!(recovered.status.success(), "{}", text(&recovered));
+    signal_group(&paused, libc::SIGCONT);
+    let woken = paused.wait_with_output().unwrap();
+    assert!(text(&woken).contains("lease was lost"), "{}", text(&woken));
+    assert_eq!(multipart_uploads_in_progress("s3-orphan-upload"), 0, "the job aborted its own upload");
+    converge(&bucket);
+    assert_intact(&bucket);
+}

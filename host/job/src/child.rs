@@ -19,8 +19,8 @@
 //! engines can never both take.
 //!
 //! Setting `COMPACTOR_FAULT` to a step name (`after-download`, `after-merge`,
-//! `after-manifest`, `mid-upload`, `after-upload`, `mid-delete`,
-//! `after-delete`) makes the child kill itself with SIGKILL there; the crash
+//! `after-manifest`, `upload-started` (a recorded multipart upload, before
+//! its record), `mid-upload`, `after-upload`, `mid-delete`, `after-delete`) makes the child kill itself with SIGKILL there; the crash
 //! tests use it.
 
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ use object_store::path::Path as StorePath;
 use object_store::{PutMode, PutOptions, WriteMultipart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::manifest::{ManifestOwner, ManifestStore, Outcome, RecoveryManifest};
+use crate::manifest::{ManifestOwner, ManifestStore, Outcome, RecoveryManifest, upload_record_key};
 use crate::seams::Seams;
 use crate::sql::{self, compaction_statements, file_list, is_valid_identifier, order_by};
 use crate::{FailureKind, JobConfig, JobResult, output_name};
@@ -595,7 +595,7 @@ impl Job<'_> {
             Err(e) => return Err(e.into()),
         }
         if let Some(uploads) = self.storage.tracked_uploads() {
-            return self.upload_tracked(uploads, local, key, threshold, manifest_key).await;
+            return self.upload_tracked(uploads, local, key, manifest_key).await;
         }
         let upload = store.put_multipart(&location).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, threshold as usize);
@@ -631,15 +631,38 @@ impl Job<'_> {
     /// part is sent, so that recovery can abort it if the job dies; the
     /// lease is checked again before the upload is completed (the moment the
     /// output appears).
-    async fn upload_tracked(
+    async fn upload_tracked(&self, uploads: &TrackedUploads, local: &Path, key: &str, manifest_key: &str) -> anyhow::Result<()> {
+        let id = uploads.create(key).await.with_context(|| format!("cannot start the upload of {key}"))?;
+        self.seams.at("upload-started");
+        let parts = match self.send_parts(uploads, local, key, manifest_key, &id).await {
+            Ok(parts) => parts,
+            Err(e) => {
+                // Nothing made the object appear: free the parts now rather
+                // than leave them to recovery, which may already have come
+                // and gone (a job paused here past its lease).
+                if let Err(abort) = uploads.abort(key, &id).await {
+                    tracing::warn!(output = %key, error = %abort, "cannot abort the unfinished multipart upload");
+                } else {
+                    let _ = self.storage.delete(&upload_record_key(manifest_key)).await;
+                }
+                return Err(e);
+            }
+        };
+        uploads.complete(key, &id, parts).await.with_context(|| format!("cannot complete the upload of {key}"))
+    }
+
+    /// Records the upload's id beside the manifest, then sends the parts
+    /// (checking the lease before each, and before the completion).
+    async fn send_parts(
         &self,
         uploads: &TrackedUploads,
         local: &Path,
         key: &str,
-        part_size: u64,
         manifest_key: &str,
-    ) -> anyhow::Result<()> {
-        let id = uploads.create(key).await.with_context(|| format!("cannot start the upload of {key}"))?;
+        id: &str,
+    ) -> anyhow::Result<Vec<object_store::multipart::PartId>> {
+        let id = id.to_owned();
+        let part_size = self.multipart_threshold();
         ManifestStore::new(self.storage.clone()).record_upload(manifest_key, key, &id).await?;
         let mut file = tokio::fs::File::open(local).await?;
         let mut parts = Vec::new();
@@ -649,13 +672,14 @@ impl Job<'_> {
             if part.is_empty() {
                 break;
             }
+            self.check_lease("uploading a part")?;
             parts.push(
                 uploads.put_part(key, &id, parts.len(), part.into()).await.with_context(|| format!("cannot upload a part of {key}"))?,
             );
             self.seams.at("mid-upload");
         }
         self.check_lease("completing the upload")?;
-        uploads.complete(key, &id, parts).await.with_context(|| format!("cannot complete the upload of {key}"))
+        Ok(parts)
     }
 
     /// Deletes the inputs — the first alone, the rest in bulk (one request

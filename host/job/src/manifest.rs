@@ -176,6 +176,7 @@ struct StateListing {
     manifests: Vec<String>,
     outcomes: HashSet<String>,
     quarantined: Vec<String>,
+    upload_records: Vec<String>,
 }
 
 /// Files that no new job may take, and partitions nobody may plan now.
@@ -266,6 +267,8 @@ impl ManifestStore {
                 listing.outcomes.insert(key);
             } else if key.ends_with(".json.quarantined") {
                 listing.quarantined.push(key);
+            } else if key.ends_with(".multipart") {
+                listing.upload_records.push(key);
             }
         }
         Ok(listing)
@@ -574,6 +577,7 @@ impl ManifestStore {
         let settings = leases.settings();
         let settle = chrono::Duration::from_std(settings.ttl + settings.max_clock_skew).unwrap_or(chrono::Duration::hours(1));
         report.late_outputs_deleted = self.sweep_outcomes(&state, settle).await;
+        self.sweep_upload_records(&state, settle).await;
         let staging = self.storage.remove_stale_staging(COMPACTION_STATE_ROOT, settings.ttl + settings.max_clock_skew);
         if staging > 0 {
             tracing::info!(removed = staging, "removed staging files of writes that dead jobs left in _compaction_state/");
@@ -711,6 +715,27 @@ impl ManifestStore {
             }
         }
         deleted
+    }
+
+    /// Upload records whose manifest is gone: a job that recorded its upload
+    /// after recovery had resolved it (it was paused in between) and died
+    /// before aborting it. Once settled (older than `settle`, so that the
+    /// listing cannot have raced a live job's manifest), the upload is
+    /// aborted and the record removed.
+    async fn sweep_upload_records(&self, state: &StateListing, settle: chrono::Duration) {
+        for key in &state.upload_records {
+            let manifest = format!("{}.json", key.trim_end_matches(".multipart"));
+            if state.manifests.contains(&manifest) {
+                continue;
+            }
+            let settled = match self.storage.object_store().head(&object_store::path::Path::from(key.as_str())).await {
+                Ok(meta) => Utc::now() - meta.last_modified > settle,
+                Err(_) => false,
+            };
+            if settled && let Err(e) = self.abort_recorded_upload(&manifest).await {
+                tracing::warn!(record = %key, error = %e, "cannot abort an orphaned multipart upload; retrying next time");
+            }
+        }
     }
 
     /// Moves an unparseable manifest aside to `{key}.quarantined`, where it
