@@ -4,12 +4,11 @@
 //! store faults by seed, and temp directories that would hurt the lake.
 //! After each, once converged: every row exactly once, nothing pending.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::Duration;
 
 use crate::compaction::{Lake, NOW, assert_intact, lake_configured, once};
-use crate::kit::wait_until;
+use crate::kit::{run_until_idle, signal_group, spawn_compactor, wait_until};
 use crate::util::{compactor, files_under, text};
 
 /// Lease TTL of these tests: short, so that a test can outwait it.
@@ -19,39 +18,16 @@ fn short_leases(rows_per_file: u32) -> Lake {
     lake_configured(rows_per_file, |config| config.lease_ttl_ms(TTL_MS))
 }
 
-/// `compactor ARGS` on `lake`, in its own process group, not waited for.
+/// `compactor -v ARGS` on `lake`, in its own process group, not waited for.
 fn spawn(lake: &Lake, args: &[&str], env: &[(&str, &str)]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_compactor"));
-    command.arg("-v").args(args).args(["--config", &lake.config]).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.spawn().unwrap()
-}
-
-fn signal_group(child: &Child, signal: i32) {
-    // SAFETY: signalling the process group of our own child.
-    unsafe {
-        libc::killpg(child.id() as i32, signal);
-    }
+    spawn_compactor(&lake.config, args, env)
 }
 
 /// Recovery and cycles until a cycle has nothing to do, after every lease
 /// of the racing engines has expired; then every row must be there once.
 /// (`assert_compacted` would be wrong here: see below.)
 fn converge(lake: &Lake) {
-    std::thread::sleep(Duration::from_millis(TTL_MS * 2));
-    for attempt in 0..6 {
-        let recovered = compactor(&["recover", "--config", &lake.config], &[]);
-        assert!(recovered.status.success(), "{}", text(&recovered));
-        let cycle = once(lake, &[]);
-        let summary = String::from_utf8_lossy(&cycle.stdout).to_string();
-        if cycle.status.success() && summary.contains("0 jobs") {
-            break;
-        }
-        assert!(attempt < 5, "no convergence: {}", text(&cycle));
-        std::thread::sleep(Duration::from_millis(TTL_MS));
-    }
+    run_until_idle(&lake.config, NOW, TTL_MS, |_, _| {});
     // Engines racing at different moments may leave more than one daily
     // output per day (daily never merges daily outputs, as in Arc): the fixed
     // point is "a cycle has nothing to do", not one file per day.

@@ -388,3 +388,49 @@ fn forward(upstream: &str, head: &str, body: &[u8]) -> Vec<u8> {
     let _ = server.read_to_end(&mut response);
     response
 }
+
+/// `compactor -v ARGS --config CONFIG` in its own process group (so that a
+/// test can stop or kill the engine with its jobs), output piped, not
+/// waited for.
+pub(crate) fn spawn_compactor(config: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_compactor"));
+    command
+        .arg("-v")
+        .args(args)
+        .args(["--config", config])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    command.envs(env.iter().copied());
+    command.spawn().expect("run compactor")
+}
+
+/// Sends `signal` to the process group of a child started by
+/// [`spawn_compactor`]: the engine and its jobs.
+pub(crate) fn signal_group(child: &std::process::Child, signal: i32) {
+    // SAFETY: signalling the process group of our own child.
+    unsafe {
+        libc::killpg(child.id() as i32, signal);
+    }
+}
+
+/// After two lease TTLs (so that every earlier engine's lease has expired):
+/// `recover`, then `once --now NOW`, until a cycle has nothing to do; panics
+/// after six rounds. `keep` sees each run (a test may save its log).
+pub(crate) fn run_until_idle(config: &str, now: &str, lease_ttl_ms: u64, keep: impl Fn(&str, &std::process::Output)) {
+    use crate::util::{compactor, text};
+    std::thread::sleep(Duration::from_millis(2 * lease_ttl_ms));
+    for attempt in 0..6 {
+        let recovered = compactor(&["-v", "recover", "--config", config], &[]);
+        keep("recover", &recovered);
+        assert!(recovered.status.success(), "{}", text(&recovered));
+        let cycle = compactor(&["-v", "once", "--config", config, "--now", now], &[]);
+        keep("once", &cycle);
+        if cycle.status.success() && String::from_utf8_lossy(&cycle.stdout).contains("0 jobs") {
+            return;
+        }
+        assert!(attempt < 5, "no convergence: {}", text(&cycle));
+        std::thread::sleep(Duration::from_millis(lease_ttl_ms));
+    }
+}

@@ -15,7 +15,7 @@ use compactor_job::sample::{self, SampleSpec};
 use compactor_job::verify;
 use compactor_storage::Storage;
 
-use crate::kit::{MotoServer, TestConfig};
+use crate::kit::{MotoServer, TestConfig, signal_group};
 use crate::util::{compactor, files_under, is_coordination_state, text};
 
 const NOW: &str = "2026-04-13T12:00:00Z";
@@ -279,68 +279,48 @@ fn bad_inputs_on_s3_get_the_spec_outcome() {
     assert_eq!(left.len(), 14, "{left:#?}");
 }
 
-#[test]
-fn a_job_killed_mid_multipart_upload_on_s3_loses_nothing() {
+/// A bucket `name` holding one hour of 12 files whose hourly output (~10
+/// MB: random doubles barely compress) goes up in two 5 MiB parts.
+fn multipart_bucket(name: &str) -> Bucket {
     let dir = tempfile::tempdir().unwrap();
-    let pristine = dir.path().join("pristine");
-    // Random doubles barely compress: the output is ~10 MB, two 5 MiB parts.
+    let root = dir.path().to_owned();
     for i in 0..12 {
         crate::compaction::write_parquet(
-            &pristine.join(format!("db/cpu/2026/04/11/00/cpu_20260411_00{:02}00_000000001.parquet", i * 4)),
+            &root.join(format!("pristine/db/cpu/2026/04/11/00/cpu_20260411_00{:02}00_000000001.parquet", i * 4)),
             &format!(
                 "SELECT make_timestamp((1775865600000000 + {i} * 100000 + r)::BIGINT)::TIMESTAMPTZ AS time, random() AS value FROM range(100000) t(r)"
             ),
         );
     }
     let options = options_for(endpoint());
-    let (url, storage) = upload_lake("s3-multipart", &options, &pristine);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let config =
-        s3_config(&url, &options).compaction("multipart_threshold", "5MiB").tier("hourly", "builtin:hourly", &[]).write(dir.path());
+    let (url, storage) = upload_lake(name, &options, &root.join("pristine"));
+    let config = s3_config(&url, &options).compaction("multipart_threshold", "5MiB").tier("hourly", "builtin:hourly", &[]).write(&root);
+    Bucket { _dir: dir, root, storage, config }
+}
 
+#[test]
+fn a_job_killed_mid_multipart_upload_on_s3_loses_nothing() {
+    let bucket = multipart_bucket("s3-multipart");
+    let config = &bucket.config;
     // The first job dies after its first part; the halves that the retry
     // compacts are small enough for single uploads and succeed.
-    let crashed = compactor(&["once", "--config", &config, "--now", NOW], &[("COMPACTOR_FAULT", "mid-upload")]);
+    let crashed = compactor(&["once", "--config", config, "--now", NOW], &[("COMPACTOR_FAULT", "mid-upload")]);
     assert!(String::from_utf8_lossy(&crashed.stderr).contains("step=mid-upload"), "the job was killed mid-upload: {}", text(&crashed));
-    let recovered = compactor(&["recover", "--config", &config], &[]);
+    let recovered = compactor(&["recover", "--config", config], &[]);
     assert!(recovered.status.success(), "{}", text(&recovered));
     assert_eq!(multipart_uploads_in_progress("s3-multipart"), 0, "the dead job's upload is aborted, its parts freed");
-    let clean = compactor(&["once", "--config", &config, "--now", NOW], &[]);
+    let clean = compactor(&["once", "--config", config, "--now", NOW], &[]);
     assert!(clean.status.success(), "{}", text(&clean));
-
-    let objects = listed(&runtime, &storage);
-    assert!(objects.iter().all(|o| o.key.ends_with("_compacted.parquet")), "only outputs are left: {objects:#?}");
-    let downloaded = dir.path().join("downloaded");
-    for object in &objects {
-        let path = downloaded.join(&object.key);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, runtime.block_on(storage.read(&object.key)).unwrap()).unwrap();
-    }
-    let connection = verify::connection().unwrap();
-    let rows = verify::row_differences(
-        &connection,
-        &format!("{}/**/*.parquet", pristine.display()),
-        &format!("{}/**/*.parquet", downloaded.display()),
-    );
-    assert_eq!(rows.unwrap(), (0, 0));
+    let keys = assert_intact(&bucket);
+    assert!(keys.iter().all(|k| k.ends_with("_compacted.parquet")), "only outputs are left: {keys:#?}");
 }
 
 /// Recovery and cycles until a cycle has nothing to do, once every lease of
 /// the engines before has expired.
 fn converge(bucket: &Bucket) {
-    std::thread::sleep(std::time::Duration::from_millis(2 * LEASE_TTL_MS));
-    for attempt in 0..6 {
-        let recovered = compactor(&["-v", "recover", "--config", &bucket.config], &[]);
-        std::fs::write(bucket.root.join("recover.log"), text(&recovered)).unwrap();
-        assert!(recovered.status.success(), "{}", text(&recovered));
-        let cycle = compactor(&["-v", "once", "--config", &bucket.config, "--now", NOW], &[]);
-        std::fs::write(bucket.root.join("once.log"), text(&cycle)).unwrap();
-        if cycle.status.success() && String::from_utf8_lossy(&cycle.stdout).contains("0 jobs") {
-            return;
-        }
-        assert!(attempt < 5, "no convergence: {}", text(&cycle));
-        std::thread::sleep(std::time::Duration::from_millis(LEASE_TTL_MS));
-    }
+    crate::kit::run_until_idle(&bucket.config, NOW, LEASE_TTL_MS, |command, output| {
+        std::fs::write(bucket.root.join(format!("{command}.log")), text(output)).unwrap();
+    });
 }
 
 #[test]
@@ -392,27 +372,9 @@ fn an_upload_that_lands_after_the_client_timed_out_duplicates_nothing() {
     }
 }
 
-/// `compactor -v ARGS --config` of `bucket`, in its own process group, not
-/// waited for.
+/// `compactor -v ARGS` on `bucket`, in its own process group, not waited for.
 fn spawn_engine(bucket: &Bucket, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
-    use std::os::unix::process::CommandExt;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_compactor"));
-    command
-        .arg("-v")
-        .args(args)
-        .args(["--config", &bucket.config])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0);
-    command.envs(env.iter().copied());
-    command.spawn().unwrap()
-}
-
-fn signal_group(child: &std::process::Child, signal: i32) {
-    // SAFETY: signalling the process group of our own child.
-    unsafe {
-        libc::killpg(child.id() as i32, signal);
-    }
+    crate::kit::spawn_compactor(&bucket.config, args, env)
 }
 
 /// Three engines on one bucket, one of them SIGKILLed (with its jobs) 300
@@ -452,21 +414,7 @@ fn engines_killed_or_paused_on_one_bucket_lose_and_duplicate_nothing() {
 /// progress for good. Woken, it now aborts its own upload.
 #[test]
 fn a_multipart_upload_started_by_a_job_that_lost_its_lease_is_aborted() {
-    let dir = tempfile::tempdir().unwrap();
-    let pristine = dir.path().join("pristine");
-    for i in 0..12 {
-        crate::compaction::write_parquet(
-            &pristine.join(format!("db/cpu/2026/04/11/00/cpu_20260411_00{:02}00_000000001.parquet", i * 4)),
-            &format!(
-                "SELECT make_timestamp((1775865600000000 + {i} * 100000 + r)::BIGINT)::TIMESTAMPTZ AS time, random() AS value FROM range(100000) t(r)"
-            ),
-        );
-    }
-    let options = options_for(endpoint());
-    let (url, _storage) = upload_lake("s3-orphan-upload", &options, &pristine);
-    let config =
-        s3_config(&url, &options).compaction("multipart_threshold", "5MiB").tier("hourly", "builtin:hourly", &[]).write(dir.path());
-    let bucket = Bucket { _dir: dir, root: pristine.parent().unwrap().to_owned(), storage: _storage, config };
+    let bucket = multipart_bucket("s3-orphan-upload");
     let reached = bucket.root.join("reached");
     let stall = format!("upload-started:3000:{}", reached.display());
     let paused = spawn_engine(&bucket, &["once", "--now", NOW], &[("COMPACTOR_STALL", &stall)]);
