@@ -288,14 +288,8 @@ impl ManifestStore {
         let write_error = |source| ManifestError::Write { key: key.clone(), source };
         if !self.storage.swap(&key, None, json).await.map_err(write_error)? {
             let exists = object_store::Error::AlreadyExists { path: key.clone(), source: "a manifest with this job id exists".into() };
-            return Err(write_error(StorageError::Object {
-                operation: "create",
-                store: self.storage.to_string(),
-                key: key.clone(),
-                source: Box::new(exists),
-            }));
+            return Err(write_error(self.storage.object_error("create", &key, exists)));
         }
-        self.storage.sync(&key).map_err(write_error)?;
         Ok(key)
     }
 
@@ -327,7 +321,6 @@ impl ManifestStore {
         let record = OutcomeRecord { outcome, by: by.to_owned(), at: Utc::now(), output_path: output_path.to_owned() };
         let body = serde_json::to_vec(&record).unwrap_or_default();
         if self.storage.swap(&key, None, body).await? {
-            self.storage.sync(&key)?;
             return Ok(record);
         }
         match self.outcome(manifest_key).await? {
@@ -350,12 +343,10 @@ impl ManifestStore {
         let key = upload_record_key(manifest_key);
         let Some((bytes, _)) = self.storage.read_versioned(&key).await? else { return Ok(()) };
         if let (Ok(record), Some(uploads)) = (serde_json::from_slice::<UploadRecord>(&bytes), self.storage.tracked_uploads()) {
-            uploads.abort(&record.output_path, &record.upload_id).await.map_err(|source| StorageError::Object {
-                operation: "abort the multipart upload of",
-                store: self.storage.to_string(),
-                key: record.output_path.clone(),
-                source: Box::new(source),
-            })?;
+            uploads
+                .abort(&record.output_path, &record.upload_id)
+                .await
+                .map_err(|source| self.storage.object_error("abort the multipart upload of", &record.output_path, source))?;
             tracing::info!(output = %record.output_path, "aborted the dead job's multipart upload");
         }
         self.storage.delete(&key).await
@@ -402,12 +393,9 @@ impl ManifestStore {
                 }
             }
         }
-        for key in state.outcomes.iter().filter(|k| !state.manifests.contains(&format!("{}.json", k.trim_end_matches(".outcome")))) {
-            match self.storage.read(key).await.ok().and_then(|b| serde_json::from_slice::<OutcomeRecord>(&b).ok()) {
-                Some(record) if record.outcome == Outcome::Aborted => {
-                    held.files.insert(record.output_path);
-                }
-                _ => {}
+        for (_, record) in self.orphan_outcomes(&state).await {
+            if record.outcome == Outcome::Aborted {
+                held.files.insert(record.output_path);
             }
         }
         for key in &state.quarantined {
@@ -688,33 +676,35 @@ impl ManifestStore {
     /// deleted.
     async fn sweep_outcomes(&self, state: &StateListing, settle: chrono::Duration) -> usize {
         let mut deleted = 0;
-        for key in &state.outcomes {
-            if state.manifests.contains(&format!("{}.json", key.trim_end_matches(".outcome"))) {
-                continue;
-            }
-            let record = match self.storage.read(key).await {
-                Ok(bytes) => serde_json::from_slice::<OutcomeRecord>(&bytes).ok(),
-                Err(_) => continue,
-            };
-            match record {
-                Some(record) if record.outcome == Outcome::Aborted => {
-                    if matches!(self.delete_void_output(&record.output_path).await, Ok(true)) {
-                        deleted += 1;
-                    }
-                    if Utc::now() - record.at > STALE_AFTER {
-                        let _ = self.storage.delete(key).await;
-                    }
+        for (key, record) in self.orphan_outcomes(state).await {
+            if record.outcome == Outcome::Aborted {
+                if matches!(self.delete_void_output(&record.output_path).await, Ok(true)) {
+                    deleted += 1;
                 }
+                if Utc::now() - record.at > STALE_AFTER {
+                    let _ = self.storage.delete(&key).await;
+                }
+            } else if Utc::now() - record.at > settle {
                 // A finished job's leftover. Only a settled one: a listing
                 // that raced a live job may have seen its outcome but not
                 // (yet) its manifest.
-                Some(record) if Utc::now() - record.at > settle => {
-                    let _ = self.storage.delete(key).await;
-                }
-                _ => {}
+                let _ = self.storage.delete(&key).await;
             }
         }
         deleted
+    }
+
+    /// The outcomes in `state` whose manifest is not: those of finished or
+    /// aborted jobs. One that cannot be read or parsed now is left out (and
+    /// left alone).
+    async fn orphan_outcomes(&self, state: &StateListing) -> Vec<(String, OutcomeRecord)> {
+        let mut orphans = Vec::new();
+        for key in state.outcomes.iter().filter(|k| !state.manifests.contains(&format!("{}.json", k.trim_end_matches(".outcome")))) {
+            if let Some(record) = self.storage.read(key).await.ok().and_then(|b| serde_json::from_slice::<OutcomeRecord>(&b).ok()) {
+                orphans.push((key.clone(), record));
+            }
+        }
+        orphans
     }
 
     /// Upload records whose manifest is gone: a job that recorded its upload

@@ -353,14 +353,9 @@ impl Leases {
                 Some((bytes, version)) => {
                     // Fail safe: an object nobody can read may hold live
                     // claims, so nobody may claim through it.
-                    let object = serde_json::from_slice::<LeaseObject>(&bytes).map_err(|e| StorageError::Object {
-                        operation: "parse",
-                        store: self.storage.to_string(),
-                        key: key.to_owned(),
-                        source: Box::new(object_store::Error::Generic {
-                            store: "lease",
-                            source: format!("unreadable lease object ({e}); its day is not compacted until it is fixed or removed").into(),
-                        }),
+                    let object = serde_json::from_slice::<LeaseObject>(&bytes).map_err(|e| {
+                        let source = format!("unreadable lease object ({e}); its day is not compacted until it is fixed or removed");
+                        self.storage.object_error("parse", key, object_store::Error::Generic { store: "lease", source: source.into() })
                     })?;
                     (object, Some(version))
                 }
@@ -377,12 +372,8 @@ impl Leases {
             // Another writer came first: back off a little, by attempt.
             tokio::time::sleep(Duration::from_millis(2 + (attempt as u64 % 8) * 3)).await;
         }
-        Err(StorageError::Object {
-            operation: "swap",
-            store: self.storage.to_string(),
-            key: key.to_owned(),
-            source: Box::new(object_store::Error::Precondition { path: key.to_owned(), source: "too many concurrent writers".into() }),
-        })
+        let busy = object_store::Error::Precondition { path: key.to_owned(), source: "too many concurrent writers".into() };
+        Err(self.storage.object_error("swap", key, busy))
     }
 
     /// Checks what the lease protocol relies on: create-only writes, and this

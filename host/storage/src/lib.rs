@@ -337,8 +337,10 @@ impl Storage {
                     .to_str()
                     .and_then(|n| n.rsplit_once('#'))
                     .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-                let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
-                if staged && old && std::fs::remove_file(entry.path()).is_ok() {
+                // Only a staging file's age is read: the walk passes every
+                // lease object of the lake.
+                let old = || entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
+                if staged && old() && std::fs::remove_file(entry.path()).is_ok() {
                     removed += 1;
                 }
             }
@@ -351,19 +353,14 @@ impl Storage {
         self.local_root().map(|root| root.join(key))
     }
 
-    /// Makes `key` durable when this is a local store: syncs the file and
-    /// its directory (a local `put` does neither). Other stores acknowledge
-    /// a write only once it is durable.
+    /// Makes `key` durable when this is a local store and the file was put
+    /// there outside the store (a linked output, the parts of a multipart
+    /// upload); the store's own puts are durable already. Other stores
+    /// acknowledge a write only once it is durable.
     pub fn sync(&self, key: &str) -> Result<(), StorageError> {
         let Some(path) = self.local_path(key) else { return Ok(()) };
-        let io_error = |e: std::io::Error| {
-            self.object_error("sync", key, object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) })
-        };
-        std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io_error)?;
-        match path.parent() {
-            Some(dir) => local::sync_dir(dir).map_err(io_error),
-            None => Ok(()),
-        }
+        local::sync_file_and_dir(&path)
+            .map_err(|e| self.object_error("sync", key, object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) }))
     }
 
     /// The root directory when this is a local store.
@@ -430,7 +427,9 @@ impl Storage {
         }
     }
 
-    fn object_error(&self, operation: &'static str, key: &str, source: object_store::Error) -> StorageError {
+    /// The error of `operation` on `key` in this store, for callers that
+    /// reach the store another way (a multipart API, a parse of what was read).
+    pub fn object_error(&self, operation: &'static str, key: &str, source: object_store::Error) -> StorageError {
         StorageError::Object { operation, store: self.description.clone(), key: key.to_owned(), source: Box::new(source) }
     }
 }

@@ -3,7 +3,9 @@
 //! object's ETag. The swap runs under an exclusive `flock` on a hidden
 //! sidecar file next to the object, which every process on the host honours
 //! (and NFSv4 forwards to the server), then writes a temporary file, syncs
-//! it, renames it over the object and syncs the directory.
+//! it, renames it over the object and syncs the directory. Every other put
+//! is synced too before it returns, as an object store acknowledges only
+//! durable writes.
 
 use std::fs::{File, Metadata};
 use std::io::Write;
@@ -99,8 +101,14 @@ fn e_tag(metadata: &Metadata) -> String {
 }
 
 /// Makes a directory entry (a new or renamed file in `dir`) durable.
-pub(crate) fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
+fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Makes the file at `path` and its directory entry durable.
+pub(crate) fn sync_file_and_dir(path: &FsPath) -> std::io::Result<()> {
+    File::open(path)?.sync_all()?;
+    path.parent().map_or(Ok(()), sync_dir)
 }
 
 impl std::fmt::Display for LocalStore {
@@ -119,7 +127,18 @@ impl ObjectStore for LocalStore {
                     .await
                     .map_err(|e| object_store::Error::Generic { store: STORE, source: Box::new(e) })?
             }
-            _ => self.inner.put_opts(location, payload, opts).await,
+            _ => {
+                // Durable before it is acknowledged, as on an object store:
+                // a manifest or an outcome must survive a power loss before
+                // any input is deleted.
+                let result = self.inner.put_opts(location, payload, opts).await?;
+                let path = self.root.join(location.as_ref());
+                tokio::task::spawn_blocking(move || sync_file_and_dir(&path))
+                    .await
+                    .map_err(|e| object_store::Error::Generic { store: STORE, source: Box::new(e) })?
+                    .map_err(|e| object_store::Error::Generic { store: STORE, source: Box::new(e) })?;
+                Ok(result)
+            }
         }
     }
 
