@@ -4,6 +4,7 @@
 
 mod compact;
 mod demo;
+mod history;
 mod once;
 mod plan;
 mod plugin;
@@ -48,6 +49,10 @@ struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Log lines as text or as JSON objects (default: the config's
+    /// `[log] format`, else text).
+    #[arg(long, value_enum, global = true, value_name = "FORMAT")]
+    log_format: Option<LogFormatArg>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,10 +64,20 @@ enum Command {
     Once(once::Args),
     Run(run::Args),
     Recover(recover::Args),
+    History(history::Args),
     #[command(subcommand)]
     Plugin(plugin::Command),
     #[command(hide = true)]
     Compact(compact::Args),
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Output formats of reporting commands.
@@ -78,13 +93,22 @@ pub(crate) enum Format {
 pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let child = matches!(cli.command, Command::Compact(_));
-    init_logging(cli.verbose, child);
+    let json = match cli.log_format {
+        Some(format) => format == LogFormatArg::Json,
+        // The config's key; a config that does not load is reported by the
+        // command itself.
+        None => config_path(&cli.command)
+            .and_then(|path| Config::load(path).ok())
+            .is_some_and(|config| config.log.format == compactor_engine::config::LogFormat::Json),
+    };
+    init_logging(cli.verbose, child, json);
     match cli.command {
         Command::Demo(args) => demo::exec(args),
         Command::Plan(args) => plan::exec(args),
         Command::Once(args) => once::exec(args),
         Command::Run(args) => run::exec(args),
         Command::Recover(args) => recover::exec(args),
+        Command::History(args) => history::exec(args),
         Command::Plugin(command) => plugin::exec(command),
         Command::Compact(args) => compact::exec(args),
     }
@@ -98,8 +122,21 @@ pub(crate) fn open_manager(config_path: &std::path::Path, tiers: &[String]) -> a
     Manager::open(config, ChildCommand::current_exe()?)
 }
 
-/// Logs go to stderr; the job child writes JSON lines for its parent.
-fn init_logging(verbose: u8, child: bool) {
+/// The config file a command reads, if any.
+fn config_path(command: &Command) -> Option<&std::path::Path> {
+    match command {
+        Command::Plan(args) => Some(args.config()),
+        Command::Once(args) => Some(args.config()),
+        Command::Run(args) => Some(args.config()),
+        Command::Recover(args) => Some(args.config()),
+        Command::History(args) => Some(args.config()),
+        Command::Demo(_) | Command::Plugin(_) | Command::Compact(_) => None,
+    }
+}
+
+/// Logs go to stderr; the job child writes JSON lines for its parent, which
+/// re-emits them with the job's id, tier and partition.
+fn init_logging(verbose: u8, child: bool, json: bool) {
     let default = match (child, verbose) {
         (true, _) | (false, 1) => "info",
         (false, 0) => "warn",
@@ -111,8 +148,8 @@ fn init_logging(verbose: u8, child: bool) {
     // Colours only for a terminal: a log file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logger = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
-    if child {
-        logger.json().init();
+    if child || json {
+        logger.json().with_current_span(true).init();
     } else {
         logger.init();
     }

@@ -27,9 +27,19 @@ pub(crate) struct Args {
     /// Only this database.
     #[arg(long, value_name = "DB")]
     database: Option<String>,
+    /// Ignore the policies' age rules (they see a clock ten years ahead):
+    /// for backfilled data that would otherwise wait.
+    #[arg(long)]
+    force: bool,
     /// Output format of the summary.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
+}
+
+impl Args {
+    pub(crate) fn config(&self) -> &std::path::Path {
+        &self.config
+    }
 }
 
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
@@ -41,7 +51,12 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         tracing::info!(cleaned, "removed orphaned job directories");
     }
     let progress = crate::progress::attach(&manager);
-    let report = runtime.block_on(manager.run_cycle(CycleOptions { now: args.now, tiers: args.tiers, database: args.database }))?;
+    let report = runtime.block_on(manager.run_cycle(CycleOptions {
+        now: args.now,
+        tiers: args.tiers,
+        database: args.database,
+        force: args.force,
+    }))?;
     progress.finish();
     print_report(&report, args.format)?;
     Ok(if report.all_succeeded() { ExitCode::SUCCESS } else { ExitCode::from(1) })

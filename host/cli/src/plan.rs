@@ -27,6 +27,10 @@ pub(crate) struct Args {
     /// Only this database.
     #[arg(long, value_name = "DB")]
     database: Option<String>,
+    /// Ignore the policies' age rules (they see a clock ten years ahead):
+    /// for backfilled data that would otherwise wait.
+    #[arg(long)]
+    force: bool,
     /// Only this tier (repeatable; default: every enabled tier).
     #[arg(long = "tier", value_name = "NAME")]
     tiers: Vec<String>,
@@ -39,9 +43,16 @@ pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text).map(|t| t.to_utc()).map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-04-11T15:00:00Z)"))
 }
 
+impl Args {
+    pub(crate) fn config(&self) -> &std::path::Path {
+        &self.config
+    }
+}
+
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let manager = crate::open_manager(&args.config, &args.tiers)?;
-    let options = CycleOptions { now: Some(args.now.unwrap_or_else(Utc::now)), tiers: args.tiers, database: args.database };
+    let options =
+        CycleOptions { now: Some(args.now.unwrap_or_else(Utc::now)), tiers: args.tiers, database: args.database, force: args.force };
     let plan = plan(&manager, &options)?;
     // The plan is what the tiers would do; the gate decides whether this
     // node does it.

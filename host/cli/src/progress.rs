@@ -29,7 +29,7 @@ pub(crate) fn attach(manager: &Manager) -> Bar {
             .progress_chars("=> "),
     );
     let shown = bar.clone();
-    manager.set_progress(move |event| match event {
+    manager.subscribe(move |event| match event {
         Progress::TierStarted { tier, batches } => {
             shown.set_prefix(tier);
             shown.set_length(batches as u64);
@@ -39,6 +39,7 @@ pub(crate) fn attach(manager: &Manager) -> Bar {
             shown.inc(1);
             shown.set_message(record.partition_path);
         }
+        Progress::Recovered { .. } | Progress::CycleFinished { .. } => {}
     });
     Bar(Some(bar))
 }

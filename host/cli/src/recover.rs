@@ -24,6 +24,12 @@ pub(crate) struct Args {
     format: Format,
 }
 
+impl Args {
+    pub(crate) fn config(&self) -> &std::path::Path {
+        &self.config
+    }
+}
+
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = crate::runtime()?;
     let manager = crate::open_manager(&args.config, &[])?;

@@ -5,29 +5,46 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use compactor_engine::config::parse_schedule;
-use compactor_engine::manager::GateDecision;
+use compactor_api::Api;
+use compactor_engine::config::{ApiConfig, parse_schedule};
+use compactor_engine::manager::{GateDecision, Manager};
 
 /// Run the scheduler until interrupted.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Recovers interrupted jobs, then runs each enabled tier on its schedule (5-field cron,\n\
 UTC). In cluster mode the cluster gate decides at start-up whether this node compacts.\n\
-SIGINT or SIGTERM stops scheduling; jobs and policy calls already running finish, nothing new starts.")]
+SIGINT or SIGTERM stops scheduling; jobs and policy calls already running finish, nothing new starts.\n\
+SIGHUP reloads the tier policies' components; a cycle in flight finishes on the old ones.\n\
+With an [api] section, serves the HTTP API and /metrics on [api] listen (default 127.0.0.1:8081).")]
 pub(crate) struct Args {
     /// The configuration file.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
 }
 
+impl Args {
+    pub(crate) fn config(&self) -> &std::path::Path {
+        &self.config
+    }
+}
+
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = crate::runtime()?;
     let manager = Arc::new(crate::open_manager(&args.config, &[])?);
     let config = manager.config().clone();
-    manager.cleanup_orphaned_temp_dirs()?;
-    runtime.block_on(manager.check_store())?;
     runtime.block_on(async {
         // Listen for signals before anything else, so that none is missed.
         let stop_signal = ShutdownSignal::new()?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        // The API answers from the start: /healthz at once, /readyz once
+        // recovery is done.
+        let api = match &config.api {
+            Some(api_config) => Some(start_api(&manager, api_config, stopped.clone()).await?),
+            None => None,
+        };
+        spawn_reload_on_hangup(&manager)?;
+        manager.cleanup_orphaned_temp_dirs()?;
+        manager.check_store().await?;
         // A node the gate does not allow touches nothing, recovery included.
         let gate = manager.gate_decision();
         let schedules = match &gate {
@@ -52,7 +69,9 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
                     .collect::<anyhow::Result<Vec<_>>>()?
             }
         };
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        if let Some((api, _)) = &api {
+            api.set_ready(!schedules.is_empty(), gate.clone());
+        }
         let scheduler = tokio::spawn(compactor_engine::scheduler::run(manager.clone(), schedules, stopped));
         tracing::info!("compactor is running; SIGINT or SIGTERM stops it");
         stop_signal.wait().await;
@@ -60,9 +79,61 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         manager.request_stop();
         let _ = stop.send(true);
         let _ = scheduler.await;
+        if let Some((_, server)) = api {
+            let _ = server.await;
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds `[api] listen` and serves the API until `stopped` turns true.
+async fn start_api(
+    manager: &Arc<Manager>,
+    config: &ApiConfig,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(Api, tokio::task::JoinHandle<()>)> {
+    let address = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on [api] listen = {:?}: {e}", config.listen))?;
+    let token = config.effective_token();
+    if token.is_none() {
+        tracing::warn!("the API has no token ([api] token or COMPACTOR_API_TOKEN): trigger and reload are refused");
+    }
+    let api = Api::new(manager.clone(), token)?;
+    tracing::info!(address = %listener.local_addr().unwrap_or(address), "API listening");
+    let shutdown = async move {
+        while !*stopped.borrow() {
+            if stopped.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    let served = api.clone();
+    let server = tokio::spawn(async move {
+        if let Err(e) = served.serve(listener, shutdown).await {
+            tracing::error!(error = %e, "the API stopped");
+        }
+    });
+    Ok((api, server))
+}
+
+/// SIGHUP reloads the tier policies (see [`Manager::reload_plugins`]).
+fn spawn_reload_on_hangup(manager: &Arc<Manager>) -> anyhow::Result<()> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let manager = manager.clone();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let reloading = manager.clone();
+            match tokio::task::spawn_blocking(move || reloading.reload_plugins()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: the reload failed; the running plugins are kept"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: the reload failed (a bug in compactor)"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// SIGINT and SIGTERM, registered when created.

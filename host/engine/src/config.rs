@@ -89,6 +89,16 @@ pub struct Config {
     /// Leases between engines sharing the store.
     #[serde(default)]
     pub coordination: CoordinationConfig,
+    /// `[api]`: the HTTP API of `compactor run`; off when the section is
+    /// absent.
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
+    /// `[history]`: the persistent job history.
+    #[serde(default)]
+    pub history: HistoryConfig,
+    /// `[log]`: how logs are written.
+    #[serde(default)]
+    pub log: LogConfig,
     /// Directory of the config file, against which relative paths resolve.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -336,6 +346,70 @@ impl CoordinationConfig {
     }
 }
 
+/// `[api]`: present means on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Bearer token for the mutating endpoints (`COMPACTOR_API_TOKEN`
+    /// overrides it); without one they are refused.
+    pub token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8081".into(), token: None }
+    }
+}
+
+impl ApiConfig {
+    /// The address, validated.
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|e| value_error("api.listen", format!("{:?} ({e}; expected e.g. \"127.0.0.1:8081\")", self.listen)))
+    }
+
+    /// The token in effect: the environment's, else the config's; empty
+    /// means none.
+    pub fn effective_token(&self) -> Option<String> {
+        std::env::var("COMPACTOR_API_TOKEN").ok().or_else(|| self.token.clone()).filter(|t| !t.trim().is_empty())
+    }
+}
+
+/// `[history]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Entries kept in `_compaction_state/history/` (0: none recorded).
+    pub max_records: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self { max_records: 1000 }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`; `--log-format` overrides it.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the job id, tier and partition of a
+    /// job's lines as fields.
+    Json,
+}
+
 /// `[cluster]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -419,6 +493,9 @@ impl Config {
             return Err(value_error("storage.url", "\"\" (expected e.g. \"file:///var/lib/arc\")"));
         }
         self.coordination.lease_settings()?;
+        if let Some(api) = &self.api {
+            api.listen_addr()?;
+        }
         self.compaction.job_timeout()?;
         let c = &self.compaction;
         if c.max_concurrent < 0 {

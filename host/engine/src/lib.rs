@@ -13,7 +13,9 @@
 //! - [`scheduler`]: cron schedules per tier.
 
 pub mod config;
+pub mod history;
 pub mod manager;
+pub mod outlook;
 pub mod planner;
 pub mod scheduler;
 pub mod temp;

@@ -7,13 +7,14 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::history::History;
 use crate::planner::{self, PlanOptions, PlanProblem, PlannedBatch, PlannedTier};
 use crate::temp::{EngineDir, sweep_dead_engines};
 use compactor_job::manifest::{ManifestStore, RecoveryManifest, RecoveryObservers, RecoveryOutcome, RecoveryReport};
@@ -24,8 +25,13 @@ use compactor_storage::RequestCost;
 use compactor_storage::lease::{Lease, Leases, new_engine_id};
 use compactor_storage::{Storage, StorageDescriptor};
 
-/// Records kept in the manager's history.
+/// Records kept in the manager's memory (the persistent history keeps
+/// `[history] max_records`).
 const HISTORY_LIMIT: usize = 100;
+
+/// How far ahead a forced cycle's policies see the clock: every age rule is
+/// met (Arc #186: backfilled data older than the schedule's window).
+const FORCE_HORIZON_DAYS: i64 = 3650;
 
 /// A cycle that could not run.
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +56,15 @@ pub struct CycleOptions {
     pub tiers: Vec<String>,
     /// Only this database.
     pub database: Option<String>,
+    /// Ignore the policies' age rules: they see a clock ten years ahead, so
+    /// every partition counts as old (for backfilled data).
+    pub force: bool,
 }
 
 /// One batch's outcome.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+// Read back from the history: fields added later, or skipped when empty, default.
+#[serde(default)]
 pub struct JobRecord {
     /// Database.
     pub database: String,
@@ -95,6 +106,20 @@ pub struct JobRecord {
     pub peak_job_rss_bytes: u64,
     /// Object-store requests the batch's job processes made.
     pub requests: RequestCost,
+    /// The first attempt's job id (its log lines carry it).
+    pub job_id: String,
+    /// The cycle that ran it.
+    pub cycle_id: u64,
+    /// The engine that ran it.
+    pub engine: String,
+    /// The tier's policy (`builtin:hourly`, a path).
+    pub policy: String,
+    /// SHA-256 of the policy component's bytes.
+    pub policy_hash: String,
+    /// When the batch started.
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
 }
 
 /// What the cluster gate said about this node.
@@ -199,6 +224,10 @@ pub struct ManagerStats {
     pub total_bytes_saved: i64,
     /// Manifests recovered.
     pub total_manifests_recovered: u64,
+    /// Unparseable manifests moved aside.
+    pub total_manifests_quarantined: u64,
+    /// Cycles finished.
+    pub total_cycles: u64,
 }
 
 /// A progress event, for a terminal progress bar.
@@ -216,28 +245,64 @@ pub enum Progress {
         /// The record.
         record: Box<JobRecord>,
     },
+    /// Recovery ran (at start-up, before a cycle, or on its own).
+    Recovered {
+        /// What it did.
+        report: Box<RecoveryReport>,
+    },
+    /// A cycle finished.
+    CycleFinished {
+        /// What it did.
+        report: Arc<CycleReport>,
+    },
 }
 
 /// Where progress events go.
 type ProgressSink = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// A batch being compacted now.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActiveJob {
+    /// The cycle running it.
+    pub cycle_id: u64,
+    /// Database.
+    pub database: String,
+    /// Measurement.
+    pub measurement: String,
+    /// Partition key prefix.
+    pub partition_path: String,
+    /// Tier.
+    pub tier: String,
+    /// 1-based batch number.
+    pub batch_number: usize,
+    /// Files in the batch.
+    pub files: usize,
+    /// Bytes in the batch.
+    pub bytes: u64,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+}
 
 /// Runs compaction cycles over one store.
 pub struct Manager {
     config: Config,
     storage: Storage,
     requests: Arc<compactor_storage::RequestCounts>,
-    tiers: Vec<PlannedTier>,
+    tiers: RwLock<Arc<Vec<PlannedTier>>>,
     plugins: PluginRuntime,
     child: ChildCommand,
     stop: Arc<AtomicBool>,
     leases: Leases,
     temp_directory: PathBuf,
     engine_dir: Mutex<Option<Arc<EngineDir>>>,
-    running: AtomicBool,
+    running: Arc<AtomicBool>,
     cycle_id: AtomicU64,
     stats: Mutex<ManagerStats>,
     history: Mutex<VecDeque<JobRecord>>,
-    progress: Mutex<Option<ProgressSink>>,
+    persistent_history: History,
+    active: Mutex<BTreeMap<u64, ActiveJob>>,
+    next_active: AtomicU64,
+    observers: Mutex<Vec<ProgressSink>>,
 }
 
 impl Manager {
@@ -267,22 +332,26 @@ impl Manager {
         let (storage, requests) = storage.counted();
         let temp_directory = config.resolve_path(&config.compaction.temp_directory);
         let leases = Leases::new(storage.clone(), new_engine_id(), config.coordination.lease_settings().unwrap_or_default());
+        let persistent_history = History::new(storage.clone(), leases.engine(), config.history.max_records);
         Self {
             config,
             storage,
             requests,
-            tiers,
+            tiers: RwLock::new(Arc::new(tiers)),
             plugins,
             child,
             stop: Arc::default(),
             leases,
             temp_directory,
             engine_dir: Mutex::default(),
-            running: AtomicBool::new(false),
+            running: Arc::default(),
             cycle_id: AtomicU64::new(0),
             stats: Mutex::default(),
             history: Mutex::default(),
-            progress: Mutex::default(),
+            persistent_history,
+            active: Mutex::default(),
+            next_active: AtomicU64::new(0),
+            observers: Mutex::default(),
         }
     }
 
@@ -292,9 +361,53 @@ impl Manager {
         self.stop.store(true, Ordering::SeqCst);
     }
 
-    /// Receives progress events.
-    pub fn set_progress(&self, progress: impl Fn(Progress) + Send + Sync + 'static) {
-        *lock(&self.progress) = Some(Arc::new(progress));
+    /// Receives progress events (every subscriber gets every event).
+    pub fn subscribe(&self, observer: impl Fn(Progress) + Send + Sync + 'static) {
+        lock(&self.observers).push(Arc::new(observer));
+    }
+
+    fn emit(&self, event: Progress) {
+        let observers = lock(&self.observers).clone();
+        for observer in observers {
+            observer(event.clone());
+        }
+    }
+
+    /// The tiers as loaded now (a reload swaps them between cycles).
+    pub fn tiers(&self) -> Arc<Vec<PlannedTier>> {
+        self.tiers.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Loads every tier's component again (a changed file on disk), checks
+    /// each and configures one instance, then swaps them in for the next
+    /// cycle; a cycle in flight keeps the ones it started with. If any tier
+    /// fails to load or configure, nothing is swapped and the error names it.
+    pub fn reload_plugins(&self) -> Result<Vec<String>, String> {
+        let reloaded = PlannedTier::load_all(&self.config, &self.plugins).map_err(|e| e.to_string())?;
+        for tier in reloaded.iter().filter(|t| t.enabled) {
+            let policy = tier.policy.as_ref().map_err(|e| format!("tier {}: {e}", tier.name))?;
+            policy.instantiate(&tier.config_json, tier.limits).map_err(|e| format!("tier {}: {e}", tier.name))?;
+        }
+        let names = reloaded.iter().filter_map(|t| t.policy.as_ref().ok().map(|p| format!("{}: {}", t.name, p.name()))).collect();
+        *self.tiers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(reloaded);
+        tracing::info!(tiers = ?names, "plugins reloaded; the next cycle uses them");
+        Ok(names)
+    }
+
+    /// Object-store requests this engine made itself (listing, recovery,
+    /// leases, history), since it started; its jobs' are in their records.
+    pub fn engine_requests(&self) -> RequestCost {
+        self.requests.snapshot()
+    }
+
+    /// The batches being compacted now.
+    pub fn active_jobs(&self) -> Vec<ActiveJob> {
+        lock(&self.active).values().cloned().collect()
+    }
+
+    /// The lake's persistent job history.
+    pub fn history(&self) -> &History {
+        &self.persistent_history
     }
 
     /// Whether a cycle is running.
@@ -332,12 +445,13 @@ impl Manager {
     /// nothing (`compactor plan`); a cycle plans each tier just before
     /// running it instead, so that daily sees hourly's outputs.
     pub async fn plan(&self, options: &CycleOptions) -> Result<planner::Plan, planner::PlanError> {
-        planner::plan(&self.storage, &self.tiers, &self.plan_options(options, options.tiers.clone())).await
+        planner::plan(&self.storage, &self.tiers(), &self.plan_options(options, options.tiers.clone())).await
     }
 
     fn plan_options(&self, options: &CycleOptions, tiers: Vec<String>) -> PlanOptions {
+        let now = options.now.unwrap_or_else(Utc::now);
         PlanOptions {
-            now: options.now.unwrap_or_else(Utc::now),
+            now: if options.force { now + chrono::Duration::days(FORCE_HORIZON_DAYS) } else { now },
             database: options.database.clone(),
             tiers,
             max_files_per_batch: self.config.compaction.max_files_per_batch,
@@ -383,7 +497,12 @@ impl Manager {
         if !report.quarantined.is_empty() {
             tracing::error!(manifests = ?report.quarantined, "unparseable recovery manifests moved aside to *.quarantined");
         }
-        lock(&self.stats).total_manifests_recovered += report.recovered as u64;
+        {
+            let mut stats = lock(&self.stats);
+            stats.total_manifests_recovered += report.recovered as u64;
+            stats.total_manifests_quarantined += report.quarantined.len() as u64;
+        }
+        self.emit(Progress::Recovered { report: Box::new(report.clone()) });
         Ok(report)
     }
 
@@ -442,16 +561,31 @@ impl Manager {
 
     /// Runs one cycle.
     pub async fn run_cycle(&self, options: CycleOptions) -> Result<CycleReport, CycleError> {
+        let ticket = self.begin_cycle()?;
+        self.run_begun_cycle(ticket, options).await
+    }
+
+    /// Claims the right to run the next cycle and its id, at once: a caller
+    /// that answers "started" before the cycle runs (the API's trigger) can
+    /// then never race another cycle. Dropping the ticket gives it back.
+    pub fn begin_cycle(&self) -> Result<CycleTicket, CycleError> {
         if self.running.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
             return Err(CycleError::AlreadyRunning);
         }
-        let _running = ResetOnDrop(&self.running);
-        let cycle_id = self.cycle_id.fetch_add(1, Ordering::SeqCst) + 1;
+        let running = RunningFlag(self.running.clone());
+        Ok(CycleTicket { cycle_id: self.cycle_id.fetch_add(1, Ordering::SeqCst) + 1, _running: running })
+    }
+
+    /// Runs the cycle `ticket` claimed.
+    pub async fn run_begun_cycle(&self, ticket: CycleTicket, options: CycleOptions) -> Result<CycleReport, CycleError> {
+        let cycle_id = ticket.cycle_id;
+        let _ticket = ticket;
         let started = Instant::now();
         let requests_before = self.requests.snapshot();
         let mut report = CycleReport { cycle_id, ..Default::default() };
+        let tiers = self.tiers();
         let selected: Vec<&PlannedTier> =
-            self.tiers.iter().filter(|t| t.enabled && (options.tiers.is_empty() || options.tiers.contains(&t.name))).collect();
+            tiers.iter().filter(|t| t.enabled && (options.tiers.is_empty() || options.tiers.contains(&t.name))).collect();
         if selected.is_empty() {
             return Ok(report);
         }
@@ -474,11 +608,10 @@ impl Manager {
             let plan_options = self.plan_options(&options, vec![tier.name.clone()]);
             let plan = planner::plan(&self.storage, std::slice::from_ref(tier), &plan_options).await?;
             report.problems.extend(plan.problems);
-            if let Some(progress) = lock(&self.progress).clone() {
-                progress(Progress::TierStarted { tier: tier.name.clone(), batches: plan.batches.len() });
-            }
+            self.emit(Progress::TierStarted { tier: tier.name.clone(), batches: plan.batches.len() });
             let suffix = plan.tiers.first().map(|t| t.output_suffix.clone()).filter(|s| !s.is_empty());
-            let (records, skipped) = self.execute(plan.batches, &descriptor, suffix.as_deref()).await;
+            let run = TierRun { cycle_id, descriptor: &descriptor, suffix: suffix.as_deref(), policy: PolicyIdentity::of(tier) };
+            let (records, skipped) = self.execute(plan.batches, &run).await;
             report.jobs.extend(records);
             report.skipped_locked += skipped;
         }
@@ -492,19 +625,26 @@ impl Manager {
             duration_ms = report.duration_ms,
             "compaction cycle finished"
         );
+        match self.persistent_history.prune().await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "pruned the job history to [history] max_records"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the job history"),
+        }
+        lock(&self.stats).total_cycles += 1;
+        self.emit(Progress::CycleFinished { report: Arc::new(report.clone()) });
         Ok(report)
     }
 
     /// Runs the batches of one tier: partitions in parallel (bounded), the
     /// batches of a partition in sequence.
-    async fn execute(&self, batches: Vec<PlannedBatch>, descriptor: &StorageDescriptor, suffix: Option<&str>) -> (Vec<JobRecord>, usize) {
+    async fn execute(&self, batches: Vec<PlannedBatch>, run: &TierRun<'_>) -> (Vec<JobRecord>, usize) {
         let mut partitions: BTreeMap<String, Vec<PlannedBatch>> = BTreeMap::new();
         for batch in batches {
             partitions.entry(batch.candidate.partition_path.clone()).or_default().push(batch);
         }
         let limit = self.config.compaction.effective_max_concurrent();
         let results: Vec<(Vec<JobRecord>, usize)> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-            futures::stream::iter(partitions.into_values().map(|batches| self.execute_partition(batches, descriptor, suffix))),
+            futures::stream::iter(partitions.into_values().map(|batches| self.execute_partition(batches, run))),
             limit,
         ))
         .await;
@@ -518,12 +658,7 @@ impl Manager {
         (records, skipped)
     }
 
-    async fn execute_partition(
-        &self,
-        batches: Vec<PlannedBatch>,
-        descriptor: &StorageDescriptor,
-        suffix: Option<&str>,
-    ) -> (Vec<JobRecord>, usize) {
+    async fn execute_partition(&self, batches: Vec<PlannedBatch>, run: &TierRun<'_>) -> (Vec<JobRecord>, usize) {
         let Some(first) = batches.first() else { return (Vec::new(), 0) };
         let partition = first.candidate.partition_path.clone();
         let database = first.candidate.database.clone();
@@ -539,7 +674,7 @@ impl Manager {
             }
         };
         let skipped = batches.len();
-        let outcome = self.execute_leased(batches, descriptor, suffix, &lease).await;
+        let outcome = self.execute_leased(batches, run, &lease).await;
         let (records, unknown_outcome) = match outcome {
             Ok(done) => done,
             Err(reason) => {
@@ -566,13 +701,7 @@ impl Manager {
     /// meanwhile, and the files of manifests written since the plan are
     /// dropped first. Returns the records and whether a job's outcome is
     /// unknown (then the rest of the partition waits for recovery).
-    async fn execute_leased(
-        &self,
-        batches: Vec<PlannedBatch>,
-        descriptor: &StorageDescriptor,
-        suffix: Option<&str>,
-        lease: &Lease,
-    ) -> Result<(Vec<JobRecord>, bool), String> {
+    async fn execute_leased(&self, batches: Vec<PlannedBatch>, run: &TierRun<'_>, lease: &Lease) -> Result<(Vec<JobRecord>, bool), String> {
         let engine_dir = self.engine_dir().map_err(|e| format!("cannot create the engine's temp directory: {e}"))?;
         let deadline_file = engine_dir.path().join(format!("{}.deadline", lease.id()));
         let _renewal = self.leases.keep_renewed(lease, Some(deadline_file.clone()));
@@ -596,10 +725,8 @@ impl Manager {
                 continue;
             }
             let job = LeasedJob { lease, deadline_file: &deadline_file, engine_dir: engine_dir.path() };
-            let (record, unknown_outcome) = self.execute_batch(&batch, descriptor, suffix, &job).await;
-            if let Some(progress) = lock(&self.progress).clone() {
-                progress(Progress::BatchDone { record: Box::new(record.clone()) });
-            }
+            let (record, unknown_outcome) = self.execute_batch(&batch, run, &job).await;
+            self.emit(Progress::BatchDone { record: Box::new(record.clone()) });
             records.push(record);
             if unknown_outcome {
                 return Ok((records, true));
@@ -608,16 +735,41 @@ impl Manager {
         Ok((records, false))
     }
 
-    async fn execute_batch(
-        &self,
-        batch: &PlannedBatch,
-        descriptor: &StorageDescriptor,
-        suffix: Option<&str>,
-        job: &LeasedJob<'_>,
-    ) -> (JobRecord, bool) {
+    /// One batch, its log lines (the engine's and, re-emitted, its job
+    /// processes') carrying the cycle, tier and partition.
+    async fn execute_batch(&self, batch: &PlannedBatch, run: &TierRun<'_>, job: &LeasedJob<'_>) -> (JobRecord, bool) {
         let candidate = &batch.candidate;
+        let span = tracing::info_span!(
+            "batch",
+            cycle_id = run.cycle_id,
+            tier = %candidate.tier,
+            partition = %candidate.partition_path,
+            batch = candidate.batch_number
+        );
+        tracing::Instrument::instrument(self.execute_batch_in_span(batch, run, job), span).await
+    }
+
+    async fn execute_batch_in_span(&self, batch: &PlannedBatch, run: &TierRun<'_>, job: &LeasedJob<'_>) -> (JobRecord, bool) {
+        let candidate = &batch.candidate;
+        let (descriptor, suffix) = (run.descriptor, run.suffix);
         let lease = job.lease;
         let started = Instant::now();
+        let started_at = Utc::now();
+        let _active = ActiveGuard::register(
+            &self.active,
+            self.next_active.fetch_add(1, Ordering::Relaxed),
+            ActiveJob {
+                cycle_id: run.cycle_id,
+                database: candidate.database.clone(),
+                measurement: candidate.measurement.clone(),
+                partition_path: candidate.partition_path.clone(),
+                tier: candidate.tier.clone(),
+                batch_number: candidate.batch_number,
+                files: candidate.files.len(),
+                bytes: batch.bytes,
+                started_at,
+            },
+        );
         let template = JobConfig {
             database: candidate.database.clone(),
             measurement: candidate.measurement.clone(),
@@ -645,13 +797,15 @@ impl Manager {
             }),
         };
         let results: Mutex<Vec<JobResult>> = Mutex::default();
+        let job_ids: Mutex<Vec<String>> = Mutex::default();
         let unknown_outcome = AtomicBool::new(false);
-        let run: &RunSubset<'_> = &|files: Vec<String>| {
+        let run_subset: &RunSubset<'_> = &|files: Vec<String>| {
             let config = JobConfig {
                 files,
                 job_id: job_id(&template.database, &template.partition_path, Utc::now(), template.batch_number),
                 ..template.clone()
             };
+            lock(&job_ids).push(config.job_id.clone());
             let child = &self.child;
             let results = &results;
             let unknown_outcome = &unknown_outcome;
@@ -709,7 +863,7 @@ impl Manager {
                 outcome
             })
         };
-        let (attempts, outcome) = compact_adaptive(run, candidate.files.clone()).await;
+        let (attempts, outcome) = compact_adaptive(run_subset, candidate.files.clone()).await;
         let results = results.into_inner().unwrap_or_default();
         let succeeded: Vec<&JobResult> = results.iter().filter(|r| r.success).collect();
         let record = JobRecord {
@@ -732,12 +886,19 @@ impl Manager {
             duration_ms: started.elapsed().as_millis() as u64,
             peak_job_rss_bytes: results.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
             requests: results.iter().fold(RequestCost::default(), |total, r| total + r.requests),
+            job_id: job_ids.into_inner().unwrap_or_default().into_iter().next().unwrap_or_default(),
+            cycle_id: run.cycle_id,
+            engine: self.engine_id().to_owned(),
+            policy: run.policy.name.clone(),
+            policy_hash: run.policy.hash.clone(),
+            started_at,
+            finished_at: Utc::now(),
         };
-        self.account(&record);
+        self.account(&record).await;
         (record, unknown_outcome.load(Ordering::SeqCst))
     }
 
-    fn account(&self, record: &JobRecord) {
+    async fn account(&self, record: &JobRecord) {
         {
             let mut stats = lock(&self.stats);
             if record.success {
@@ -755,11 +916,56 @@ impl Manager {
                 history.pop_front();
             }
         }
+        if let Err(e) = self.persistent_history.append(record).await {
+            tracing::warn!(job_id = %record.job_id, error = %e, "cannot record the job in the persistent history");
+        }
     }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the batches of one tier share in a cycle.
+struct TierRun<'a> {
+    cycle_id: u64,
+    descriptor: &'a StorageDescriptor,
+    suffix: Option<&'a str>,
+    policy: PolicyIdentity,
+}
+
+/// Which policy build decided a job, for its history entry.
+struct PolicyIdentity {
+    name: String,
+    hash: String,
+}
+
+impl PolicyIdentity {
+    fn of(tier: &PlannedTier) -> Self {
+        match &tier.policy {
+            Ok(policy) => Self { name: policy.name().to_owned(), hash: policy.content_hash().to_owned() },
+            Err(_) => Self { name: String::new(), hash: String::new() },
+        }
+    }
+}
+
+/// Keeps a batch in [`Manager::active_jobs`] while it runs.
+struct ActiveGuard<'a> {
+    active: &'a Mutex<BTreeMap<u64, ActiveJob>>,
+    id: u64,
+}
+
+impl<'a> ActiveGuard<'a> {
+    fn register(active: &'a Mutex<BTreeMap<u64, ActiveJob>>, id: u64, job: ActiveJob) -> Self {
+        lock(active).insert(id, job);
+        Self { active, id }
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        lock(self.active).remove(&self.id);
+    }
 }
 
 /// What a job needs of its partition's lease.
@@ -769,9 +975,17 @@ struct LeasedJob<'a> {
     engine_dir: &'a Path,
 }
 
-struct ResetOnDrop<'a>(&'a AtomicBool);
+/// The right to run one cycle (see [`Manager::begin_cycle`]).
+pub struct CycleTicket {
+    /// The cycle's id.
+    pub cycle_id: u64,
+    _running: RunningFlag,
+}
 
-impl Drop for ResetOnDrop<'_> {
+/// Clears the manager's "cycle running" flag when dropped.
+struct RunningFlag(Arc<AtomicBool>);
+
+impl Drop for RunningFlag {
     fn drop(&mut self) {
         self.0.store(false, Ordering::SeqCst);
     }

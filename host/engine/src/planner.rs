@@ -15,7 +15,7 @@ use crate::tier::{Candidate, split_into_batches};
 use compactor_job::manifest::{HeldFiles, ManifestStore};
 use compactor_job::parent::MIN_BATCH_FILES;
 use compactor_model::{FileMeta, Partition, PartitionLevel, group_into_partitions, is_eligible_input};
-use compactor_runtime::{PluginError, PluginLimits, PluginRuntime, PluginSource, TierInstance, TierPlugin, sanitize};
+use compactor_runtime::{CallCounts, PluginError, PluginLimits, PluginRuntime, PluginSource, TierInstance, TierPlugin, sanitize};
 use compactor_storage::{self as storage, RequestCost, Storage, StorageError};
 
 /// What the planner needs from one configured policy instance.
@@ -38,6 +38,22 @@ pub trait PolicyFactory: Send + Sync {
 
     /// A fresh instance with `config_json` applied.
     fn instantiate(&self, config_json: &str, limits: PluginLimits) -> Result<Box<dyn PartitionPolicy>, PluginError>;
+
+    /// SHA-256 of the component's bytes (empty for native code).
+    fn content_hash(&self) -> &str {
+        ""
+    }
+
+    /// The contract version the component was built against (none for
+    /// native code).
+    fn wit_version(&self) -> Option<String> {
+        None
+    }
+
+    /// What its calls did so far, over every instance.
+    fn call_counts(&self) -> CallCounts {
+        CallCounts::default()
+    }
 }
 
 impl PartitionPolicy for TierInstance {
@@ -61,6 +77,18 @@ impl PolicyFactory for TierPlugin {
 
     fn instantiate(&self, config_json: &str, limits: PluginLimits) -> Result<Box<dyn PartitionPolicy>, PluginError> {
         Ok(Box::new(TierPlugin::instantiate(self, config_json, limits)?))
+    }
+
+    fn content_hash(&self) -> &str {
+        TierPlugin::content_hash(self)
+    }
+
+    fn wit_version(&self) -> Option<String> {
+        Some(self.contract().wit_version.to_string())
+    }
+
+    fn call_counts(&self) -> CallCounts {
+        TierPlugin::call_counts(self)
     }
 }
 

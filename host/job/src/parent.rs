@@ -97,7 +97,7 @@ impl ChildCommand {
         let mut stdin = child.stdin.take().ok_or_else(|| failure("subprocess has no stdin".into()))?;
         let mut stdout = child.stdout.take().ok_or_else(|| failure("subprocess has no stdout".into()))?;
         let stderr = child.stderr.take().ok_or_else(|| failure("subprocess has no stderr".into()))?;
-        let job_id = config.job_id.clone();
+        let origin = JobOrigin { job_id: config.job_id.clone(), tier: config.tier.clone(), partition: config.partition_path.clone() };
         let write = async move {
             let _ = stdin.write_all(&input).await;
             drop(stdin);
@@ -111,7 +111,7 @@ impl ChildCommand {
             let mut lines = BufReader::new(stderr).lines();
             let mut all = String::new();
             while let Ok(Some(line)) = lines.next_line().await {
-                reemit(&job_id, &line);
+                reemit(&origin, &line);
                 if !line.trim().is_empty() {
                     all.push_str(&line);
                     all.push('\n');
@@ -188,8 +188,16 @@ impl ChildCommand {
     }
 }
 
+/// Which job a child's log line belongs to: every re-emitted line says so,
+/// so that the engine's and its jobs' lines join up.
+struct JobOrigin {
+    job_id: String,
+    tier: String,
+    partition: String,
+}
+
 /// Re-emits one child log line at the level it carries.
-fn reemit(job_id: &str, line: &str) {
+fn reemit(origin: &JobOrigin, line: &str) {
     if line.trim().is_empty() {
         return;
     }
@@ -208,12 +216,13 @@ fn reemit(job_id: &str, line: &str) {
             .join(" "),
         None => line.to_owned(),
     };
+    let JobOrigin { job_id, tier, partition } = origin;
     match level.as_str() {
-        "error" => tracing::error!(subprocess = "compaction", job_id, "{message}"),
-        "warn" => tracing::warn!(subprocess = "compaction", job_id, "{message}"),
-        "debug" => tracing::debug!(subprocess = "compaction", job_id, "{message}"),
-        "trace" => tracing::trace!(subprocess = "compaction", job_id, "{message}"),
-        _ => tracing::info!(subprocess = "compaction", job_id, "{message}"),
+        "error" => tracing::error!(subprocess = "compaction", job_id, tier, partition, "{message}"),
+        "warn" => tracing::warn!(subprocess = "compaction", job_id, tier, partition, "{message}"),
+        "debug" => tracing::debug!(subprocess = "compaction", job_id, tier, partition, "{message}"),
+        "trace" => tracing::trace!(subprocess = "compaction", job_id, tier, partition, "{message}"),
+        _ => tracing::info!(subprocess = "compaction", job_id, tier, partition, "{message}"),
     }
 }
 

@@ -65,7 +65,7 @@ impl GatePlugin {
 
     /// A configured instance.
     pub fn instantiate(&self, config_json: &str, limits: PluginLimits) -> Result<GateInstance, PluginError> {
-        let mut sandbox = Sandbox::new(self.engine, self.name.clone(), limits);
+        let mut sandbox = Sandbox::new(self.engine, self.name.clone(), limits, Arc::default());
         let pre = &self.pre;
         let bindings = sandbox.call("instantiate", |store| pre.instantiate(store))?;
         let gate = bindings.compactor_policy_gate();

@@ -28,6 +28,7 @@ pub use cache::{ArtifactCache, LoadStats};
 pub use contract::{Contract, World, host_wit_version};
 pub use gate::{GateInstance, GatePlugin, NodeInfo};
 pub use output::sanitize;
+pub use sandbox::{CallCounts, CallStats};
 pub use tier::{TierDescription, TierInstance, TierPlugin};
 
 use sandbox::PluginState;
@@ -196,6 +197,8 @@ pub struct LoadedComponent {
     pub contract: Contract,
     /// How it was loaded.
     pub stats: LoadStats,
+    /// SHA-256 of the component's bytes, hex: which build is running.
+    pub content_hash: String,
     component: Component,
 }
 
@@ -255,7 +258,8 @@ impl PluginRuntime {
             self.cache.load(self.engine, &bytes).map_err(|e| PluginError::Compile { plugin: name.to_string(), cause: format!("{e:#}") })?;
         let contract =
             contract::check(self.engine, &component).map_err(|reason| PluginError::Incompatible { plugin: name.to_string(), reason })?;
-        Ok(LoadedComponent { name, contract, stats, component })
+        let content_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        Ok(LoadedComponent { name, contract, stats, content_hash, component })
     }
 
     /// Loads a tier policy.

@@ -236,19 +236,76 @@ impl rand_core::TryRng for SplitMix64 {
 /// One live instance's store with its limits. After any failed call the
 /// sandbox is poisoned: the instance may be in an inconsistent state, so every
 /// later call fails fast.
+/// What one plugin's calls did, over every instance made from it: counters
+/// shared by its sandboxes, read by the engine's metrics and API.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    calls: AtomicU64,
+    fuel_used: AtomicU64,
+    traps: AtomicU64,
+    timeouts: AtomicU64,
+    out_of_fuel: AtomicU64,
+    out_of_memory: AtomicU64,
+}
+
+/// A reading of [`CallStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CallCounts {
+    /// Calls made (instantiation, configure and every export call).
+    pub calls: u64,
+    /// Fuel consumed by those calls.
+    pub fuel_used: u64,
+    /// Calls that trapped (a panic, an invalid operation, a host panic).
+    pub traps: u64,
+    /// Calls stopped at their deadline.
+    pub timeouts: u64,
+    /// Calls that ran out of fuel.
+    pub out_of_fuel: u64,
+    /// Calls that went over the memory cap.
+    pub out_of_memory: u64,
+}
+
+impl CallStats {
+    fn record(&self, fuel_used: u64, error: Option<&PluginError>) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.fuel_used.fetch_add(fuel_used, Ordering::Relaxed);
+        let counter = match error {
+            None | Some(PluginError::Disabled { .. }) => return,
+            Some(PluginError::Deadline { .. }) => &self.timeouts,
+            Some(PluginError::OutOfFuel { .. }) => &self.out_of_fuel,
+            Some(PluginError::OutOfMemory { .. }) => &self.out_of_memory,
+            Some(_) => &self.traps,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn read(&self) -> CallCounts {
+        CallCounts {
+            calls: self.calls.load(Ordering::Relaxed),
+            fuel_used: self.fuel_used.load(Ordering::Relaxed),
+            traps: self.traps.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            out_of_fuel: self.out_of_fuel.load(Ordering::Relaxed),
+            out_of_memory: self.out_of_memory.load(Ordering::Relaxed),
+        }
+    }
+}
+
 pub(crate) struct Sandbox {
     pub(crate) store: Store<PluginState>,
+    calls: Arc<CallStats>,
     limits: PluginLimits,
     deadline_ticks: u64,
     poisoned: Option<String>,
 }
 
 impl Sandbox {
-    pub(crate) fn new(engine: &Engine, plugin: Arc<str>, limits: PluginLimits) -> Self {
+    pub(crate) fn new(engine: &Engine, plugin: Arc<str>, limits: PluginLimits, calls: Arc<CallStats>) -> Self {
         let mut store = Store::new(engine, PluginState::new(plugin, limits.memory_bytes));
         store.limiter(|state| state);
         let deadline_ticks = (limits.call_timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
-        Self { store, limits, deadline_ticks, poisoned: None }
+        Self { store, calls, limits, deadline_ticks, poisoned: None }
     }
 
     pub(crate) fn plugin(&self) -> &str {
@@ -286,25 +343,28 @@ impl Sandbox {
                 result
             });
             store.data_mut().flush_output();
-            outcome
+            let fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+            (outcome, fuel_used)
         };
-        let outcome = if tokio::runtime::Handle::try_current().is_ok() {
+        let (outcome, fuel_used) = if tokio::runtime::Handle::try_current().is_ok() {
             // This thread may be driving a Tokio runtime, where WASI's
             // blocking host calls panic: run the call where blocking is
             // legal. (Callers that make many calls, like the planner, run
             // them all on a plain thread, so this is the rare path.)
             std::thread::scope(|scope| match std::thread::Builder::new().name("compactor-plugin".into()).spawn_scoped(scope, run) {
-                Ok(thread) => thread.join().unwrap_or_else(|panic| Err(host_panic(&*panic))),
-                Err(e) => Err(wasmtime::Error::msg(format!("cannot start a thread for the plugin call: {e}"))),
+                Ok(thread) => thread.join().unwrap_or_else(|panic| (Err(host_panic(&*panic)), 0)),
+                Err(e) => (Err(wasmtime::Error::msg(format!("cannot start a thread for the plugin call: {e}"))), 0),
             })
         } else {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|panic| Err(host_panic(&*panic)))
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|panic| (Err(host_panic(&*panic)), 0))
         };
-        outcome.map_err(|error| {
+        let outcome = outcome.map_err(|error| {
             let error = self.classify(export, error);
             self.poisoned = Some(error.to_string());
             error
-        })
+        });
+        self.calls.record(fuel_used, outcome.as_ref().err());
+        outcome
     }
 
     fn classify(&mut self, export: &'static str, error: wasmtime::Error) -> PluginError {
@@ -387,7 +447,7 @@ mod tests {
         let engine = shared_engine().unwrap();
         let module = wasmtime::Module::new(engine, wat).unwrap();
         let limits = PluginLimits { memory_bytes: limit, ..PluginLimits::default() };
-        let mut sandbox = Sandbox::new(engine, "test:memories".into(), limits);
+        let mut sandbox = Sandbox::new(engine, "test:memories".into(), limits, Arc::default());
         sandbox.call("instantiate", |store| wasmtime::Linker::new(engine).instantiate(store, &module).map(drop))
     }
 

@@ -9,7 +9,7 @@ use crate::bindings::tier::{TierPolicy, TierPolicyPre};
 use crate::bindings::types;
 use crate::contract::Contract;
 use crate::output::sanitize;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{CallCounts, CallStats, Sandbox};
 use crate::{LoadStats, PluginError, PluginRuntime, World, wrong_world};
 use compactor_model::{Partition, PartitionLevel};
 
@@ -36,6 +36,8 @@ pub struct TierPlugin {
     name: Arc<str>,
     contract: Contract,
     stats: LoadStats,
+    content_hash: Arc<str>,
+    calls: Arc<CallStats>,
     engine: &'static wasmtime::Engine,
     pre: TierPolicyPre<crate::PluginState>,
 }
@@ -49,7 +51,15 @@ impl TierPlugin {
             plugin: loaded.name.to_string(),
             reason: format!("does not match the tier-policy world: {e:#}"),
         })?;
-        Ok(Self { name: loaded.name, contract: loaded.contract, stats: loaded.stats, engine: runtime.engine, pre })
+        Ok(Self {
+            name: loaded.name,
+            contract: loaded.contract,
+            stats: loaded.stats,
+            content_hash: loaded.content_hash.into(),
+            calls: Arc::default(),
+            engine: runtime.engine,
+            pre,
+        })
     }
 
     /// The plugin's display name (`builtin:hourly` or its path).
@@ -67,6 +77,16 @@ impl TierPlugin {
         self.stats
     }
 
+    /// SHA-256 of the component's bytes, hex.
+    pub fn content_hash(&self) -> &str {
+        &self.content_hash
+    }
+
+    /// What the calls of every instance made from this plugin did so far.
+    pub fn call_counts(&self) -> CallCounts {
+        self.calls.read()
+    }
+
     /// Creates a store and instantiates the component without configuring
     /// it, then drops both: the bare cost of a fresh instance.
     pub fn instantiate_bare(&self, limits: PluginLimits) -> Result<(), PluginError> {
@@ -74,7 +94,7 @@ impl TierPlugin {
     }
 
     fn fresh(&self, limits: PluginLimits) -> Result<(Sandbox, TierPolicy), PluginError> {
-        let mut sandbox = Sandbox::new(self.engine, self.name.clone(), limits);
+        let mut sandbox = Sandbox::new(self.engine, self.name.clone(), limits, self.calls.clone());
         let pre = &self.pre;
         let bindings = sandbox.call("instantiate", |store| pre.instantiate(store))?;
         Ok((sandbox, bindings))

@@ -1,0 +1,569 @@
+//! The HTTP API of `compactor run`: Arc's `/api/v1/compaction/*` routes with
+//! Arc's JSON field names (spec §14), the partition outlook ("when will my
+//! partition be compacted, and why not yet?"), the plugins, health and
+//! readiness, and Prometheus metrics at `/metrics`.
+//!
+//! Reading is open; changing (trigger, reload) needs the bearer token from
+//! `[api] token` or `COMPACTOR_API_TOKEN`, and is refused outright when no
+//! token is configured. Every error is JSON: `{"error": "..."}`.
+
+pub mod debt;
+pub mod metrics;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde_json::{Value, json};
+
+use crate::debt::Debt;
+use crate::metrics::Metrics;
+use compactor_engine::config::parse_schedule;
+use compactor_engine::manager::{CycleOptions, GateDecision, Manager};
+
+/// How long `/candidates` may plan (Arc's deadline).
+const CANDIDATES_DEADLINE: Duration = Duration::from_secs(30);
+/// How often debt is recomputed between cycles.
+const DEBT_INTERVAL: Duration = Duration::from_secs(300);
+/// Arc's history route returns at most this many records.
+const HISTORY_MAX: usize = 10;
+
+/// The API of one engine.
+#[derive(Clone)]
+pub struct Api {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    manager: Arc<Manager>,
+    metrics: Arc<Metrics>,
+    token: Option<String>,
+    ready: AtomicBool,
+    scheduling: RwLock<Scheduling>,
+    debt: RwLock<Option<Debt>>,
+    debt_wanted: tokio::sync::Notify,
+}
+
+/// Whether the schedulers run, and what the gate said.
+#[derive(Debug, Clone, Default)]
+struct Scheduling {
+    running: bool,
+    gate: GateDecision,
+}
+
+impl Api {
+    /// The API over `manager`; its metrics follow the manager's events from
+    /// now on. `token` guards the mutating endpoints (none: refused).
+    pub fn new(manager: Arc<Manager>, token: Option<String>) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new()?);
+        metrics::attach(&metrics, &manager);
+        let api = Self {
+            inner: Arc::new(Inner {
+                manager,
+                metrics,
+                token,
+                ready: AtomicBool::new(false),
+                scheduling: RwLock::default(),
+                debt: RwLock::default(),
+                debt_wanted: tokio::sync::Notify::new(),
+            }),
+        };
+        let wake = Arc::downgrade(&api.inner);
+        api.inner.manager.subscribe(move |event| {
+            if let (compactor_engine::manager::Progress::CycleFinished { .. }, Some(inner)) = (&event, wake.upgrade()) {
+                inner.debt_wanted.notify_one();
+            }
+        });
+        Ok(api)
+    }
+
+    /// Marks the engine ready (store checked, start-up recovery done) and
+    /// says whether its schedulers run.
+    pub fn set_ready(&self, schedulers_running: bool, gate: GateDecision) {
+        *self.inner.scheduling.write().unwrap_or_else(|e| e.into_inner()) = Scheduling { running: schedulers_running, gate };
+        self.inner.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Every route.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text))
+            .route("/api/v1/compaction/status", get(status))
+            .route("/api/v1/compaction/stats", get(stats))
+            .route("/api/v1/compaction/candidates", get(candidates))
+            .route("/api/v1/compaction/jobs", get(jobs))
+            .route("/api/v1/compaction/history", get(history))
+            .route("/api/v1/compaction/trigger", post(trigger))
+            .route("/api/v1/compaction/partitions/{database}/{measurement}", get(partitions))
+            .route("/api/v1/plugins", get(plugins))
+            .route("/api/v1/plugins/reload", post(reload))
+            .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+            .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint".into()) })
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves; keeps the debt gauges
+    /// fresh meanwhile.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let refresher = tokio::spawn(self.clone().refresh_debt());
+        let served = axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await;
+        refresher.abort();
+        served
+    }
+
+    /// Recomputes debt now, after each cycle, and every [`DEBT_INTERVAL`].
+    async fn refresh_debt(self) {
+        loop {
+            match debt::compute(&self.inner.manager).await {
+                Ok(debt) => *self.inner.debt.write().unwrap_or_else(|e| e.into_inner()) = Some(debt),
+                Err(e) => tracing::warn!(error = %e, "cannot compute compaction debt"),
+            }
+            tokio::select! {
+                () = self.inner.debt_wanted.notified() => {}
+                () = tokio::time::sleep(DEBT_INTERVAL) => {}
+            }
+        }
+    }
+
+    fn manager(&self) -> &Manager {
+        &self.inner.manager
+    }
+}
+
+/// A JSON error.
+fn error(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+fn ok(value: Value) -> Response {
+    axum::Json(value).into_response()
+}
+
+/// Lets a mutating request through, or answers it.
+fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
+    let refuse = |status: StatusCode, message: &str| (status, axum::Json(json!({ "success": false, "error": message }))).into_response();
+    let Some(expected) = &api.inner.token else {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "mutating endpoints are disabled: no API token is configured ([api] token or COMPACTOR_API_TOKEN)",
+        ));
+    };
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        None => Err(refuse(StatusCode::UNAUTHORIZED, "Authentication required")),
+        Some(token) if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(refuse(StatusCode::UNAUTHORIZED, "Invalid token")),
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal a prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz() -> Response {
+    ok(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(api): State<Api>) -> Response {
+    if api.inner.ready.load(Ordering::SeqCst) {
+        ok(json!({ "ready": true }))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "ready": false, "error": "starting: start-up recovery has not finished" })))
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(api): State<Api>) -> Response {
+    let debt = api.inner.debt.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let text = api.inner.metrics.render(api.manager(), debt.as_ref());
+    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response()
+}
+
+async fn status(State(api): State<Api>) -> Response {
+    let manager = api.manager();
+    let stats = manager.stats();
+    let scheduling = api.inner.scheduling.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut schedulers = serde_json::Map::new();
+    for tier in manager.config().tiers.iter().filter(|t| t.enabled) {
+        let mut status = json!({
+            "enabled": true,
+            "running": scheduling.running,
+            "schedule": tier.effective_schedule(),
+        });
+        if scheduling.running
+            && let Ok(schedule) = parse_schedule(tier.effective_schedule())
+            && let Some(next) = schedule.upcoming(Utc).next()
+        {
+            status["next_run"] = json!(next.to_rfc3339());
+        }
+        if let GateDecision::Allowed { .. } | GateDecision::Denied { .. } | GateDecision::Failed { .. } = &scheduling.gate {
+            status["role_gated"] = json!(!scheduling.gate.allows());
+            status["gate_role"] = json!(manager.config().cluster.role);
+        }
+        schedulers.insert(tier.name.clone(), status);
+    }
+    ok(json!({
+        "manager": {
+            "active_jobs": manager.active_jobs().len(),
+            "total_completed": stats.total_jobs_completed,
+            "total_failed": stats.total_jobs_failed,
+            "cycle_running": manager.is_cycle_running(),
+            "current_cycle_id": manager.current_cycle_id(),
+            "engine_id": manager.engine_id(),
+        },
+        "schedulers": schedulers,
+    }))
+}
+
+async fn stats(State(api): State<Api>) -> Response {
+    let manager = api.manager();
+    let stats = manager.stats();
+    let recent = manager.recent_jobs();
+    let mut body = json!({
+        "total_jobs_completed": stats.total_jobs_completed,
+        "total_jobs_failed": stats.total_jobs_failed,
+        "total_files_compacted": stats.total_files_compacted,
+        "total_bytes_saved": stats.total_bytes_saved,
+        "total_bytes_saved_mb": stats.total_bytes_saved as f64 / 1024.0 / 1024.0,
+        // Arc's key, spelled as Arc spells it.
+        "total_manifests_recover": stats.total_manifests_recovered,
+        "total_manifests_quarantined": stats.total_manifests_quarantined,
+        "total_cycles": stats.total_cycles,
+        "cycle_running": manager.is_cycle_running(),
+        "current_cycle_id": manager.current_cycle_id(),
+        "recent_jobs": recent,
+    });
+    let tiers: Vec<Value> = manager
+        .config()
+        .tiers
+        .iter()
+        .map(|tier| {
+            let jobs = recent.iter().filter(|j| j.tier == tier.name);
+            json!({
+                "name": tier.name,
+                "enabled": tier.enabled,
+                "plugin": tier.plugin,
+                "schedule": tier.effective_schedule(),
+                "recent_jobs": jobs.count(),
+            })
+        })
+        .collect();
+    if !tiers.is_empty() {
+        body["tiers"] = Value::Array(tiers);
+    }
+    ok(body)
+}
+
+async fn candidates(State(api): State<Api>) -> Response {
+    let planned = tokio::time::timeout(CANDIDATES_DEADLINE, api.manager().plan(&CycleOptions::default())).await;
+    let plan = match planned {
+        Ok(Ok(plan)) => plan,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("Failed to find candidates: {e}")),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "Failed to find candidates: planning took longer than 30 s".into()),
+    };
+    // One candidate per tier and partition, as Arc lists them (before batching).
+    let mut grouped: BTreeMap<(String, String), Value> = BTreeMap::new();
+    for batch in &plan.batches {
+        let c = &batch.candidate;
+        let entry = grouped.entry((c.tier.clone(), c.partition_path.clone())).or_insert_with(|| {
+            json!({ "database": c.database, "measurement": c.measurement, "partition_path": c.partition_path, "file_count": 0, "tier": c.tier })
+        });
+        entry["file_count"] = json!(entry["file_count"].as_u64().unwrap_or(0) + c.files.len() as u64);
+    }
+    let candidates: Vec<Value> = grouped.into_values().collect();
+    ok(json!({ "count": candidates.len(), "candidates": candidates }))
+}
+
+async fn jobs(State(api): State<Api>) -> Response {
+    let active = api.manager().active_jobs();
+    ok(json!({ "active_jobs": active.len(), "jobs": active }))
+}
+
+async fn history(State(api): State<Api>, Query(query): Query<HashMap<String, String>>) -> Response {
+    // Arc: a missing, non-integer or non-positive limit means 10, and no
+    // more than 10 are returned.
+    let limit = query.get("limit").and_then(|l| l.trim().parse::<usize>().ok()).filter(|l| *l >= 1).unwrap_or(HISTORY_MAX).min(HISTORY_MAX);
+    let manager = api.manager();
+    match manager.history().recent(limit).await {
+        Ok((records, unreadable)) => {
+            for entry in &unreadable {
+                tracing::warn!(key = %entry.key, error = %entry.error, "unreadable history entry");
+            }
+            ok(json!({ "total_jobs": manager.stats().total_jobs_completed, "recent_jobs": records }))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the job history: {e}")),
+    }
+}
+
+/// Arc's rule for database names.
+fn valid_database(name: &str) -> bool {
+    let mut chars = name.chars();
+    (1..=64).contains(&name.len())
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn parse_bool(field: &str, value: &str) -> Result<bool, Response> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(error(StatusCode::BAD_REQUEST, format!("invalid {field}: {value:?} (expected true or false)"))),
+    }
+}
+
+/// The trigger's parameters, from the query string (Arc) or a JSON body.
+fn trigger_parameters(query: &HashMap<String, String>, body: &Bytes) -> Result<HashMap<String, String>, Response> {
+    let mut parameters = query.clone();
+    if body.iter().any(|b| !b.is_ascii_whitespace()) {
+        let parsed: serde_json::Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
+            error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e} (expected an object with tier, database, force)"))
+        })?;
+        for (key, value) in parsed {
+            let text = match value {
+                Value::String(s) => s,
+                Value::Array(items) => items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+                other => other.to_string(),
+            };
+            parameters.insert(key, text);
+        }
+    }
+    if let Some(unknown) = parameters.keys().find(|k| !["tier", "database", "force"].contains(&k.as_str())) {
+        return Err(error(StatusCode::BAD_REQUEST, format!("unknown parameter {unknown:?} (expected tier, database, force)")));
+    }
+    Ok(parameters)
+}
+
+async fn trigger(State(api): State<Api>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>, body: Bytes) -> Response {
+    if let Err(refused) = authorize(&api, &headers) {
+        return refused;
+    }
+    let parameters = match trigger_parameters(&query, &body) {
+        Ok(parameters) => parameters,
+        Err(response) => return response,
+    };
+    let manager = api.manager();
+    let database = parameters.get("database").map(|d| d.trim().to_owned()).filter(|d| !d.is_empty());
+    if let Some(db) = &database
+        && !valid_database(db)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Invalid database name: must start with a letter and contain only alphanumeric characters, underscores, or hyphens (max 64 characters)"
+                .into(),
+        );
+    }
+    let requested: Vec<String> = parameters
+        .get("tier")
+        .map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let configured: Vec<&str> = manager.config().tiers.iter().map(|t| t.name.as_str()).collect();
+    if let Some(unknown) = requested.iter().find(|t| !configured.contains(&t.as_str())) {
+        return error(StatusCode::BAD_REQUEST, format!("unknown tier {unknown:?} in tier (configured: {})", configured.join(", ")));
+    }
+    let force = match parameters.get("force").map(|f| parse_bool("force", f)).transpose() {
+        Ok(force) => force.unwrap_or(false),
+        Err(response) => return response,
+    };
+    let ticket = match manager.begin_cycle() {
+        Ok(ticket) => ticket,
+        Err(_) => {
+            return (
+                StatusCode::CONFLICT,
+                axum::Json(json!({
+                    "error": "Compaction cycle already running",
+                    "message": "A compaction cycle is already in progress. Please wait for it to complete.",
+                    "cycle_id": manager.current_cycle_id(),
+                    "is_running": true,
+                })),
+            )
+                .into_response();
+        }
+    };
+    let cycle_id = ticket.cycle_id;
+    let tiers: Vec<String> = if requested.is_empty() {
+        manager.config().tiers.iter().filter(|t| t.enabled).map(|t| t.name.clone()).collect()
+    } else {
+        requested.clone()
+    };
+    let options = CycleOptions { now: None, tiers: requested, database: database.clone(), force };
+    let running = api.inner.manager.clone();
+    tokio::spawn(async move {
+        match running.run_begun_cycle(ticket, options).await {
+            Ok(report) => tracing::info!(cycle_id, jobs = report.jobs.len(), failed = report.failed().count(), "triggered cycle finished"),
+            Err(e) => tracing::error!(cycle_id, error = %e, "triggered cycle failed"),
+        }
+    });
+    let mut body = json!({
+        "message": "Compaction triggered",
+        "status": "running",
+        "tiers": if tiers.is_empty() { Value::Null } else { json!(tiers) },
+        "cycle_id": cycle_id,
+        "force": force,
+    });
+    if let Some(db) = database {
+        body["database"] = json!(db);
+    }
+    ok(body)
+}
+
+/// A time bound: RFC 3339, `YYYY-MM-DDTHH:MM:SS` (UTC), or a date.
+fn parse_time(field: &str, value: &str) -> Result<DateTime<Utc>, Response> {
+    let value = value.trim();
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S").map(|t| t.and_utc()))
+        .or_else(|_| NaiveDate::parse_from_str(value, "%Y-%m-%d").map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()))
+        .map_err(|_| {
+            error(StatusCode::BAD_REQUEST, format!("invalid {field}: {value:?} (expected RFC 3339, e.g. 2026-04-11T14:00:00Z, or a date)"))
+        })
+}
+
+/// A database or measurement name that is one key segment.
+fn valid_segment(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.starts_with('.') && name.len() <= 255
+}
+
+async fn partitions(
+    State(api): State<Api>,
+    Path((database, measurement)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    for (field, value) in [("database", &database), ("measurement", &measurement)] {
+        if !valid_segment(value) {
+            return error(StatusCode::BAD_REQUEST, format!("invalid {field}: {value:?}"));
+        }
+    }
+    if let Some(unknown) = query.keys().find(|k| !["from", "to", "now"].contains(&k.as_str())) {
+        return error(StatusCode::BAD_REQUEST, format!("unknown parameter {unknown:?} (expected from, to, now)"));
+    }
+    let bound = |field: &str| query.get(field).filter(|v| !v.trim().is_empty()).map(|v| parse_time(field, v)).transpose();
+    let (from, to, now) = match (bound("from"), bound("to"), bound("now")) {
+        (Ok(from), Ok(to), Ok(now)) => (from, to, now.unwrap_or_else(Utc::now)),
+        (Err(response), ..) | (_, Err(response), _) | (.., Err(response)) => return response,
+    };
+    if let (Some(from), Some(to)) = (from, to)
+        && from >= to
+    {
+        return error(StatusCode::BAD_REQUEST, format!("invalid to: {} is not after from ({})", to.to_rfc3339(), from.to_rfc3339()));
+    }
+    let described = match api.manager().partition_outlook(&database, &measurement, from, to, now).await {
+        Ok(described) => described,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot list {database}/{measurement}/: {e}")),
+    };
+    if described.is_empty() && from.is_none() && to.is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no Parquet files under {database}/{measurement}/"));
+    }
+    ok(json!({
+        "database": database,
+        "measurement": measurement,
+        "now": now.to_rfc3339(),
+        "count": described.len(),
+        "truncated": described.len() >= compactor_engine::outlook::MAX_PARTITIONS,
+        "partitions": described,
+    }))
+}
+
+fn plugin_list(manager: &Manager) -> Vec<Value> {
+    manager
+        .tiers()
+        .iter()
+        .map(|tier| match &tier.policy {
+            Ok(policy) => {
+                let counts = policy.call_counts();
+                json!({
+                    "tier": tier.name,
+                    "name": policy.name(),
+                    "enabled": tier.enabled,
+                    "wit_version": policy.wit_version(),
+                    "content_hash": policy.content_hash(),
+                    "load_error": Value::Null,
+                    "limits": {
+                        "fuel_per_call": tier.limits.fuel_per_call,
+                        "memory_bytes": tier.limits.memory_bytes,
+                        "call_timeout_ms": tier.limits.call_timeout.as_millis() as u64,
+                    },
+                    "calls": counts.calls,
+                    "fuel_used": counts.fuel_used,
+                    "traps": counts.traps,
+                    "timeouts": counts.timeouts,
+                    "out_of_fuel": counts.out_of_fuel,
+                    "out_of_memory": counts.out_of_memory,
+                    "suspended": false,
+                })
+            }
+            Err(load_error) => json!({
+                "tier": tier.name,
+                "name": manager.config().tiers.iter().find(|t| t.name == tier.name).map(|t| t.plugin.clone()),
+                "enabled": tier.enabled,
+                "wit_version": Value::Null,
+                "content_hash": Value::Null,
+                "load_error": load_error,
+                "calls": 0, "fuel_used": 0, "traps": 0, "timeouts": 0, "out_of_fuel": 0, "out_of_memory": 0,
+                "suspended": false,
+            }),
+        })
+        .collect()
+}
+
+async fn plugins(State(api): State<Api>) -> Response {
+    ok(json!({
+        "host_wit_version": compactor_runtime::host_wit_version().to_string(),
+        "plugins": plugin_list(api.manager()),
+    }))
+}
+
+async fn reload(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if let Err(refused) = authorize(&api, &headers) {
+        return refused;
+    }
+    let manager = api.inner.manager.clone();
+    // Compiling a component takes a while and blocks: off the runtime's threads.
+    let outcome = tokio::task::spawn_blocking(move || manager.reload_plugins()).await;
+    match outcome {
+        Ok(Ok(_)) => ok(json!({ "reloaded": true, "plugins": plugin_list(api.manager()) })),
+        Ok(Err(message)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({ "reloaded": false, "error": format!("{message}; the running plugins are kept") })),
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the reload failed (a bug in compactor): {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_follow_arc() {
+        for good in ["a", "db_1", "my-db", &"a".repeat(64)] {
+            assert!(valid_database(good), "{good}");
+        }
+        for bad in ["", "1db", "a b", "_x", &"a".repeat(65), "db/x", "dé"] {
+            assert!(!valid_database(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secre", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+    }
+}

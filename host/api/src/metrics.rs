@@ -1,0 +1,261 @@
+//! Prometheus metrics, in the classic text exposition format.
+//!
+//! Job counters are fed from the job records the manager publishes, which
+//! carry what the child processes did (files, bytes, rows, requests): unlike
+//! Arc's (spec §7.10), they count the work of jobs. The rest is read from
+//! the manager at each scrape: plugin call counters, the engine's own store
+//! requests, jobs in flight, and compaction debt (from the last outlook).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::debt::Debt;
+use compactor_engine::manager::{CycleReport, JobRecord, Manager, Progress};
+use compactor_job::manifest::RecoveryReport;
+use compactor_storage::RequestCost;
+
+/// Every metric of one engine.
+pub struct Metrics {
+    registry: Registry,
+    jobs: IntCounterVec,
+    files_read: IntCounterVec,
+    files_written: IntCounterVec,
+    bytes_read: IntCounterVec,
+    bytes_written: IntCounterVec,
+    rows_read: IntCounterVec,
+    rows_written: IntCounterVec,
+    job_duration: HistogramVec,
+    cycles: IntCounter,
+    cycle_duration: Histogram,
+    recovery: IntCounterVec,
+    quarantined: IntCounter,
+    store_requests: IntCounterVec,
+    plugin_calls: IntCounterVec,
+    plugin_fuel: IntCounterVec,
+    plugin_traps: IntCounterVec,
+    plugin_timeouts: IntCounterVec,
+    plugin_out_of_fuel: IntCounterVec,
+    plugin_out_of_memory: IntCounterVec,
+    plugin_loaded: IntGaugeVec,
+    active_jobs: IntGauge,
+    cycle_running: IntGauge,
+    debt_files: IntGaugeVec,
+    debt_partitions: IntGaugeVec,
+    debt_oldest_age: IntGaugeVec,
+    debt_updated: IntGauge,
+    /// Last readings of counters kept elsewhere, to add only what is new.
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let metric = IntGauge::new(name, help)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+impl Metrics {
+    /// The metrics, registered.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new_custom(Some("compactor".into()), None)?;
+        let r = &registry;
+        let tier = &["tier"];
+        let job_duration = HistogramVec::new(
+            HistogramOpts::new("job_duration_seconds", "Wall time of a batch, all attempts included.")
+                .buckets(prometheus::exponential_buckets(0.05, 2.0, 16)?),
+            tier,
+        )?;
+        registry.register(Box::new(job_duration.clone()))?;
+        let cycle_duration = Histogram::with_opts(
+            HistogramOpts::new("cycle_duration_seconds", "Wall time of a compaction cycle.")
+                .buckets(prometheus::exponential_buckets(0.05, 2.0, 18)?),
+        )?;
+        registry.register(Box::new(cycle_duration.clone()))?;
+        let cycles = IntCounter::new("cycles_total", "Compaction cycles finished.")?;
+        registry.register(Box::new(cycles.clone()))?;
+        let quarantined = IntCounter::new("manifests_quarantined_total", "Unparseable recovery manifests moved aside.")?;
+        registry.register(Box::new(quarantined.clone()))?;
+        let plugin = &["tier", "plugin"];
+        Ok(Self {
+            jobs: counter_vec(r, "jobs_total", "Batches compacted, by tier and outcome (success, failure).", &["tier", "outcome"])?,
+            files_read: counter_vec(r, "job_files_read_total", "Input files merged and removed by jobs.", tier)?,
+            files_written: counter_vec(r, "job_files_written_total", "Output files written by jobs.", tier)?,
+            bytes_read: counter_vec(r, "job_bytes_read_total", "Bytes of the inputs merged by jobs.", tier)?,
+            bytes_written: counter_vec(r, "job_bytes_written_total", "Bytes of the outputs written by jobs.", tier)?,
+            rows_read: counter_vec(r, "job_rows_read_total", "Rows read by jobs.", tier)?,
+            rows_written: counter_vec(r, "job_rows_written_total", "Rows written (verified) by jobs.", tier)?,
+            job_duration,
+            cycles,
+            cycle_duration,
+            recovery: counter_vec(
+                r,
+                "recovery_manifests_total",
+                "Recovery manifests resolved, by outcome (completed, rolled_back, left_live, failed, late_output_deleted).",
+                &["outcome"],
+            )?,
+            quarantined,
+            store_requests: counter_vec(
+                r,
+                "store_requests_total",
+                "Object-store requests, by kind (list, get, put, delete) and source (engine, job).",
+                &["kind", "source"],
+            )?,
+            plugin_calls: counter_vec(r, "plugin_calls_total", "Calls into a tier's policy component.", plugin)?,
+            plugin_fuel: counter_vec(r, "plugin_fuel_used_total", "Fuel a tier's policy consumed.", plugin)?,
+            plugin_traps: counter_vec(r, "plugin_traps_total", "Policy calls that trapped.", plugin)?,
+            plugin_timeouts: counter_vec(r, "plugin_timeouts_total", "Policy calls stopped at their deadline.", plugin)?,
+            plugin_out_of_fuel: counter_vec(r, "plugin_out_of_fuel_total", "Policy calls that ran out of fuel.", plugin)?,
+            plugin_out_of_memory: counter_vec(r, "plugin_out_of_memory_total", "Policy calls over the memory cap.", plugin)?,
+            plugin_loaded: gauge_vec(
+                r,
+                "plugin_loaded",
+                "1 when the tier's policy is loaded (labels name its build), 0 when it failed to load.",
+                &["tier", "plugin", "wit_version", "content_hash"],
+            )?,
+            active_jobs: gauge(r, "active_jobs", "Batches being compacted now.")?,
+            cycle_running: gauge(r, "cycle_running", "1 while a compaction cycle runs.")?,
+            debt_files: gauge_vec(r, "debt_files", "Files a tier's policy would compact now (waiting for its next run).", tier)?,
+            debt_partitions: gauge_vec(r, "debt_partitions", "Partitions a tier's policy would compact now.", tier)?,
+            debt_oldest_age: gauge_vec(
+                r,
+                "debt_oldest_partition_age_seconds",
+                "Age of the oldest partition a tier's policy would compact now (0: none).",
+                tier,
+            )?,
+            debt_updated: gauge(r, "debt_updated_timestamp_seconds", "When the debt gauges were last computed (Unix time).")?,
+            registry,
+            seen: Mutex::default(),
+        })
+    }
+
+    /// Counts what the manager reports.
+    pub fn observe(&self, event: &Progress) {
+        match event {
+            Progress::BatchDone { record } => self.observe_job(record),
+            Progress::Recovered { report } => self.observe_recovery(report),
+            Progress::CycleFinished { report } => self.observe_cycle(report),
+            Progress::TierStarted { .. } => {}
+        }
+    }
+
+    fn observe_job(&self, record: &JobRecord) {
+        let tier = [record.tier.as_str()];
+        let outcome = if record.success { "success" } else { "failure" };
+        self.jobs.with_label_values(&[record.tier.as_str(), outcome]).inc();
+        self.files_read.with_label_values(&tier).inc_by(record.files_compacted as u64);
+        self.files_written.with_label_values(&tier).inc_by(record.files_out as u64);
+        self.bytes_read.with_label_values(&tier).inc_by(record.bytes_before);
+        self.bytes_written.with_label_values(&tier).inc_by(record.bytes_after);
+        self.rows_read.with_label_values(&tier).inc_by(record.rows_before);
+        self.rows_written.with_label_values(&tier).inc_by(record.rows_after);
+        self.job_duration.with_label_values(&tier).observe(record.duration_ms as f64 / 1000.0);
+        self.add_requests("job", record.requests);
+    }
+
+    fn observe_recovery(&self, report: &RecoveryReport) {
+        let outcomes = [
+            ("completed", report.completed),
+            ("rolled_back", report.rolled_back),
+            ("left_live", report.live),
+            ("failed", report.failed.len()),
+            ("late_output_deleted", report.late_outputs_deleted),
+        ];
+        for (outcome, count) in outcomes {
+            self.recovery.with_label_values(&[outcome]).inc_by(count as u64);
+        }
+        self.quarantined.inc_by(report.quarantined.len() as u64);
+    }
+
+    fn observe_cycle(&self, report: &CycleReport) {
+        self.cycles.inc();
+        self.cycle_duration.observe(report.duration_ms as f64 / 1000.0);
+    }
+
+    fn add_requests(&self, source: &str, cost: RequestCost) {
+        for (kind, count) in [("list", cost.list), ("get", cost.get), ("put", cost.put), ("delete", cost.delete)] {
+            self.store_requests.with_label_values(&[kind, source]).inc_by(count);
+        }
+    }
+
+    /// Adds to `counter` what a cumulative reading kept elsewhere gained
+    /// since the last scrape (a reading that went down restarted from 0:
+    /// a reloaded plugin).
+    fn follow(&self, seen: &mut HashMap<String, u64>, counter: &IntCounter, key: String, reading: u64) {
+        let last = seen.insert(key, reading).unwrap_or(0);
+        counter.inc_by(if reading >= last { reading - last } else { reading });
+    }
+
+    /// Reads the manager's live state into the gauges and followed counters.
+    fn refresh(&self, manager: &Manager, debt: Option<&Debt>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let own = manager.engine_requests();
+        for (kind, count) in [("list", own.list), ("get", own.get), ("put", own.put), ("delete", own.delete)] {
+            self.follow(&mut seen, &self.store_requests.with_label_values(&[kind, "engine"]), format!("engine/{kind}"), count);
+        }
+        self.plugin_loaded.reset();
+        for tier in manager.tiers().iter() {
+            let policy = match &tier.policy {
+                Ok(policy) => policy,
+                Err(_) => {
+                    self.plugin_loaded.with_label_values(&[tier.name.as_str(), "", "", ""]).set(0);
+                    continue;
+                }
+            };
+            let labels = [tier.name.as_str(), policy.name()];
+            let version = policy.wit_version().unwrap_or_default();
+            self.plugin_loaded.with_label_values(&[tier.name.as_str(), policy.name(), &version, policy.content_hash()]).set(1);
+            let counts = policy.call_counts();
+            let followed = [
+                (&self.plugin_calls, "calls", counts.calls),
+                (&self.plugin_fuel, "fuel", counts.fuel_used),
+                (&self.plugin_traps, "traps", counts.traps),
+                (&self.plugin_timeouts, "timeouts", counts.timeouts),
+                (&self.plugin_out_of_fuel, "out_of_fuel", counts.out_of_fuel),
+                (&self.plugin_out_of_memory, "out_of_memory", counts.out_of_memory),
+            ];
+            for (family, what, reading) in followed {
+                let key = format!("plugin/{}/{}/{what}", tier.name, policy.name());
+                self.follow(&mut seen, &family.with_label_values(&labels), key, reading);
+            }
+        }
+        self.active_jobs.set(manager.active_jobs().len() as i64);
+        self.cycle_running.set(i64::from(manager.is_cycle_running()));
+        if let Some(debt) = debt {
+            for (tier, owed) in &debt.tiers {
+                self.debt_files.with_label_values(&[tier.as_str()]).set(owed.files as i64);
+                self.debt_partitions.with_label_values(&[tier.as_str()]).set(owed.partitions as i64);
+                self.debt_oldest_age.with_label_values(&[tier.as_str()]).set(owed.oldest_age_seconds(debt.computed_at));
+            }
+            self.debt_updated.set(debt.computed_at.timestamp());
+        }
+    }
+
+    /// The exposition text, after reading the live state.
+    pub fn render(&self, manager: &Manager, debt: Option<&Debt>) -> String {
+        self.refresh(manager, debt);
+        let mut out = Vec::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode the metrics");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Keeps `metrics` up to date with `manager`'s events.
+pub fn attach(metrics: &Arc<Metrics>, manager: &Manager) {
+    let metrics = metrics.clone();
+    manager.subscribe(move |event| metrics.observe(&event));
+}

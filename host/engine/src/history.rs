@@ -1,0 +1,187 @@
+//! Job history that survives restarts: one small object per finished job
+//! under `_compaction_state/history/`, named so that listing order is time
+//! order, and pruned to `[history] max_records` after each cycle.
+//!
+//! The objects end in `.jsonl`, not `.json`: Arc lists `.json` keys under
+//! `_compaction_state/` as recovery manifests, and so does our manifest
+//! store; a history entry must never be mistaken for one. The store is the
+//! lake's own, so every engine sharing it sees one history, and a machine
+//! replaced keeps it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+
+use crate::manager::JobRecord;
+use compactor_storage::{COMPACTION_STATE_ROOT, Storage, StorageError};
+
+/// Where history entries live.
+pub fn history_prefix() -> String {
+    format!("{COMPACTION_STATE_ROOT}/history/")
+}
+
+/// Reads in flight at once when loading entries.
+const CONCURRENT_READS: usize = 16;
+
+/// The lake's job history.
+#[derive(Clone)]
+pub struct History {
+    storage: Storage,
+    engine: String,
+    max_records: usize,
+    written: std::sync::Arc<AtomicU64>,
+}
+
+/// An entry that could not be read (its key and why): reported, never fatal.
+#[derive(Debug, Clone)]
+pub struct UnreadableEntry {
+    /// The object's key.
+    pub key: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+impl History {
+    /// The history in `storage`, written by engine `engine`, kept to
+    /// `max_records` entries (0: nothing is recorded).
+    pub fn new(storage: Storage, engine: &str, max_records: usize) -> Self {
+        Self { storage, engine: engine.to_owned(), max_records, written: Default::default() }
+    }
+
+    /// Records one finished job. The key starts with the finish time in
+    /// milliseconds (13 digits until the year 2286), then the engine and a
+    /// sequence number, so that two engines never collide.
+    pub async fn append(&self, record: &JobRecord) -> Result<(), StorageError> {
+        if self.max_records == 0 {
+            return Ok(());
+        }
+        let sequence = self.written.fetch_add(1, Ordering::Relaxed);
+        let key = format!("{}{:013}-{}-{sequence:06}.jsonl", history_prefix(), record.finished_at.timestamp_millis().max(0), self.engine);
+        // A record is strings and numbers: encoding cannot fail, but a bug
+        // here must not stop the cycle.
+        let mut line = match serde_json::to_vec(record) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(%key, error = %e, "cannot encode a history entry; it is not recorded");
+                return Ok(());
+            }
+        };
+        line.push(b'\n');
+        self.storage.write(&key, line).await
+    }
+
+    /// Keys of every entry, oldest first.
+    async fn keys(&self) -> Result<Vec<String>, StorageError> {
+        let mut keys: Vec<String> =
+            self.storage.list(&history_prefix()).await?.into_iter().map(|f| f.key).filter(|k| k.ends_with(".jsonl")).collect();
+        keys.sort_by(|a, b| entry_name(a).cmp(entry_name(b)));
+        Ok(keys)
+    }
+
+    /// The `limit` most recent entries, oldest first, and those that could
+    /// not be read.
+    pub async fn recent(&self, limit: usize) -> Result<(Vec<JobRecord>, Vec<UnreadableEntry>), StorageError> {
+        let keys = self.keys().await?;
+        let wanted = &keys[keys.len().saturating_sub(limit)..];
+        // Owned keys and store: a future borrowing them is not `Send` for
+        // every lifetime, which an axum handler needs.
+        let reads = futures::stream::iter(wanted.iter().cloned().map(|key| {
+            let storage = self.storage.clone();
+            async move {
+                let outcome = match storage.read(&key).await {
+                    Ok(bytes) => serde_json::from_slice::<JobRecord>(&bytes).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                outcome.map_err(|error| UnreadableEntry { key, error })
+            }
+        }))
+        .buffered(CONCURRENT_READS)
+        .collect::<Vec<_>>()
+        .await;
+        let mut records = Vec::new();
+        let mut unreadable = Vec::new();
+        for read in reads {
+            match read {
+                Ok(record) => records.push(record),
+                Err(entry) => unreadable.push(entry),
+            }
+        }
+        Ok((records, unreadable))
+    }
+
+    /// Deletes the oldest entries beyond `max_records`; returns how many.
+    /// Engines sharing the store may prune at once: an entry already gone is
+    /// not an error.
+    pub async fn prune(&self) -> Result<usize, StorageError> {
+        if self.max_records == 0 {
+            return Ok(0);
+        }
+        let keys = self.keys().await?;
+        let excess = keys.len().saturating_sub(self.max_records);
+        for key in &keys[..excess] {
+            self.storage.delete(key).await?;
+        }
+        Ok(excess)
+    }
+}
+
+/// The part of a key that orders entries: its name after the prefix.
+fn entry_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn record(minute: u32, partition: &str) -> JobRecord {
+        JobRecord {
+            partition_path: partition.into(),
+            finished_at: Utc.with_ymd_and_hms(2026, 4, 11, 10, minute, 0).unwrap(),
+            success: true,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_the_newest_entries_in_time_order_across_engines() {
+        let storage = Storage::in_memory();
+        let a = History::new(storage.clone(), "engine-a", 3);
+        let b = History::new(storage.clone(), "engine-b", 3);
+        a.append(&record(5, "p5")).await.unwrap();
+        b.append(&record(1, "p1")).await.unwrap();
+        a.append(&record(3, "p3")).await.unwrap();
+        b.append(&record(9, "p9")).await.unwrap();
+        let (all, unreadable) = a.recent(10).await.unwrap();
+        assert!(unreadable.is_empty());
+        let order: Vec<&str> = all.iter().map(|r| r.partition_path.as_str()).collect();
+        assert_eq!(order, ["p1", "p3", "p5", "p9"]);
+        assert_eq!(a.prune().await.unwrap(), 1);
+        let (kept, _) = b.recent(2).await.unwrap();
+        let order: Vec<&str> = kept.iter().map(|r| r.partition_path.as_str()).collect();
+        assert_eq!(order, ["p5", "p9"]);
+    }
+
+    #[tokio::test]
+    async fn entries_are_not_recovery_manifests() {
+        let storage = Storage::in_memory();
+        History::new(storage.clone(), "e", 10).append(&record(1, "p")).await.unwrap();
+        let listed = storage.list(COMPACTION_STATE_ROOT).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(!listed[0].key.ends_with(".json"), "{}", listed[0].key);
+        let manifests = compactor_job::manifest::ManifestStore::new(storage).list().await.unwrap();
+        assert!(manifests.is_empty(), "{manifests:?}");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_entry_is_reported_not_fatal() {
+        let storage = Storage::in_memory();
+        let history = History::new(storage.clone(), "e", 10);
+        history.append(&record(1, "p")).await.unwrap();
+        storage.write(&format!("{}0000000000000-x-000000.jsonl", history_prefix()), "{cut").await.unwrap();
+        let (records, unreadable) = history.recent(10).await.unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(unreadable.len(), 1);
+    }
+}
