@@ -20,6 +20,9 @@ pub(crate) struct TestConfig {
     cluster: toml::Table,
     #[serde(skip_serializing_if = "toml::Table::is_empty")]
     coordination: toml::Table,
+    /// Other sections (`[api]`, `[history]`, `[log]`), by name.
+    #[serde(flatten)]
+    sections: BTreeMap<String, toml::Table>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,7 +56,15 @@ impl TestConfig {
             tiers: Vec::new(),
             cluster: toml::Table::new(),
             coordination: toml::Table::new(),
+            sections: BTreeMap::new(),
         }
+    }
+
+    /// One key of a section without a method of its own (`[api]`,
+    /// `[history]`, `[log]`).
+    pub(crate) fn section(mut self, section: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.sections.entry(section.into()).or_default().insert(key.into(), value.into());
+        self
     }
 
     /// `[plugins.limits]`, e.g. a table with `call_timeout_ms`.
@@ -106,6 +117,14 @@ impl TestConfig {
             tier.insert("config".into(), toml::Value::Table(config.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()));
         }
         self.tiers.push(tier);
+        self
+    }
+
+    /// The same `schedule` for every tier so far.
+    pub(crate) fn schedules(mut self, cron: &str) -> Self {
+        for tier in &mut self.tiers {
+            tier.insert("schedule".into(), cron.into());
+        }
         self
     }
 

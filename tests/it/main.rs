@@ -1,6 +1,7 @@
 //! Integration tests of the compactor host: the built-in policies run as
 //! components, the sandbox against hostile components, and the command line.
 
+mod api;
 mod cli;
 mod compaction;
 mod engines;

@@ -117,10 +117,11 @@ pub(crate) fn is_lease(key: &str) -> bool {
     key.starts_with("_compaction_state/leases/")
 }
 
-/// What coordination keeps on purpose: lease objects, and the outcome of an
-/// aborted job, kept for a week as a fence against its late upload.
+/// What the engine keeps on purpose: lease objects, the outcome of an
+/// aborted job (kept for a week as a fence against its late upload), and
+/// the job history.
 pub(crate) fn is_coordination_state(key: &str, content: impl FnOnce() -> String) -> bool {
-    is_lease(key) || key.ends_with(".outcome") && content().contains("\"aborted\"")
+    is_lease(key) || key.starts_with("_compaction_state/history/") || key.ends_with(".outcome") && content().contains("\"aborted\"")
 }
 
 /// Every file below `root`, relative and sorted, except what coordination

@@ -145,9 +145,34 @@ impl Api {
     }
 }
 
+/// A JSON error answer: `{"error": message}`, or a body of its own.
+struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: String) -> Self {
+        Self { status, body: json!({ "error": message }) }
+    }
+
+    fn bad_request(message: String) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+/// What a handler answers.
+type Answer = Result<Response, ApiError>;
+
 /// A JSON error.
 fn error(status: StatusCode, message: String) -> Response {
-    (status, axum::Json(json!({ "error": message }))).into_response()
+    ApiError::new(status, message).into_response()
 }
 
 fn ok(value: Value) -> Response {
@@ -155,8 +180,8 @@ fn ok(value: Value) -> Response {
 }
 
 /// Lets a mutating request through, or answers it.
-fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
-    let refuse = |status: StatusCode, message: &str| (status, axum::Json(json!({ "success": false, "error": message }))).into_response();
+fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
+    let refuse = |status: StatusCode, message: &str| ApiError { status, body: json!({ "success": false, "error": message }) };
     let Some(expected) = &api.inner.token else {
         return Err(refuse(
             StatusCode::FORBIDDEN,
@@ -319,21 +344,20 @@ fn valid_database(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn parse_bool(field: &str, value: &str) -> Result<bool, Response> {
+fn parse_bool(field: &str, value: &str) -> Result<bool, ApiError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "" | "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
-        _ => Err(error(StatusCode::BAD_REQUEST, format!("invalid {field}: {value:?} (expected true or false)"))),
+        _ => Err(ApiError::bad_request(format!("invalid {field}: {value:?} (expected true or false)"))),
     }
 }
 
 /// The trigger's parameters, from the query string (Arc) or a JSON body.
-fn trigger_parameters(query: &HashMap<String, String>, body: &Bytes) -> Result<HashMap<String, String>, Response> {
+fn trigger_parameters(query: &HashMap<String, String>, body: &Bytes) -> Result<HashMap<String, String>, ApiError> {
     let mut parameters = query.clone();
     if body.iter().any(|b| !b.is_ascii_whitespace()) {
-        let parsed: serde_json::Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
-            error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e} (expected an object with tier, database, force)"))
-        })?;
+        let parsed: serde_json::Map<String, Value> = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e} (expected an object with tier, database, force)")))?;
         for (key, value) in parsed {
             let text = match value {
                 Value::String(s) => s,
@@ -344,29 +368,23 @@ fn trigger_parameters(query: &HashMap<String, String>, body: &Bytes) -> Result<H
         }
     }
     if let Some(unknown) = parameters.keys().find(|k| !["tier", "database", "force"].contains(&k.as_str())) {
-        return Err(error(StatusCode::BAD_REQUEST, format!("unknown parameter {unknown:?} (expected tier, database, force)")));
+        return Err(ApiError::bad_request(format!("unknown parameter {unknown:?} (expected tier, database, force)")));
     }
     Ok(parameters)
 }
 
-async fn trigger(State(api): State<Api>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>, body: Bytes) -> Response {
-    if let Err(refused) = authorize(&api, &headers) {
-        return refused;
-    }
-    let parameters = match trigger_parameters(&query, &body) {
-        Ok(parameters) => parameters,
-        Err(response) => return response,
-    };
+async fn trigger(State(api): State<Api>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>, body: Bytes) -> Answer {
+    authorize(&api, &headers)?;
+    let parameters = trigger_parameters(&query, &body)?;
     let manager = api.manager();
     let database = parameters.get("database").map(|d| d.trim().to_owned()).filter(|d| !d.is_empty());
     if let Some(db) = &database
         && !valid_database(db)
     {
-        return error(
-            StatusCode::BAD_REQUEST,
+        return Err(ApiError::bad_request(
             "Invalid database name: must start with a letter and contain only alphanumeric characters, underscores, or hyphens (max 64 characters)"
                 .into(),
-        );
+        ));
     }
     let requested: Vec<String> = parameters
         .get("tier")
@@ -374,27 +392,18 @@ async fn trigger(State(api): State<Api>, headers: HeaderMap, Query(query): Query
         .unwrap_or_default();
     let configured: Vec<&str> = manager.config().tiers.iter().map(|t| t.name.as_str()).collect();
     if let Some(unknown) = requested.iter().find(|t| !configured.contains(&t.as_str())) {
-        return error(StatusCode::BAD_REQUEST, format!("unknown tier {unknown:?} in tier (configured: {})", configured.join(", ")));
+        return Err(ApiError::bad_request(format!("unknown tier {unknown:?} in tier (configured: {})", configured.join(", "))));
     }
-    let force = match parameters.get("force").map(|f| parse_bool("force", f)).transpose() {
-        Ok(force) => force.unwrap_or(false),
-        Err(response) => return response,
-    };
-    let ticket = match manager.begin_cycle() {
-        Ok(ticket) => ticket,
-        Err(_) => {
-            return (
-                StatusCode::CONFLICT,
-                axum::Json(json!({
-                    "error": "Compaction cycle already running",
-                    "message": "A compaction cycle is already in progress. Please wait for it to complete.",
-                    "cycle_id": manager.current_cycle_id(),
-                    "is_running": true,
-                })),
-            )
-                .into_response();
-        }
-    };
+    let force = parameters.get("force").map(|f| parse_bool("force", f)).transpose()?.unwrap_or(false);
+    let ticket = manager.begin_cycle().map_err(|_| ApiError {
+        status: StatusCode::CONFLICT,
+        body: json!({
+            "error": "Compaction cycle already running",
+            "message": "A compaction cycle is already in progress. Please wait for it to complete.",
+            "cycle_id": manager.current_cycle_id(),
+            "is_running": true,
+        }),
+    })?;
     let cycle_id = ticket.cycle_id;
     let tiers: Vec<String> = if requested.is_empty() {
         manager.config().tiers.iter().filter(|t| t.enabled).map(|t| t.name.clone()).collect()
@@ -419,19 +428,17 @@ async fn trigger(State(api): State<Api>, headers: HeaderMap, Query(query): Query
     if let Some(db) = database {
         body["database"] = json!(db);
     }
-    ok(body)
+    Ok(ok(body))
 }
 
 /// A time bound: RFC 3339, `YYYY-MM-DDTHH:MM:SS` (UTC), or a date.
-fn parse_time(field: &str, value: &str) -> Result<DateTime<Utc>, Response> {
+fn parse_time(field: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
     let value = value.trim();
     DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc))
         .or_else(|_| NaiveDateTime::parse_from_str(value, "%Y-%m-%dT%H:%M:%S").map(|t| t.and_utc()))
         .or_else(|_| NaiveDate::parse_from_str(value, "%Y-%m-%d").map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()))
-        .map_err(|_| {
-            error(StatusCode::BAD_REQUEST, format!("invalid {field}: {value:?} (expected RFC 3339, e.g. 2026-04-11T14:00:00Z, or a date)"))
-        })
+        .map_err(|_| ApiError::bad_request(format!("invalid {field}: {value:?} (expected RFC 3339, e.g. 2026-04-11T14:00:00Z, or a date)")))
 }
 
 /// A database or measurement name that is one key segment.
@@ -443,40 +450,37 @@ async fn partitions(
     State(api): State<Api>,
     Path((database, measurement)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
-) -> Response {
+) -> Answer {
     for (field, value) in [("database", &database), ("measurement", &measurement)] {
         if !valid_segment(value) {
-            return error(StatusCode::BAD_REQUEST, format!("invalid {field}: {value:?}"));
+            return Err(ApiError::bad_request(format!("invalid {field}: {value:?}")));
         }
     }
     if let Some(unknown) = query.keys().find(|k| !["from", "to", "now"].contains(&k.as_str())) {
-        return error(StatusCode::BAD_REQUEST, format!("unknown parameter {unknown:?} (expected from, to, now)"));
+        return Err(ApiError::bad_request(format!("unknown parameter {unknown:?} (expected from, to, now)")));
     }
     let bound = |field: &str| query.get(field).filter(|v| !v.trim().is_empty()).map(|v| parse_time(field, v)).transpose();
-    let (from, to, now) = match (bound("from"), bound("to"), bound("now")) {
-        (Ok(from), Ok(to), Ok(now)) => (from, to, now.unwrap_or_else(Utc::now)),
-        (Err(response), ..) | (_, Err(response), _) | (.., Err(response)) => return response,
-    };
+    let (from, to, now) = (bound("from")?, bound("to")?, bound("now")?.unwrap_or_else(Utc::now));
     if let (Some(from), Some(to)) = (from, to)
         && from >= to
     {
-        return error(StatusCode::BAD_REQUEST, format!("invalid to: {} is not after from ({})", to.to_rfc3339(), from.to_rfc3339()));
+        return Err(ApiError::bad_request(format!("invalid to: {} is not after from ({})", to.to_rfc3339(), from.to_rfc3339())));
     }
-    let described = match api.manager().partition_outlook(&database, &measurement, from, to, now).await {
-        Ok(described) => described,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot list {database}/{measurement}/: {e}")),
-    };
+    let described = api
+        .manager()
+        .partition_outlook(&database, &measurement, from, to, now)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot list {database}/{measurement}/: {e}")))?;
     if described.is_empty() && from.is_none() && to.is_none() {
-        return error(StatusCode::NOT_FOUND, format!("no Parquet files under {database}/{measurement}/"));
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no Parquet files under {database}/{measurement}/")));
     }
-    ok(json!({
+    Ok(ok(json!({
         "database": database,
         "measurement": measurement,
         "now": now.to_rfc3339(),
         "count": described.len(),
-        "truncated": described.len() >= compactor_engine::outlook::MAX_PARTITIONS,
-        "partitions": described,
-    }))
+        "truncated": described.len() >= compactor_engine::outlook::MAX_PARTITIONS,        "partitions": described,
+    })))
 }
 
 fn plugin_list(manager: &Manager) -> Vec<Value> {
@@ -528,21 +532,18 @@ async fn plugins(State(api): State<Api>) -> Response {
     }))
 }
 
-async fn reload(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(refused) = authorize(&api, &headers) {
-        return refused;
-    }
+async fn reload(State(api): State<Api>, headers: HeaderMap) -> Answer {
+    authorize(&api, &headers)?;
     let manager = api.inner.manager.clone();
     // Compiling a component takes a while and blocks: off the runtime's threads.
     let outcome = tokio::task::spawn_blocking(move || manager.reload_plugins()).await;
     match outcome {
-        Ok(Ok(_)) => ok(json!({ "reloaded": true, "plugins": plugin_list(api.manager()) })),
-        Ok(Err(message)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            axum::Json(json!({ "reloaded": false, "error": format!("{message}; the running plugins are kept") })),
-        )
-            .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the reload failed (a bug in compactor): {e}")),
+        Ok(Ok(_)) => Ok(ok(json!({ "reloaded": true, "plugins": plugin_list(api.manager()) }))),
+        Ok(Err(message)) => Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: json!({ "reloaded": false, "error": format!("{message}; the running plugins are kept") }),
+        }),
+        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the reload failed (a bug in compactor): {e}"))),
     }
 }
 

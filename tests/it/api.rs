@@ -1,0 +1,399 @@
+//! The HTTP API of `compactor run` over real HTTP on 127.0.0.1: every
+//! endpoint, auth failures, 400/404/405/409, a trigger whose cycle then shows
+//! in `jobs`, `history` and `/metrics` (checked by `promtool`), history that
+//! survives SIGKILL, the README's curl examples, and JSON logs.
+
+use std::collections::BTreeMap;
+use std::process::Child;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::compaction::{Lake, NOW, assert_intact, lake_configured};
+use crate::kit::{signal_group, spawn_compactor, wait_until};
+use crate::util::{compactor, text};
+
+const TOKEN: &str = "test-token-5f1c";
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A client of one engine's API.
+struct Client {
+    base: String,
+    http: reqwest::Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Client {
+    fn new(port: u16) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        Self { base: format!("http://127.0.0.1:{port}"), http, runtime }
+    }
+
+    fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, String), reqwest::Error> {
+        self.runtime.block_on(async {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            Ok((status, response.text().await?))
+        })
+    }
+
+    fn text(&self, path: &str) -> (u16, String) {
+        self.send(self.http.get(format!("{}{path}", self.base))).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        let (status, body) = self.text(path);
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {status} {body:?} is not JSON: {e}")))
+    }
+
+    fn post(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let (status, body) = self.send(request).unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("POST {path}: {status} {body:?} is not JSON: {e}")))
+    }
+
+    fn wait_ready(&self, engine: &mut Child) {
+        wait_until("the API to be ready", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = engine.try_wait() {
+                panic!("compactor run exited early: {status}");
+            }
+            matches!(self.send(self.http.get(format!("{}/readyz", self.base))), Ok((200, _)))
+        });
+    }
+
+    fn wait_cycle_done(&self, cycle_id: u64) {
+        wait_until("the triggered cycle to finish", Duration::from_secs(120), || {
+            let (_, status) = self.get("/api/v1/compaction/status");
+            status["manager"]["current_cycle_id"] == cycle_id && status["manager"]["cycle_running"] == false
+        });
+    }
+}
+
+/// A lake whose config serves the API on a free port, plus `configure`.
+fn api_lake(configure: impl FnOnce(crate::kit::TestConfig) -> crate::kit::TestConfig) -> (Lake, u16) {
+    let port = free_port();
+    // Schedules that never fire during a test: the test triggers every cycle.
+    let lake = lake_configured(50, |config| configure(config.schedules("0 0 1 1 *").section("api", "listen", format!("127.0.0.1:{port}"))));
+    (lake, port)
+}
+
+fn stop(mut engine: Child) {
+    signal_group(&engine, libc::SIGTERM);
+    let status = engine.wait().unwrap();
+    assert!(status.success(), "compactor run exited with {status}");
+}
+
+/// `name{labels} value` lines of `metric`, summed over its label sets whose
+/// text contains every one of `labels`.
+fn metric_sum(metrics: &str, metric: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| series.split('{').next() == Some(metric) && labels.iter().all(|label| series.contains(label)))
+        .map(|(_, value)| value.parse::<f64>().unwrap())
+        .sum()
+}
+
+fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`; .ci/run installs it) must be on PATH");
+    promtool.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(output.status.success(), "promtool check metrics: {}\n{metrics}", text(&output));
+}
+
+/// Every `compactor_*` series the shipped Grafana dashboard queries exists.
+fn assert_dashboard_queries_exported_metrics(metrics: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/grafana/compactor-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (start, _) in expr.match_indices("compactor_") {
+                let name: String = expr[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                queried.push(name);
+            }
+        }
+    }
+    assert!(queried.len() > 10, "{queried:?}");
+    for name in queried {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "the dashboard queries {name}, which /metrics does not export"
+        );
+    }
+}
+
+#[test]
+fn every_endpoint_answers_and_a_triggered_cycle_shows_in_jobs_history_and_metrics() {
+    let (lake, port) = api_lake(|config| config.section("api", "token", TOKEN));
+    // Each job stalls a second after its merge, so the cycle is still
+    // running when the test looks at it.
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[("COMPACTOR_STALL", "after-merge:1000")]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+
+    assert_eq!(api.get("/healthz"), (200, serde_json::json!({ "status": "ok" })));
+    let (status, body) = api.get("/api/v1/compaction/status");
+    assert_eq!(status, 200);
+    assert_eq!(body["manager"]["total_completed"], 0);
+    assert_eq!(body["schedulers"]["hourly"]["schedule"], "0 0 1 1 *", "{body}");
+    assert_eq!(body["schedulers"]["daily"]["running"], true, "{body}");
+    assert!(body["schedulers"]["hourly"]["next_run"].is_string(), "{body}");
+    let (status, stats) = api.get("/api/v1/compaction/stats");
+    assert_eq!(status, 200);
+    for key in ["total_jobs_completed", "total_jobs_failed", "total_files_compacted", "total_bytes_saved", "total_bytes_saved_mb"] {
+        assert_eq!(stats[key].as_f64(), Some(0.0), "{key}: {stats}");
+    }
+    assert_eq!(stats["total_manifests_recover"], 0);
+    assert_eq!(stats["cycle_running"], false);
+    assert_eq!(stats["current_cycle_id"], 0);
+    assert_eq!(stats["recent_jobs"], serde_json::json!([]), "an empty list, never null");
+    assert_eq!(stats["tiers"].as_array().map(Vec::len), Some(2));
+    let (status, candidates) = api.get("/api/v1/compaction/candidates");
+    assert_eq!(status, 200);
+    // The raw preview: 2 measurements × 2 hours for hourly, 2 days' worth for daily.
+    assert!(candidates["count"].as_u64().unwrap() >= 4, "{candidates}");
+    let first = &candidates["candidates"][0];
+    for key in ["database", "measurement", "partition_path", "file_count", "tier"] {
+        assert!(!first[key].is_null(), "{key}: {first}");
+    }
+    assert_eq!(api.get("/api/v1/compaction/jobs"), (200, serde_json::json!({ "active_jobs": 0, "jobs": [] })));
+
+    // Mutations: no token, a wrong token, bad input.
+    let trigger = "/api/v1/compaction/trigger";
+    let (status, body) = api.post(trigger, None);
+    assert_eq!((status, body["success"].clone()), (401, Value::Bool(false)), "{body}");
+    let (status, body) = api.post(trigger, Some("wrong"));
+    assert_eq!(status, 401, "{body}");
+    for bad_database in ["1db", "a%20b", &"a".repeat(65)] {
+        let (status, body) = api.post(&format!("{trigger}?database={bad_database}"), Some(TOKEN));
+        assert_eq!(status, 400, "{bad_database}: {body}");
+        assert!(body["error"].as_str().unwrap().starts_with("Invalid database name"), "{body}");
+    }
+    let (status, body) = api.post(&format!("{trigger}?tier=hourlyy"), Some(TOKEN));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("tier"), "{body}");
+    let (status, body) = api.post(&format!("{trigger}?force=maybe"), Some(TOKEN));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("force"), "{body}");
+    let (status, body) = api.post(&format!("{trigger}?databse=db"), Some(TOKEN));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("databse"), "{body}");
+    assert_eq!(api.get("/api/v1/compaction/status").1["manager"]["current_cycle_id"], 0, "refused triggers start nothing");
+
+    // A trigger, and a second one while it runs.
+    let (status, started) = api.post(&format!("{trigger}?database=db"), Some(TOKEN));
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["status"], "running");
+    assert_eq!(started["message"], "Compaction triggered");
+    assert_eq!(started["cycle_id"], 1);
+    assert_eq!(started["database"], "db");
+    assert_eq!(started["tiers"], serde_json::json!(["hourly", "daily"]));
+    let (status, conflict) = api.post(trigger, Some(TOKEN));
+    assert_eq!(status, 409, "{conflict}");
+    assert_eq!(conflict["is_running"], true);
+    assert_eq!(conflict["cycle_id"], 1);
+    assert_eq!(conflict["error"], "Compaction cycle already running");
+    wait_until("a job in /jobs", Duration::from_secs(60), || api.get("/api/v1/compaction/jobs").1["active_jobs"].as_u64() > Some(0));
+    let (_, running) = api.get("/api/v1/compaction/jobs");
+    assert_eq!(running["jobs"][0]["database"], "db", "{running}");
+    assert!(running["jobs"][0]["partition_path"].as_str().unwrap().starts_with("db/"), "{running}");
+    api.wait_cycle_done(1);
+
+    // The cycle's records: history, jobs, stats and metrics agree.
+    let (status, history) = api.get("/api/v1/compaction/history");
+    assert_eq!(status, 200);
+    let records = history["recent_jobs"].as_array().unwrap().clone();
+    assert_eq!(records.len(), 6, "4 hourly and 2 daily jobs: {history}");
+    assert!(records.iter().all(|r| r["cycle_id"] == 1 && r["success"] == true), "{history}");
+    assert!(records.iter().all(|r| r["policy_hash"].as_str().is_some_and(|h| h.len() == 64)), "{history}");
+    assert_eq!(history["total_jobs"], 6);
+    for limit in ["0", "x", "-3"] {
+        assert_eq!(api.get(&format!("/api/v1/compaction/history?limit={limit}")).1["recent_jobs"].as_array().unwrap().len(), 6, "{limit}");
+    }
+    assert_eq!(api.get("/api/v1/compaction/history?limit=2").1["recent_jobs"].as_array().unwrap().len(), 2);
+    let (_, stats) = api.get("/api/v1/compaction/stats");
+    let sum = |key: &str| records.iter().map(|r| r[key].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(stats["total_jobs_completed"], 6);
+    assert_eq!(stats["total_files_compacted"].as_u64(), Some(sum("files_compacted")));
+    let (status, metrics) = api.text("/metrics");
+    assert_eq!(status, 200);
+    promtool_check(&metrics);
+    for (tier, jobs) in [("hourly", 4.0), ("daily", 2.0)] {
+        let tier_label = format!("tier=\"{tier}\"");
+        assert_eq!(metric_sum(&metrics, "compactor_jobs_total", &[&tier_label, "outcome=\"success\""]), jobs, "{metrics}");
+    }
+    let counters = [
+        ("compactor_job_files_read_total", "files_compacted"),
+        ("compactor_job_files_written_total", "files_out"),
+        ("compactor_job_bytes_read_total", "bytes_before"),
+        ("compactor_job_bytes_written_total", "bytes_after"),
+        ("compactor_job_rows_read_total", "rows_before"),
+        ("compactor_job_rows_written_total", "rows_after"),
+    ];
+    for (metric, field) in counters {
+        assert_eq!(metric_sum(&metrics, metric, &[]), sum(field) as f64, "{metric} vs {field}");
+    }
+    let job_puts: u64 = records.iter().map(|r| r["requests"]["put"].as_u64().unwrap()).sum();
+    assert_eq!(metric_sum(&metrics, "compactor_store_requests_total", &["kind=\"put\"", "source=\"job\""]), job_puts as f64);
+    assert_eq!(metric_sum(&metrics, "compactor_cycles_total", &[]), 1.0);
+    assert!(metric_sum(&metrics, "compactor_plugin_calls_total", &["tier=\"hourly\""]) > 0.0, "{metrics}");
+    assert_dashboard_queries_exported_metrics(&metrics);
+
+    // The partition outlook.
+    let (status, outlook) = api.get("/api/v1/compaction/partitions/db/cpu");
+    assert_eq!(status, 200, "{outlook}");
+    let partitions = outlook["partitions"].as_array().unwrap();
+    assert!(!partitions.is_empty());
+    for partition in partitions {
+        assert!(partition["reason"].as_str().is_some_and(|r| !r.is_empty()), "{partition}");
+        assert!(partition["files"].as_u64().unwrap() >= 1, "{partition}");
+        assert_eq!(partition["tiers"].as_array().map(Vec::len), Some(2), "{partition}");
+    }
+    let (status, body) = api.get("/api/v1/compaction/partitions/db/nosuch");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = api.get("/api/v1/compaction/partitions/db/cpu?from=yesterday");
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("from"), "{body}");
+    let (status, body) = api.get("/api/v1/compaction/partitions/db/cpu?from=2026-04-13&to=2026-04-12");
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = api.get("/api/v1/compaction/partitions/db/cpu?form=2026-04-13");
+    assert_eq!(status, 400, "{body}");
+
+    // Plugins and their reload.
+    let (status, plugins) = api.get("/api/v1/plugins");
+    assert_eq!(status, 200);
+    let list = plugins["plugins"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{plugins}");
+    for plugin in list {
+        assert_eq!(plugin["wit_version"], "1.0.0", "{plugin}");
+        assert_eq!(plugin["content_hash"].as_str().map(str::len), Some(64), "{plugin}");
+        assert!(plugin["load_error"].is_null());
+        assert!(plugin["calls"].as_u64().unwrap() > 0, "{plugin}");
+        assert!(plugin["fuel_used"].as_u64().unwrap() > 0, "{plugin}");
+    }
+    assert_eq!(api.post("/api/v1/plugins/reload", None).0, 401);
+    let (status, reloaded) = api.post("/api/v1/plugins/reload", Some(TOKEN));
+    assert_eq!((status, reloaded["reloaded"].clone()), (200, Value::Bool(true)), "{reloaded}");
+
+    // Unknown paths and methods.
+    let (status, body) = api.get("/api/v1/compaction/nope");
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string());
+    let (status, body) = api.post("/healthz", Some(TOKEN));
+    assert_eq!(status, 405);
+    assert!(body["error"].is_string());
+    stop(engine);
+    assert_intact(&lake);
+}
+
+#[test]
+fn history_survives_sigkill_and_stays_bounded_and_an_api_without_token_is_read_only() {
+    let (lake, port) = api_lake(|config| config.section("history", "max_records", 5));
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[("COMPACTOR_API_TOKEN", TOKEN)]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    // Two cycles: hourly (4 jobs), then daily (2 jobs); 6 records, 5 kept.
+    for (cycle, tier) in [(1, "hourly"), (2, "daily")] {
+        let (status, body) = api.post(&format!("/api/v1/compaction/trigger?tier={tier}"), Some(TOKEN));
+        assert_eq!(status, 200, "{body}");
+        api.wait_cycle_done(cycle);
+    }
+    let before = api.get("/api/v1/compaction/history").1["recent_jobs"].clone();
+    assert_eq!(before.as_array().map(Vec::len), Some(5), "{before}");
+    signal_group(&engine, libc::SIGKILL);
+    let _ = engine.wait();
+
+    // Restarted without a token: history is there, mutations are refused.
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[]);
+    api.wait_ready(&mut engine);
+    let after = api.get("/api/v1/compaction/history").1["recent_jobs"].clone();
+    assert_eq!(before, after, "the history survives the kill");
+    let tiers: Vec<&str> = after.as_array().unwrap().iter().map(|r| r["tier"].as_str().unwrap()).collect();
+    assert_eq!(tiers, ["hourly", "hourly", "hourly", "daily", "daily"], "the oldest entry was pruned");
+    let (status, body) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
+    assert_eq!(status, 403, "no token configured: read-only ({body})");
+    stop(engine);
+    let stored = crate::util::files_under_all(&lake.lake.join("_compaction_state/history"));
+    assert_eq!(stored.len(), 5, "{stored:?}");
+    assert!(stored.iter().all(|f| f.ends_with(".jsonl")), "never a .json a manifest listing would take: {stored:?}");
+
+    let listed = compactor(&["history", "--config", &lake.config, "--format", "json", "--limit", "100"], &[]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed, after);
+    let table = compactor(&["history", "--config", &lake.config], &[]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("5 jobs shown (0 failed)"), "{}", text(&table));
+}
+
+/// The README's API examples, run with curl against a live engine.
+#[test]
+fn the_readme_curl_examples_work() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let block = readme
+        .split("<!-- api-examples -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- /api-examples -->").next())
+        .expect("README.md has an api-examples block");
+    let commands: Vec<&str> = block.lines().map(str::trim).filter(|l| l.starts_with("curl ")).collect();
+    assert!(commands.len() >= 6, "{commands:?}");
+    let (lake, port) = api_lake(|config| config);
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[("COMPACTOR_API_TOKEN", TOKEN)]);
+    Client::new(port).wait_ready(&mut engine);
+    let mut outputs = BTreeMap::new();
+    for command in commands {
+        let command_here = command.replace("127.0.0.1:8081", &format!("127.0.0.1:{port}")).replace("mydb", "db");
+        let output = std::process::Command::new("sh")
+            .args(["-c", &command_here])
+            .env("COMPACTOR_API_TOKEN", TOKEN)
+            .output()
+            .expect("curl must be on PATH");
+        assert!(output.status.success(), "{command}: {}", text(&output));
+        outputs.insert(command, String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    stop(engine);
+    for (command, output) in &outputs {
+        if !command.contains("/metrics") {
+            assert!(serde_json::from_str::<Value>(output).is_ok(), "{command} printed {output:?}");
+        }
+    }
+}
+
+#[test]
+fn json_logs_carry_the_job_id_tier_and_partition_on_every_job_line() {
+    let lake = lake_configured(50, |config| config.section("log", "format", "json"));
+    let output = compactor(&["-v", "once", "--config", &lake.config, "--now", NOW], &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<Value> =
+        stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}\n{stderr}"))).collect();
+    let job_lines: Vec<&Value> = lines.iter().filter(|l| l["fields"]["subprocess"] == "compaction").collect();
+    assert!(!job_lines.is_empty(), "{stderr}");
+    for line in job_lines {
+        for key in ["job_id", "tier", "partition"] {
+            assert!(line["fields"][key].as_str().is_some_and(|v| !v.is_empty()), "{key} missing: {line}");
+        }
+    }
+    // The engine's own lines of a batch carry it too, in their span.
+    assert!(lines.iter().any(|l| l["span"]["name"] == "batch" && l["span"]["partition"].is_string()), "{stderr}");
+    // --log-format overrides the config.
+    let text_logs = compactor(&["-v", "once", "--config", &lake.config, "--now", NOW, "--log-format", "text"], &[]);
+    assert!(String::from_utf8_lossy(&text_logs.stderr).lines().any(|l| serde_json::from_str::<Value>(l).is_err()), "{}", text(&text_logs));
+}
