@@ -17,6 +17,9 @@
 //! Run: `cargo bench -p compactor --bench compaction` (prints a Markdown
 //! table).
 
+mod common;
+
+use common::copy_tree;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -408,19 +411,6 @@ impl DailyCase {
             ms(self.query_large_groups)
         );
     }
-}
-
-fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-        }
-    }
-    Ok(())
 }
 
 fn find_daily_output(day: &Path) -> anyhow::Result<PathBuf> {

@@ -1,6 +1,5 @@
 //! `compactor history`: the lake's job history, newest last.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use compactor_engine::config::Config;
@@ -17,9 +16,8 @@ use crate::table::Table;
 job, never mistaken for a recovery manifest), so it survives restarts and is shared by every\n\
 engine; it is pruned to [history] max_records (default 1000) after each cycle.")]
 pub(crate) struct Args {
-    /// The configuration file.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[command(flatten)]
+    pub(crate) config: crate::ConfigFile,
     /// How many of the most recent jobs to show.
     #[arg(long, default_value_t = 20)]
     limit: usize,
@@ -28,14 +26,8 @@ pub(crate) struct Args {
     format: Format,
 }
 
-impl Args {
-    pub(crate) fn config(&self) -> &std::path::Path {
-        &self.config
-    }
-}
-
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
+    let config = Config::load(&args.config.path)?;
     let storage = Storage::open(&config.storage.url, &config.storage.options, &config.base_dir)?;
     let history = History::new(storage, "", config.history.max_records);
     let (records, unreadable) = crate::runtime()?.block_on(history.recent(args.limit))?;

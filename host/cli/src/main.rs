@@ -71,6 +71,14 @@ enum Command {
     Compact(compact::Args),
 }
 
+/// `--config FILE`, shared by every command that reads a configuration.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConfigFile {
+    /// The configuration file.
+    #[arg(long = "config", value_name = "FILE")]
+    pub(crate) path: std::path::PathBuf,
+}
+
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormatArg {
@@ -125,11 +133,11 @@ pub(crate) fn open_manager(config_path: &std::path::Path, tiers: &[String]) -> a
 /// The config file a command reads, if any.
 fn config_path(command: &Command) -> Option<&std::path::Path> {
     match command {
-        Command::Plan(args) => Some(args.config()),
-        Command::Once(args) => Some(args.config()),
-        Command::Run(args) => Some(args.config()),
-        Command::Recover(args) => Some(args.config()),
-        Command::History(args) => Some(args.config()),
+        Command::Plan(args) => Some(&args.config.path),
+        Command::Once(args) => Some(&args.config.path),
+        Command::Run(args) => Some(&args.config.path),
+        Command::Recover(args) => Some(&args.config.path),
+        Command::History(args) => Some(&args.config.path),
         Command::Demo(_) | Command::Plugin(_) | Command::Compact(_) => None,
     }
 }

@@ -1,6 +1,5 @@
 //! `compactor once`: recovery, then one compaction cycle, then a summary.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
@@ -15,9 +14,8 @@ use crate::table::Table;
 #[command(after_help = "Finishes or rolls back interrupted jobs, then plans and compacts every enabled tier\n\
 (or the given ones) in order. Exit status 0 only when every job succeeded.")]
 pub(crate) struct Args {
-    /// The configuration file.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[command(flatten)]
+    pub(crate) config: crate::ConfigFile,
     /// The time the policies see as now (RFC 3339; default: the current time).
     #[arg(long, value_name = "RFC3339", value_parser = crate::plan::parse_time)]
     now: Option<DateTime<Utc>>,
@@ -36,15 +34,9 @@ pub(crate) struct Args {
     format: Format,
 }
 
-impl Args {
-    pub(crate) fn config(&self) -> &std::path::Path {
-        &self.config
-    }
-}
-
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = crate::runtime()?;
-    let manager = crate::open_manager(&args.config, &args.tiers)?;
+    let manager = crate::open_manager(&args.config.path, &args.tiers)?;
     let cleaned = manager.cleanup_orphaned_temp_dirs()?;
     runtime.block_on(manager.check_store())?;
     if cleaned > 0 {

@@ -1,6 +1,5 @@
 //! `compactor plan`: the batches a cycle would run, changing nothing.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -18,9 +17,8 @@ resulting batches in tier order, then database, measurement, partition and batch
 Nothing in storage changes. Exit status 1 means a tier or partition could not be planned\n\
 (the rest of the plan is still printed).")]
 pub(crate) struct Args {
-    /// The configuration file.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[command(flatten)]
+    pub(crate) config: crate::ConfigFile,
     /// The time the policies see as now (RFC 3339; default: the current time).
     #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
     now: Option<DateTime<Utc>>,
@@ -43,14 +41,8 @@ pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text).map(|t| t.to_utc()).map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-04-11T15:00:00Z)"))
 }
 
-impl Args {
-    pub(crate) fn config(&self) -> &std::path::Path {
-        &self.config
-    }
-}
-
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
-    let manager = crate::open_manager(&args.config, &args.tiers)?;
+    let manager = crate::open_manager(&args.config.path, &args.tiers)?;
     let options =
         CycleOptions { now: Some(args.now.unwrap_or_else(Utc::now)), tiers: args.tiers, database: args.database, force: args.force };
     let plan = plan(&manager, &options)?;

@@ -1,6 +1,5 @@
 //! `compactor recover`: finish or roll back interrupted jobs, then exit.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use compactor_engine::manager::GateDecision;
@@ -16,23 +15,16 @@ exactly once afterwards. Manifests of live jobs (another engine's, or this host'
 alone; unparseable ones are moved aside to *.quarantined. Also removes the temp directories\n\
 of engines that are gone (never a live engine's).")]
 pub(crate) struct Args {
-    /// The configuration file.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[command(flatten)]
+    pub(crate) config: crate::ConfigFile,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
 }
 
-impl Args {
-    pub(crate) fn config(&self) -> &std::path::Path {
-        &self.config
-    }
-}
-
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = crate::runtime()?;
-    let manager = crate::open_manager(&args.config, &[])?;
+    let manager = crate::open_manager(&args.config.path, &[])?;
     // Recovery deletes inputs and outputs: a node the gate does not allow
     // to compact leaves the lake to the node that does.
     let gate = manager.gate_decision();

@@ -1,7 +1,6 @@
 //! `compactor run`: the daemon — recovery at start-up, then each tier on its
 //! cron schedule, until SIGINT or SIGTERM.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -17,20 +16,13 @@ SIGINT or SIGTERM stops scheduling; jobs and policy calls already running finish
 SIGHUP reloads the tier policies' components; a cycle in flight finishes on the old ones.\n\
 With an [api] section, serves the HTTP API and /metrics on [api] listen (default 127.0.0.1:8081).")]
 pub(crate) struct Args {
-    /// The configuration file.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
-}
-
-impl Args {
-    pub(crate) fn config(&self) -> &std::path::Path {
-        &self.config
-    }
+    #[command(flatten)]
+    pub(crate) config: crate::ConfigFile,
 }
 
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = crate::runtime()?;
-    let manager = Arc::new(crate::open_manager(&args.config, &[])?);
+    let manager = Arc::new(crate::open_manager(&args.config.path, &[])?);
     let config = manager.config().clone();
     runtime.block_on(async {
         // Listen for signals before anything else, so that none is missed.
