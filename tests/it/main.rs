@@ -2,6 +2,7 @@
 //! components, the sandbox against hostile components, and the command line.
 
 mod api;
+mod author_kit;
 mod cli;
 mod compaction;
 mod engines;

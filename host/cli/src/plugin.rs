@@ -1,4 +1,5 @@
-//! `compactor plugin check|info`: validate a component and describe it.
+//! `compactor plugin check|info|test`: validate a component, describe it,
+//! and run it against table-driven fixtures.
 
 use std::process::ExitCode;
 
@@ -15,6 +16,24 @@ pub(crate) enum Command {
     Check(Args),
     /// Show a component's WIT version, world, imports and tier information.
     Info(Args),
+    /// Run a tier policy against fixture files (a partition, `now`, the tier
+    /// config and the expected answer or error, one TOML file each).
+    Test(TestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Each *.toml file in DIR is one case; see examples/fixtures/README.md for the format.\n\
+Prints a pass/fail table with the fuel of each call; exits 1 if any case fails.")]
+pub(crate) struct TestArgs {
+    /// builtin:NAME or a path to a .wasm component.
+    #[arg(value_name = "PLUGIN")]
+    plugin: String,
+    /// The directory of fixture files.
+    #[arg(long, value_name = "DIR")]
+    fixtures: std::path::PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 #[derive(Debug, clap::Args)]
@@ -57,6 +76,7 @@ pub(crate) fn exec(command: Command) -> anyhow::Result<ExitCode> {
     let (args, detailed) = match command {
         Command::Check(args) => (args, false),
         Command::Info(args) => (args, true),
+        Command::Test(args) => return test(args),
     };
     if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&args.plugin_config).is_err() {
         anyhow::bail!("--plugin-config must be a JSON object, got {:?}", args.plugin_config);
@@ -114,4 +134,21 @@ fn print_info(report: &Report) {
     if let Some(gate) = &report.gate {
         println!("standalone:   {} (role {})", if gate.standalone_can_compact { "may compact" } else { "may not compact" }, gate.role);
     }
+}
+
+fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
+    let runtime = compactor_engine::plugin_runtime(ArtifactCache::default_dir())?;
+    let outcomes = compactor_policy_testkit::fixtures::run_dir(&runtime, &args.plugin, &args.fixtures)?;
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    if args.format == Format::Json {
+        crate::table::print_json(&outcomes)?;
+    } else {
+        let mut table = crate::table::Table::new(["FIXTURE", "RESULT", "FUEL", "DETAIL"]);
+        for outcome in &outcomes {
+            let result = if outcome.passed { "pass" } else { "FAIL" };
+            table.row([outcome.fixture.clone(), result.into(), outcome.fuel.to_string(), outcome.detail.clone()]);
+        }
+        table.print(&format!("{} fixtures: {} passed, {failed} failed", outcomes.len(), outcomes.len() - failed))?;
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
