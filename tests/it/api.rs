@@ -397,3 +397,93 @@ fn json_logs_carry_the_job_id_tier_and_partition_on_every_job_line() {
     let text_logs = compactor(&["-v", "once", "--config", &lake.config, "--now", NOW, "--log-format", "text"], &[]);
     assert!(String::from_utf8_lossy(&text_logs.stderr).lines().any(|l| serde_json::from_str::<Value>(l).is_err()), "{}", text(&text_logs));
 }
+
+/// `bytes` with a custom section appended: the same component, another
+/// content hash.
+fn rebuilt(bytes: &[u8]) -> Vec<u8> {
+    let name = b"compactor-test-build";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(b"2");
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section id
+    out.push(payload.len() as u8);
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Replaces `path` at once (write aside, then rename), as a deploy would.
+fn replace(path: &std::path::Path, bytes: &[u8]) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, bytes).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+#[test]
+fn a_changed_component_is_reloaded_between_cycles_and_a_broken_one_leaves_the_old_in_place() {
+    let original = std::fs::read(compactor_test_components::EXAMPLE_POLICY).unwrap();
+    let replacement = rebuilt(&original);
+    let (old_hash, new_hash) = (sha256(&original), sha256(&replacement));
+    assert_ne!(old_hash, new_hash);
+    let port = free_port();
+    let lake = lake_configured(50, |_| {
+        crate::kit::TestConfig::new("lake")
+            .compaction("temp_directory", "tmp")
+            .compaction("threads", 1)
+            .tier("hourly", "policy.wasm", &[])
+            .schedules("0 0 1 1 *")
+            .section("api", "listen", format!("127.0.0.1:{port}"))
+            .section("api", "token", TOKEN)
+    });
+    let component = lake.root.join("policy.wasm");
+    std::fs::write(&component, &original).unwrap();
+    // Jobs stall three seconds each, so the reload lands while a cycle runs.
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[("COMPACTOR_STALL", "after-merge:3000")]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    let hash_now = |api: &Client| api.get("/api/v1/plugins").1["plugins"][0]["content_hash"].as_str().unwrap().to_owned();
+    assert_eq!(hash_now(&api), old_hash);
+
+    let (status, started) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
+    assert_eq!(status, 200, "{started}");
+    wait_until("a job in flight", Duration::from_secs(60), || api.get("/api/v1/compaction/jobs").1["active_jobs"].as_u64() > Some(0));
+    replace(&component, &replacement);
+    wait_until("the reload", Duration::from_secs(30), || hash_now(&api) == new_hash);
+    assert_eq!(api.get("/api/v1/compaction/status").1["manager"]["cycle_running"], true, "the reload came while the cycle ran");
+    api.wait_cycle_done(1);
+    let (_, history) = api.get("/api/v1/compaction/history");
+    let first: Vec<&Value> = history["recent_jobs"].as_array().unwrap().iter().filter(|r| r["cycle_id"] == 1).collect();
+    assert_eq!(first.len(), 4, "{history}");
+    assert!(first.iter().all(|r| r["policy_hash"] == old_hash.as_str()), "the cycle in flight finished on the old build: {history}");
+
+    // A broken replacement: reported, and the running build stays.
+    replace(&component, b"not a component");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(hash_now(&api), new_hash, "the broken file did not replace the running build");
+    let (status, body) = api.post("/api/v1/plugins/reload", Some(TOKEN));
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["reloaded"], false);
+    assert_eq!(hash_now(&api), new_hash);
+
+    // New files arrive; the next cycle runs on the new build.
+    for hour in crate::util::files_under(&lake.lake).iter().filter(|f| f.starts_with("db/cpu/")).take(1) {
+        let pristine = lake.root.join("pristine");
+        let dir = lake.lake.join(hour).parent().unwrap().to_owned();
+        for (i, raw) in crate::util::files_under(&pristine.join("db/cpu")).iter().take(4).enumerate() {
+            std::fs::copy(pristine.join("db/cpu").join(raw), dir.join(format!("cpu_20260413_00000{i}_late{i}.parquet"))).unwrap();
+        }
+    }
+    let (status, body) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    api.wait_cycle_done(2);
+    let (_, history) = api.get("/api/v1/compaction/history");
+    let second: Vec<&Value> = history["recent_jobs"].as_array().unwrap().iter().filter(|r| r["cycle_id"] == 2).collect();
+    assert!(!second.is_empty(), "{history}");
+    assert!(second.iter().all(|r| r["policy_hash"] == new_hash.as_str()), "{history}");
+    stop(engine);
+}

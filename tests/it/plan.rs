@@ -91,6 +91,7 @@ fn manifest_holding(inputs: &[String]) -> RecoveryManifest {
         created_at: at("2026-04-11T11:00:00Z"),
         job_id: "db_db_cpu_2026_04_11_10_1_b1".into(),
         owner: None,
+        policy: None,
     }
 }
 

@@ -484,45 +484,57 @@ async fn partitions(
 }
 
 fn plugin_list(manager: &Manager) -> Vec<Value> {
+    let health = manager.tier_health();
+    let now = Utc::now();
     manager
         .tiers()
         .iter()
-        .map(|tier| match &tier.policy {
-            Ok(policy) => {
-                let counts = policy.call_counts();
-                json!({
-                    "tier": tier.name,
-                    "name": policy.name(),
-                    "enabled": tier.enabled,
-                    "wit_version": policy.wit_version(),
-                    "content_hash": policy.content_hash(),
-                    "load_error": Value::Null,
-                    "limits": {
-                        "fuel_per_call": tier.limits.fuel_per_call,
-                        "memory_bytes": tier.limits.memory_bytes,
-                        "call_timeout_ms": tier.limits.call_timeout.as_millis() as u64,
-                    },
-                    "calls": counts.calls,
-                    "fuel_used": counts.fuel_used,
-                    "traps": counts.traps,
-                    "timeouts": counts.timeouts,
-                    "out_of_fuel": counts.out_of_fuel,
-                    "out_of_memory": counts.out_of_memory,
-                    "suspended": false,
-                })
-            }
-            Err(load_error) => json!({
-                "tier": tier.name,
-                "name": manager.config().tiers.iter().find(|t| t.name == tier.name).map(|t| t.plugin.clone()),
-                "enabled": tier.enabled,
-                "wit_version": Value::Null,
-                "content_hash": Value::Null,
-                "load_error": load_error,
-                "calls": 0, "fuel_used": 0, "traps": 0, "timeouts": 0, "out_of_fuel": 0, "out_of_memory": 0,
-                "suspended": false,
-            }),
+        .map(|tier| {
+            let mut entry = plugin_entry(manager, tier);
+            let health = health.get(&tier.name).cloned().unwrap_or_default();
+            entry["suspended"] = json!(health.is_suspended(now));
+            entry["suspended_until"] = json!(health.suspended_until.map(|t| t.to_rfc3339()));
+            entry["consecutive_failing_cycles"] = json!(health.consecutive_failures);
+            entry["last_error"] = json!(health.last_error);
+            entry
         })
         .collect()
+}
+
+fn plugin_entry(manager: &Manager, tier: &compactor_engine::planner::PlannedTier) -> Value {
+    match &tier.policy {
+        Ok(policy) => {
+            let counts = policy.call_counts();
+            json!({
+                "tier": tier.name,
+                "name": policy.name(),
+                "enabled": tier.enabled,
+                "wit_version": policy.wit_version(),
+                "content_hash": policy.content_hash(),
+                "load_error": Value::Null,
+                "limits": {
+                    "fuel_per_call": tier.limits.fuel_per_call,
+                    "memory_bytes": tier.limits.memory_bytes,
+                    "call_timeout_ms": tier.limits.call_timeout.as_millis() as u64,
+                },
+                "calls": counts.calls,
+                "fuel_used": counts.fuel_used,
+                "traps": counts.traps,
+                "timeouts": counts.timeouts,
+                "out_of_fuel": counts.out_of_fuel,
+                "out_of_memory": counts.out_of_memory,
+            })
+        }
+        Err(load_error) => json!({
+            "tier": tier.name,
+            "name": manager.config().tiers.iter().find(|t| t.name == tier.name).map(|t| t.plugin.clone()),
+            "enabled": tier.enabled,
+            "wit_version": Value::Null,
+            "content_hash": Value::Null,
+            "load_error": load_error,
+            "calls": 0, "fuel_used": 0, "traps": 0, "timeouts": 0, "out_of_fuel": 0, "out_of_memory": 0,
+        }),
+    }
 }
 
 async fn plugins(State(api): State<Api>) -> Response {

@@ -39,6 +39,7 @@ pub struct Metrics {
     plugin_out_of_fuel: IntCounterVec,
     plugin_out_of_memory: IntCounterVec,
     plugin_loaded: IntGaugeVec,
+    plugin_suspended: IntGaugeVec,
     active_jobs: IntGauge,
     cycle_running: IntGauge,
     debt_files: IntGaugeVec,
@@ -124,6 +125,12 @@ impl Metrics {
                 "plugin_loaded",
                 "1 when the tier's policy is loaded (labels name its build), 0 when it failed to load.",
                 &["tier", "plugin", "wit_version", "content_hash"],
+            )?,
+            plugin_suspended: gauge_vec(
+                r,
+                "plugin_suspended",
+                "1 while a tier is suspended after cycles in a row whose policy calls failed.",
+                &["tier"],
             )?,
             active_jobs: gauge(r, "active_jobs", "Batches being compacted now.")?,
             cycle_running: gauge(r, "cycle_running", "1 while a compaction cycle runs.")?,
@@ -230,6 +237,12 @@ impl Metrics {
                 let key = format!("plugin/{}/{}/{what}", tier.name, policy.name());
                 self.follow(&mut seen, &family.with_label_values(&labels), key, reading);
             }
+        }
+        let health = manager.tier_health();
+        let now = chrono::Utc::now();
+        for tier in manager.tiers().iter() {
+            let suspended = health.get(&tier.name).is_some_and(|h| h.is_suspended(now));
+            self.plugin_suspended.with_label_values(&[tier.name.as_str()]).set(i64::from(suspended));
         }
         self.active_jobs.set(manager.active_jobs().len() as i64);
         self.cycle_running.set(i64::from(manager.is_cycle_running()));

@@ -35,6 +35,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
             None => None,
         };
         spawn_reload_on_hangup(&manager)?;
+        spawn_reload_on_change(&manager);
         manager.cleanup_orphaned_temp_dirs()?;
         manager.check_store().await?;
         // A node the gate does not allow touches nothing, recovery included.
@@ -126,6 +127,49 @@ fn spawn_reload_on_hangup(manager: &Arc<Manager>) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// How often the tiers' component files are checked for a change.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads the tier policies when one of their component files changes
+/// (its size or modification time). A replacement that fails to load is
+/// reported once and the running ones stay; the next change is tried again.
+fn spawn_reload_on_change(manager: &Arc<Manager>) {
+    let paths: Vec<std::path::PathBuf> = manager
+        .config()
+        .tiers
+        .iter()
+        .filter_map(|t| match compactor_runtime::PluginSource::parse(&t.plugin, &manager.config().base_dir) {
+            compactor_runtime::PluginSource::Path(path) => Some(path),
+            compactor_runtime::PluginSource::Builtin(_) => None,
+        })
+        .collect();
+    if paths.is_empty() {
+        return;
+    }
+    let signature = move || -> Vec<Option<(u64, std::time::SystemTime)>> {
+        paths.iter().map(|p| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)))).collect()
+    };
+    let manager = manager.clone();
+    tokio::spawn(async move {
+        let mut seen = signature();
+        loop {
+            tokio::time::sleep(WATCH_INTERVAL).await;
+            let now = signature();
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            tracing::info!("a tier's component file changed; reloading the policies");
+            let reloading = manager.clone();
+            match tokio::task::spawn_blocking(move || reloading.reload_plugins()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "the changed component does not load; the running plugins are kept"),
+                Err(e) => tracing::error!(error = %e, "the reload failed (a bug in compactor)"),
+            }
+        }
+    });
 }
 
 /// SIGINT and SIGTERM, registered when created.

@@ -19,7 +19,7 @@ use crate::planner::{self, PlanOptions, PlanProblem, PlannedBatch, PlannedTier};
 use crate::temp::{EngineDir, sweep_dead_engines};
 use compactor_job::manifest::{ManifestStore, RecoveryManifest, RecoveryObservers, RecoveryOutcome, RecoveryReport};
 use compactor_job::parent::{ChildCommand, JobFailure, RunSubset, compact_adaptive};
-use compactor_job::{FailureKind, JobConfig, JobLease, JobResult, job_id, job_prefix};
+use compactor_job::{FailureKind, JobConfig, JobLease, JobResult, PolicyRef, job_id, job_prefix};
 use compactor_runtime::{NodeInfo, PluginRuntime, PluginSource};
 use compactor_storage::RequestCost;
 use compactor_storage::lease::{Lease, Leases, new_engine_id};
@@ -28,6 +28,53 @@ use compactor_storage::{Storage, StorageDescriptor};
 /// Records kept in the manager's memory (the persistent history keeps
 /// `[history] max_records`).
 const HISTORY_LIMIT: usize = 100;
+
+/// Consecutive cycles whose policy calls failed after which a tier is
+/// suspended.
+pub const SUSPEND_AFTER_FAILING_CYCLES: u32 = 3;
+/// The first suspension; each further one in a row doubles, up to a day.
+const FIRST_SUSPENSION_MINUTES: i64 = 10;
+const LONGEST_SUSPENSION_MINUTES: i64 = 24 * 60;
+
+/// How a tier's policy has been doing, cycle over cycle.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TierHealth {
+    /// Cycles in a row in which a call of its policy failed (trap, fuel,
+    /// deadline, memory, refused configuration).
+    pub consecutive_failures: u32,
+    /// Suspended until then: its cycles are skipped and reported.
+    pub suspended_until: Option<DateTime<Utc>>,
+    /// Suspensions in a row (the backoff doubles with each).
+    pub suspensions: u32,
+    /// The last failure.
+    pub last_error: Option<String>,
+}
+
+impl TierHealth {
+    /// Records one cycle of the tier at `now`: `failure` is the first
+    /// policy failure of the cycle, if any. Returns whether the tier has
+    /// just been suspended.
+    pub fn record(&mut self, failure: Option<String>, now: DateTime<Utc>) -> bool {
+        let Some(failure) = failure else {
+            *self = Self::default();
+            return false;
+        };
+        self.consecutive_failures += 1;
+        self.last_error = Some(failure);
+        if self.consecutive_failures < SUSPEND_AFTER_FAILING_CYCLES {
+            return false;
+        }
+        let minutes = FIRST_SUSPENSION_MINUTES.saturating_mul(1 << self.suspensions.min(16)).min(LONGEST_SUSPENSION_MINUTES);
+        self.suspensions += 1;
+        self.suspended_until = Some(now + chrono::Duration::minutes(minutes));
+        true
+    }
+
+    /// Whether the tier is suspended at `now`.
+    pub fn is_suspended(&self, now: DateTime<Utc>) -> bool {
+        self.suspended_until.is_some_and(|until| now < until)
+    }
+}
 
 /// How far ahead a forced cycle's policies see the clock: every age rule is
 /// met (Arc #186: backfilled data older than the schedule's window).
@@ -303,6 +350,7 @@ pub struct Manager {
     active: Mutex<BTreeMap<u64, ActiveJob>>,
     next_active: AtomicU64,
     observers: Mutex<Vec<ProgressSink>>,
+    health: Mutex<BTreeMap<String, TierHealth>>,
 }
 
 impl Manager {
@@ -352,6 +400,7 @@ impl Manager {
             active: Mutex::default(),
             next_active: AtomicU64::new(0),
             observers: Mutex::default(),
+            health: Mutex::default(),
         }
     }
 
@@ -390,6 +439,8 @@ impl Manager {
         }
         let names = reloaded.iter().filter_map(|t| t.policy.as_ref().ok().map(|p| format!("{}: {}", t.name, p.name()))).collect();
         *self.tiers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(reloaded);
+        // New components get a clean slate: a suspension was about the old ones.
+        lock(&self.health).clear();
         tracing::info!(tiers = ?names, "plugins reloaded; the next cycle uses them");
         Ok(names)
     }
@@ -398,6 +449,12 @@ impl Manager {
     /// leases, history), since it started; its jobs' are in their records.
     pub fn engine_requests(&self) -> RequestCost {
         self.requests.snapshot()
+    }
+
+    /// How each tier's policy has been doing (tiers that never failed are
+    /// absent).
+    pub fn tier_health(&self) -> BTreeMap<String, TierHealth> {
+        lock(&self.health).clone()
     }
 
     /// The batches being compacted now.
@@ -605,12 +662,31 @@ impl Manager {
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
+            if let Some(health) = lock(&self.health).get(&tier.name).filter(|h| h.is_suspended(Utc::now())) {
+                report.problems.push(PlanProblem {
+                    tier: tier.name.clone(),
+                    partition: None,
+                    message: format!(
+                        "suspended until {} after {} cycles in a row whose policy calls failed (last: {}); reload the plugin to retry sooner",
+                        health.suspended_until.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                        health.consecutive_failures,
+                        health.last_error.as_deref().unwrap_or_default()
+                    ),
+                });
+                continue;
+            }
             let plan_options = self.plan_options(&options, vec![tier.name.clone()]);
             let plan = planner::plan(&self.storage, std::slice::from_ref(tier), &plan_options).await?;
+            let failed_calls = plan.tiers.first().is_some_and(|t| t.plugin_failures > 0);
+            let failure = failed_calls.then(|| plan.problems.first().map(|p| p.message.clone()).unwrap_or_default());
+            let suspended = lock(&self.health).entry(tier.name.clone()).or_default().record(failure, Utc::now());
+            if suspended {
+                tracing::error!(tier = %tier.name, "the tier's policy failed in {SUSPEND_AFTER_FAILING_CYCLES} cycles in a row; it is suspended (see /api/v1/plugins)");
+            }
             report.problems.extend(plan.problems);
             self.emit(Progress::TierStarted { tier: tier.name.clone(), batches: plan.batches.len() });
             let suffix = plan.tiers.first().map(|t| t.output_suffix.clone()).filter(|s| !s.is_empty());
-            let run = TierRun { cycle_id, descriptor: &descriptor, suffix: suffix.as_deref(), policy: PolicyIdentity::of(tier) };
+            let run = TierRun { cycle_id, descriptor: &descriptor, suffix: suffix.as_deref(), policy: policy_ref(tier) };
             let (records, skipped) = self.execute(plan.batches, &run).await;
             report.jobs.extend(records);
             report.skipped_locked += skipped;
@@ -795,6 +871,7 @@ impl Manager {
                 id: lease.id().to_owned(),
                 deadline_file: job.deadline_file.display().to_string(),
             }),
+            policy: Some(run.policy.clone()),
         };
         let results: Mutex<Vec<JobResult>> = Mutex::default();
         let job_ids: Mutex<Vec<String>> = Mutex::default();
@@ -890,7 +967,7 @@ impl Manager {
             cycle_id: run.cycle_id,
             engine: self.engine_id().to_owned(),
             policy: run.policy.name.clone(),
-            policy_hash: run.policy.hash.clone(),
+            policy_hash: run.policy.content_hash.clone(),
             started_at,
             finished_at: Utc::now(),
         };
@@ -931,21 +1008,19 @@ struct TierRun<'a> {
     cycle_id: u64,
     descriptor: &'a StorageDescriptor,
     suffix: Option<&'a str>,
-    policy: PolicyIdentity,
+    policy: PolicyRef,
 }
 
-/// Which policy build decided a job, for its history entry.
-struct PolicyIdentity {
-    name: String,
-    hash: String,
-}
-
-impl PolicyIdentity {
-    fn of(tier: &PlannedTier) -> Self {
-        match &tier.policy {
-            Ok(policy) => Self { name: policy.name().to_owned(), hash: policy.content_hash().to_owned() },
-            Err(_) => Self { name: String::new(), hash: String::new() },
-        }
+/// Which policy build decides a tier's jobs, for their manifests and
+/// history entries.
+fn policy_ref(tier: &PlannedTier) -> PolicyRef {
+    match &tier.policy {
+        Ok(policy) => PolicyRef {
+            name: policy.name().to_owned(),
+            wit_version: policy.wit_version().unwrap_or_default(),
+            content_hash: policy.content_hash().to_owned(),
+        },
+        Err(_) => PolicyRef::default(),
     }
 }
 

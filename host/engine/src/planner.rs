@@ -179,6 +179,10 @@ pub struct TierSummary {
     pub bytes: u64,
     /// Files the policy chose that a pending recovery manifest holds.
     pub held_files_dropped: usize,
+    /// Policy calls that failed (trap, fuel, deadline, memory, refused
+    /// configuration): a tier failing cycle after cycle is suspended.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub plugin_failures: usize,
     /// Object-store requests executing this tier's batches would make.
     pub requests: RequestCost,
 }
@@ -390,6 +394,7 @@ fn plan_tier(tier: &PlannedTier, listings: &[Listing], held: Option<&HeldFiles>,
         Ok(instance) => instance,
         Err(e) => {
             problem(None, e.to_string());
+            summary.plugin_failures += 1;
             return summary;
         }
     };
@@ -406,6 +411,7 @@ fn plan_tier(tier: &PlannedTier, listings: &[Listing], held: Option<&HeldFiles>,
                 Ok(answer) => answer,
                 Err(e) => {
                     problem(Some(&partition.path), format!("{e}; the tier is skipped for the rest of this cycle"));
+                    summary.plugin_failures += 1;
                     return summary;
                 }
             };
@@ -558,4 +564,8 @@ mod tests {
         let p = partition(&["a", "b", "c"]);
         assert_eq!(batch_bytes(&p, &["a".into(), "c".into()]), 20);
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }

@@ -336,6 +336,7 @@ impl Job<'_> {
             created_at: Utc::now(),
             job_id: config.job_id.clone(),
             owner: config.lease.as_ref().map(|l| ManifestOwner { engine: l.engine.clone(), lease: l.id.clone() }),
+            policy: config.policy.clone(),
         };
         let key = self.runtime.block_on(ManifestStore::new(self.storage.clone()).write(&manifest)).context("failed to write manifest")?;
         self.timer.step("manifest");

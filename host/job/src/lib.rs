@@ -86,6 +86,24 @@ pub struct JobConfig {
     /// job run by hand) the job does not check a lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<JobLease>,
+    /// The policy build that chose the job's files (recorded in its
+    /// recovery manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyRef>,
+}
+
+/// Which policy build decided a job: kept in its manifest and history entry,
+/// so that a bad decision can be traced to the component that made it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRef {
+    /// `builtin:NAME` or the component's path.
+    pub name: String,
+    /// The contract version it was built against.
+    #[serde(default)]
+    pub wit_version: String,
+    /// SHA-256 of the component's bytes.
+    #[serde(default)]
+    pub content_hash: String,
 }
 
 /// The parent's lease on the job's partition, as the child sees it.

@@ -55,6 +55,10 @@ pub struct RecoveryManifest {
     /// The engine and lease of the job (absent in Arc's manifests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<ManifestOwner>,
+    /// The policy build that chose the inputs (absent in Arc's manifests,
+    /// which Arc ignores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::PolicyRef>,
 }
 
 /// Longest manifest file name, leaving room for `.quarantined` within the
@@ -771,6 +775,7 @@ mod tests {
             created_at: DateTime::from_timestamp(1_736_935_200, 0).unwrap(),
             job_id: job_id.into(),
             owner: None,
+            policy: None,
         }
     }
 
