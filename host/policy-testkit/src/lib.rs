@@ -17,6 +17,7 @@
 //! a test or from `compactor plugin test PLUGIN --fixtures DIR`.
 
 pub mod fixtures;
+pub mod simulate;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use compactor_model::{FileMeta, Partition, PartitionLevel};

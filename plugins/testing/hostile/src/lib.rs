@@ -1,6 +1,7 @@
 //! A deliberately hostile tier policy for the host's sandbox tests. Its
 //! `mode` config picks the misbehaviour; `well-behaved` acts like a tiny
-//! policy that compacts every partition with two or more files.
+//! policy that compacts every partition with two or more files; `self-select`
+//! never converges (it selects its own output alone).
 
 use compactor_plugin_sdk::{Candidate, Partition, TierInfo, TierPolicy, Timestamp, export_tier_policy};
 use serde::Deserialize;
@@ -55,6 +56,8 @@ impl TierPolicy for Hostile {
             "foreign-file" => vec![Candidate { files: vec![format!("{}/not-listed.parquet", partition.path)] }],
             "duplicate" => vec![whole.clone(), whole],
             "traversal" => vec![Candidate { files: vec![format!("{}/../../../etc/passwd", partition.path)] }],
+            // Never converges: selects whatever is there, its own output alone included.
+            "self-select" if !partition.files.is_empty() => vec![whole],
             _ if partition.files.len() >= 2 => vec![whole],
             _ => Vec::new(),
         }
