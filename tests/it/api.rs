@@ -487,3 +487,83 @@ fn a_changed_component_is_reloaded_between_cycles_and_a_broken_one_leaves_the_ol
     assert!(second.iter().all(|r| r["policy_hash"] == new_hash.as_str()), "{history}");
     stop(engine);
 }
+
+#[test]
+fn sigterm_during_a_triggered_cycle_lets_its_jobs_finish() {
+    let (lake, port) = api_lake(|config| config.section("api", "token", TOKEN));
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[("COMPACTOR_STALL", "after-merge:1500")]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    let (status, body) = api.post("/api/v1/compaction/trigger?tier=hourly", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    wait_until("a job in flight", Duration::from_secs(60), || api.get("/api/v1/compaction/jobs").1["active_jobs"].as_u64() > Some(0));
+    signal_group(&engine, libc::SIGTERM);
+    // While the jobs drain, the API still answers, and refuses new work.
+    let (status, body) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
+    assert!(status == 503 || status == 409, "{status} {body}");
+    assert_eq!(api.get("/healthz").0, 200);
+    let status = engine.wait().unwrap();
+    assert!(status.success(), "{status}");
+    // The jobs in flight finished: nothing for recovery, every row once.
+    let manifests: Vec<String> =
+        crate::util::files_under(&lake.lake.join("_compaction_state")).into_iter().filter(|f| f.ends_with(".json")).collect();
+    assert!(manifests.is_empty(), "{manifests:?}");
+    assert_intact(&lake);
+    let history = compactor(&["history", "--config", &lake.config, "--format", "json"], &[]);
+    let records: Vec<Value> = serde_json::from_slice(&history.stdout).unwrap();
+    assert!(!records.is_empty() && records.iter().all(|r| r["success"] == true), "{records:?}");
+}
+
+#[test]
+fn loose_parameters_hostile_clients_and_odd_tokens_are_handled() {
+    let (lake, port) = api_lake(|config| config.section("api", "token", TOKEN));
+    // An empty environment token does not override the config's.
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[("COMPACTOR_API_TOKEN", "")]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    let trigger = "/api/v1/compaction/trigger";
+    for (query, field) in [("?database=", "database"), ("?force=", "force"), ("?tier=", "tier"), ("?tier=hourly&tier=daily", "tier")] {
+        let (status, body) = api.post(&format!("{trigger}{query}"), Some(TOKEN));
+        assert_eq!(status, 400, "{query}: {body}");
+        let error = body["error"].as_str().unwrap().to_lowercase();
+        assert!(error.contains(field), "{query}: {body}");
+    }
+    let post_json = |query: &str, json: &str| {
+        let request = api.http.post(format!("{}{trigger}{query}", api.base)).bearer_auth(TOKEN).body(json.to_owned());
+        let (status, body) = api.send(request).unwrap();
+        (status, serde_json::from_str::<Value>(&body).unwrap_or_else(|_| panic!("not JSON: {body}")))
+    };
+    for json in [r#"{"database": null}"#, r#"{"database": true}"#, r#"{"tier": []}"#, r#"{"tier": [5, 6]}"#, r#"{"force": "yes"}"#] {
+        let (status, body) = post_json("", json);
+        assert_eq!(status, 400, "{json}: {body}");
+    }
+    let (status, body) = post_json("?database=nodb", r#"{"database": "db"}"#);
+    assert_eq!(status, 400, "query and body together: {body}");
+    let (status, body) = post_json("", &format!(r#"{{"database": "{}"}}"#, "x".repeat(100 * 1024)));
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].is_string());
+    assert_eq!(api.get("/api/v1/compaction/status").1["manager"]["current_cycle_id"], 0, "nothing started");
+    // The scheme is case-insensitive.
+    let request = api.http.post(format!("{}{trigger}?tier=hourly", api.base)).header("Authorization", format!("bearer {TOKEN}"));
+    assert_eq!(api.send(request).unwrap().0, 200);
+    api.wait_cycle_done(1);
+
+    // Connections that never finish their headers do not take the engine's
+    // descriptors, and are dropped after the header timeout.
+    let held: Vec<std::net::TcpStream> = (0..400)
+        .filter_map(|_| {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            std::io::Write::write_all(&mut stream, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").ok()?;
+            Some(stream)
+        })
+        .collect();
+    assert!(!held.is_empty());
+    let descriptors = std::fs::read_dir(format!("/proc/{}/fd", engine.id())).unwrap().count();
+    assert!(descriptors < 400, "{descriptors} descriptors open in the engine");
+    wait_until("the API to answer again", Duration::from_secs(30), || {
+        matches!(api.send(api.http.get(format!("{}/healthz", api.base))), Ok((200, _)))
+    });
+    drop(held);
+    stop(engine);
+    assert_intact(&lake);
+}

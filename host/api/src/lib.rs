@@ -34,6 +34,17 @@ use compactor_engine::manager::{CycleOptions, GateDecision, Manager};
 const CANDIDATES_DEADLINE: Duration = Duration::from_secs(30);
 /// How often debt is recomputed between cycles.
 const DEBT_INTERVAL: Duration = Duration::from_secs(300);
+/// Partition outlooks computed at once; others wait their turn (within the
+/// deadline).
+const OUTLOOKS_AT_ONCE: usize = 2;
+/// How long `/partitions` may take, waiting included.
+const OUTLOOK_DEADLINE: Duration = Duration::from_secs(30);
+/// The largest request body (a trigger's JSON).
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Connections open at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Arc's history route returns at most this many records.
 const HISTORY_MAX: usize = 10;
 
@@ -48,9 +59,12 @@ struct Inner {
     metrics: Arc<Metrics>,
     token: Option<String>,
     ready: AtomicBool,
+    stopping: AtomicBool,
     scheduling: RwLock<Scheduling>,
     debt: RwLock<Option<Debt>>,
     debt_wanted: tokio::sync::Notify,
+    /// Outlooks computed at once: each can make thousands of policy calls.
+    outlooks: tokio::sync::Semaphore,
 }
 
 /// Whether the schedulers run, and what the gate said.
@@ -72,9 +86,11 @@ impl Api {
                 metrics,
                 token,
                 ready: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
                 scheduling: RwLock::default(),
                 debt: RwLock::default(),
                 debt_wanted: tokio::sync::Notify::new(),
+                outlooks: tokio::sync::Semaphore::new(OUTLOOKS_AT_ONCE),
             }),
         };
         let wake = Arc::downgrade(&api.inner);
@@ -91,6 +107,12 @@ impl Api {
     pub fn set_ready(&self, schedulers_running: bool, gate: GateDecision) {
         *self.inner.scheduling.write().unwrap_or_else(|e| e.into_inner()) = Scheduling { running: schedulers_running, gate };
         self.inner.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// The engine is shutting down: triggers are refused, reads still
+    /// answer while running jobs finish.
+    pub fn set_stopping(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
     }
 
     /// Every route.
@@ -110,20 +132,60 @@ impl Api {
             .route("/api/v1/plugins/reload", post(reload))
             .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
             .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint".into()) })
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::middleware::map_response(json_errors))
             .with_state(self.clone())
     }
 
     /// Serves on `listener` until `shutdown` resolves; keeps the debt gauges
     /// fresh meanwhile.
+    ///
+    /// A client must not be able to take the engine's file descriptors or
+    /// hold connections forever: at most [`MAX_CONNECTIONS`] are open (more
+    /// are closed at once), and a request's headers must arrive within
+    /// [`HEADER_TIMEOUT`].
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        use hyper_util::rt::{TokioIo, TokioTimer};
         let refresher = tokio::spawn(self.clone().refresh_debt());
-        let served = axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await;
+        let router = self.router();
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors, typically: back off, do not spin.
+                        tracing::warn!(error = %e, "the API cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                let _ = connection.await;
+                drop(permit);
+            });
+        }
         refresher.abort();
-        served
+        let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+        Ok(())
     }
 
     /// Recomputes debt now, after each cycle, and every [`DEBT_INTERVAL`].
@@ -143,6 +205,21 @@ impl Api {
     fn manager(&self) -> &Manager {
         &self.inner.manager
     }
+}
+
+/// Errors axum answers itself (a body too large, a path that is not
+/// UTF-8, a missing parameter) come as text: make them JSON like ours.
+async fn json_errors(response: Response) -> Response {
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
+    ApiError::new(status, message).into_response()
 }
 
 /// A JSON error answer: `{"error": message}`, or a body of its own.
@@ -188,7 +265,13 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
             "mutating endpoints are disabled: no API token is configured ([api] token or COMPACTOR_API_TOKEN)",
         ));
     };
-    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // The scheme is case-insensitive (RFC 7235).
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
     match presented {
         None => Err(refuse(StatusCode::UNAUTHORIZED, "Authentication required")),
         Some(token) if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) => Ok(()),
@@ -330,7 +413,11 @@ async fn history(State(api): State<Api>, Query(query): Query<HashMap<String, Str
             for entry in &unreadable {
                 tracing::warn!(key = %entry.key, error = %entry.error, "unreadable history entry");
             }
-            ok(json!({ "total_jobs": manager.stats().total_jobs_completed, "recent_jobs": records }))
+            // Arc reports its in-memory count of completed jobs; after a restart
+            // that would be 0 beside a history that survived: report the
+            // history's size when it is larger.
+            let kept = manager.history().len().await.unwrap_or(0) as u64;
+            ok(json!({ "total_jobs": kept.max(manager.stats().total_jobs_completed), "recent_jobs": records }))
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the job history: {e}")),
     }
@@ -346,55 +433,108 @@ fn valid_database(name: &str) -> bool {
 
 fn parse_bool(field: &str, value: &str) -> Result<bool, ApiError> {
     match value.trim().to_ascii_lowercase().as_str() {
-        "" | "true" | "1" | "yes" => Ok(true),
+        "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
         _ => Err(ApiError::bad_request(format!("invalid {field}: {value:?} (expected true or false)"))),
     }
 }
 
-/// The trigger's parameters, from the query string (Arc) or a JSON body.
-fn trigger_parameters(query: &HashMap<String, String>, body: &Bytes) -> Result<HashMap<String, String>, ApiError> {
-    let mut parameters = query.clone();
-    if body.iter().any(|b| !b.is_ascii_whitespace()) {
-        let parsed: serde_json::Map<String, Value> = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e} (expected an object with tier, database, force)")))?;
-        for (key, value) in parsed {
-            let text = match value {
-                Value::String(s) => s,
-                Value::Array(items) => items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
-                other => other.to_string(),
-            };
-            parameters.insert(key, text);
-        }
-    }
-    if let Some(unknown) = parameters.keys().find(|k| !["tier", "database", "force"].contains(&k.as_str())) {
-        return Err(ApiError::bad_request(format!("unknown parameter {unknown:?} (expected tier, database, force)")));
-    }
-    Ok(parameters)
+/// What a trigger asks for, checked.
+#[derive(Debug, Default)]
+struct TriggerRequest {
+    tiers: Vec<String>,
+    database: Option<String>,
+    force: bool,
 }
 
-async fn trigger(State(api): State<Api>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>, body: Bytes) -> Answer {
+const INVALID_DATABASE: &str =
+    "Invalid database name: must start with a letter and contain only alphanumeric characters, underscores, or hyphens (max 64 characters)";
+
+impl TriggerRequest {
+    /// From the query string (Arc's form) or a JSON body, not both.
+    fn parse(query: &[(String, String)], body: &Bytes) -> Result<Self, ApiError> {
+        let has_body = body.iter().any(|b| !b.is_ascii_whitespace());
+        if has_body && !query.is_empty() {
+            return Err(ApiError::bad_request("give the parameters in the query string or in a JSON body, not both".into()));
+        }
+        let mut request = Self::default();
+        let mut seen: Vec<&str> = Vec::new();
+        if has_body {
+            let object: serde_json::Map<String, Value> = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e} (expected an object with tier, database, force)")))?;
+            for (key, value) in &object {
+                match (key.as_str(), value) {
+                    ("tier", Value::String(list)) => request.tiers = split_tiers(list)?,
+                    ("tier", Value::Array(items)) => {
+                        let names: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
+                        let names = names.ok_or_else(|| ApiError::bad_request("tier: expected a list of tier names".into()))?;
+                        request.tiers = split_tiers(&names.join(","))?;
+                    }
+                    ("database", Value::String(name)) => request.database = Some(checked_database(name)?),
+                    ("force", Value::Bool(force)) => request.force = *force,
+                    ("tier" | "database" | "force", other) => {
+                        return Err(ApiError::bad_request(format!(
+                            "{key}: unexpected {other} (expected a string, or true/false for force)"
+                        )));
+                    }
+                    _ => return Err(ApiError::bad_request(format!("unknown parameter {key:?} (expected tier, database, force)"))),
+                }
+            }
+            return Ok(request);
+        }
+        for (key, value) in query {
+            if seen.contains(&key.as_str()) {
+                return Err(ApiError::bad_request(format!("{key} is given more than once")));
+            }
+            match key.as_str() {
+                "tier" => request.tiers = split_tiers(value)?,
+                "database" => request.database = Some(checked_database(value)?),
+                "force" => request.force = parse_bool("force", value)?,
+                _ => return Err(ApiError::bad_request(format!("unknown parameter {key:?} (expected tier, database, force)"))),
+            }
+            seen.push(key);
+        }
+        Ok(request)
+    }
+}
+
+/// `a,b` → its tier names, trimmed and without repeats; none is an error.
+fn split_tiers(list: &str) -> Result<Vec<String>, ApiError> {
+    let mut tiers: Vec<String> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if !tiers.iter().any(|t| t == name) {
+            tiers.push(name.to_owned());
+        }
+    }
+    if tiers.is_empty() {
+        return Err(ApiError::bad_request("tier: no tier named (omit tier for every enabled tier)".into()));
+    }
+    Ok(tiers)
+}
+
+fn checked_database(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if valid_database(name) { Ok(name.to_owned()) } else { Err(ApiError::bad_request(INVALID_DATABASE.into())) }
+}
+
+async fn trigger(State(api): State<Api>, headers: HeaderMap, Query(query): Query<Vec<(String, String)>>, body: Bytes) -> Answer {
     authorize(&api, &headers)?;
-    let parameters = trigger_parameters(&query, &body)?;
+    let TriggerRequest { tiers: requested, database, force } = TriggerRequest::parse(&query, &body)?;
+    if api.inner.stopping.load(Ordering::SeqCst) {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine is shutting down".into()));
+    }
     let manager = api.manager();
-    let database = parameters.get("database").map(|d| d.trim().to_owned()).filter(|d| !d.is_empty());
-    if let Some(db) = &database
-        && !valid_database(db)
-    {
-        return Err(ApiError::bad_request(
-            "Invalid database name: must start with a letter and contain only alphanumeric characters, underscores, or hyphens (max 64 characters)"
-                .into(),
-        ));
+    let configured = &manager.config().tiers;
+    for name in &requested {
+        match configured.iter().find(|t| &t.name == name) {
+            None => {
+                let names: Vec<&str> = configured.iter().map(|t| t.name.as_str()).collect();
+                return Err(ApiError::bad_request(format!("unknown tier {name:?} in tier (configured: {})", names.join(", "))));
+            }
+            Some(tier) if !tier.enabled => return Err(ApiError::bad_request(format!("tier {name:?} is disabled in the config"))),
+            Some(_) => {}
+        }
     }
-    let requested: Vec<String> = parameters
-        .get("tier")
-        .map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect())
-        .unwrap_or_default();
-    let configured: Vec<&str> = manager.config().tiers.iter().map(|t| t.name.as_str()).collect();
-    if let Some(unknown) = requested.iter().find(|t| !configured.contains(&t.as_str())) {
-        return Err(ApiError::bad_request(format!("unknown tier {unknown:?} in tier (configured: {})", configured.join(", "))));
-    }
-    let force = parameters.get("force").map(|f| parse_bool("force", f)).transpose()?.unwrap_or(false);
     let ticket = manager.begin_cycle().map_err(|_| ApiError {
         status: StatusCode::CONFLICT,
         body: json!({
@@ -413,10 +553,8 @@ async fn trigger(State(api): State<Api>, headers: HeaderMap, Query(query): Query
     let options = CycleOptions { now: None, tiers: requested, database: database.clone(), force };
     let running = api.inner.manager.clone();
     tokio::spawn(async move {
-        match running.run_begun_cycle(ticket, options).await {
-            Ok(report) => tracing::info!(cycle_id, jobs = report.jobs.len(), failed = report.failed().count(), "triggered cycle finished"),
-            Err(e) => tracing::error!(cycle_id, error = %e, "triggered cycle failed"),
-        }
+        let outcome = running.run_begun_cycle(ticket, options).await;
+        compactor_engine::scheduler::log_cycle_outcome("triggered", &outcome);
     });
     let mut body = json!({
         "message": "Compaction triggered",
@@ -466,11 +604,14 @@ async fn partitions(
     {
         return Err(ApiError::bad_request(format!("invalid to: {} is not after from ({})", to.to_rfc3339(), from.to_rfc3339())));
     }
-    let described = api
-        .manager()
-        .partition_outlook(&database, &measurement, from, to, now)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot list {database}/{measurement}/: {e}")))?;
+    let computed = tokio::time::timeout(OUTLOOK_DEADLINE, async {
+        let _turn = api.inner.outlooks.acquire().await;
+        api.manager().partition_outlook(&database, &measurement, from, to, now).await
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the outlook took longer than 30 s; narrow it with from and to".into()))?;
+    let (described, truncated) =
+        computed.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot list {database}/{measurement}/: {e}")))?;
     if described.is_empty() && from.is_none() && to.is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no Parquet files under {database}/{measurement}/")));
     }
@@ -479,7 +620,7 @@ async fn partitions(
         "measurement": measurement,
         "now": now.to_rfc3339(),
         "count": described.len(),
-        "truncated": described.len() >= compactor_engine::outlook::MAX_PARTITIONS,        "partitions": described,
+        "truncated": truncated,        "partitions": described,
     })))
 }
 

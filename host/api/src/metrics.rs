@@ -197,12 +197,11 @@ impl Metrics {
         }
     }
 
-    /// Adds to `counter` what a cumulative reading kept elsewhere gained
-    /// since the last scrape (a reading that went down restarted from 0:
-    /// a reloaded plugin).
+    /// Adds to `counter` what a cumulative reading kept elsewhere (it
+    /// never decreases) gained since the last scrape.
     fn follow(&self, seen: &mut HashMap<String, u64>, counter: &IntCounter, key: String, reading: u64) {
         let last = seen.insert(key, reading).unwrap_or(0);
-        counter.inc_by(if reading >= last { reading - last } else { reading });
+        counter.inc_by(reading.saturating_sub(last));
     }
 
     /// Reads the manager's live state into the gauges and followed counters.
@@ -224,7 +223,7 @@ impl Metrics {
             let labels = [tier.name.as_str(), policy.name()];
             let version = policy.wit_version().unwrap_or_default();
             self.plugin_loaded.with_label_values(&[tier.name.as_str(), policy.name(), &version, policy.content_hash()]).set(1);
-            let counts = policy.call_counts();
+            let counts = manager.cumulative_call_counts(&tier.name);
             let followed = [
                 (&self.plugin_calls, "calls", counts.calls),
                 (&self.plugin_fuel, "fuel", counts.fuel_used),
@@ -234,7 +233,7 @@ impl Metrics {
                 (&self.plugin_out_of_memory, "out_of_memory", counts.out_of_memory),
             ];
             for (family, what, reading) in followed {
-                let key = format!("plugin/{}/{}/{what}", tier.name, policy.name());
+                let key = format!("plugin/{}/{what}", tier.name);
                 self.follow(&mut seen, &family.with_label_values(&labels), key, reading);
             }
         }

@@ -39,17 +39,20 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = Table::new(["FINISHED", "TIER", "PARTITION", "FILES", "BYTES IN", "BYTES OUT", "ROWS", "MS", "OUTCOME"]);
+    // Entries are data anyone with write access to the lake can shape: no
+    // terminal escapes reach the screen.
+    let clean = |text: &str| compactor_runtime::sanitize(text, 256);
     for r in &records {
         table.row([
             r.finished_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-            r.tier.clone(),
-            r.partition_path.clone(),
+            clean(&r.tier),
+            clean(&r.partition_path),
             format!("{}→{}", r.files_compacted, r.files_out),
             format_bytes(r.bytes_before),
             format_bytes(r.bytes_after),
             r.rows_after.to_string(),
             r.duration_ms.to_string(),
-            if r.success { "ok".into() } else { format!("failed: {}", r.error.as_deref().unwrap_or_default()) },
+            if r.success { "ok".into() } else { format!("failed: {}", clean(r.error.as_deref().unwrap_or_default())) },
         ]);
     }
     let failed = records.iter().filter(|r| !r.success).count();

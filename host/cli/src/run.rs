@@ -28,10 +28,12 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         // Listen for signals before anything else, so that none is missed.
         let stop_signal = ShutdownSignal::new()?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        // The API outlives the schedulers: it answers while running jobs drain.
+        let (api_stop, api_stopped) = tokio::sync::watch::channel(false);
         // The API answers from the start: /healthz at once, /readyz once
         // recovery is done.
         let api = match &config.api {
-            Some(api_config) => Some(start_api(&manager, api_config, stopped.clone()).await?),
+            Some(api_config) => Some(start_api(&manager, api_config, api_stopped).await?),
             None => None,
         };
         spawn_reload_on_hangup(&manager)?;
@@ -70,8 +72,17 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         stop_signal.wait().await;
         tracing::info!("shutting down: waiting for the running jobs and policy calls to finish");
         manager.request_stop();
+        if let Some((api, _)) = &api {
+            api.set_stopping();
+        }
         let _ = stop.send(true);
         let _ = scheduler.await;
+        // A cycle the API triggered is not the scheduler's: wait for it too,
+        // so that its jobs finish and release their partitions.
+        while manager.is_cycle_running() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let _ = api_stop.send(true);
         if let Some((_, server)) = api {
             let _ = server.await;
         }

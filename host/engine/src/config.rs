@@ -369,10 +369,11 @@ impl ApiConfig {
         self.listen.parse().map_err(|e| value_error("api.listen", format!("{:?} ({e}; expected e.g. \"127.0.0.1:8081\")", self.listen)))
     }
 
-    /// The token in effect: the environment's, else the config's; empty
-    /// means none.
+    /// The token in effect, trimmed: the environment's if set and not
+    /// empty, else the config's; none when both are empty.
     pub fn effective_token(&self) -> Option<String> {
-        std::env::var("COMPACTOR_API_TOKEN").ok().or_else(|| self.token.clone()).filter(|t| !t.trim().is_empty())
+        let nonempty = |t: String| Some(t.trim().to_owned()).filter(|t| !t.is_empty());
+        std::env::var("COMPACTOR_API_TOKEN").ok().and_then(nonempty).or_else(|| self.token.clone().and_then(nonempty))
     }
 }
 

@@ -22,6 +22,9 @@ pub fn history_prefix() -> String {
 
 /// Reads in flight at once when loading entries.
 const CONCURRENT_READS: usize = 16;
+/// An entry is a few hundred bytes; anything much larger is not one of ours
+/// and is not read.
+const MAX_ENTRY_BYTES: u64 = 64 * 1024;
 
 /// The lake's job history.
 #[derive(Clone)]
@@ -70,42 +73,66 @@ impl History {
         self.storage.write(&key, line).await
     }
 
-    /// Keys of every entry, oldest first.
-    async fn keys(&self) -> Result<Vec<String>, StorageError> {
-        let mut keys: Vec<String> =
-            self.storage.list(&history_prefix()).await?.into_iter().map(|f| f.key).filter(|k| k.ends_with(".jsonl")).collect();
-        keys.sort_by(|a, b| entry_name(a).cmp(entry_name(b)));
-        Ok(keys)
+    /// Every entry, oldest first: objects directly under the prefix named
+    /// as [`History::append`] names them (anything else there is ignored).
+    async fn entries(&self) -> Result<Vec<compactor_model::FileMeta>, StorageError> {
+        let prefix = history_prefix();
+        let mut entries: Vec<compactor_model::FileMeta> =
+            self.storage.list(&prefix).await?.into_iter().filter(|f| f.key.strip_prefix(&prefix).is_some_and(is_entry_name)).collect();
+        entries.sort_by(|a, b| entry_name(&a.key).cmp(entry_name(&b.key)));
+        Ok(entries)
     }
 
-    /// The `limit` most recent entries, oldest first, and those that could
-    /// not be read.
+    /// How many entries the history holds.
+    pub async fn len(&self) -> Result<usize, StorageError> {
+        Ok(self.entries().await?.len())
+    }
+
+    /// Whether the history holds no entry.
+    pub async fn is_empty(&self) -> Result<bool, StorageError> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// The `limit` most recent readable entries, oldest first, and the
+    /// entries met on the way that could not be read (which do not count
+    /// towards `limit`).
     pub async fn recent(&self, limit: usize) -> Result<(Vec<JobRecord>, Vec<UnreadableEntry>), StorageError> {
-        let keys = self.keys().await?;
-        let wanted = &keys[keys.len().saturating_sub(limit)..];
-        // Owned keys and store: a future borrowing them is not `Send` for
-        // every lifetime, which an axum handler needs.
-        let reads = futures::stream::iter(wanted.iter().cloned().map(|key| {
-            let storage = self.storage.clone();
-            async move {
-                let outcome = match storage.read(&key).await {
-                    Ok(bytes) => serde_json::from_slice::<JobRecord>(&bytes).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                outcome.map_err(|error| UnreadableEntry { key, error })
-            }
-        }))
-        .buffered(CONCURRENT_READS)
-        .collect::<Vec<_>>()
-        .await;
+        let entries = self.entries().await?;
         let mut records = Vec::new();
         let mut unreadable = Vec::new();
-        for read in reads {
-            match read {
-                Ok(record) => records.push(record),
-                Err(entry) => unreadable.push(entry),
+        let mut newest_first = entries.into_iter().rev();
+        while records.len() < limit {
+            let chunk: Vec<compactor_model::FileMeta> = newest_first.by_ref().take(limit - records.len()).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            // Owned keys and store: a future borrowing them is not `Send` for
+            // every lifetime, which an axum handler needs.
+            let reads = futures::stream::iter(chunk.into_iter().map(|entry| {
+                let storage = self.storage.clone();
+                async move {
+                    let outcome = if entry.size > MAX_ENTRY_BYTES {
+                        Err(format!("{} bytes: too large for a history entry", entry.size))
+                    } else {
+                        match storage.read(&entry.key).await {
+                            Ok(bytes) => parse_entry(&bytes),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    };
+                    outcome.map_err(|error| UnreadableEntry { key: entry.key, error })
+                }
+            }))
+            .buffered(CONCURRENT_READS)
+            .collect::<Vec<_>>()
+            .await;
+            for read in reads {
+                match read {
+                    Ok(record) => records.push(record),
+                    Err(entry) => unreadable.push(entry),
+                }
             }
         }
+        records.reverse();
         Ok((records, unreadable))
     }
 
@@ -116,13 +143,29 @@ impl History {
         if self.max_records == 0 {
             return Ok(0);
         }
-        let keys = self.keys().await?;
-        let excess = keys.len().saturating_sub(self.max_records);
-        for key in &keys[..excess] {
-            self.storage.delete(key).await?;
+        let entries = self.entries().await?;
+        let excess = entries.len().saturating_sub(self.max_records);
+        for entry in &entries[..excess] {
+            self.storage.delete(&entry.key).await?;
         }
         Ok(excess)
     }
+}
+
+/// `{13 digits}-{engine}-{sequence}.jsonl`, with no `/`.
+fn is_entry_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    name.len() > 19 && !name.contains('/') && name.ends_with(".jsonl") && bytes[..13].iter().all(u8::is_ascii_digit) && bytes[13] == b'-'
+}
+
+/// A record, if the bytes are one: JSON with a tier, a partition and a
+/// finish time (a bare `{}` would otherwise read as an empty job).
+fn parse_entry(bytes: &[u8]) -> Result<JobRecord, String> {
+    let record: JobRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if record.tier.is_empty() || record.partition_path.is_empty() || record.finished_at.timestamp() <= 0 {
+        return Err("not a job record (no tier, partition or finish time)".into());
+    }
+    Ok(record)
 }
 
 /// The part of a key that orders entries: its name after the prefix.
@@ -137,6 +180,7 @@ mod tests {
 
     fn record(minute: u32, partition: &str) -> JobRecord {
         JobRecord {
+            tier: "hourly".into(),
             partition_path: partition.into(),
             finished_at: Utc.with_ymd_and_hms(2026, 4, 11, 10, minute, 0).unwrap(),
             success: true,
@@ -175,13 +219,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_damaged_entry_is_reported_not_fatal() {
+    async fn damaged_or_foreign_entries_are_reported_or_ignored_never_counted() {
         let storage = Storage::in_memory();
         let history = History::new(storage.clone(), "e", 10);
-        history.append(&record(1, "p")).await.unwrap();
-        storage.write(&format!("{}0000000000000-x-000000.jsonl", history_prefix()), "{cut").await.unwrap();
-        let (records, unreadable) = history.recent(10).await.unwrap();
-        assert_eq!(records.len(), 1);
-        assert_eq!(unreadable.len(), 1);
+        history.append(&record(1, "p1")).await.unwrap();
+        history.append(&record(2, "p2")).await.unwrap();
+        let prefix = history_prefix();
+        storage.write(&format!("{prefix}9999999999998-x-000000.jsonl"), "{cut").await.unwrap();
+        storage.write(&format!("{prefix}9999999999999-x-000000.jsonl"), "{}").await.unwrap();
+        storage.write(&format!("{prefix}sub.jsonl/inner.jsonl"), "{}").await.unwrap();
+        storage.write(&format!("{prefix}notes.jsonl"), "{}").await.unwrap();
+        // The two junk entries sort newest, yet two records are still found.
+        let (records, unreadable) = history.recent(2).await.unwrap();
+        let order: Vec<&str> = records.iter().map(|r| r.partition_path.as_str()).collect();
+        assert_eq!(order, ["p1", "p2"]);
+        assert_eq!(unreadable.len(), 2, "{unreadable:?}");
+        assert_eq!(history.len().await.unwrap(), 4, "only entry-shaped names count");
     }
 }

@@ -351,6 +351,9 @@ pub struct Manager {
     next_active: AtomicU64,
     observers: Mutex<Vec<ProgressSink>>,
     health: Mutex<BTreeMap<String, TierHealth>>,
+    /// Call counters of the tiers' replaced plugins, which instances of a
+    /// cycle in flight may still be using.
+    retired_calls: Mutex<BTreeMap<String, Vec<Arc<compactor_runtime::CallStats>>>>,
 }
 
 impl Manager {
@@ -369,6 +372,11 @@ impl Manager {
         }
         let plugins = crate::plugin_runtime(config.plugin_cache_dir())?;
         let tiers = PlannedTier::load_all(&config, &plugins)?;
+        for tier in tiers.iter().filter(|t| t.enabled) {
+            if let Err(e) = &tier.policy {
+                tracing::error!(tier = %tier.name, "{e}; the tier does nothing until its plugin loads (fix it, then SIGHUP or reload)");
+            }
+        }
         Ok(Self::new(config, storage, tiers, plugins, child))
     }
 
@@ -401,6 +409,7 @@ impl Manager {
             next_active: AtomicU64::new(0),
             observers: Mutex::default(),
             health: Mutex::default(),
+            retired_calls: Mutex::default(),
         }
     }
 
@@ -438,7 +447,14 @@ impl Manager {
             policy.instantiate(&tier.config_json, tier.limits).map_err(|e| format!("tier {}: {e}", tier.name))?;
         }
         let names = reloaded.iter().filter_map(|t| t.policy.as_ref().ok().map(|p| format!("{}: {}", t.name, p.name()))).collect();
-        *self.tiers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(reloaded);
+        let replaced = std::mem::replace(&mut *self.tiers.write().unwrap_or_else(|e| e.into_inner()), Arc::new(reloaded));
+        let mut retired = lock(&self.retired_calls);
+        for tier in replaced.iter() {
+            if let Some(stats) = tier.policy.as_ref().ok().and_then(|p| p.call_stats()) {
+                retired.entry(tier.name.clone()).or_default().push(stats);
+            }
+        }
+        drop(retired);
         // New components get a clean slate: a suspension was about the old ones.
         lock(&self.health).clear();
         tracing::info!(tiers = ?names, "plugins reloaded; the next cycle uses them");
@@ -455,6 +471,19 @@ impl Manager {
     /// absent).
     pub fn tier_health(&self) -> BTreeMap<String, TierHealth> {
         lock(&self.health).clone()
+    }
+
+    /// What the calls of a tier's policies did since the engine started,
+    /// replaced builds included: a counter for metrics, never decreasing.
+    pub fn cumulative_call_counts(&self, tier: &str) -> compactor_runtime::CallCounts {
+        let current = self
+            .tiers()
+            .iter()
+            .filter(|t| t.name == tier)
+            .filter_map(|t| t.policy.as_ref().ok())
+            .map(|p| p.call_counts())
+            .fold(compactor_runtime::CallCounts::default(), |a, b| a + b);
+        lock(&self.retired_calls).get(tier).into_iter().flatten().map(|s| s.read()).fold(current, |a, b| a + b)
     }
 
     /// The batches being compacted now.

@@ -108,10 +108,11 @@ pub struct OutlookRequest<'a> {
     pub held: Option<&'a HeldFiles>,
 }
 
-/// Describes every partition of the request (the newest [`MAX_PARTITIONS`]).
-/// Plugin calls block: run it off the async runtime's threads.
-pub fn outlook(config: &Config, tiers: &Arc<Vec<PlannedTier>>, request: &OutlookRequest<'_>) -> Vec<PartitionOutlook> {
-    let mut entries = entries(request);
+/// Describes every partition of the request (the newest [`MAX_PARTITIONS`];
+/// the flag says whether older ones were left out). Plugin calls block: run
+/// it off the async runtime's threads.
+pub fn outlook(config: &Config, tiers: &Arc<Vec<PlannedTier>>, request: &OutlookRequest<'_>) -> (Vec<PartitionOutlook>, bool) {
+    let (mut entries, truncated) = entries(request);
     let mut tier_views = Vec::new();
     for tier in tiers.iter().filter(|t| t.enabled) {
         let schedule = config.tiers.iter().find(|t| t.name == tier.name).and_then(|t| parse_schedule(t.effective_schedule()).ok());
@@ -191,7 +192,7 @@ pub fn outlook(config: &Config, tiers: &Arc<Vec<PlannedTier>>, request: &Outlook
             }
         }
     }
-    entries.into_iter().map(|e| e.outlook).collect()
+    (entries.into_iter().map(|e| e.outlook).collect(), truncated)
 }
 
 fn tier_view(
@@ -274,7 +275,7 @@ impl crate::manager::Manager {
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<PartitionOutlook>, compactor_storage::StorageError> {
+    ) -> Result<(Vec<PartitionOutlook>, bool), compactor_storage::StorageError> {
         let mut files = self.storage().list(&format!("{database}/{measurement}/")).await?;
         files.retain(|f| compactor_model::is_eligible_input(&f.key));
         let held = match compactor_job::manifest::ManifestStore::new(self.storage().clone()).held_files().await {
@@ -295,7 +296,7 @@ impl crate::manager::Manager {
         .await;
         Ok(described.unwrap_or_else(|e| {
             tracing::error!(error = %e, "the partition outlook failed (a bug in compactor)");
-            Vec::new()
+            (Vec::new(), false)
         }))
     }
 }
@@ -308,7 +309,7 @@ struct Entry {
 
 /// The hours of the request, and each day's files that lie outside its
 /// hours (e.g. daily outputs), newest last.
-fn entries(request: &OutlookRequest<'_>) -> Vec<Entry> {
+fn entries(request: &OutlookRequest<'_>) -> (Vec<Entry>, bool) {
     let hours = group_into_partitions(request.database, request.measurement, request.files, PartitionLevel::Hour);
     let in_hours: HashSet<&str> = hours.iter().flat_map(|p| p.files.iter().map(|f| f.key.as_str())).collect();
     let day_files: Vec<FileMeta> = request.files.iter().filter(|f| !in_hours.contains(f.key.as_str())).cloned().collect();
@@ -335,7 +336,7 @@ fn entries(request: &OutlookRequest<'_>) -> Vec<Entry> {
         all.insert((partition.time, partition.path), Entry { keys, outlook });
     }
     let skip = all.len().saturating_sub(MAX_PARTITIONS);
-    all.into_values().skip(skip).collect()
+    (all.into_values().skip(skip).collect(), skip > 0)
 }
 
 #[cfg(test)]
@@ -353,7 +354,7 @@ mod tests {
         let runtime = crate::plugin_runtime(cache.path().to_path_buf()).unwrap();
         let tiers = Arc::new(PlannedTier::load_all(&config, &runtime).unwrap());
         let request = OutlookRequest { database: "db", measurement: "cpu", files, from: None, to: None, now, held: None };
-        outlook(&config, &tiers, &request)
+        outlook(&config, &tiers, &request).0
     }
 
     #[test]

@@ -15,7 +15,9 @@ use crate::tier::{Candidate, split_into_batches};
 use compactor_job::manifest::{HeldFiles, ManifestStore};
 use compactor_job::parent::MIN_BATCH_FILES;
 use compactor_model::{FileMeta, Partition, PartitionLevel, group_into_partitions, is_eligible_input};
-use compactor_runtime::{CallCounts, PluginError, PluginLimits, PluginRuntime, PluginSource, TierInstance, TierPlugin, sanitize};
+use compactor_runtime::{
+    CallCounts, CallStats, PluginError, PluginLimits, PluginRuntime, PluginSource, TierInstance, TierPlugin, sanitize,
+};
 use compactor_storage::{self as storage, RequestCost, Storage, StorageError};
 
 /// What the planner needs from one configured policy instance.
@@ -52,7 +54,12 @@ pub trait PolicyFactory: Send + Sync {
 
     /// What its calls did so far, over every instance.
     fn call_counts(&self) -> CallCounts {
-        CallCounts::default()
+        self.call_stats().map(|s| s.read()).unwrap_or_default()
+    }
+
+    /// Its call counters (none for native code).
+    fn call_stats(&self) -> Option<Arc<CallStats>> {
+        None
     }
 }
 
@@ -87,8 +94,8 @@ impl PolicyFactory for TierPlugin {
         Some(self.contract().wit_version.to_string())
     }
 
-    fn call_counts(&self) -> CallCounts {
-        TierPlugin::call_counts(self)
+    fn call_stats(&self) -> Option<Arc<CallStats>> {
+        Some(TierPlugin::call_stats(self))
     }
 }
 
@@ -515,6 +522,10 @@ fn validate_answer(partition: &Partition, answer: &[Vec<String>]) -> Result<(), 
     Ok(())
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,8 +575,4 @@ mod tests {
         let p = partition(&["a", "b", "c"]);
         assert_eq!(batch_bytes(&p, &["a".into(), "c".into()]), 20);
     }
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }

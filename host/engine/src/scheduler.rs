@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::watch;
 
-use crate::manager::{CycleError, CycleOptions, Manager};
+use crate::manager::{CycleError, CycleOptions, CycleReport, Manager};
 
 /// First pause before restarting a tier whose task failed; it doubles up to
 /// [`MAX_RESTART_BACKOFF`].
@@ -68,19 +68,42 @@ async fn run_one(manager: Arc<Manager>, tier: String, schedule: cron::Schedule, 
         }
         let options = CycleOptions { tiers: vec![tier.clone()], ..Default::default() };
         match manager.run_cycle(options).await {
-            Ok(report) => {
-                // The daemon has no summary table: what went wrong goes to
-                // the log (a failing policy would otherwise be invisible).
-                for problem in &report.problems {
-                    tracing::warn!(%tier, cycle_id = report.cycle_id, "{problem}");
-                }
-                for job in report.failed() {
-                    tracing::warn!(%tier, partition = %job.partition_path, error = job.error.as_deref().unwrap_or_default(), "job failed");
-                }
-                tracing::info!(%tier, cycle_id = report.cycle_id, jobs = report.jobs.len(), failed = report.failed().count(), "scheduled cycle finished")
-            }
             Err(CycleError::AlreadyRunning) => tracing::warn!(%tier, "skipped a firing: a compaction cycle is already running"),
-            Err(e) => tracing::error!(%tier, error = %e, "scheduled cycle failed"),
+            outcome => log_cycle_outcome("scheduled", &outcome),
         }
+    }
+}
+
+/// Logs what a cycle of the daemon did (`origin`: scheduled, triggered):
+/// the daemon has no summary table, so every problem and failed job goes to
+/// the log, or a failing policy would be invisible.
+pub fn log_cycle_outcome(origin: &str, outcome: &Result<CycleReport, CycleError>) {
+    match outcome {
+        Ok(report) => {
+            for problem in &report.problems {
+                tracing::warn!(origin, cycle_id = report.cycle_id, "{problem}");
+            }
+            for job in report.failed() {
+                tracing::warn!(
+                    origin,
+                    cycle_id = report.cycle_id,
+                    tier = %job.tier,
+                    partition = %job.partition_path,
+                    error = job.error.as_deref().unwrap_or_default(),
+                    "job failed"
+                );
+            }
+            for (manifest, reason) in &report.recovery.failed {
+                tracing::warn!(origin, cycle_id = report.cycle_id, %manifest, %reason, "recovery kept a manifest");
+            }
+            tracing::info!(
+                origin,
+                cycle_id = report.cycle_id,
+                jobs = report.jobs.len(),
+                failed = report.failed().count(),
+                "cycle finished"
+            );
+        }
+        Err(e) => tracing::error!(origin, error = %e, "cycle failed"),
     }
 }

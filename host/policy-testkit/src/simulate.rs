@@ -245,7 +245,12 @@ pub fn simulate(runtime: &PluginRuntime, spec: &SimulationSpec) -> anyhow::Resul
         }
         now = until;
         if (now - spec.start).num_minutes() % 60 == 0 {
-            report.timeline.push(sample(&lake, &measurements, (now - spec.start).num_hours() as u32, totals.iter().map(|t| t.bytes_rewritten).sum()));
+            report.timeline.push(sample(
+                &lake,
+                &measurements,
+                (now - spec.start).num_hours() as u32,
+                totals.iter().map(|t| t.bytes_rewritten).sum(),
+            ));
         }
     }
     // The fixed point: with every age rule met, nothing is selected any more.
@@ -264,7 +269,12 @@ pub fn simulate(runtime: &PluginRuntime, spec: &SimulationSpec) -> anyhow::Resul
             if !selected.is_empty() && selected.iter().all(own) {
                 flag(&mut flags, &tier.spec.name, &partition.path, "keeps re-selecting its own output".into());
             } else if selected.len() >= 2 {
-                flag(&mut flags, &tier.spec.name, &partition.path, format!("still selects {} files after the lake settled", selected.len()));
+                flag(
+                    &mut flags,
+                    &tier.spec.name,
+                    &partition.path,
+                    format!("still selects {} files after the lake settled", selected.len()),
+                );
             }
             let waiting = partition.files.iter().filter(|f| !own(&f.key)).count();
             if selected.is_empty() && tier.min_files >= 2 && waiting >= tier.min_files as usize {

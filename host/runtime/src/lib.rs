@@ -254,6 +254,15 @@ impl PluginRuntime {
     pub fn load(&self, source: &PluginSource) -> Result<LoadedComponent, PluginError> {
         let name: Arc<str> = source.to_string().into();
         let bytes = self.source_bytes(source)?;
+        // wasmtime would parse anything else as WAT text and quote it in the
+        // error: a secret in a mistyped path must not reach the logs or API.
+        let is_text = matches!(source, PluginSource::Path(path) if path.extension().is_some_and(|e| e == "wat"));
+        if !is_text && !bytes.starts_with(b"\0asm") {
+            return Err(PluginError::Compile {
+                plugin: name.to_string(),
+                cause: "not a WebAssembly component (the file does not start with the \\0asm header)".into(),
+            });
+        }
         let (component, stats) =
             self.cache.load(self.engine, &bytes).map_err(|e| PluginError::Compile { plugin: name.to_string(), cause: format!("{e:#}") })?;
         let contract =

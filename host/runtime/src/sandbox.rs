@@ -265,6 +265,21 @@ pub struct CallCounts {
     pub out_of_memory: u64,
 }
 
+impl std::ops::Add for CallCounts {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            calls: self.calls + other.calls,
+            fuel_used: self.fuel_used + other.fuel_used,
+            traps: self.traps + other.traps,
+            timeouts: self.timeouts + other.timeouts,
+            out_of_fuel: self.out_of_fuel + other.out_of_fuel,
+            out_of_memory: self.out_of_memory + other.out_of_memory,
+        }
+    }
+}
+
 impl CallStats {
     fn record(&self, fuel_used: u64, error: Option<&PluginError>) {
         self.calls.fetch_add(1, Ordering::Relaxed);

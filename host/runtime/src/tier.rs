@@ -87,6 +87,12 @@ impl TierPlugin {
         self.calls.read()
     }
 
+    /// The counters themselves: they keep counting while an instance made
+    /// from this plugin runs, even after the plugin was replaced.
+    pub fn call_stats(&self) -> Arc<CallStats> {
+        self.calls.clone()
+    }
+
     /// Creates a store and instantiates the component without configuring
     /// it, then drops both: the bare cost of a fresh instance.
     pub fn instantiate_bare(&self, limits: PluginLimits) -> Result<(), PluginError> {
