@@ -63,3 +63,32 @@ fn the_test_kit_drives_the_template_and_bounds_its_fuel() {
     let mut fresh = Policy::load(compactor_test_components::POLICY_TEMPLATE).unwrap().configure("{}").unwrap().fresh_instances();
     assert_eq!(fresh.select(&hour, at("2026-04-11T16:00:00Z")).unwrap().files_selected(), 100);
 }
+
+#[test]
+fn the_simulator_passes_the_built_in_tiers_and_the_template_and_flags_a_policy_that_never_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("builtin.svg");
+    let args = ["plugin", "simulate", "--hours", "72", "--late-percent", "10", "--backfill-files", "48", "--svg", svg.to_str().unwrap()];
+    let builtin = compactor(&args, &[]);
+    assert!(builtin.status.success(), "{}", text(&builtin));
+    let stdout = String::from_utf8_lossy(&builtin.stdout);
+    assert!(stdout.contains("fixed point: every tier converged"), "{stdout}");
+    assert!(stdout.contains("hourly") && stdout.contains("daily"), "{stdout}");
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"), "an SVG chart");
+
+    let template = compactor_test_components::POLICY_TEMPLATE;
+    let budget = compactor(&["plugin", "simulate", "--plugin", template, "--file-size", "8MiB", "--format", "json"], &[]);
+    assert!(budget.status.success(), "{}", text(&budget));
+    let report: serde_json::Value = serde_json::from_slice(&budget.stdout).unwrap();
+    assert_eq!(report["converged"], true, "{report}");
+    assert!(report["tiers"][0]["jobs"].as_u64().unwrap() > 0, "{report}");
+
+    let greedy = compactor(
+        &["plugin", "simulate", "--plugin", compactor_test_components::HOSTILE, "--plugin-config", r#"{"mode": "self-select"}"#],
+        &[],
+    );
+    assert_eq!(greedy.status.code(), Some(1), "{}", text(&greedy));
+    let stdout = String::from_utf8_lossy(&greedy.stdout);
+    assert!(stdout.contains("NOT CONVERGED") && stdout.contains("keeps re-selecting its own output"), "{stdout}");
+    assert!(stdout.contains("sim/m0/2026/"), "names the partition: {stdout}");
+}

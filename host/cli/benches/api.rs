@@ -159,7 +159,7 @@ fn main() -> anyhow::Result<()> {
 
     // 2. Latency under load while a long cycle runs.
     let big = work.path().join("big");
-    sample::generate(&big, now, &spec(12, 4_000))?;
+    sample::generate(&big, now, &spec(24, 6_000))?;
     let manager = open_manager(work.path(), &big, 1)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let (samples, cycle_time, sent) = runtime.block_on(async {
@@ -205,7 +205,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok((samples, cycle_time, total))
     })?;
     println!(
-        "## Latency under {LOAD_RATE} requests/s for {LOAD_SECONDS} s while a cycle runs (12 measurements × 24 hours; 288 + 12 jobs)\n"
+        "## Latency under {LOAD_RATE} requests/s for {LOAD_SECONDS} s while a cycle runs (24 measurements × 24 hours × 12 files × 6,000 rows; 576 + 24 jobs, one at a time)\n"
     );
     println!(
         "cycle: {:.1} s; requests sent: {sent}; answered during the cycle: {}\n",

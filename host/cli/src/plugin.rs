@@ -19,6 +19,63 @@ pub(crate) enum Command {
     /// Run a tier policy against fixture files (a partition, `now`, the tier
     /// config and the expected answer or error, one TOML file each).
     Test(TestArgs),
+    /// Replay hours of ingestion with the configured tiers (or one plugin)
+    /// and check that every tier reaches a fixed point.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Files arrive every hour (optionally late, and a backfill of an old day); each tier runs on\n\
+its cron schedule, in configured order, and its outputs replace its inputs as in a real cycle.\n\
+After ingestion stops the lake settles, then every tier must select nothing more. Prints the\n\
+totals, write amplification and any partition that does not converge; exits 1 if one does not.")]
+pub(crate) struct SimulateArgs {
+    /// The tiers of this config (default: Arc's hourly and daily).
+    #[arg(long, value_name = "FILE", conflicts_with = "plugin")]
+    config: Option<std::path::PathBuf>,
+    /// Simulate one tier running this component instead.
+    #[arg(long, value_name = "PLUGIN")]
+    plugin: Option<String>,
+    /// The plugin's configuration, as a JSON object.
+    #[arg(long = "plugin-config", value_name = "JSON", default_value = "{}", requires = "plugin")]
+    plugin_config: String,
+    /// The plugin's schedule (5-field cron, UTC).
+    #[arg(long, default_value = "5 * * * *", requires = "plugin")]
+    schedule: String,
+    /// Hours of ingestion.
+    #[arg(long, default_value_t = 72)]
+    hours: u32,
+    /// Hours of cycles after ingestion stops.
+    #[arg(long, default_value_t = 48)]
+    settle_hours: u32,
+    /// Measurements.
+    #[arg(long, default_value_t = 1)]
+    measurements: usize,
+    /// Files per hour and measurement.
+    #[arg(long, default_value_t = 12)]
+    files_per_hour: u32,
+    /// Size of each file, e.g. 1MiB.
+    #[arg(long, default_value = "1MiB")]
+    file_size: String,
+    /// Percent of each hour's files that belong to the previous hour.
+    #[arg(long, default_value_t = 0)]
+    late_percent: u32,
+    /// A backfill of this many files, for the day `--backfill-days-back`
+    /// before the start, arriving at `--backfill-at-hour`.
+    #[arg(long, default_value_t = 0)]
+    backfill_files: u32,
+    /// See `--backfill-files`.
+    #[arg(long, default_value_t = 10)]
+    backfill_days_back: u32,
+    /// See `--backfill-files`.
+    #[arg(long, default_value_t = 24)]
+    backfill_at_hour: u32,
+    /// Draw files and bytes rewritten over time into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<std::path::PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +134,7 @@ pub(crate) fn exec(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check(args) => (args, false),
         Command::Info(args) => (args, true),
         Command::Test(args) => return test(args),
+        Command::Simulate(args) => return simulate(args),
     };
     if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&args.plugin_config).is_err() {
         anyhow::bail!("--plugin-config must be a JSON object, got {:?}", args.plugin_config);
@@ -151,4 +209,102 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         table.print(&format!("{} fixtures: {} passed, {failed} failed", outcomes.len(), outcomes.len() - failed))?;
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    use compactor_policy_testkit::simulate::{Backfill, Ingestion, SimTier, SimulationSpec};
+    let schedule = |text: &str| compactor_engine::config::parse_schedule(text).map_err(|e| anyhow::anyhow!("invalid schedule {e}"));
+    let tiers: Vec<SimTier> = match (&args.config, &args.plugin) {
+        (_, Some(plugin)) => {
+            if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&args.plugin_config).is_err() {
+                anyhow::bail!("--plugin-config must be a JSON object, got {:?}", args.plugin_config);
+            }
+            vec![SimTier {
+                name: "tier".into(),
+                plugin: plugin.clone(),
+                config_json: args.plugin_config.clone(),
+                schedule: schedule(&args.schedule)?,
+            }]
+        }
+        (config, None) => {
+            let config = match config {
+                Some(path) => compactor_engine::config::Config::load(path)?,
+                None => compactor_engine::config::Config::parse("[storage]\nurl = \"memory://\"\n")?,
+            };
+            let base = config.base_dir.clone();
+            config
+                .tiers
+                .iter()
+                .filter(|t| t.enabled)
+                .map(|t| {
+                    // Paths in the config are relative to it.
+                    let plugin = match compactor_runtime::PluginSource::parse(&t.plugin, &base) {
+                        PluginSource::Path(path) => path.display().to_string(),
+                        PluginSource::Builtin(_) => t.plugin.clone(),
+                    };
+                    Ok(SimTier { name: t.name.clone(), plugin, config_json: t.config_json(), schedule: schedule(t.effective_schedule())? })
+                })
+                .collect::<anyhow::Result<_>>()?
+        }
+    };
+    let file_bytes = compactor_model::units::parse_size(&args.file_size)
+        .ok_or_else(|| anyhow::anyhow!("--file-size {:?}: expected a size such as 1MiB", args.file_size))?;
+    let spec = SimulationSpec {
+        start: chrono::DateTime::parse_from_rfc3339("2026-04-01T00:00:00Z")?.to_utc(),
+        hours: args.hours,
+        settle_hours: args.settle_hours,
+        ingestion: Ingestion {
+            measurements: args.measurements.max(1),
+            files_per_hour: args.files_per_hour,
+            file_bytes,
+            late_percent: args.late_percent.min(100),
+            backfill: (args.backfill_files > 0).then_some(Backfill {
+                at_hour: args.backfill_at_hour,
+                days_back: args.backfill_days_back,
+                files: args.backfill_files,
+            }),
+        },
+        tiers,
+        max_files_per_batch: 30,
+    };
+    let runtime = compactor_engine::plugin_runtime(ArtifactCache::default_dir())?;
+    let report = compactor_policy_testkit::simulate::simulate(&runtime, &spec)?;
+    if let Some(path) = &args.svg {
+        let title = spec.tiers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(" + ");
+        compactor_policy_testkit::simulate::write_svg(&report, &title, path)?;
+    }
+    if args.format == Format::Json {
+        crate::table::print_json(&report)?;
+    } else {
+        let mut table = crate::table::Table::new(["TIER", "CYCLES", "JOBS", "FILES IN", "REWRITTEN", "PARTITIONS"]);
+        for t in &report.tiers {
+            table.row([
+                t.tier.clone(),
+                t.cycles.to_string(),
+                t.jobs.to_string(),
+                t.files_in.to_string(),
+                compactor_model::units::format_bytes(t.bytes_rewritten),
+                t.partitions.to_string(),
+            ]);
+        }
+        let last = report.timeline.last();
+        table.print(&format!(
+            "{} h of ingestion + {} h settling: {} files ({}) in, {} files left; write amplification {:.2}",
+            report.hours,
+            report.settle_hours,
+            report.files_ingested,
+            compactor_model::units::format_bytes(report.bytes_ingested),
+            last.map_or(0, |s| s.files),
+            report.write_amplification
+        ))?;
+        if report.converged {
+            println!("fixed point: every tier converged");
+        } else {
+            println!("NOT CONVERGED:");
+            for flag in &report.flags {
+                println!("  {} {}: {}", flag.tier, compactor_runtime::sanitize(&flag.partition, 256), flag.problem);
+            }
+        }
+    }
+    Ok(if report.converged { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
