@@ -402,3 +402,29 @@ fn inputs_that_vanish_before_the_job_reads_them_are_skipped() {
     assert_eq!(result["files_compacted"], 12, "the vanished input is skipped, the rest compacted");
     assert_intact(&lake);
 }
+
+#[test]
+fn plan_explains_every_partition_and_previews_the_jobs_once_runs() {
+    let lake = lake_with(50, &[]);
+    // Half an hour into the first hour: nothing is old enough yet.
+    let young = compactor(&["plan", "--config", &lake.config, "--now", "2026-04-11T00:30:00Z", "--explain", "--format", "json"], &[]);
+    assert!(young.status.success(), "{}", text(&young));
+    let young: serde_json::Value = serde_json::from_slice(&young.stdout).unwrap();
+    assert_eq!(young["batches"], serde_json::json!([]));
+    let partitions = young["partitions"].as_array().unwrap();
+    assert!(!partitions.is_empty());
+    for verdict in partitions {
+        assert_eq!(verdict["selected"], false, "{verdict}");
+        assert!(verdict["tier"].is_string() && verdict["partition_path"].is_string(), "{verdict}");
+        assert!(verdict["reason"].as_str().unwrap().starts_with("not yet: its policy selects it from"), "{verdict}");
+    }
+    // Without --explain the JSON is the array of batches, as before.
+    let plain = compactor(&["plan", "--config", &lake.config, "--now", NOW, "--format", "json"], &[]);
+    let batches: Vec<serde_json::Value> = serde_json::from_slice(&plain.stdout).unwrap();
+    // The plan predicts hourly's outputs for daily: it shows the jobs a cycle runs.
+    let cycle = once(&lake, &[]);
+    assert!(cycle.status.success(), "{}", text(&cycle));
+    let summary = String::from_utf8_lossy(&cycle.stdout);
+    assert!(summary.contains(&format!("cycle 1: {} jobs", batches.len())), "plan: {} batches; once: {summary}", batches.len());
+    assert_intact(&lake);
+}

@@ -155,6 +155,7 @@ async fn pseudo_databases_plan_like_plain_ones() {
         tiers: vec![],
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
+        explain: false,
         stop: Default::default(),
     };
     let plan = planner::plan(&storage, &tiers, &options).await.unwrap();
@@ -179,6 +180,7 @@ async fn tier_and_database_filters_and_disabled_tiers() {
         tiers: tiers.iter().map(|t| (*t).to_owned()).collect(),
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
+        explain: false,
         stop: Default::default(),
     };
     let only_daily = planner::plan(&storage, &tiers, &options(&["daily"], None)).await.unwrap();

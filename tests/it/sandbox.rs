@@ -192,6 +192,7 @@ fn a_stop_request_ends_planning_before_the_next_partition() {
         tiers: Vec::new(),
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
+        explain: false,
         stop: Default::default(),
     };
     let stop = options.stop.clone();

@@ -105,6 +105,7 @@ pub(crate) async fn plan(
         tiers: Vec::new(),
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
+        explain: false,
         stop: Default::default(),
     };
     compactor_engine::planner::plan(storage, tiers, &options).await.unwrap()

@@ -550,7 +550,7 @@ async fn trigger(State(api): State<Api>, headers: HeaderMap, Query(query): Query
     } else {
         requested.clone()
     };
-    let options = CycleOptions { now: None, tiers: requested, database: database.clone(), force };
+    let options = CycleOptions { now: None, tiers: requested, database: database.clone(), force, explain: false };
     let running = api.inner.manager.clone();
     tokio::spawn(async move {
         let outcome = running.run_begun_cycle(ticket, options).await;

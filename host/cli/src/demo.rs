@@ -59,7 +59,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let manager = crate::open_manager(&config_path, &[])?;
     let options = CycleOptions { now: Some(now), ..Default::default() };
     let plan = crate::plan::plan(&manager, &options)?;
-    crate::plan::print_plan(&plan, args.format)?;
+    crate::plan::print_plan(&plan, args.format, false)?;
     if args.plan_only || !plan.problems.is_empty() {
         eprintln!("try: compactor plan --config {}", config_path.display());
         return Ok(if plan.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });

@@ -48,6 +48,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         tiers: args.tiers,
         database: args.database,
         force: args.force,
+        explain: false,
     }))?;
     progress.finish();
     print_report(&report, args.format)?;

@@ -32,6 +32,11 @@ pub(crate) struct Args {
     /// Only this tier (repeatable; default: every enabled tier).
     #[arg(long = "tier", value_name = "NAME")]
     tiers: Vec<String>,
+    /// Also say, for every partition each tier looked at, why it was or was
+    /// not selected (with `--format json`: an object with `batches` and
+    /// `partitions`).
+    #[arg(long)]
+    explain: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
@@ -43,8 +48,13 @@ pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
 
 pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let manager = crate::open_manager(&args.config.path, &args.tiers)?;
-    let options =
-        CycleOptions { now: Some(args.now.unwrap_or_else(Utc::now)), tiers: args.tiers, database: args.database, force: args.force };
+    let options = CycleOptions {
+        now: Some(args.now.unwrap_or_else(Utc::now)),
+        tiers: args.tiers,
+        database: args.database,
+        force: args.force,
+        explain: args.explain,
+    };
     let plan = plan(&manager, &options)?;
     // The plan is what the tiers would do; the gate decides whether this
     // node does it.
@@ -52,7 +62,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     if gate != GateDecision::Standalone {
         eprintln!("note: {gate}");
     }
-    print_plan(&plan, args.format)?;
+    print_plan(&plan, args.format, args.explain)?;
     let gate_failed = matches!(gate, GateDecision::Failed { .. });
     Ok(if plan.problems.is_empty() && !gate_failed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -62,16 +72,28 @@ pub(crate) fn plan(manager: &Manager, options: &CycleOptions) -> anyhow::Result<
     crate::runtime()?.block_on(manager.plan(options)).with_context(|| format!("cannot plan over {}", manager.storage()))
 }
 
-pub(crate) fn print_plan(plan: &Plan, format: Format) -> anyhow::Result<()> {
+pub(crate) fn print_plan(plan: &Plan, format: Format, explain: bool) -> anyhow::Result<()> {
     for problem in &plan.problems {
         eprintln!("warning: {problem}");
     }
     match format {
         Format::Json => {
             let batches: Vec<_> = plan.batches.iter().map(|b| &b.candidate).collect();
-            crate::table::print_json(&batches)
+            if explain {
+                crate::table::print_json(&serde_json::json!({ "batches": batches, "partitions": plan.partitions }))
+            } else {
+                crate::table::print_json(&batches)
+            }
         }
         Format::Table => {
+            if explain {
+                let mut reasons = Table::new(["TIER", "PARTITION", "SELECTED", "REASON"]);
+                for verdict in &plan.partitions {
+                    let selected = if verdict.selected { "yes" } else { "no" };
+                    reasons.row([verdict.tier.clone(), verdict.partition_path.clone(), selected.into(), verdict.reason.clone()]);
+                }
+                reasons.print(&format!("{} partitions looked at\n", plan.partitions.len()))?;
+            }
             let mut table = Table::new(["TIER", "DATABASE", "MEASUREMENT", "PARTITION", "BATCH", "FILES", "SIZE"]);
             for batch in &plan.batches {
                 let c = &batch.candidate;

@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         tiers: Vec::new(),
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
+        explain: false,
         stop: Default::default(),
     };
     let wasm_tier = PlannedTier {

@@ -106,6 +106,8 @@ pub struct CycleOptions {
     /// Ignore the policies' age rules: they see a clock ten years ahead, so
     /// every partition counts as old (for backfilled data).
     pub force: bool,
+    /// Planning only: record why each partition was or was not selected.
+    pub explain: bool,
 }
 
 /// One batch's outcome.
@@ -542,6 +544,7 @@ impl Manager {
             tiers,
             max_files_per_batch: self.config.compaction.max_files_per_batch,
             multipart_threshold: self.config.compaction.multipart_threshold_bytes(),
+            explain: options.explain,
             stop: self.stop.clone(),
         }
     }

@@ -215,8 +215,7 @@ fn tier_view(
 
 /// Why no tier's policy selects these files, as far as the host can tell.
 fn not_selected_reason(keys: &[String], suffix: &str) -> String {
-    let output = format!("_{suffix}.parquet");
-    if !suffix.is_empty() && keys.iter().all(|k| k.ends_with(&output)) {
+    if all_outputs(keys, suffix) {
         return format!("already compacted (its files are {suffix} outputs)");
     }
     if keys.len() < 2 {
@@ -228,6 +227,36 @@ fn not_selected_reason(keys: &[String], suffix: &str) -> String {
 /// Whether `partition` (a tier's grouping) contains the entry at `path`.
 fn contains(partition: &str, path: &str) -> bool {
     path == partition || path.strip_prefix(partition).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Why a policy does not select `partition` at `now`, as far as the host
+/// can tell: the earliest later time it does (an age rule), or what keeps
+/// it from ever doing so with these files.
+pub(crate) fn explain_waiting(policy: &mut dyn PartitionPolicy, partition: &Partition, now: DateTime<Utc>) -> String {
+    let verdict = earliest(policy, partition, now);
+    if let Some(error) = verdict.error {
+        return format!("its policy failed when asked about later times: {error}");
+    }
+    match verdict.eligible_at {
+        Some(at) => format!(
+            "not yet: its policy selects it from {} (e.g. younger than its minimum age, or the newest file is still being written)",
+            at.to_rfc3339()
+        ),
+        None => {
+            let keys: Vec<String> = partition.files.iter().map(|f| f.key.clone()).collect();
+            let min_files = policy.min_files() as usize;
+            if min_files >= 2 && keys.len() < min_files && !keys.is_empty() && !all_outputs(&keys, &policy.output_suffix()) {
+                format!("{} of its min_files {min_files} files", keys.len())
+            } else {
+                not_selected_reason(&keys, &policy.output_suffix())
+            }
+        }
+    }
+}
+
+fn all_outputs(keys: &[String], suffix: &str) -> bool {
+    let output = format!("_{suffix}.parquet");
+    !suffix.is_empty() && keys.iter().all(|k| k.ends_with(&output))
 }
 
 /// The earliest probe time at which the policy selects some of the

@@ -28,6 +28,11 @@ pub trait PartitionPolicy {
     /// Suffix of output names, e.g. `compacted`.
     fn output_suffix(&self) -> String;
 
+    /// The minimum number of files the policy declares (0: none declared).
+    fn min_files(&self) -> u32 {
+        0
+    }
+
     /// The groups of files to compact in `partition` at `now`.
     fn select_candidates(&mut self, partition: &Partition, now: DateTime<Utc>) -> Result<Vec<Vec<String>>, PluginError>;
 }
@@ -70,6 +75,10 @@ impl PartitionPolicy for TierInstance {
 
     fn output_suffix(&self) -> String {
         self.description().output_suffix.clone()
+    }
+
+    fn min_files(&self) -> u32 {
+        self.description().min_files
     }
 
     fn select_candidates(&mut self, partition: &Partition, now: DateTime<Utc>) -> Result<Vec<Vec<String>>, PluginError> {
@@ -149,6 +158,9 @@ pub struct PlanOptions {
     pub max_files_per_batch: i64,
     /// Outputs larger than this are uploaded in parts (for the cost).
     pub multipart_threshold: u64,
+    /// Record why each partition was or was not selected (costs extra
+    /// policy calls for the ones that were not).
+    pub explain: bool,
     /// Set on shutdown: planning stops before the next partition, so that a
     /// stop waits for one policy call at most, not for every partition.
     pub stop: Arc<AtomicBool>,
@@ -253,6 +265,22 @@ pub struct Plan {
     pub tiers: Vec<TierSummary>,
     /// Failures that skipped a tier or a partition.
     pub problems: Vec<PlanProblem>,
+    /// With [`PlanOptions::explain`]: every partition each tier looked at,
+    /// and why it was or was not selected.
+    pub partitions: Vec<PartitionVerdict>,
+}
+
+/// Why a tier did or did not select a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionVerdict {
+    /// Tier.
+    pub tier: String,
+    /// Partition key prefix.
+    pub partition_path: String,
+    /// Whether some of its files are in the plan.
+    pub selected: bool,
+    /// Why, in words.
+    pub reason: String,
 }
 
 impl Plan {
@@ -299,12 +327,16 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
             None
         }
     };
-    let listings = list_measurements(storage, options.database.as_deref(), &selected, &mut plan.problems).await?;
+    let mut listings = list_measurements(storage, options.database.as_deref(), &selected, &mut plan.problems).await?;
     let databases: std::collections::BTreeSet<&str> = listings.iter().map(|l| l.database.as_str()).collect();
     plan.planning_requests.list += u64::from(options.database.is_none()) + databases.len() as u64;
     plan.planning_requests.list += listings.iter().map(|l| list_pages(l.files.len())).sum::<u64>();
     for tier in selected {
+        let first_batch = plan.batches.len();
         let summary = plan_tier_on_own_thread(tier, &listings, held.as_ref(), options, &mut plan);
+        // A cycle runs the tiers in order: the next one sees this one's
+        // outputs, not the files they replace.
+        predict_outputs(&mut listings, &plan.batches[first_batch..], &summary.output_suffix, options.now);
         plan.tiers.push(summary);
     }
     Ok(plan)
@@ -347,6 +379,27 @@ async fn list_measurements(
     Ok(listings)
 }
 
+/// Replaces each batch's files in `listings` with the output its job would
+/// write (named as the job names it, in the partition's directory).
+fn predict_outputs(listings: &mut [Listing], batches: &[PlannedBatch], suffix: &str, now: DateTime<Utc>) {
+    for batch in batches {
+        let candidate = &batch.candidate;
+        let Some(listing) = listings.iter_mut().find(|l| l.database == candidate.database && l.measurement == candidate.measurement) else {
+            continue;
+        };
+        let merged: HashSet<&str> = candidate.files.iter().map(String::as_str).collect();
+        listing.files.retain(|f| !merged.contains(f.key.as_str()));
+        let name = format!(
+            "{}_{}_{}_b{}_{suffix}.parquet",
+            candidate.measurement,
+            now.format("%Y%m%d_%H%M%S"),
+            now.timestamp_nanos_opt().unwrap_or(0),
+            candidate.batch_number
+        );
+        listing.files.push(FileMeta { key: format!("{}/{name}", candidate.partition_path), size: batch.bytes, last_modified: now });
+    }
+}
+
 /// Plans one tier on a thread of its own: the policy's WASI host calls may
 /// block, which is illegal on a thread that drives the async runtime, and a
 /// panic there must cost one tier, not the engine.
@@ -374,6 +427,7 @@ fn plan_tier_on_own_thread(
         Ok((summary, tier_plan)) => {
             plan.batches.extend(tier_plan.batches);
             plan.problems.extend(tier_plan.problems);
+            plan.partitions.extend(tier_plan.partitions);
             summary
         }
         Err(message) => {
@@ -407,6 +461,12 @@ fn plan_tier(tier: &PlannedTier, listings: &[Listing], held: Option<&HeldFiles>,
     };
     let level = instance.partition_level();
     summary.output_suffix = instance.output_suffix();
+    let explain = options.explain;
+    let mut verdict = |partition: &str, selected: bool, reason: String| {
+        if explain {
+            plan.partitions.push(PartitionVerdict { tier: tier.name.clone(), partition_path: partition.to_owned(), selected, reason });
+        }
+    };
     for listing in listings {
         for partition in group_into_partitions(&listing.database, &listing.measurement, &listing.files, level) {
             if options.stop.load(Ordering::Relaxed) {
@@ -417,23 +477,31 @@ fn plan_tier(tier: &PlannedTier, listings: &[Listing], held: Option<&HeldFiles>,
             let answer = match instance.select_candidates(&partition, options.now) {
                 Ok(answer) => answer,
                 Err(e) => {
+                    verdict(&partition.path, false, format!("its policy failed: {e}"));
                     problem(Some(&partition.path), format!("{e}; the tier is skipped for the rest of this cycle"));
                     summary.plugin_failures += 1;
                     return summary;
                 }
             };
             if let Err(reason) = validate_answer(&partition, &answer) {
+                verdict(&partition.path, false, format!("its policy gave an invalid answer: {reason}"));
                 problem(
                     Some(&partition.path),
                     format!("plugin {} gave an invalid answer: {reason}; the partition is skipped", policy.name()),
                 );
                 continue;
             }
-            let Some(held) = held else { continue };
+            let Some(held) = held else {
+                verdict(&partition.path, false, "the recovery manifests cannot be read: every partition waits, to be safe".into());
+                continue;
+            };
             if let Some(manifest) = held.blocked_by(&partition.path) {
+                verdict(&partition.path, false, format!("held: recovery manifest {manifest} cannot be read now"));
                 problem(Some(&partition.path), format!("recovery manifest {manifest} cannot be read now; the partition waits, to be safe"));
                 continue;
             }
+            let chosen: usize = answer.iter().map(Vec::len).sum();
+            let held_files = answer.iter().flatten().filter(|f| held.contains(f)).count();
             let mut selected = false;
             for mut files in answer {
                 let before = files.len();
@@ -482,6 +550,21 @@ fn plan_tier(tier: &PlannedTier, listings: &[Listing], held: Option<&HeldFiles>,
                 selected = true;
             }
             summary.partitions_selected += usize::from(selected);
+            if explain {
+                let files = partition.files.len();
+                let reason = if selected {
+                    let held_note =
+                        if held_files > 0 { format!(" ({held_files} held by a recovery manifest wait)") } else { String::new() };
+                    format!("selects {} of {files} files{held_note}", chosen - held_files)
+                } else if chosen > 0 && held_files > 0 {
+                    "held by a recovery manifest (an interrupted job): recovery resolves it first".to_owned()
+                } else if chosen > 0 {
+                    "its policy chose a single file; a merge needs at least 2".to_owned()
+                } else {
+                    crate::outlook::explain_waiting(instance.as_mut(), &partition, options.now)
+                };
+                verdict(&partition.path, selected, reason);
+            }
         }
     }
     summary
