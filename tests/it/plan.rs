@@ -8,7 +8,7 @@ use compactor_job::manifest::{ManifestStore, RecoveryManifest};
 use compactor_runtime::PluginLimits;
 use compactor_storage::Storage;
 
-use crate::util::{at, plan, raw_files, store_with, tier};
+use crate::util::{at, plan, plan_options, raw_files, store_with, tier};
 
 fn hour(db_meas: &str, hour: &str, n: usize) -> Vec<String> {
     raw_files(db_meas.rsplit('/').next().unwrap(), "20260411_100500", n)
@@ -31,15 +31,17 @@ async fn batches_come_in_tier_database_measurement_partition_order() {
     let plan = plan(&storage, &arc_tiers(), "2026-04-13T00:00:00Z").await;
     let order: Vec<(String, String)> =
         plan.batches.iter().map(|b| (b.candidate.tier.clone(), b.candidate.partition_path.clone())).collect();
-    let expected = [
-        ("hourly", "db1/cpu/2026/04/11/10"),
-        ("hourly", "db1/cpu/2026/04/11/11"),
-        ("hourly", "db2/mem/2026/04/11/10"),
-        ("daily", "db1/cpu/2026/04/11"),
-    ];
+    // Daily plans over hourly's predicted outputs, as a cycle runs them: two
+    // outputs for db1/cpu's day are fewer than its min_files (12), so no
+    // daily batch yet.
+    let expected = [("hourly", "db1/cpu/2026/04/11/10"), ("hourly", "db1/cpu/2026/04/11/11"), ("hourly", "db2/mem/2026/04/11/10")];
     assert_eq!(order, expected.map(|(t, p)| (t.to_owned(), p.to_owned())));
     assert!(plan.problems.is_empty());
-    let daily = &plan.batches[3].candidate;
+    assert_eq!(plan.tiers[1].partitions_seen, 3, "daily saw every day, hourly's outputs included");
+    // Daily alone plans over the raw files: 20 in db1/cpu's day, sorted by key.
+    let options = PlanOptions { tiers: vec!["daily".into()], ..plan_options("2026-04-13T00:00:00Z") };
+    let daily_only = planner::plan(&storage, &arc_tiers(), &options).await.unwrap();
+    let daily = &daily_only.batches.iter().find(|b| b.candidate.partition_path == "db1/cpu/2026/04/11").unwrap().candidate;
     assert_eq!((daily.file_count, daily.batch_number, daily.total_batches), (20, 1, 1));
     assert!(daily.files.windows(2).all(|w| w[0] < w[1]), "files sorted by key");
     assert_eq!(plan.tiers[0].partitions_seen, 4);
@@ -186,7 +188,8 @@ async fn tier_and_database_filters_and_disabled_tiers() {
     let only_daily = planner::plan(&storage, &tiers, &options(&["daily"], None)).await.unwrap();
     assert!(only_daily.batches.iter().all(|b| b.candidate.tier == "daily") && only_daily.batches.len() == 2);
     let only_db2 = planner::plan(&storage, &tiers, &options(&[], Some("db2"))).await.unwrap();
-    assert!(only_db2.batches.iter().all(|b| b.candidate.database == "db2") && only_db2.batches.len() == 2);
+    // Hourly's one output is all daily would see in db2's day: one batch.
+    assert!(only_db2.batches.iter().all(|b| b.candidate.database == "db2") && only_db2.batches.len() == 1);
     tiers[0].enabled = false;
     let without_hourly = planner::plan(&storage, &tiers, &options(&[], None)).await.unwrap();
     assert!(without_hourly.batches.iter().all(|b| b.candidate.tier == "daily"));

@@ -93,13 +93,9 @@ pub(crate) async fn store_with(keys: &[String]) -> compactor_storage::Storage {
     storage
 }
 
-/// Plans `tiers` over `storage` at `now`, with Arc's batch size.
-pub(crate) async fn plan(
-    storage: &compactor_storage::Storage,
-    tiers: &[compactor_engine::planner::PlannedTier],
-    now: &str,
-) -> compactor_engine::planner::Plan {
-    let options = compactor_engine::planner::PlanOptions {
+/// Plan options for every tier at `now`, with Arc's batch size.
+pub(crate) fn plan_options(now: &str) -> compactor_engine::planner::PlanOptions {
+    compactor_engine::planner::PlanOptions {
         now: at(now),
         database: None,
         tiers: Vec::new(),
@@ -107,8 +103,16 @@ pub(crate) async fn plan(
         multipart_threshold: 64 << 20,
         explain: false,
         stop: Default::default(),
-    };
-    compactor_engine::planner::plan(storage, tiers, &options).await.unwrap()
+    }
+}
+
+/// Plans `tiers` over `storage` at `now`, with Arc's batch size.
+pub(crate) async fn plan(
+    storage: &compactor_storage::Storage,
+    tiers: &[compactor_engine::planner::PlannedTier],
+    now: &str,
+) -> compactor_engine::planner::Plan {
+    compactor_engine::planner::plan(storage, tiers, &plan_options(now)).await.unwrap()
 }
 
 /// A lease object (or its local sidecar): one per day of a measurement that
