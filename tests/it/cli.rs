@@ -213,3 +213,20 @@ fn plugin_check_and_info() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("refused its configuration"), "{}", stderr(&output));
 }
+
+#[test]
+fn output_piped_into_a_closed_reader_ends_quietly() {
+    for args in [&["plugin", "info", "builtin:hourly"][..], &["plugin", "simulate", "--hours", "24"][..]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_compactor"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the command writes (like `| head -0`).
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

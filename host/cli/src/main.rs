@@ -100,6 +100,16 @@ pub(crate) enum Format {
 
 pub(crate) fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A report piped into `head` ends quietly when the reader goes away,
+        // as for any Unix filter. The daemon keeps Rust's default (ignore
+        // SIGPIPE, get an error) so that a closed log pipe cannot kill it.
+        // SAFETY: restoring a signal's default disposition at start-up, before
+        // any thread is spawned.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let child = matches!(cli.command, Command::Compact(_));
     let json = match cli.log_format {
         Some(format) => format == LogFormatArg::Json,

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use compactor_runtime::PluginLimits;
-use compactor_runtime::{ArtifactCache, NodeInfo, PluginSource, World, host_wit_version};
+use compactor_runtime::{ArtifactCache, NodeInfo, PluginSource, World, accepted_wit_versions, host_wit_version};
 use serde::Serialize;
 
 use crate::Format;
@@ -114,6 +114,7 @@ struct Report {
     world: World,
     wit_version: String,
     host_wit_version: String,
+    accepted_wit_versions: String,
     imports: Vec<String>,
     cache_hit: bool,
     load_ms: f64,
@@ -148,6 +149,7 @@ pub(crate) fn exec(command: Command) -> anyhow::Result<ExitCode> {
         world: loaded.contract.world,
         wit_version: loaded.contract.wit_version.to_string(),
         host_wit_version: host_wit_version().to_string(),
+        accepted_wit_versions: accepted_wit_versions(),
         imports: loaded.contract.imports.clone(),
         cache_hit: loaded.stats.cache_hit,
         load_ms: loaded.stats.load_time.as_secs_f64() * 1000.0,
@@ -179,7 +181,10 @@ pub(crate) fn exec(command: Command) -> anyhow::Result<ExitCode> {
 fn print_info(report: &Report) {
     println!("plugin:       {}", report.plugin);
     println!("world:        {}", report.world);
-    println!("wit version:  compactor:policy@{} (host speaks {})", report.wit_version, report.host_wit_version);
+    println!(
+        "wit version:  compactor:policy@{} (host speaks {}, accepts {})",
+        report.wit_version, report.host_wit_version, report.accepted_wit_versions
+    );
     println!("loaded in:    {:.2} ms ({})", report.load_ms, if report.cache_hit { "cached artifact" } else { "compiled" });
     println!("imports:      {}", report.imports.join(", "));
     if let Some(tier) = &report.tier {

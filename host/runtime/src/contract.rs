@@ -15,6 +15,14 @@ pub fn host_wit_version() -> Version {
     Version::new(1, 0, 0)
 }
 
+/// The contract versions this host accepts, as a semver range: every
+/// version of its major (components built for an earlier minor keep
+/// loading; the host supplies what they lack).
+pub fn accepted_wit_versions() -> String {
+    let host = host_wit_version();
+    format!(">={}.0.0, <{}.0.0", host.major, host.major + 1)
+}
+
 /// The world a component exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]

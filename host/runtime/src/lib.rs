@@ -25,7 +25,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
 
 pub use cache::{ArtifactCache, LoadStats};
-pub use contract::{Contract, World, host_wit_version};
+pub use contract::{Contract, World, accepted_wit_versions, host_wit_version};
 pub use gate::{GateInstance, GatePlugin, NodeInfo};
 pub use output::sanitize;
 pub use sandbox::{CallCounts, CallStats};
