@@ -253,15 +253,20 @@ impl Storage {
     fn without_symlinks(&self, mut files: Vec<FileMeta>) -> Vec<FileMeta> {
         let Some(root) = self.local_root() else { return files };
         let mut real_dirs: std::collections::HashMap<std::path::PathBuf, bool> = std::collections::HashMap::new();
-        let before = files.len();
+        let mut linked = 0;
         files.retain(|file| {
             let path = root.join(&file.key);
             let Some(dir) = path.parent() else { return false };
+            // A file deleted since the listing (another job's input) is
+            // dropped without a word: it is gone, not linked.
+            let Ok(metadata) = std::fs::symlink_metadata(&path) else { return false };
             let real_dir = *real_dirs.entry(dir.to_owned()).or_insert_with(|| std::fs::canonicalize(dir).is_ok_and(|c| c == dir));
-            real_dir && std::fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_symlink())
+            let keep = real_dir && !metadata.file_type().is_symlink();
+            linked += usize::from(!keep);
+            keep
         });
-        if files.len() < before {
-            tracing::warn!(skipped = before - files.len(), store = %self, "skipping files reached through symbolic links in the lake");
+        if linked > 0 {
+            tracing::warn!(skipped = linked, store = %self, "skipping files reached through symbolic links in the lake");
         }
         files
     }
