@@ -246,7 +246,7 @@ impl ManifestStore {
     }
 
     /// Keys of every manifest (`.json` under `_compaction_state/`, except
-    /// its `leases/`), sorted. A missing directory is an empty list; a
+    /// its `leases/` and `history/`), sorted. A missing directory is an empty list; a
     /// listing error propagates.
     pub async fn list(&self) -> Result<Vec<String>, ManifestError> {
         Ok(self.list_state().await?.manifests)
@@ -256,11 +256,13 @@ impl ManifestStore {
         let mut listing = StateListing::default();
         let root = format!("{COMPACTION_STATE_ROOT}/");
         let mut keys: Vec<String> = Vec::new();
-        // Leases are many (one per day of a measurement) and never manifests:
-        // list around them.
+        // Leases (one per day of a measurement) and history entries (up to
+        // `[history] max_records`) are many and never manifests: list around
+        // them, so that every plan and every partition's second look stays
+        // one short listing per tier.
         let top = self.storage.list_level(&root).await.map_err(ManifestError::List)?;
         keys.extend(top.objects);
-        for dir in top.dirs.iter().filter(|d| d.as_str() != "leases") {
+        for dir in top.dirs.iter().filter(|d| !matches!(d.as_str(), "leases" | "history")) {
             keys.extend(self.storage.list(&format!("{root}{dir}/")).await.map_err(ManifestError::List)?.into_iter().map(|f| f.key));
         }
         keys.sort();
