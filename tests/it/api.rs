@@ -288,6 +288,8 @@ fn every_endpoint_answers_and_a_triggered_cycle_shows_in_jobs_history_and_metric
         assert!(plugin["load_error"].is_null());
         assert!(plugin["calls"].as_u64().unwrap() > 0, "{plugin}");
         assert!(plugin["fuel_used"].as_u64().unwrap() > 0, "{plugin}");
+        assert!(plugin["tier_info"]["partition_level"].is_string(), "{plugin}");
+        assert!(plugin["tier_info"]["output_suffix"].is_string(), "{plugin}");
     }
     assert_eq!(api.post("/api/v1/plugins/reload", None).0, 401);
     let (status, reloaded) = api.post("/api/v1/plugins/reload", Some(TOKEN));

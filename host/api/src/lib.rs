@@ -65,6 +65,9 @@ struct Inner {
     debt_wanted: tokio::sync::Notify,
     /// Outlooks computed at once: each can make thousands of policy calls.
     outlooks: tokio::sync::Semaphore,
+    /// What each loaded build says about itself, by tier and content hash
+    /// (asked once per build).
+    tier_info: std::sync::Mutex<HashMap<(String, String), Value>>,
 }
 
 /// Whether the schedulers run, and what the gate said.
@@ -91,6 +94,7 @@ impl Api {
                 debt: RwLock::default(),
                 debt_wanted: tokio::sync::Notify::new(),
                 outlooks: tokio::sync::Semaphore::new(OUTLOOKS_AT_ONCE),
+                tier_info: std::sync::Mutex::default(),
             }),
         };
         let wake = Arc::downgrade(&api.inner);
@@ -624,7 +628,8 @@ async fn partitions(
     })))
 }
 
-fn plugin_list(manager: &Manager) -> Vec<Value> {
+fn plugin_list(api: &Api) -> Vec<Value> {
+    let manager = api.manager();
     let health = manager.tier_health();
     let now = Utc::now();
     manager
@@ -632,6 +637,7 @@ fn plugin_list(manager: &Manager) -> Vec<Value> {
         .iter()
         .map(|tier| {
             let mut entry = plugin_entry(manager, tier);
+            entry["tier_info"] = tier_info(api, tier);
             let health = health.get(&tier.name).cloned().unwrap_or_default();
             entry["suspended"] = json!(health.is_suspended(now));
             entry["suspended_until"] = json!(health.suspended_until.map(|t| t.to_rfc3339()));
@@ -640,6 +646,22 @@ fn plugin_list(manager: &Manager) -> Vec<Value> {
             entry
         })
         .collect()
+}
+
+/// The tier's description from its configured policy, asked once per build.
+fn tier_info(api: &Api, tier: &compactor_engine::planner::PlannedTier) -> Value {
+    let Ok(policy) = &tier.policy else { return Value::Null };
+    let key = (tier.name.clone(), policy.content_hash().to_owned());
+    if let Some(info) = api.inner.tier_info.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return info.clone();
+    }
+    let info = match policy.describe(&tier.config_json, tier.limits) {
+        Ok(Some(description)) => serde_json::to_value(description).unwrap_or(Value::Null),
+        Ok(None) => Value::Null,
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    api.inner.tier_info.lock().unwrap_or_else(|e| e.into_inner()).insert(key, info.clone());
+    info
 }
 
 fn plugin_entry(manager: &Manager, tier: &compactor_engine::planner::PlannedTier) -> Value {
@@ -681,7 +703,7 @@ fn plugin_entry(manager: &Manager, tier: &compactor_engine::planner::PlannedTier
 async fn plugins(State(api): State<Api>) -> Response {
     ok(json!({
         "host_wit_version": compactor_runtime::host_wit_version().to_string(),
-        "plugins": plugin_list(api.manager()),
+        "plugins": plugin_list(&api),
     }))
 }
 
@@ -691,7 +713,7 @@ async fn reload(State(api): State<Api>, headers: HeaderMap) -> Answer {
     // Compiling a component takes a while and blocks: off the runtime's threads.
     let outcome = tokio::task::spawn_blocking(move || manager.reload_plugins()).await;
     match outcome {
-        Ok(Ok(_)) => Ok(ok(json!({ "reloaded": true, "plugins": plugin_list(api.manager()) }))),
+        Ok(Ok(_)) => Ok(ok(json!({ "reloaded": true, "plugins": plugin_list(&api) }))),
         Ok(Err(message)) => Err(ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             body: json!({ "reloaded": false, "error": format!("{message}; the running plugins are kept") }),

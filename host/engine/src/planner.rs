@@ -16,7 +16,7 @@ use compactor_job::manifest::{HeldFiles, ManifestStore};
 use compactor_job::parent::MIN_BATCH_FILES;
 use compactor_model::{FileMeta, Partition, PartitionLevel, group_into_partitions, is_eligible_input};
 use compactor_runtime::{
-    CallCounts, CallStats, PluginError, PluginLimits, PluginRuntime, PluginSource, TierInstance, TierPlugin, sanitize,
+    CallCounts, CallStats, PluginError, PluginLimits, PluginRuntime, PluginSource, TierDescription, TierInstance, TierPlugin, sanitize,
 };
 use compactor_storage::{self as storage, RequestCost, Storage, StorageError};
 
@@ -66,6 +66,11 @@ pub trait PolicyFactory: Send + Sync {
     fn call_stats(&self) -> Option<Arc<CallStats>> {
         None
     }
+
+    /// What a configured instance says about itself (none for native code).
+    fn describe(&self, _config_json: &str, _limits: PluginLimits) -> Result<Option<TierDescription>, PluginError> {
+        Ok(None)
+    }
 }
 
 impl PartitionPolicy for TierInstance {
@@ -105,6 +110,10 @@ impl PolicyFactory for TierPlugin {
 
     fn call_stats(&self) -> Option<Arc<CallStats>> {
         Some(TierPlugin::call_stats(self))
+    }
+
+    fn describe(&self, config_json: &str, limits: PluginLimits) -> Result<Option<TierDescription>, PluginError> {
+        Ok(Some(TierPlugin::instantiate(self, config_json, limits)?.description().clone()))
     }
 }
 
