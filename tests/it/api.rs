@@ -467,6 +467,7 @@ fn a_changed_component_is_reloaded_between_cycles_and_a_broken_one_leaves_the_ol
     replace(&component, b"not a component");
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(hash_now(&api), new_hash, "the broken file did not replace the running build");
+    assert!(api.get("/api/v1/plugins").1["reload_error"].is_string(), "the failed reload is shown");
     let (status, body) = api.post("/api/v1/plugins/reload", Some(TOKEN));
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["reloaded"], false);
@@ -535,7 +536,14 @@ fn loose_parameters_hostile_clients_and_odd_tokens_are_handled() {
         let (status, body) = api.send(request).unwrap();
         (status, serde_json::from_str::<Value>(&body).unwrap_or_else(|_| panic!("not JSON: {body}")))
     };
-    for json in [r#"{"database": null}"#, r#"{"database": true}"#, r#"{"tier": []}"#, r#"{"tier": [5, 6]}"#, r#"{"force": "yes"}"#] {
+    for json in [
+        r#"{"database": null}"#,
+        r#"{"database": true}"#,
+        r#"{"tier": []}"#,
+        r#"{"tier": [5, 6]}"#,
+        r#"{"force": "maybe"}"#,
+        r#"{"force": 1}"#,
+    ] {
         let (status, body) = post_json("", json);
         assert_eq!(status, 400, "{json}: {body}");
     }
@@ -549,6 +557,16 @@ fn loose_parameters_hostile_clients_and_odd_tokens_are_handled() {
     let request = api.http.post(format!("{}{trigger}?tier=hourly", api.base)).header("Authorization", format!("bearer {TOKEN}"));
     assert_eq!(api.send(request).unwrap().0, 200);
     api.wait_cycle_done(1);
+
+    // A mutation whose body never arrives is refused before its body is read.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut slow, b"POST /api/v1/compaction/trigger HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = [0u8; 64];
+    let read = std::io::Read::read(&mut slow, &mut answer).expect("an answer, not a wait for the body");
+    assert!(String::from_utf8_lossy(&answer[..read]).starts_with("HTTP/1.1 401"), "{}", String::from_utf8_lossy(&answer[..read]));
+    drop(slow);
 
     // Connections that never finish their headers do not take the engine's
     // descriptors, and are dropped after the header timeout.

@@ -36,6 +36,8 @@ fn a_fixture_that_does_not_hold_fails_the_run_and_says_why() {
     std::fs::write(dir.path().join("c-fuel.toml"), format!("{hour}[expect]\nmax_fuel = 10\n")).unwrap();
     std::fs::write(dir.path().join("d-typo.toml"), format!("{hour}[expectt]\n")).unwrap();
     std::fs::write(dir.path().join("e-passes.toml"), format!("{hour}[expect]\nfiles_selected = 12\n")).unwrap();
+    std::fs::write(dir.path().join("f-long.toml"), format!("now = \"{}\"\n[partition]\ntime = \"x\"\n", "x".repeat(70_000))).unwrap();
+    std::fs::write(dir.path().join("g-huge.toml"), format!("{}raw_files = 100000000\n", hour.replace("raw_files = 12\n", ""))).unwrap();
     let output = compactor(&["plugin", "test", "builtin:hourly", "--fixtures", &dir.path().display().to_string(), "--format", "json"], &[]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let outcomes: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
@@ -45,6 +47,12 @@ fn a_fixture_that_does_not_hold_fails_the_run_and_says_why() {
     assert!(!verdict(2).0 && verdict(2).1.contains("max_fuel 10"), "{:?}", verdict(2));
     assert!(!verdict(3).0 && verdict(3).1.contains("bad fixture") && verdict(3).1.contains("expectt"), "{:?}", verdict(3));
     assert!(verdict(4).0, "{:?}", verdict(4));
+    assert!(!verdict(5).0 && verdict(5).1.len() < 4096, "{:?}", verdict(5).1.len());
+    assert!(!verdict(6).0 && verdict(6).1.contains("at most"), "{:?}", verdict(6));
+    // The table (not only JSON) survives a long cell.
+    let table = compactor(&["plugin", "test", "builtin:hourly", "--fixtures", &dir.path().display().to_string()], &[]);
+    assert_eq!(table.status.code(), Some(1), "{}", text(&table));
+    assert!(String::from_utf8_lossy(&table.stdout).contains("7 fixtures: 1 passed, 6 failed"), "{}", text(&table));
     let missing = compactor(&["plugin", "test", "builtin:hourly", "--fixtures", "/nonexistent"], &[]);
     assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
 }
@@ -91,4 +99,11 @@ fn the_simulator_passes_the_built_in_tiers_and_the_template_and_flags_a_policy_t
     let stdout = String::from_utf8_lossy(&greedy.stdout);
     assert!(stdout.contains("NOT CONVERGED") && stdout.contains("keeps re-selecting its own output"), "{stdout}");
     assert!(stdout.contains("sim/m0/2026/"), "names the partition: {stdout}");
+    // Answers the engine would reject are flagged, not simulated.
+    let foreign = compactor(
+        &["plugin", "simulate", "--plugin", compactor_test_components::HOSTILE, "--plugin-config", r#"{"mode": "foreign-file"}"#],
+        &[],
+    );
+    assert_eq!(foreign.status.code(), Some(1), "{}", text(&foreign));
+    assert!(String::from_utf8_lossy(&foreign.stdout).contains("is not in the partition's listing"), "{}", text(&foreign));
 }

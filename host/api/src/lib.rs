@@ -439,7 +439,7 @@ fn parse_bool(field: &str, value: &str) -> Result<bool, ApiError> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
-        _ => Err(ApiError::bad_request(format!("invalid {field}: {value:?} (expected true or false)"))),
+        _ => Err(ApiError::bad_request(format!("invalid {field}: {value:?} (expected true or false, 1 or 0, yes or no)"))),
     }
 }
 
@@ -476,6 +476,7 @@ impl TriggerRequest {
                     }
                     ("database", Value::String(name)) => request.database = Some(checked_database(name)?),
                     ("force", Value::Bool(force)) => request.force = *force,
+                    ("force", Value::String(text)) => request.force = parse_bool("force", text)?,
                     ("tier" | "database" | "force", other) => {
                         return Err(ApiError::bad_request(format!(
                             "{key}: unexpected {other} (expected a string, or true/false for force)"
@@ -521,8 +522,14 @@ fn checked_database(name: &str) -> Result<String, ApiError> {
     if valid_database(name) { Ok(name.to_owned()) } else { Err(ApiError::bad_request(INVALID_DATABASE.into())) }
 }
 
-async fn trigger(State(api): State<Api>, headers: HeaderMap, Query(query): Query<Vec<(String, String)>>, body: Bytes) -> Answer {
-    authorize(&api, &headers)?;
+async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String)>>, request: axum::extract::Request) -> Answer {
+    // The token first, then the body, within a deadline: a client that
+    // never sends its body must not hold a connection.
+    authorize(&api, request.headers())?;
+    let body = tokio::time::timeout(HEADER_TIMEOUT, axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time".into()))?
+        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("cannot read the request body: {e}")))?;
     let TriggerRequest { tiers: requested, database, force } = TriggerRequest::parse(&query, &body)?;
     if api.inner.stopping.load(Ordering::SeqCst) {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine is shutting down".into()));
@@ -703,6 +710,9 @@ fn plugin_entry(manager: &Manager, tier: &compactor_engine::planner::PlannedTier
 async fn plugins(State(api): State<Api>) -> Response {
     ok(json!({
         "host_wit_version": compactor_runtime::host_wit_version().to_string(),
+        "accepted_wit_versions": compactor_runtime::accepted_wit_versions(),
+        // A replacement on disk that failed to load: the builds listed still run.
+        "reload_error": api.manager().reload_error(),
         "plugins": plugin_list(&api),
     }))
 }

@@ -273,11 +273,13 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         max_files_per_batch: 30,
     };
     let runtime = compactor_engine::plugin_runtime(ArtifactCache::default_dir())?;
-    let report = compactor_policy_testkit::simulate::simulate(&runtime, &spec)?;
-    if let Some(path) = &args.svg {
-        let title = spec.tiers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(" + ");
-        compactor_policy_testkit::simulate::write_svg(&report, &title, path)?;
+    if args.measurements == 0 {
+        anyhow::bail!("--measurements must be at least 1");
     }
+    if args.late_percent > 100 {
+        anyhow::bail!("--late-percent must be 0 to 100, got {}", args.late_percent);
+    }
+    let report = compactor_policy_testkit::simulate::simulate(&runtime, &spec)?;
     if args.format == Format::Json {
         crate::table::print_json(&report)?;
     } else {
@@ -310,6 +312,11 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
                 println!("  {} {}: {}", flag.tier, compactor_runtime::sanitize(&flag.partition, 256), flag.problem);
             }
         }
+    }
+    // The chart last: a path that cannot be written loses no result.
+    if let Some(path) = &args.svg {
+        let title = spec.tiers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(" + ");
+        compactor_policy_testkit::simulate::write_svg(&report, &title, path)?;
     }
     Ok(if report.converged { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -2,6 +2,9 @@
 
 use std::io::Write;
 
+/// The longest cell shown; longer ones are cut.
+const MAX_CELL_CHARS: usize = 2000;
+
 /// A table printed with aligned columns.
 pub(crate) struct Table<const N: usize> {
     header: [&'static str; N],
@@ -14,7 +17,16 @@ impl<const N: usize> Table<N> {
     }
 
     pub(crate) fn row(&mut self, row: [String; N]) {
-        self.rows.push(row);
+        // Cells can quote what users and plugins wrote: keep each one short
+        // enough to align (and for `format!`'s width, which is a u16).
+        self.rows.push(row.map(|cell| {
+            if cell.chars().count() <= MAX_CELL_CHARS {
+                cell
+            } else {
+                let cut: String = cell.chars().take(MAX_CELL_CHARS).collect();
+                format!("{cut}…")
+            }
+        }));
     }
 
     /// Prints the table, then `summary` on its own line.

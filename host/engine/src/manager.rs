@@ -356,6 +356,8 @@ pub struct Manager {
     /// Call counters of the tiers' replaced plugins, which instances of a
     /// cycle in flight may still be using.
     retired_calls: Mutex<BTreeMap<String, Vec<Arc<compactor_runtime::CallStats>>>>,
+    /// Why the last reload failed (cleared by one that succeeds).
+    reload_error: Mutex<Option<String>>,
 }
 
 impl Manager {
@@ -412,6 +414,7 @@ impl Manager {
             observers: Mutex::default(),
             health: Mutex::default(),
             retired_calls: Mutex::default(),
+            reload_error: Mutex::default(),
         }
     }
 
@@ -443,11 +446,16 @@ impl Manager {
     /// cycle; a cycle in flight keeps the ones it started with. If any tier
     /// fails to load or configure, nothing is swapped and the error names it.
     pub fn reload_plugins(&self) -> Result<Vec<String>, String> {
-        let reloaded = PlannedTier::load_all(&self.config, &self.plugins).map_err(|e| e.to_string())?;
-        for tier in reloaded.iter().filter(|t| t.enabled) {
-            let policy = tier.policy.as_ref().map_err(|e| format!("tier {}: {e}", tier.name))?;
-            policy.instantiate(&tier.config_json, tier.limits).map_err(|e| format!("tier {}: {e}", tier.name))?;
-        }
+        let checked = (|| {
+            let reloaded = PlannedTier::load_all(&self.config, &self.plugins).map_err(|e| e.to_string())?;
+            for tier in reloaded.iter().filter(|t| t.enabled) {
+                let policy = tier.policy.as_ref().map_err(|e| format!("tier {}: {e}", tier.name))?;
+                policy.instantiate(&tier.config_json, tier.limits).map_err(|e| format!("tier {}: {e}", tier.name))?;
+            }
+            Ok(reloaded)
+        })();
+        *lock(&self.reload_error) = checked.as_ref().err().cloned();
+        let reloaded = checked?;
         let names = reloaded.iter().filter_map(|t| t.policy.as_ref().ok().map(|p| format!("{}: {}", t.name, p.name()))).collect();
         let replaced = std::mem::replace(&mut *self.tiers.write().unwrap_or_else(|e| e.into_inner()), Arc::new(reloaded));
         let mut retired = lock(&self.retired_calls);
@@ -467,6 +475,11 @@ impl Manager {
     /// leases, history), since it started; its jobs' are in their records.
     pub fn engine_requests(&self) -> RequestCost {
         self.requests.snapshot()
+    }
+
+    /// Why the last reload failed, if it did (the running builds were kept).
+    pub fn reload_error(&self) -> Option<String> {
+        lock(&self.reload_error).clone()
     }
 
     /// How each tier's policy has been doing (tiers that never failed are

@@ -131,9 +131,7 @@ pub fn run_dir(runtime: &PluginRuntime, plugin: &str, dir: &Path) -> anyhow::Res
 /// Runs one fixture file; a file that cannot be read or parsed fails.
 pub fn run_file(runtime: &PluginRuntime, plugin: &str, path: &Path) -> Outcome {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let fixture = std::fs::read_to_string(path)
-        .map_err(|e| e.to_string())
-        .and_then(|text| toml::from_str::<Fixture>(&text).map_err(|e| e.to_string()));
+    let fixture = read_fixture(path).and_then(|text| toml::from_str::<Fixture>(&text).map_err(|e| sanitize_error(&e.to_string())));
     match fixture {
         Ok(fixture) => run(runtime, plugin, &name, &fixture),
         Err(error) => {
@@ -142,8 +140,30 @@ pub fn run_file(runtime: &PluginRuntime, plugin: &str, path: &Path) -> Outcome {
     }
 }
 
+/// The largest fixture file read.
+const MAX_FIXTURE_BYTES: u64 = 1 << 20;
+/// The most raw files a fixture may ask for.
+pub const MAX_RAW_FILES: usize = 100_000;
+
+/// A fixture's text: a regular file of at most [`MAX_FIXTURE_BYTES`] (not
+/// a FIFO or a device, which could block or never end).
+fn read_fixture(path: &Path) -> Result<String, String> {
+    let metadata = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !metadata.is_file() || metadata.len() > MAX_FIXTURE_BYTES {
+        return Err(format!("not a regular file of at most {} KiB", MAX_FIXTURE_BYTES >> 10));
+    }
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
+}
+
+/// Parse errors quote the offending line: keep them short.
+fn sanitize_error(text: &str) -> String {
+    compactor_runtime::sanitize(text, 1024)
+}
+
 fn parse_time(field: &str, text: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(text).map(|t| t.to_utc()).map_err(|e| format!("bad fixture: {field} {text:?}: {e}"))
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.to_utc())
+        .map_err(|e| format!("bad fixture: {field} {}: {e}", sanitize_error(&format!("{text:?}"))))
 }
 
 /// Runs one fixture.
@@ -161,6 +181,9 @@ pub fn run(runtime: &PluginRuntime, plugin: &str, name: &str, fixture: &Fixture)
         };
         let level = policy.describe().map_err(|e| e.to_string())?.partition_level;
         let p = &fixture.partition;
+        if p.raw_files > MAX_RAW_FILES {
+            return Err(format!("bad fixture: partition.raw_files {} (at most {MAX_RAW_FILES})", p.raw_files));
+        }
         let mut builder = match level {
             PartitionLevel::Hour => PartitionBuilder::hour(&p.database, &p.measurement, time),
             PartitionLevel::Day => PartitionBuilder::day(&p.database, &p.measurement, time),

@@ -334,14 +334,24 @@ impl Cycle<'_> {
             };
             let present: BTreeSet<String> = partition.files.iter().map(|f| f.key.clone()).collect();
             let selected: Vec<&String> = answer.iter().flatten().collect();
+            // The engine rejects such an answer and skips the partition.
+            let distinct: BTreeSet<&String> = selected.iter().copied().collect();
+            if distinct.len() < selected.len() {
+                flag(flags, name, &partition.path, "gives invalid answers: a file named more than once".into());
+                continue;
+            }
+            if let Some(foreign) = selected.iter().find(|k| !present.contains(k.as_str())) {
+                let foreign = compactor_runtime::sanitize(foreign, 200);
+                flag(flags, name, &partition.path, format!("gives invalid answers: {foreign} is not in the partition's listing"));
+                continue;
+            }
             if !selected.is_empty() && after_compaction.get(&(self.index, partition.path.clone())) == Some(&present) {
                 flag(flags, name, &partition.path, "keeps re-selecting its own output".into());
                 continue;
             }
             let mut batch_number = 0;
             for candidate in answer {
-                let files: Vec<String> = candidate.into_iter().filter(|k| present.contains(k)).collect();
-                for batch in batches(files, max_batch) {
+                for batch in batches(candidate, max_batch) {
                     batch_number += 1;
                     self.merge(&partition, batch, batch_number, now);
                 }

@@ -33,6 +33,9 @@ pub use tier::{TierDescription, TierInstance, TierPlugin};
 
 use sandbox::PluginState;
 
+/// The largest component file read (policies are hundreds of KiB).
+const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
 /// Components embedded in a host binary, by the name `builtin:NAME` refers to.
 pub type Builtins = &'static [(&'static str, &'static [u8])];
 
@@ -245,7 +248,17 @@ impl PluginRuntime {
                 .map(|(_, bytes)| (*bytes).into())
                 .ok_or_else(|| PluginError::UnknownBuiltin { name: name.clone(), available: self.builtin_names().join(", ") }),
             PluginSource::Path(path) => {
-                std::fs::read(path).map(Into::into).map_err(|source| PluginError::Read { path: path.clone(), source })
+                let read_error = |source| PluginError::Read { path: path.clone(), source };
+                // Not a device, a FIFO or something huge: read only a regular
+                // file of a component's size.
+                let metadata = std::fs::metadata(path).map_err(read_error)?;
+                if !metadata.is_file() || metadata.len() > MAX_COMPONENT_BYTES {
+                    return Err(read_error(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("not a regular file of at most {} MiB", MAX_COMPONENT_BYTES >> 20),
+                    )));
+                }
+                std::fs::read(path).map(Into::into).map_err(read_error)
             }
         }
     }
