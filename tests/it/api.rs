@@ -587,3 +587,48 @@ fn loose_parameters_hostile_clients_and_odd_tokens_are_handled() {
     stop(engine);
     assert_intact(&lake);
 }
+
+#[test]
+fn a_tier_whose_policy_keeps_failing_is_suspended_and_the_other_tier_goes_on() {
+    let port = free_port();
+    let lake = lake_configured(50, |_| {
+        crate::kit::TestConfig::new("lake")
+            .compaction("temp_directory", "tmp")
+            .compaction("threads", 1)
+            .tier("hostile", compactor_test_components::HOSTILE, &[("mode", crate::kit::value("panic"))])
+            .tier("hourly", "builtin:hourly", &[])
+            .schedules("0 0 1 1 *")
+            .section("api", "listen", format!("127.0.0.1:{port}"))
+            .section("api", "token", TOKEN)
+    });
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    for cycle in 1..=3 {
+        let (status, body) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
+        assert_eq!(status, 200, "{body}");
+        api.wait_cycle_done(cycle);
+    }
+    let (_, plugins) = api.get("/api/v1/plugins");
+    let hostile = &plugins["plugins"][0];
+    assert_eq!(hostile["suspended"], true, "{plugins}");
+    assert_eq!(hostile["consecutive_failing_cycles"], 3, "{plugins}");
+    assert!(hostile["suspended_until"].is_string() && hostile["last_error"].is_string(), "{plugins}");
+    let (_, metrics) = api.text("/metrics");
+    assert_eq!(metric_sum(&metrics, "compactor_plugin_suspended", &["tier=\"hostile\""]), 1.0);
+    // The healthy tier compacted both measurements' hours in the first cycle.
+    let (_, history) = api.get("/api/v1/compaction/history");
+    let hourly = history["recent_jobs"].as_array().unwrap().iter().filter(|r| r["tier"] == "hourly" && r["success"] == true).count();
+    assert_eq!(hourly, 4, "{history}");
+    // A suspended tier is not called, by cycles or by the API's plans.
+    let calls = || api.get("/api/v1/plugins").1["plugins"][0]["calls"].as_u64().unwrap();
+    let before = calls();
+    assert_eq!(api.get("/api/v1/compaction/candidates").0, 200);
+    assert_eq!(api.post("/api/v1/compaction/trigger", Some(TOKEN)).0, 200);
+    api.wait_cycle_done(4);
+    assert_eq!(calls(), before, "no call while suspended");
+    // A reload lifts the suspension.
+    assert_eq!(api.post("/api/v1/plugins/reload", Some(TOKEN)).0, 200);
+    assert_eq!(api.get("/api/v1/plugins").1["plugins"][0]["suspended"], false);
+    stop(engine);
+}

@@ -543,6 +543,12 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
                 return Err(ApiError::bad_request(format!("unknown tier {name:?} in tier (configured: {})", names.join(", "))));
             }
             Some(tier) if !tier.enabled => return Err(ApiError::bad_request(format!("tier {name:?} is disabled in the config"))),
+            Some(_) if manager.tiers().iter().any(|t| &t.name == name && t.policy.is_err()) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("tier {name:?} has no loaded plugin (see /api/v1/plugins); fix it and reload"),
+                ));
+            }
             Some(_) => {}
         }
     }

@@ -546,7 +546,17 @@ impl Manager {
     /// nothing (`compactor plan`); a cycle plans each tier just before
     /// running it instead, so that daily sees hourly's outputs.
     pub async fn plan(&self, options: &CycleOptions) -> Result<planner::Plan, planner::PlanError> {
-        planner::plan(&self.storage, &self.tiers(), &self.plan_options(options, options.tiers.clone())).await
+        // A suspended tier is not called, here either (the API plans too).
+        let now = Utc::now();
+        let health = self.tier_health();
+        let suspended: Vec<String> = health.iter().filter(|(_, h)| h.is_suspended(now)).map(|(name, _)| name.clone()).collect();
+        let tiers: Vec<PlannedTier> = self.tiers().iter().filter(|t| !suspended.contains(&t.name)).cloned().collect();
+        let mut plan = planner::plan(&self.storage, &tiers, &self.plan_options(options, options.tiers.clone())).await?;
+        for name in suspended {
+            let until = health.get(&name).and_then(|h| h.suspended_until).map(|t| t.to_rfc3339()).unwrap_or_default();
+            plan.problems.push(PlanProblem { tier: name, partition: None, message: format!("suspended until {until}; not asked") });
+        }
+        Ok(plan)
     }
 
     fn plan_options(&self, options: &CycleOptions, tiers: Vec<String>) -> PlanOptions {

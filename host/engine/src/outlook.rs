@@ -314,7 +314,12 @@ impl crate::manager::Manager {
                 None
             }
         };
-        let (config, tiers) = (self.config().clone(), self.tiers());
+        let now_health = Utc::now();
+        let suspended: Vec<String> =
+            self.tier_health().into_iter().filter(|(_, h)| h.is_suspended(now_health)).map(|(name, _)| name).collect();
+        let config = self.config().clone();
+        // A suspended tier is not called: it does not take partitions now anyway.
+        let tiers: Arc<Vec<PlannedTier>> = Arc::new(self.tiers().iter().filter(|t| !suspended.contains(&t.name)).cloned().collect());
         let (database, measurement) = (database.to_owned(), measurement.to_owned());
         // Plugin calls block; WASI host calls must not run on the runtime's threads.
         let described = tokio::task::spawn_blocking(move || {
