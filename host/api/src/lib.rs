@@ -413,15 +413,14 @@ async fn history(State(api): State<Api>, Query(query): Query<HashMap<String, Str
     let limit = query.get("limit").and_then(|l| l.trim().parse::<usize>().ok()).filter(|l| *l >= 1).unwrap_or(HISTORY_MAX).min(HISTORY_MAX);
     let manager = api.manager();
     match manager.history().recent(limit).await {
-        Ok((records, unreadable)) => {
+        Ok(compactor_engine::history::Recent { records, unreadable, kept }) => {
             for entry in &unreadable {
                 tracing::warn!(key = %entry.key, error = %entry.error, "unreadable history entry");
             }
             // Arc reports its in-memory count of completed jobs; after a restart
             // that would be 0 beside a history that survived: report the
             // history's size when it is larger.
-            let kept = manager.history().len().await.unwrap_or(0) as u64;
-            ok(json!({ "total_jobs": kept.max(manager.stats().total_jobs_completed), "recent_jobs": records }))
+            ok(json!({ "total_jobs": (kept as u64).max(manager.stats().total_jobs_completed), "recent_jobs": records }))
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the job history: {e}")),
     }
@@ -725,16 +724,12 @@ async fn plugins(State(api): State<Api>) -> Response {
 
 async fn reload(State(api): State<Api>, headers: HeaderMap) -> Answer {
     authorize(&api, &headers)?;
-    let manager = api.inner.manager.clone();
-    // Compiling a component takes a while and blocks: off the runtime's threads.
-    let outcome = tokio::task::spawn_blocking(move || manager.reload_plugins()).await;
-    match outcome {
-        Ok(Ok(_)) => Ok(ok(json!({ "reloaded": true, "plugins": plugin_list(&api) }))),
-        Ok(Err(message)) => Err(ApiError {
+    match api.inner.manager.reload_plugins_in_background("POST /api/v1/plugins/reload").await {
+        Ok(_) => Ok(ok(json!({ "reloaded": true, "plugins": plugin_list(&api) }))),
+        Err(message) => Err(ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             body: json!({ "reloaded": false, "error": format!("{message}; the running plugins are kept") }),
         }),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the reload failed (a bug in compactor): {e}"))),
     }
 }
 

@@ -192,7 +192,7 @@ impl Metrics {
     }
 
     fn add_requests(&self, source: &str, cost: RequestCost) {
-        for (kind, count) in [("list", cost.list), ("get", cost.get), ("put", cost.put), ("delete", cost.delete)] {
+        for (kind, count) in by_kind(cost) {
             self.store_requests.with_label_values(&[kind, source]).inc_by(count);
         }
     }
@@ -208,7 +208,7 @@ impl Metrics {
     fn refresh(&self, manager: &Manager, debt: Option<&Debt>) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let own = manager.engine_requests();
-        for (kind, count) in [("list", own.list), ("get", own.get), ("put", own.put), ("delete", own.delete)] {
+        for (kind, count) in by_kind(own) {
             self.follow(&mut seen, &self.store_requests.with_label_values(&[kind, "engine"]), format!("engine/{kind}"), count);
         }
         self.plugin_loaded.reset();
@@ -264,6 +264,11 @@ impl Metrics {
         }
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+/// A request count by its `kind` label.
+fn by_kind(cost: RequestCost) -> [(&'static str, u64); 4] {
+    [("list", cost.list), ("get", cost.get), ("put", cost.put), ("delete", cost.delete)]
 }
 
 /// Keeps `metrics` up to date with `manager`'s events.

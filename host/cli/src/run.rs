@@ -129,12 +129,7 @@ fn spawn_reload_on_hangup(manager: &Arc<Manager>) -> anyhow::Result<()> {
     let manager = manager.clone();
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            let reloading = manager.clone();
-            match tokio::task::spawn_blocking(move || reloading.reload_plugins()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: the reload failed; the running plugins are kept"),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: the reload failed (a bug in compactor)"),
-            }
+            let _ = manager.reload_plugins_in_background("SIGHUP").await;
         }
     });
     Ok(())
@@ -173,12 +168,7 @@ fn spawn_reload_on_change(manager: &Arc<Manager>) {
             }
             seen = now;
             tracing::info!("a tier's component file changed; reloading the policies");
-            let reloading = manager.clone();
-            match tokio::task::spawn_blocking(move || reloading.reload_plugins()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "the changed component does not load; the running plugins are kept"),
-                Err(e) => tracing::error!(error = %e, "the reload failed (a bug in compactor)"),
-            }
+            let _ = manager.reload_plugins_in_background("a changed component file").await;
         }
     });
 }

@@ -35,6 +35,18 @@ pub struct History {
     written: std::sync::Arc<AtomicU64>,
 }
 
+/// What [`History::recent`] found.
+#[derive(Debug, Clone)]
+pub struct Recent {
+    /// The records, oldest first.
+    pub records: Vec<JobRecord>,
+    /// Entries met on the way that could not be read (they do not count
+    /// towards the limit).
+    pub unreadable: Vec<UnreadableEntry>,
+    /// Entries the history holds in all.
+    pub kept: usize,
+}
+
 /// An entry that could not be read (its key and why): reported, never fatal.
 #[derive(Debug, Clone)]
 pub struct UnreadableEntry {
@@ -83,21 +95,10 @@ impl History {
         Ok(entries)
     }
 
-    /// How many entries the history holds.
-    pub async fn len(&self) -> Result<usize, StorageError> {
-        Ok(self.entries().await?.len())
-    }
-
-    /// Whether the history holds no entry.
-    pub async fn is_empty(&self) -> Result<bool, StorageError> {
-        Ok(self.len().await? == 0)
-    }
-
-    /// The `limit` most recent readable entries, oldest first, and the
-    /// entries met on the way that could not be read (which do not count
-    /// towards `limit`).
-    pub async fn recent(&self, limit: usize) -> Result<(Vec<JobRecord>, Vec<UnreadableEntry>), StorageError> {
+    /// The `limit` most recent readable entries, from one listing.
+    pub async fn recent(&self, limit: usize) -> Result<Recent, StorageError> {
         let entries = self.entries().await?;
+        let kept = entries.len();
         let mut records = Vec::new();
         let mut unreadable = Vec::new();
         let mut newest_first = entries.into_iter().rev();
@@ -133,7 +134,7 @@ impl History {
             }
         }
         records.reverse();
-        Ok((records, unreadable))
+        Ok(Recent { records, unreadable, kept })
     }
 
     /// Deletes the oldest entries beyond `max_records`; returns how many.
@@ -197,12 +198,12 @@ mod tests {
         b.append(&record(1, "p1")).await.unwrap();
         a.append(&record(3, "p3")).await.unwrap();
         b.append(&record(9, "p9")).await.unwrap();
-        let (all, unreadable) = a.recent(10).await.unwrap();
+        let Recent { records: all, unreadable, .. } = a.recent(10).await.unwrap();
         assert!(unreadable.is_empty());
         let order: Vec<&str> = all.iter().map(|r| r.partition_path.as_str()).collect();
         assert_eq!(order, ["p1", "p3", "p5", "p9"]);
         assert_eq!(a.prune().await.unwrap(), 1);
-        let (kept, _) = b.recent(2).await.unwrap();
+        let kept = b.recent(2).await.unwrap().records;
         let order: Vec<&str> = kept.iter().map(|r| r.partition_path.as_str()).collect();
         assert_eq!(order, ["p5", "p9"]);
     }
@@ -230,10 +231,10 @@ mod tests {
         storage.write(&format!("{prefix}sub.jsonl/inner.jsonl"), "{}").await.unwrap();
         storage.write(&format!("{prefix}notes.jsonl"), "{}").await.unwrap();
         // The two junk entries sort newest, yet two records are still found.
-        let (records, unreadable) = history.recent(2).await.unwrap();
+        let Recent { records, unreadable, kept } = history.recent(2).await.unwrap();
         let order: Vec<&str> = records.iter().map(|r| r.partition_path.as_str()).collect();
         assert_eq!(order, ["p1", "p2"]);
         assert_eq!(unreadable.len(), 2, "{unreadable:?}");
-        assert_eq!(history.len().await.unwrap(), 4, "only entry-shaped names count");
+        assert_eq!(kept, 4, "only entry-shaped names count");
     }
 }

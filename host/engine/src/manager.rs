@@ -482,6 +482,16 @@ impl Manager {
         lock(&self.reload_error).clone()
     }
 
+    /// The tiers whose policies may be called now, and the suspended ones
+    /// with their health.
+    pub fn callable_tiers(&self) -> (Vec<PlannedTier>, BTreeMap<String, TierHealth>) {
+        let now = Utc::now();
+        let suspended: BTreeMap<String, TierHealth> =
+            lock(&self.health).iter().filter(|(_, h)| h.is_suspended(now)).map(|(n, h)| (n.clone(), h.clone())).collect();
+        let tiers = self.tiers().iter().filter(|t| !suspended.contains_key(&t.name)).cloned().collect();
+        (tiers, suspended)
+    }
+
     /// How each tier's policy has been doing (tiers that never failed are
     /// absent).
     pub fn tier_health(&self) -> BTreeMap<String, TierHealth> {
@@ -499,6 +509,19 @@ impl Manager {
             .map(|p| p.call_counts())
             .fold(compactor_runtime::CallCounts::default(), |a, b| a + b);
         lock(&self.retired_calls).get(tier).into_iter().flatten().map(|s| s.read()).fold(current, |a, b| a + b)
+    }
+
+    /// [`Manager::reload_plugins`] off the async runtime's threads (loading
+    /// compiles and blocks), logged either way; `why` says what asked.
+    pub async fn reload_plugins_in_background(self: &Arc<Self>, why: &str) -> Result<Vec<String>, String> {
+        let manager = self.clone();
+        let outcome = tokio::task::spawn_blocking(move || manager.reload_plugins())
+            .await
+            .unwrap_or_else(|e| Err(format!("the reload failed (a bug in compactor): {e}")));
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "{why}: the reload failed; the running plugins are kept");
+        }
+        outcome
     }
 
     /// The batches being compacted now.
@@ -547,13 +570,10 @@ impl Manager {
     /// running it instead, so that daily sees hourly's outputs.
     pub async fn plan(&self, options: &CycleOptions) -> Result<planner::Plan, planner::PlanError> {
         // A suspended tier is not called, here either (the API plans too).
-        let now = Utc::now();
-        let health = self.tier_health();
-        let suspended: Vec<String> = health.iter().filter(|(_, h)| h.is_suspended(now)).map(|(name, _)| name.clone()).collect();
-        let tiers: Vec<PlannedTier> = self.tiers().iter().filter(|t| !suspended.contains(&t.name)).cloned().collect();
+        let (tiers, suspended) = self.callable_tiers();
         let mut plan = planner::plan(&self.storage, &tiers, &self.plan_options(options, options.tiers.clone())).await?;
-        for name in suspended {
-            let until = health.get(&name).and_then(|h| h.suspended_until).map(|t| t.to_rfc3339()).unwrap_or_default();
+        for (name, health) in suspended {
+            let until = health.suspended_until.map(|t| t.to_rfc3339()).unwrap_or_default();
             plan.problems.push(PlanProblem { tier: name, partition: None, message: format!("suspended until {until}; not asked") });
         }
         Ok(plan)

@@ -11,7 +11,6 @@
 //! age rules; a policy that is not monotone gets the first time found.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -111,7 +110,7 @@ pub struct OutlookRequest<'a> {
 /// Describes every partition of the request (the newest [`MAX_PARTITIONS`];
 /// the flag says whether older ones were left out). Plugin calls block: run
 /// it off the async runtime's threads.
-pub fn outlook(config: &Config, tiers: &Arc<Vec<PlannedTier>>, request: &OutlookRequest<'_>) -> (Vec<PartitionOutlook>, bool) {
+pub fn outlook(config: &Config, tiers: &[PlannedTier], request: &OutlookRequest<'_>) -> (Vec<PartitionOutlook>, bool) {
     let (mut entries, truncated) = entries(request);
     let mut tier_views = Vec::new();
     for tier in tiers.iter().filter(|t| t.enabled) {
@@ -314,12 +313,9 @@ impl crate::manager::Manager {
                 None
             }
         };
-        let now_health = Utc::now();
-        let suspended: Vec<String> =
-            self.tier_health().into_iter().filter(|(_, h)| h.is_suspended(now_health)).map(|(name, _)| name).collect();
         let config = self.config().clone();
         // A suspended tier is not called: it does not take partitions now anyway.
-        let tiers: Arc<Vec<PlannedTier>> = Arc::new(self.tiers().iter().filter(|t| !suspended.contains(&t.name)).cloned().collect());
+        let tiers = self.callable_tiers().0;
         let (database, measurement) = (database.to_owned(), measurement.to_owned());
         // Plugin calls block; WASI host calls must not run on the runtime's threads.
         let described = tokio::task::spawn_blocking(move || {
@@ -386,7 +382,7 @@ mod tests {
         let config = Config::parse("[storage]\nurl = \"memory://\"\n").unwrap();
         let cache = tempfile::tempdir().unwrap();
         let runtime = crate::plugin_runtime(cache.path().to_path_buf()).unwrap();
-        let tiers = Arc::new(PlannedTier::load_all(&config, &runtime).unwrap());
+        let tiers = PlannedTier::load_all(&config, &runtime).unwrap();
         let request = OutlookRequest { database: "db", measurement: "cpu", files, from: None, to: None, now, held: None };
         outlook(&config, &tiers, &request).0
     }

@@ -398,13 +398,7 @@ fn predict_outputs(listings: &mut [Listing], batches: &[PlannedBatch], suffix: &
         };
         let merged: HashSet<&str> = candidate.files.iter().map(String::as_str).collect();
         listing.files.retain(|f| !merged.contains(f.key.as_str()));
-        let name = format!(
-            "{}_{}_{}_b{}_{suffix}.parquet",
-            candidate.measurement,
-            now.format("%Y%m%d_%H%M%S"),
-            now.timestamp_nanos_opt().unwrap_or(0),
-            candidate.batch_number
-        );
+        let name = compactor_job::output_name(&candidate.measurement, now, candidate.batch_number, suffix);
         listing.files.push(FileMeta { key: format!("{}/{name}", candidate.partition_path), size: batch.bytes, last_modified: now });
     }
 }
