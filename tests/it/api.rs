@@ -283,7 +283,7 @@ fn every_endpoint_answers_and_a_triggered_cycle_shows_in_jobs_history_and_metric
     let list = plugins["plugins"].as_array().unwrap();
     assert_eq!(list.len(), 2, "{plugins}");
     for plugin in list {
-        assert_eq!(plugin["wit_version"], "1.0.0", "{plugin}");
+        assert_eq!(plugin["wit_version"], "1.1.0", "{plugin}");
         assert_eq!(plugin["content_hash"].as_str().map(str::len), Some(64), "{plugin}");
         assert!(plugin["load_error"].is_null());
         assert!(plugin["calls"].as_u64().unwrap() > 0, "{plugin}");

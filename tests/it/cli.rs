@@ -195,16 +195,25 @@ fn plan_refuses_a_missing_lake() {
 fn plugin_check_and_info() {
     let output = compactor(&["plugin", "check", "builtin:hourly"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(stdout(&output).trim(), "ok: builtin:hourly is a tier-policy component for compactor:policy@1.0.0 (host speaks 1.0.0)");
+    assert_eq!(stdout(&output).trim(), "ok: builtin:hourly is a tier-policy component for compactor:policy@1.1.0 (host speaks 1.1.0)");
 
     let output = compactor(&["plugin", "info", "builtin:daily", "--format", "json"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let info: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(info["world"], "tier-policy");
-    assert_eq!(info["wit_version"], "1.0.0");
+    assert_eq!(info["wit_version"], "1.1.0");
+    assert_eq!(info["explains"], true);
     assert_eq!(info["tier"]["name"], "daily");
     assert_eq!(info["tier"]["partition_level"], "day");
     assert_eq!(info["tier"]["min_files"], 12);
+
+    // A component built for 1.0.0: accepted, and the host explains for it.
+    let old = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/components/hourly-wit-1.0.0.wasm");
+    let output = compactor(&["plugin", "info", old]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("compactor:policy@1.0.0 (host speaks 1.1.0, accepts >=1.0.0, <2.0.0)"), "{text}");
+    assert!(text.contains("explains:     no: plan --explain uses the host's reasons"), "{text}");
 
     let output = compactor(&["plugin", "info", "builtin:role"]);
     assert!(stdout(&output).contains("world:        cluster-gate"), "{}", stdout(&output));

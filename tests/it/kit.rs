@@ -16,6 +16,8 @@ pub(crate) struct TestConfig {
     compaction: toml::Table,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tiers: Vec<toml::Table>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tenants: Vec<toml::Table>,
     #[serde(skip_serializing_if = "toml::Table::is_empty")]
     cluster: toml::Table,
     #[serde(skip_serializing_if = "toml::Table::is_empty")]
@@ -54,6 +56,7 @@ impl TestConfig {
             plugins: Plugins { cache_dir, limits: None },
             compaction: toml::Table::new(),
             tiers: Vec::new(),
+            tenants: Vec::new(),
             cluster: toml::Table::new(),
             coordination: toml::Table::new(),
             sections: BTreeMap::new(),
@@ -117,6 +120,12 @@ impl TestConfig {
             tier.insert("config".into(), toml::Value::Table(config.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()));
         }
         self.tiers.push(tier);
+        self
+    }
+
+    /// A `[[tenants]]` entry, written as TOML (`name`, `databases`, …).
+    pub(crate) fn tenant(mut self, toml_text: &str) -> Self {
+        self.tenants.push(toml::from_str(toml_text).expect("a tenant table"));
         self
     }
 

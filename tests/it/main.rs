@@ -12,4 +12,5 @@ mod policies;
 mod raw;
 mod s3;
 mod sandbox;
+mod tenants;
 mod util;

@@ -154,6 +154,7 @@ async fn pseudo_databases_plan_like_plain_ones() {
     let options = PlanOptions {
         now: at("2026-08-20T00:00:00Z"),
         database: Some("rocket-01/factory".into()),
+        databases: None,
         tiers: vec![],
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
@@ -179,6 +180,7 @@ async fn tier_and_database_filters_and_disabled_tiers() {
     let options = |tiers: &[&str], database: Option<&str>| PlanOptions {
         now: at("2026-04-13T00:00:00Z"),
         database: database.map(str::to_owned),
+        databases: None,
         tiers: tiers.iter().map(|t| (*t).to_owned()).collect(),
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
@@ -287,5 +289,85 @@ mod failing {
         async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> Result<()> {
             self.inner.copy_if_not_exists(from, to).await
         }
+    }
+}
+
+/// Arc's hourly tier as built for WIT 1.0.0, before 1.1.0 added `explain`:
+/// kept prebuilt, so that the host's compatibility with it is tested for as
+/// long as the host speaks major version 1.
+const HOURLY_WIT_1_0_0: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/components/hourly-wit-1.0.0.wasm");
+
+#[tokio::test]
+async fn a_component_built_for_wit_1_0_0_loads_plans_alike_and_the_host_explains_it() {
+    let source = compactor_runtime::PluginSource::Path(HOURLY_WIT_1_0_0.into());
+    let old = crate::util::runtime().load_tier(&source).unwrap();
+    assert_eq!(old.contract().wit_version.to_string(), "1.0.0");
+    assert!(!old.explains());
+    let current = crate::util::plugin("builtin:hourly");
+    assert_eq!(current.contract().wit_version.to_string(), compactor_runtime::host_wit_version().to_string());
+    assert!(current.explains());
+
+    let mut keys = hour("db/cpu", "10", 10);
+    keys.extend(hour("db/cpu", "11", 3));
+    let storage = store_with(&keys).await;
+    let options = PlanOptions { explain: true, ..plan_options("2026-04-13T00:00:00Z") };
+    let tier = |plugin: compactor_runtime::TierPlugin| planner::PlannedTier {
+        name: "hourly".into(),
+        tenant: None,
+        enabled: true,
+        policy: Ok(Arc::new(plugin)),
+        config_json: "{}".into(),
+        limits: PluginLimits::default(),
+    };
+    let old_plan = planner::plan(&storage, &[tier(old)], &options).await.unwrap();
+    let new_plan = planner::plan(&storage, &[tier(current)], &options).await.unwrap();
+    assert_eq!(old_plan.batches, new_plan.batches, "the same decisions");
+    assert_eq!(old_plan.batches.len(), 1);
+    assert!(old_plan.problems.is_empty() && new_plan.problems.is_empty());
+
+    let reasons =
+        |plan: &planner::Plan| -> Vec<(bool, String)> { plan.partitions.iter().map(|v| (v.selected, v.reason.clone())).collect() };
+    // 1.1.0: the policy's own words.
+    assert_eq!(
+        reasons(&new_plan),
+        [
+            (true, "selects 10 of 10 files: 10 of 10 needed uncompacted files (10 files)".to_owned()),
+            (false, "3 of 10 needed uncompacted files (3 files)".to_owned()),
+        ]
+    );
+    // 1.0.0: the host's, from what it can see.
+    assert_eq!(reasons(&old_plan), [(true, "selects 10 of 10 files".to_owned()), (false, "3 of its min_files 10 files".to_owned())]);
+}
+
+#[tokio::test]
+async fn explaining_a_plan_does_not_change_it() {
+    // A policy built with the SDK but without its own `explain`: the
+    // default answers "", and the host explains.
+    let keys = hour("db/cpu", "10", 4);
+    let storage = store_with(&keys).await;
+    let tiers = [tier("hostile", "hostile", r#"{"mode": "well-behaved"}"#, PluginLimits::default())];
+    let plain = planner::plan(&storage, &tiers, &plan_options("2026-04-13T00:00:00Z")).await.unwrap();
+    let explained = planner::plan(&storage, &tiers, &PlanOptions { explain: true, ..plan_options("2026-04-13T00:00:00Z") }).await.unwrap();
+    assert_eq!(plain.batches, explained.batches);
+    assert_eq!(explained.partitions.len(), 1);
+    assert_eq!(explained.partitions[0].reason, "selects 4 of 4 files", "the SDK's default explain is empty: the host explains");
+}
+
+#[tokio::test]
+async fn a_policy_that_misbehaves_when_asked_why_plans_as_if_not_asked() {
+    let keys = hour("db/cpu", "10", 4);
+    let storage = store_with(&keys).await;
+    let limits = PluginLimits { fuel_per_call: 50_000_000, ..PluginLimits::default() };
+    for mode in ["explain-panic", "explain-loop", "explain-flood"] {
+        let tiers = [tier("hostile", "hostile", &format!(r#"{{"mode": "{mode}"}}"#), limits)];
+        let plain = planner::plan(&storage, &tiers, &plan_options("2026-04-13T00:00:00Z")).await.unwrap();
+        let explained =
+            planner::plan(&storage, &tiers, &PlanOptions { explain: true, ..plan_options("2026-04-13T00:00:00Z") }).await.unwrap();
+        assert_eq!(plain.batches.len(), 1, "{mode}");
+        assert_eq!(plain.batches, explained.batches, "{mode}");
+        assert!(explained.problems.is_empty(), "{mode}: {:?}", explained.problems);
+        let reason = &explained.partitions[0].reason;
+        assert!(reason.starts_with("selects 4 of 4 files"), "{mode}: {reason}");
+        assert!(reason.len() < 700 && !reason.contains('\u{1b}') && !reason.contains('\n'), "{mode}: cut and sanitised: {reason:?}");
     }
 }

@@ -129,7 +129,7 @@ fn an_incompatible_wit_major_version_is_refused_with_both_versions() {
              (export "compactor:policy/tier@2.0.0" (instance $tier)))"#,
     );
     assert!(error.contains("was built for WIT compactor:policy@2.0.0"), "{error}");
-    assert!(error.contains("this host speaks compactor:policy@1.x (1.0.0)"), "{error}");
+    assert!(error.contains("this host speaks compactor:policy@1.x (1.1.0)"), "{error}");
 }
 
 #[test]
@@ -189,6 +189,7 @@ fn a_stop_request_ends_planning_before_the_next_partition() {
     let options = compactor_engine::planner::PlanOptions {
         now: crate::util::at("2026-04-13T00:00:00Z"),
         database: None,
+        databases: None,
         tiers: Vec::new(),
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,

@@ -77,6 +77,7 @@ pub(crate) fn refs(names: &[String]) -> Vec<&str> {
 pub(crate) fn tier(name: &str, spec: &str, config: &str, limits: PluginLimits) -> compactor_engine::planner::PlannedTier {
     compactor_engine::planner::PlannedTier {
         name: name.into(),
+        tenant: None,
         enabled: true,
         policy: Ok(std::sync::Arc::new(plugin(spec))),
         config_json: config.into(),
@@ -98,6 +99,7 @@ pub(crate) fn plan_options(now: &str) -> compactor_engine::planner::PlanOptions 
     compactor_engine::planner::PlanOptions {
         now: at(now),
         database: None,
+        databases: None,
         tiers: Vec::new(),
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,

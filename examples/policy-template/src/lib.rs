@@ -118,6 +118,15 @@ impl TierPolicy for Budget {
             Decision::Wait(_) => Vec::new(),
         }
     }
+
+    /// What `compactor plan --explain` shows for a partition: the same
+    /// decision, in words.
+    fn explain(&self, partition: &Partition, now: Timestamp) -> String {
+        match self.decide(partition, now) {
+            Decision::Compact(files) => format!("{} small files over budget_bytes", files.len()),
+            Decision::Wait(reason) => reason.to_owned(),
+        }
+    }
 }
 
 export_tier_policy!(Budget);
@@ -184,6 +193,13 @@ mod tests {
     fn one_output_alone_is_a_fixed_point() {
         // After a compaction the hour holds one (small) output: never again.
         assert_eq!(policy(Config::default()).decide(&hour(&[15 * MIB]), LATER), Decision::Wait("fewer than 2 small files"));
+    }
+
+    #[test]
+    fn explain_says_what_decide_decided() {
+        let p = policy(Config::default());
+        assert_eq!(p.explain(&hour(&[8 * MIB; 10]), LATER), "10 small files over budget_bytes");
+        assert_eq!(p.explain(&hour(&[8 * MIB; 4]), LATER), "small files within budget_bytes");
     }
 
     #[test]

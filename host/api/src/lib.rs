@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::debt::Debt;
 use crate::metrics::Metrics;
-use compactor_engine::config::parse_schedule;
+use compactor_engine::config::{ConfigError, parse_schedule};
 use compactor_engine::manager::{CycleOptions, GateDecision, Manager};
 
 /// How long `/candidates` may plan (Arc's deadline).
@@ -534,21 +534,23 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine is shutting down".into()));
     }
     let manager = api.manager();
-    let configured = &manager.config().tiers;
+    manager.config().check_tier_names(&requested).map_err(|e| match e {
+        ConfigError::UnknownTier { name, configured } => {
+            ApiError::bad_request(format!("unknown tier {name:?} in tier (configured: {configured})"))
+        }
+        other => ApiError::bad_request(other.to_string()),
+    })?;
+    let loaded = manager.tiers();
     for name in &requested {
-        match configured.iter().find(|t| &t.name == name) {
-            None => {
-                let names: Vec<&str> = configured.iter().map(|t| t.name.as_str()).collect();
-                return Err(ApiError::bad_request(format!("unknown tier {name:?} in tier (configured: {})", names.join(", "))));
-            }
-            Some(tier) if !tier.enabled => return Err(ApiError::bad_request(format!("tier {name:?} is disabled in the config"))),
-            Some(_) if manager.tiers().iter().any(|t| &t.name == name && t.policy.is_err()) => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("tier {name:?} has no loaded plugin (see /api/v1/plugins); fix it and reload"),
-                ));
-            }
-            Some(_) => {}
+        let named: Vec<_> = loaded.iter().filter(|t| t.is_selected_by(std::slice::from_ref(name), false)).collect();
+        if !named.iter().any(|t| t.enabled) {
+            return Err(ApiError::bad_request(format!("tier {name:?} is disabled in the config")));
+        }
+        if let Some(tier) = named.iter().find(|t| t.enabled && t.policy.is_err()) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("tier {:?} has no loaded plugin (see /api/v1/plugins); fix it and reload", tier.key()),
+            ));
         }
     }
     let ticket = manager.begin_cycle().map_err(|_| ApiError {
@@ -566,7 +568,7 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
     } else {
         requested.clone()
     };
-    let options = CycleOptions { now: None, tiers: requested, database: database.clone(), force, explain: false };
+    let options = CycleOptions { now: None, tiers: requested, database: database.clone(), force, ..Default::default() };
     let running = api.inner.manager.clone();
     tokio::spawn(async move {
         let outcome = running.run_begun_cycle(ticket, options).await;
@@ -650,7 +652,7 @@ fn plugin_list(api: &Api) -> Vec<Value> {
         .map(|tier| {
             let mut entry = plugin_entry(manager, tier);
             entry["tier_info"] = tier_info(api, tier);
-            let health = health.get(&tier.name).cloned().unwrap_or_default();
+            let health = health.get(&tier.key()).cloned().unwrap_or_default();
             entry["suspended"] = json!(health.is_suspended(now));
             entry["suspended_until"] = json!(health.suspended_until.map(|t| t.to_rfc3339()));
             entry["consecutive_failing_cycles"] = json!(health.consecutive_failures);
@@ -663,7 +665,7 @@ fn plugin_list(api: &Api) -> Vec<Value> {
 /// The tier's description from its configured policy, asked once per build.
 fn tier_info(api: &Api, tier: &compactor_engine::planner::PlannedTier) -> Value {
     let Ok(policy) = &tier.policy else { return Value::Null };
-    let key = (tier.name.clone(), policy.content_hash().to_owned());
+    let key = (tier.key(), policy.content_hash().to_owned());
     if let Some(info) = api.inner.tier_info.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
         return info.clone();
     }
@@ -681,7 +683,8 @@ fn plugin_entry(manager: &Manager, tier: &compactor_engine::planner::PlannedTier
         Ok(policy) => {
             let counts = policy.call_counts();
             json!({
-                "tier": tier.name,
+                "tier": tier.key(),
+                "tenant": tier.tenant,
                 "name": policy.name(),
                 "enabled": tier.enabled,
                 "wit_version": policy.wit_version(),
@@ -701,8 +704,9 @@ fn plugin_entry(manager: &Manager, tier: &compactor_engine::planner::PlannedTier
             })
         }
         Err(load_error) => json!({
-            "tier": tier.name,
-            "name": manager.config().tiers.iter().find(|t| t.name == tier.name).map(|t| t.plugin.clone()),
+            "tier": tier.key(),
+            "tenant": tier.tenant,
+            "name": manager.config().tier_config(tier.tenant.as_deref(), &tier.name).map(|t| t.plugin.clone()),
             "enabled": tier.enabled,
             "wit_version": Value::Null,
             "content_hash": Value::Null,

@@ -213,17 +213,18 @@ impl Metrics {
         }
         self.plugin_loaded.reset();
         for tier in manager.tiers().iter() {
+            let key = tier.key();
             let policy = match &tier.policy {
                 Ok(policy) => policy,
                 Err(_) => {
-                    self.plugin_loaded.with_label_values(&[tier.name.as_str(), "", "", ""]).set(0);
+                    self.plugin_loaded.with_label_values(&[key.as_str(), "", "", ""]).set(0);
                     continue;
                 }
             };
-            let labels = [tier.name.as_str(), policy.name()];
+            let labels = [key.as_str(), policy.name()];
             let version = policy.wit_version().unwrap_or_default();
-            self.plugin_loaded.with_label_values(&[tier.name.as_str(), policy.name(), &version, policy.content_hash()]).set(1);
-            let counts = manager.cumulative_call_counts(&tier.name);
+            self.plugin_loaded.with_label_values(&[key.as_str(), policy.name(), &version, policy.content_hash()]).set(1);
+            let counts = manager.cumulative_call_counts(&key);
             let followed = [
                 (&self.plugin_calls, "calls", counts.calls),
                 (&self.plugin_fuel, "fuel", counts.fuel_used),
@@ -233,15 +234,15 @@ impl Metrics {
                 (&self.plugin_out_of_memory, "out_of_memory", counts.out_of_memory),
             ];
             for (family, what, reading) in followed {
-                let key = format!("plugin/{}/{what}", tier.name);
-                self.follow(&mut seen, &family.with_label_values(&labels), key, reading);
+                self.follow(&mut seen, &family.with_label_values(&labels), format!("plugin/{key}/{what}"), reading);
             }
         }
         let health = manager.tier_health();
         let now = chrono::Utc::now();
         for tier in manager.tiers().iter() {
-            let suspended = health.get(&tier.name).is_some_and(|h| h.is_suspended(now));
-            self.plugin_suspended.with_label_values(&[tier.name.as_str()]).set(i64::from(suspended));
+            let key = tier.key();
+            let suspended = health.get(&key).is_some_and(|h| h.is_suspended(now));
+            self.plugin_suspended.with_label_values(&[key.as_str()]).set(i64::from(suspended));
         }
         self.active_jobs.set(manager.active_jobs().len() as i64);
         self.cycle_running.set(i64::from(manager.is_cycle_running()));

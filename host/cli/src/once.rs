@@ -48,7 +48,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         tiers: args.tiers,
         database: args.database,
         force: args.force,
-        explain: false,
+        ..Default::default()
     }))?;
     progress.finish();
     print_report(&report, args.format)?;
@@ -68,13 +68,17 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
     if format == Format::Json {
         return crate::table::print_json(report);
     }
-    let mut tiers: Vec<&str> = report.jobs.iter().map(|j| j.tier.as_str()).collect();
-    tiers.dedup();
+    let mut tiers: Vec<String> = Vec::new();
+    for job in &report.jobs {
+        if !tiers.contains(&job.tier_key()) {
+            tiers.push(job.tier_key());
+        }
+    }
     let mut table = Table::new(["TIER", "JOBS", "FAILED", "FILES IN", "FILES OUT", "BEFORE", "AFTER", "ROWS"]);
     for tier in &tiers {
-        let jobs: Vec<_> = report.jobs.iter().filter(|j| j.tier == *tier).collect();
+        let jobs: Vec<_> = report.jobs.iter().filter(|j| j.tier_key() == *tier).collect();
         table.row([
-            (*tier).to_owned(),
+            tier.clone(),
             jobs.len().to_string(),
             jobs.iter().filter(|j| !j.success).count().to_string(),
             jobs.iter().map(|j| j.files_compacted).sum::<usize>().to_string(),
@@ -97,6 +101,9 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
         report.duration_ms as f64 / 1000.0
     );
     table.print(&summary)?;
+    if report.deferred_by_budget > 0 {
+        println!("{} batches wait for the next cycle: their tenants' max_bytes_per_cycle is spent", report.deferred_by_budget);
+    }
     let r = report.requests;
     println!("requests: {} ({} LIST, {} GET, {} PUT incl. parts, {} DELETE)", r.total(), r.list, r.get, r.put, r.delete);
     for job in report.failed() {

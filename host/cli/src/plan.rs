@@ -54,6 +54,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         database: args.database,
         force: args.force,
         explain: args.explain,
+        ..Default::default()
     };
     let plan = plan(&manager, &options)?;
     // The plan is what the tiers would do; the gate decides whether this

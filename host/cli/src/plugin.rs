@@ -115,6 +115,8 @@ struct Report {
     wit_version: String,
     host_wit_version: String,
     accepted_wit_versions: String,
+    /// Whether it says why it selects (WIT 1.1.0's `explain`).
+    explains: bool,
     imports: Vec<String>,
     cache_hit: bool,
     load_ms: f64,
@@ -150,6 +152,7 @@ pub(crate) fn exec(command: Command) -> anyhow::Result<ExitCode> {
         wit_version: loaded.contract.wit_version.to_string(),
         host_wit_version: host_wit_version().to_string(),
         accepted_wit_versions: accepted_wit_versions(),
+        explains: loaded.contract.exports_explain,
         imports: loaded.contract.imports.clone(),
         cache_hit: loaded.stats.cache_hit,
         load_ms: loaded.stats.load_time.as_secs_f64() * 1000.0,
@@ -185,6 +188,11 @@ fn print_info(report: &Report) {
         "wit version:  compactor:policy@{} (host speaks {}, accepts {})",
         report.wit_version, report.host_wit_version, report.accepted_wit_versions
     );
+    if report.world == World::TierPolicy {
+        let explains =
+            if report.explains { "yes, in its own words (explain, WIT 1.1)" } else { "no: plan --explain uses the host's reasons" };
+        println!("explains:     {explains}");
+    }
     println!("loaded in:    {:.2} ms ({})", report.load_ms, if report.cache_hit { "cached artifact" } else { "compiled" });
     println!("imports:      {}", report.imports.join(", "));
     if let Some(tier) = &report.tier {

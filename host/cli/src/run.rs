@@ -57,10 +57,9 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
                     Err(e) => tracing::error!(error = %e, "start-up recovery failed"),
                 }
                 config
-                    .tiers
-                    .iter()
-                    .filter(|t| t.enabled)
-                    .map(|t| Ok((t.name.clone(), parse_schedule(t.effective_schedule()).map_err(anyhow::Error::msg)?)))
+                    .schedules()
+                    .into_iter()
+                    .map(|(expression, tiers)| Ok((tiers, parse_schedule(&expression).map_err(anyhow::Error::msg)?)))
                     .collect::<anyhow::Result<Vec<_>>>()?
             }
         };

@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     let options = PlanOptions {
         now,
         database: None,
+        databases: None,
         tiers: Vec::new(),
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
@@ -48,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     };
     let wasm_tier = PlannedTier {
         name: "hourly".into(),
+        tenant: None,
         enabled: true,
         policy: Ok(Arc::new(hourly.clone())),
         config_json: "{}".into(),

@@ -83,6 +83,10 @@ pub struct Config {
     /// Tiers in the order they run. Empty means Arc's `hourly` then `daily`.
     #[serde(default)]
     pub tiers: Vec<TierConfig>,
+    /// `[[tenants]]`: databases bound to their own tiers and budgets. The
+    /// databases no tenant claims run the top-level `[[tiers]]`.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
     /// Cluster role and gate.
     #[serde(default)]
     pub cluster: ClusterConfig,
@@ -299,6 +303,59 @@ impl TierConfig {
     }
 }
 
+/// One `[[tenants]]` entry: a set of databases with its own policies and
+/// budgets, sandboxed apart from every other tenant's.
+///
+/// ```toml
+/// [[tenants]]
+/// name = "acme"
+/// databases = ["acme", "acme_*"]    # names or patterns (`*`, `?`)
+/// max_concurrent = 1                # its jobs at once
+/// max_bytes_per_cycle = "20GiB"     # input bytes its jobs read per cycle
+/// [tenants.limits]                  # per call of its policies; overrides the tier's
+/// fuel_per_call = 50_000_000
+/// [[tenants.tiers]]                 # its own tiers (default: the top-level ones)
+/// name = "hourly"
+/// plugin = "policies/acme-hourly.wasm"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Tenant name: letters, digits, `-` and `_`.
+    pub name: String,
+    /// Database names or patterns (`*` any run of characters, `?` one). A
+    /// database belongs to the first tenant, in config order, that matches.
+    pub databases: Vec<String>,
+    /// Its tiers, in order; empty means the top-level `[[tiers]]`.
+    #[serde(default)]
+    pub tiers: Vec<TierConfig>,
+    /// Sandbox limits of its policies' calls, over `[plugins.limits]` and
+    /// each tier's own: the tenant's budget has the last word.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Its partitions compacted at once (default: `[compaction]
+    /// max_concurrent`); every tenant's jobs together stay within that too.
+    #[serde(default)]
+    pub max_concurrent: Option<i64>,
+    /// Input bytes its jobs may read in one cycle, e.g. `"20GiB"`; the
+    /// batches beyond it wait for the next cycle (the first batch always
+    /// runs). Unlimited when absent.
+    #[serde(default)]
+    pub max_bytes_per_cycle: Option<String>,
+}
+
+impl TenantConfig {
+    /// Whether `database` matches one of its patterns.
+    pub fn claims(&self, database: &str) -> bool {
+        self.databases.iter().any(|pattern| wildmatch::WildMatch::new(pattern).matches(database))
+    }
+
+    /// The byte budget per cycle (validated at load).
+    pub fn max_bytes_per_cycle(&self) -> Option<u64> {
+        self.max_bytes_per_cycle.as_deref().and_then(compactor_model::units::parse_size)
+    }
+}
+
 /// `[coordination]`: the leases that keep one owner per partition when
 /// several engines share a store (durations as humantime strings: `"60s"`,
 /// `"2m"`). See the ownership model in `docs/architecture.md`.
@@ -474,13 +531,57 @@ impl Config {
         warnings
     }
 
-    /// Refuses `--tier` names the config does not define.
+    /// Refuses `--tier` names the config does not define: a tier's name
+    /// (every tenant's tier of that name) or `tenant/tier`.
     pub fn check_tier_names(&self, tiers: &[String]) -> Result<(), ConfigError> {
-        let known: Vec<&str> = self.tiers.iter().map(|t| t.name.as_str()).collect();
-        match tiers.iter().find(|t| !known.contains(&t.as_str())) {
+        let mut known: Vec<String> = self.tiers.iter().map(|t| t.name.clone()).collect();
+        for tenant in &self.tenants {
+            for tier in self.tenant_tiers(tenant) {
+                known.push(tier.name.clone());
+                known.push(format!("{}/{}", tenant.name, tier.name));
+            }
+        }
+        known.dedup();
+        match tiers.iter().find(|t| !known.contains(t)) {
             Some(unknown) => Err(ConfigError::UnknownTier { name: unknown.clone(), configured: known.join(", ") }),
             None => Ok(()),
         }
+    }
+
+    /// The configuration of tier `name` of `tenant` (none: top-level).
+    pub fn tier_config(&self, tenant: Option<&str>, name: &str) -> Option<&TierConfig> {
+        let tiers = match tenant {
+            Some(tenant) => self.tenant_tiers(self.tenants.iter().find(|t| t.name == tenant)?),
+            None => &self.tiers,
+        };
+        tiers.iter().find(|t| t.name == name)
+    }
+
+    /// A tenant's tiers: its own, or the top-level ones.
+    pub fn tenant_tiers<'a>(&'a self, tenant: &'a TenantConfig) -> &'a [TierConfig] {
+        if tenant.tiers.is_empty() { &self.tiers } else { &tenant.tiers }
+    }
+
+    /// The tenant that owns `database`: the first whose patterns match, none
+    /// for the databases that run the top-level tiers.
+    pub fn tenant_of(&self, database: &str) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.claims(database))
+    }
+
+    /// Every enabled tier's cron schedule, with the tiers that fire on it
+    /// (`tier` or `tenant/tier`): tiers sharing a schedule run in one cycle.
+    pub fn schedules(&self) -> Vec<(String, Vec<String>)> {
+        let mut schedules: Vec<(String, Vec<String>)> = Vec::new();
+        let top = self.tiers.iter().map(|t| (t, t.name.clone()));
+        let tenants = self.tenants.iter().flat_map(|n| self.tenant_tiers(n).iter().map(|t| (t, format!("{}/{}", n.name, t.name))));
+        for (tier, key) in top.chain(tenants).filter(|(t, _)| t.enabled) {
+            let expression = tier.effective_schedule().to_owned();
+            match schedules.iter_mut().find(|(e, _)| *e == expression) {
+                Some((_, keys)) => keys.push(key),
+                None => schedules.push((expression, vec![key])),
+            }
+        }
+        schedules
     }
 
     /// The sandbox limits of every plugin, and the gate's: `[plugins.limits]`
@@ -522,12 +623,40 @@ impl Config {
                 return Err(value_error(format!("compaction.sort_keys.{measurement}"), "contains an empty column name"));
             }
         }
-        let mut names = std::collections::HashSet::new();
-        for (i, tier) in self.tiers.iter().enumerate() {
-            let key = format!("tiers[{i}]");
-            if tier.name.is_empty() || !tier.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(value_error(format!("{key}.name"), format!("{:?} (letters, digits, '-' and '_' only)", tier.name)));
+        self.validate_tiers(&self.tiers, "tiers", None)?;
+        let mut tenant_names = std::collections::HashSet::new();
+        for (i, tenant) in self.tenants.iter().enumerate() {
+            let key = format!("tenants[{i}]");
+            check_name(&tenant.name, &format!("{key}.name"))?;
+            if !tenant_names.insert(tenant.name.as_str()) {
+                return Err(value_error(format!("{key}.name"), format!("{:?} (two tenants share this name)", tenant.name)));
             }
+            if tenant.databases.is_empty() || tenant.databases.iter().any(|d| d.trim().is_empty()) {
+                return Err(value_error(format!("{key}.databases"), "empty (expected database names or patterns, e.g. [\"acme_*\"])"));
+            }
+            if let Some(n) = tenant.max_concurrent
+                && n < 1
+            {
+                return Err(value_error(format!("{key}.max_concurrent"), format!("{n} (must be at least 1)")));
+            }
+            if let Some(budget) = &tenant.max_bytes_per_cycle
+                && compactor_model::units::parse_size(budget).is_none_or(|b| b == 0)
+            {
+                return Err(value_error(format!("{key}.max_bytes_per_cycle"), format!("{budget:?} (expected a size such as \"20GiB\")")));
+            }
+            tenant.limits.apply_to(self.gate_limits()?, &format!("{key}.limits"))?;
+            if !tenant.tiers.is_empty() {
+                self.validate_tiers(&tenant.tiers, &format!("{key}.tiers"), Some(tenant))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_tiers(&self, tiers: &[TierConfig], key: &str, tenant: Option<&TenantConfig>) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, tier) in tiers.iter().enumerate() {
+            let key = format!("{key}[{i}]");
+            check_name(&tier.name, &format!("{key}.name"))?;
             if !names.insert(tier.name.as_str()) {
                 return Err(value_error(format!("{key}.name"), format!("{:?} (two tiers share this name)", tier.name)));
             }
@@ -535,14 +664,19 @@ impl Config {
                 return Err(value_error(format!("{key}.plugin"), "\"\" (expected builtin:NAME or a path to a .wasm component)"));
             }
             parse_schedule(tier.effective_schedule()).map_err(|e| value_error(format!("{key}.schedule"), e))?;
-            self.tier_limits(i)?;
+            self.tier_limits(tenant, tier, &key)?;
         }
         Ok(())
     }
 
-    /// The sandbox limits of tier `index`.
-    pub fn tier_limits(&self, index: usize) -> Result<PluginLimits, ConfigError> {
-        self.tiers[index].limits.apply_to(self.gate_limits()?, &format!("tiers[{index}].limits"))
+    /// The sandbox limits of `tier` (of `tenant`, if any; `key` names it in
+    /// errors): `[plugins.limits]`, then the tier's, then the tenant's.
+    pub fn tier_limits(&self, tenant: Option<&TenantConfig>, tier: &TierConfig, key: &str) -> Result<PluginLimits, ConfigError> {
+        let limits = tier.limits.apply_to(self.gate_limits()?, &format!("{key}.limits"))?;
+        match tenant {
+            Some(tenant) => tenant.limits.apply_to(limits, &format!("tenants.{}.limits", tenant.name)),
+            None => Ok(limits),
+        }
     }
 
     /// Resolves a path from the config against the config file's directory.
@@ -557,6 +691,14 @@ impl Config {
             None => ArtifactCache::default_dir(),
         }
     }
+}
+
+/// Tier and tenant names become part of keys, logs and metrics.
+fn check_name(name: &str, key: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(value_error(key, format!("{name:?} (letters, digits, '-' and '_' only)")));
+    }
+    Ok(())
 }
 
 /// Arc's rule for `compaction.memory_limit`: empty, or a number with one of
@@ -661,10 +803,71 @@ mod tests {
             "[storage]\nurl = \"memory://\"\n[plugins.limits]\nfuel_per_call = 1000\n[[tiers]]\nname = \"h\"\nplugin = \"builtin:hourly\"\n[tiers.limits]\ncall_timeout_ms = 50\n",
         )
         .unwrap();
-        let limits = c.tier_limits(0).unwrap();
+        let limits = c.tier_limits(None, &c.tiers[0], "tiers[0]").unwrap();
         assert_eq!(limits.fuel_per_call, 1000);
         assert_eq!(limits.call_timeout, Duration::from_millis(50));
         assert_eq!(limits.memory_bytes, PluginLimits::default().memory_bytes);
+    }
+
+    const TENANTS: &str = r#"
+[storage]
+url = "memory://"
+[[tiers]]
+name = "hourly"
+plugin = "builtin:hourly"
+schedule = "5 * * * *"
+[tiers.limits]
+call_timeout_ms = 50
+[[tenants]]
+name = "acme"
+databases = ["acme", "acme_*"]
+[tenants.limits]
+fuel_per_call = 1000
+[[tenants]]
+name = "acme-eu"
+databases = ["acme_eu", "eu_?"]
+[[tenants.tiers]]
+name = "hourly"
+plugin = "builtin:hourly"
+schedule = "5 * * * *"
+[[tenants.tiers]]
+name = "daily"
+plugin = "builtin:daily"
+schedule = "0 3 * * *"
+"#;
+
+    #[test]
+    fn a_database_belongs_to_the_first_tenant_that_matches() {
+        let c = parse(TENANTS).unwrap();
+        let owner = |db: &str| c.tenant_of(db).map(|t| t.name.clone());
+        assert_eq!(owner("acme"), Some("acme".into()));
+        assert_eq!(owner("acme_eu"), Some("acme".into()), "acme's pattern comes first");
+        assert_eq!(owner("eu_1"), Some("acme-eu".into()));
+        assert_eq!(owner("eu_12"), None, "? is one character");
+        assert_eq!(owner("acmeX"), None);
+    }
+
+    #[test]
+    fn tiers_sharing_a_schedule_fire_together_by_key() {
+        let c = parse(TENANTS).unwrap();
+        assert_eq!(
+            c.schedules(),
+            [
+                ("5 * * * *".to_owned(), vec!["hourly".to_owned(), "acme/hourly".to_owned(), "acme-eu/hourly".to_owned()]),
+                ("0 3 * * *".to_owned(), vec!["acme-eu/daily".to_owned()]),
+            ]
+        );
+        assert!(c.check_tier_names(&["daily".into(), "acme/hourly".into()]).is_ok());
+        assert!(c.check_tier_names(&["acme/daily".into()]).is_err(), "acme inherits only the top-level hourly");
+    }
+
+    #[test]
+    fn a_tenants_limits_have_the_last_word() {
+        let c = parse(TENANTS).unwrap();
+        let acme = &c.tenants[0];
+        let limits = c.tier_limits(Some(acme), &c.tiers[0], "t").unwrap();
+        assert_eq!(limits.fuel_per_call, 1000);
+        assert_eq!(limits.call_timeout, Duration::from_millis(50), "the tier's own limit stays where the tenant sets none");
     }
 
     #[test]

@@ -76,6 +76,10 @@ impl TierHealth {
     }
 }
 
+/// Tenants that plan at once, at least (more on machines with more cores):
+/// one tenant's policy spinning to its deadline leaves the others room.
+const PLANNING_SLOTS: usize = 4;
+
 /// How far ahead a forced cycle's policies see the clock: every age rule is
 /// met (Arc #186: backfilled data older than the schedule's window).
 const FORCE_HORIZON_DAYS: i64 = 3650;
@@ -99,8 +103,12 @@ pub enum CycleError {
 pub struct CycleOptions {
     /// The time policies see as now (default: the current time).
     pub now: Option<DateTime<Utc>>,
-    /// Only these tiers (default: every enabled tier).
+    /// Only these tiers (default: every enabled tier): a tier's name
+    /// (every tenant's tier of that name) or `tenant/tier`.
     pub tiers: Vec<String>,
+    /// `tiers` names tiers by their key only (`hourly` is then the
+    /// top-level tier alone): the scheduler's firings.
+    pub exact_tiers: bool,
     /// Only this database.
     pub database: Option<String>,
     /// Ignore the policies' age rules: they see a clock ten years ahead, so
@@ -123,6 +131,9 @@ pub struct JobRecord {
     pub partition_path: String,
     /// Tier.
     pub tier: String,
+    /// The tenant whose database it is (none outside `[[tenants]]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// 1-based batch number.
     pub batch_number: usize,
     /// Files in the batch.
@@ -169,6 +180,16 @@ pub struct JobRecord {
     pub started_at: DateTime<Utc>,
     /// When it finished.
     pub finished_at: DateTime<Utc>,
+}
+
+impl JobRecord {
+    /// Its tier as reports name it: `tier`, or `tenant/tier`.
+    pub fn tier_key(&self) -> String {
+        match &self.tenant {
+            Some(tenant) => format!("{tenant}/{}", self.tier),
+            None => self.tier.clone(),
+        }
+    }
 }
 
 /// What the cluster gate said about this node.
@@ -235,6 +256,8 @@ pub struct CycleReport {
     pub jobs: Vec<JobRecord>,
     /// Batches skipped because another compaction held their partition.
     pub skipped_locked: usize,
+    /// Batches left for the next cycle by a tenant's `max_bytes_per_cycle`.
+    pub deferred_by_budget: usize,
     /// Planning problems (a tier or partition that could not be planned).
     pub problems: Vec<PlanProblem>,
     /// Object-store requests of the whole cycle: the engine's own (recovery,
@@ -358,6 +381,11 @@ pub struct Manager {
     retired_calls: Mutex<BTreeMap<String, Vec<Arc<compactor_runtime::CallStats>>>>,
     /// Why the last reload failed (cleared by one that succeeds).
     reload_error: Mutex<Option<String>>,
+    /// `[compaction] max_concurrent`: every tenant's jobs together.
+    job_slots: tokio::sync::Semaphore,
+    /// Tenants planning at once: bounds the memory their policies can hold
+    /// together (each instance within its own memory limit).
+    planning_slots: tokio::sync::Semaphore,
 }
 
 impl Manager {
@@ -378,7 +406,7 @@ impl Manager {
         let tiers = PlannedTier::load_all(&config, &plugins)?;
         for tier in tiers.iter().filter(|t| t.enabled) {
             if let Err(e) = &tier.policy {
-                tracing::error!(tier = %tier.name, "{e}; the tier does nothing until its plugin loads (fix it, then SIGHUP or reload)");
+                tracing::error!(tier = %tier.key(), "{e}; the tier does nothing until its plugin loads (fix it, then SIGHUP or reload)");
             }
         }
         Ok(Self::new(config, storage, tiers, plugins, child))
@@ -393,6 +421,8 @@ impl Manager {
         let temp_directory = config.resolve_path(&config.compaction.temp_directory);
         let leases = Leases::new(storage.clone(), new_engine_id(), config.coordination.lease_settings().unwrap_or_default());
         let persistent_history = History::new(storage.clone(), leases.engine(), config.history.max_records);
+        let job_slots = tokio::sync::Semaphore::new(config.compaction.effective_max_concurrent());
+        let planning_slots = tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()).max(PLANNING_SLOTS));
         Self {
             config,
             storage,
@@ -415,6 +445,8 @@ impl Manager {
             health: Mutex::default(),
             retired_calls: Mutex::default(),
             reload_error: Mutex::default(),
+            job_slots,
+            planning_slots,
         }
     }
 
@@ -449,19 +481,19 @@ impl Manager {
         let checked = (|| {
             let reloaded = PlannedTier::load_all(&self.config, &self.plugins).map_err(|e| e.to_string())?;
             for tier in reloaded.iter().filter(|t| t.enabled) {
-                let policy = tier.policy.as_ref().map_err(|e| format!("tier {}: {e}", tier.name))?;
-                policy.instantiate(&tier.config_json, tier.limits).map_err(|e| format!("tier {}: {e}", tier.name))?;
+                let policy = tier.policy.as_ref().map_err(|e| format!("tier {}: {e}", tier.key()))?;
+                policy.instantiate(&tier.config_json, tier.limits).map_err(|e| format!("tier {}: {e}", tier.key()))?;
             }
             Ok(reloaded)
         })();
         *lock(&self.reload_error) = checked.as_ref().err().cloned();
         let reloaded = checked?;
-        let names = reloaded.iter().filter_map(|t| t.policy.as_ref().ok().map(|p| format!("{}: {}", t.name, p.name()))).collect();
+        let names = reloaded.iter().filter_map(|t| t.policy.as_ref().ok().map(|p| format!("{}: {}", t.key(), p.name()))).collect();
         let replaced = std::mem::replace(&mut *self.tiers.write().unwrap_or_else(|e| e.into_inner()), Arc::new(reloaded));
         let mut retired = lock(&self.retired_calls);
         for tier in replaced.iter() {
             if let Some(stats) = tier.policy.as_ref().ok().and_then(|p| p.call_stats()) {
-                retired.entry(tier.name.clone()).or_default().push(stats);
+                retired.entry(tier.key()).or_default().push(stats);
             }
         }
         drop(retired);
@@ -488,7 +520,7 @@ impl Manager {
         let now = Utc::now();
         let suspended: BTreeMap<String, TierHealth> =
             lock(&self.health).iter().filter(|(_, h)| h.is_suspended(now)).map(|(n, h)| (n.clone(), h.clone())).collect();
-        let tiers = self.tiers().iter().filter(|t| !suspended.contains_key(&t.name)).cloned().collect();
+        let tiers = self.tiers().iter().filter(|t| !suspended.contains_key(&t.key())).cloned().collect();
         (tiers, suspended)
     }
 
@@ -498,13 +530,14 @@ impl Manager {
         lock(&self.health).clone()
     }
 
-    /// What the calls of a tier's policies did since the engine started,
-    /// replaced builds included: a counter for metrics, never decreasing.
+    /// What the calls of a tier's policies (by key: `tier` or
+    /// `tenant/tier`) did since the engine started, replaced builds
+    /// included: a counter for metrics, never decreasing.
     pub fn cumulative_call_counts(&self, tier: &str) -> compactor_runtime::CallCounts {
         let current = self
             .tiers()
             .iter()
-            .filter(|t| t.name == tier)
+            .filter(|t| t.key() == tier)
             .filter_map(|t| t.policy.as_ref().ok())
             .map(|p| p.call_counts())
             .fold(compactor_runtime::CallCounts::default(), |a, b| a + b);
@@ -567,11 +600,25 @@ impl Manager {
 
     /// The plan of one cycle over every selected tier at once, changing
     /// nothing (`compactor plan`); a cycle plans each tier just before
-    /// running it instead, so that daily sees hourly's outputs.
+    /// running it instead, so that daily sees hourly's outputs. Each
+    /// tenant's tiers plan over its databases, within its byte budget.
     pub async fn plan(&self, options: &CycleOptions) -> Result<planner::Plan, planner::PlanError> {
         // A suspended tier is not called, here either (the API plans too).
         let (tiers, suspended) = self.callable_tiers();
-        let mut plan = planner::plan(&self.storage, &tiers, &self.plan_options(options, options.tiers.clone())).await?;
+        let selected: Vec<&PlannedTier> =
+            tiers.iter().filter(|t| t.enabled && t.is_selected_by(&options.tiers, options.exact_tiers)).collect();
+        let mut plan = planner::Plan::default();
+        for group in self.tenant_groups(&selected, options, &mut plan.planning_requests).await? {
+            let group_tiers: Vec<PlannedTier> = group.tiers.iter().map(|t| (*t).clone()).collect();
+            let mut tenant_plan = planner::plan(&self.storage, &group_tiers, &self.plan_options(options, &group)).await?;
+            let mut budget = group.budget();
+            let deferred = budget.take(&mut tenant_plan.batches);
+            if !deferred.is_empty() {
+                tracing::info!("{}", budget.note(&group, &deferred));
+                tenant_plan.defer(&deferred);
+            }
+            plan.merge(tenant_plan);
+        }
         for (name, health) in suspended {
             let until = health.suspended_until.map(|t| t.to_rfc3339()).unwrap_or_default();
             plan.problems.push(PlanProblem { tier: name, partition: None, message: format!("suspended until {until}; not asked") });
@@ -579,12 +626,46 @@ impl Manager {
         Ok(plan)
     }
 
-    fn plan_options(&self, options: &CycleOptions, tiers: Vec<String>) -> PlanOptions {
+    /// The selected tiers grouped by tenant, each with the databases it
+    /// owns: one discovery for all. Without `[[tenants]]` there is one
+    /// group, and the planner discovers the databases as it always did.
+    async fn tenant_groups<'a>(
+        &'a self,
+        selected: &[&'a PlannedTier],
+        options: &CycleOptions,
+        requests: &mut RequestCost,
+    ) -> Result<Vec<TenantGroup<'a>>, planner::PlanError> {
+        if self.config.tenants.is_empty() {
+            let tiers = selected.to_vec();
+            return Ok(if tiers.is_empty() { Vec::new() } else { vec![TenantGroup { tenant: None, tiers, databases: None }] });
+        }
+        let databases = match &options.database {
+            Some(database) => vec![database.clone()],
+            None => {
+                requests.list += 1;
+                compactor_storage::discover_databases(&self.storage).await.map_err(planner::PlanError::Discovery)?
+            }
+        };
+        let tenants = std::iter::once(None).chain(self.config.tenants.iter().map(Some));
+        Ok(tenants
+            .filter_map(|tenant| {
+                let name = tenant.map(|t| t.name.as_str());
+                let tiers: Vec<&PlannedTier> = selected.iter().copied().filter(|t| t.tenant.as_deref() == name).collect();
+                let owned: Vec<String> =
+                    databases.iter().filter(|db| self.config.tenant_of(db).map(|t| t.name.as_str()) == name).cloned().collect();
+                (!tiers.is_empty() && !owned.is_empty()).then_some(TenantGroup { tenant, tiers, databases: Some(owned) })
+            })
+            .collect())
+    }
+
+    /// What the planner needs for `group`'s tiers (already selected).
+    fn plan_options(&self, options: &CycleOptions, group: &TenantGroup<'_>) -> PlanOptions {
         let now = options.now.unwrap_or_else(Utc::now);
         PlanOptions {
             now: if options.force { now + chrono::Duration::days(FORCE_HORIZON_DAYS) } else { now },
             database: options.database.clone(),
-            tiers,
+            databases: group.databases.clone(),
+            tiers: Vec::new(),
             max_files_per_batch: self.config.compaction.max_files_per_batch,
             multipart_threshold: self.config.compaction.multipart_threshold_bytes(),
             explain: options.explain,
@@ -717,7 +798,7 @@ impl Manager {
         let mut report = CycleReport { cycle_id, ..Default::default() };
         let tiers = self.tiers();
         let selected: Vec<&PlannedTier> =
-            tiers.iter().filter(|t| t.enabled && (options.tiers.is_empty() || options.tiers.contains(&t.name))).collect();
+            tiers.iter().filter(|t| t.enabled && t.is_selected_by(&options.tiers, options.exact_tiers)).collect();
         if selected.is_empty() {
             return Ok(report);
         }
@@ -733,38 +814,17 @@ impl Manager {
             Ok(recovery) => report.recovery = recovery,
             Err(e) => tracing::error!(error = %e, "recovery failed; continuing with the cycle"),
         }
-        for tier in selected {
-            if self.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            if let Some(health) = lock(&self.health).get(&tier.name).filter(|h| h.is_suspended(Utc::now())) {
-                report.problems.push(PlanProblem {
-                    tier: tier.name.clone(),
-                    partition: None,
-                    message: format!(
-                        "suspended until {} after {} cycles in a row whose policy calls failed (last: {}); reload the plugin to retry sooner",
-                        health.suspended_until.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                        health.consecutive_failures,
-                        health.last_error.as_deref().unwrap_or_default()
-                    ),
-                });
-                continue;
-            }
-            let plan_options = self.plan_options(&options, vec![tier.name.clone()]);
-            let plan = planner::plan(&self.storage, std::slice::from_ref(tier), &plan_options).await?;
-            let failed_calls = plan.tiers.first().is_some_and(|t| t.plugin_failures > 0);
-            let failure = failed_calls.then(|| plan.problems.first().map(|p| p.message.clone()).unwrap_or_default());
-            let suspended = lock(&self.health).entry(tier.name.clone()).or_default().record(failure, Utc::now());
-            if suspended {
-                tracing::error!(tier = %tier.name, "the tier's policy failed in {SUSPEND_AFTER_FAILING_CYCLES} cycles in a row; it is suspended (see /api/v1/plugins)");
-            }
-            report.problems.extend(plan.problems);
-            self.emit(Progress::TierStarted { tier: tier.name.clone(), batches: plan.batches.len() });
-            let suffix = plan.tiers.first().map(|t| t.output_suffix.clone()).filter(|s| !s.is_empty());
-            let run = TierRun { cycle_id, descriptor: &descriptor, suffix: suffix.as_deref(), policy: policy_ref(tier) };
-            let (records, skipped) = self.execute(plan.batches, &run).await;
-            report.jobs.extend(records);
-            report.skipped_locked += skipped;
+        let mut discovery = RequestCost::default();
+        let groups = self.tenant_groups(&selected, &options, &mut discovery).await?;
+        // Tenants run side by side: one tenant's slow policy, failing jobs
+        // or spent budget never holds another's partitions.
+        let outcomes = futures::future::join_all(groups.iter().map(|group| self.run_tenant(group, &options, cycle_id, &descriptor))).await;
+        for outcome in outcomes {
+            let outcome = outcome?;
+            report.jobs.extend(outcome.jobs);
+            report.problems.extend(outcome.problems);
+            report.skipped_locked += outcome.skipped_locked;
+            report.deferred_by_budget += outcome.deferred_by_budget;
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
         let own = self.requests.snapshot().since(requests_before);
@@ -786,6 +846,67 @@ impl Manager {
         Ok(report)
     }
 
+    /// One tenant's part of a cycle: its tiers in order, each planned over
+    /// its databases just before it runs, within its byte budget.
+    async fn run_tenant(
+        &self,
+        group: &TenantGroup<'_>,
+        options: &CycleOptions,
+        cycle_id: u64,
+        descriptor: &StorageDescriptor,
+    ) -> Result<CycleReport, planner::PlanError> {
+        let mut outcome = CycleReport::default();
+        let mut budget = group.budget();
+        for tier in &group.tiers {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let key = tier.key();
+            if let Some(health) = lock(&self.health).get(&key).filter(|h| h.is_suspended(Utc::now())) {
+                outcome.problems.push(PlanProblem {
+                    tier: key,
+                    partition: None,
+                    message: format!(
+                        "suspended until {} after {} cycles in a row whose policy calls failed (last: {}); reload the plugin to retry sooner",
+                        health.suspended_until.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                        health.consecutive_failures,
+                        health.last_error.as_deref().unwrap_or_default()
+                    ),
+                });
+                continue;
+            }
+            let planning = self.planning_slots.acquire().await;
+            let mut plan = planner::plan(&self.storage, std::slice::from_ref(*tier), &self.plan_options(options, group)).await?;
+            drop(planning);
+            let failed_calls = plan.tiers.first().is_some_and(|t| t.plugin_failures > 0);
+            let failure = failed_calls.then(|| plan.problems.first().map(|p| p.message.clone()).unwrap_or_default());
+            let suspended = lock(&self.health).entry(key.clone()).or_default().record(failure, Utc::now());
+            if suspended {
+                tracing::error!(tier = %key, "the tier's policy failed in {SUSPEND_AFTER_FAILING_CYCLES} cycles in a row; it is suspended (see /api/v1/plugins)");
+            }
+            outcome.problems.extend(plan.problems);
+            let deferred = budget.take(&mut plan.batches);
+            if !deferred.is_empty() {
+                tracing::info!("{}", budget.note(group, &deferred));
+                outcome.deferred_by_budget += deferred.len();
+            }
+            self.emit(Progress::TierStarted { tier: key, batches: plan.batches.len() });
+            let suffix = plan.tiers.first().map(|t| t.output_suffix.clone()).filter(|s| !s.is_empty());
+            let run = TierRun {
+                cycle_id,
+                descriptor,
+                suffix: suffix.as_deref(),
+                policy: policy_ref(tier),
+                tenant: group.tenant_name().map(str::to_owned),
+                max_concurrent: group.max_concurrent(&self.config),
+            };
+            let (records, skipped) = self.execute(plan.batches, &run).await;
+            outcome.jobs.extend(records);
+            outcome.skipped_locked += skipped;
+        }
+        Ok(outcome)
+    }
+
     /// Runs the batches of one tier: partitions in parallel (bounded), the
     /// batches of a partition in sequence.
     async fn execute(&self, batches: Vec<PlannedBatch>, run: &TierRun<'_>) -> (Vec<JobRecord>, usize) {
@@ -793,7 +914,7 @@ impl Manager {
         for batch in batches {
             partitions.entry(batch.candidate.partition_path.clone()).or_default().push(batch);
         }
-        let limit = self.config.compaction.effective_max_concurrent();
+        let limit = run.max_concurrent;
         let results: Vec<(Vec<JobRecord>, usize)> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
             futures::stream::iter(partitions.into_values().map(|batches| self.execute_partition(batches, run))),
             limit,
@@ -813,6 +934,9 @@ impl Manager {
         let Some(first) = batches.first() else { return (Vec::new(), 0) };
         let partition = first.candidate.partition_path.clone();
         let database = first.candidate.database.clone();
+        // Every tenant's jobs together stay within [compaction] max_concurrent
+        // (the semaphore is never closed).
+        let Ok(_slot) = self.job_slots.acquire().await else { return (Vec::new(), batches.len()) };
         let lease = match self.leases.try_acquire(&partition).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
@@ -1023,6 +1147,7 @@ impl Manager {
             measurement: candidate.measurement.clone(),
             partition_path: candidate.partition_path.clone(),
             tier: candidate.tier.clone(),
+            tenant: run.tenant.clone(),
             batch_number: candidate.batch_number,
             files_in: candidate.files.len(),
             files_compacted: succeeded.iter().map(|r| r.files_compacted).sum(),
@@ -1084,6 +1209,68 @@ struct TierRun<'a> {
     descriptor: &'a StorageDescriptor,
     suffix: Option<&'a str>,
     policy: PolicyRef,
+    tenant: Option<String>,
+    /// The tenant's partitions at once.
+    max_concurrent: usize,
+}
+
+/// One tenant's selected tiers and the databases it owns.
+struct TenantGroup<'a> {
+    /// None: the databases no tenant claims, with the top-level tiers.
+    tenant: Option<&'a crate::config::TenantConfig>,
+    tiers: Vec<&'a PlannedTier>,
+    /// None: every database (no `[[tenants]]`; the planner discovers).
+    databases: Option<Vec<String>>,
+}
+
+impl TenantGroup<'_> {
+    fn tenant_name(&self) -> Option<&str> {
+        self.tenant.map(|t| t.name.as_str())
+    }
+
+    fn max_concurrent(&self, config: &Config) -> usize {
+        let global = config.compaction.effective_max_concurrent();
+        self.tenant.and_then(|t| t.max_concurrent).map_or(global, |n| (n.max(1) as usize).min(global))
+    }
+
+    fn budget(&self) -> ByteBudget {
+        ByteBudget { limit: self.tenant.and_then(|t| t.max_bytes_per_cycle()), spent: 0 }
+    }
+}
+
+/// A tenant's `max_bytes_per_cycle`, spent batch by batch in plan order.
+struct ByteBudget {
+    limit: Option<u64>,
+    spent: u64,
+}
+
+impl ByteBudget {
+    /// Keeps in `batches` those that fit what is left (the cycle's first
+    /// batch always does, so an oversized one cannot starve), and returns
+    /// the others.
+    fn take(&mut self, batches: &mut Vec<PlannedBatch>) -> Vec<PlannedBatch> {
+        let Some(limit) = self.limit else { return Vec::new() };
+        let (kept, deferred): (Vec<PlannedBatch>, Vec<PlannedBatch>) = std::mem::take(batches).into_iter().partition(|batch| {
+            let fits = self.spent == 0 || self.spent.saturating_add(batch.bytes) <= limit;
+            if fits {
+                self.spent = self.spent.saturating_add(batch.bytes);
+            }
+            fits
+        });
+        *batches = kept;
+        deferred
+    }
+
+    /// What deferring `deferred` means, for the log.
+    fn note(&self, group: &TenantGroup<'_>, deferred: &[PlannedBatch]) -> String {
+        let bytes: u64 = deferred.iter().map(|b| b.bytes).sum();
+        format!(
+            "tenant {}: max_bytes_per_cycle ({} bytes) is spent; {} batches ({bytes} bytes) wait for the next cycle",
+            group.tenant_name().unwrap_or_default(),
+            self.limit.unwrap_or_default(),
+            deferred.len()
+        )
+    }
 }
 
 /// Which policy build decides a tier's jobs, for their manifests and
@@ -1192,6 +1379,7 @@ mod tests {
             .unwrap();
         let tier = PlannedTier {
             name: "hourly".into(),
+            tenant: None,
             enabled: true,
             policy: Ok(std::sync::Arc::new(plugin)),
             config_json: "{}".into(),

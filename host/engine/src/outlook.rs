@@ -114,7 +114,7 @@ pub fn outlook(config: &Config, tiers: &[PlannedTier], request: &OutlookRequest<
     let (mut entries, truncated) = entries(request);
     let mut tier_views = Vec::new();
     for tier in tiers.iter().filter(|t| t.enabled) {
-        let schedule = config.tiers.iter().find(|t| t.name == tier.name).and_then(|t| parse_schedule(t.effective_schedule()).ok());
+        let schedule = config.tier_config(tier.tenant.as_deref(), &tier.name).and_then(|t| parse_schedule(t.effective_schedule()).ok());
         let mut view = TierView { name: tier.name.clone(), schedule, verdicts: HashMap::new(), load_error: None, suffix: String::new() };
         let instance = tier
             .policy
@@ -315,7 +315,10 @@ impl crate::manager::Manager {
         };
         let config = self.config().clone();
         // A suspended tier is not called: it does not take partitions now anyway.
-        let tiers = self.callable_tiers().0;
+        let mut tiers = self.callable_tiers().0;
+        // Only the tiers of the database's tenant look at it.
+        let owner = self.config().tenant_of(database).map(|t| t.name.clone());
+        tiers.retain(|t| t.tenant == owner);
         let (database, measurement) = (database.to_owned(), measurement.to_owned());
         // Plugin calls block; WASI host calls must not run on the runtime's threads.
         let described = tokio::task::spawn_blocking(move || {

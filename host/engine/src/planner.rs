@@ -35,6 +35,12 @@ pub trait PartitionPolicy {
 
     /// The groups of files to compact in `partition` at `now`.
     fn select_candidates(&mut self, partition: &Partition, now: DateTime<Utc>) -> Result<Vec<Vec<String>>, PluginError>;
+
+    /// Why it selects what it does in `partition` at `now`, in its own
+    /// words (none when it cannot say: the host explains then).
+    fn explain(&mut self, _partition: &Partition, _now: DateTime<Utc>) -> Result<Option<String>, PluginError> {
+        Ok(None)
+    }
 }
 
 /// Makes configured policy instances: a loaded plugin, or native code in
@@ -89,6 +95,10 @@ impl PartitionPolicy for TierInstance {
     fn select_candidates(&mut self, partition: &Partition, now: DateTime<Utc>) -> Result<Vec<Vec<String>>, PluginError> {
         TierInstance::select_candidates(self, partition, now)
     }
+
+    fn explain(&mut self, partition: &Partition, now: DateTime<Utc>) -> Result<Option<String>, PluginError> {
+        TierInstance::explain(self, partition, now)
+    }
 }
 
 impl PolicyFactory for TierPlugin {
@@ -120,8 +130,11 @@ impl PolicyFactory for TierPlugin {
 /// A tier ready to plan: its name from the config, its policy and settings.
 #[derive(Clone)]
 pub struct PlannedTier {
-    /// Tier name (`hourly`, …).
+    /// Tier name (`hourly`, …), as its jobs' outputs and manifests name it.
     pub name: String,
+    /// The tenant whose databases it compacts (none: the databases no
+    /// tenant claims).
+    pub tenant: Option<String>,
     /// Disabled tiers are skipped.
     pub enabled: bool,
     /// The policy, or why it could not be loaded.
@@ -133,24 +146,43 @@ pub struct PlannedTier {
 }
 
 impl PlannedTier {
-    /// Loads every tier of `config`, in order. A plugin that fails to load
-    /// is kept as an error, so that the other tiers still plan.
+    /// Loads every tier of `config`: the top-level ones, then each tenant's,
+    /// in order. A plugin that fails to load is kept as an error, so that
+    /// the other tiers still plan. Each tenant loads its components apart
+    /// (its own call counters; its own stores and instances when planning).
     pub fn load_all(config: &Config, runtime: &PluginRuntime) -> Result<Vec<PlannedTier>, ConfigError> {
-        config
-            .tiers
-            .iter()
-            .enumerate()
-            .map(|(index, tier)| {
+        let top = config.tiers.iter().enumerate().map(|(i, tier)| (None, tier, format!("tiers[{i}]")));
+        let tenants = config.tenants.iter().enumerate().flat_map(|(n, tenant)| {
+            config.tenant_tiers(tenant).iter().enumerate().map(move |(i, tier)| (Some(tenant), tier, format!("tenants[{n}].tiers[{i}]")))
+        });
+        top.chain(tenants)
+            .map(|(tenant, tier, key)| {
                 let source = PluginSource::parse(&tier.plugin, &config.base_dir);
                 Ok(PlannedTier {
                     name: tier.name.clone(),
+                    tenant: tenant.map(|t| t.name.clone()),
                     enabled: tier.enabled,
                     policy: runtime.load_tier(&source).map(|p| Arc::new(p) as Arc<dyn PolicyFactory>).map_err(|e| e.to_string()),
                     config_json: tier.config_json(),
-                    limits: config.tier_limits(index)?,
+                    limits: config.tier_limits(tenant, tier, &key)?,
                 })
             })
             .collect()
+    }
+
+    /// How reports, health and metrics name it: `tier`, or `tenant/tier`.
+    pub fn key(&self) -> String {
+        match &self.tenant {
+            Some(tenant) => format!("{tenant}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// Whether a `--tier` list selects it: empty selects every tier; an
+    /// entry selects the tier of that key, or (unless `exact`) every
+    /// tenant's tier of that name.
+    pub fn is_selected_by(&self, tiers: &[String], exact: bool) -> bool {
+        tiers.is_empty() || tiers.iter().any(|t| *t == self.key() || (!exact && *t == self.name))
     }
 }
 
@@ -161,6 +193,9 @@ pub struct PlanOptions {
     pub now: DateTime<Utc>,
     /// Only this database (discovery otherwise).
     pub database: Option<String>,
+    /// Only these databases, already discovered (a tenant's); with
+    /// `database`, the one of them it names.
+    pub databases: Option<Vec<String>>,
     /// Only these tiers (all enabled ones when empty).
     pub tiers: Vec<String>,
     /// Batch size, clamped as Arc does.
@@ -277,6 +312,9 @@ pub struct Plan {
     /// With [`PlanOptions::explain`]: every partition each tier looked at,
     /// and why it was or was not selected.
     pub partitions: Vec<PartitionVerdict>,
+    /// Batches left out by a tenant's `max_bytes_per_cycle`: the next
+    /// cycle's.
+    pub deferred_by_budget: usize,
 }
 
 /// Why a tier did or did not select a partition.
@@ -293,6 +331,33 @@ pub struct PartitionVerdict {
 }
 
 impl Plan {
+    /// Adds `other` (another tenant's plan) to this one.
+    pub fn merge(&mut self, other: Plan) {
+        self.batches.extend(other.batches);
+        self.planning_requests += other.planning_requests;
+        self.tiers.extend(other.tiers);
+        self.problems.extend(other.problems);
+        self.partitions.extend(other.partitions);
+        self.deferred_by_budget += other.deferred_by_budget;
+    }
+
+    /// Records that `deferred` (taken out of `batches`) waits for the next
+    /// cycle: the tiers' counts no longer include them.
+    pub fn defer(&mut self, deferred: &[PlannedBatch]) {
+        self.deferred_by_budget += deferred.len();
+        for batch in deferred {
+            // Tenant plans hold one tenant's tiers: the name is unique here.
+            let Some(summary) =
+                self.tiers.iter_mut().find(|t| t.tier == batch.candidate.tier || t.tier.ends_with(&format!("/{}", batch.candidate.tier)))
+            else {
+                continue;
+            };
+            summary.batches = summary.batches.saturating_sub(1);
+            summary.files = summary.files.saturating_sub(batch.candidate.files.len());
+            summary.bytes = summary.bytes.saturating_sub(batch.bytes);
+        }
+    }
+
     /// Number of distinct partitions with batches.
     pub fn partition_count(&self) -> usize {
         self.tiers.iter().map(|t| t.partitions_selected).sum()
@@ -308,6 +373,7 @@ pub enum PlanError {
 }
 
 /// The files of one measurement, listed once per plan.
+#[derive(Clone)]
 struct Listing {
     database: String,
     measurement: String,
@@ -317,18 +383,17 @@ struct Listing {
 /// Plans one cycle over `storage` for `tiers`.
 pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOptions) -> Result<Plan, PlanError> {
     let mut plan = Plan::default();
-    let selected: Vec<&PlannedTier> =
-        tiers.iter().filter(|t| t.enabled && (options.tiers.is_empty() || options.tiers.contains(&t.name))).collect();
+    let selected: Vec<&PlannedTier> = tiers.iter().filter(|t| t.enabled && t.is_selected_by(&options.tiers, false)).collect();
     if selected.is_empty() {
         return Ok(plan);
     }
     plan.planning_requests.list += 1;
     let held = match ManifestStore::new(storage.clone()).held_files().await {
-        Ok(held) => Some(held),
+        Ok(held) => Some(Arc::new(held)),
         Err(e) => {
             for tier in &selected {
                 plan.problems.push(PlanProblem {
-                    tier: tier.name.clone(),
+                    tier: tier.key(),
                     partition: None,
                     message: format!("{e}; every candidate is skipped this cycle, to be safe"),
                 });
@@ -336,16 +401,26 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
             None
         }
     };
-    let mut listings = list_measurements(storage, options.database.as_deref(), &selected, &mut plan.problems).await?;
+    let databases = match (&options.databases, &options.database) {
+        (Some(databases), None) => databases.clone(),
+        (Some(databases), Some(db)) => databases.iter().filter(|d| *d == db).cloned().collect(),
+        (None, Some(db)) => vec![db.clone()],
+        (None, None) => {
+            plan.planning_requests.list += 1;
+            storage::discover_databases(storage).await.map_err(PlanError::Discovery)?
+        }
+    };
+    let mut listings = Arc::new(list_measurements(storage, &databases, &selected, &mut plan.problems).await);
     let databases: std::collections::BTreeSet<&str> = listings.iter().map(|l| l.database.as_str()).collect();
-    plan.planning_requests.list += u64::from(options.database.is_none()) + databases.len() as u64;
+    plan.planning_requests.list += databases.len() as u64;
     plan.planning_requests.list += listings.iter().map(|l| list_pages(l.files.len())).sum::<u64>();
     for tier in selected {
         let first_batch = plan.batches.len();
-        let summary = plan_tier_on_own_thread(tier, &listings, held.as_ref(), options, &mut plan);
+        let summary = plan_tier_on_own_thread(tier, &listings, &held, options, &mut plan).await;
         // A cycle runs the tiers in order: the next one sees this one's
         // outputs, not the files they replace.
-        predict_outputs(&mut listings, &plan.batches[first_batch..], &summary.output_suffix, options.now);
+        let predicted: &mut Vec<Listing> = Arc::make_mut(&mut listings);
+        predict_outputs(predicted, &plan.batches[first_batch..], &summary.output_suffix, options.now);
         plan.tiers.push(summary);
     }
     Ok(plan)
@@ -353,22 +428,18 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
 
 async fn list_measurements(
     storage: &Storage,
-    database: Option<&str>,
+    databases: &[String],
     tiers: &[&PlannedTier],
     problems: &mut Vec<PlanProblem>,
-) -> Result<Vec<Listing>, PlanError> {
-    let databases = match database {
-        Some(db) => vec![db.to_owned()],
-        None => storage::discover_databases(storage).await.map_err(PlanError::Discovery)?,
-    };
+) -> Vec<Listing> {
     let mut report = |message: String| {
         for tier in tiers {
-            problems.push(PlanProblem { tier: tier.name.clone(), partition: None, message: message.clone() });
+            problems.push(PlanProblem { tier: tier.key(), partition: None, message: message.clone() });
         }
     };
     let mut listings = Vec::new();
     for database in databases {
-        let measurements = match storage::discover_measurements(storage, &database).await {
+        let measurements = match storage::discover_measurements(storage, database).await {
             Ok(m) => m,
             Err(e) => {
                 report(format!("skipping database {database}: {e}"));
@@ -385,7 +456,7 @@ async fn list_measurements(
             }
         }
     }
-    Ok(listings)
+    listings
 }
 
 /// Replaces each batch's files in `listings` with the output its job would
@@ -403,29 +474,38 @@ fn predict_outputs(listings: &mut [Listing], batches: &[PlannedBatch], suffix: &
     }
 }
 
-/// Plans one tier on a thread of its own: the policy's WASI host calls may
-/// block, which is illegal on a thread that drives the async runtime, and a
-/// panic there must cost one tier, not the engine.
-fn plan_tier_on_own_thread(
+/// Plans one tier on a thread of its own, awaited without blocking: the
+/// policy's WASI host calls may block, which is illegal on a thread that
+/// drives the async runtime; tenants plan side by side, so one tenant's slow
+/// policy must not hold the others' planning; and a panic there must cost
+/// one tier, not the engine.
+async fn plan_tier_on_own_thread(
     tier: &PlannedTier,
-    listings: &[Listing],
-    held: Option<&HeldFiles>,
+    listings: &Arc<Vec<Listing>>,
+    held: &Option<Arc<HeldFiles>>,
     options: &PlanOptions,
     plan: &mut Plan,
 ) -> TierSummary {
-    let outcome = std::thread::scope(|scope| {
-        // A plan of its own, merged only when the thread finishes: a tier
-        // that panics half-way adds no batch.
-        let mut tier_plan = Plan::default();
-        let thread = std::thread::Builder::new()
-            .name(format!("plan-{}", tier.name))
-            .spawn_scoped(scope, || {
-                let summary = plan_tier(tier, listings, held, options, &mut tier_plan);
-                (summary, tier_plan)
-            })
-            .map_err(|e| format!("cannot start a planning thread: {e}"))?;
-        thread.join().map_err(|panic| format!("planning panicked (a bug in compactor): {}", crate::panic_message(&*panic)))
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let work = (tier.clone(), listings.clone(), held.clone(), options.clone());
+    let spawned = std::thread::Builder::new().name(format!("plan-{}", tier.key())).spawn(move || {
+        let (tier, listings, held, options) = work;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // A plan of its own, merged only when the thread finishes: a
+            // tier that panics half-way adds no batch.
+            let mut tier_plan = Plan::default();
+            let summary = plan_tier(&tier, &listings, held.as_deref(), &options, &mut tier_plan);
+            (summary, tier_plan)
+        }));
+        // Let go of the listings before answering: the next tier's
+        // predictions then change them in place rather than a copy.
+        drop((tier, listings, held, options));
+        let _ = sender.send(outcome.map_err(|panic| format!("planning panicked (a bug in compactor): {}", crate::panic_message(&*panic))));
     });
+    let outcome = match spawned {
+        Ok(_) => receiver.await.unwrap_or_else(|_| Err("the planning thread ended without an answer".to_owned())),
+        Err(e) => Err(format!("cannot start a planning thread: {e}")),
+    };
     match outcome {
         Ok((summary, tier_plan)) => {
             plan.batches.extend(tier_plan.batches);
@@ -434,17 +514,18 @@ fn plan_tier_on_own_thread(
             summary
         }
         Err(message) => {
-            tracing::error!(tier = %tier.name, "{message}");
-            plan.problems.push(PlanProblem { tier: tier.name.clone(), partition: None, message });
-            TierSummary { tier: tier.name.clone(), ..Default::default() }
+            tracing::error!(tier = %tier.key(), "{message}");
+            plan.problems.push(PlanProblem { tier: tier.key(), partition: None, message });
+            TierSummary { tier: tier.key(), ..Default::default() }
         }
     }
 }
 
 fn plan_tier(tier: &PlannedTier, listings: &[Listing], held: Option<&HeldFiles>, options: &PlanOptions, plan: &mut Plan) -> TierSummary {
-    let mut summary = TierSummary { tier: tier.name.clone(), ..Default::default() };
+    let key = tier.key();
+    let mut summary = TierSummary { tier: key.clone(), ..Default::default() };
     let mut problem = |partition: Option<&str>, message: String| {
-        plan.problems.push(PlanProblem { tier: tier.name.clone(), partition: partition.map(str::to_owned), message })
+        plan.problems.push(PlanProblem { tier: key.clone(), partition: partition.map(str::to_owned), message })
     };
     let policy = match &tier.policy {
         Ok(policy) => policy,
@@ -465,15 +546,18 @@ fn plan_tier(tier: &PlannedTier, listings: &[Listing], held: Option<&HeldFiles>,
     let level = instance.partition_level();
     summary.output_suffix = instance.output_suffix();
     let explain = options.explain;
+    // Explaining asks the policy more (its reasons, later clocks) on an
+    // instance of its own: a call that fails there must not cost the plan.
+    let mut explainer = if explain { Some(policy.instantiate(&tier.config_json, tier.limits)) } else { None };
     let mut verdict = |partition: &str, selected: bool, reason: String| {
         if explain {
-            plan.partitions.push(PartitionVerdict { tier: tier.name.clone(), partition_path: partition.to_owned(), selected, reason });
+            plan.partitions.push(PartitionVerdict { tier: key.clone(), partition_path: partition.to_owned(), selected, reason });
         }
     };
     for listing in listings {
         for partition in group_into_partitions(&listing.database, &listing.measurement, &listing.files, level) {
             if options.stop.load(Ordering::Relaxed) {
-                tracing::info!(tier = %tier.name, "stopping: the rest of the tier is not planned");
+                tracing::info!(tier = %key, "stopping: the rest of the tier is not planned");
                 return summary;
             }
             summary.partitions_seen += 1;
@@ -553,18 +637,33 @@ fn plan_tier(tier: &PlannedTier, listings: &[Listing], held: Option<&HeldFiles>,
                 selected = true;
             }
             summary.partitions_selected += usize::from(selected);
-            if explain {
+            if let Some(explainer) = &mut explainer {
                 let files = partition.files.len();
+                let mut own_words = || match explainer {
+                    Ok(explainer) => explainer.explain(&partition, options.now).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
                 let reason = if selected {
                     let held_note =
                         if held_files > 0 { format!(" ({held_files} held by a recovery manifest wait)") } else { String::new() };
-                    format!("selects {} of {files} files{held_note}", chosen - held_files)
+                    let chosen = format!("selects {} of {files} files{held_note}", chosen - held_files);
+                    match own_words() {
+                        Ok(Some(reason)) => format!("{chosen}: {reason}"),
+                        _ => chosen,
+                    }
                 } else if chosen > 0 && held_files > 0 {
                     "held by a recovery manifest (an interrupted job): recovery resolves it first".to_owned()
                 } else if chosen > 0 {
                     "its policy chose a single file; a merge needs at least 2".to_owned()
                 } else {
-                    crate::outlook::explain_waiting(instance.as_mut(), &partition, options.now)
+                    match own_words() {
+                        Ok(Some(reason)) => reason,
+                        Ok(None) => match explainer {
+                            Ok(explainer) => crate::outlook::explain_waiting(explainer.as_mut(), &partition, options.now),
+                            Err(e) => format!("its policy cannot be asked why: {e}"),
+                        },
+                        Err(e) => format!("its policy failed to explain: {e}"),
+                    }
                 };
                 verdict(&partition.path, selected, reason);
             }

@@ -1,6 +1,7 @@
-//! Cron schedules per tier (5-field, UTC): each firing runs one cycle of its
-//! tier. Overlapping firings are refused by the manager ("already running"),
-//! not queued.
+//! Cron schedules (5-field, UTC): each firing runs one cycle of the tiers
+//! on that schedule (`tier` or `tenant/tier`; tiers sharing a schedule share
+//! the cycle). Overlapping firings are refused by the manager ("already
+//! running"), not queued.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,23 +17,26 @@ const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest pause before restarting a failed tier task.
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Runs `schedules` (tier name, cron schedule) until `shutdown` turns true;
+/// Runs `schedules` (the tiers, their cron schedule) until `shutdown` turns true;
 /// a cycle in progress stops at its next partition or batch (see
 /// [`Manager::request_stop`]) and is awaited. Each tier's task is supervised: a
 /// task that fails (a panic is a bug, but must not silently end a tier's
 /// schedule) is reported and restarted after a growing pause.
-pub async fn run(manager: Arc<Manager>, schedules: Vec<(String, cron::Schedule)>, shutdown: watch::Receiver<bool>) {
-    let tasks: Vec<_> =
-        schedules.into_iter().map(|(tier, schedule)| tokio::spawn(supervise(manager.clone(), tier, schedule, shutdown.clone()))).collect();
+pub async fn run(manager: Arc<Manager>, schedules: Vec<(Vec<String>, cron::Schedule)>, shutdown: watch::Receiver<bool>) {
+    let tasks: Vec<_> = schedules
+        .into_iter()
+        .map(|(tiers, schedule)| tokio::spawn(supervise(manager.clone(), tiers, schedule, shutdown.clone())))
+        .collect();
     for task in tasks {
         let _ = task.await;
     }
 }
 
-async fn supervise(manager: Arc<Manager>, tier: String, schedule: cron::Schedule, mut shutdown: watch::Receiver<bool>) {
+async fn supervise(manager: Arc<Manager>, tiers: Vec<String>, schedule: cron::Schedule, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = RESTART_BACKOFF;
+    let tier = tiers.join(",");
     loop {
-        let task = tokio::spawn(run_one(manager.clone(), tier.clone(), schedule.clone(), shutdown.clone()));
+        let task = tokio::spawn(run_one(manager.clone(), tiers.clone(), schedule.clone(), shutdown.clone()));
         match task.await {
             Ok(()) => return,
             Err(failure) => {
@@ -51,7 +55,8 @@ async fn supervise(manager: Arc<Manager>, tier: String, schedule: cron::Schedule
     }
 }
 
-async fn run_one(manager: Arc<Manager>, tier: String, schedule: cron::Schedule, mut shutdown: watch::Receiver<bool>) {
+async fn run_one(manager: Arc<Manager>, tiers: Vec<String>, schedule: cron::Schedule, mut shutdown: watch::Receiver<bool>) {
+    let tier = tiers.join(",");
     loop {
         let Some(next) = schedule.upcoming(Utc).next() else {
             tracing::warn!(%tier, "schedule has no upcoming firing");
@@ -66,7 +71,7 @@ async fn run_one(manager: Arc<Manager>, tier: String, schedule: cron::Schedule, 
         if *shutdown.borrow() {
             return;
         }
-        let options = CycleOptions { tiers: vec![tier.clone()], ..Default::default() };
+        let options = CycleOptions { tiers: tiers.clone(), exact_tiers: true, ..Default::default() };
         match manager.run_cycle(options).await {
             Err(CycleError::AlreadyRunning) => tracing::warn!(%tier, "skipped a firing: a compaction cycle is already running"),
             outcome => log_cycle_outcome("scheduled", &outcome),

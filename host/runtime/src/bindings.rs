@@ -9,6 +9,19 @@ pub(crate) mod tier {
     });
 }
 
+/// The `explained-tier-policy` world (1.1.0), for its `explain` export
+/// only: it is looked up apart, because a 1.0.0 component lacks it.
+pub(crate) mod explained {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "explained-tier-policy",
+        with: {
+            "compactor:policy/types": super::tier::compactor::policy::types,
+            "compactor:policy/log": super::tier::compactor::policy::log,
+        },
+    });
+}
+
 /// The `cluster-gate` world; shares `types` and `log` with the tier world.
 pub(crate) mod gate {
     wasmtime::component::bindgen!({

@@ -12,7 +12,7 @@ pub const WIT_PACKAGE: &str = "compactor:policy";
 /// The version of [`WIT_PACKAGE`] this host was built against; components of
 /// the same major version are accepted.
 pub fn host_wit_version() -> Version {
-    Version::new(1, 0, 0)
+    Version::new(1, 1, 0)
 }
 
 /// The contract versions this host accepts, as a semver range: every
@@ -52,6 +52,9 @@ pub struct Contract {
     pub wit_version: Version,
     /// Every import, by name.
     pub imports: Vec<String>,
+    /// Whether it exports `explain` (WIT 1.1.0): then it says why it selects
+    /// a partition or not; otherwise the host explains.
+    pub exports_explain: bool,
 }
 
 pub(crate) fn display<S: serde::Serializer>(v: &Version, s: S) -> Result<S::Ok, S::Error> {
@@ -100,10 +103,15 @@ pub fn check(engine: &Engine, component: &Component) -> Result<Contract, String>
     let ty = component.component_type();
     let host = host_wit_version();
     let mut found = None;
+    let mut exports_explain = false;
     let mut export_names = Vec::new();
     for (name, _) in ty.exports(engine) {
         export_names.push(name.to_owned());
         let (base, version) = split_version(name);
+        if base == "compactor:policy/explain" {
+            exports_explain = version.is_some_and(|v| v.major == host.major);
+            continue;
+        }
         let world = match base {
             "compactor:policy/tier" => World::TierPolicy,
             "compactor:policy/gate" => World::ClusterGate,
@@ -140,7 +148,7 @@ pub fn check(engine: &Engine, component: &Component) -> Result<Contract, String>
         }
         imports.push(name.to_owned());
     }
-    Ok(Contract { world, wit_version, imports })
+    Ok(Contract { world, wit_version, imports, exports_explain })
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::PluginLimits;
-use crate::bindings::tier::{TierPolicy, TierPolicyPre};
+use crate::bindings::explained::exports::compactor::policy::explain::{Guest as Explain, GuestIndices as ExplainIndices};
+use crate::bindings::tier::{TierPolicy, TierPolicyIndices};
 use crate::bindings::types;
 use crate::contract::Contract;
 use crate::output::sanitize;
@@ -39,7 +40,10 @@ pub struct TierPlugin {
     content_hash: Arc<str>,
     calls: Arc<CallStats>,
     engine: &'static wasmtime::Engine,
-    pre: TierPolicyPre<crate::PluginState>,
+    pre: wasmtime::component::InstancePre<crate::PluginState>,
+    indices: TierPolicyIndices,
+    /// The `explain` export of a 1.1.0 component (none for 1.0.0).
+    explain: Option<ExplainIndices>,
 }
 
 impl TierPlugin {
@@ -47,10 +51,22 @@ impl TierPlugin {
         if loaded.contract.world != World::TierPolicy {
             return Err(wrong_world(&loaded, World::TierPolicy));
         }
-        let pre = TierPolicyPre::new(runtime.instantiate_pre(&loaded)?).map_err(|e| PluginError::Incompatible {
+        let pre = runtime.instantiate_pre(&loaded)?;
+        let indices = TierPolicyIndices::new(&pre).map_err(|e| PluginError::Incompatible {
             plugin: loaded.name.to_string(),
             reason: format!("does not match the tier-policy world: {e:#}"),
         })?;
+        let explain = if loaded.contract.exports_explain {
+            Some(ExplainIndices::new(&pre).map_err(|e| PluginError::Incompatible {
+                plugin: loaded.name.to_string(),
+                reason: format!(
+                    "exports {}/explain, but not as the explained-tier-policy world defines it: {e:#}",
+                    crate::contract::WIT_PACKAGE
+                ),
+            })?)
+        } else {
+            None
+        };
         Ok(Self {
             name: loaded.name,
             contract: loaded.contract,
@@ -59,6 +75,8 @@ impl TierPlugin {
             calls: Arc::default(),
             engine: runtime.engine,
             pre,
+            indices,
+            explain,
         })
     }
 
@@ -99,17 +117,26 @@ impl TierPlugin {
         self.fresh(limits).map(drop)
     }
 
-    fn fresh(&self, limits: PluginLimits) -> Result<(Sandbox, TierPolicy), PluginError> {
+    /// Whether the component explains its decisions (WIT 1.1.0's `explain`).
+    pub fn explains(&self) -> bool {
+        self.explain.is_some()
+    }
+
+    fn fresh(&self, limits: PluginLimits) -> Result<(Sandbox, Bindings), PluginError> {
         let mut sandbox = Sandbox::new(self.engine, self.name.clone(), limits, self.calls.clone());
-        let pre = &self.pre;
-        let bindings = sandbox.call("instantiate", |store| pre.instantiate(store))?;
+        let bindings = sandbox.call("instantiate", |store| {
+            let instance = self.pre.instantiate(&mut *store)?;
+            let tier = self.indices.load(&mut *store, &instance)?;
+            let explain = self.explain.as_ref().map(|indices| indices.load(&mut *store, &instance)).transpose()?;
+            Ok(Bindings { tier, explain })
+        })?;
         Ok((sandbox, bindings))
     }
 
     /// A fresh instance with `config_json` applied and its description read.
     pub fn instantiate(&self, config_json: &str, limits: PluginLimits) -> Result<TierInstance, PluginError> {
         let (mut sandbox, bindings) = self.fresh(limits)?;
-        let tier = bindings.compactor_policy_tier();
+        let tier = bindings.tier.compactor_policy_tier();
         sandbox
             .call("configure", |store| tier.call_configure(store, config_json))?
             .map_err(|message| PluginError::Config { plugin: self.name.to_string(), message: sanitize(&message, MAX_MESSAGE) })?;
@@ -173,11 +200,20 @@ fn validate_suffix(plugin: &str, suffix: &str) -> Result<(), PluginError> {
     Ok(())
 }
 
+/// The exports of one instance.
+struct Bindings {
+    tier: TierPolicy,
+    explain: Option<Explain>,
+}
+
+/// Longest reason kept from a policy's `explain`.
+const MAX_REASON: usize = 512;
+
 /// One configured instance of a tier policy. Calls run under the instance's
 /// limits; after a failure every later call fails fast.
 pub struct TierInstance {
     sandbox: Sandbox,
-    bindings: TierPolicy,
+    bindings: Bindings,
     description: TierDescription,
 }
 
@@ -194,33 +230,50 @@ impl TierInstance {
 
     /// Asks the policy for the candidates of `partition` at `now`.
     pub fn select_candidates(&mut self, partition: &Partition, now: DateTime<Utc>) -> Result<Vec<Vec<String>>, PluginError> {
-        let wit_partition = types::Partition {
-            database: partition.database.clone(),
-            measurement: partition.measurement.clone(),
-            path: partition.path.clone(),
-            time_ms: partition.time.timestamp_millis(),
-            files: partition
-                .files
-                .iter()
-                .map(|f| types::FileInfo { path: f.key.clone(), size_bytes: f.size, last_modified_ms: f.last_modified.timestamp_millis() })
-                .collect(),
-        };
-        let tier = self.bindings.compactor_policy_tier();
+        let wit_partition = to_wit(partition);
+        let tier = self.bindings.tier.compactor_policy_tier();
         let now = now.timestamp_millis();
         let candidates = self.sandbox.call("select-candidates", |store| tier.call_select_candidates(store, &wit_partition, now))?;
         Ok(candidates.into_iter().map(|c| c.files).collect())
     }
 
+    /// Asks the policy why it selects what it does in `partition` at `now`:
+    /// `None` when the component predates WIT 1.1.0 or answers with an
+    /// empty string (then the host explains), the reason sanitised and cut
+    /// otherwise.
+    pub fn explain(&mut self, partition: &Partition, now: DateTime<Utc>) -> Result<Option<String>, PluginError> {
+        let Some(explain) = &self.bindings.explain else { return Ok(None) };
+        let wit_partition = to_wit(partition);
+        let now = now.timestamp_millis();
+        let reason = self.sandbox.call("explain", |store| explain.call_explain(store, &wit_partition, now))?;
+        let reason = sanitize(reason.trim(), MAX_REASON);
+        Ok(Some(reason).filter(|r| !r.is_empty()))
+    }
+
     /// The policy's decision on a whole file list.
     pub fn should_compact(&mut self, files: &[String], partition_time: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool, PluginError> {
-        let tier = self.bindings.compactor_policy_tier();
+        let tier = self.bindings.tier.compactor_policy_tier();
         let (partition_ms, now_ms) = (partition_time.timestamp_millis(), now.timestamp_millis());
         self.sandbox.call("should-compact", |store| tier.call_should_compact(store, files, partition_ms, now_ms))
     }
 
     /// Whether `name` is an output of this tier.
     pub fn is_compacted_file(&mut self, name: &str) -> Result<bool, PluginError> {
-        let tier = self.bindings.compactor_policy_tier();
+        let tier = self.bindings.tier.compactor_policy_tier();
         self.sandbox.call("is-compacted-file", |store| tier.call_is_compacted_file(store, name))
+    }
+}
+
+fn to_wit(partition: &Partition) -> types::Partition {
+    types::Partition {
+        database: partition.database.clone(),
+        measurement: partition.measurement.clone(),
+        path: partition.path.clone(),
+        time_ms: partition.time.timestamp_millis(),
+        files: partition
+            .files
+            .iter()
+            .map(|f| types::FileInfo { path: f.key.clone(), size_bytes: f.size, last_modified_ms: f.last_modified.timestamp_millis() })
+            .collect(),
     }
 }

@@ -5,7 +5,7 @@
 //! backfilled data is compacted too.
 
 use compactor_plugin_sdk::arc::{self, DAILY_SUFFIX};
-use compactor_plugin_sdk::{Candidate, DAY_MS, Partition, TierInfo, TierPolicy, Timestamp, export_tier_policy};
+use compactor_plugin_sdk::{Candidate, DAY_MS, HOUR_MS, Partition, TierInfo, TierPolicy, Timestamp, export_tier_policy};
 use serde::{Deserialize, Serialize};
 
 /// `[tiers.config]` of the daily tier.
@@ -60,16 +60,33 @@ impl TierPolicy for Daily {
     }
 
     fn select_candidates(&self, partition: &Partition, now: Timestamp) -> Vec<Candidate> {
+        match self.decide(partition, now) {
+            Ok(_) => vec![Candidate::whole(partition)],
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn explain(&self, partition: &Partition, now: Timestamp) -> String {
+        self.decide(partition, now).unwrap_or_else(|waiting| waiting)
+    }
+}
+
+impl Daily {
+    /// Arc's decision on the whole day at `now`, and why: `Ok` to compact
+    /// it, `Err` to leave it alone.
+    fn decide(&self, partition: &Partition, now: Timestamp) -> Result<String, String> {
         let cutoff = now.minus_hours(self.min_age_hours);
         if partition.time > cutoff {
-            return Vec::new();
+            let age_hours = now.millis_since(partition.time).max(0) / HOUR_MS;
+            return Err(format!("younger than the minimum age ({age_hours} of {} hours)", self.min_age_hours));
         }
         let paths = partition.paths();
         let recent_enough_to_check = now.millis_since(partition.time) <= self.skip_file_age_check_days.saturating_mul(DAY_MS);
         if recent_enough_to_check && arc::newest_file_time(paths.iter().copied()).is_some_and(|newest| newest > cutoff) {
-            return Vec::new();
+            return Err(format!("newest file still being written (its name is less than {} h old)", self.min_age_hours));
         }
-        if self.should_compact(&paths, partition.time, now) { vec![Candidate::whole(partition)] } else { Vec::new() }
+        let reason = arc::count_reason(&paths, self.min_files, DAILY_SUFFIX, arc::is_hour_level);
+        if self.should_compact(&paths, partition.time, now) { Ok(reason) } else { Err(reason) }
     }
 }
 

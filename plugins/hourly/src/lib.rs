@@ -55,15 +55,32 @@ impl TierPolicy for Hourly {
     }
 
     fn select_candidates(&self, partition: &Partition, now: Timestamp) -> Vec<Candidate> {
+        match self.decide(partition, now) {
+            Ok(_) => vec![Candidate::whole(partition)],
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn explain(&self, partition: &Partition, now: Timestamp) -> String {
+        self.decide(partition, now).unwrap_or_else(|waiting| waiting)
+    }
+}
+
+impl Hourly {
+    /// Arc's decision on the whole partition at `now`, and why: `Ok` to
+    /// compact it, `Err` to leave it alone.
+    fn decide(&self, partition: &Partition, now: Timestamp) -> Result<String, String> {
         let cutoff = now.minus_hours(self.min_age_hours);
         if partition.time > cutoff {
-            return Vec::new();
+            let age_minutes = now.millis_since(partition.time).max(0) / 60_000;
+            return Err(format!("younger than the minimum age ({age_minutes} of {} minutes)", self.min_age_hours * 60));
         }
         let paths = partition.paths();
         if arc::newest_file_time(paths.iter().copied()).is_some_and(|newest| newest > cutoff) {
-            return Vec::new();
+            return Err(format!("newest file still being written (its name is less than {} h old)", self.min_age_hours));
         }
-        if self.should_compact(&paths, partition.time, now) { vec![Candidate::whole(partition)] } else { Vec::new() }
+        let reason = arc::count_reason(&paths, self.min_files, HOURLY_SUFFIX, |f| !f.contains(HOURLY_SUFFIX));
+        if self.should_compact(&paths, partition.time, now) { Ok(reason) } else { Err(reason) }
     }
 }
 

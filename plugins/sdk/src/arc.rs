@@ -89,6 +89,20 @@ pub fn should_compact_by_count(files: &[&str], min_files: i64, compacted_suffix:
     if (files.len() as i64) < min_files {
         return false;
     }
-    let uncompacted = files.iter().filter(|f| !f.ends_with(compacted_suffix) && is_uncompacted(f)).count();
-    uncompacted as i64 >= min_files
+    count_uncompacted(files, compacted_suffix, is_uncompacted) as i64 >= min_files
+}
+
+/// The files [`should_compact_by_count`] counts as uncompacted inputs.
+pub fn count_uncompacted(files: &[&str], compacted_suffix: &str, is_uncompacted: impl Fn(&str) -> bool) -> usize {
+    files.iter().filter(|f| !f.ends_with(compacted_suffix) && is_uncompacted(f)).count()
+}
+
+/// Why Arc's count rule holds or not, for `explain`: "12 of 10 needed
+/// uncompacted files (14 files)".
+pub fn count_reason(files: &[&str], min_files: i64, compacted_suffix: &str, is_uncompacted: impl Fn(&str) -> bool) -> String {
+    let uncompacted = count_uncompacted(files, compacted_suffix, is_uncompacted);
+    if uncompacted == 0 && !files.is_empty() {
+        return format!("already compacted ({} files, none uncompacted)", files.len());
+    }
+    format!("{uncompacted} of {min_files} needed uncompacted files ({} files)", files.len())
 }

@@ -49,8 +49,23 @@ pub use tier::TierAdapter;
 mod tier {
     use super::*;
     use crate::tier_bindings::compactor::policy::types as wit;
+    use crate::tier_bindings::exports::compactor::policy::explain::Guest as ExplainGuest;
     use crate::tier_bindings::exports::compactor::policy::tier::Guest;
     use crate::{FileInfo, Partition, PartitionLevel, TierPolicy, Timestamp};
+
+    fn partition_from_wit(partition: wit::Partition) -> Partition {
+        Partition {
+            database: partition.database,
+            measurement: partition.measurement,
+            path: partition.path,
+            time: Timestamp(partition.time_ms),
+            files: partition
+                .files
+                .into_iter()
+                .map(|f| FileInfo { path: f.path, size_bytes: f.size_bytes, last_modified: Timestamp(f.last_modified_ms) })
+                .collect(),
+        }
+    }
 
     /// Binds a [`TierPolicy`] to the WIT export; used by `export_tier_policy!`.
     #[doc(hidden)]
@@ -89,21 +104,18 @@ mod tier {
         }
 
         fn select_candidates(partition: wit::Partition, now_ms: i64) -> Vec<wit::Candidate> {
-            let partition = Partition {
-                database: partition.database,
-                measurement: partition.measurement,
-                path: partition.path,
-                time: Timestamp(partition.time_ms),
-                files: partition
-                    .files
-                    .into_iter()
-                    .map(|f| FileInfo { path: f.path, size_bytes: f.size_bytes, last_modified: Timestamp(f.last_modified_ms) })
-                    .collect(),
-            };
+            let partition = partition_from_wit(partition);
             instance::with(|p: &T| p.select_candidates(&partition, Timestamp(now_ms)))
                 .into_iter()
                 .map(|c| wit::Candidate { files: c.files })
                 .collect()
+        }
+    }
+
+    impl<T: TierPolicy> ExplainGuest for TierAdapter<T> {
+        fn explain(partition: wit::Partition, now_ms: i64) -> String {
+            let partition = partition_from_wit(partition);
+            instance::with(|p: &T| p.explain(&partition, Timestamp(now_ms)))
         }
     }
 }
@@ -152,7 +164,8 @@ mod gate {
     }
 }
 
-/// Exports a [`TierPolicy`](crate::TierPolicy) type as this component's `tier` interface.
+/// Exports a [`TierPolicy`](crate::TierPolicy) type as this component's `tier`
+/// and `explain` interfaces (the `explained-tier-policy` world).
 #[cfg(feature = "tier")]
 #[macro_export]
 macro_rules! export_tier_policy {

@@ -63,13 +63,14 @@ pub use serde_json;
 // The bindings exist only in components; natively (tests, benchmarks) a
 // policy is a plain Rust type.
 
-/// Generated bindings of the `tier-policy` world. Not part of the API.
+/// Generated bindings of the `explained-tier-policy` world (a `tier-policy`
+/// that also exports `explain`, WIT 1.1.0). Not part of the API.
 #[cfg(all(feature = "tier", target_family = "wasm"))]
 #[doc(hidden)]
 pub mod tier_bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "tier-policy",
+        world: "explained-tier-policy",
         pub_export_macro: true,
         export_macro_name: "__export_tier_world",
         default_bindings_module: "compactor_plugin_sdk::tier_bindings",

@@ -152,4 +152,14 @@ pub trait TierPolicy: Sized + 'static {
     fn select_candidates(&self, partition: &Partition, now: Timestamp) -> Vec<Candidate> {
         if self.should_compact(&partition.paths(), partition.time, now) { vec![Candidate::whole(partition)] } else { Vec::new() }
     }
+
+    /// Why [`select_candidates`](Self::select_candidates) with the same
+    /// arguments selects what it does, or nothing: one short sentence for
+    /// `compactor plan --explain` ("9 of 10 files", "younger than the
+    /// minimum age"). The default, empty, lets the host explain by probing
+    /// the policy with later clocks.
+    fn explain(&self, partition: &Partition, now: Timestamp) -> String {
+        let _ = (partition, now);
+        String::new()
+    }
 }

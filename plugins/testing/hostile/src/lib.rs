@@ -1,7 +1,9 @@
 //! A deliberately hostile tier policy for the host's sandbox tests. Its
 //! `mode` config picks the misbehaviour; `well-behaved` acts like a tiny
 //! policy that compacts every partition with two or more files; `self-select`
-//! never converges (it selects its own output alone).
+//! never converges (it selects its own output alone); `explain-panic`,
+//! `explain-loop` and `explain-flood` select like `well-behaved` but
+//! misbehave when asked why.
 
 use compactor_plugin_sdk::{Candidate, Partition, TierInfo, TierPolicy, Timestamp, export_tier_policy};
 use serde::Deserialize;
@@ -60,6 +62,16 @@ impl TierPolicy for Hostile {
             "self-select" if !partition.files.is_empty() => vec![whole],
             _ if partition.files.len() >= 2 => vec![whole],
             _ => Vec::new(),
+        }
+    }
+
+    fn explain(&self, partition: &Partition, _now: Timestamp) -> String {
+        match self.mode.as_str() {
+            // Selects like `well-behaved`, but cannot say why.
+            "explain-panic" => panic!("hostile policy will not explain {}", partition.path),
+            "explain-loop" => spin(),
+            "explain-flood" => "\u{1b}[31mwhy\n".repeat(100_000),
+            _ => String::new(),
         }
     }
 }

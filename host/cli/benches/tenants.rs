@@ -1,0 +1,313 @@
+//! What tenants cost, and what a hostile tenant costs the others, in one run.
+//!
+//! 1. **Load**: 100 tenants, one component each (Arc's hourly tier, made
+//!    distinct per tenant by a custom section, so each is its own artifact),
+//!    loaded from the precompiled cache: time per tenant (target ≤ 5 ms).
+//! 2. **Idle instances**: one configured instance per tenant, kept alive:
+//!    resident memory per instance (target ≤ 1 MiB).
+//! 3. **Planning**: a cycle's plan over 100 tenants × 100 hour partitions
+//!    (10 empty files each, on local disk), against the same lake planned
+//!    without tenants.
+//! 4. **A hostile tenant next to healthy ones**: a full cycle (real jobs) of
+//!    four healthy tenants, alone and next to three hostile ones (infinite
+//!    loop, memory bomb, panic), alternated: the healthy tenants' jobs and
+//!    the cycle's time.
+//!
+//! Run: `cargo bench -p compactor --bench tenants` (prints Markdown tables).
+
+mod common;
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use compactor_engine::config::Config;
+use compactor_engine::manager::{CycleOptions, Manager};
+use compactor_engine::planner::PlannedTier;
+use compactor_job::parent::ChildCommand;
+use compactor_job::sample::{self, SampleSpec};
+
+const NOW: &str = "2026-04-13T12:00:00Z";
+const TENANTS: usize = 100;
+const PARTITIONS: usize = 100;
+const FILES_PER_PARTITION: usize = 10;
+const ROUNDS: usize = 3;
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(NOW).expect("a valid time").to_utc()
+}
+
+fn artifact_cache() -> String {
+    std::env::temp_dir().join("compactor-bench-artifacts").display().to_string()
+}
+
+/// `component` with a custom section naming `tenant` appended: the same
+/// code, a different content hash, so each tenant has its own artifact.
+fn distinct_component(component: &[u8], tenant: &str) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let name = b"tenant";
+    let mut payload = Vec::new();
+    leb128(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tenant.as_bytes());
+    let mut bytes = component.to_vec();
+    bytes.push(0);
+    leb128(payload.len(), &mut bytes);
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+fn parse(work: &Path, text: &str) -> anyhow::Result<Config> {
+    let mut config = Config::parse(text)?;
+    config.base_dir = work.to_owned();
+    Ok(config)
+}
+
+fn header(lake: &Path, work: &Path, max_concurrent: usize) -> String {
+    format!(
+        "[storage]\nurl = \"{}\"\n[compaction]\nthreads = 1\nmax_concurrent = {max_concurrent}\ntemp_directory = \"{}\"\n\
+         [plugins]\ncache_dir = \"{}\"\n",
+        lake.display(),
+        work.join("tmp").display(),
+        artifact_cache()
+    )
+}
+
+/// 100 tenants, tenant `tNNN` owning database `tNNN`, each with its own
+/// hourly component.
+fn tenants_config(work: &Path, lake: &Path) -> anyhow::Result<Config> {
+    let hourly = compactor_builtin::BUILTINS.iter().find(|(name, _)| *name == "hourly").map(|(_, bytes)| *bytes);
+    let hourly = hourly.ok_or_else(|| anyhow::anyhow!("no built-in hourly"))?;
+    std::fs::create_dir_all(work.join("components"))?;
+    let mut text = header(lake, work, 2);
+    for i in 0..TENANTS {
+        let tenant = format!("t{i:03}");
+        let path = work.join("components").join(format!("{tenant}.wasm"));
+        std::fs::write(&path, distinct_component(hourly, &tenant))?;
+        writeln!(
+            text,
+            "[[tenants]]\nname = \"{tenant}\"\ndatabases = [\"{tenant}\"]\n[[tenants.tiers]]\nname = \"hourly\"\nplugin = \"{}\"",
+            path.display()
+        )?;
+    }
+    parse(work, &text)
+}
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn load_and_idle(work: &Path) -> anyhow::Result<()> {
+    let config = tenants_config(work, &work.join("lake"))?;
+    let runtime = compactor_engine::plugin_runtime(config.plugin_cache_dir())?;
+    let started = Instant::now();
+    let tiers = PlannedTier::load_all(&config, &runtime)?;
+    let first = started.elapsed();
+    if let Some(error) = tiers.iter().find_map(|t| t.policy.as_ref().err()) {
+        anyhow::bail!("a tenant's component did not load: {error}");
+    }
+    let tenant_tiers = tiers.iter().filter(|t| t.tenant.is_some()).count();
+    let mut loads = Vec::new();
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        let tiers = PlannedTier::load_all(&config, &runtime)?;
+        loads.push(started.elapsed());
+        drop(tiers);
+    }
+    let load = median(loads);
+    println!("### Load: {TENANTS} tenants, one component each\n");
+    println!("| what | total ms | per tenant ms | target |");
+    println!("|---|---|---|---|");
+    println!(
+        "| first load (compile, or the cache if warm) | {} | {:.2} | |",
+        ms(first),
+        first.as_secs_f64() * 1000.0 / tenant_tiers as f64
+    );
+    println!(
+        "| from the precompiled cache, median of {ROUNDS} | {} | {:.2} | ≤ 5 |",
+        ms(load),
+        load.as_secs_f64() * 1000.0 / tenant_tiers as f64
+    );
+
+    let before = resident_bytes();
+    let mut instances = Vec::new();
+    for tier in tiers.iter().filter(|t| t.tenant.is_some()) {
+        let policy = tier.policy.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        instances.push(policy.instantiate(&tier.config_json, tier.limits)?);
+    }
+    let after = resident_bytes();
+    let per_instance = after.saturating_sub(before) as f64 / instances.len() as f64;
+    println!("\n### Idle configured instances\n");
+    println!("| instances | resident before MiB | after MiB | per instance KiB | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} | {:.1} | {:.1} | {:.0} | ≤ 1024 |",
+        instances.len(),
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        per_instance / 1024.0
+    );
+    Ok(())
+}
+
+/// 100 databases × 100 hour partitions × 10 empty files.
+fn planning_lake(lake: &Path) -> anyhow::Result<()> {
+    let start = now() - chrono::Duration::days(6);
+    for i in 0..TENANTS {
+        for p in 0..PARTITIONS {
+            let hour = start + chrono::Duration::hours(p as i64);
+            let dir = lake.join(format!("t{i:03}/cpu/{}", hour.format("%Y/%m/%d/%H")));
+            std::fs::create_dir_all(&dir)?;
+            for f in 0..FILES_PER_PARTITION {
+                std::fs::write(dir.join(format!("cpu_{}_{f:09}.parquet", hour.format("%Y%m%d_%H%M%S"))), b"")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn planning(work: &Path) -> anyhow::Result<()> {
+    let lake = work.join("lake");
+    planning_lake(&lake)?;
+    let with_tenants = tenants_config(work, &lake)?;
+    let without = parse(work, &format!("{}[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n", header(&lake, work, 2)))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let child = || ChildCommand { program: env!("CARGO_BIN_EXE_compactor").into(), env: Vec::new(), timeout: None };
+    let managers = [
+        ("100 tenants, a component each", Manager::open(with_tenants, child())?),
+        ("no tenants, one hourly tier", Manager::open(without, child())?),
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); managers.len()];
+    let mut batches = vec![0; managers.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, manager)) in managers.iter().enumerate() {
+            let started = Instant::now();
+            let plan = runtime.block_on(manager.plan(&CycleOptions { now: Some(now()), ..Default::default() }))?;
+            times[i].push(started.elapsed());
+            anyhow::ensure!(plan.problems.is_empty(), "planning problems: {:?}", plan.problems.first());
+            batches[i] = plan.batches.len();
+        }
+    }
+    println!("\n### Planning a cycle: {TENANTS} databases × {PARTITIONS} hour partitions × {FILES_PER_PARTITION} files (local disk)\n");
+    println!("| config | batches | median ms of {ROUNDS} | per partition µs |");
+    println!("|---|---|---|---|");
+    for (i, (name, _)) in managers.iter().enumerate() {
+        let time = median(times[i].clone());
+        println!("| {name} | {} | {} | {:.0} |", batches[i], ms(time), time.as_secs_f64() * 1e6 / (TENANTS * PARTITIONS) as f64);
+    }
+    Ok(())
+}
+
+const HEALTHY: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
+const HOSTILE: [&str; 3] = ["loop", "memory-bomb", "panic"];
+
+fn isolation_config(work: &Path, lake: &Path, hostile: bool) -> anyhow::Result<Config> {
+    let mut text = header(lake, work, 2);
+    for tenant in HEALTHY {
+        writeln!(
+            text,
+            "[[tenants]]\nname = \"{tenant}\"\ndatabases = [\"{tenant}\"]\nmax_concurrent = 1\n\
+             [[tenants.tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n\
+             [[tenants.tiers]]\nname = \"daily\"\nplugin = \"builtin:daily\"\nconfig = {{ min_files = 2 }}"
+        )?;
+    }
+    if hostile {
+        for mode in HOSTILE {
+            writeln!(
+                text,
+                "[[tenants]]\nname = \"evil-{mode}\"\ndatabases = [\"evil_{mode}\"]\n[tenants.limits]\nfuel_per_call = 20000000\n\
+                 memory = \"16MiB\"\ncall_timeout_ms = 300\n[[tenants.tiers]]\nname = \"hourly\"\nplugin = \"{}\"\nconfig = {{ mode = \"{mode}\" }}",
+                compactor_test_components::HOSTILE
+            )?;
+        }
+    }
+    parse(work, &text)
+}
+
+fn isolation(work: &Path) -> anyhow::Result<()> {
+    let pristine = work.join("pristine");
+    let databases = HEALTHY.iter().map(|d| d.to_string()).chain(HOSTILE.iter().map(|m| format!("evil_{m}")));
+    for database in databases {
+        let spec = SampleSpec {
+            database,
+            measurements: vec![("cpu".into(), vec!["host".into()])],
+            hours: 2,
+            files_per_hour: 12,
+            rows_per_file: 2000,
+        };
+        sample::generate(&pristine, now(), &spec)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut rows: Vec<(bool, Vec<Duration>, usize, usize)> = vec![(false, Vec::new(), 0, 0), (true, Vec::new(), 0, 0)];
+    for round in 0..ROUNDS {
+        for entry in rows.iter_mut() {
+            let hostile = entry.0;
+            let lake = work.join(format!("lake-{round}-{hostile}"));
+            common::copy_tree(&pristine, &lake)?;
+            let config = isolation_config(work, &lake, hostile)?;
+            let child = ChildCommand { program: env!("CARGO_BIN_EXE_compactor").into(), env: Vec::new(), timeout: None };
+            let manager = Manager::open(config, child)?;
+            let started = Instant::now();
+            let report = runtime.block_on(manager.run_cycle(CycleOptions { now: Some(now()), ..Default::default() }))?;
+            entry.1.push(started.elapsed());
+            let healthy_jobs: Vec<_> = report.jobs.iter().filter(|j| HEALTHY.contains(&j.database.as_str())).collect();
+            anyhow::ensure!(healthy_jobs.iter().all(|j| j.success), "a healthy tenant's job failed");
+            anyhow::ensure!(
+                healthy_jobs.len() == 3 * HEALTHY.len(),
+                "healthy jobs: {} (expected {})",
+                healthy_jobs.len(),
+                3 * HEALTHY.len()
+            );
+            entry.2 = healthy_jobs.len();
+            entry.3 = report.problems.len();
+            std::fs::remove_dir_all(&lake)?;
+        }
+    }
+    println!("\n### Four healthy tenants, alone and next to three hostile ones (a full cycle, real jobs)\n");
+    println!("| tenants | healthy jobs (all succeeded) | problems reported | cycle ms, median of {ROUNDS} | all rounds ms |");
+    println!("|---|---|---|---|---|");
+    for (hostile, times, jobs, problems) in &rows {
+        let name = if *hostile { "4 healthy + loop, memory bomb, panic" } else { "4 healthy" };
+        let all: Vec<String> = times.iter().map(|t| ms(*t)).collect();
+        println!("| {name} | {jobs} | {problems} | {} | {} |", ms(median(times.clone())), all.join(", "));
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wanted = |part: &str| filter.as_deref().is_none_or(|f| part.contains(f));
+    if wanted("load") {
+        let work = tempfile::tempdir()?;
+        load_and_idle(work.path())?;
+    }
+    if wanted("planning") {
+        let work = tempfile::tempdir()?;
+        planning(work.path())?;
+    }
+    if wanted("isolation") {
+        let work = tempfile::tempdir()?;
+        isolation(work.path())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Tenants end to end with the real binary, DuckDB and Parquet: each
+//! tenant's databases run its own policies in their own sandboxes, and a
+//! hostile tenant (infinite loop, memory bomb, panic) costs the healthy ones
+//! nothing: their partitions are compacted in the same cycle, every row
+//! kept. Budgets: a tenant's bytes per cycle defer the rest, never lose it.
+
+use std::path::Path;
+
+use compactor_job::sample::{self, SampleSpec};
+use compactor_job::verify;
+
+use crate::kit::TestConfig;
+use crate::util::{at, compactor, files_under, text};
+
+const NOW: &str = "2026-04-13T12:00:00Z";
+
+/// Two hours × 12 files of one measurement in each database.
+fn lake(root: &Path, databases: &[&str]) {
+    for database in databases {
+        let spec = SampleSpec {
+            database: (*database).into(),
+            measurements: vec![("cpu".into(), vec!["host".into()])],
+            hours: 2,
+            files_per_hour: 12,
+            rows_per_file: 20,
+        };
+        sample::generate(&root.join("lake"), at(NOW), &spec).unwrap();
+    }
+    copy_dir(&root.join("lake"), &root.join("pristine"));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// The rows of `database` are exactly the original ones.
+fn assert_rows_kept(root: &Path, database: &str) {
+    let connection = verify::connection().unwrap();
+    let before = format!("{}/{database}/cpu/**/*.parquet", root.join("pristine").display());
+    let after = format!("{}/{database}/cpu/**/*.parquet", root.join("lake").display());
+    let (missing, extra) = verify::row_differences(&connection, &before, &after).unwrap();
+    assert_eq!((missing, extra), (0, 0), "{database}: rows missing / duplicated");
+}
+
+fn files_of(root: &Path, database: &str) -> Vec<String> {
+    files_under(&root.join("lake").join(database))
+}
+
+fn hostile(mode: &str) -> String {
+    format!(
+        r#"
+        name = "evil-{mode}"
+        databases = ["evil_{mode}"]
+        [limits]
+        fuel_per_call = 20000000
+        memory = "16MiB"
+        call_timeout_ms = 300
+        [[tiers]]
+        name = "hourly"
+        plugin = "{}"
+        config = {{ mode = "{mode}" }}
+        "#,
+        compactor_test_components::HOSTILE
+    )
+}
+
+fn once_json(config: &str) -> (std::process::Output, serde_json::Value) {
+    let output = compactor(&["once", "--config", config, "--now", NOW, "--format", "json"], &[]);
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&output)));
+    (output, report)
+}
+
+#[test]
+fn hostile_tenants_do_not_hold_back_healthy_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let databases = ["acme", "acme_eu", "globex", "evil_loop", "evil_memory-bomb", "evil_panic", "unclaimed"];
+    lake(root, &databases);
+    let config = TestConfig::new("lake")
+        .hourly_and_daily()
+        .compaction("temp_directory", "tmp")
+        .compaction("threads", 1)
+        .tenant(&hostile("loop"))
+        // acme inherits the top-level tiers; its pattern claims acme_eu too.
+        .tenant(
+            r#"name = "acme"
+                   databases = ["acme", "acme_*"]
+                   max_concurrent = 1"#,
+        )
+        .tenant(&hostile("memory-bomb"))
+        .tenant(
+            r#"name = "globex"
+               databases = ["globex"]
+               [[tiers]]
+               name = "hourly"
+               plugin = "builtin:hourly"
+               [[tiers]]
+               name = "daily"
+               plugin = "builtin:daily"
+               config = { min_files = 2 }"#,
+        )
+        .tenant(&hostile("panic"))
+        .write(root);
+
+    let (output, report) = once_json(&config);
+    assert_eq!(output.status.code(), Some(1), "the hostile tenants' failures are reported: {}", text(&output));
+    let jobs = report["jobs"].as_array().unwrap();
+    for (database, tenant) in [("acme", Some("acme")), ("acme_eu", Some("acme")), ("globex", Some("globex")), ("unclaimed", None)] {
+        let mine: Vec<&serde_json::Value> = jobs.iter().filter(|j| j["database"] == database).collect();
+        // Two hours, then their day: three jobs, all in this one cycle.
+        assert_eq!(mine.len(), 3, "{database}: {mine:#?}");
+        assert!(mine.iter().all(|j| j["success"] == true && j["tenant"].as_str() == tenant), "{database}: {mine:#?}");
+        let files = files_of(root, database);
+        assert_eq!(files.len(), 1, "{database} compacted to one day: {files:#?}");
+        assert!(files[0].ends_with("_daily.parquet"), "{files:?}");
+        assert_rows_kept(root, database);
+    }
+    // The hostile tenants did nothing and said why, each under its own name.
+    let problems: Vec<String> = report["problems"].as_array().unwrap().iter().map(|p| p["tier"].as_str().unwrap().to_owned()).collect();
+    for mode in ["loop", "memory-bomb", "panic"] {
+        assert!(problems.contains(&format!("evil-{mode}/hourly")), "{problems:?}");
+        assert!(jobs.iter().all(|j| j["database"] != format!("evil_{mode}")));
+        assert_eq!(files_of(root, &format!("evil_{mode}")).len(), 24, "evil_{mode} untouched");
+        assert_rows_kept(root, &format!("evil_{mode}"));
+    }
+    assert!(problems.iter().all(|p| p.starts_with("evil-")), "only the hostile tenants have problems: {problems:?}");
+}
+
+#[test]
+fn a_tenants_byte_budget_defers_batches_to_later_cycles_and_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    lake(root, &["small", "free"]);
+    let config = TestConfig::new("lake")
+        .hourly_and_daily()
+        .compaction("temp_directory", "tmp")
+        .compaction("threads", 1)
+        // One byte: each cycle runs the tenant's first batch only.
+        .tenant(
+            r#"name = "small"
+                   databases = ["small"]
+                   max_bytes_per_cycle = "1B""#,
+        )
+        .write(root);
+
+    // The plan shows what the cycle will run: the budget applies to it too.
+    let plan = compactor(&["plan", "--config", &config, "--now", NOW, "--format", "json"], &[]);
+    assert!(plan.status.success(), "{}", text(&plan));
+    let batches: Vec<serde_json::Value> = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(batches.iter().filter(|b| b["database"] == "small").count(), 1, "{batches:#?}");
+
+    let (output, report) = once_json(&config);
+    assert!(output.status.success(), "a deferral is not a failure: {}", text(&output));
+    let jobs = report["jobs"].as_array().unwrap();
+    assert_eq!(jobs.iter().filter(|j| j["database"] == "small").count(), 1, "{jobs:#?}");
+    assert_eq!(jobs.iter().filter(|j| j["database"] == "free").count(), 3, "the other databases are not held back");
+    // The second hour waits, and so does the day (daily sees the first
+    // hour's output and the second hour's raw files).
+    assert_eq!(report["deferred_by_budget"], 2, "{report:#}");
+
+    // Two more cycles: the second hour, then the day.
+    for _ in 0..2 {
+        let (output, _) = once_json(&config);
+        assert!(output.status.success(), "{}", text(&output));
+    }
+    let files = files_of(root, "small");
+    assert_eq!(files.len(), 1, "{files:#?}");
+    assert_rows_kept(root, "small");
+    assert_rows_kept(root, "free");
+}
+
+#[test]
+fn tenant_config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (tenant, key) in [
+        ("name = \"a b\"\ndatabases = [\"x\"]", "tenants[0].name"),
+        ("name = \"a\"\ndatabases = []", "tenants[0].databases"),
+        ("name = \"a\"\ndatabases = [\"x\"]\nmax_concurrent = 0", "tenants[0].max_concurrent"),
+        ("name = \"a\"\ndatabases = [\"x\"]\nmax_bytes_per_cycle = \"lots\"", "tenants[0].max_bytes_per_cycle"),
+        ("name = \"a\"\ndatabases = [\"x\"]\n[limits]\nfuel_per_call = 0", "tenants[0].limits.fuel_per_call"),
+        (
+            "name = \"a\"\ndatabases = [\"x\"]\n[[tiers]]\nname = \"h\"\nplugin = \"builtin:hourly\"\nschedule = \"@daily\"",
+            "tenants[0].tiers[0].schedule",
+        ),
+    ] {
+        let config = TestConfig::new("lake").tenant(tenant).write(dir.path());
+        let output = compactor(&["plan", "--config", &config], &[]);
+        assert_eq!(output.status.code(), Some(2), "{tenant}: {}", text(&output));
+        assert!(String::from_utf8_lossy(&output.stderr).contains(key), "{tenant}: {}", text(&output));
+    }
+}
