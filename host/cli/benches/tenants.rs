@@ -32,6 +32,7 @@ const TENANTS: usize = 100;
 const PARTITIONS: usize = 100;
 const FILES_PER_PARTITION: usize = 10;
 const ROUNDS: usize = 3;
+const ISOLATION_ROUNDS: usize = 6;
 
 fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(NOW).expect("a valid time").to_utc()
@@ -221,8 +222,20 @@ fn planning(work: &Path) -> anyhow::Result<()> {
 const HEALTHY: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
 const HOSTILE: [&str; 3] = ["loop", "memory-bomb", "panic"];
 
-fn isolation_config(work: &Path, lake: &Path, hostile: bool) -> anyhow::Result<Config> {
-    let mut text = header(lake, work, 2);
+/// The hostile tenants' limits: `None` for no hostile tenant.
+const NEIGHBOURS: [(&str, Option<&str>); 3] = [
+    ("4 healthy", None),
+    (
+        "4 healthy + loop, memory bomb, panic (tenant limits: 20M fuel, 16 MiB, 300 ms)",
+        Some("[tenants.limits]\nfuel_per_call = 20000000\nmemory = \"16MiB\"\ncall_timeout_ms = 300\n"),
+    ),
+    ("4 healthy + loop, memory bomb, panic (default limits: 2G fuel, 256 MiB, 5 s)", Some("")),
+];
+
+fn isolation_config(work: &Path, lake: &Path, hostile_limits: Option<&str>) -> anyhow::Result<Config> {
+    // The databases no tenant claims (the hostile ones, when their tenants
+    // are absent) are left alone: both sides run the same healthy jobs only.
+    let mut text = format!("{}[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\nenabled = false\n", header(lake, work, 2));
     for tenant in HEALTHY {
         writeln!(
             text,
@@ -231,12 +244,12 @@ fn isolation_config(work: &Path, lake: &Path, hostile: bool) -> anyhow::Result<C
              [[tenants.tiers]]\nname = \"daily\"\nplugin = \"builtin:daily\"\nconfig = {{ min_files = 2 }}"
         )?;
     }
-    if hostile {
+    if let Some(limits) = hostile_limits {
         for mode in HOSTILE {
             writeln!(
                 text,
-                "[[tenants]]\nname = \"evil-{mode}\"\ndatabases = [\"evil_{mode}\"]\n[tenants.limits]\nfuel_per_call = 20000000\n\
-                 memory = \"16MiB\"\ncall_timeout_ms = 300\n[[tenants.tiers]]\nname = \"hourly\"\nplugin = \"{}\"\nconfig = {{ mode = \"{mode}\" }}",
+                "[[tenants]]\nname = \"evil-{mode}\"\ndatabases = [\"evil_{mode}\"]\n{limits}\
+                 [[tenants.tiers]]\nname = \"hourly\"\nplugin = \"{}\"\nconfig = {{ mode = \"{mode}\" }}",
                 compactor_test_components::HOSTILE
             )?;
         }
@@ -253,23 +266,25 @@ fn isolation(work: &Path) -> anyhow::Result<()> {
             measurements: vec![("cpu".into(), vec!["host".into()])],
             hours: 2,
             files_per_hour: 12,
-            rows_per_file: 2000,
+            rows_per_file: 20_000,
         };
         sample::generate(&pristine, now(), &spec)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let mut rows: Vec<(bool, Vec<Duration>, usize, usize)> = vec![(false, Vec::new(), 0, 0), (true, Vec::new(), 0, 0)];
-    for round in 0..ROUNDS {
-        for entry in rows.iter_mut() {
-            let hostile = entry.0;
-            let lake = work.join(format!("lake-{round}-{hostile}"));
+    let mut rows: Vec<(Vec<Duration>, usize, usize)> = vec![(Vec::new(), 0, 0); NEIGHBOURS.len()];
+    for round in 0..ISOLATION_ROUNDS {
+        // Rotate which goes first, so that none always runs on a colder
+        // machine.
+        for step in 0..NEIGHBOURS.len() {
+            let index = (round + step) % NEIGHBOURS.len();
+            let lake = work.join(format!("lake-{round}-{index}"));
             common::copy_tree(&pristine, &lake)?;
-            let config = isolation_config(work, &lake, hostile)?;
+            let config = isolation_config(work, &lake, NEIGHBOURS[index].1)?;
             let child = ChildCommand { program: env!("CARGO_BIN_EXE_compactor").into(), env: Vec::new(), timeout: None };
             let manager = Manager::open(config, child)?;
             let started = Instant::now();
             let report = runtime.block_on(manager.run_cycle(CycleOptions { now: Some(now()), ..Default::default() }))?;
-            entry.1.push(started.elapsed());
+            let elapsed = started.elapsed();
             let healthy_jobs: Vec<_> = report.jobs.iter().filter(|j| HEALTHY.contains(&j.database.as_str())).collect();
             anyhow::ensure!(healthy_jobs.iter().all(|j| j.success), "a healthy tenant's job failed");
             anyhow::ensure!(
@@ -278,16 +293,15 @@ fn isolation(work: &Path) -> anyhow::Result<()> {
                 healthy_jobs.len(),
                 3 * HEALTHY.len()
             );
-            entry.2 = healthy_jobs.len();
-            entry.3 = report.problems.len();
+            anyhow::ensure!(report.jobs.len() == healthy_jobs.len(), "jobs beyond the healthy tenants': {}", report.jobs.len());
+            rows[index] = (rows[index].0.iter().copied().chain([elapsed]).collect(), healthy_jobs.len(), report.problems.len());
             std::fs::remove_dir_all(&lake)?;
         }
     }
     println!("\n### Four healthy tenants, alone and next to three hostile ones (a full cycle, real jobs)\n");
-    println!("| tenants | healthy jobs (all succeeded) | problems reported | cycle ms, median of {ROUNDS} | all rounds ms |");
+    println!("| tenants | healthy jobs (all succeeded) | problems reported | cycle ms, median of {ISOLATION_ROUNDS} | all rounds ms |");
     println!("|---|---|---|---|---|");
-    for (hostile, times, jobs, problems) in &rows {
-        let name = if *hostile { "4 healthy + loop, memory bomb, panic" } else { "4 healthy" };
+    for ((name, _), (times, jobs, problems)) in NEIGHBOURS.iter().zip(&rows) {
         let all: Vec<String> = times.iter().map(|t| ms(*t)).collect();
         println!("| {name} | {jobs} | {problems} | {} | {} |", ms(median(times.clone())), all.join(", "));
     }
