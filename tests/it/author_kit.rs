@@ -67,6 +67,9 @@ fn the_test_kit_drives_the_template_and_bounds_its_fuel() {
     assert_eq!(answer.files_selected(), 100);
     assert!(answer.fuel < 2_000_000, "the template's cost regressed: {} fuel for 100 files", answer.fuel);
     assert_eq!(policy.select(&hour, at("2026-04-11T09:30:00Z")).unwrap().files_selected(), 0, "busy hour");
+    // And says why, in its own words.
+    assert_eq!(policy.explain(&hour, at("2026-04-11T09:30:00Z")).unwrap().as_deref(), Some("busy hour"));
+    assert_eq!(policy.explain(&hour, at("2026-04-11T16:00:00Z")).unwrap().as_deref(), Some("100 small files over budget_bytes"));
     // Fresh instances answer the same.
     let mut fresh = Policy::load(compactor_test_components::POLICY_TEMPLATE).unwrap().configure("{}").unwrap().fresh_instances();
     assert_eq!(fresh.select(&hour, at("2026-04-11T16:00:00Z")).unwrap().files_selected(), 100);

@@ -58,7 +58,7 @@ pub(crate) fn lake_configured(rows_per_file: u32, configure: impl FnOnce(TestCon
     Lake { _dir: dir, root, lake, pristine, config }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

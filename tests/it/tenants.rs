@@ -9,6 +9,7 @@ use std::path::Path;
 use compactor_job::sample::{self, SampleSpec};
 use compactor_job::verify;
 
+use crate::compaction::copy_dir;
 use crate::kit::TestConfig;
 use crate::util::{at, compactor, files_under, text};
 
@@ -27,18 +28,6 @@ fn lake(root: &Path, databases: &[&str]) {
         sample::generate(&root.join("lake"), at(NOW), &spec).unwrap();
     }
     copy_dir(&root.join("lake"), &root.join("pristine"));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 /// The rows of `database` are exactly the original ones.

@@ -117,6 +117,13 @@ impl Policy {
         let candidates = self.instance()?.select_candidates(partition, now)?;
         Ok(Answer { candidates, fuel: self.plugin.call_counts().fuel_used - before })
     }
+
+    /// Why the policy selects what it does in `partition` at `now`, in its
+    /// own words (WIT 1.1's `explain`); `None` when it does not say (a
+    /// 1.0.0 component, or an empty answer).
+    pub fn explain(&mut self, partition: &Partition, now: DateTime<Utc>) -> Result<Option<String>, PluginError> {
+        self.instance()?.explain(partition, now)
+    }
 }
 
 /// Builds a partition of files, named as Arc's ingest names them.
