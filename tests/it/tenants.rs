@@ -144,7 +144,13 @@ fn a_tenants_byte_budget_defers_batches_to_later_cycles_and_loses_none() {
     let plan = compactor(&["plan", "--config", &config, "--now", NOW, "--format", "json"], &[]);
     assert!(plan.status.success(), "{}", text(&plan));
     let batches: Vec<serde_json::Value> = serde_json::from_slice(&plan.stdout).unwrap();
-    assert_eq!(batches.iter().filter(|b| b["database"] == "small").count(), 1, "{batches:#?}");
+    let small: Vec<&serde_json::Value> = batches.iter().filter(|b| b["database"] == "small").collect();
+    assert_eq!(small.len(), 1, "{batches:#?}");
+    assert_eq!(small[0]["tenant"], "small", "a tenant's batches say whose they are");
+    assert!(batches.iter().filter(|b| b["database"] == "free").all(|b| b.get("tenant").is_none()));
+    let table = compactor(&["plan", "--config", &config, "--now", NOW], &[]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("small/hourly") && table.contains("2 more batches wait for a later cycle"), "{table}");
 
     let (output, report) = once_json(&config);
     assert!(output.status.success(), "a deferral is not a failure: {}", text(&output));

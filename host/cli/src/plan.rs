@@ -79,7 +79,7 @@ pub(crate) fn print_plan(plan: &Plan, format: Format, explain: bool) -> anyhow::
     }
     match format {
         Format::Json => {
-            let batches: Vec<_> = plan.batches.iter().map(|b| &b.candidate).collect();
+            let batches = &plan.batches;
             if explain {
                 crate::table::print_json(&serde_json::json!({ "batches": batches, "partitions": plan.partitions }))
             } else {
@@ -99,7 +99,7 @@ pub(crate) fn print_plan(plan: &Plan, format: Format, explain: bool) -> anyhow::
             for batch in &plan.batches {
                 let c = &batch.candidate;
                 table.row([
-                    c.tier.clone(),
+                    batch.tier_key(),
                     c.database.clone(),
                     c.measurement.clone(),
                     c.partition_path.clone(),
@@ -122,6 +122,9 @@ pub(crate) fn print_plan(plan: &Plan, format: Format, explain: bool) -> anyhow::
                 if plan.problems.is_empty() { String::new() } else { format!("; {} problems (see above)", plan.problems.len()) },
             );
             table.print(&summary)?;
+            if plan.deferred_by_budget > 0 {
+                println!("{} more batches wait for a later cycle: their tenants' max_bytes_per_cycle is spent", plan.deferred_by_budget);
+            }
             let requests = plan.tiers.iter().fold(plan.planning_requests, |total, t| total + t.requests);
             println!(
                 "cost of the cycle: {} requests ({} LIST, {} GET, {} PUT incl. parts, {} DELETE); reads {}, writes at most {}",

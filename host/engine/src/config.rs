@@ -541,7 +541,8 @@ impl Config {
                 known.push(format!("{}/{}", tenant.name, tier.name));
             }
         }
-        known.dedup();
+        let mut seen = std::collections::HashSet::new();
+        known.retain(|name| seen.insert(name.clone()));
         match tiers.iter().find(|t| !known.contains(t)) {
             Some(unknown) => Err(ConfigError::UnknownTier { name: unknown.clone(), configured: known.join(", ") }),
             None => Ok(()),

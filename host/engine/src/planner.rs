@@ -219,6 +219,19 @@ pub struct PlannedBatch {
     /// Total size of the batch's files.
     #[serde(skip)]
     pub bytes: u64,
+    /// The tenant whose database it is (absent outside `[[tenants]]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+impl PlannedBatch {
+    /// Its tier as reports name it: `tier`, or `tenant/tier`.
+    pub fn tier_key(&self) -> String {
+        match &self.tenant {
+            Some(tenant) => format!("{tenant}/{}", self.candidate.tier),
+            None => self.candidate.tier.clone(),
+        }
+    }
 }
 
 /// Per-tier counts.
@@ -346,10 +359,7 @@ impl Plan {
     pub fn defer(&mut self, deferred: &[PlannedBatch]) {
         self.deferred_by_budget += deferred.len();
         for batch in deferred {
-            // Tenant plans hold one tenant's tiers: the name is unique here.
-            let Some(summary) =
-                self.tiers.iter_mut().find(|t| t.tier == batch.candidate.tier || t.tier.ends_with(&format!("/{}", batch.candidate.tier)))
-            else {
+            let Some(summary) = self.tiers.iter_mut().find(|t| t.tier == batch.tier_key()) else {
                 continue;
             };
             summary.batches = summary.batches.saturating_sub(1);
@@ -632,7 +642,7 @@ fn plan_tier(tier: &PlannedTier, listings: &[Listing], held: Option<&HeldFiles>,
                     summary.batches += 1;
                     summary.files += batch.files.len();
                     summary.bytes += bytes;
-                    plan.batches.push(PlannedBatch { candidate: batch, bytes });
+                    plan.batches.push(PlannedBatch { candidate: batch, bytes, tenant: tier.tenant.clone() });
                 }
                 selected = true;
             }
