@@ -538,7 +538,7 @@ impl Config {
         for tenant in &self.tenants {
             for tier in self.tenant_tiers(tenant) {
                 known.push(tier.name.clone());
-                known.push(format!("{}/{}", tenant.name, tier.name));
+                known.push(tier_key(Some(&tenant.name), &tier.name));
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -574,7 +574,7 @@ impl Config {
     pub fn schedules(&self) -> Vec<(String, Vec<String>)> {
         let mut schedules: Vec<(String, Vec<String>)> = Vec::new();
         let top = self.tiers.iter().map(|t| (t, t.name.clone()));
-        let tenants = self.tenants.iter().flat_map(|n| self.tenant_tiers(n).iter().map(|t| (t, format!("{}/{}", n.name, t.name))));
+        let tenants = self.tenants.iter().flat_map(|n| self.tenant_tiers(n).iter().map(|t| (t, tier_key(Some(&n.name), &t.name))));
         for (tier, key) in top.chain(tenants).filter(|(t, _)| t.enabled) {
             let expression = tier.effective_schedule().to_owned();
             match schedules.iter_mut().find(|(e, _)| *e == expression) {
@@ -691,6 +691,15 @@ impl Config {
             Some(dir) => self.resolve_path(dir),
             None => ArtifactCache::default_dir(),
         }
+    }
+}
+
+/// How reports, health, metrics and `--tier` name a tier: `tier`, or
+/// `tenant/tier` for a tenant's.
+pub fn tier_key(tenant: Option<&str>, tier: &str) -> String {
+    match tenant {
+        Some(tenant) => format!("{tenant}/{tier}"),
+        None => tier.to_owned(),
     }
 }
 

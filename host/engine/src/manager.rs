@@ -185,10 +185,7 @@ pub struct JobRecord {
 impl JobRecord {
     /// Its tier as reports name it: `tier`, or `tenant/tier`.
     pub fn tier_key(&self) -> String {
-        match &self.tenant {
-            Some(tenant) => format!("{tenant}/{}", self.tier),
-            None => self.tier.clone(),
-        }
+        crate::config::tier_key(self.tenant.as_deref(), &self.tier)
     }
 }
 

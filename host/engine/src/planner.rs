@@ -172,10 +172,7 @@ impl PlannedTier {
 
     /// How reports, health and metrics name it: `tier`, or `tenant/tier`.
     pub fn key(&self) -> String {
-        match &self.tenant {
-            Some(tenant) => format!("{tenant}/{}", self.name),
-            None => self.name.clone(),
-        }
+        crate::config::tier_key(self.tenant.as_deref(), &self.name)
     }
 
     /// Whether a `--tier` list selects it: empty selects every tier; an
@@ -227,10 +224,7 @@ pub struct PlannedBatch {
 impl PlannedBatch {
     /// Its tier as reports name it: `tier`, or `tenant/tier`.
     pub fn tier_key(&self) -> String {
-        match &self.tenant {
-            Some(tenant) => format!("{tenant}/{}", self.candidate.tier),
-            None => self.candidate.tier.clone(),
-        }
+        crate::config::tier_key(self.tenant.as_deref(), &self.candidate.tier)
     }
 }
 
