@@ -150,13 +150,18 @@ fn listed(runtime: &tokio::runtime::Runtime, storage: &Storage) -> Vec<compactor
 
 /// After a fault at `step`: recovery, a clean cycle, and every row once.
 fn recover_then_compact(bucket: &Bucket, step: &str) {
+    recover_then_run_once(bucket, step);
+    assert_intact_and_compacted(bucket);
+}
+
+/// `recover`, then `once`, each succeeding (logs kept for failure messages).
+fn recover_then_run_once(bucket: &Bucket, step: &str) {
     let recovered = compactor(&["-v", "recover", "--config", &bucket.config], &[]);
     std::fs::write(bucket.root.join("recover.log"), text(&recovered)).unwrap();
     assert!(recovered.status.success(), "{step}: {}", text(&recovered));
     let clean = compactor(&["-v", "once", "--config", &bucket.config, "--now", NOW], &[]);
     std::fs::write(bucket.root.join("once.log"), text(&clean)).unwrap();
     assert!(clean.status.success(), "{step}: {}", text(&clean));
-    assert_intact_and_compacted(bucket);
 }
 
 /// The logs a test left in the bucket's directory, for failure messages.
@@ -254,7 +259,12 @@ fn the_server_stopped_mid_upload_or_mid_delete_loses_nothing() {
         // An upload whose outcome is unknown keeps its partition for one more
         // lease TTL before anyone recovers it.
         std::thread::sleep(std::time::Duration::from_millis(2 * LEASE_TTL_MS));
-        recover_then_compact(&bucket, step);
+        recover_then_run_once(&bucket, step);
+        // Whether the stalled engine's daily job ran over the other hours
+        // (its stalled hour held by the manifest) depends on when the store
+        // came back; either way every row is there exactly once, in outputs
+        // only.
+        assert_intact(&bucket);
     }
 }
 

@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::copy_tree;
+use common::{at_rest, copy_file, copy_tree};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -192,6 +192,7 @@ fn generate(root: &Path, rows: usize) -> anyhow::Result<()> {
              FROM range({rows}) t(r)) TO '{}' (FORMAT PARQUET, COMPRESSION ZSTD)",
             path.display()
         ))?;
+        at_rest(&path)?;
     }
     Ok(())
 }
@@ -207,7 +208,7 @@ fn copy_partition(template: &Path, lake: &Path) -> anyhow::Result<()> {
     let dir = lake.join(PARTITION);
     std::fs::create_dir_all(&dir)?;
     for file in inputs(template) {
-        std::fs::copy(&file, dir.join(file.file_name().unwrap_or_default()))?;
+        copy_file(&file, &dir.join(file.file_name().unwrap_or_default()))?;
     }
     Ok(())
 }
@@ -374,6 +375,9 @@ fn daily_case(work: &Path) -> anyhow::Result<DailyCase> {
     }
     let inputs: Vec<PathBuf> =
         (0..DAILY_FILES).map(|hour| day.join(format!("{hour:02}/cpu_20260411_{hour:02}0000_{hour:09}_b1_compacted.parquet"))).collect();
+    for input in &inputs {
+        at_rest(input)?;
+    }
     let official = official_duckdb(&inputs, &work.join("daily-official.parquet"), &["host", "time"], 1)?;
     let mut runs = Vec::new();
     for (run, row_group_size) in [DEFAULT_ROW_GROUP_SIZE, 1_000_000].into_iter().enumerate() {

@@ -3,7 +3,7 @@
 //! stderr. Exits 0 whenever the job ran (even if it failed), 1 when it could
 //! not run at all.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use compactor_job::{JobConfig, child, job_id};
@@ -31,6 +31,12 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("error: {message}");
         Ok(ExitCode::from(1))
     };
+    // DuckDB opens before the job arrives: the engine starts this process
+    // ahead of its job.
+    let duckdb = match child::open_duckdb() {
+        Ok(connection) => connection,
+        Err(e) => return fail(format!("{e:#}")),
+    };
     let text = match (args.job_stdin, args.job) {
         (true, _) => {
             let mut text = String::new();
@@ -53,18 +59,40 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         Ok(storage) => storage,
         Err(e) => return fail(e.to_string()),
     };
-    let duckdb = match child::open_duckdb(&config) {
-        Ok(connection) => connection,
-        Err(e) => return fail(format!("{e:#}")),
-    };
+    child::configure_duckdb(&duckdb, &config);
     let (storage, counts) = storage.counted();
     let mut result = child::run(&config, &storage, &duckdb);
     result.requests = counts.snapshot();
-    match serde_json::to_string(&result) {
-        Ok(json) => {
-            println!("{json}");
-            Ok(ExitCode::SUCCESS)
+    let json = match serde_json::to_string(&result) {
+        Ok(json) => json,
+        Err(e) => return fail(format!("cannot encode the result: {e}")),
+    };
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{json}").and_then(|()| stdout.flush()).is_err() {
+        return Ok(ExitCode::from(1));
+    }
+    drop(stdout);
+    // The job is over and the parent has all it needs: ending the output
+    // lets it go on without waiting for this process to exit, and exiting
+    // without closing DuckDB saves handing its buffers back one by one (the
+    // kernel takes them at once). `_exit` skips the C++ static destructors,
+    // which DuckDB's still running threads could trip over.
+    detach_output();
+    // SAFETY: ends the process; everything it must write is written.
+    unsafe { libc::_exit(0) }
+}
+
+/// Points stdout and stderr at `/dev/null`, which closes this process's end
+/// of the parent's pipes.
+fn detach_output() {
+    let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+        return;
+    };
+    for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: dup2 onto the standard descriptors, which stay open (now on
+        // /dev/null) for anything that still writes to them.
+        unsafe {
+            libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
         }
-        Err(e) => fail(format!("cannot encode the result: {e}")),
     }
 }

@@ -18,7 +18,7 @@ use crate::history::History;
 use crate::planner::{self, PlanOptions, PlanProblem, PlannedBatch, PlannedTier};
 use crate::temp::{EngineDir, sweep_dead_engines};
 use compactor_job::manifest::{ManifestStore, RecoveryManifest, RecoveryObservers, RecoveryOutcome, RecoveryReport};
-use compactor_job::parent::{ChildCommand, JobFailure, RunSubset, compact_adaptive};
+use compactor_job::parent::{ChildCommand, JobFailure, RunSubset, StartedChild, compact_adaptive};
 use compactor_job::{FailureKind, JobConfig, JobLease, JobResult, PolicyRef, job_id, job_prefix};
 use compactor_runtime::{NodeInfo, PluginRuntime, PluginSource};
 use compactor_storage::RequestCost;
@@ -383,6 +383,9 @@ pub struct Manager {
     /// Tenants planning at once: bounds the memory their policies can hold
     /// together (each instance within its own memory limit).
     planning_slots: tokio::sync::Semaphore,
+    /// A job process started with the cycle, for its first job: it boots and
+    /// opens DuckDB while the cycle recovers, plans and takes the lease.
+    standby: Mutex<Option<StartedChild>>,
 }
 
 impl Manager {
@@ -444,6 +447,7 @@ impl Manager {
             reload_error: Mutex::default(),
             job_slots,
             planning_slots,
+            standby: Mutex::default(),
         }
     }
 
@@ -807,6 +811,7 @@ impl Manager {
             tracing::warn!(cycle_id, "{}", report.gate);
             return Ok(report);
         }
+        let _standby = Standby::start(&self.standby, &self.child);
         match self.recover().await {
             Ok(recovery) => report.recovery = recovery,
             Err(e) => tracing::error!(error = %e, "recovery failed; continuing with the cycle"),
@@ -1091,7 +1096,11 @@ impl Manager {
                     failure.permanent = true;
                     return Err(failure);
                 }
-                let mut outcome = child.run(&config).await;
+                let standby = lock(&self.standby).take().and_then(|mut c| c.is_running().then_some(c));
+                let mut outcome = match standby {
+                    Some(started) => started.run(&config).await,
+                    None => child.run(&config).await,
+                };
                 if let Err(failure) = &mut outcome {
                     match failure.kind {
                         FailureKind::UnknownOutcome => {
@@ -1322,6 +1331,25 @@ struct RunningFlag(Arc<AtomicBool>);
 impl Drop for RunningFlag {
     fn drop(&mut self) {
         self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The cycle's standby job process: started with the cycle, and stopped with
+/// it if no job took it.
+struct Standby<'m>(&'m Mutex<Option<StartedChild>>);
+
+impl<'m> Standby<'m> {
+    fn start(slot: &'m Mutex<Option<StartedChild>>, command: &ChildCommand) -> Self {
+        // Without one, the first job starts its own process, as the others do.
+        *lock(slot) = command.start().ok();
+        Self(slot)
+    }
+}
+
+impl Drop for Standby<'_> {
+    fn drop(&mut self) {
+        // Closing its stdin ends it; `kill_on_drop` makes sure.
+        lock(self.0).take();
     }
 }
 

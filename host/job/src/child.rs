@@ -800,15 +800,21 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
-/// Opens DuckDB with the job's settings: memory limit, threads, and a spill
-/// directory under the job's work directory.
-pub fn open_duckdb(config: &JobConfig) -> anyhow::Result<duckdb::Connection> {
+/// Opens DuckDB with the settings every job shares; a job process opens it
+/// before its job arrives (see [`configure_duckdb`]).
+pub fn open_duckdb() -> anyhow::Result<duckdb::Connection> {
     let connection = duckdb::Connection::open_in_memory().context("cannot open DuckDB")?;
     // Extensions cannot be downloaded here; fail fast instead of trying.
     connection.execute_batch("SET autoinstall_known_extensions = false; SET autoload_known_extensions = false")?;
     // The probe, the row count, the dedup settings and the merge all read the
     // inputs' footers: read them once.
     connection.execute_batch("SET parquet_metadata_cache = true")?;
+    Ok(connection)
+}
+
+/// Applies the job's settings: memory limit, threads, and a spill directory
+/// under the job's work directory.
+pub fn configure_duckdb(connection: &duckdb::Connection, config: &JobConfig) {
     if !config.memory_limit.is_empty()
         && let Err(e) = connection.execute_batch(&format!("SET memory_limit='{}'", config.memory_limit.replace('\'', "''")))
     {
@@ -832,7 +838,6 @@ pub fn open_duckdb(config: &JobConfig) -> anyhow::Result<duckdb::Connection> {
             Err(e) => tracing::warn!(error = %e, "cannot create DuckDB spill directory"),
         }
     }
-    Ok(connection)
 }
 
 #[cfg(test)]

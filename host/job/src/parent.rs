@@ -81,10 +81,10 @@ impl ChildCommand {
         Ok(Self { program: std::env::current_exe()?, env: Vec::new(), timeout: None })
     }
 
-    /// Runs one job in a child process.
-    pub async fn run(&self, config: &JobConfig) -> Result<JobResult, JobFailure> {
-        let failure = |message: String| JobFailure::new(FailureKind::Protocol, message);
-        let input = serde_json::to_vec(config).map_err(|e| failure(format!("cannot encode job config: {e}")))?;
+    /// Starts a job process, which boots and opens DuckDB, then waits on
+    /// stdin for its job: started ahead of the job, it is ready when the job
+    /// is.
+    pub fn start(&self) -> std::io::Result<StartedChild> {
         let mut child = tokio::process::Command::new(&self.program)
             .args(["compact", "--job-stdin"])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -92,11 +92,44 @@ impl ChildCommand {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| failure(format!("cannot start subprocess {}: {e}", self.program.display())))?;
-        let mut stdin = child.stdin.take().ok_or_else(|| failure("subprocess has no stdin".into()))?;
-        let mut stdout = child.stdout.take().ok_or_else(|| failure("subprocess has no stdout".into()))?;
-        let stderr = child.stderr.take().ok_or_else(|| failure("subprocess has no stderr".into()))?;
+            .spawn()?;
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+            return Err(std::io::Error::other("no pipe to the subprocess"));
+        };
+        Ok(StartedChild { child, stdin, stdout, stderr, timeout: self.timeout })
+    }
+
+    /// Runs one job in a child process.
+    pub async fn run(&self, config: &JobConfig) -> Result<JobResult, JobFailure> {
+        let started = self
+            .start()
+            .map_err(|e| JobFailure::new(FailureKind::Protocol, format!("cannot start subprocess {}: {e}", self.program.display())))?;
+        started.run(config).await
+    }
+}
+
+/// A job process that is waiting for its job.
+#[derive(Debug)]
+pub struct StartedChild {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::process::ChildStdout,
+    stderr: tokio::process::ChildStderr,
+    timeout: Option<std::time::Duration>,
+}
+
+impl StartedChild {
+    /// Whether the process still runs (a started process can be killed
+    /// before its job comes).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Hands the process its job and waits for the result.
+    pub async fn run(self, config: &JobConfig) -> Result<JobResult, JobFailure> {
+        let Self { mut child, mut stdin, mut stdout, stderr, timeout } = self;
+        let failure = |message: String| JobFailure::new(FailureKind::Protocol, message);
+        let input = serde_json::to_vec(config).map_err(|e| failure(format!("cannot encode job config: {e}")))?;
         let origin = JobOrigin { job_id: config.job_id.clone(), tier: config.tier.clone(), partition: config.partition_path.clone() };
         let write = async move {
             let _ = stdin.write_all(&input).await;
@@ -120,19 +153,32 @@ impl ChildCommand {
             all
         };
         let pid = child.id();
-        let finished = async { tokio::join!(write, read_stdout, read_stderr, child.wait()) };
+        let finished = async move {
+            let ((), out, err) = tokio::join!(write, read_stdout, read_stderr);
+            // A child that wrote its whole result has done its job and closed
+            // its output; its exit (the kernel handing back the merge's
+            // memory, ~25 ms after a 1 GB merge) is not waited for.
+            if serde_json::from_slice::<JobResult>(&out).is_ok() {
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+                return (out, err, None);
+            }
+            let status = child.wait().await;
+            (out, err, Some(status))
+        };
         tokio::pin!(finished);
         let deadline = async {
-            match self.timeout {
+            match timeout {
                 Some(timeout) => tokio::time::sleep(timeout).await,
                 None => std::future::pending().await,
             }
         };
-        let (((), out, err, status), timed_out) = tokio::select! {
+        let ((out, err, status), timed_out) = tokio::select! {
             done = &mut finished => (done, false),
             () = deadline => {
                 if let Some(pid) = pid {
-                    tracing::error!(job_id = %config.job_id, timeout = ?self.timeout, "the job ran past compaction.job_timeout; killing it");
+                    tracing::error!(job_id = %config.job_id, timeout = ?timeout, "the job ran past compaction.job_timeout; killing it");
                     // SAFETY: signalling our own child, which has not been reaped yet.
                     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                 }
@@ -141,35 +187,23 @@ impl ChildCommand {
         };
         let mut err = err;
         if timed_out {
-            err.push_str(&format!("killed after compaction.job_timeout ({:?})", self.timeout.unwrap_or_default()));
+            err.push_str(&format!("killed after compaction.job_timeout ({:?})", timeout.unwrap_or_default()));
         }
         let stderr = err.trim_end().to_owned();
-        let status = status.map_err(|e| failure(format!("cannot wait for subprocess: {e}")))?;
-        if !status.success() {
-            use std::os::unix::process::ExitStatusExt;
-            let (kind, description) = match (status.code(), status.signal()) {
-                (_, Some(libc::SIGKILL)) => (FailureKind::Killed, "signal: killed".to_owned()),
-                (_, Some(libc::SIGSEGV)) => (FailureKind::Segfault, "signal: segmentation fault".to_owned()),
-                (_, Some(libc::SIGABRT)) => (FailureKind::Signal, "signal: aborted".to_owned()),
-                (_, Some(signal)) => (FailureKind::Signal, format!("signal: {signal}")),
-                (Some(137), None) => (FailureKind::OomKilled, "exit status 137".to_owned()),
-                (Some(139), None) => (FailureKind::Segfault, "exit status 139".to_owned()),
-                (Some(code), None) => (FailureKind::Unknown, format!("exit status {code}")),
-                (None, None) => (FailureKind::Unknown, "unknown exit".to_owned()),
-            };
-            return Err(JobFailure {
-                message: format!("subprocess failed: {description} (stderr: {stderr})"),
-                stderr,
-                exit_code: status.code(),
-                kind,
-                result: None,
-                permanent: false,
-            });
-        }
+        let exit_code = match status {
+            None => Some(0),
+            Some(status) => {
+                let status = status.map_err(|e| failure(format!("cannot wait for subprocess: {e}")))?;
+                if !status.success() {
+                    return Err(exit_failure(status, stderr));
+                }
+                status.code()
+            }
+        };
         let result: JobResult = serde_json::from_slice(&out).map_err(|e| JobFailure {
             message: format!("failed to parse subprocess result: {e} (stdout: {})", String::from_utf8_lossy(&out)),
             stderr: stderr.clone(),
-            exit_code: status.code(),
+            exit_code,
             kind: FailureKind::Protocol,
             result: None,
             permanent: false,
@@ -178,13 +212,36 @@ impl ChildCommand {
             return Err(JobFailure {
                 message: result.error.clone().unwrap_or_else(|| "job failed without an error message".into()),
                 stderr,
-                exit_code: status.code(),
+                exit_code,
                 kind: result.failure_kind.unwrap_or(FailureKind::Unknown),
                 result: Some(result),
                 permanent: false,
             });
         }
         Ok(result)
+    }
+}
+
+/// A job process that exited unsuccessfully, described as Arc describes it.
+fn exit_failure(status: std::process::ExitStatus, stderr: String) -> JobFailure {
+    use std::os::unix::process::ExitStatusExt;
+    let (kind, description) = match (status.code(), status.signal()) {
+        (_, Some(libc::SIGKILL)) => (FailureKind::Killed, "signal: killed".to_owned()),
+        (_, Some(libc::SIGSEGV)) => (FailureKind::Segfault, "signal: segmentation fault".to_owned()),
+        (_, Some(libc::SIGABRT)) => (FailureKind::Signal, "signal: aborted".to_owned()),
+        (_, Some(signal)) => (FailureKind::Signal, format!("signal: {signal}")),
+        (Some(137), None) => (FailureKind::OomKilled, "exit status 137".to_owned()),
+        (Some(139), None) => (FailureKind::Segfault, "exit status 139".to_owned()),
+        (Some(code), None) => (FailureKind::Unknown, format!("exit status {code}")),
+        (None, None) => (FailureKind::Unknown, "unknown exit".to_owned()),
+    };
+    JobFailure {
+        message: format!("subprocess failed: {description} (stderr: {stderr})"),
+        stderr,
+        exit_code: status.code(),
+        kind,
+        result: None,
+        permanent: false,
     }
 }
 
