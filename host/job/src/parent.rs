@@ -351,6 +351,64 @@ mod tests {
 
     use super::*;
 
+    /// A stand-in job process: `body` as a shell script, run as
+    /// `job.sh compact --job-stdin`.
+    fn script(dir: &std::path::Path, body: &str) -> ChildCommand {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("job.sh");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ChildCommand { program: path, env: Vec::new(), timeout: Some(std::time::Duration::from_secs(60)) }
+    }
+
+    fn job() -> JobConfig {
+        serde_json::from_value(serde_json::json!({
+            "database": "db", "measurement": "cpu", "partition_path": "db/cpu/2026/04/11/00", "files": [],
+            "tier": "hourly", "storage_type": "local", "storage_config": "{}",
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_job_that_wrote_its_result_and_closed_its_output_is_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        // Its exit takes a minute (as freeing a large merge's memory takes a
+        // while): the result is what counts.
+        let mut command =
+            script(dir.path(), r#"cat >/dev/null; echo '{"success":true,"files_compacted":2}'; exec >/dev/null 2>&1; sleep 60"#);
+        // Waiting for the exit would run into this and fail the job as killed.
+        command.timeout = Some(std::time::Duration::from_secs(5));
+        let result = command.run(&job()).await.unwrap();
+        assert_eq!(result.files_compacted, 2);
+    }
+
+    #[tokio::test]
+    async fn a_job_that_ends_without_a_result_is_waited_for_and_described() {
+        let dir = tempfile::tempdir().unwrap();
+        let command = script(dir.path(), "cat >/dev/null; echo 'half a result' >&2; exec >/dev/null 2>&1; sleep 1; exit 3");
+        let failure = command.run(&job()).await.unwrap_err();
+        assert_eq!(failure.exit_code, Some(3));
+        assert_eq!(failure.message, "subprocess failed: exit status 3 (stderr: half a result)");
+    }
+
+    #[tokio::test]
+    async fn a_started_process_killed_before_its_job_is_not_reused_and_fails_as_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let command = script(dir.path(), r#"cat >/dev/null; echo '{"success":true}'"#);
+        let mut started = command.start().unwrap();
+        assert!(started.is_running(), "it waits for its job");
+        let pid = started.child.id().unwrap();
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        while started.is_running() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // The manager starts a new process then; one handed the job anyway
+        // fails as a killed job does (retried in halves), and never hangs.
+        let failure = started.run(&job()).await.unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Killed);
+    }
+
     fn files(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("f{i}")).collect()
     }
