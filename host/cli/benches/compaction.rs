@@ -50,23 +50,9 @@ fn main() -> anyhow::Result<()> {
     let rows = (FILES * ROWS_PER_FILE) as f64;
     let mb = input_bytes as f64 / 1e6;
 
-    let mut bare = Duration::MAX;
-    for _ in 0..3 {
-        bare = bare.min(bare_duckdb(&inputs(&template), &work.path().join("bare.parquet"), &["time"])?);
-    }
-    let official = official_duckdb(&inputs(&template), &work.path().join("official.parquet"), &["time"], 3)?.map(|(best, _)| best);
-    let mut engine = Duration::MAX;
-    let mut peak_job_rss = 0;
-    let mut local_requests = Default::default();
-    for run in 0..3 {
-        let lake = work.path().join(format!("lake{run}"));
-        copy_partition(&template, &lake)?;
-        let storage = Storage::local(&lake)?;
-        let (elapsed, peak, requests) = engine_cycle(work.path(), storage, &format!("tmp{run}"), HOURLY_BY_TIME)?;
-        engine = engine.min(elapsed);
-        peak_job_rss = peak_job_rss.max(peak);
-        local_requests = requests;
-    }
+    let by_time = alternate(work.path(), &template, HOURLY_BY_TIME, "lake")?;
+    let (bare, official, engine) = (by_time.bare, by_time.official, by_time.engine);
+    let (peak_job_rss, local_requests) = (by_time.peak_job_rss, by_time.requests);
     let moto = Moto::start()?;
     let mut s3 = Duration::MAX;
     let mut s3_requests = Default::default();
@@ -89,17 +75,8 @@ fn main() -> anyhow::Result<()> {
 
     // Issue 10's own workload: the same partition sorted by host, then time.
     let by_host = Shape { sort_keys: &["host", "time"], ..HOURLY_BY_TIME };
-    let mut host_bare = Duration::MAX;
-    for _ in 0..3 {
-        host_bare = host_bare.min(bare_duckdb(&inputs(&template), &work.path().join("bare-host.parquet"), by_host.sort_keys)?);
-    }
-    let host_official = official_duckdb(&inputs(&template), &work.path().join("official-host.parquet"), by_host.sort_keys, 3)?;
-    let mut host_engine = Duration::MAX;
-    for run in 0..3 {
-        let lake = work.path().join(format!("host-lake{run}"));
-        copy_partition(&template, &lake)?;
-        host_engine = host_engine.min(engine_cycle(work.path(), Storage::local(&lake)?, &format!("host-tmp{run}"), by_host)?.0);
-    }
+    let by_host = alternate(work.path(), &template, by_host, "host-lake")?;
+    let (host_bare, host_official, host_engine) = (by_host.bare, by_host.official, by_host.engine);
     let daily = daily_case(work.path())?;
 
     let parent = std::process::Command::new(std::env::current_exe()?).arg("--parent-rss").output()?;
@@ -110,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     let limit = compactor_model::units::parse_size(MEMORY_LIMIT).unwrap_or(0);
 
     println!(
-        "Partition: {FILES} files × {ROWS_PER_FILE} rows ({:.1} MB of Parquet), sorted by time, {THREADS} DuckDB threads, best of 3.\n",
+        "Partition: {FILES} files × {ROWS_PER_FILE} rows ({:.1} MB of Parquet), sorted by time, {THREADS} DuckDB threads; medians of {RUNS} runs, the three sides alternating (S3: best of 3).\n",
         mb
     );
     println!("| measurement | value | target |");
@@ -142,10 +119,10 @@ fn main() -> anyhow::Result<()> {
     println!(
         "| issue 10's workload (ORDER BY host, time): bundled in-process / official / engine | {:.0} / {} / {:.0} ms | - |",
         host_bare.as_secs_f64() * 1e3,
-        host_official.map_or("-".into(), |(o, _)| format!("{:.0}", o.as_secs_f64() * 1e3)),
+        host_official.map_or("-".into(), |o| format!("{:.0}", o.as_secs_f64() * 1e3)),
         host_engine.as_secs_f64() * 1e3
     );
-    if let Some((official, _)) = host_official {
+    if let Some(official) = host_official {
         println!(
             "| issue 10's workload: engine / official throughput | {:.2} | ≥ 0.92 |",
             official.as_secs_f64() / host_engine.as_secs_f64()
@@ -176,6 +153,47 @@ fn main() -> anyhow::Result<()> {
         peak_job_rss as f64 * 100.0 / limit as f64
     );
     Ok(())
+}
+
+/// Runs of each side of a comparison.
+const RUNS: usize = 7;
+
+/// One shape of the partition compacted by the bundled DuckDB in-process,
+/// by the official build and by the engine: medians of [`RUNS`], the three
+/// sides alternating run after run, since this VM's speed drifts by ±10%
+/// within minutes.
+struct Sides {
+    bare: Duration,
+    official: Option<Duration>,
+    engine: Duration,
+    peak_job_rss: u64,
+    requests: compactor_storage::RequestCost,
+}
+
+fn alternate(work: &Path, template: &Path, shape: Shape, name: &str) -> anyhow::Result<Sides> {
+    let (mut bare, mut official, mut engine) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut peak_job_rss, mut requests, mut has_official) = (0, Default::default(), true);
+    for run in 0..RUNS {
+        bare.push(bare_duckdb(&inputs(template), &work.join(format!("{name}-bare.parquet")), shape.sort_keys)?);
+        if has_official {
+            let elapsed = official_duckdb(&inputs(template), &work.join(format!("{name}-official.parquet")), shape.sort_keys, 1)?;
+            has_official = elapsed.is_some();
+            official.extend(elapsed.map(|(elapsed, _)| elapsed));
+        }
+        let lake = work.join(format!("{name}{run}"));
+        copy_partition(template, &lake)?;
+        let (elapsed, peak, cost) = engine_cycle(work, Storage::local(&lake)?, &format!("{name}-tmp{run}"), shape)?;
+        engine.push(elapsed);
+        peak_job_rss = peak_job_rss.max(peak);
+        requests = cost;
+    }
+    let official = (!official.is_empty()).then(|| median(official));
+    Ok(Sides { bare: median(bare), official, engine: median(engine), peak_job_rss, requests })
+}
+
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
 }
 
 /// 30 raw files of one hour partition, written by DuckDB.
@@ -241,7 +259,7 @@ fn bare_duckdb(inputs: &[PathBuf], output: &Path, order: &[&str]) -> anyhow::Res
 const OFFICIAL_DUCKDB: &str = "1.4.5";
 
 /// The same statement in the official DuckDB build (the Python wheel of the
-/// bundled version, installed from PyPI if missing): best of 3, timed inside
+/// bundled version, installed from PyPI if missing): the best of `runs` in one process, timed inside
 /// Python, so interpreter start-up is not counted. `None` when Python or the
 /// wheel cannot be had.
 fn official_duckdb(inputs: &[PathBuf], output: &Path, order: &[&str], runs: usize) -> anyhow::Result<Option<(Duration, u64)>> {
