@@ -61,23 +61,29 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     };
     child::configure_duckdb(&duckdb, &config);
     let (storage, counts) = storage.counted();
-    let mut result = child::run(&config, &storage, &duckdb);
+    let (mut result, work_dir) = child::run(&config, &storage, &duckdb);
     result.requests = counts.snapshot();
     let json = match serde_json::to_string(&result) {
         Ok(json) => json,
-        Err(e) => return fail(format!("cannot encode the result: {e}")),
+        Err(e) => {
+            work_dir.remove();
+            return fail(format!("cannot encode the result: {e}"));
+        }
     };
     let mut stdout = std::io::stdout().lock();
     if writeln!(stdout, "{json}").and_then(|()| stdout.flush()).is_err() {
+        work_dir.remove();
         return Ok(ExitCode::from(1));
     }
     drop(stdout);
     // The job is over and the parent has all it needs: ending the output
-    // lets it go on without waiting for this process to exit, and exiting
-    // without closing DuckDB saves handing its buffers back one by one (the
-    // kernel takes them at once). `_exit` skips the C++ static destructors,
-    // which DuckDB's still running threads could trip over.
+    // lets it go on without waiting for this process to finish; the work
+    // directory is removed meanwhile. Exiting without closing DuckDB saves
+    // handing its buffers back one by one (the kernel takes them at once).
+    // `_exit` skips the C++ static destructors, which DuckDB's still running
+    // threads could trip over.
     detach_output();
+    work_dir.remove();
     // SAFETY: ends the process; everything it must write is written.
     unsafe { libc::_exit(0) }
 }

@@ -43,7 +43,15 @@ impl EngineDir {
 
 impl Drop for EngineDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        // A job process that has delivered its result may still be removing
+        // its work directory in here: the two removals can trip over each
+        // other, so try again for a while.
+        for _ in 0..40 {
+            if std::fs::remove_dir_all(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
     }
 }
 

@@ -47,11 +47,17 @@ pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 64 << 20;
 const DOWNLOAD_CONCURRENCY: usize = 4;
 
 /// Runs one job and always returns a result; `success: false` carries why.
-pub fn run(config: &JobConfig, storage: &Storage, duckdb: &duckdb::Connection) -> JobResult {
+/// The job's work directory is moved aside, for the caller to remove once
+/// the result is delivered: removing it frees the merged inputs' blocks,
+/// which takes a while that nobody needs to wait for.
+pub fn run(config: &JobConfig, storage: &Storage, duckdb: &duckdb::Connection) -> (JobResult, WorkDirRemoval) {
     let started = Instant::now();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
-        Err(e) => return failure(JobResult::default(), &anyhow::Error::new(e).context("cannot start the I/O runtime"), started),
+        Err(e) => {
+            let result = failure(JobResult::default(), &anyhow::Error::new(e).context("cannot start the I/O runtime"), started);
+            return (result, WorkDirRemoval(None));
+        }
     };
     let mut job = Job {
         config,
@@ -64,12 +70,41 @@ pub fn run(config: &JobConfig, storage: &Storage, duckdb: &duckdb::Connection) -
         timer: StepTimer::new(),
     };
     let outcome = job.execute();
-    let _ = std::fs::remove_dir_all(&job.work_dir);
+    let removal = WorkDirRemoval::set_aside(&job.work_dir, &config.job_id);
     let result = std::mem::take(&mut job.result);
     let result = JobResult { peak_rss_bytes: crate::peak_rss_bytes(), ..result };
-    match outcome {
+    let result = match outcome {
         Ok(()) => JobResult { success: true, duration_ms: started.elapsed().as_millis() as u64, ..result },
         Err(e) => failure(result, &e, started),
+    };
+    (result, removal)
+}
+
+/// A finished job's work directory, renamed to `.removing-{job_id}` so that
+/// no cleanup by job prefix (the engine's, after the partition) races its
+/// removal.
+#[must_use = "the work directory stays until removed"]
+#[derive(Debug)]
+pub struct WorkDirRemoval(Option<PathBuf>);
+
+impl WorkDirRemoval {
+    fn set_aside(work_dir: &Path, job_id: &str) -> Self {
+        let aside = work_dir.with_file_name(format!(".removing-{job_id}"));
+        match std::fs::rename(work_dir, &aside) {
+            Ok(()) => Self(Some(aside)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self(None),
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(work_dir);
+                Self(None)
+            }
+        }
+    }
+
+    /// Removes the directory.
+    pub fn remove(self) {
+        if let Some(dir) = self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -297,8 +332,12 @@ impl Job<'_> {
         let local = self.work_dir.join(&name);
         let key = format!("{}/{name}", config.partition_path);
         self.result.output_file = key.clone();
-        let (rows_before, expected_rows) =
-            self.merge(&inputs.files_sql, &inputs.local_paths(), &local).context("failed to compact files")?;
+        // On local disk the output is made durable at the commit; writing it
+        // back while DuckDB still produces it leaves the commit only the tail.
+        let writeback = self.storage.local_root().map(|_| EarlyWriteback::start(local.clone()));
+        let merged = self.merge(&inputs.files_sql, &inputs.local_paths(), &local);
+        drop(writeback);
+        let (rows_before, expected_rows) = merged.context("failed to compact files")?;
         self.result.rows_before = rows_before;
         self.timer.step("merge");
         self.seams.at("after-merge");
@@ -712,6 +751,54 @@ impl Job<'_> {
             }
         }
         Ok(keys.iter().filter(|k| !deleted.contains(*k)).cloned().collect())
+    }
+}
+
+/// Starts writing a file back to disk while it is being written, so that a
+/// later `fsync` finds little left to do. Stops (after one last push) when
+/// dropped.
+struct EarlyWriteback {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EarlyWriteback {
+    const INTERVAL: std::time::Duration = std::time::Duration::from_millis(25);
+
+    fn start(path: PathBuf) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                let mut file = None;
+                loop {
+                    let last = !matches!(stopped.recv_timeout(Self::INTERVAL), Err(std::sync::mpsc::RecvTimeoutError::Timeout));
+                    if file.is_none() {
+                        file = std::fs::File::open(&path).ok();
+                    }
+                    if let Some(file) = &file {
+                        // SAFETY: a valid descriptor; SYNC_FILE_RANGE_WRITE only
+                        // starts the write-back of dirty pages, it waits for none.
+                        unsafe {
+                            libc::sync_file_range(std::os::fd::AsRawFd::as_raw_fd(file), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+                        }
+                    }
+                    if last {
+                        return;
+                    }
+                }
+            })
+            .ok();
+        Self { stop: Some(stop), thread }
+    }
+}
+
+impl Drop for EarlyWriteback {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
