@@ -158,14 +158,16 @@ impl StartedChild {
             // A child that wrote its whole result has done its job and closed
             // its output; its exit (the kernel handing back the merge's
             // memory, ~25 ms after a 1 GB merge) is not waited for.
-            if serde_json::from_slice::<JobResult>(&out).is_ok() {
-                tokio::spawn(async move {
-                    let _ = child.wait().await;
-                });
-                return (out, err, None);
-            }
-            let status = child.wait().await;
-            (out, err, Some(status))
+            let parsed = match serde_json::from_slice::<JobResult>(&out) {
+                Ok(result) => {
+                    tokio::spawn(async move {
+                        let _ = child.wait().await;
+                    });
+                    Ok(result)
+                }
+                Err(unparsed) => Err((unparsed, child.wait().await)),
+            };
+            (out, err, parsed)
         };
         tokio::pin!(finished);
         let deadline = async {
@@ -174,7 +176,7 @@ impl StartedChild {
                 None => std::future::pending().await,
             }
         };
-        let ((out, err, status), timed_out) = tokio::select! {
+        let ((out, err, parsed), timed_out) = tokio::select! {
             done = &mut finished => (done, false),
             () = deadline => {
                 if let Some(pid) = pid {
@@ -190,29 +192,29 @@ impl StartedChild {
             err.push_str(&format!("killed after compaction.job_timeout ({:?})", timeout.unwrap_or_default()));
         }
         let stderr = err.trim_end().to_owned();
-        let exit_code = match status {
-            None => Some(0),
-            Some(status) => {
+        let result = match parsed {
+            Ok(result) => result,
+            Err((unparsed, status)) => {
                 let status = status.map_err(|e| failure(format!("cannot wait for subprocess: {e}")))?;
                 if !status.success() {
                     return Err(exit_failure(status, stderr));
                 }
-                status.code()
+                return Err(JobFailure {
+                    message: format!("failed to parse subprocess result: {unparsed} (stdout: {})", String::from_utf8_lossy(&out)),
+                    stderr,
+                    exit_code: status.code(),
+                    kind: FailureKind::Protocol,
+                    result: None,
+                    permanent: false,
+                });
             }
         };
-        let result: JobResult = serde_json::from_slice(&out).map_err(|e| JobFailure {
-            message: format!("failed to parse subprocess result: {e} (stdout: {})", String::from_utf8_lossy(&out)),
-            stderr: stderr.clone(),
-            exit_code,
-            kind: FailureKind::Protocol,
-            result: None,
-            permanent: false,
-        })?;
         if !result.success {
             return Err(JobFailure {
                 message: result.error.clone().unwrap_or_else(|| "job failed without an error message".into()),
                 stderr,
-                exit_code,
+                // A result means the job ran to its end, and so exits 0.
+                exit_code: Some(0),
                 kind: result.failure_kind.unwrap_or(FailureKind::Unknown),
                 result: Some(result),
                 permanent: false,
