@@ -59,6 +59,10 @@ fn options_for(endpoint: &str) -> BTreeMap<String, String> {
         ("aws_region", "us-east-1"),
         ("aws_access_key_id", "test"),
         ("aws_secret_access_key", "test"),
+        // A write may land up to the request timeout after it was sent, so
+        // a dead job's partition waits that long (past its lease) before
+        // recovery judges it: short here, as the leases are.
+        ("timeout", "2s"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -439,4 +443,143 @@ fn a_multipart_upload_started_by_a_job_that_lost_its_lease_is_aborted() {
     assert_eq!(multipart_uploads_in_progress("s3-orphan-upload"), 0, "the job aborted its own upload");
     converge(&bucket);
     assert_intact(&bucket);
+}
+
+/// Whether an S3 request line writes or deletes lake data or a commit: the
+/// requests a far-away bucket makes an engine wait for (lease and manifest
+/// requests are not delayed, so that the engine reaches them quickly).
+fn delayed_request(line: &str) -> bool {
+    let data = |l: &str| l.contains(".parquet") && !l.contains("_compaction_state");
+    (line.starts_with("PUT ") && (data(line) || line.contains(".outcome")))
+        || (line.starts_with("DELETE ") && data(line))
+        || (line.starts_with("POST ") && line.contains("?delete"))
+}
+
+/// Where in its job issue 19's scenario kills the engine: while a request
+/// of this step is on its way.
+#[derive(Debug, Clone, Copy)]
+enum KillDuring {
+    Upload,
+    Commit,
+    Deletes,
+}
+
+impl KillDuring {
+    fn matches(self, line: &str) -> bool {
+        match self {
+            Self::Upload => line.starts_with("PUT ") && line.contains(".parquet"),
+            Self::Commit => line.starts_with("PUT ") && line.contains(".outcome"),
+            Self::Deletes => line.starts_with("DELETE ") || line.starts_with("POST "),
+        }
+    }
+}
+
+/// A lake of two days of three hours of 12 files each, in bucket `name`;
+/// `[coordination]` leases of [`LEASE_TTL_MS`], requests timing out after 2 s
+/// ([`options_for`]).
+/// Returns the bucket (its config reaching moto directly, jobs in `tmp-b`)
+/// and a second config reaching it through `proxy` (jobs in `tmp-a`).
+fn two_day_bucket(name: &str, proxy: &str) -> (Bucket, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let spec = SampleSpec {
+        database: "db".into(),
+        measurements: vec![("cpu".into(), vec!["host".into()])],
+        hours: 3,
+        files_per_hour: 12,
+        rows_per_file: 50,
+    };
+    for days_back in 0..2 {
+        sample::generate(&root.join("pristine"), crate::util::at(NOW) - chrono::Duration::days(days_back), &spec).unwrap();
+    }
+    let options = options_for(endpoint());
+    let (url, storage) = upload_lake(name, &options, &root.join("pristine"));
+    let with_temp = |options: &BTreeMap<String, String>, temp: &str| {
+        s3_config(&url, options).compaction("temp_directory", temp).compaction("max_concurrent", 2).hourly_and_daily()
+    };
+    let config = with_temp(&options, "tmp-b").write(&root);
+    std::fs::rename(&config, root.join("engine-b.toml")).unwrap();
+    let config_a = with_temp(&options_for(proxy), "tmp-a").write(&root);
+    let config_a_path = root.join("engine-a.toml");
+    std::fs::rename(&config_a, &config_a_path).unwrap();
+    let config = root.join("engine-b.toml").display().to_string();
+    (Bucket { _dir: dir, root, storage, config }, config_a_path.display().to_string())
+}
+
+/// Pending recovery manifests in the bucket.
+fn pending_manifests(storage: &Storage) -> usize {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let objects = runtime.block_on(storage.list("_compaction_state/")).unwrap();
+    objects.iter().filter(|o| o.key.ends_with(".json") && !o.key.contains("/history/") && !o.key.contains("/leases/")).count()
+}
+
+/// Issue 19: engine A reaches the bucket through a proxy that delays its
+/// uploads, commits and deletes by 300 ms (and completes them after A is
+/// gone, as S3 does); engine B, on the same host with its own temp
+/// directory, runs `recover` in a loop. A is SIGKILLed with its jobs at a
+/// seeded moment while a request of the step under test is on its way. B
+/// sees A dead at once (its liveness lock is free), but must not judge A's
+/// job before A's requests can no longer land: no recovery may abort a job
+/// whose output then lands beside its inputs, and after `recover` and
+/// `once` every row is in the lake exactly once.
+#[test]
+fn a_dead_engines_late_requests_never_land_beside_their_inputs() {
+    let runs: Vec<(KillDuring, u64)> = [(KillDuring::Upload, 6), (KillDuring::Commit, 3), (KillDuring::Deletes, 3)]
+        .into_iter()
+        .flat_map(|(step, runs)| (0..runs).map(move |run| (step, run)))
+        .collect();
+    let (mut takeovers, mut landed_after_abort) = (Vec::new(), Vec::new());
+    for (index, &(step, run)) in runs.iter().enumerate() {
+        let proxy = crate::kit::DelayProxy::start(endpoint(), delayed_request, std::time::Duration::from_millis(300));
+        let (bucket, config_a) = two_day_bucket(&format!("s3-late-kill-{index}"), &proxy.endpoint);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let killed_at: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let (recoveries, resolved_after) = std::thread::scope(|s| {
+            let recover_loop = s.spawn(|| {
+                let mut logs = Vec::new();
+                let mut resolved_after = None;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let recovered = compactor(&["-v", "recover", "--config", &bucket.config], &[]);
+                    logs.push(text(&recovered));
+                    if let Some(killed) = killed_at.get()
+                        && resolved_after.is_none()
+                        && pending_manifests(&bucket.storage) == 0
+                    {
+                        resolved_after = Some(killed.elapsed());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                (logs, resolved_after)
+            });
+            let engine_a = crate::kit::spawn_compactor(&config_a, &["once", "--now", NOW], &[]);
+            let arrived = proxy.wait_for(|line| step.matches(line), std::time::Duration::from_secs(90));
+            // Seeded moments across the 300 ms the request is on its way.
+            std::thread::sleep(std::time::Duration::from_millis((run * 97 + index as u64 * 31) % 280));
+            signal_group(&engine_a, libc::SIGKILL);
+            let _ = killed_at.set(std::time::Instant::now());
+            let _ = engine_a.wait_with_output();
+            assert!(arrived.is_some(), "{step:?}: engine A never reached the step");
+            crate::kit::wait_until("A's requests to land", std::time::Duration::from_secs(10), || {
+                proxy.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
+            });
+            // B resolves what A left once A's claims have expired.
+            crate::kit::wait_until("B to resolve A's manifests", std::time::Duration::from_secs(30), || {
+                pending_manifests(&bucket.storage) == 0
+            });
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            recover_loop.join().unwrap()
+        });
+        if let Some(log) = recoveries.iter().find(|log| log.contains("deleting the output of a job that did not commit")) {
+            eprintln!("{step:?} run {run}: an aborted job's output landed after the abort:\n{log}");
+            landed_after_abort.push((step, run));
+        }
+        takeovers.extend(resolved_after.map(|d| d.as_millis()));
+        // One engine then converges: every row exactly once.
+        converge(&bucket);
+        assert_intact(&bucket);
+    }
+    takeovers.sort();
+    eprintln!("a dead engine's manifests were resolved {takeovers:?} ms after its death (sorted, {} runs)", runs.len());
+    assert!(landed_after_abort.is_empty(), "late outputs beside their inputs in runs {landed_after_abort:?} of {}", runs.len());
 }

@@ -271,6 +271,13 @@ pub fn batch_cost(files: usize, bytes: u64, multipart_threshold: u64) -> Request
     RequestCost { list: 1, get: files as u64 + 2, put: 2 + 1 + 1 + output_puts, delete: input_deletes + 2 + u64::from(multipart) }
 }
 
+/// What marking the lease before the manifest costs `batches` jobs (a GET
+/// and a PUT each), on stores where a write can land after its process is
+/// gone ([`Storage::late_write_window`]).
+pub fn lease_mark_cost(batches: usize) -> RequestCost {
+    RequestCost { get: batches as u64, put: batches as u64, ..RequestCost::default() }
+}
+
 /// LIST pages needed for `keys` keys (at least one request).
 pub fn list_pages(keys: usize) -> u64 {
     (keys as u64).div_ceil(1000).max(1)
@@ -420,7 +427,10 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
     plan.planning_requests.list += listings.iter().map(|l| list_pages(l.files.len())).sum::<u64>();
     for tier in selected {
         let first_batch = plan.batches.len();
-        let summary = plan_tier_on_own_thread(tier, &listings, &held, options, &mut plan).await;
+        let mut summary = plan_tier_on_own_thread(tier, &listings, &held, options, &mut plan).await;
+        if storage.late_write_window().is_some() {
+            summary.requests += lease_mark_cost(summary.batches);
+        }
         // A cycle runs the tiers in order: the next one sees this one's
         // outputs, not the files they replace.
         let predicted: &mut Vec<Listing> = Arc::make_mut(&mut listings);

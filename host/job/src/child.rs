@@ -6,7 +6,8 @@
 //!    → 2. check magic bytes (corrupt inputs are skipped and never deleted),
 //!    probe for `time` → 3. merge with DuckDB → 4. verify: the output's row
 //!    count equals the inputs' (or the distinct-key count when deduplicating)
-//!    → 5. write the recovery manifest, then check the lease → 6. check,
+//!    → 5. mark the lease as having writes in flight, write the recovery
+//!    manifest, then check the lease → 6. check,
 //!    upload, create-only (multipart when large) → 7. check, commit: create
 //!    the job's outcome object → 8. check, delete the inputs → 9. delete the
 //!    recovery manifest and the outcome.
@@ -37,7 +38,7 @@ use crate::manifest::{ManifestOwner, ManifestStore, Outcome, RecoveryManifest, u
 use crate::seams::Seams;
 use crate::sql::{self, compaction_statements, file_list, is_valid_identifier, order_by};
 use crate::{FailureKind, JobConfig, JobResult, output_name};
-use compactor_storage::lease::deadline_file_is_valid;
+use compactor_storage::lease::{deadline_file_is_valid, mark_writes_in_flight};
 use compactor_storage::{Storage, TrackedUploads};
 
 /// Outputs up to this size are uploaded in one request.
@@ -377,6 +378,16 @@ impl Job<'_> {
             owner: config.lease.as_ref().map(|l| ManifestOwner { engine: l.engine.clone(), lease: l.id.clone() }),
             policy: config.policy.clone(),
         };
+        // The manifest is the job's first write that others must see, and on
+        // a remote store any write may land after the job is gone: from here
+        // on, seeing its engine dead must not free the partition early.
+        if let Some(lease) = &config.lease {
+            self.check_lease("the manifest")?;
+            let marked = self.runtime.block_on(mark_writes_in_flight(self.storage, &config.partition_path, &lease.id));
+            if !marked.context("failed to mark the partition's lease as having writes in flight")? {
+                return Err(LeaseLost { step: "the manifest" }.into());
+            }
+        }
         let key = self.runtime.block_on(ManifestStore::new(self.storage.clone()).write(&manifest)).context("failed to write manifest")?;
         self.timer.step("manifest");
         self.seams.at("after-manifest");

@@ -392,7 +392,16 @@ impl ManifestStore {
                     held.files.insert(manifest.output_path);
                 }
                 Err(ManifestError::Read { source, .. })
-                    if matches!(source.object_store_error(), Some(object_store::Error::NotFound { .. })) => {}
+                    if matches!(source.object_store_error(), Some(object_store::Error::NotFound { .. })) =>
+                {
+                    // Resolved since the listing. If recovery aborted it, its
+                    // outcome (created before the manifest was deleted, so
+                    // maybe after the listing) is the fence for an upload
+                    // that may still land.
+                    if let Ok(Some(OutcomeRecord { outcome: Outcome::Aborted, output_path, .. })) = self.outcome(key).await {
+                        held.files.insert(output_path);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(manifest = %key, error = %e, "cannot read a recovery manifest now; its partitions wait");
                     held.unreadable.push(key.rsplit('/').next().unwrap_or(key).to_owned());
@@ -550,7 +559,10 @@ impl ManifestStore {
                     continue;
                 }
             };
-            let resolved = self.resolve(key, &manifest, &lease, leases.engine(), observers).await;
+            // The lease was granted, so the job's claim has ended: expired,
+            // with the late-write grace where its writes were in flight, or
+            // void because its engine is gone and nothing of it can land.
+            let resolved = self.resolve(key, &manifest, &lease, leases.engine(), None, observers).await;
             leases.release(lease).await;
             match resolved {
                 Ok(outcome) => {
@@ -580,7 +592,11 @@ impl ManifestStore {
     }
 
     /// Resolves the manifest at `key`, if there is one, under `lease` (the
-    /// lease its job held: the parent resolves a failed attempt).
+    /// lease its job held: the parent resolves a failed attempt, whose
+    /// process has just ended). On a store where a write can land after its
+    /// process is gone, a job without an outcome or a complete output is
+    /// aborted only after the store's late-write window: its upload may be
+    /// on its way.
     pub async fn recover_job(&self, key: &str, lease: &Lease, engine: &str) -> Result<RecoveryOutcome, RecoveryError> {
         let manifest = match self.read(key).await {
             Ok(manifest) => manifest,
@@ -595,15 +611,20 @@ impl ManifestStore {
             }
             Err(e) => return Err(e.into()),
         };
-        self.resolve(key, &manifest, lease, engine, &RecoveryObservers::default()).await
+        let late_writes = self.storage.late_write_window();
+        self.resolve(key, &manifest, lease, engine, late_writes, &RecoveryObservers::default()).await
     }
 
+    /// Decides and carries out the manifest's job's outcome. Without an
+    /// outcome, a missing or partial output means aborted — after waiting
+    /// `late_writes` first, when a write the job sent may still land.
     async fn resolve(
         &self,
         key: &str,
         manifest: &RecoveryManifest,
         lease: &Lease,
         engine: &str,
+        late_writes: Option<std::time::Duration>,
         observers: &RecoveryObservers<'_>,
     ) -> Result<RecoveryOutcome, RecoveryError> {
         if Utc::now() - manifest.created_at > STALE_AFTER {
@@ -613,7 +634,13 @@ impl ManifestStore {
         let decided = match self.outcome(key).await? {
             Some(record) => record.outcome,
             None => {
-                let proposal = if self.output_is_complete(manifest).await? { Outcome::Committed } else { Outcome::Aborted };
+                let mut complete = self.output_is_complete(manifest).await?;
+                if !complete && let Some(window) = late_writes {
+                    tracing::info!(manifest = %key, ?window, "the job died without a complete output; waiting for an upload it may have sent before deciding");
+                    tokio::time::sleep(window).await;
+                    complete = self.output_is_complete(manifest).await?;
+                }
+                let proposal = if complete { Outcome::Committed } else { Outcome::Aborted };
                 if !lease.is_valid() {
                     return Err(RecoveryError::LeaseLost);
                 }

@@ -16,8 +16,13 @@
 //! `flock` on `{tmp}/compactor-engines/{engine}.alive` for its whole life,
 //! and its job processes inherit it. Another engine that can open that file
 //! shares the host's kernel; if it can take the lock, the engine and all its
-//! jobs are gone and their claims are void at once. Where the file is not
-//! visible (another host or container), the TTL decides.
+//! processes are gone. Their claims are then void at once — unless a claim
+//! is marked as having writes in flight on a store where a write can land
+//! after its process died (S3: a request whose body arrived is completed).
+//! Such a claim is honoured until its expiry plus the store's late-write
+//! window, whoever sees the death: the process is gone, its requests are
+//! not. Where the file is not visible (another host or container), the TTL
+//! decides, with the same window.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +45,16 @@ pub struct LeaseSettings {
     pub safety_margin: Duration,
 }
 
+impl LeaseSettings {
+    /// How long after its holder's own deadline a write of a claim with
+    /// writes in flight may still land, on a store whose writes land within
+    /// `window` of being sent: the holder sends nothing after its deadline,
+    /// `expires_at - safety_margin` on its clock.
+    pub fn late_write_grace(&self, window: Duration) -> Duration {
+        window.saturating_sub(self.safety_margin)
+    }
+}
+
 impl Default for LeaseSettings {
     fn default() -> Self {
         Self { ttl: Duration::from_secs(60), max_clock_skew: Duration::from_secs(5), safety_margin: Duration::from_secs(15) }
@@ -59,10 +74,59 @@ struct Claim {
     partition: String,
     /// The holder's wall clock when it last sent this claim, plus the TTL.
     expires_at: DateTime<Utc>,
-    /// Released late: it holds its partition until it expires, even if its
-    /// engine dies (a request of its job may still land).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    settling: bool,
+    /// The claim's job may have a write in flight (it is about to write its
+    /// recovery manifest, or its upload's outcome is unknown): on a store
+    /// where writes land late, the claim holds its partition until it
+    /// expires, plus the late-write grace, even if its engine is seen dead.
+    /// Stored as `settling`, the name engines before this flag used for a
+    /// late release, which they honour the same way.
+    #[serde(default, rename = "settling", skip_serializing_if = "std::ops::Not::not")]
+    writes_in_flight: bool,
+    /// How long the holder's writes may land after they were sent (its
+    /// store's request timeout), in milliseconds; 0 where a write cannot
+    /// outlive its process. Recorded by the holder, because engines sharing
+    /// a lake may be configured with different timeouts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    late_write_window_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Claim {
+    /// Marks the claim as having writes in flight that may land up to
+    /// `window` after they were sent.
+    fn mark_writes_in_flight(&mut self, window: Option<Duration>) {
+        self.writes_in_flight = true;
+        let window_ms = window.map_or(0, |w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
+        self.late_write_window_ms = self.late_write_window_ms.max(window_ms);
+    }
+
+    /// Whether `observer` (at its wall clock `now`) must still honour this
+    /// claim.
+    fn honoured_by(&self, observer: &ClaimObserver, now: DateTime<Utc>) -> bool {
+        let skew = to_chrono(observer.settings.max_clock_skew);
+        if self.engine == observer.engine {
+            return self.expires_at + skew > now;
+        }
+        let window = Duration::from_millis(self.late_write_window_ms).max(observer.late_write_window.unwrap_or_default());
+        let may_land_late = self.writes_in_flight && !window.is_zero();
+        let grace = if may_land_late { to_chrono(observer.settings.late_write_grace(window)) } else { chrono::Duration::zero() };
+        self.expires_at + skew + grace > now && (may_land_late || !known_dead(&self.engine))
+    }
+}
+
+/// How one engine judges the claims in a lease object.
+struct ClaimObserver {
+    engine: String,
+    settings: LeaseSettings,
+    /// Its own store's late-write window ([`Storage::late_write_window`]).
+    late_write_window: Option<Duration>,
+}
+
+fn to_chrono(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -194,6 +258,62 @@ fn sweep_liveness_files() {
 /// Swaps tried before a busy lease object is reported as an error.
 const MAX_SWAP_ATTEMPTS: usize = 50;
 
+/// Reads the lease object at `key`, lets `change` edit its claims (`None`:
+/// nothing to write) and swaps the result in; retries when another writer
+/// came first. Returns `change`'s answer and the `CLOCK_BOOTTIME` instant
+/// just before the successful write was sent.
+async fn swap_claims<T>(
+    storage: &Storage,
+    key: &str,
+    mut change: impl FnMut(&mut Vec<Claim>, DateTime<Utc>) -> Option<T>,
+) -> Result<Option<(T, u64)>, StorageError> {
+    for attempt in 0..MAX_SWAP_ATTEMPTS {
+        let current = storage.read_versioned(key).await?;
+        let (mut object, version) = match current {
+            Some((bytes, version)) => {
+                // Fail safe: an object nobody can read may hold live
+                // claims, so nobody may claim through it.
+                let object = serde_json::from_slice::<LeaseObject>(&bytes).map_err(|e| {
+                    let source = format!("unreadable lease object ({e}); its day is not compacted until it is fixed or removed");
+                    storage.object_error("parse", key, object_store::Error::Generic { store: "lease", source: source.into() })
+                })?;
+                (object, Some(version))
+            }
+            None => (LeaseObject::default(), None),
+        };
+        let sent = boottime_nanos();
+        let Some(answer) = change(&mut object.claims, Utc::now()) else { return Ok(None) };
+        let body = serde_json::to_vec(&object).unwrap_or_default();
+        if storage.swap(key, version, body).await? {
+            return Ok(Some((answer, sent)));
+        }
+        // Another writer came first: back off a little, by attempt.
+        tokio::time::sleep(Duration::from_millis(2 + (attempt as u64 % 8) * 3)).await;
+    }
+    let busy = object_store::Error::Precondition { path: key.to_owned(), source: "too many concurrent writers".into() };
+    Err(storage.object_error("swap", key, busy))
+}
+
+/// Marks the claim `claim_id` on `partition_path` as having writes in
+/// flight, before the job sends its first write that others must see (its
+/// recovery manifest): from then on the claim is honoured until it expires
+/// even if its engine is seen dead, because a request the job sent may
+/// land after the job is gone. `Ok(false)` when the claim is gone (the
+/// lease was lost). Nothing to do, and no request, on stores where a write
+/// cannot outlive its process.
+pub async fn mark_writes_in_flight(storage: &Storage, partition_path: &str, claim_id: &str) -> Result<bool, StorageError> {
+    if storage.late_write_window().is_none() {
+        return Ok(true);
+    }
+    let scope = scope_of(partition_path);
+    let marked = swap_claims(storage, &scope.key, |claims, _| {
+        claims.iter_mut().find(|c| c.id == claim_id)?.mark_writes_in_flight(storage.late_write_window());
+        Some(())
+    })
+    .await?;
+    Ok(marked.is_some())
+}
+
 impl Leases {
     /// Leases of `engine` (an id unique to this process, see
     /// [`new_engine_id`]) on `storage`.
@@ -231,7 +351,8 @@ impl Leases {
                     part: scope.part.clone(),
                     partition: partition_path.to_owned(),
                     expires_at: now + ttl,
-                    settling: false,
+                    writes_in_flight: false,
+                    late_write_window_ms: 0,
                 });
                 Some(())
             })
@@ -251,13 +372,17 @@ impl Leases {
         self.extend(lease, false).await
     }
 
-    async fn extend(&self, lease: &Lease, settling: bool) -> Result<bool, StorageError> {
+    async fn extend(&self, lease: &Lease, writes_in_flight: bool) -> Result<bool, StorageError> {
         let ttl = self.settings.ttl;
         let written = self
             .modify(&lease.scope.key, |claims, now| {
                 let claim = claims.iter_mut().find(|c| c.id == lease.id)?;
                 claim.expires_at = now + ttl;
-                claim.settling = settling;
+                // Once marked (by the job, before its first shared write), a
+                // renewal never unmarks it.
+                if writes_in_flight {
+                    claim.mark_writes_in_flight(self.storage.late_write_window());
+                }
                 Some(())
             })
             .await?;
@@ -336,44 +461,23 @@ impl Leases {
         sent_boottime.saturating_add(valid.as_nanos() as u64)
     }
 
-    /// Reads the lease object at `key`, drops claims expired in this
-    /// engine's view, lets `change` edit the rest (`None`: nothing to write)
-    /// and swaps the result in; retries when another writer came first.
-    /// Returns `change`'s answer and the `CLOCK_BOOTTIME` instant just
-    /// before the successful write was sent.
+    /// Reads the lease object at `key`, drops the claims this engine need
+    /// not honour any more ([`Claim::honoured_by`]), lets `change` edit the
+    /// rest (`None`: nothing to write) and swaps the result in; retries when
+    /// another writer came first. Returns `change`'s answer and the
+    /// `CLOCK_BOOTTIME` instant just before the successful write was sent.
     async fn modify<T>(
         &self,
         key: &str,
         mut change: impl FnMut(&mut Vec<Claim>, DateTime<Utc>) -> Option<T>,
     ) -> Result<Option<(T, u64)>, StorageError> {
-        let skew = chrono::Duration::from_std(self.settings.max_clock_skew).unwrap_or_default();
-        for attempt in 0..MAX_SWAP_ATTEMPTS {
-            let current = self.storage.read_versioned(key).await?;
-            let (mut object, version) = match current {
-                Some((bytes, version)) => {
-                    // Fail safe: an object nobody can read may hold live
-                    // claims, so nobody may claim through it.
-                    let object = serde_json::from_slice::<LeaseObject>(&bytes).map_err(|e| {
-                        let source = format!("unreadable lease object ({e}); its day is not compacted until it is fixed or removed");
-                        self.storage.object_error("parse", key, object_store::Error::Generic { store: "lease", source: source.into() })
-                    })?;
-                    (object, Some(version))
-                }
-                None => (LeaseObject::default(), None),
-            };
-            let sent = boottime_nanos();
-            let now = Utc::now();
-            object.claims.retain(|c| c.expires_at + skew > now && (c.settling || c.engine == self.engine || !known_dead(&c.engine)));
-            let Some(answer) = change(&mut object.claims, now) else { return Ok(None) };
-            let body = serde_json::to_vec(&object).unwrap_or_default();
-            if self.storage.swap(key, version, body).await? {
-                return Ok(Some((answer, sent)));
-            }
-            // Another writer came first: back off a little, by attempt.
-            tokio::time::sleep(Duration::from_millis(2 + (attempt as u64 % 8) * 3)).await;
-        }
-        let busy = object_store::Error::Precondition { path: key.to_owned(), source: "too many concurrent writers".into() };
-        Err(self.storage.object_error("swap", key, busy))
+        let observer =
+            ClaimObserver { engine: self.engine.clone(), settings: self.settings, late_write_window: self.storage.late_write_window() };
+        swap_claims(&self.storage, key, |claims, now| {
+            claims.retain(|c| c.honoured_by(&observer, now));
+            change(claims, now)
+        })
+        .await
     }
 
     /// Checks what the lease protocol relies on: create-only writes, and this
@@ -545,24 +649,68 @@ mod tests {
         assert!(!known_dead("an-engine-on-another-host"), "an engine this host cannot see is judged by the TTL");
     }
 
-    #[tokio::test]
-    async fn a_late_release_holds_even_after_its_engine_dies() {
-        let storage = Storage::in_memory();
+    /// Claims of an engine that then dies on this host, as the kernel leaves
+    /// them: its lock released, its liveness file in place.
+    async fn claims_of_a_dead_engine(storage: &Storage, settings: LeaseSettings, mark: impl AsyncFnOnce(&Leases, Lease)) {
         let engine = new_engine_id();
-        let settings = LeaseSettings {
-            ttl: Duration::from_millis(300),
-            max_clock_skew: Duration::from_millis(30),
-            safety_margin: Duration::from_millis(75),
-        };
         let dying = Leases::new(storage.clone(), engine.clone(), settings);
         let held = dying.try_acquire("db/cpu/2026/04/11/10").await.unwrap().unwrap();
-        dying.release_late(held).await;
+        mark(&dying, held).await;
         drop(dying);
         std::fs::write(liveness_dir().join(format!("{engine}.alive")), "").unwrap();
-        let other = leases(&storage, "b", 300);
+    }
+
+    const SHORT: LeaseSettings = LeaseSettings {
+        ttl: Duration::from_millis(300),
+        max_clock_skew: Duration::from_millis(30),
+        safety_margin: Duration::from_millis(75),
+    };
+
+    #[tokio::test]
+    async fn a_late_release_holds_even_after_its_engine_dies() {
+        // A store whose writes land up to 200 ms late: 125 ms past the
+        // holder's deadline, so the claim holds for ttl + skew + 125 ms.
+        let storage = Storage::in_memory().with_late_writes(Duration::from_millis(200));
+        claims_of_a_dead_engine(&storage, SHORT, async |leases, held| leases.release_late(held).await).await;
+        let other = Leases::new(storage.clone(), new_engine_id(), SHORT);
         assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "the job's request may still land");
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(380)).await;
+        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "past ttl + skew, within the late-write grace");
+        tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_claim_with_writes_in_flight_outlives_its_dead_engine_only_where_writes_land_late() {
+        let mark = async |leases: &Leases, held: Lease| {
+            assert!(mark_writes_in_flight(&leases.storage, held.partition(), held.id()).await.unwrap());
+            // A renewal afterwards keeps the mark.
+            assert!(leases.renew(&held).await.unwrap());
+        };
+        let remote = Storage::in_memory().with_late_writes(Duration::from_millis(100));
+        claims_of_a_dead_engine(&remote, SHORT, mark).await;
+        let other = Leases::new(remote.clone(), new_engine_id(), SHORT);
+        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "its upload may still land");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some(), "expired: ttl + skew + 25 ms");
+
+        let unmarked = Storage::in_memory().with_late_writes(Duration::from_millis(100));
+        claims_of_a_dead_engine(&unmarked, SHORT, async |_, _| {}).await;
+        let other = Leases::new(unmarked.clone(), new_engine_id(), SHORT);
+        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some(), "nothing in flight: void at once");
+
+        // On local disk a write ends with its process: the shortcut holds.
+        let dir = tempfile::tempdir().unwrap();
+        let local = Storage::local(dir.path()).unwrap();
+        claims_of_a_dead_engine(&local, SHORT, mark).await;
+        let other = Leases::new(local.clone(), new_engine_id(), SHORT);
+        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some(), "local: void at once");
+    }
+
+    #[tokio::test]
+    async fn marking_a_lost_claim_says_so() {
+        let storage = Storage::in_memory().with_late_writes(Duration::from_millis(100));
+        assert!(!mark_writes_in_flight(&storage, "db/cpu/2026/04/11/10", "no-such-claim").await.unwrap());
     }
 
     #[tokio::test]

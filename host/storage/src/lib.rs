@@ -95,6 +95,19 @@ pub struct Storage {
     child_env: Vec<(String, String)>,
     /// Multipart uploads with known ids, where the store has them (S3).
     uploads: Option<TrackedUploads>,
+    /// How long a write may still land after its process is gone; see
+    /// [`Storage::late_write_window`].
+    late_writes: Option<std::time::Duration>,
+}
+
+/// object_store's default request timeout, used when `[storage.options]`
+/// sets none.
+const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The request timeout `options` give a remote store (`timeout`, a humantime
+/// string), or object_store's default.
+fn request_timeout(options: &BTreeMap<String, String>) -> std::time::Duration {
+    options.get("timeout").and_then(|t| humantime::parse_duration(t).ok()).unwrap_or(DEFAULT_REQUEST_TIMEOUT)
 }
 
 impl StorageError {
@@ -148,6 +161,7 @@ impl Storage {
             descriptor: None,
             child_env: Vec::new(),
             uploads: None,
+            late_writes: Some(request_timeout(options)),
         })
     }
 
@@ -167,6 +181,7 @@ impl Storage {
             descriptor: Some(descriptor),
             child_env: Vec::new(),
             uploads: None,
+            late_writes: None,
         })
     }
 
@@ -201,12 +216,29 @@ impl Storage {
 
     /// A fresh, empty in-memory store (for tests and benchmarks).
     pub fn in_memory() -> Self {
-        Self { store: Arc::new(InMemory::new()), description: "memory://".into(), descriptor: None, child_env: Vec::new(), uploads: None }
+        Self::from_store(Arc::new(InMemory::new()), "memory://")
     }
 
     /// Wraps any `object_store` implementation.
     pub fn from_store(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
-        Self { store, description: description.into(), descriptor: None, child_env: Vec::new(), uploads: None }
+        Self { store, description: description.into(), descriptor: None, child_env: Vec::new(), uploads: None, late_writes: None }
+    }
+
+    /// The same store, taken to let a write land up to `window` after its
+    /// process is gone (for tests of what a remote store does with an
+    /// in-memory one).
+    pub fn with_late_writes(self, window: std::time::Duration) -> Self {
+        Self { late_writes: Some(window), ..self }
+    }
+
+    /// How long after it was sent a write may still land in the store when
+    /// the process that sent it is gone: a remote store completes a request
+    /// whose body it received, within the request timeout as far as the
+    /// ownership model assumes. `None` where a write cannot outlive its
+    /// process: on local disk a write is a system call, over once the
+    /// process is (and then visible to every process of the host).
+    pub fn late_write_window(&self) -> Option<std::time::Duration> {
+        self.late_writes
     }
 
     /// The same store, counting every request it makes from now on.

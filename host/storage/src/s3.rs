@@ -112,6 +112,7 @@ pub(super) fn open(url: &url::Url, options: &BTreeMap<String, String>) -> anyhow
         descriptor: Some(descriptor(&config)),
         child_env,
         uploads: Some(TrackedUploads::new(store, &prefix)),
+        late_writes: Some(super::request_timeout(options)),
     })
 }
 
@@ -138,6 +139,7 @@ pub(super) fn from_descriptor(config_json: &str) -> anyhow::Result<Storage> {
         descriptor: Some(descriptor(&config)),
         child_env: Vec::new(),
         uploads: Some(TrackedUploads::new(store, &config.prefix)),
+        late_writes: Some(super::request_timeout(&config.options)),
     })
 }
 
