@@ -403,7 +403,7 @@ impl Manager {
             crate::temp::check_outside_lake(&config.resolve_path(&config.compaction.temp_directory), &lake).map_err(anyhow::Error::msg)?;
         }
         let plugins = crate::plugin_runtime(config.plugin_cache_dir())?;
-        let tiers = PlannedTier::load_all(&config, &plugins)?;
+        let tiers = crate::planner::load_tiers(&config, &plugins)?;
         for tier in tiers.iter().filter(|t| t.enabled) {
             if let Err(e) = &tier.policy {
                 tracing::error!(tier = %tier.key(), "{e}; the tier does nothing until its plugin loads (fix it, then SIGHUP or reload)");
@@ -480,7 +480,7 @@ impl Manager {
     /// fails to load or configure, nothing is swapped and the error names it.
     pub fn reload_plugins(&self) -> Result<Vec<String>, String> {
         let checked = (|| {
-            let reloaded = PlannedTier::load_all(&self.config, &self.plugins).map_err(|e| e.to_string())?;
+            let reloaded = crate::planner::load_tiers(&self.config, &self.plugins).map_err(|e| e.to_string())?;
             for tier in reloaded.iter().filter(|t| t.enabled) {
                 let policy = tier.policy.as_ref().map_err(|e| format!("tier {}: {e}", tier.key()))?;
                 policy.instantiate(&tier.config_json, tier.limits).map_err(|e| format!("tier {}: {e}", tier.key()))?;
@@ -666,7 +666,6 @@ impl Manager {
             now: if options.force { now + chrono::Duration::days(FORCE_HORIZON_DAYS) } else { now },
             database: options.database.clone(),
             databases: group.databases.clone(),
-            tiers: Vec::new(),
             max_files_per_batch: self.config.compaction.max_files_per_batch,
             multipart_threshold: self.config.compaction.multipart_threshold_bytes(),
             explain: options.explain,
@@ -961,9 +960,10 @@ impl Manager {
             }
         };
         if unknown_outcome {
-            // Keep the partition for one more lease TTL, so that the request
-            // whose outcome is unknown has landed or failed before anyone
-            // (this engine included) recovers it.
+            // Keep the partition for one more lease TTL and the store's
+            // late-write window, so that the request whose outcome is unknown
+            // has landed or failed before anyone (this engine included)
+            // recovers it.
             self.leases.release_late(lease).await;
         } else {
             self.leases.release(lease).await;
@@ -1107,7 +1107,13 @@ impl Manager {
                             unknown_outcome.store(true, Ordering::SeqCst);
                             failure.permanent = true;
                         }
-                        FailureKind::LeaseLost => failure.permanent = true,
+                        FailureKind::LeaseLost => {
+                            // It may have sent writes before its deadline that
+                            // have not landed yet: the claim stays, marked,
+                            // until they have.
+                            unknown_outcome.store(true, Ordering::SeqCst);
+                            failure.permanent = true;
+                        }
                         _ if !lease.is_valid() => {
                             failure.message = format!("{}; the partition's lease was lost, so recovery resolves the job", failure.message);
                             failure.permanent = true;

@@ -38,7 +38,7 @@ use crate::manifest::{ManifestOwner, ManifestStore, Outcome, RecoveryManifest, u
 use crate::seams::Seams;
 use crate::sql::{self, compaction_statements, file_list, is_valid_identifier, order_by};
 use crate::{FailureKind, JobConfig, JobResult, output_name};
-use compactor_storage::lease::{deadline_file_is_valid, mark_writes_in_flight};
+use compactor_storage::lease::{before_deadline, deadline_file_is_valid, mark_writes_in_flight};
 use compactor_storage::{Storage, TrackedUploads};
 
 /// Outputs up to this size are uploaded in one request.
@@ -388,13 +388,37 @@ impl Job<'_> {
                 return Err(LeaseLost { step: "the manifest" }.into());
             }
         }
-        let key = self.runtime.block_on(ManifestStore::new(self.storage.clone()).write(&manifest)).context("failed to write manifest")?;
+        let written = self.before_deadline(ManifestStore::new(self.storage.clone()).write(&manifest));
+        let key = written.ok_or(LeaseLost { step: "the manifest was written" })?.context("failed to write manifest")?;
         self.timer.step("manifest");
         self.seams.at("after-manifest");
         // After the write, not before: passing here means the manifest was in
         // the store while the lease was valid, so any later owner sees it.
         self.check_lease("the upload")?;
         Ok(key)
+    }
+
+    /// Runs one of the job's writes that others must see, but never past
+    /// the lease's deadline ([`before_deadline`]): everything the job sends
+    /// is then sent before its deadline and lands within the store's
+    /// request timeout of it, the window other engines honour its claim
+    /// for. `None` when cut there.
+    fn before_deadline<T>(&self, write: impl std::future::Future<Output = T>) -> Option<T> {
+        self.runtime.block_on(self.within_lease(write))
+    }
+
+    /// [`Job::before_deadline`], inside the job's async steps.
+    async fn within_lease<T>(&self, write: impl std::future::Future<Output = T>) -> Option<T> {
+        match &self.config.lease {
+            Some(lease) => before_deadline(Path::new(&lease.deadline_file), write).await,
+            None => Some(write.await),
+        }
+    }
+
+    /// [`Job::within_lease`] for a step of the upload: cut at the deadline,
+    /// it fails as a lost lease (and the upload's outcome is unknown).
+    async fn upload_step<T>(&self, step: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+        self.within_lease(step).await.unwrap_or_else(|| Err(LeaseLost { step: "the upload's next request" }.into()))
     }
 
     /// Fails with [`LeaseLost`] when the parent's lease on the partition is
@@ -418,8 +442,8 @@ impl Job<'_> {
         let manifests = ManifestStore::new(self.storage.clone());
         let engine = self.config.lease.as_ref().map_or("job", |l| l.engine.as_str());
         let decided = self
-            .runtime
-            .block_on(manifests.decide(manifest_key, &output.key, Outcome::Committed, engine))
+            .before_deadline(manifests.decide(manifest_key, &output.key, Outcome::Committed, engine))
+            .ok_or(LeaseLost { step: "the commit was decided (its outcome is unknown)" })?
             .map_err(|e| anyhow::Error::new(e).context(UnknownOutcome { what: "the commit" }))?;
         self.timer.step("commit");
         match decided.outcome {
@@ -632,10 +656,9 @@ impl Job<'_> {
         }
         if size <= threshold {
             let bytes = tokio::fs::read(local).await?;
-            store
-                .put_opts(&location, bytes.into(), PutOptions::from(PutMode::Create))
-                .await
-                .with_context(|| format!("cannot create {key}"))?;
+            let put =
+                async { store.put_opts(&location, bytes.into(), PutOptions::from(PutMode::Create)).await.map_err(anyhow::Error::from) };
+            self.upload_step(put).await.with_context(|| format!("cannot create {key}"))?;
             return Ok(());
         }
         // Multipart uploads cannot be conditional: refuse an existing object
@@ -648,25 +671,27 @@ impl Job<'_> {
         if let Some(uploads) = self.storage.tracked_uploads() {
             return self.upload_tracked(uploads, local, key, manifest_key).await;
         }
-        let upload = store.put_multipart(&location).await?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, threshold as usize);
-        let mut file = tokio::fs::File::open(local).await?;
-        let mut buffer = vec![0u8; (threshold as usize).min(8 << 20)];
-        let mut sent = 0u64;
-        loop {
-            let n = file.read(&mut buffer).await?;
-            if n == 0 {
-                break;
+        let untracked = async {
+            let upload = store.put_multipart(&location).await?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, threshold as usize);
+            let mut file = tokio::fs::File::open(local).await?;
+            let mut buffer = vec![0u8; (threshold as usize).min(8 << 20)];
+            let mut sent = 0u64;
+            loop {
+                let n = file.read(&mut buffer).await?;
+                if n == 0 {
+                    break;
+                }
+                writer.wait_for_capacity(2).await?;
+                writer.write(&buffer[..n]);
+                sent += n as u64;
+                if sent >= threshold {
+                    self.seams.at("mid-upload");
+                }
             }
-            writer.wait_for_capacity(2).await?;
-            writer.write(&buffer[..n]);
-            sent += n as u64;
-            if sent >= threshold {
-                self.seams.at("mid-upload");
-            }
-        }
-        writer.finish().await.with_context(|| format!("cannot complete the upload of {key}"))?;
-        Ok(())
+            writer.finish().await.with_context(|| format!("cannot complete the upload of {key}"))
+        };
+        self.upload_step(untracked).await.map(drop)
     }
 
     /// Whether the output goes up as a multipart upload whose id is recorded.
@@ -683,9 +708,12 @@ impl Job<'_> {
     /// lease is checked again before the upload is completed (the moment the
     /// output appears).
     async fn upload_tracked(&self, uploads: &TrackedUploads, local: &Path, key: &str, manifest_key: &str) -> anyhow::Result<()> {
-        let id = uploads.create(key).await.with_context(|| format!("cannot start the upload of {key}"))?;
+        let create = async { uploads.create(key).await.map_err(anyhow::Error::from) };
+        let id = self.upload_step(create).await.with_context(|| format!("cannot start the upload of {key}"))?;
         self.seams.at("upload-started");
-        let parts = match self.send_parts(uploads, local, key, manifest_key, &id).await {
+        // The parts and the completion are cut at the lease's deadline; the
+        // abort below is not (it only removes what the job staged).
+        let parts = match self.upload_step(self.send_parts(uploads, local, key, manifest_key, &id)).await {
             Ok(parts) => parts,
             Err(e) => {
                 // Nothing made the object appear: free the parts now rather
@@ -699,7 +727,8 @@ impl Job<'_> {
                 return Err(e);
             }
         };
-        uploads.complete(key, &id, parts).await.with_context(|| format!("cannot complete the upload of {key}"))
+        let complete = async { uploads.complete(key, &id, parts).await.map_err(anyhow::Error::from) };
+        self.upload_step(complete).await.with_context(|| format!("cannot complete the upload of {key}"))
     }
 
     /// Records the upload's id beside the manifest, then sends the parts

@@ -45,16 +45,6 @@ pub struct LeaseSettings {
     pub safety_margin: Duration,
 }
 
-impl LeaseSettings {
-    /// How long after its holder's own deadline a write of a claim with
-    /// writes in flight may still land, on a store whose writes land within
-    /// `window` of being sent: the holder sends nothing after its deadline,
-    /// `expires_at - safety_margin` on its clock.
-    pub fn late_write_grace(&self, window: Duration) -> Duration {
-        window.saturating_sub(self.safety_margin)
-    }
-}
-
 impl Default for LeaseSettings {
     fn default() -> Self {
         Self { ttl: Duration::from_secs(60), max_clock_skew: Duration::from_secs(5), safety_margin: Duration::from_secs(15) }
@@ -104,18 +94,31 @@ impl Claim {
     }
 
     /// Whether `observer` (at its wall clock `now`) must still honour this
-    /// claim.
+    /// claim. A claim with writes in flight is honoured until `expires_at +
+    /// max_clock_skew + window`, whoever sees its engine dead: its holder
+    /// sends nothing after its own deadline (before `expires_at` on its
+    /// clock; [`before_deadline`] cuts a write there, retries included), and
+    /// what it sent lands within the window — the larger of the holder's
+    /// recorded one and the observer's own, capped at
+    /// [`MAX_LATE_WRITE_WINDOW`]. A time past the calendar's end holds the
+    /// claim (fail safe).
     fn honoured_by(&self, observer: &ClaimObserver, now: DateTime<Utc>) -> bool {
         let skew = to_chrono(observer.settings.max_clock_skew);
+        let until = |extra: chrono::Duration| self.expires_at.checked_add_signed(skew).and_then(|t| t.checked_add_signed(extra));
         if self.engine == observer.engine {
-            return self.expires_at + skew > now;
+            return until(chrono::Duration::zero()).is_none_or(|t| t > now);
         }
-        let window = Duration::from_millis(self.late_write_window_ms).max(observer.late_write_window.unwrap_or_default());
+        let window =
+            Duration::from_millis(self.late_write_window_ms).max(observer.late_write_window.unwrap_or_default()).min(MAX_LATE_WRITE_WINDOW);
         let may_land_late = self.writes_in_flight && !window.is_zero();
-        let grace = if may_land_late { to_chrono(observer.settings.late_write_grace(window)) } else { chrono::Duration::zero() };
-        self.expires_at + skew + grace > now && (may_land_late || !known_dead(&self.engine))
+        let grace = if may_land_late { to_chrono(window) } else { chrono::Duration::zero() };
+        until(grace).is_none_or(|t| t > now) && (may_land_late || !known_dead(&self.engine))
     }
 }
+
+/// The longest late-write window a claim is honoured for, whatever its
+/// holder recorded (a hand-edited lease object, an absurd `timeout`).
+pub const MAX_LATE_WRITE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// How one engine judges the claims in a lease object.
 struct ClaimObserver {
@@ -126,7 +129,7 @@ struct ClaimObserver {
 }
 
 fn to_chrono(duration: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std(duration.min(MAX_LATE_WRITE_WINDOW)).unwrap_or(chrono::Duration::zero())
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -556,7 +559,29 @@ fn write_deadline(file: &Path, deadline: u64) {
 /// Whether the lease whose deadline `file` holds is still valid; a missing
 /// or unreadable file is a lost lease.
 pub fn deadline_file_is_valid(file: &Path) -> bool {
-    std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse::<u64>().ok()).is_some_and(|deadline| boottime_nanos() < deadline)
+    read_deadline(file).is_some_and(|deadline| boottime_nanos() < deadline)
+}
+
+fn read_deadline(file: &Path) -> Option<u64> {
+    std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse::<u64>().ok())
+}
+
+/// Runs `write` — a write of the job that others must see — until it ends
+/// or the lease whose deadline `file` holds ends (renewals extend it). Cut
+/// at the deadline, it sends nothing more: object_store retries a failed
+/// request for minutes, and a retry sent after the deadline could land
+/// after another engine had judged the job. `None` when cut (what it sent
+/// before may still land, within the store's request timeout).
+pub async fn before_deadline<T>(file: &Path, write: impl Future<Output = T>) -> Option<T> {
+    let mut write = std::pin::pin!(write);
+    loop {
+        let remaining = read_deadline(file)?.checked_sub(boottime_nanos()).filter(|n| *n > 0)?;
+        tokio::select! {
+            done = &mut write => return Some(done),
+            // Then read the deadline again: a renewal may have moved it.
+            () = tokio::time::sleep(Duration::from_nanos(remaining)) => {}
+        }
+    }
 }
 
 /// A new engine id: host, process id and start time, so that two engines
@@ -668,14 +693,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_late_release_holds_even_after_its_engine_dies() {
-        // A store whose writes land up to 200 ms late: 125 ms past the
-        // holder's deadline, so the claim holds for ttl + skew + 125 ms.
-        let storage = Storage::in_memory().with_late_writes(Duration::from_millis(200));
+        // A store whose writes land up to 150 ms late: the claim holds for
+        // ttl + skew + 150 ms = 480 ms.
+        let storage = Storage::in_memory().with_late_writes(Duration::from_millis(150));
         claims_of_a_dead_engine(&storage, SHORT, async |leases, held| leases.release_late(held).await).await;
         let other = Leases::new(storage.clone(), new_engine_id(), SHORT);
         assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "the job's request may still land");
         tokio::time::sleep(Duration::from_millis(380)).await;
-        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "past ttl + skew, within the late-write grace");
+        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "past ttl + skew, within the late-write window");
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some());
     }
@@ -691,8 +716,8 @@ mod tests {
         claims_of_a_dead_engine(&remote, SHORT, mark).await;
         let other = Leases::new(remote.clone(), new_engine_id(), SHORT);
         assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "its upload may still land");
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some(), "expired: ttl + skew + 25 ms");
+        tokio::time::sleep(Duration::from_millis(480)).await;
+        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some(), "expired: ttl + skew + 100 ms");
 
         let unmarked = Storage::in_memory().with_late_writes(Duration::from_millis(100));
         claims_of_a_dead_engine(&unmarked, SHORT, async |_, _| {}).await;
@@ -705,6 +730,75 @@ mod tests {
         claims_of_a_dead_engine(&local, SHORT, mark).await;
         let other = Leases::new(local.clone(), new_engine_id(), SHORT);
         assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some(), "local: void at once");
+    }
+
+    #[tokio::test]
+    async fn a_write_is_cut_at_the_deadline_unless_renewed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("deadline");
+        write_deadline(&file, boottime_nanos() + 50_000_000);
+        let slow = tokio::time::sleep(Duration::from_millis(300));
+        assert!(before_deadline(&file, slow).await.is_none(), "cut at the deadline: no retry goes out after it");
+        write_deadline(&file, boottime_nanos() + 50_000_000);
+        let renewer = {
+            let file = file.clone();
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                    write_deadline(&file, boottime_nanos() + 50_000_000);
+                }
+            })
+        };
+        assert_eq!(
+            before_deadline(&file, async {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                7
+            })
+            .await,
+            Some(7)
+        );
+        renewer.await.unwrap();
+        assert!(before_deadline(&dir.path().join("missing"), async {}).await.is_none(), "no deadline: a lost lease");
+    }
+
+    #[tokio::test]
+    async fn an_absurd_late_write_window_blocks_only_its_claim() {
+        let storage = Storage::in_memory().with_late_writes(Duration::from_millis(100));
+        let key = "_compaction_state/leases/db/cpu/2026/04/11.lease";
+        let claim = |expires_at: &str| {
+            format!(
+                r#"{{"claims":[{{"id":"x","engine":"gone","part":"10","partition":"db/cpu/2026/04/11/10","expires_at":"{expires_at}","settling":true,"late_write_window_ms":18446744073709551615}}]}}"#
+            )
+        };
+        storage.write(key, claim("2020-01-01T00:00:00Z")).await.unwrap();
+        let other = Leases::new(storage.clone(), new_engine_id(), SHORT);
+        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some(), "capped at a day: long expired");
+        storage.write(key, claim("9999-12-31T23:59:59Z")).await.unwrap();
+        assert!(other.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "held");
+        assert!(other.try_acquire("db/cpu/2026/04/11/11").await.unwrap().is_some(), "the other hours are free");
+        // At the calendar's end, the sum overflows: held, no panic.
+        let mut last: LeaseObject = serde_json::from_str(&claim("2020-01-01T00:00:00Z")).unwrap();
+        last.claims[0].expires_at = DateTime::<Utc>::MAX_UTC;
+        let observer = ClaimObserver { engine: "me".into(), settings: SHORT, late_write_window: None };
+        assert!(last.claims[0].honoured_by(&observer, Utc::now()));
+    }
+
+    #[tokio::test]
+    async fn engines_with_other_settings_honour_the_holders_window() {
+        // Found by the adversarial pass: an observer whose own safety margin
+        // exceeded the holder's window computed no grace at all.
+        let remote = Storage::in_memory().with_late_writes(Duration::from_millis(200));
+        claims_of_a_dead_engine(&remote, SHORT, async |leases: &Leases, held: Lease| {
+            assert!(mark_writes_in_flight(&leases.storage, held.partition(), held.id()).await.unwrap());
+        })
+        .await;
+        let patient = LeaseSettings { safety_margin: Duration::from_secs(15), ..SHORT };
+        let shared = Storage::from_store(remote.object_store().clone(), "shared").with_late_writes(Duration::from_millis(10));
+        let observer = Leases::new(shared, new_engine_id(), patient);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(observer.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_none(), "ttl + skew passed, the holder's 200 ms not");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(observer.try_acquire("db/cpu/2026/04/11/10").await.unwrap().is_some());
     }
 
     #[tokio::test]
