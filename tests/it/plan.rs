@@ -39,8 +39,8 @@ async fn batches_come_in_tier_database_measurement_partition_order() {
     assert!(plan.problems.is_empty());
     assert_eq!(plan.tiers[1].partitions_seen, 3, "daily saw every day, hourly's outputs included");
     // Daily alone plans over the raw files: 20 in db1/cpu's day, sorted by key.
-    let options = PlanOptions { tiers: vec!["daily".into()], ..plan_options("2026-04-13T00:00:00Z") };
-    let daily_only = planner::plan(&storage, &arc_tiers(), &options).await.unwrap();
+    let daily_tier: Vec<_> = arc_tiers().into_iter().filter(|t| t.name == "daily").collect();
+    let daily_only = planner::plan(&storage, &daily_tier, &plan_options("2026-04-13T00:00:00Z")).await.unwrap();
     let daily = &daily_only.batches.iter().find(|b| b.candidate.partition_path == "db1/cpu/2026/04/11").unwrap().candidate;
     assert_eq!((daily.file_count, daily.batch_number, daily.total_batches), (20, 1, 1));
     assert!(daily.files.windows(2).all(|w| w[0] < w[1]), "files sorted by key");
@@ -155,7 +155,6 @@ async fn pseudo_databases_plan_like_plain_ones() {
         now: at("2026-08-20T00:00:00Z"),
         database: Some("rocket-01/factory".into()),
         databases: None,
-        tiers: vec![],
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
         explain: false,
@@ -177,23 +176,23 @@ async fn tier_and_database_filters_and_disabled_tiers() {
     keys.extend(hour("db2/cpu", "10", 12));
     let storage = store_with(&keys).await;
     let mut tiers = arc_tiers();
-    let options = |tiers: &[&str], database: Option<&str>| PlanOptions {
+    let options = |database: Option<&str>| PlanOptions {
         now: at("2026-04-13T00:00:00Z"),
         database: database.map(str::to_owned),
         databases: None,
-        tiers: tiers.iter().map(|t| (*t).to_owned()).collect(),
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
         explain: false,
         stop: Default::default(),
     };
-    let only_daily = planner::plan(&storage, &tiers, &options(&["daily"], None)).await.unwrap();
+    let daily_tier: Vec<_> = tiers.iter().filter(|t| t.name == "daily").cloned().collect();
+    let only_daily = planner::plan(&storage, &daily_tier, &options(None)).await.unwrap();
     assert!(only_daily.batches.iter().all(|b| b.candidate.tier == "daily") && only_daily.batches.len() == 2);
-    let only_db2 = planner::plan(&storage, &tiers, &options(&[], Some("db2"))).await.unwrap();
+    let only_db2 = planner::plan(&storage, &tiers, &options(Some("db2"))).await.unwrap();
     // Hourly's one output is all daily would see in db2's day: one batch.
     assert!(only_db2.batches.iter().all(|b| b.candidate.database == "db2") && only_db2.batches.len() == 1);
     tiers[0].enabled = false;
-    let without_hourly = planner::plan(&storage, &tiers, &options(&[], None)).await.unwrap();
+    let without_hourly = planner::plan(&storage, &tiers, &options(None)).await.unwrap();
     assert!(without_hourly.batches.iter().all(|b| b.candidate.tier == "daily"));
     assert_eq!(without_hourly.tiers.len(), 1);
 }
@@ -369,5 +368,35 @@ async fn a_policy_that_misbehaves_when_asked_why_plans_as_if_not_asked() {
         let reason = &explained.partitions[0].reason;
         assert!(reason.starts_with("selects 4 of 4 files"), "{mode}: {reason}");
         assert!(reason.len() < 700 && !reason.contains('\u{1b}') && !reason.contains('\n'), "{mode}: cut and sanitised: {reason:?}");
+    }
+}
+
+/// One rule, one place: for partitions of 2 to 130 files (31 and 61
+/// included, where the simulator once cut differently), the simulator runs
+/// exactly the batches `plan` shows for the same lake and clock.
+#[tokio::test]
+async fn the_simulator_runs_the_batches_the_engine_plans() {
+    let runtime = compactor_policy_testkit::runtime().unwrap();
+    let now = "2026-04-13T00:00:00Z";
+    let config = r#"{"min_files": 2}"#;
+    let sim_tier = compactor_policy_testkit::simulate::SimTier {
+        name: "hourly".into(),
+        plugin: "builtin:hourly".into(),
+        config_json: config.into(),
+        schedule: "0 5 * * * *".parse().unwrap(),
+    };
+    for files in 2..=130 {
+        let keys = hour("db/cpu", "10", files);
+        let storage = store_with(&keys).await;
+        let engine: Vec<_> = plan(&storage, &[tier("hourly", "builtin:hourly", config, PluginLimits::default())], now)
+            .await
+            .batches
+            .into_iter()
+            .map(|b| b.candidate)
+            .collect();
+        let listed = storage.list("").await.unwrap();
+        let simulated = compactor_policy_testkit::simulate::plan_batches(&runtime, &sim_tier, &listed, at(now), 30).unwrap();
+        assert_eq!(engine, simulated, "{files} files");
+        assert!(!engine.is_empty(), "{files} files are planned");
     }
 }

@@ -190,7 +190,6 @@ fn a_stop_request_ends_planning_before_the_next_partition() {
         now: crate::util::at("2026-04-13T00:00:00Z"),
         database: None,
         databases: None,
-        tiers: Vec::new(),
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
         explain: false,

@@ -100,7 +100,6 @@ pub(crate) fn plan_options(now: &str) -> compactor_engine::planner::PlanOptions 
         now: at(now),
         database: None,
         databases: None,
-        tiers: Vec::new(),
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
         explain: false,

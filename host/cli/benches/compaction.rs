@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use chrono::DateTime;
 use compactor_engine::config::Config;
 use compactor_engine::manager::{CycleOptions, Manager};
-use compactor_engine::planner::PlannedTier;
 use compactor_job::parent::ChildCommand;
 use compactor_job::sql::{DEFAULT_ROW_GROUP_SIZE, TIME_NORMALISATION, file_list, order_by, write_options};
 use compactor_runtime::{ArtifactCache, PluginRuntime};
@@ -336,7 +335,7 @@ fn manager(work: &Path, storage: Storage, temp: &str, shape: Shape) -> anyhow::R
     let config = config(work, work, temp, shape)?;
     let plugins = PluginRuntime::new(ArtifactCache::new(std::env::temp_dir().join("compactor-bench-artifacts")))?
         .with_builtins(compactor_builtin::BUILTINS);
-    let tiers = PlannedTier::load_all(&config, &plugins)?;
+    let tiers = compactor_engine::planner::load_tiers(&config, &plugins)?;
     let child = ChildCommand { program: env!("CARGO_BIN_EXE_compactor").into(), env: Vec::new(), timeout: None };
     Ok(Manager::new(config, storage, tiers, plugins, child))
 }

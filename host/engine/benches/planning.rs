@@ -41,7 +41,6 @@ fn main() -> anyhow::Result<()> {
         now,
         database: None,
         databases: None,
-        tiers: Vec::new(),
         max_files_per_batch: 30,
         multipart_threshold: 64 << 20,
         explain: false,

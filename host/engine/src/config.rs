@@ -694,14 +694,7 @@ impl Config {
     }
 }
 
-/// How reports, health, metrics and `--tier` name a tier: `tier`, or
-/// `tenant/tier` for a tenant's.
-pub fn tier_key(tenant: Option<&str>, tier: &str) -> String {
-    match tenant {
-        Some(tenant) => format!("{tenant}/{tier}"),
-        None => tier.to_owned(),
-    }
-}
+pub use compactor_planning::tier_key;
 
 /// Tier and tenant names become part of keys, logs and metrics.
 fn check_name(name: &str, key: &str) -> Result<(), ConfigError> {

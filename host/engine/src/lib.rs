@@ -29,7 +29,4 @@ pub fn plugin_runtime(cache_dir: std::path::PathBuf) -> Result<PluginRuntime, Pl
     Ok(PluginRuntime::new(ArtifactCache::new(cache_dir))?.with_builtins(compactor_builtin::BUILTINS))
 }
 
-/// The message of a caught panic.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default()
-}
+pub(crate) use compactor_planning::panic_message;

@@ -16,13 +16,10 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, parse_schedule};
-use crate::planner::{PartitionPolicy, PlannedTier};
-use compactor_job::manifest::HeldFiles;
-use compactor_model::{FileMeta, Partition, PartitionLevel, group_into_partitions};
-use compactor_runtime::sanitize;
-
-/// The probes of the coarse search, in minutes after now: up to a week.
-const PROBE_MINUTES: [i64; 15] = [0, 1, 5, 15, 30, 60, 120, 240, 480, 720, 1440, 2160, 2880, 4320, 10080];
+use crate::planner::PlannedTier;
+use compactor_model::HeldFiles;
+use compactor_model::{FileMeta, PartitionLevel, group_into_partitions};
+use compactor_planning::probe::{Verdict, earliest, not_selected_reason};
 
 /// At most this many partitions are described per request (the newest).
 pub const MAX_PARTITIONS: usize = 1000;
@@ -79,14 +76,6 @@ struct TierView {
     verdicts: HashMap<String, Verdict>,
     load_error: Option<String>,
     suffix: String,
-}
-
-/// What the policy of one tier said about one of its partitions.
-#[derive(Debug, Clone, Default)]
-struct Verdict {
-    eligible_at: Option<DateTime<Utc>>,
-    selected: HashSet<String>,
-    error: Option<String>,
 }
 
 /// The input of [`outlook`]: one measurement's files and the engine's tiers.
@@ -212,84 +201,9 @@ fn tier_view(
     }
 }
 
-/// Why no tier's policy selects these files, as far as the host can tell.
-fn not_selected_reason(keys: &[String], suffix: &str) -> String {
-    if all_outputs(keys, suffix) {
-        return format!("already compacted (its files are {suffix} outputs)");
-    }
-    if keys.len() < 2 {
-        return format!("{} file; a merge needs at least 2", keys.len());
-    }
-    "its policy does not select it within 7 days (too few files, or files it leaves alone)".to_owned()
-}
-
 /// Whether `partition` (a tier's grouping) contains the entry at `path`.
 fn contains(partition: &str, path: &str) -> bool {
     path == partition || path.strip_prefix(partition).is_some_and(|rest| rest.starts_with('/'))
-}
-
-/// Why a policy does not select `partition` at `now`, as far as the host
-/// can tell: the earliest later time it does (an age rule), or what keeps
-/// it from ever doing so with these files.
-pub(crate) fn explain_waiting(policy: &mut dyn PartitionPolicy, partition: &Partition, now: DateTime<Utc>) -> String {
-    let verdict = earliest(policy, partition, now);
-    if let Some(error) = verdict.error {
-        return format!("its policy failed when asked about later times: {error}");
-    }
-    match verdict.eligible_at {
-        Some(at) => format!(
-            "not yet: its policy selects it from {} (e.g. younger than its minimum age, or the newest file is still being written)",
-            at.to_rfc3339()
-        ),
-        None => {
-            let keys: Vec<String> = partition.files.iter().map(|f| f.key.clone()).collect();
-            let min_files = policy.min_files() as usize;
-            if min_files >= 2 && keys.len() < min_files && !keys.is_empty() && !all_outputs(&keys, &policy.output_suffix()) {
-                format!("{} of its min_files {min_files} files", keys.len())
-            } else {
-                not_selected_reason(&keys, &policy.output_suffix())
-            }
-        }
-    }
-}
-
-fn all_outputs(keys: &[String], suffix: &str) -> bool {
-    let output = format!("_{suffix}.parquet");
-    !suffix.is_empty() && keys.iter().all(|k| k.ends_with(&output))
-}
-
-/// The earliest probe time at which the policy selects some of the
-/// partition's files, to the minute.
-fn earliest(policy: &mut dyn PartitionPolicy, partition: &Partition, now: DateTime<Utc>) -> Verdict {
-    let mut ask = |minutes: i64| -> Result<HashSet<String>, String> {
-        policy
-            .select_candidates(partition, now + Duration::minutes(minutes))
-            .map(|groups| groups.into_iter().filter(|g| g.len() >= 2).flatten().collect())
-            .map_err(|e| sanitize(&e.to_string(), 512))
-    };
-    let mut previous = None;
-    for minutes in PROBE_MINUTES {
-        let selected = match ask(minutes) {
-            Ok(selected) => selected,
-            Err(error) => return Verdict { error: Some(error), ..Default::default() },
-        };
-        if selected.is_empty() {
-            previous = Some(minutes);
-            continue;
-        }
-        // Halve the gap between the last "no" and this "yes".
-        let (mut low, mut high, mut found) = (previous.unwrap_or(minutes), minutes, selected);
-        while previous.is_some() && high - low > 1 {
-            let middle = low + (high - low) / 2;
-            match ask(middle) {
-                Ok(selected) if !selected.is_empty() => (high, found) = (middle, selected),
-                Ok(_) => low = middle,
-                Err(error) => return Verdict { error: Some(error), ..Default::default() },
-            }
-        }
-        return Verdict { eligible_at: Some(now + Duration::minutes(high)), selected: found, error: None };
-    }
-    Verdict::default()
 }
 
 impl crate::manager::Manager {
@@ -385,7 +299,7 @@ mod tests {
         let config = Config::parse("[storage]\nurl = \"memory://\"\n").unwrap();
         let cache = tempfile::tempdir().unwrap();
         let runtime = crate::plugin_runtime(cache.path().to_path_buf()).unwrap();
-        let tiers = PlannedTier::load_all(&config, &runtime).unwrap();
+        let tiers = crate::planner::load_tiers(&config, &runtime).unwrap();
         let request = OutlookRequest { database: "db", measurement: "cpu", files, from: None, to: None, now, held: None };
         outlook(&config, &tiers, &request).0
     }

@@ -277,10 +277,7 @@ pub fn job_id(database: &str, partition_path: &str, now: DateTime<Utc>, batch_nu
     format!("{}{}_b{batch_number}", job_prefix(database, partition_path), now.timestamp_nanos_opt().unwrap_or(0))
 }
 
-/// `{measurement}_{YYYYMMDD}_{HHMMSS}_{unixnanos}_b{batch}_{suffix}.parquet`.
-pub fn output_name(measurement: &str, now: DateTime<Utc>, batch_number: usize, suffix: &str) -> String {
-    format!("{measurement}_{}_{}_b{batch_number}_{suffix}.parquet", now.format("%Y%m%d_%H%M%S"), now.timestamp_nanos_opt().unwrap_or(0))
-}
+pub use compactor_model::output_name;
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use compactor_model::HeldFiles;
 use compactor_storage::lease::{Lease, Leases};
 use compactor_storage::{COMPACTION_STATE_ROOT, Storage, StorageError};
 
@@ -183,56 +184,6 @@ struct StateListing {
     upload_records: Vec<String>,
 }
 
-/// Files that no new job may take, and partitions nobody may plan now.
-#[derive(Debug, Default)]
-pub struct HeldFiles {
-    files: HashSet<String>,
-    /// Manifest names that could not be read right now.
-    unreadable: Vec<String>,
-}
-
-impl HeldFiles {
-    /// Whether `key` is held.
-    pub fn contains(&self, key: &str) -> bool {
-        self.files.contains(key)
-    }
-
-    /// Files held.
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.unreadable.is_empty()
-    }
-
-    /// The manifest that blocks `partition_path`: one that could not be
-    /// read right now and whose name mentions the partition, its day, or
-    /// (for a day) one of its hours. Manifest names hold the partition path
-    /// with `/` → `_` (Arc's `{partition}_{job}.json` and `{job_id}.json`
-    /// alike).
-    pub fn blocked_by(&self, partition_path: &str) -> Option<&str> {
-        let segments: Vec<&str> = partition_path.split('/').collect();
-        let is_hour = segments.len() > 4 && segments.last().is_some_and(|h| h.len() == 2 && h.bytes().all(|b| b.is_ascii_digit()));
-        let (day, hour) = if is_hour { (&segments[..segments.len() - 1], segments.last().copied()) } else { (&segments[..], None) };
-        let day = format!("{}_", day.join("_"));
-        let mentions = |name: &str| {
-            name.match_indices(&day).any(|(at, _)| {
-                let rest = &name[at + day.len()..];
-                let names_an_hour = rest.len() > 2 && rest.as_bytes()[..2].iter().all(u8::is_ascii_digit) && rest.as_bytes()[2] == b'_';
-                match hour {
-                    // An hour is blocked by its own manifests and its day's.
-                    Some(hour) => !names_an_hour || rest.starts_with(hour),
-                    // A day is blocked by its own and any of its hours'.
-                    None => true,
-                }
-            })
-        };
-        self.unreadable.iter().map(String::as_str).find(|name| mentions(name))
-    }
-}
-
 /// Reads and writes the recovery manifests of one store.
 #[derive(Debug, Clone)]
 pub struct ManifestStore {
@@ -387,9 +338,9 @@ impl ManifestStore {
                     let aborted = state.outcomes.contains(&outcome_key(key))
                         && matches!(self.outcome(key).await, Ok(Some(OutcomeRecord { outcome: Outcome::Aborted, .. })));
                     if !aborted {
-                        held.files.extend(manifest.input_files);
+                        held.hold_all(manifest.input_files);
                     }
-                    held.files.insert(manifest.output_path);
+                    held.hold(manifest.output_path);
                 }
                 Err(ManifestError::Read { source, .. })
                     if matches!(source.object_store_error(), Some(object_store::Error::NotFound { .. })) =>
@@ -399,23 +350,23 @@ impl ManifestStore {
                     // maybe after the listing) is the fence for an upload
                     // that may still land.
                     if let Ok(Some(OutcomeRecord { outcome: Outcome::Aborted, output_path, .. })) = self.outcome(key).await {
-                        held.files.insert(output_path);
+                        held.hold(output_path);
                     }
                 }
                 Err(e) => {
                     tracing::warn!(manifest = %key, error = %e, "cannot read a recovery manifest now; its partitions wait");
-                    held.unreadable.push(key.rsplit('/').next().unwrap_or(key).to_owned());
+                    held.block(key.rsplit('/').next().unwrap_or(key).to_owned());
                 }
             }
         }
         for (_, record) in self.orphan_outcomes(&state).await {
             if record.outcome == Outcome::Aborted {
-                held.files.insert(record.output_path);
+                held.hold(record.output_path);
             }
         }
         for key in &state.quarantined {
             if let Ok(bytes) = self.storage.read(key).await {
-                held.files.extend(parquet_names(&String::from_utf8_lossy(&bytes)));
+                held.hold_all(parquet_names(&String::from_utf8_lossy(&bytes)));
             }
         }
         Ok(held)
@@ -829,13 +780,9 @@ mod tests {
 
     #[test]
     fn an_unreadable_manifest_blocks_its_hour_and_day_only() {
-        let held = HeldFiles {
-            files: HashSet::new(),
-            unreadable: vec![
-                "db_cpu_2026_04_11_10_db_db_cpu_2026_04_11_10_1776006312123456789_b1.json".into(),
-                "db_db_mem_2026_04_12_1776006312123456789_b1.json".into(),
-            ],
-        };
+        let mut held = HeldFiles::default();
+        held.block("db_cpu_2026_04_11_10_db_db_cpu_2026_04_11_10_1776006312123456789_b1.json".into());
+        held.block("db_db_mem_2026_04_12_1776006312123456789_b1.json".into());
         assert!(held.blocked_by("db/cpu/2026/04/11/10").is_some());
         assert!(held.blocked_by("db/cpu/2026/04/11").is_some(), "its day");
         assert!(held.blocked_by("db/cpu/2026/04/11/11").is_none(), "another hour");

@@ -15,8 +15,7 @@ use crate::{FailureKind, JobConfig, JobResult};
 
 /// Deepest split of a failing batch.
 pub const MAX_RETRY_DEPTH: usize = 4;
-/// Smallest batch worth compacting.
-pub const MIN_BATCH_FILES: usize = 2;
+pub use compactor_model::MIN_BATCH_FILES;
 
 /// A failed job attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,12 +5,27 @@
 //! plugin runtime and the example host can speak it without linking
 //! `object_store` or DuckDB.
 
+mod cost;
+mod held;
 mod partition;
 pub mod units;
 
 use chrono::{DateTime, Utc};
 
+pub use cost::RequestCost;
+pub use held::HeldFiles;
 pub use partition::{Partition, PartitionLevel, group_into_partitions};
+
+/// The fewest files a job merges: one file alone cannot be compacted.
+pub const MIN_BATCH_FILES: usize = 2;
+
+/// A job's output name:
+/// `{measurement}_{YYYYMMDD}_{HHMMSS}_{unixnanos}_b{batch}_{suffix}.parquet`.
+/// The planner predicts outputs by it, the simulator names its own by it,
+/// and the job writes its output under it.
+pub fn output_name(measurement: &str, now: DateTime<Utc>, batch_number: usize, suffix: &str) -> String {
+    format!("{measurement}_{}_{}_b{batch_number}_{suffix}.parquet", now.format("%Y%m%d_%H%M%S"), now.timestamp_nanos_opt().unwrap_or(0))
+}
 
 /// One listed object.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! A simulator that proves (or disproves) that tier policies converge:
 //! replay hours of ingestion into an in-memory lake, run the tiers in order
-//! on their cron schedules as a real cycle would (outputs replace their
-//! inputs, named as the engine names them), and report files per partition
+//! on their cron schedules as a real cycle would (each tier planned by the
+//! engine's planning core, outputs replacing their inputs, named as the
+//! job names them), and report files per partition
 //! over time, the bytes rewritten (write amplification), and whether every
 //! tier reaches a fixed point.
 //!
@@ -16,7 +17,10 @@ use std::path::Path;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
-use compactor_model::{FileMeta, Partition, group_into_partitions};
+use std::sync::Arc;
+
+use compactor_model::{FileMeta, HeldFiles, Partition, group_into_partitions, output_name};
+use compactor_planning::{Candidate, Listing, Plan, PlanOptions, PlannedTier, PolicyFactory, plan_tier};
 use compactor_runtime::{PluginLimits, PluginRuntime, PluginSource, TierPlugin};
 
 /// One tier of the simulation, in configured order.
@@ -160,12 +164,29 @@ struct Lake {
     files: BTreeMap<String, FileMeta>,
     /// Output key → the tier that wrote it.
     outputs: HashMap<String, String>,
-    sequence: u64,
 }
 
 impl Lake {
     fn add(&mut self, key: String, size: u64, at: DateTime<Utc>) {
         self.files.insert(key.clone(), FileMeta { key, size, last_modified: at });
+    }
+
+    /// One listing per measurement, as the engine lists them.
+    fn listings(&self, database: &str, measurements: &[String]) -> Vec<Listing> {
+        measurements
+            .iter()
+            .map(|m| {
+                let prefix = format!("{database}/{m}/");
+                let files = self.files.values().filter(|f| f.key.starts_with(&prefix)).cloned().collect();
+                Listing { database: database.to_owned(), measurement: m.clone(), files }
+            })
+            .collect()
+    }
+
+    /// The keys under the partition `path`.
+    fn keys_under(&self, path: &str) -> BTreeSet<String> {
+        let prefix = format!("{path}/");
+        self.files.keys().filter(|k| k.starts_with(&prefix)).cloned().collect()
     }
 
     /// The partitions of every measurement at `level`.
@@ -184,21 +205,24 @@ impl Lake {
 
 const DATABASE: &str = "sim";
 
+/// Loads `tier`'s component (a path relative to the current directory) and
+/// asks it how it plans.
+fn load(runtime: &PluginRuntime, tier: &SimTier) -> anyhow::Result<LoadedTier> {
+    let base = std::env::current_dir().unwrap_or_default();
+    let plugin = runtime.load_tier(&PluginSource::parse(&tier.plugin, &base))?;
+    let description = plugin.instantiate(&tier.config_json, PluginLimits::default())?.description().clone();
+    Ok(LoadedTier {
+        spec: tier.clone(),
+        plugin,
+        suffix: description.output_suffix,
+        min_files: description.min_files,
+        level: description.partition_level,
+    })
+}
+
 /// Runs the simulation.
 pub fn simulate(runtime: &PluginRuntime, spec: &SimulationSpec) -> anyhow::Result<SimulationReport> {
-    let base = std::env::current_dir().unwrap_or_default();
-    let mut tiers = Vec::new();
-    for tier in &spec.tiers {
-        let plugin = runtime.load_tier(&PluginSource::parse(&tier.plugin, &base))?;
-        let description = plugin.instantiate(&tier.config_json, PluginLimits::default())?.description().clone();
-        tiers.push(LoadedTier {
-            spec: tier.clone(),
-            plugin,
-            suffix: description.output_suffix,
-            min_files: description.min_files,
-            level: description.partition_level,
-        });
-    }
+    let tiers = spec.tiers.iter().map(|tier| load(runtime, tier)).collect::<anyhow::Result<Vec<_>>>()?;
     let measurements: Vec<String> = (0..spec.ingestion.measurements.max(1)).map(|i| format!("m{i}")).collect();
     let mut lake = Lake::default();
     let mut totals: Vec<TierTotals> = tiers.iter().map(|t| TierTotals { tier: t.spec.name.clone(), ..Default::default() }).collect();
@@ -314,6 +338,9 @@ struct Cycle<'a> {
 }
 
 impl Cycle<'_> {
+    /// Plans the tier over the lake as the engine does (the planning core:
+    /// validation, the 2-file rule, Arc's batching), then merges each
+    /// planned batch into an output named as the job names it.
     fn run(
         mut self,
         now: DateTime<Utc>,
@@ -322,88 +349,93 @@ impl Cycle<'_> {
         after_compaction: &mut HashMap<(usize, String), BTreeSet<String>>,
         flags: &mut Vec<Flag>,
     ) {
-        let name = &self.tier.spec.name;
-        let mut instance = match self.tier.plugin.instantiate(&self.tier.spec.config_json, PluginLimits::default()) {
-            Ok(instance) => instance,
-            Err(e) => return flag(flags, name, "", format!("its policy failed: {e}")),
-        };
-        for partition in self.lake.partitions(DATABASE, measurements, self.tier.level) {
-            let answer = match instance.select_candidates(&partition, now) {
-                Ok(answer) => answer,
-                Err(e) => return flag(flags, name, &partition.path, format!("its policy failed: {e}")),
-            };
-            let present: BTreeSet<String> = partition.files.iter().map(|f| f.key.clone()).collect();
-            let selected: Vec<&String> = answer.iter().flatten().collect();
-            // The engine rejects such an answer and skips the partition.
-            let distinct: BTreeSet<&String> = selected.iter().copied().collect();
-            if distinct.len() < selected.len() {
-                flag(flags, name, &partition.path, "gives invalid answers: a file named more than once".into());
+        let name = self.tier.spec.name.clone();
+        let plan = plan_over(self.tier, &self.lake.listings(DATABASE, measurements), now, max_batch);
+        for problem in &plan.problems {
+            flag(flags, &name, problem.partition.as_deref().unwrap_or(""), problem.message.clone());
+        }
+        let mut batches = plan.batches.into_iter().peekable();
+        while let Some(first) = batches.next() {
+            let path = first.candidate.partition_path.clone();
+            let mut partition = vec![first];
+            while let Some(next) = batches.next_if(|b| b.candidate.partition_path == path) {
+                partition.push(next);
+            }
+            let present = self.lake.keys_under(&path);
+            if after_compaction.get(&(self.index, path.clone())) == Some(&present) {
+                flag(flags, &name, &path, "keeps re-selecting its own output".into());
                 continue;
             }
-            if let Some(foreign) = selected.iter().find(|k| !present.contains(k.as_str())) {
-                let foreign = compactor_runtime::sanitize(foreign, 200);
-                flag(flags, name, &partition.path, format!("gives invalid answers: {foreign} is not in the partition's listing"));
-                continue;
+            for batch in partition {
+                self.merge(&batch.candidate, now);
             }
-            if !selected.is_empty() && after_compaction.get(&(self.index, partition.path.clone())) == Some(&present) {
-                flag(flags, name, &partition.path, "keeps re-selecting its own output".into());
-                continue;
-            }
-            let mut batch_number = 0;
-            for candidate in answer {
-                for batch in batches(candidate, max_batch) {
-                    batch_number += 1;
-                    self.merge(&partition, batch, batch_number, now);
-                }
-            }
-            if batch_number > 0 {
-                self.compacted.insert(partition.path.clone());
-                let after: BTreeSet<String> =
-                    self.lake.files.keys().filter(|k| k.starts_with(&format!("{}/", partition.path))).cloned().collect();
-                after_compaction.insert((self.index, partition.path.clone()), after);
-            }
+            self.compacted.insert(path.clone());
+            after_compaction.insert((self.index, path.clone()), self.lake.keys_under(&path));
         }
     }
 
-    fn merge(&mut self, partition: &Partition, batch: Vec<String>, batch_number: usize, now: DateTime<Utc>) {
-        let bytes: u64 = batch.iter().filter_map(|k| self.lake.files.remove(k)).map(|f| f.size).sum();
-        for key in &batch {
+    fn merge(&mut self, batch: &Candidate, now: DateTime<Utc>) {
+        let bytes: u64 = batch.files.iter().filter_map(|k| self.lake.files.remove(k)).map(|f| f.size).sum();
+        for key in &batch.files {
             self.lake.outputs.remove(key);
         }
-        self.lake.sequence += 1;
-        // Named as the engine names outputs (`output_name` in the job).
-        let key = format!(
-            "{}/{}_{}_{}_b{batch_number}_{}.parquet",
-            partition.path,
-            partition.measurement,
-            now.format("%Y%m%d_%H%M%S"),
-            now.timestamp_nanos_opt().unwrap_or(0) + self.lake.sequence as i64,
-            self.tier.suffix
-        );
+        let key = format!("{}/{}", batch.partition_path, output_name(&batch.measurement, now, batch.batch_number, &self.tier.suffix));
         self.lake.add(key.clone(), bytes, now);
         self.lake.outputs.insert(key, self.tier.spec.name.clone());
         self.totals.jobs += 1;
-        self.totals.files_in += batch.len();
+        self.totals.files_in += batch.files.len();
         self.totals.bytes_rewritten += bytes;
     }
 }
 
-/// Splits `files` into batches of at most `max` (at least 2 each), as the
-/// engine does; a lone file is not a batch.
-fn batches(files: Vec<String>, max: usize) -> Vec<Vec<String>> {
-    if files.len() < 2 {
-        return Vec::new();
+/// The batches a simulated cycle of `tier` runs over `files` at `now`
+/// (grouped by their `{database}/{measurement}/` prefix): the engine's
+/// plan, computed by the same planning core. Tests compare the two.
+pub fn plan_batches(
+    runtime: &PluginRuntime,
+    tier: &SimTier,
+    files: &[FileMeta],
+    now: DateTime<Utc>,
+    max_files_per_batch: usize,
+) -> anyhow::Result<Vec<Candidate>> {
+    let loaded = load(runtime, tier)?;
+    let mut listings: BTreeMap<(String, String), Listing> = BTreeMap::new();
+    for file in files {
+        let mut segments = file.key.splitn(3, '/');
+        let (Some(database), Some(measurement), Some(_)) = (segments.next(), segments.next(), segments.next()) else { continue };
+        listings
+            .entry((database.to_owned(), measurement.to_owned()))
+            .or_insert_with(|| Listing { database: database.to_owned(), measurement: measurement.to_owned(), files: Vec::new() })
+            .files
+            .push(file.clone());
     }
-    let count = files.len().div_ceil(max.max(2));
-    let size = files.len().div_ceil(count);
-    let mut out: Vec<Vec<String>> = files.chunks(size).map(<[String]>::to_vec).collect();
-    if out.len() > 1 && out.last().is_some_and(|b| b.len() < 2) {
-        let last = out.pop().unwrap_or_default();
-        if let Some(previous) = out.last_mut() {
-            previous.extend(last);
-        }
-    }
-    out
+    let listings: Vec<Listing> = listings.into_values().collect();
+    Ok(plan_over(&loaded, &listings, now, max_files_per_batch).batches.into_iter().map(|b| b.candidate).collect())
+}
+
+/// The engine's plan of `tier` over `listings` at `now`: the planning core
+/// with nothing held.
+fn plan_over(tier: &LoadedTier, listings: &[Listing], now: DateTime<Utc>, max_batch: usize) -> Plan {
+    let planned = PlannedTier {
+        name: tier.spec.name.clone(),
+        tenant: None,
+        enabled: true,
+        policy: Ok(Arc::new(tier.plugin.clone()) as Arc<dyn PolicyFactory>),
+        config_json: tier.spec.config_json.clone(),
+        limits: PluginLimits::default(),
+    };
+    let options = PlanOptions {
+        now,
+        database: None,
+        databases: None,
+        max_files_per_batch: i64::try_from(max_batch).unwrap_or(i64::MAX),
+        multipart_threshold: u64::MAX,
+        explain: false,
+        stop: Default::default(),
+    };
+    let mut plan = Plan::default();
+    plan_tier(&planned, listings, Some(&HeldFiles::default()), &options, &mut plan);
+    plan
 }
 
 /// Every file of the ingestion, with its arrival time, in arrival order.
@@ -535,13 +567,5 @@ mod tests {
         assert!(report.tiers[0].jobs > 0 && report.tiers[1].jobs > 0, "{:#?}", report.tiers);
         // Every byte is written by hourly, then by daily: about 2×.
         assert!((1.5..3.0).contains(&report.write_amplification), "{}", report.write_amplification);
-    }
-
-    #[test]
-    fn batches_are_even_and_never_single() {
-        let files: Vec<String> = (0..61).map(|i| i.to_string()).collect();
-        let sizes: Vec<usize> = batches(files, 30).iter().map(Vec::len).collect();
-        assert_eq!(sizes, [21, 21, 19]);
-        assert!(batches(vec!["a".into()], 30).is_empty());
     }
 }

@@ -1,0 +1,69 @@
+//! Files held by recovery manifests: no new job may take them.
+
+use std::collections::HashSet;
+
+/// Files that no new job may take, and partitions nobody may plan now.
+#[derive(Debug, Default)]
+pub struct HeldFiles {
+    files: HashSet<String>,
+    /// Manifest names that could not be read right now.
+    unreadable: Vec<String>,
+}
+
+impl HeldFiles {
+    /// Holds `key`.
+    pub fn hold(&mut self, key: String) {
+        self.files.insert(key);
+    }
+
+    /// Holds every key of `keys`.
+    pub fn hold_all(&mut self, keys: impl IntoIterator<Item = String>) {
+        self.files.extend(keys);
+    }
+
+    /// Records a manifest, by name, that cannot be read right now: the
+    /// partitions its name mentions wait.
+    pub fn block(&mut self, manifest_name: String) {
+        self.unreadable.push(manifest_name);
+    }
+
+    /// Whether `key` is held.
+    pub fn contains(&self, key: &str) -> bool {
+        self.files.contains(key)
+    }
+
+    /// Files held.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.unreadable.is_empty()
+    }
+
+    /// The manifest that blocks `partition_path`: one that could not be
+    /// read right now and whose name mentions the partition, its day, or
+    /// (for a day) one of its hours. Manifest names hold the partition path
+    /// with `/` → `_` (Arc's `{partition}_{job}.json` and `{job_id}.json`
+    /// alike).
+    pub fn blocked_by(&self, partition_path: &str) -> Option<&str> {
+        let segments: Vec<&str> = partition_path.split('/').collect();
+        let is_hour = segments.len() > 4 && segments.last().is_some_and(|h| h.len() == 2 && h.bytes().all(|b| b.is_ascii_digit()));
+        let (day, hour) = if is_hour { (&segments[..segments.len() - 1], segments.last().copied()) } else { (&segments[..], None) };
+        let day = format!("{}_", day.join("_"));
+        let mentions = |name: &str| {
+            name.match_indices(&day).any(|(at, _)| {
+                let rest = &name[at + day.len()..];
+                let names_an_hour = rest.len() > 2 && rest.as_bytes()[..2].iter().all(u8::is_ascii_digit) && rest.as_bytes()[2] == b'_';
+                match hour {
+                    // An hour is blocked by its own manifests and its day's.
+                    Some(hour) => !names_an_hour || rest.starts_with(hour),
+                    // A day is blocked by its own and any of its hours'.
+                    None => true,
+                }
+            })
+        };
+        self.unreadable.iter().map(String::as_str).find(|name| mentions(name))
+    }
+}
