@@ -204,8 +204,16 @@ fn an_impossible_memory_limit_fails_cleanly_with_inputs_untouched() {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(report.contains("Out of Memory"), "the failure names its cause: {}", text(&output));
+    assert!(report.contains("[out_of_memory]"), "and its kind: {}", text(&output));
     assert_eq!(files_under(&lake.lake), before, "inputs untouched");
     assert_intact(&lake);
+    // The kind survives in the history, as JSON, for every failed job.
+    let history = compactor(&["history", "--config", &lake.config, "--format", "json"], &[]);
+    assert!(history.status.success(), "{}", text(&history));
+    let entries: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let failed: Vec<&serde_json::Value> = entries.as_array().unwrap().iter().filter(|e| e["success"] == false).collect();
+    assert!(!failed.is_empty(), "{entries}");
+    assert!(failed.iter().all(|e| e["failure_kind"] == "out_of_memory"), "{entries}");
 }
 
 /// Writes one Parquet file with DuckDB.

@@ -204,6 +204,7 @@ fn a_hung_job_is_killed_at_the_job_timeout() {
     );
     assert_eq!(hung.status.code(), Some(1), "{}", text(&hung));
     assert!(String::from_utf8_lossy(&hung.stdout).contains("job_timeout"), "the failure names the timeout: {}", text(&hung));
+    assert!(String::from_utf8_lossy(&hung.stdout).contains("[timeout]"), "and its kind: {}", text(&hung));
     assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
     converge(&lake);
 }

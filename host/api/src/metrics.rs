@@ -91,7 +91,12 @@ impl Metrics {
         registry.register(Box::new(quarantined.clone()))?;
         let plugin = &["tier", "plugin"];
         Ok(Self {
-            jobs: counter_vec(r, "jobs_total", "Batches compacted, by tier and outcome (success, failure).", &["tier", "outcome"])?,
+            jobs: counter_vec(
+                r,
+                "jobs_total",
+                "Batches compacted, by tier and outcome: success, or the kind of failure (out_of_memory, killed, timeout, sql, storage, lease_lost, unknown_outcome, ...).",
+                &["tier", "outcome"],
+            )?,
             files_read: counter_vec(r, "job_files_read_total", "Input files merged and removed by jobs.", tier)?,
             files_written: counter_vec(r, "job_files_written_total", "Output files written by jobs.", tier)?,
             bytes_read: counter_vec(r, "job_bytes_read_total", "Bytes of the inputs merged by jobs.", tier)?,
@@ -160,8 +165,8 @@ impl Metrics {
 
     fn observe_job(&self, record: &JobRecord) {
         let tier = [record.tier.as_str()];
-        let outcome = if record.success { "success" } else { "failure" };
-        self.jobs.with_label_values(&[record.tier.as_str(), outcome]).inc();
+        let outcome = job_outcome(record);
+        self.jobs.with_label_values(&[record.tier.as_str(), outcome.as_str()]).inc();
         self.files_read.with_label_values(&tier).inc_by(record.files_compacted as u64);
         self.files_written.with_label_values(&tier).inc_by(record.files_out as u64);
         self.bytes_read.with_label_values(&tier).inc_by(record.bytes_before);
@@ -276,4 +281,31 @@ fn by_kind(cost: RequestCost) -> [(&'static str, u64); 4] {
 pub fn attach(metrics: &Arc<Metrics>, manager: &Manager) {
     let metrics = metrics.clone();
     manager.subscribe(move |event| metrics.observe(&event));
+}
+
+/// A job record's `outcome` label: `success`, or the kind of failure that
+/// ended it, as history and the `once` summary name it (`failure` when a
+/// record from an older engine has none).
+fn job_outcome(record: &JobRecord) -> String {
+    match (record.success, record.failure_kind) {
+        (true, _) => "success".to_owned(),
+        (false, Some(kind)) => kind.name(),
+        (false, None) => "failure".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use compactor_job::FailureKind;
+
+    #[test]
+    fn job_outcomes_name_the_kind_of_failure() {
+        let record = |success, failure_kind| JobRecord { success, failure_kind, ..Default::default() };
+        assert_eq!(job_outcome(&record(true, None)), "success");
+        assert_eq!(job_outcome(&record(false, Some(FailureKind::OutOfMemory))), "out_of_memory");
+        assert_eq!(job_outcome(&record(false, Some(FailureKind::LeaseLost))), "lease_lost");
+        assert_eq!(job_outcome(&record(false, Some(FailureKind::Timeout))), "timeout");
+        assert_eq!(job_outcome(&record(false, None)), "failure", "a record of an older engine");
+    }
 }

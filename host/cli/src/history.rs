@@ -52,7 +52,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
             format_bytes(r.bytes_after),
             r.rows_after.to_string(),
             r.duration_ms.to_string(),
-            if r.success { "ok".into() } else { format!("failed: {}", clean(r.error.as_deref().unwrap_or_default())) },
+            r.failure().map_or_else(|| "ok".into(), |failure| format!("failed: {}", clean(&failure))),
         ]);
     }
     let failed = records.iter().filter(|r| !r.success).count();

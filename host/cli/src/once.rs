@@ -112,7 +112,7 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
             job.partition_path,
             job.batch_number,
             job.files_in,
-            job.error.as_deref().unwrap_or("unknown error")
+            job.failure().unwrap_or_default()
         );
     }
     for job in report.jobs.iter().filter(|j| !j.skipped_inputs.is_empty()) {

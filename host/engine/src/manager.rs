@@ -157,6 +157,10 @@ pub struct JobRecord {
     /// Why not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What kind of failure ended it (`out_of_memory`, `killed`, `timeout`,
+    /// `sql`, `storage`, `lease_lost`, `unknown_outcome`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_kind: Option<FailureKind>,
     /// Inputs skipped as invalid Parquet (left in place).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped_inputs: Vec<String>,
@@ -186,6 +190,15 @@ impl JobRecord {
     /// Its tier as reports name it: `tier`, or `tenant/tier`.
     pub fn tier_key(&self) -> String {
         crate::config::tier_key(self.tenant.as_deref(), &self.tier)
+    }
+
+    /// Why it failed, for tables: `[kind] message` (none when it succeeded).
+    pub fn failure(&self) -> Option<String> {
+        if self.success {
+            return None;
+        }
+        let kind = self.failure_kind.map(|k| format!("[{}] ", k.name())).unwrap_or_default();
+        Some(format!("{kind}{}", self.error.as_deref().unwrap_or("unknown error")))
     }
 }
 
@@ -1170,7 +1183,8 @@ impl Manager {
             rows_after: succeeded.iter().map(|r| r.rows_after).sum(),
             attempts: attempts.len(),
             success: outcome.is_ok(),
-            error: outcome.err(),
+            failure_kind: outcome.as_ref().err().map(|e| e.kind),
+            error: outcome.err().map(|e| e.message),
             skipped_inputs: results.iter().flat_map(|r| r.skipped_inputs.clone()).collect(),
             duration_ms: started.elapsed().as_millis() as u64,
             peak_job_rss_bytes: results.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),

@@ -22,7 +22,7 @@ impl crate::FailureKind {
     pub fn classification(self) -> Classification {
         use crate::FailureKind::*;
         match self {
-            Killed => verdict(true, "killed"),
+            Killed | Timeout => verdict(true, "killed"),
             Segfault => verdict(true, "segfault"),
             OomKilled => verdict(true, "oom_killed"),
             Sql => verdict(false, "sql_error"),

@@ -157,6 +157,8 @@ impl JobConfig {
 pub enum FailureKind {
     /// The child was killed (SIGKILL: the OOM killer or an operator).
     Killed,
+    /// The child ran past `compaction.job_timeout` and was killed.
+    Timeout,
     /// The child crashed (SIGSEGV, or exit status 139).
     Segfault,
     /// The child died of another signal.
@@ -188,6 +190,14 @@ pub enum FailureKind {
     LeaseLost,
     /// Nothing typed it; Arc's text rules decide.
     Unknown,
+}
+
+impl FailureKind {
+    /// Its name, as the job's result, history, the `once` JSON and the
+    /// `outcome` label of `compactor_jobs_total` spell it (`out_of_memory`).
+    pub fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
 }
 
 /// The job's outcome: exactly one JSON object on the child's stdout.

@@ -196,7 +196,11 @@ impl StartedChild {
             Err((unparsed, status)) => {
                 let status = status.map_err(|e| failure(format!("cannot wait for subprocess: {e}")))?;
                 if !status.success() {
-                    return Err(exit_failure(status, stderr));
+                    let mut failure = exit_failure(status, stderr);
+                    if timed_out {
+                        failure.kind = FailureKind::Timeout;
+                    }
+                    return Err(failure);
                 }
                 return Err(JobFailure {
                     message: format!("failed to parse subprocess result: {unparsed} (stdout: {})", String::from_utf8_lossy(&out)),
@@ -293,6 +297,22 @@ pub struct Attempt {
     pub outcome: Result<JobResult, String>,
 }
 
+/// Why a batch did not fully succeed: the kind of the failure that ended
+/// it (the last attempt's, through any halving), and Arc's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchFailure {
+    /// What kind of failure ended the batch.
+    pub kind: FailureKind,
+    /// What went wrong, with the halves that failed (`first half failed: …`).
+    pub message: String,
+}
+
+impl std::fmt::Display for BatchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Runs a job over a subset of files.
 pub type RunSubset<'a> = dyn Fn(Vec<String>) -> Pin<Box<dyn Future<Output = Result<JobResult, JobFailure>> + Send + 'a>> + Sync + 'a;
 
@@ -300,7 +320,7 @@ pub type RunSubset<'a> = dyn Fn(Vec<String>) -> Pin<Box<dyn Future<Output = Resu
 /// it at n/2 and run the first half, then (only if it succeeded) the second,
 /// down to depth 4 or 2 files. Returns every attempt, in order, and the final
 /// error if the batch did not fully succeed.
-pub async fn compact_adaptive(run: &RunSubset<'_>, files: Vec<String>) -> (Vec<Attempt>, Result<(), String>) {
+pub async fn compact_adaptive(run: &RunSubset<'_>, files: Vec<String>) -> (Vec<Attempt>, Result<(), BatchFailure>) {
     let mut attempts = Vec::new();
     let outcome = attempt(run, files, 0, String::new(), None, &mut attempts).await;
     (attempts, outcome)
@@ -311,16 +331,19 @@ fn attempt<'r: 'b, 'b>(
     files: Vec<String>,
     depth: usize,
     previous_stderr: String,
-    cause: Option<String>,
+    cause: Option<BatchFailure>,
     attempts: &'b mut Vec<Attempt>,
-) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'b>> {
+) -> Pin<Box<dyn Future<Output = Result<(), BatchFailure>> + Send + 'b>> {
     Box::pin(async move {
+        // Halving stops at a limit: the batch failed of what made it halve.
+        let kind = cause.as_ref().map_or(FailureKind::Unknown, |c| c.kind);
         if depth > MAX_RETRY_DEPTH {
-            return Err(format!("compaction failed: exceeded max retry depth {MAX_RETRY_DEPTH}"));
+            return Err(BatchFailure { kind, message: format!("compaction failed: exceeded max retry depth {MAX_RETRY_DEPTH}") });
         }
         if files.len() < MIN_BATCH_FILES {
-            let after = cause.map(|c| format!(" (after: {c})")).unwrap_or_default();
-            return Err(format!("compaction failed: batch size {} below minimum {MIN_BATCH_FILES}{after}", files.len()));
+            let after = cause.map(|c| format!(" (after: {})", c.message)).unwrap_or_default();
+            let message = format!("compaction failed: batch size {} below minimum {MIN_BATCH_FILES}{after}", files.len());
+            return Err(BatchFailure { kind, message });
         }
         let count = files.len();
         let failure = match run(files.clone()).await {
@@ -334,15 +357,16 @@ fn attempt<'r: 'b, 'b>(
         let stderr =
             quoted_stderr(&failure.message).unwrap_or(if failure.stderr.is_empty() { previous_stderr } else { failure.stderr.clone() });
         let verdict = failure.classification_with(&stderr);
+        let ended = BatchFailure { kind: failure.kind, message: failure.message };
         if failure.permanent || !verdict.recoverable || count <= MIN_BATCH_FILES {
-            return Err(failure.message);
+            return Err(ended);
         }
         tracing::warn!(files = count, reason = verdict.reason, "recoverable failure; retrying in halves");
         let mid = count / 2;
         let (first, second) = (files[..mid].to_vec(), files[mid..].to_vec());
-        let cause = Some(failure.message);
-        attempt(run, first, depth + 1, stderr.clone(), cause.clone(), attempts).await.map_err(|e| format!("first half failed: {e}"))?;
-        attempt(run, second, depth + 1, stderr, cause, attempts).await.map_err(|e| format!("second half failed: {e}"))
+        let half = |which: &str, e: BatchFailure| BatchFailure { kind: e.kind, message: format!("{which} half failed: {}", e.message) };
+        attempt(run, first, depth + 1, stderr.clone(), Some(ended.clone()), attempts).await.map_err(|e| half("first", e))?;
+        attempt(run, second, depth + 1, stderr, Some(ended), attempts).await.map_err(|e| half("second", e))
     })
 }
 
@@ -440,10 +464,10 @@ mod tests {
             Box::pin(async { Err(failing("failed to execute compaction query: Binder Error: nope")) })
         };
         let (_, outcome) = compact_adaptive(&run, files(30)).await;
-        assert!(outcome.unwrap_err().contains("Binder Error"));
+        assert!(outcome.unwrap_err().message.contains("Binder Error"));
         assert_eq!(*count.lock().unwrap(), 1);
         let (_, outcome) = compact_adaptive(&run, files(1)).await;
-        assert_eq!(outcome.unwrap_err(), "compaction failed: batch size 1 below minimum 2");
+        assert_eq!(outcome.unwrap_err().message, "compaction failed: batch size 1 below minimum 2");
     }
 
     #[tokio::test]
@@ -455,7 +479,7 @@ mod tests {
             Box::pin(async { Err(JobFailure::new(FailureKind::Sql, "the merge failed".into())) })
         };
         let (_, outcome) = compact_adaptive(&run, files(30)).await;
-        assert_eq!(outcome.unwrap_err(), "the merge failed");
+        assert_eq!(outcome.unwrap_err(), BatchFailure { kind: FailureKind::Sql, message: "the merge failed".into() });
         assert_eq!(*count.lock().unwrap(), 1, "a SQL error is not retried");
     }
 
@@ -464,12 +488,13 @@ mod tests {
         let sizes = Mutex::new(Vec::new());
         let run = |f: Vec<String>| -> Pin<Box<dyn Future<Output = Result<JobResult, JobFailure>> + Send + '_>> {
             sizes.lock().unwrap().push(f.len());
-            Box::pin(async { Err(failing("subprocess failed: signal: killed")) })
+            Box::pin(async { Err(JobFailure::new(FailureKind::Killed, "subprocess failed: signal: killed".into())) })
         };
         let (_, outcome) = compact_adaptive(&run, files(30)).await;
         // 30 → 15 → 7 → 3 → 1: the 1-file half is refused.
         assert_eq!(*sizes.lock().unwrap(), [30, 15, 7, 3]);
-        let error = outcome.unwrap_err();
+        let BatchFailure { kind, message: error } = outcome.unwrap_err();
+        assert_eq!(kind, FailureKind::Killed, "the batch failed of what made it halve");
         assert!(
             error
                 .starts_with("first half failed: first half failed: first half failed: first half failed: compaction failed: batch size 1"),
