@@ -9,20 +9,23 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use compactor_engine::manager::{CycleOptions, Manager};
-use compactor_engine::planner::PlanError;
+use compactor_engine::planner::{PlanError, TierId};
 
 /// What each enabled tier owes, at one moment.
 #[derive(Debug, Clone, Serialize)]
 pub struct Debt {
     /// When it was computed.
     pub computed_at: DateTime<Utc>,
-    /// By tier name.
+    /// By tier key (`tier`, or `tenant/tier`).
     pub tiers: BTreeMap<String, TierDebt>,
 }
 
 /// What one tier owes.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TierDebt {
+    /// Which tier.
+    #[serde(flatten)]
+    pub id: TierId,
     /// Files its policy would compact now.
     pub files: usize,
     /// Partitions they are in.
@@ -43,13 +46,14 @@ pub async fn compute(manager: &Manager) -> Result<Debt, PlanError> {
     let computed_at = Utc::now();
     let plan = manager.plan(&CycleOptions { now: Some(computed_at), ..Default::default() }).await?;
     let mut tiers: BTreeMap<String, TierDebt> =
-        manager.tiers().iter().filter(|t| t.enabled).map(|t| (t.name.clone(), TierDebt::default())).collect();
-    let mut partitions: HashSet<(&str, &str)> = HashSet::new();
+        manager.tiers().iter().filter(|t| t.enabled).map(|t| (t.key(), TierDebt { id: t.id(), ..Default::default() })).collect();
+    let mut partitions: HashSet<(String, &str)> = HashSet::new();
     for batch in &plan.batches {
         let candidate = &batch.candidate;
-        let owed = tiers.entry(candidate.tier.clone()).or_default();
+        let id = batch.tier_id();
+        let owed = tiers.entry(id.key()).or_insert_with(|| TierDebt { id: id.clone(), ..Default::default() });
         owed.files += candidate.files.len();
-        if partitions.insert((&candidate.tier, &candidate.partition_path)) {
+        if partitions.insert((id.key(), &candidate.partition_path)) {
             owed.partitions += 1;
         }
         owed.oldest_partition = Some(owed.oldest_partition.map_or(candidate.partition_time, |t| t.min(candidate.partition_time)));

@@ -73,7 +73,10 @@ impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new_custom(Some("compactor".into()), None)?;
         let r = &registry;
-        let tier = &["tier"];
+        // Every per-tier series carries `tenant` (empty outside tenants) and
+        // `tier` (its name): two tenants' `hourly` are counted apart, and job
+        // series join the plugin series on the same labels.
+        let tier = &["tenant", "tier"];
         let job_duration = HistogramVec::new(
             HistogramOpts::new("job_duration_seconds", "Wall time of a batch, all attempts included.")
                 .buckets(prometheus::exponential_buckets(0.05, 2.0, 16)?),
@@ -89,13 +92,13 @@ impl Metrics {
         registry.register(Box::new(cycles.clone()))?;
         let quarantined = IntCounter::new("manifests_quarantined_total", "Unparseable recovery manifests moved aside.")?;
         registry.register(Box::new(quarantined.clone()))?;
-        let plugin = &["tier", "plugin"];
+        let plugin = &["tenant", "tier", "plugin"];
         Ok(Self {
             jobs: counter_vec(
                 r,
                 "jobs_total",
                 "Batches compacted, by tier and outcome: success, or the kind of failure (out_of_memory, killed, timeout, sql, storage, lease_lost, unknown_outcome, ...).",
-                &["tier", "outcome"],
+                &["tenant", "tier", "outcome"],
             )?,
             files_read: counter_vec(r, "job_files_read_total", "Input files merged and removed by jobs.", tier)?,
             files_written: counter_vec(r, "job_files_written_total", "Output files written by jobs.", tier)?,
@@ -129,13 +132,13 @@ impl Metrics {
                 r,
                 "plugin_loaded",
                 "1 when the tier's policy is loaded (labels name its build), 0 when it failed to load.",
-                &["tier", "plugin", "wit_version", "content_hash"],
+                &["tenant", "tier", "plugin", "wit_version", "content_hash"],
             )?,
             plugin_suspended: gauge_vec(
                 r,
                 "plugin_suspended",
                 "1 while a tier is suspended after cycles in a row whose policy calls failed.",
-                &["tier"],
+                tier,
             )?,
             active_jobs: gauge(r, "active_jobs", "Batches being compacted now.")?,
             cycle_running: gauge(r, "cycle_running", "1 while a compaction cycle runs.")?,
@@ -164,9 +167,10 @@ impl Metrics {
     }
 
     fn observe_job(&self, record: &JobRecord) {
-        let tier = [record.tier.as_str()];
+        let id = record.tier_id();
+        let tier = [id.tenant_label(), id.name.as_str()];
         let outcome = job_outcome(record);
-        self.jobs.with_label_values(&[record.tier.as_str(), outcome.as_str()]).inc();
+        self.jobs.with_label_values(&[id.tenant_label(), id.name.as_str(), outcome.as_str()]).inc();
         self.files_read.with_label_values(&tier).inc_by(record.files_compacted as u64);
         self.files_written.with_label_values(&tier).inc_by(record.files_out as u64);
         self.bytes_read.with_label_values(&tier).inc_by(record.bytes_before);
@@ -218,17 +222,19 @@ impl Metrics {
         }
         self.plugin_loaded.reset();
         for tier in manager.tiers().iter() {
-            let key = tier.key();
+            let (id, key) = (tier.id(), tier.key());
             let policy = match &tier.policy {
                 Ok(policy) => policy,
                 Err(_) => {
-                    self.plugin_loaded.with_label_values(&[key.as_str(), "", "", ""]).set(0);
+                    self.plugin_loaded.with_label_values(&[id.tenant_label(), id.name.as_str(), "", "", ""]).set(0);
                     continue;
                 }
             };
-            let labels = [key.as_str(), policy.name()];
+            let labels = [id.tenant_label(), id.name.as_str(), policy.name()];
             let version = policy.wit_version().unwrap_or_default();
-            self.plugin_loaded.with_label_values(&[key.as_str(), policy.name(), &version, policy.content_hash()]).set(1);
+            self.plugin_loaded
+                .with_label_values(&[id.tenant_label(), id.name.as_str(), policy.name(), &version, policy.content_hash()])
+                .set(1);
             let counts = manager.cumulative_call_counts(&key);
             let followed = [
                 (&self.plugin_calls, "calls", counts.calls),
@@ -245,17 +251,18 @@ impl Metrics {
         let health = manager.tier_health();
         let now = chrono::Utc::now();
         for tier in manager.tiers().iter() {
-            let key = tier.key();
-            let suspended = health.get(&key).is_some_and(|h| h.is_suspended(now));
-            self.plugin_suspended.with_label_values(&[key.as_str()]).set(i64::from(suspended));
+            let id = tier.id();
+            let suspended = health.get(&id.key()).is_some_and(|h| h.is_suspended(now));
+            self.plugin_suspended.with_label_values(&[id.tenant_label(), id.name.as_str()]).set(i64::from(suspended));
         }
         self.active_jobs.set(manager.active_jobs().len() as i64);
         self.cycle_running.set(i64::from(manager.is_cycle_running()));
         if let Some(debt) = debt {
-            for (tier, owed) in &debt.tiers {
-                self.debt_files.with_label_values(&[tier.as_str()]).set(owed.files as i64);
-                self.debt_partitions.with_label_values(&[tier.as_str()]).set(owed.partitions as i64);
-                self.debt_oldest_age.with_label_values(&[tier.as_str()]).set(owed.oldest_age_seconds(debt.computed_at));
+            for owed in debt.tiers.values() {
+                let labels = [owed.id.tenant_label(), owed.id.name.as_str()];
+                self.debt_files.with_label_values(&labels).set(owed.files as i64);
+                self.debt_partitions.with_label_values(&labels).set(owed.partitions as i64);
+                self.debt_oldest_age.with_label_values(&labels).set(owed.oldest_age_seconds(debt.computed_at));
             }
             self.debt_updated.set(debt.computed_at.timestamp());
         }
@@ -307,5 +314,26 @@ mod tests {
         assert_eq!(job_outcome(&record(false, Some(FailureKind::LeaseLost))), "lease_lost");
         assert_eq!(job_outcome(&record(false, Some(FailureKind::Timeout))), "timeout");
         assert_eq!(job_outcome(&record(false, None)), "failure", "a record of an older engine");
+    }
+
+    #[test]
+    fn two_tenants_hourly_jobs_are_counted_apart() {
+        let metrics = Metrics::new().unwrap();
+        for tenant in [Some("a"), Some("b"), Some("b"), None] {
+            let record = JobRecord { tenant: tenant.map(str::to_owned), tier: "hourly".into(), success: true, ..Default::default() };
+            metrics.observe(&Progress::BatchDone { record: Box::new(record) });
+        }
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new().encode(&metrics.registry.gather(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let jobs = |tenant: &str| -> f64 {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("compactor_jobs_total{") && l.contains(&format!("tenant=\"{tenant}\"")) && l.contains("tier=\"hourly\"")
+                })
+                .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+                .sum()
+        };
+        assert_eq!((jobs("a"), jobs("b"), jobs("")), (1.0, 2.0, 1.0), "{text}");
     }
 }

@@ -189,7 +189,12 @@ pub struct JobRecord {
 impl JobRecord {
     /// Its tier as reports name it: `tier`, or `tenant/tier`.
     pub fn tier_key(&self) -> String {
-        crate::config::tier_key(self.tenant.as_deref(), &self.tier)
+        self.tier_id().key()
+    }
+
+    /// Which tier ran it.
+    pub fn tier_id(&self) -> crate::planner::TierId {
+        crate::planner::TierId::new(self.tenant.as_deref(), &self.tier)
     }
 
     /// Why it failed, for tables: `[kind] message` (none when it succeeded).

@@ -9,8 +9,8 @@ use crate::config::{Config, ConfigError};
 use compactor_job::manifest::ManifestStore;
 use compactor_model::{HeldFiles, is_eligible_input};
 pub use compactor_planning::{
-    Listing, PartitionPolicy, PartitionVerdict, Plan, PlanOptions, PlanProblem, PlannedBatch, PlannedTier, PolicyFactory, TierSummary,
-    batch_cost, lease_mark_cost, list_pages, plan_tier, predict_outputs,
+    Listing, PartitionPolicy, PartitionVerdict, Plan, PlanOptions, PlanProblem, PlannedBatch, PlannedTier, PolicyFactory, TierId,
+    TierSummary, batch_cost, lease_mark_cost, list_pages, plan_tier, predict_outputs,
 };
 use compactor_runtime::{PluginRuntime, PluginSource};
 use compactor_storage::{self as storage, Storage, StorageError};

@@ -25,6 +25,42 @@ pub fn tier_key(tenant: Option<&str>, tier: &str) -> String {
     }
 }
 
+/// Which tier: its tenant (none outside `[[tenants]]`) and its name. Two
+/// tenants may each have an `hourly`; every surface that counts or reports
+/// per tier (health, metrics, debt, history, the API) tells them apart by
+/// this, as its key (`tenant/tier`) or as the `tenant` and `tier` labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct TierId {
+    /// The tenant, if any.
+    pub tenant: Option<String>,
+    /// The tier's name in the config.
+    #[serde(rename = "tier")]
+    pub name: String,
+}
+
+impl TierId {
+    /// The tier `name` of `tenant`.
+    pub fn new(tenant: Option<&str>, name: &str) -> Self {
+        Self { tenant: tenant.map(str::to_owned), name: name.to_owned() }
+    }
+
+    /// `tier`, or `tenant/tier`.
+    pub fn key(&self) -> String {
+        tier_key(self.tenant.as_deref(), &self.name)
+    }
+
+    /// The `tenant` label of its metric series: empty outside tenants.
+    pub fn tenant_label(&self) -> &str {
+        self.tenant.as_deref().unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for TierId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.key())
+    }
+}
+
 /// A tier ready to plan: its name from the config, its policy and settings.
 #[derive(Clone)]
 pub struct PlannedTier {
@@ -46,7 +82,12 @@ pub struct PlannedTier {
 impl PlannedTier {
     /// How reports, health and metrics name it: `tier`, or `tenant/tier`.
     pub fn key(&self) -> String {
-        tier_key(self.tenant.as_deref(), &self.name)
+        self.id().key()
+    }
+
+    /// Which tier it is.
+    pub fn id(&self) -> TierId {
+        TierId::new(self.tenant.as_deref(), &self.name)
     }
 
     /// Whether a `--tier` list selects it: empty selects every tier; an
@@ -96,7 +137,12 @@ pub struct PlannedBatch {
 impl PlannedBatch {
     /// Its tier as reports name it: `tier`, or `tenant/tier`.
     pub fn tier_key(&self) -> String {
-        tier_key(self.tenant.as_deref(), &self.candidate.tier)
+        self.tier_id().key()
+    }
+
+    /// Which tier planned it.
+    pub fn tier_id(&self) -> TierId {
+        TierId::new(self.tenant.as_deref(), &self.candidate.tier)
     }
 }
 
