@@ -632,3 +632,61 @@ fn a_tier_whose_policy_keeps_failing_is_suspended_and_the_other_tier_goes_on() {
     assert_eq!(api.get("/api/v1/plugins").1["plugins"][0]["suspended"], false);
     stop(engine);
 }
+
+/// Issue 20: consumers that read only the top-level tiers missed a tenant's
+/// own. Its tier is in `/status` and `/stats`, the trigger's reply names it,
+/// candidates carry its tenant, and editing its component file hot-reloads
+/// it.
+#[test]
+fn a_tenants_own_tier_shows_everywhere_and_its_component_is_watched() {
+    let original = std::fs::read(compactor_test_components::EXAMPLE_POLICY).unwrap();
+    let replacement = rebuilt(&original);
+    let port = free_port();
+    let lake = lake_configured(50, |_| {
+        crate::kit::TestConfig::new("lake")
+            .compaction("temp_directory", "tmp")
+            .compaction("threads", 1)
+            .tier("hourly", "builtin:hourly", &[])
+            .schedules("0 0 1 1 *")
+            .tenant(
+                r#"name = "acme"
+                   databases = ["db"]
+                   [[tiers]]
+                   name = "own"
+                   plugin = "policy.wasm"
+                   schedule = "0 0 1 1 *""#,
+            )
+            .section("api", "listen", format!("127.0.0.1:{port}"))
+            .section("api", "token", TOKEN)
+    });
+    let component = lake.root.join("policy.wasm");
+    std::fs::write(&component, &original).unwrap();
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+
+    let (_, status) = api.get("/api/v1/compaction/status");
+    assert_eq!(status["schedulers"]["acme/own"]["tenant"], "acme", "{status}");
+    assert!(status["schedulers"]["hourly"].is_object(), "{status}");
+    let (_, stats) = api.get("/api/v1/compaction/stats");
+    let tiers = stats["tiers"].as_array().unwrap();
+    assert!(tiers.iter().any(|t| t["name"] == "own" && t["tenant"] == "acme"), "{stats}");
+    let (_, candidates) = api.get("/api/v1/compaction/candidates");
+    let candidates = candidates["candidates"].as_array().unwrap();
+    assert!(!candidates.is_empty() && candidates.iter().all(|c| c["tenant"] == "acme" && c["tier"] == "own"), "{candidates:?}");
+
+    let own_hash = |api: &Client| {
+        let (_, plugins) = api.get("/api/v1/plugins");
+        plugins["plugins"].as_array().unwrap().iter().find(|p| p["tier"] == "acme/own").unwrap()["content_hash"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(own_hash(&api), sha256(&original));
+    replace(&component, &replacement);
+    wait_until("the tenant's component to be reloaded", Duration::from_secs(30), || own_hash(&api) == sha256(&replacement));
+
+    let (status, reply) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply["tiers"].as_array().unwrap().iter().any(|t| t == "acme/own"), "{reply}");
+    api.wait_cycle_done(1);
+    signal_group(&engine, libc::SIGTERM);
+    let _ = engine.wait();
+}

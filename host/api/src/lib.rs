@@ -312,12 +312,16 @@ async fn status(State(api): State<Api>) -> Response {
     let stats = manager.stats();
     let scheduling = api.inner.scheduling.read().unwrap_or_else(|e| e.into_inner()).clone();
     let mut schedulers = serde_json::Map::new();
-    for tier in manager.config().tiers.iter().filter(|t| t.enabled) {
+    for registered in manager.config().tier_registry().into_iter().filter(|t| t.config.enabled) {
+        let tier = registered.config;
         let mut status = json!({
             "enabled": true,
             "running": scheduling.running,
             "schedule": tier.effective_schedule(),
         });
+        if let Some(tenant) = &registered.id.tenant {
+            status["tenant"] = json!(tenant);
+        }
         if scheduling.running
             && let Ok(schedule) = parse_schedule(tier.effective_schedule())
             && let Some(next) = schedule.upcoming(Utc).next()
@@ -328,7 +332,7 @@ async fn status(State(api): State<Api>) -> Response {
             status["role_gated"] = json!(!scheduling.gate.allows());
             status["gate_role"] = json!(manager.config().cluster.role);
         }
-        schedulers.insert(tier.name.clone(), status);
+        schedulers.insert(registered.id.key(), status);
     }
     ok(json!({
         "manager": {
@@ -363,17 +367,22 @@ async fn stats(State(api): State<Api>) -> Response {
     });
     let tiers: Vec<Value> = manager
         .config()
-        .tiers
-        .iter()
-        .map(|tier| {
-            let jobs = recent.iter().filter(|j| j.tier == tier.name);
-            json!({
+        .tier_registry()
+        .into_iter()
+        .map(|registered| {
+            let tier = registered.config;
+            let jobs = recent.iter().filter(|j| j.tier_id() == registered.id);
+            let mut entry = json!({
                 "name": tier.name,
                 "enabled": tier.enabled,
                 "plugin": tier.plugin,
                 "schedule": tier.effective_schedule(),
                 "recent_jobs": jobs.count(),
-            })
+            });
+            if let Some(tenant) = &registered.id.tenant {
+                entry["tenant"] = json!(tenant);
+            }
+            entry
         })
         .collect();
     if !tiers.is_empty() {
@@ -393,8 +402,12 @@ async fn candidates(State(api): State<Api>) -> Response {
     let mut grouped: BTreeMap<(String, String), Value> = BTreeMap::new();
     for batch in &plan.batches {
         let c = &batch.candidate;
-        let entry = grouped.entry((c.tier.clone(), c.partition_path.clone())).or_insert_with(|| {
-            json!({ "database": c.database, "measurement": c.measurement, "partition_path": c.partition_path, "file_count": 0, "tier": c.tier })
+        let entry = grouped.entry((batch.tier_key(), c.partition_path.clone())).or_insert_with(|| {
+            let mut entry = json!({ "database": c.database, "measurement": c.measurement, "partition_path": c.partition_path, "file_count": 0, "tier": c.tier });
+            if let Some(tenant) = &batch.tenant {
+                entry["tenant"] = json!(tenant);
+            }
+            entry
         });
         entry["file_count"] = json!(entry["file_count"].as_u64().unwrap_or(0) + c.files.len() as u64);
     }
@@ -564,7 +577,7 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
     })?;
     let cycle_id = ticket.cycle_id;
     let tiers: Vec<String> = if requested.is_empty() {
-        manager.config().tiers.iter().filter(|t| t.enabled).map(|t| t.name.clone()).collect()
+        manager.config().tier_registry().iter().filter(|t| t.config.enabled).map(|t| t.id.key()).collect()
     } else {
         requested.clone()
     };

@@ -141,15 +141,18 @@ const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 /// (its size or modification time). A replacement that fails to load is
 /// reported once and the running ones stay; the next change is tried again.
 fn spawn_reload_on_change(manager: &Arc<Manager>) {
-    let paths: Vec<std::path::PathBuf> = manager
+    // Every tier of every tenant: a tenant's own component is watched too.
+    let mut paths: Vec<std::path::PathBuf> = manager
         .config()
-        .tiers
+        .tier_registry()
         .iter()
-        .filter_map(|t| match compactor_runtime::PluginSource::parse(&t.plugin, &manager.config().base_dir) {
+        .filter_map(|t| match compactor_runtime::PluginSource::parse(&t.config.plugin, &manager.config().base_dir) {
             compactor_runtime::PluginSource::Path(path) => Some(path),
             compactor_runtime::PluginSource::Builtin(_) => None,
         })
         .collect();
+    paths.sort();
+    paths.dedup();
     if paths.is_empty() {
         return;
     }

@@ -535,11 +535,9 @@ impl Config {
     /// (every tenant's tier of that name) or `tenant/tier`.
     pub fn check_tier_names(&self, tiers: &[String]) -> Result<(), ConfigError> {
         let mut known: Vec<String> = self.tiers.iter().map(|t| t.name.clone()).collect();
-        for tenant in &self.tenants {
-            for tier in self.tenant_tiers(tenant) {
-                known.push(tier.name.clone());
-                known.push(tier_key(Some(&tenant.name), &tier.name));
-            }
+        for tier in self.tier_registry().iter().filter(|t| t.tenant.is_some()) {
+            known.push(tier.id.name.clone());
+            known.push(tier.id.key());
         }
         let mut seen = std::collections::HashSet::new();
         known.retain(|name| seen.insert(name.clone()));
@@ -547,6 +545,28 @@ impl Config {
             Some(unknown) => Err(ConfigError::UnknownTier { name: unknown.clone(), configured: known.join(", ") }),
             None => Ok(()),
         }
+    }
+
+    /// Every tier of the config, top-level ones first, then each tenant's
+    /// (its own, or the top-level ones it inherits): the one list that the
+    /// plugin loader, the scheduler, the file watcher, `--tier` checks and
+    /// the API's status, stats and trigger all read.
+    pub fn tier_registry(&self) -> Vec<RegisteredTier<'_>> {
+        let top = self.tiers.iter().enumerate().map(|(i, tier)| RegisteredTier {
+            id: TierId::new(None, &tier.name),
+            tenant: None,
+            config: tier,
+            config_key: format!("tiers[{i}]"),
+        });
+        let tenants = self.tenants.iter().enumerate().flat_map(|(n, tenant)| {
+            self.tenant_tiers(tenant).iter().enumerate().map(move |(i, tier)| RegisteredTier {
+                id: TierId::new(Some(&tenant.name), &tier.name),
+                tenant: Some(tenant),
+                config: tier,
+                config_key: format!("tenants[{n}].tiers[{i}]"),
+            })
+        });
+        top.chain(tenants).collect()
     }
 
     /// The configuration of tier `name` of `tenant` (none: top-level).
@@ -573,13 +593,11 @@ impl Config {
     /// (`tier` or `tenant/tier`): tiers sharing a schedule run in one cycle.
     pub fn schedules(&self) -> Vec<(String, Vec<String>)> {
         let mut schedules: Vec<(String, Vec<String>)> = Vec::new();
-        let top = self.tiers.iter().map(|t| (t, t.name.clone()));
-        let tenants = self.tenants.iter().flat_map(|n| self.tenant_tiers(n).iter().map(|t| (t, tier_key(Some(&n.name), &t.name))));
-        for (tier, key) in top.chain(tenants).filter(|(t, _)| t.enabled) {
-            let expression = tier.effective_schedule().to_owned();
+        for tier in self.tier_registry().into_iter().filter(|t| t.config.enabled) {
+            let expression = tier.config.effective_schedule().to_owned();
             match schedules.iter_mut().find(|(e, _)| *e == expression) {
-                Some((_, keys)) => keys.push(key),
-                None => schedules.push((expression, vec![key])),
+                Some((_, keys)) => keys.push(tier.id.key()),
+                None => schedules.push((expression, vec![tier.id.key()])),
             }
         }
         schedules
@@ -694,7 +712,21 @@ impl Config {
     }
 }
 
-pub use compactor_planning::tier_key;
+pub use compactor_planning::{TierId, tier_key};
+
+/// One tier of the config, as [`Config::tier_registry`] lists it.
+#[derive(Debug, Clone)]
+pub struct RegisteredTier<'a> {
+    /// Which tier.
+    pub id: TierId,
+    /// Its tenant (none: a top-level tier).
+    pub tenant: Option<&'a TenantConfig>,
+    /// Its settings.
+    pub config: &'a TierConfig,
+    /// Where it is in the file (`tiers[0]`, `tenants[1].tiers[0]`), for
+    /// errors that name the key.
+    pub config_key: String,
+}
 
 /// Tier and tenant names become part of keys, logs and metrics.
 fn check_name(name: &str, key: &str) -> Result<(), ConfigError> {

@@ -20,20 +20,19 @@ use compactor_storage::{self as storage, Storage, StorageError};
 /// the other tiers still plan. Each tenant loads its components apart
 /// (its own call counters; its own stores and instances when planning).
 pub fn load_tiers(config: &Config, runtime: &PluginRuntime) -> Result<Vec<PlannedTier>, ConfigError> {
-    let top = config.tiers.iter().enumerate().map(|(i, tier)| (None, tier, format!("tiers[{i}]")));
-    let tenants = config.tenants.iter().enumerate().flat_map(|(n, tenant)| {
-        config.tenant_tiers(tenant).iter().enumerate().map(move |(i, tier)| (Some(tenant), tier, format!("tenants[{n}].tiers[{i}]")))
-    });
-    top.chain(tenants)
-        .map(|(tenant, tier, key)| {
+    config
+        .tier_registry()
+        .into_iter()
+        .map(|registered| {
+            let tier = registered.config;
             let source = PluginSource::parse(&tier.plugin, &config.base_dir);
             Ok(PlannedTier {
                 name: tier.name.clone(),
-                tenant: tenant.map(|t| t.name.clone()),
+                tenant: registered.id.tenant.clone(),
                 enabled: tier.enabled,
                 policy: runtime.load_tier(&source).map(|p| Arc::new(p) as Arc<dyn PolicyFactory>).map_err(|e| e.to_string()),
                 config_json: tier.config_json(),
-                limits: config.tier_limits(tenant, tier, &key)?,
+                limits: config.tier_limits(registered.tenant, tier, &registered.config_key)?,
             })
         })
         .collect()
