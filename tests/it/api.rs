@@ -677,7 +677,10 @@ fn a_tenants_own_tier_shows_everywhere_and_its_component_is_watched() {
 
     let own_hash = |api: &Client| {
         let (_, plugins) = api.get("/api/v1/plugins");
-        plugins["plugins"].as_array().unwrap().iter().find(|p| p["tier"] == "acme/own").unwrap()["content_hash"].as_str().unwrap().to_owned()
+        plugins["plugins"].as_array().unwrap().iter().find(|p| p["tier"] == "acme/own").unwrap()["content_hash"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     };
     assert_eq!(own_hash(&api), sha256(&original));
     replace(&component, &replacement);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 
-use crate::manager::JobRecord;
+use crate::report::JobRecord;
 use compactor_storage::{COMPACTION_STATE_ROOT, Storage, StorageError};
 
 /// Where history entries live.

@@ -13,10 +13,12 @@
 //! - [`scheduler`]: cron schedules per tier.
 
 pub mod config;
+mod health;
 pub mod history;
 pub mod manager;
 pub mod outlook;
 pub mod planner;
+mod report;
 pub mod scheduler;
 pub mod temp;
 pub mod tier;

@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use crate::config::Config;
+pub use crate::health::{SUSPEND_AFTER_FAILING_CYCLES, TierHealth};
 use crate::history::History;
 use crate::planner::{self, PlanOptions, PlanProblem, PlannedBatch, PlannedTier};
+pub use crate::report::{ActiveJob, CycleError, CycleOptions, CycleReport, GateDecision, JobRecord, ManagerStats, Progress};
 use crate::temp::{EngineDir, sweep_dead_engines};
 use compactor_job::manifest::{ManifestStore, RecoveryManifest, RecoveryObservers, RecoveryOutcome, RecoveryReport};
 use compactor_job::parent::{ChildCommand, JobFailure, RunSubset, StartedChild, compact_adaptive};
@@ -29,53 +30,6 @@ use compactor_storage::{Storage, StorageDescriptor};
 /// `[history] max_records`).
 const HISTORY_LIMIT: usize = 100;
 
-/// Consecutive cycles whose policy calls failed after which a tier is
-/// suspended.
-pub const SUSPEND_AFTER_FAILING_CYCLES: u32 = 3;
-/// The first suspension; each further one in a row doubles, up to a day.
-const FIRST_SUSPENSION_MINUTES: i64 = 10;
-const LONGEST_SUSPENSION_MINUTES: i64 = 24 * 60;
-
-/// How a tier's policy has been doing, cycle over cycle.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct TierHealth {
-    /// Cycles in a row in which a call of its policy failed (trap, fuel,
-    /// deadline, memory, refused configuration).
-    pub consecutive_failures: u32,
-    /// Suspended until then: its cycles are skipped and reported.
-    pub suspended_until: Option<DateTime<Utc>>,
-    /// Suspensions in a row (the backoff doubles with each).
-    pub suspensions: u32,
-    /// The last failure.
-    pub last_error: Option<String>,
-}
-
-impl TierHealth {
-    /// Records one cycle of the tier at `now`: `failure` is the first
-    /// policy failure of the cycle, if any. Returns whether the tier has
-    /// just been suspended.
-    pub fn record(&mut self, failure: Option<String>, now: DateTime<Utc>) -> bool {
-        let Some(failure) = failure else {
-            *self = Self::default();
-            return false;
-        };
-        self.consecutive_failures += 1;
-        self.last_error = Some(failure);
-        if self.consecutive_failures < SUSPEND_AFTER_FAILING_CYCLES {
-            return false;
-        }
-        let minutes = FIRST_SUSPENSION_MINUTES.saturating_mul(1 << self.suspensions.min(16)).min(LONGEST_SUSPENSION_MINUTES);
-        self.suspensions += 1;
-        self.suspended_until = Some(now + chrono::Duration::minutes(minutes));
-        true
-    }
-
-    /// Whether the tier is suspended at `now`.
-    pub fn is_suspended(&self, now: DateTime<Utc>) -> bool {
-        self.suspended_until.is_some_and(|until| now < until)
-    }
-}
-
 /// Tenants that plan at once, at least (more on machines with more cores):
 /// one tenant's policy spinning to its deadline leaves the others room.
 const PLANNING_SLOTS: usize = 4;
@@ -84,291 +38,8 @@ const PLANNING_SLOTS: usize = 4;
 /// met (Arc #186: backfilled data older than the schedule's window).
 const FORCE_HORIZON_DAYS: i64 = 3650;
 
-/// A cycle that could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum CycleError {
-    /// Another cycle is running.
-    #[error("compaction cycle already running")]
-    AlreadyRunning,
-    /// Planning failed (e.g. the databases could not be listed).
-    #[error(transparent)]
-    Plan(#[from] planner::PlanError),
-    /// The store cannot be used by a child process.
-    #[error("storage {0} cannot be compacted by a job process (use file://, s3://, …)")]
-    NotShareable(String),
-}
-
-/// What to run.
-#[derive(Debug, Clone, Default)]
-pub struct CycleOptions {
-    /// The time policies see as now (default: the current time).
-    pub now: Option<DateTime<Utc>>,
-    /// Only these tiers (default: every enabled tier): a tier's name
-    /// (every tenant's tier of that name) or `tenant/tier`.
-    pub tiers: Vec<String>,
-    /// `tiers` names tiers by their key only (`hourly` is then the
-    /// top-level tier alone): the scheduler's firings.
-    pub exact_tiers: bool,
-    /// Only this database.
-    pub database: Option<String>,
-    /// Ignore the policies' age rules: they see a clock ten years ahead, so
-    /// every partition counts as old (for backfilled data).
-    pub force: bool,
-    /// Planning only: record why each partition was or was not selected.
-    pub explain: bool,
-}
-
-/// One batch's outcome.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-// Read back from the history: fields added later, or skipped when empty, default.
-#[serde(default)]
-pub struct JobRecord {
-    /// Database.
-    pub database: String,
-    /// Measurement.
-    pub measurement: String,
-    /// Partition key prefix.
-    pub partition_path: String,
-    /// Tier.
-    pub tier: String,
-    /// The tenant whose database it is (none outside `[[tenants]]`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-    /// 1-based batch number.
-    pub batch_number: usize,
-    /// Files in the batch.
-    pub files_in: usize,
-    /// Inputs merged and removed, over all attempts.
-    pub files_compacted: usize,
-    /// Outputs written.
-    pub files_out: usize,
-    /// Bytes of the merged inputs.
-    pub bytes_before: u64,
-    /// Bytes of the outputs.
-    pub bytes_after: u64,
-    /// Rows read.
-    pub rows_before: u64,
-    /// Rows written (verified).
-    pub rows_after: u64,
-    /// Child processes run (more than one after a halving retry).
-    pub attempts: usize,
-    /// Whether every attempt needed succeeded.
-    pub success: bool,
-    /// Why not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// What kind of failure ended it (`out_of_memory`, `killed`, `timeout`,
-    /// `sql`, `storage`, `lease_lost`, `unknown_outcome`, …).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure_kind: Option<FailureKind>,
-    /// Inputs skipped as invalid Parquet (left in place).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub skipped_inputs: Vec<String>,
-    /// Wall time in milliseconds.
-    pub duration_ms: u64,
-    /// Largest peak resident memory of the job processes, in bytes.
-    pub peak_job_rss_bytes: u64,
-    /// Object-store requests the batch's job processes made.
-    pub requests: RequestCost,
-    /// The first attempt's job id (its log lines carry it).
-    pub job_id: String,
-    /// The cycle that ran it.
-    pub cycle_id: u64,
-    /// The engine that ran it.
-    pub engine: String,
-    /// The tier's policy (`builtin:hourly`, a path).
-    pub policy: String,
-    /// SHA-256 of the policy component's bytes.
-    pub policy_hash: String,
-    /// When the batch started.
-    pub started_at: DateTime<Utc>,
-    /// When it finished.
-    pub finished_at: DateTime<Utc>,
-}
-
-impl JobRecord {
-    /// Its tier as reports name it: `tier`, or `tenant/tier`.
-    pub fn tier_key(&self) -> String {
-        self.tier_id().key()
-    }
-
-    /// Which tier ran it.
-    pub fn tier_id(&self) -> crate::planner::TierId {
-        crate::planner::TierId::new(self.tenant.as_deref(), &self.tier)
-    }
-
-    /// Why it failed, for tables: `[kind] message` (none when it succeeded).
-    pub fn failure(&self) -> Option<String> {
-        if self.success {
-            return None;
-        }
-        let kind = self.failure_kind.map(|k| format!("[{}] ", k.name())).unwrap_or_default();
-        Some(format!("{kind}{}", self.error.as_deref().unwrap_or("unknown error")))
-    }
-}
-
-/// What the cluster gate said about this node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(tag = "decision", rename_all = "snake_case")]
-pub enum GateDecision {
-    /// Not in cluster mode: the node compacts.
-    #[default]
-    Standalone,
-    /// The gate lets this node compact.
-    Allowed {
-        /// The gate component.
-        plugin: String,
-    },
-    /// The gate says this node does not compact.
-    Denied {
-        /// The gate component.
-        plugin: String,
-        /// This node's configured role.
-        role: String,
-    },
-    /// The gate failed (trap, deadline, load error…): nothing is compacted,
-    /// to be safe.
-    Failed {
-        /// The gate component.
-        plugin: String,
-        /// What went wrong.
-        error: String,
-    },
-}
-
-impl GateDecision {
-    /// Whether this node may compact.
-    pub fn allows(&self) -> bool {
-        matches!(self, Self::Standalone | Self::Allowed { .. })
-    }
-}
-
-impl std::fmt::Display for GateDecision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Standalone => f.write_str("standalone: this node compacts"),
-            Self::Allowed { plugin } => write!(f, "the cluster gate {plugin} lets this node compact"),
-            Self::Denied { plugin, role } => {
-                write!(f, "the cluster gate {plugin} says this node (role {role:?}) does not compact; nothing is compacted here")
-            }
-            Self::Failed { plugin, error } => write!(f, "the cluster gate {plugin} failed, so nothing is compacted: {error}"),
-        }
-    }
-}
-
-/// The outcome of one cycle, as data: it feeds the summary table, JSON and
-/// stats alike.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CycleReport {
-    /// The cycle's id (1-based).
-    pub cycle_id: u64,
-    /// What the cluster gate said; a cycle the gate does not allow does
-    /// nothing else.
-    pub gate: GateDecision,
-    /// What recovery did first.
-    pub recovery: RecoveryReport,
-    /// One record per batch run.
-    pub jobs: Vec<JobRecord>,
-    /// Batches skipped because another compaction held their partition.
-    pub skipped_locked: usize,
-    /// Batches left for the next cycle by a tenant's `max_bytes_per_cycle`.
-    pub deferred_by_budget: usize,
-    /// Planning problems (a tier or partition that could not be planned).
-    pub problems: Vec<PlanProblem>,
-    /// Object-store requests of the whole cycle: the engine's own (recovery,
-    /// listing, locks) and its jobs'.
-    pub requests: RequestCost,
-    /// Wall time in milliseconds.
-    pub duration_ms: u64,
-}
-
-impl CycleReport {
-    /// Jobs that failed.
-    pub fn failed(&self) -> impl Iterator<Item = &JobRecord> {
-        self.jobs.iter().filter(|j| !j.success)
-    }
-
-    /// True when every job succeeded, nothing failed to plan, and the gate
-    /// (if any) answered.
-    pub fn all_succeeded(&self) -> bool {
-        self.failed().next().is_none()
-            && self.problems.is_empty()
-            && self.recovery.failed.is_empty()
-            && !matches!(self.gate, GateDecision::Failed { .. })
-    }
-}
-
-/// Counters over the manager's lifetime.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ManagerStats {
-    /// Jobs that succeeded.
-    pub total_jobs_completed: u64,
-    /// Jobs that failed.
-    pub total_jobs_failed: u64,
-    /// Inputs compacted.
-    pub total_files_compacted: u64,
-    /// Bytes saved (may be negative).
-    pub total_bytes_saved: i64,
-    /// Manifests recovered.
-    pub total_manifests_recovered: u64,
-    /// Unparseable manifests moved aside.
-    pub total_manifests_quarantined: u64,
-    /// Cycles finished.
-    pub total_cycles: u64,
-}
-
-/// A progress event, for a terminal progress bar.
-#[derive(Debug, Clone)]
-pub enum Progress {
-    /// A tier's plan is ready: `batches` jobs to run.
-    TierStarted {
-        /// Tier name.
-        tier: String,
-        /// Batches planned.
-        batches: usize,
-    },
-    /// A batch finished.
-    BatchDone {
-        /// The record.
-        record: Box<JobRecord>,
-    },
-    /// Recovery ran (at start-up, before a cycle, or on its own).
-    Recovered {
-        /// What it did.
-        report: Box<RecoveryReport>,
-    },
-    /// A cycle finished.
-    CycleFinished {
-        /// What it did.
-        report: Arc<CycleReport>,
-    },
-}
-
 /// Where progress events go.
 type ProgressSink = Arc<dyn Fn(Progress) + Send + Sync>;
-
-/// A batch being compacted now.
-#[derive(Debug, Clone, Serialize)]
-pub struct ActiveJob {
-    /// The cycle running it.
-    pub cycle_id: u64,
-    /// Database.
-    pub database: String,
-    /// Measurement.
-    pub measurement: String,
-    /// Partition key prefix.
-    pub partition_path: String,
-    /// Tier.
-    pub tier: String,
-    /// 1-based batch number.
-    pub batch_number: usize,
-    /// Files in the batch.
-    pub files: usize,
-    /// Bytes in the batch.
-    pub bytes: u64,
-    /// When it started.
-    pub started_at: DateTime<Utc>,
-}
 
 /// Runs compaction cycles over one store.
 pub struct Manager {
@@ -615,6 +286,21 @@ impl Manager {
     /// The store this manager compacts.
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// When each partition of `database`/`measurement` starting in
+    /// `[from, to)` will be compacted, and why not now, asked of the tiers
+    /// that may be called now (a suspended tier takes nothing anyway).
+    pub async fn partition_outlook(
+        &self,
+        database: &str,
+        measurement: &str,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<crate::outlook::PartitionOutlook>, bool), compactor_storage::StorageError> {
+        let tiers = self.callable_tiers().0;
+        crate::outlook::partition_outlook(&self.storage, &self.config, tiers, database, measurement, from, to, now).await
     }
 
     /// The plan of one cycle over every selected tier at once, changing

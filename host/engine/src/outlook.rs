@@ -206,46 +206,44 @@ fn contains(partition: &str, path: &str) -> bool {
     path == partition || path.strip_prefix(partition).is_some_and(|rest| rest.starts_with('/'))
 }
 
-impl crate::manager::Manager {
-    /// The outlook of `database`/`measurement`'s partitions starting in
-    /// `[from, to)` (see [`outlook`]), at `now`. Empty when the measurement
-    /// has no files.
-    pub async fn partition_outlook(
-        &self,
-        database: &str,
-        measurement: &str,
-        from: Option<DateTime<Utc>>,
-        to: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-    ) -> Result<(Vec<PartitionOutlook>, bool), compactor_storage::StorageError> {
-        let mut files = self.storage().list(&format!("{database}/{measurement}/")).await?;
-        files.retain(|f| compactor_model::is_eligible_input(&f.key));
-        let held = match compactor_job::manifest::ManifestStore::new(self.storage().clone()).held_files().await {
-            Ok(held) => Some(held),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the recovery manifests; the outlook does not show held files");
-                None
-            }
-        };
-        let config = self.config().clone();
-        // A suspended tier is not called: it does not take partitions now anyway.
-        let mut tiers = self.callable_tiers().0;
-        // Only the tiers of the database's tenant look at it.
-        let owner = self.config().tenant_of(database).map(|t| t.name.clone());
-        tiers.retain(|t| t.tenant == owner);
-        let (database, measurement) = (database.to_owned(), measurement.to_owned());
-        // Plugin calls block; WASI host calls must not run on the runtime's threads.
-        let described = tokio::task::spawn_blocking(move || {
-            let request =
-                OutlookRequest { database: &database, measurement: &measurement, files: &files, from, to, now, held: held.as_ref() };
-            outlook(&config, &tiers, &request)
-        })
-        .await;
-        Ok(described.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "the partition outlook failed (a bug in compactor)");
-            (Vec::new(), false)
-        }))
-    }
+/// The outlook of `database`/`measurement`'s partitions in `storage`
+/// starting in `[from, to)` (see [`outlook`]), at `now`, asked of `tiers`
+/// (the callable ones; only those of the database's tenant look at it).
+/// Empty when the measurement has no files.
+#[allow(clippy::too_many_arguments)]
+pub async fn partition_outlook(
+    storage: &compactor_storage::Storage,
+    config: &Config,
+    mut tiers: Vec<PlannedTier>,
+    database: &str,
+    measurement: &str,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(Vec<PartitionOutlook>, bool), compactor_storage::StorageError> {
+    let mut files = storage.list(&format!("{database}/{measurement}/")).await?;
+    files.retain(|f| compactor_model::is_eligible_input(&f.key));
+    let held = match compactor_job::manifest::ManifestStore::new(storage.clone()).held_files().await {
+        Ok(held) => Some(held),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the recovery manifests; the outlook does not show held files");
+            None
+        }
+    };
+    let config = config.clone();
+    let owner = config.tenant_of(database).map(|t| t.name.clone());
+    tiers.retain(|t| t.tenant == owner);
+    let (database, measurement) = (database.to_owned(), measurement.to_owned());
+    // Plugin calls block; WASI host calls must not run on the runtime's threads.
+    let described = tokio::task::spawn_blocking(move || {
+        let request = OutlookRequest { database: &database, measurement: &measurement, files: &files, from, to, now, held: held.as_ref() };
+        outlook(&config, &tiers, &request)
+    })
+    .await;
+    Ok(described.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the partition outlook failed (a bug in compactor)");
+        (Vec::new(), false)
+    }))
 }
 
 /// A partition being described, with its file keys.
