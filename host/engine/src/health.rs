@@ -45,6 +45,16 @@ impl TierHealth {
         true
     }
 
+    /// Why a suspended tier is not asked, as plans and cycles report it.
+    pub fn suspension_note(&self) -> String {
+        format!(
+            "suspended until {} after {} cycles in a row whose policy calls failed (last: {}); not asked; reload the plugin to retry sooner",
+            self.suspended_until.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            self.consecutive_failures,
+            self.last_error.as_deref().unwrap_or_default()
+        )
+    }
+
     /// Whether the tier is suspended at `now`.
     pub fn is_suspended(&self, now: DateTime<Utc>) -> bool {
         self.suspended_until.is_some_and(|until| now < until)

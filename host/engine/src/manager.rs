@@ -316,17 +316,11 @@ impl Manager {
         for group in self.tenant_groups(&selected, options, &mut plan.planning_requests).await? {
             let group_tiers: Vec<PlannedTier> = group.tiers.iter().map(|t| (*t).clone()).collect();
             let mut tenant_plan = planner::plan(&self.storage, &group_tiers, &self.plan_options(options, &group)).await?;
-            let mut budget = group.budget();
-            let deferred = budget.take(&mut tenant_plan.batches);
-            if !deferred.is_empty() {
-                tracing::info!("{}", budget.note(&group, &deferred));
-                tenant_plan.defer(&deferred);
-            }
+            group.budget().defer_over_budget(&group, &mut tenant_plan);
             plan.merge(tenant_plan);
         }
         for (name, health) in suspended {
-            let until = health.suspended_until.map(|t| t.to_rfc3339()).unwrap_or_default();
-            plan.problems.push(PlanProblem { tier: name, partition: None, message: format!("suspended until {until}; not asked") });
+            plan.problems.push(PlanProblem { tier: name, partition: None, message: health.suspension_note() });
         }
         Ok(plan)
     }
@@ -568,16 +562,7 @@ impl Manager {
             }
             let key = tier.key();
             if let Some(health) = lock(&self.health).get(&key).filter(|h| h.is_suspended(Utc::now())) {
-                outcome.problems.push(PlanProblem {
-                    tier: key,
-                    partition: None,
-                    message: format!(
-                        "suspended until {} after {} cycles in a row whose policy calls failed (last: {}); reload the plugin to retry sooner",
-                        health.suspended_until.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                        health.consecutive_failures,
-                        health.last_error.as_deref().unwrap_or_default()
-                    ),
-                });
+                outcome.problems.push(PlanProblem { tier: key, partition: None, message: health.suspension_note() });
                 continue;
             }
             let planning = self.planning_slots.acquire().await;
@@ -589,12 +574,9 @@ impl Manager {
             if suspended {
                 tracing::error!(tier = %key, "the tier's policy failed in {SUSPEND_AFTER_FAILING_CYCLES} cycles in a row; it is suspended (see /api/v1/plugins)");
             }
-            outcome.problems.extend(plan.problems);
-            let deferred = budget.take(&mut plan.batches);
-            if !deferred.is_empty() {
-                tracing::info!("{}", budget.note(group, &deferred));
-                outcome.deferred_by_budget += deferred.len();
-            }
+            outcome.problems.append(&mut plan.problems);
+            budget.defer_over_budget(group, &mut plan);
+            outcome.deferred_by_budget += plan.deferred_by_budget;
             self.emit(Progress::TierStarted { tier: key, batches: plan.batches.len() });
             let suffix = plan.tiers.first().map(|t| t.output_suffix.clone()).filter(|s| !s.is_empty());
             let run = TierRun {
@@ -962,6 +944,16 @@ struct ByteBudget {
 }
 
 impl ByteBudget {
+    /// Takes out of `plan` the batches past the budget, logs it, and counts
+    /// them as deferred to the next cycle: `plan` and a cycle do the same.
+    fn defer_over_budget(&mut self, group: &TenantGroup<'_>, plan: &mut planner::Plan) {
+        let deferred = self.take(&mut plan.batches);
+        if !deferred.is_empty() {
+            tracing::info!("{}", self.note(group, &deferred));
+            plan.defer(&deferred);
+        }
+    }
+
     /// Keeps in `batches` those that fit what is left (the cycle's first
     /// batch always does, so an oversized one cannot starve), and returns
     /// the others.
