@@ -19,7 +19,7 @@ use crate::planner::{self, PlanOptions, PlanProblem, PlannedBatch, PlannedTier};
 pub use crate::report::{ActiveJob, CycleError, CycleOptions, CycleReport, GateDecision, JobRecord, ManagerStats, Progress};
 use crate::temp::{EngineDir, sweep_dead_engines};
 use compactor_job::manifest::{ManifestStore, RecoveryManifest, RecoveryObservers, RecoveryOutcome, RecoveryReport};
-use compactor_job::parent::{ChildCommand, JobFailure, RunSubset, StartedChild, compact_adaptive};
+use compactor_job::parent::{Attempt, ChildCommand, JobFailure, RunSubset, StartedChild, compact_adaptive};
 use compactor_job::{FailureKind, JobConfig, JobLease, JobResult, PolicyRef, job_id, job_prefix};
 use compactor_runtime::{NodeInfo, PluginRuntime, PluginSource};
 use compactor_storage::RequestCost;
@@ -760,19 +760,13 @@ impl Manager {
             }),
             policy: Some(run.policy.clone()),
         };
-        let results: Mutex<Vec<JobResult>> = Mutex::default();
-        let job_ids: Mutex<Vec<String>> = Mutex::default();
-        let unknown_outcome = AtomicBool::new(false);
         let run_subset: &RunSubset<'_> = &|files: Vec<String>| {
             let config = JobConfig {
                 files,
                 job_id: job_id(&template.database, &template.partition_path, Utc::now(), template.batch_number),
                 ..template.clone()
             };
-            lock(&job_ids).push(config.job_id.clone());
             let child = &self.child;
-            let results = &results;
-            let unknown_outcome = &unknown_outcome;
             let manifests = ManifestStore::new(self.storage.clone());
             let engine = self.engine_id();
             Box::pin(async move {
@@ -780,7 +774,7 @@ impl Manager {
                     let mut failure =
                         JobFailure::new(FailureKind::LeaseLost, "the partition's lease was lost; the job was not started".into());
                     failure.permanent = true;
-                    return Err(failure);
+                    return (config.job_id, Err(failure));
                 }
                 let standby = lock(&self.standby).take().and_then(|mut c| c.is_running().then_some(c));
                 let mut outcome = match standby {
@@ -789,17 +783,9 @@ impl Manager {
                 };
                 if let Err(failure) = &mut outcome {
                     match failure.kind {
-                        FailureKind::UnknownOutcome => {
-                            unknown_outcome.store(true, Ordering::SeqCst);
-                            failure.permanent = true;
-                        }
-                        FailureKind::LeaseLost => {
-                            // It may have sent writes before its deadline that
-                            // have not landed yet: the claim stays, marked,
-                            // until they have.
-                            unknown_outcome.store(true, Ordering::SeqCst);
-                            failure.permanent = true;
-                        }
+                        // Recovery resolves these once the lease, released
+                        // late, has expired (see `leaves_writes_in_flight`).
+                        FailureKind::UnknownOutcome | FailureKind::LeaseLost => failure.permanent = true,
                         _ if !lease.is_valid() => {
                             failure.message = format!("{}; the partition's lease was lost, so recovery resolves the job", failure.message);
                             failure.permanent = true;
@@ -826,20 +812,12 @@ impl Manager {
                         }
                     }
                 }
-                match &outcome {
-                    Ok(result) => lock(results).push(result.clone()),
-                    Err(failure) => {
-                        if let Some(result) = &failure.result {
-                            lock(results).push(result.clone());
-                        }
-                    }
-                }
-                outcome
+                (config.job_id, outcome)
             })
         };
         let (attempts, outcome) = compact_adaptive(run_subset, candidate.files.clone()).await;
-        let results = results.into_inner().unwrap_or_default();
-        let succeeded: Vec<&JobResult> = results.iter().filter(|r| r.success).collect();
+        let results: Vec<&JobResult> = attempts.iter().filter_map(Attempt::result).collect();
+        let succeeded: Vec<&JobResult> = results.iter().copied().filter(|r| r.success).collect();
         let record = JobRecord {
             database: candidate.database.clone(),
             measurement: candidate.measurement.clone(),
@@ -862,7 +840,7 @@ impl Manager {
             duration_ms: started.elapsed().as_millis() as u64,
             peak_job_rss_bytes: results.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
             requests: results.iter().fold(RequestCost::default(), |total, r| total + r.requests),
-            job_id: job_ids.into_inner().unwrap_or_default().into_iter().next().unwrap_or_default(),
+            job_id: attempts.first().map(|a| a.job_id.clone()).unwrap_or_default(),
             cycle_id: run.cycle_id,
             engine: self.engine_id().to_owned(),
             policy: run.policy.name.clone(),
@@ -871,7 +849,7 @@ impl Manager {
             finished_at: Utc::now(),
         };
         self.account(&record).await;
-        (record, unknown_outcome.load(Ordering::SeqCst))
+        (record, attempts.iter().any(leaves_writes_in_flight))
     }
 
     async fn account(&self, record: &JobRecord) {
@@ -896,6 +874,14 @@ impl Manager {
             tracing::warn!(job_id = %record.job_id, error = %e, "cannot record the job in the persistent history");
         }
     }
+}
+
+/// Whether `attempt` may have left writes that have not landed yet: an
+/// upload or commit whose outcome is unknown, or a job that lost its lease
+/// (it may have sent writes before its deadline). Its partition is then
+/// released late, and recovery resolves it after the claim has expired.
+fn leaves_writes_in_flight(attempt: &Attempt) -> bool {
+    matches!(&attempt.outcome, Err(failure) if matches!(failure.kind, FailureKind::UnknownOutcome | FailureKind::LeaseLost))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

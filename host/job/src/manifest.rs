@@ -447,7 +447,10 @@ pub enum RecoveryError {
 /// Told a finished job's inputs; an error keeps the manifest.
 pub type ConsumedInputsObserver<'a> = dyn Fn(&[String]) -> Result<(), String> + Sync + 'a;
 
-/// Hooks recovery calls; both optional.
+/// Hooks recovery calls; both optional. Kept for cluster mode (issue 22):
+/// the completion watcher's `ManifestBridge` marks a recovered job's outputs
+/// and inputs in the cluster's file registry through them, as Arc's
+/// receipts do; standalone recovery passes none.
 #[derive(Default)]
 pub struct RecoveryObservers<'a> {
     /// Called with each output that recovery keeps, before inputs are deleted.

@@ -48,11 +48,6 @@ impl JobFailure {
         Self { message, stderr: String::new(), exit_code: None, kind, result: None, permanent: false }
     }
 
-    /// Whether retrying (split in halves) may help, and why.
-    pub fn classification(&self) -> Classification {
-        self.classification_with(&self.stderr)
-    }
-
     /// The verdict from the kind; a failure nobody typed falls back to Arc's
     /// text rules over the message and `stderr`.
     fn classification_with(&self, stderr: &str) -> Classification {
@@ -293,8 +288,20 @@ fn reemit(origin: &JobOrigin, line: &str) {
 pub struct Attempt {
     /// Files in the attempt.
     pub files: usize,
-    /// `Ok` with the result, or the failure message.
-    pub outcome: Result<JobResult, String>,
+    /// Its job id (its log lines carry it).
+    pub job_id: String,
+    /// The job's result, or its failure.
+    pub outcome: Result<JobResult, JobFailure>,
+}
+
+impl Attempt {
+    /// What the job process reported, a failed job's result included.
+    pub fn result(&self) -> Option<&JobResult> {
+        match &self.outcome {
+            Ok(result) => Some(result),
+            Err(failure) => failure.result.as_ref(),
+        }
+    }
 }
 
 /// Why a batch did not fully succeed: the kind of the failure that ended
@@ -313,8 +320,11 @@ impl std::fmt::Display for BatchFailure {
     }
 }
 
+/// What running a job over a subset gave: its job id and its outcome.
+pub type RunOutcome = (String, Result<JobResult, JobFailure>);
+
 /// Runs a job over a subset of files.
-pub type RunSubset<'a> = dyn Fn(Vec<String>) -> Pin<Box<dyn Future<Output = Result<JobResult, JobFailure>> + Send + 'a>> + Sync + 'a;
+pub type RunSubset<'a> = dyn Fn(Vec<String>) -> Pin<Box<dyn Future<Output = RunOutcome> + Send + 'a>> + Sync + 'a;
 
 /// Arc's adaptive compaction: run the batch; on a recoverable failure split
 /// it at n/2 and run the first half, then (only if it succeeded) the second,
@@ -346,14 +356,15 @@ fn attempt<'r: 'b, 'b>(
             return Err(BatchFailure { kind, message });
         }
         let count = files.len();
-        let failure = match run(files.clone()).await {
+        let (job_id, outcome) = run(files.clone()).await;
+        let failure = match outcome {
             Ok(result) => {
-                attempts.push(Attempt { files: count, outcome: Ok(result) });
+                attempts.push(Attempt { files: count, job_id, outcome: Ok(result) });
                 return Ok(());
             }
             Err(failure) => failure,
         };
-        attempts.push(Attempt { files: count, outcome: Err(failure.message.clone()) });
+        attempts.push(Attempt { files: count, job_id, outcome: Err(failure.clone()) });
         let stderr =
             quoted_stderr(&failure.message).unwrap_or(if failure.stderr.is_empty() { previous_stderr } else { failure.stderr.clone() });
         let verdict = failure.classification_with(&stderr);
@@ -445,10 +456,12 @@ mod tests {
     #[tokio::test]
     async fn recoverable_failures_split_in_halves_first_half_first() {
         let sizes = Mutex::new(Vec::new());
-        let run = |f: Vec<String>| -> Pin<Box<dyn Future<Output = Result<JobResult, JobFailure>> + Send + '_>> {
+        let run = |f: Vec<String>| -> Pin<Box<dyn Future<Output = RunOutcome> + Send + '_>> {
             sizes.lock().unwrap().push(f.len());
             let n = f.len();
-            Box::pin(async move { if n > 15 { Err(failing("subprocess failed: signal: killed")) } else { Ok(JobResult::default()) } })
+            Box::pin(async move {
+                (String::new(), if n > 15 { Err(failing("subprocess failed: signal: killed")) } else { Ok(JobResult::default()) })
+            })
         };
         let (attempts, outcome) = compact_adaptive(&run, files(30)).await;
         assert_eq!(outcome, Ok(()));
@@ -459,9 +472,9 @@ mod tests {
     #[tokio::test]
     async fn permanent_failures_make_one_attempt_and_small_batches_never_split() {
         let count = Mutex::new(0);
-        let run = |_f: Vec<String>| -> Pin<Box<dyn Future<Output = Result<JobResult, JobFailure>> + Send + '_>> {
+        let run = |_f: Vec<String>| -> Pin<Box<dyn Future<Output = RunOutcome> + Send + '_>> {
             *count.lock().unwrap() += 1;
-            Box::pin(async { Err(failing("failed to execute compaction query: Binder Error: nope")) })
+            Box::pin(async { (String::new(), Err(failing("failed to execute compaction query: Binder Error: nope"))) })
         };
         let (_, outcome) = compact_adaptive(&run, files(30)).await;
         assert!(outcome.unwrap_err().message.contains("Binder Error"));
@@ -473,10 +486,10 @@ mod tests {
     #[tokio::test]
     async fn the_kind_decides_not_the_text() {
         let count = Mutex::new(0);
-        let run = |_f: Vec<String>| -> Pin<Box<dyn Future<Output = Result<JobResult, JobFailure>> + Send + '_>> {
+        let run = |_f: Vec<String>| -> Pin<Box<dyn Future<Output = RunOutcome> + Send + '_>> {
             *count.lock().unwrap() += 1;
             // No marker in the text: only the kind says it is permanent.
-            Box::pin(async { Err(JobFailure::new(FailureKind::Sql, "the merge failed".into())) })
+            Box::pin(async { (String::new(), Err(JobFailure::new(FailureKind::Sql, "the merge failed".into()))) })
         };
         let (_, outcome) = compact_adaptive(&run, files(30)).await;
         assert_eq!(outcome.unwrap_err(), BatchFailure { kind: FailureKind::Sql, message: "the merge failed".into() });
@@ -486,9 +499,9 @@ mod tests {
     #[tokio::test]
     async fn a_failed_first_half_skips_the_second() {
         let sizes = Mutex::new(Vec::new());
-        let run = |f: Vec<String>| -> Pin<Box<dyn Future<Output = Result<JobResult, JobFailure>> + Send + '_>> {
+        let run = |f: Vec<String>| -> Pin<Box<dyn Future<Output = RunOutcome> + Send + '_>> {
             sizes.lock().unwrap().push(f.len());
-            Box::pin(async { Err(JobFailure::new(FailureKind::Killed, "subprocess failed: signal: killed".into())) })
+            Box::pin(async { (String::new(), Err(JobFailure::new(FailureKind::Killed, "subprocess failed: signal: killed".into()))) })
         };
         let (_, outcome) = compact_adaptive(&run, files(30)).await;
         // 30 → 15 → 7 → 3 → 1: the 1-file half is refused.

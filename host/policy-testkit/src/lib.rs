@@ -80,13 +80,6 @@ impl Policy {
         Ok(self)
     }
 
-    /// Sandbox limits for the next instances.
-    pub fn with_limits(mut self, limits: PluginLimits) -> Self {
-        self.limits = limits;
-        self.instance = None;
-        self
-    }
-
     /// A fresh instance for every call (the engine makes one per tier and
     /// cycle; state a policy keeps between calls shows up here).
     pub fn fresh_instances(mut self) -> Self {

@@ -11,7 +11,7 @@ use crate::bindings::types;
 use crate::contract::Contract;
 use crate::output::sanitize;
 use crate::sandbox::{CallCounts, CallStats, Sandbox};
-use crate::{LoadStats, PluginError, PluginRuntime, World, wrong_world};
+use crate::{PluginError, PluginRuntime, World, wrong_world};
 use compactor_model::{Partition, PartitionLevel};
 
 /// What a tier policy says about itself, after `configure`.
@@ -36,7 +36,6 @@ pub struct TierDescription {
 pub struct TierPlugin {
     name: Arc<str>,
     contract: Contract,
-    stats: LoadStats,
     content_hash: Arc<str>,
     calls: Arc<CallStats>,
     engine: &'static wasmtime::Engine,
@@ -70,7 +69,6 @@ impl TierPlugin {
         Ok(Self {
             name: loaded.name,
             contract: loaded.contract,
-            stats: loaded.stats,
             content_hash: loaded.content_hash.into(),
             calls: Arc::default(),
             engine: runtime.engine,
@@ -88,11 +86,6 @@ impl TierPlugin {
     /// What the contract check found.
     pub fn contract(&self) -> &Contract {
         &self.contract
-    }
-
-    /// How the component was loaded.
-    pub fn load_stats(&self) -> LoadStats {
-        self.stats
     }
 
     /// SHA-256 of the component's bytes, hex.
