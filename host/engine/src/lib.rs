@@ -19,6 +19,7 @@ pub mod manager;
 pub mod outlook;
 pub mod planner;
 mod report;
+mod runner;
 pub mod scheduler;
 pub mod temp;
 pub mod tier;

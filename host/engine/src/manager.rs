@@ -5,7 +5,6 @@
 //! hourly's outputs. One cycle at a time: a second one is refused.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -17,13 +16,14 @@ pub use crate::health::{SUSPEND_AFTER_FAILING_CYCLES, TierHealth};
 use crate::history::History;
 use crate::planner::{self, PlanOptions, PlanProblem, PlannedBatch, PlannedTier};
 pub use crate::report::{ActiveJob, CycleError, CycleOptions, CycleReport, GateDecision, JobRecord, ManagerStats, Progress};
-use crate::temp::{EngineDir, sweep_dead_engines};
-use compactor_job::manifest::{ManifestStore, RecoveryManifest, RecoveryObservers, RecoveryOutcome, RecoveryReport};
-use compactor_job::parent::{Attempt, ChildCommand, JobFailure, RunSubset, StartedChild, compact_adaptive};
-use compactor_job::{FailureKind, JobConfig, JobLease, JobResult, PolicyRef, job_id, job_prefix};
+use crate::runner::{JobRunner, TierRun};
+use crate::temp::sweep_dead_engines;
+use compactor_job::PolicyRef;
+use compactor_job::manifest::{ManifestStore, RecoveryObservers, RecoveryReport};
+use compactor_job::parent::ChildCommand;
 use compactor_runtime::{NodeInfo, PluginRuntime, PluginSource};
 use compactor_storage::RequestCost;
-use compactor_storage::lease::{Lease, Leases, new_engine_id};
+use compactor_storage::lease::{Leases, new_engine_id};
 use compactor_storage::{Storage, StorageDescriptor};
 
 /// Records kept in the manager's memory (the persistent history keeps
@@ -48,18 +48,15 @@ pub struct Manager {
     requests: Arc<compactor_storage::RequestCounts>,
     tiers: RwLock<Arc<Vec<PlannedTier>>>,
     plugins: PluginRuntime,
-    child: ChildCommand,
+    /// Runs the batches: job slots, the standby process, leases, the
+    /// engine's temp directory, the jobs in flight.
+    runner: JobRunner,
     stop: Arc<AtomicBool>,
-    leases: Leases,
-    temp_directory: PathBuf,
-    engine_dir: Mutex<Option<Arc<EngineDir>>>,
     running: Arc<AtomicBool>,
     cycle_id: AtomicU64,
     stats: Mutex<ManagerStats>,
     history: Mutex<VecDeque<JobRecord>>,
     persistent_history: History,
-    active: Mutex<BTreeMap<u64, ActiveJob>>,
-    next_active: AtomicU64,
     observers: Mutex<Vec<ProgressSink>>,
     health: Mutex<BTreeMap<String, TierHealth>>,
     /// Call counters of the tiers' replaced plugins, which instances of a
@@ -67,14 +64,9 @@ pub struct Manager {
     retired_calls: Mutex<BTreeMap<String, Vec<Arc<compactor_runtime::CallStats>>>>,
     /// Why the last reload failed (cleared by one that succeeds).
     reload_error: Mutex<Option<String>>,
-    /// `[compaction] max_concurrent`: every tenant's jobs together.
-    job_slots: tokio::sync::Semaphore,
     /// Tenants planning at once: bounds the memory their policies can hold
     /// together (each instance within its own memory limit).
     planning_slots: tokio::sync::Semaphore,
-    /// A job process started with the cycle, for its first job: it boots and
-    /// opens DuckDB while the cycle recovers, plans and takes the lease.
-    standby: Mutex<Option<StartedChild>>,
 }
 
 impl Manager {
@@ -110,7 +102,8 @@ impl Manager {
         let temp_directory = config.resolve_path(&config.compaction.temp_directory);
         let leases = Leases::new(storage.clone(), new_engine_id(), config.coordination.lease_settings().unwrap_or_default());
         let persistent_history = History::new(storage.clone(), leases.engine(), config.history.max_records);
-        let job_slots = tokio::sync::Semaphore::new(config.compaction.effective_max_concurrent());
+        let stop: Arc<AtomicBool> = Arc::default();
+        let runner = JobRunner::new(config.clone(), storage.clone(), child, leases, temp_directory, stop.clone());
         let planning_slots = tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()).max(PLANNING_SLOTS));
         Self {
             config,
@@ -118,25 +111,18 @@ impl Manager {
             requests,
             tiers: RwLock::new(Arc::new(tiers)),
             plugins,
-            child,
-            stop: Arc::default(),
-            leases,
-            temp_directory,
-            engine_dir: Mutex::default(),
+            runner,
+            stop,
             running: Arc::default(),
             cycle_id: AtomicU64::new(0),
             stats: Mutex::default(),
             history: Mutex::default(),
             persistent_history,
-            active: Mutex::default(),
-            next_active: AtomicU64::new(0),
             observers: Mutex::default(),
             health: Mutex::default(),
             retired_calls: Mutex::default(),
             reload_error: Mutex::default(),
-            job_slots,
             planning_slots,
-            standby: Mutex::default(),
         }
     }
 
@@ -249,7 +235,7 @@ impl Manager {
 
     /// The batches being compacted now.
     pub fn active_jobs(&self) -> Vec<ActiveJob> {
-        lock(&self.active).values().cloned().collect()
+        self.runner.active_jobs()
     }
 
     /// The lake's persistent job history.
@@ -398,13 +384,13 @@ impl Manager {
 
     /// This engine's id, as its leases and manifests name it.
     pub fn engine_id(&self) -> &str {
-        self.leases.engine()
+        self.runner.leases().engine()
     }
 
     /// Finishes or rolls back the interrupted jobs whose owner's lease is
     /// gone, and leaves live ones alone (see [`ManifestStore::recover`]).
     pub async fn recover(&self) -> Result<RecoveryReport, compactor_job::manifest::ManifestError> {
-        let report = ManifestStore::new(self.storage.clone()).recover(&self.leases, &RecoveryObservers::default()).await?;
+        let report = ManifestStore::new(self.storage.clone()).recover(self.runner.leases(), &RecoveryObservers::default()).await?;
         if !report.quarantined.is_empty() {
             tracing::error!(manifests = ?report.quarantined, "unparseable recovery manifests moved aside to *.quarantined");
         }
@@ -422,8 +408,8 @@ impl Manager {
     /// refuses to go on when this host's clock is further from the store's
     /// than half of `max_clock_skew`.
     pub async fn check_store(&self) -> anyhow::Result<()> {
-        let skew = self.leases.settings().max_clock_skew;
-        let check = match self.leases.check_store().await {
+        let skew = self.runner.leases().settings().max_clock_skew;
+        let check = match self.runner.leases().check_store().await {
             Ok(check) => check,
             Err(e) => {
                 tracing::warn!(store = %self.storage, error = %e, "cannot check the store's conditional writes and clock");
@@ -456,18 +442,7 @@ impl Manager {
     /// Removes the temp directories of engines that are gone (their leftover
     /// job directories); nothing of a live engine's, nothing unmarked.
     pub fn cleanup_orphaned_temp_dirs(&self) -> std::io::Result<usize> {
-        sweep_dead_engines(&self.temp_directory)
-    }
-
-    /// This engine's temp directory, created on first use.
-    fn engine_dir(&self) -> std::io::Result<Arc<EngineDir>> {
-        let mut dir = lock(&self.engine_dir);
-        if let Some(dir) = dir.as_ref() {
-            return Ok(dir.clone());
-        }
-        let created = Arc::new(EngineDir::create(&self.temp_directory, self.engine_id())?);
-        *dir = Some(created.clone());
-        Ok(created)
+        sweep_dead_engines(self.runner.temp_directory())
     }
 
     /// Runs one cycle.
@@ -508,7 +483,7 @@ impl Manager {
             tracing::warn!(cycle_id, "{}", report.gate);
             return Ok(report);
         }
-        let _standby = Standby::start(&self.standby, &self.child);
+        let _standby = self.runner.start_standby();
         match self.recover().await {
             Ok(recovery) => report.recovery = recovery,
             Err(e) => tracing::error!(error = %e, "recovery failed; continuing with the cycle"),
@@ -587,269 +562,17 @@ impl Manager {
                 tenant: group.tenant_name().map(str::to_owned),
                 max_concurrent: group.max_concurrent(&self.config),
             };
-            let (records, skipped) = self.execute(plan.batches, &run).await;
+            let on_record = |record: JobRecord| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+                Box::pin(async move {
+                    self.account(&record).await;
+                    self.emit(Progress::BatchDone { record: Box::new(record) });
+                })
+            };
+            let (records, skipped) = self.runner.execute(plan.batches, &run, &on_record).await;
             outcome.jobs.extend(records);
             outcome.skipped_locked += skipped;
         }
         Ok(outcome)
-    }
-
-    /// Runs the batches of one tier: partitions in parallel (bounded), the
-    /// batches of a partition in sequence.
-    async fn execute(&self, batches: Vec<PlannedBatch>, run: &TierRun<'_>) -> (Vec<JobRecord>, usize) {
-        let mut partitions: BTreeMap<String, Vec<PlannedBatch>> = BTreeMap::new();
-        for batch in batches {
-            partitions.entry(batch.candidate.partition_path.clone()).or_default().push(batch);
-        }
-        let limit = run.max_concurrent;
-        let results: Vec<(Vec<JobRecord>, usize)> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-            futures::stream::iter(partitions.into_values().map(|batches| self.execute_partition(batches, run))),
-            limit,
-        ))
-        .await;
-        let mut records = Vec::new();
-        let mut skipped = 0;
-        for (r, s) in results {
-            records.extend(r);
-            skipped += s;
-        }
-        records.sort_by(|a, b| (&a.partition_path, a.batch_number).cmp(&(&b.partition_path, b.batch_number)));
-        (records, skipped)
-    }
-
-    async fn execute_partition(&self, batches: Vec<PlannedBatch>, run: &TierRun<'_>) -> (Vec<JobRecord>, usize) {
-        let Some(first) = batches.first() else { return (Vec::new(), 0) };
-        let partition = first.candidate.partition_path.clone();
-        let database = first.candidate.database.clone();
-        // Every tenant's jobs together stay within [compaction] max_concurrent
-        // (the semaphore is never closed).
-        let Ok(_slot) = self.job_slots.acquire().await else { return (Vec::new(), batches.len()) };
-        let lease = match self.leases.try_acquire(&partition).await {
-            Ok(Some(lease)) => lease,
-            Ok(None) => {
-                tracing::info!(%partition, "partition (or its day, or an hour of it) is being compacted elsewhere; skipping it this cycle");
-                return (Vec::new(), batches.len());
-            }
-            Err(e) => {
-                tracing::error!(%partition, error = %e, "cannot take the partition's lease; skipping it this cycle");
-                return (Vec::new(), batches.len());
-            }
-        };
-        let skipped = batches.len();
-        let outcome = self.execute_leased(batches, run, &lease).await;
-        let (records, unknown_outcome) = match outcome {
-            Ok(done) => done,
-            Err(reason) => {
-                tracing::error!(%partition, "{reason}; skipping it this cycle");
-                self.leases.release(lease).await;
-                return (Vec::new(), skipped);
-            }
-        };
-        if unknown_outcome {
-            // Keep the partition for one more lease TTL and the store's
-            // late-write window, so that the request whose outcome is unknown
-            // has landed or failed before anyone (this engine included)
-            // recovers it.
-            self.leases.release_late(lease).await;
-        } else {
-            self.leases.release(lease).await;
-        }
-        if let Ok(dir) = self.engine_dir() {
-            remove_partition_temp_dirs(dir.path(), &job_prefix(&database, &partition));
-        }
-        (records, 0)
-    }
-
-    /// The batches of one partition, under its lease: the lease is renewed
-    /// meanwhile, and the files of manifests written since the plan are
-    /// dropped first. Returns the records and whether a job's outcome is
-    /// unknown (then the rest of the partition waits for recovery).
-    async fn execute_leased(&self, batches: Vec<PlannedBatch>, run: &TierRun<'_>, lease: &Lease) -> Result<(Vec<JobRecord>, bool), String> {
-        let engine_dir = self.engine_dir().map_err(|e| format!("cannot create the engine's temp directory: {e}"))?;
-        let deadline_file = engine_dir.path().join(format!("{}.deadline", lease.id()));
-        let _renewal = self.leases.keep_renewed(lease, Some(deadline_file.clone()));
-        // The plan's snapshot of held files may predate another job's
-        // manifest; under the lease, look again.
-        let held = ManifestStore::new(self.storage.clone()).held_files().await.map_err(|e| e.to_string())?;
-        if let Some(manifest) = held.blocked_by(lease.partition()) {
-            return Err(format!("recovery manifest {manifest} cannot be read now"));
-        }
-        let mut records = Vec::new();
-        for mut batch in batches {
-            if self.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let planned = batch.candidate.files.len();
-            batch.candidate.files.retain(|f| !held.contains(f));
-            if batch.candidate.files.len() < compactor_job::parent::MIN_BATCH_FILES {
-                if planned > 0 {
-                    tracing::info!(partition = %lease.partition(), "the batch's files are held by another job's manifest now; skipping it");
-                }
-                continue;
-            }
-            let job = LeasedJob { lease, deadline_file: &deadline_file, engine_dir: engine_dir.path() };
-            let (record, unknown_outcome) = self.execute_batch(&batch, run, &job).await;
-            self.emit(Progress::BatchDone { record: Box::new(record.clone()) });
-            records.push(record);
-            if unknown_outcome {
-                return Ok((records, true));
-            }
-        }
-        Ok((records, false))
-    }
-
-    /// One batch, its log lines (the engine's and, re-emitted, its job
-    /// processes') carrying the cycle, tier and partition.
-    async fn execute_batch(&self, batch: &PlannedBatch, run: &TierRun<'_>, job: &LeasedJob<'_>) -> (JobRecord, bool) {
-        let candidate = &batch.candidate;
-        let span = tracing::info_span!(
-            "batch",
-            cycle_id = run.cycle_id,
-            tier = %candidate.tier,
-            partition = %candidate.partition_path,
-            batch = candidate.batch_number
-        );
-        tracing::Instrument::instrument(self.execute_batch_in_span(batch, run, job), span).await
-    }
-
-    async fn execute_batch_in_span(&self, batch: &PlannedBatch, run: &TierRun<'_>, job: &LeasedJob<'_>) -> (JobRecord, bool) {
-        let candidate = &batch.candidate;
-        let (descriptor, suffix) = (run.descriptor, run.suffix);
-        let lease = job.lease;
-        let started = Instant::now();
-        let started_at = Utc::now();
-        let _active = ActiveGuard::register(
-            &self.active,
-            self.next_active.fetch_add(1, Ordering::Relaxed),
-            ActiveJob {
-                cycle_id: run.cycle_id,
-                database: candidate.database.clone(),
-                measurement: candidate.measurement.clone(),
-                partition_path: candidate.partition_path.clone(),
-                tier: candidate.tier.clone(),
-                batch_number: candidate.batch_number,
-                files: candidate.files.len(),
-                bytes: batch.bytes,
-                started_at,
-            },
-        );
-        let template = JobConfig {
-            database: candidate.database.clone(),
-            measurement: candidate.measurement.clone(),
-            partition_path: candidate.partition_path.clone(),
-            files: Vec::new(),
-            tier: candidate.tier.clone(),
-            temp_directory: job.engine_dir.display().to_string(),
-            batch_number: candidate.batch_number,
-            parent_finalizes_manifest: false,
-            sort_keys: Some(self.config.compaction.sort_keys_for(&candidate.measurement).to_vec()),
-            memory_limit: self.config.compaction.memory_limit.clone(),
-            threads: self.config.compaction.effective_threads(),
-            storage_type: descriptor.storage_type.clone(),
-            storage_config: descriptor.config_json.clone(),
-            job_id: String::new(),
-            completion_dir: String::new(),
-            partition_time: candidate.partition_time,
-            output_suffix: suffix.map(str::to_owned),
-            multipart_threshold_bytes: Some(self.config.compaction.multipart_threshold_bytes()),
-            row_group_size: Some(self.config.compaction.row_group_size as u64),
-            lease: Some(JobLease {
-                engine: self.engine_id().to_owned(),
-                id: lease.id().to_owned(),
-                deadline_file: job.deadline_file.display().to_string(),
-            }),
-            policy: Some(run.policy.clone()),
-        };
-        let run_subset: &RunSubset<'_> = &|files: Vec<String>| {
-            let config = JobConfig {
-                files,
-                job_id: job_id(&template.database, &template.partition_path, Utc::now(), template.batch_number),
-                ..template.clone()
-            };
-            let child = &self.child;
-            let manifests = ManifestStore::new(self.storage.clone());
-            let engine = self.engine_id();
-            Box::pin(async move {
-                if !lease.is_valid() {
-                    let mut failure =
-                        JobFailure::new(FailureKind::LeaseLost, "the partition's lease was lost; the job was not started".into());
-                    failure.permanent = true;
-                    return (config.job_id, Err(failure));
-                }
-                let standby = lock(&self.standby).take().and_then(|mut c| c.is_running().then_some(c));
-                let mut outcome = match standby {
-                    Some(started) => started.run(&config).await,
-                    None => child.run(&config).await,
-                };
-                if let Err(failure) = &mut outcome {
-                    match failure.kind {
-                        // Recovery resolves these once the lease, released
-                        // late, has expired (see `leaves_writes_in_flight`).
-                        FailureKind::UnknownOutcome | FailureKind::LeaseLost => failure.permanent = true,
-                        _ if !lease.is_valid() => {
-                            failure.message = format!("{}; the partition's lease was lost, so recovery resolves the job", failure.message);
-                            failure.permanent = true;
-                        }
-                        _ => {
-                            // A job killed after writing its recovery manifest may
-                            // have uploaded its output: resolve that first, or a
-                            // retry in halves would merge the same rows a second time.
-                            let key = RecoveryManifest::key_for(&config.tier, &config.database, &config.partition_path, &config.job_id);
-                            match manifests.recover_job(&key, lease, engine).await {
-                                Ok(RecoveryOutcome::Finished) => {
-                                    tracing::warn!(job_id = %config.job_id, error = %failure, "the job died after its upload; recovery finished it");
-                                    let files_compacted = config.files.len();
-                                    outcome =
-                                        Ok(JobResult { success: true, files_compacted, output_file: String::new(), ..Default::default() });
-                                }
-                                Ok(_) => {}
-                                Err(e) => {
-                                    tracing::error!(job_id = %config.job_id, error = %e, "cannot resolve the failed job's manifest; not retrying");
-                                    failure.message = format!("{}; its recovery manifest could not be resolved: {e}", failure.message);
-                                    failure.permanent = true;
-                                }
-                            }
-                        }
-                    }
-                }
-                (config.job_id, outcome)
-            })
-        };
-        let (attempts, outcome) = compact_adaptive(run_subset, candidate.files.clone()).await;
-        let results: Vec<&JobResult> = attempts.iter().filter_map(Attempt::result).collect();
-        let succeeded: Vec<&JobResult> = results.iter().copied().filter(|r| r.success).collect();
-        let record = JobRecord {
-            database: candidate.database.clone(),
-            measurement: candidate.measurement.clone(),
-            partition_path: candidate.partition_path.clone(),
-            tier: candidate.tier.clone(),
-            tenant: run.tenant.clone(),
-            batch_number: candidate.batch_number,
-            files_in: candidate.files.len(),
-            files_compacted: succeeded.iter().map(|r| r.files_compacted).sum(),
-            files_out: succeeded.iter().filter(|r| r.files_compacted > 0).count(),
-            bytes_before: succeeded.iter().map(|r| r.bytes_before).sum(),
-            bytes_after: succeeded.iter().map(|r| r.bytes_after).sum(),
-            rows_before: succeeded.iter().map(|r| r.rows_before).sum(),
-            rows_after: succeeded.iter().map(|r| r.rows_after).sum(),
-            attempts: attempts.len(),
-            success: outcome.is_ok(),
-            failure_kind: outcome.as_ref().err().map(|e| e.kind),
-            error: outcome.err().map(|e| e.message),
-            skipped_inputs: results.iter().flat_map(|r| r.skipped_inputs.clone()).collect(),
-            duration_ms: started.elapsed().as_millis() as u64,
-            peak_job_rss_bytes: results.iter().map(|r| r.peak_rss_bytes).max().unwrap_or(0),
-            requests: results.iter().fold(RequestCost::default(), |total, r| total + r.requests),
-            job_id: attempts.first().map(|a| a.job_id.clone()).unwrap_or_default(),
-            cycle_id: run.cycle_id,
-            engine: self.engine_id().to_owned(),
-            policy: run.policy.name.clone(),
-            policy_hash: run.policy.content_hash.clone(),
-            started_at,
-            finished_at: Utc::now(),
-        };
-        self.account(&record).await;
-        (record, attempts.iter().any(leaves_writes_in_flight))
     }
 
     async fn account(&self, record: &JobRecord) {
@@ -876,27 +599,8 @@ impl Manager {
     }
 }
 
-/// Whether `attempt` may have left writes that have not landed yet: an
-/// upload or commit whose outcome is unknown, or a job that lost its lease
-/// (it may have sent writes before its deadline). Its partition is then
-/// released late, and recovery resolves it after the claim has expired.
-fn leaves_writes_in_flight(attempt: &Attempt) -> bool {
-    matches!(&attempt.outcome, Err(failure) if matches!(failure.kind, FailureKind::UnknownOutcome | FailureKind::LeaseLost))
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// What the batches of one tier share in a cycle.
-struct TierRun<'a> {
-    cycle_id: u64,
-    descriptor: &'a StorageDescriptor,
-    suffix: Option<&'a str>,
-    policy: PolicyRef,
-    tenant: Option<String>,
-    /// The tenant's partitions at once.
-    max_concurrent: usize,
 }
 
 /// One tenant's selected tiers and the databases it owns.
@@ -981,32 +685,6 @@ fn policy_ref(tier: &PlannedTier) -> PolicyRef {
     }
 }
 
-/// Keeps a batch in [`Manager::active_jobs`] while it runs.
-struct ActiveGuard<'a> {
-    active: &'a Mutex<BTreeMap<u64, ActiveJob>>,
-    id: u64,
-}
-
-impl<'a> ActiveGuard<'a> {
-    fn register(active: &'a Mutex<BTreeMap<u64, ActiveJob>>, id: u64, job: ActiveJob) -> Self {
-        lock(active).insert(id, job);
-        Self { active, id }
-    }
-}
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        lock(self.active).remove(&self.id);
-    }
-}
-
-/// What a job needs of its partition's lease.
-struct LeasedJob<'a> {
-    lease: &'a Lease,
-    deadline_file: &'a Path,
-    engine_dir: &'a Path,
-}
-
 /// The right to run one cycle (see [`Manager::begin_cycle`]).
 pub struct CycleTicket {
     /// The cycle's id.
@@ -1020,34 +698,6 @@ struct RunningFlag(Arc<AtomicBool>);
 impl Drop for RunningFlag {
     fn drop(&mut self) {
         self.0.store(false, Ordering::SeqCst);
-    }
-}
-
-/// The cycle's standby job process: started with the cycle, and stopped with
-/// it if no job took it.
-struct Standby<'m>(&'m Mutex<Option<StartedChild>>);
-
-impl<'m> Standby<'m> {
-    fn start(slot: &'m Mutex<Option<StartedChild>>, command: &ChildCommand) -> Self {
-        // Without one, the first job starts its own process, as the others do.
-        *lock(slot) = command.start().ok();
-        Self(slot)
-    }
-}
-
-impl Drop for Standby<'_> {
-    fn drop(&mut self) {
-        // Closing its stdin ends it; `kill_on_drop` makes sure.
-        lock(self.0).take();
-    }
-}
-
-fn remove_partition_temp_dirs(temp_directory: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(temp_directory) else { return };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(prefix) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
     }
 }
 
