@@ -80,16 +80,20 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
     let databases: std::collections::BTreeSet<&str> = listings.iter().map(|l| l.database.as_str()).collect();
     plan.planning_requests.list += databases.len() as u64;
     plan.planning_requests.list += listings.iter().map(|l| list_pages(l.files.len())).sum::<u64>();
-    for tier in selected {
+    let last = selected.len().saturating_sub(1);
+    for (index, tier) in selected.into_iter().enumerate() {
         let first_batch = plan.batches.len();
         let mut summary = plan_tier_on_own_thread(tier, &listings, &held, options, &mut plan).await;
         if storage.late_write_window().is_some() {
             summary.requests += lease_mark_cost(summary.batches);
         }
         // A cycle runs the tiers in order: the next one sees this one's
-        // outputs, not the files they replace.
-        let predicted: &mut Vec<Listing> = Arc::make_mut(&mut listings);
-        predict_outputs(predicted, &plan.batches[first_batch..], &summary.output_suffix, options.now);
+        // outputs, not the files they replace (nothing to predict after the
+        // last tier).
+        if index < last {
+            let predicted: &mut Vec<Listing> = Arc::make_mut(&mut listings);
+            predict_outputs(predicted, &plan.batches[first_batch..], &summary.output_suffix, options.now);
+        }
         plan.tiers.push(summary);
     }
     Ok(plan)

@@ -2,7 +2,7 @@
 //! counts, problems and verdicts, and how one tier is planned over the
 //! listed files.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -281,15 +281,21 @@ pub struct Listing {
 /// Replaces each batch's files in `listings` with the output its job would
 /// write (named as the job names it, in the partition's directory).
 pub fn predict_outputs(listings: &mut [Listing], batches: &[PlannedBatch], suffix: &str, now: DateTime<Utc>) {
+    // One pass over each listing, not one per batch: a tier plans tens of
+    // thousands of batches over a million files (the planning benchmark).
+    let mut by_listing: HashMap<(&str, &str), Vec<&PlannedBatch>> = HashMap::new();
     for batch in batches {
-        let candidate = &batch.candidate;
-        let Some(listing) = listings.iter_mut().find(|l| l.database == candidate.database && l.measurement == candidate.measurement) else {
-            continue;
-        };
-        let merged: HashSet<&str> = candidate.files.iter().map(String::as_str).collect();
+        by_listing.entry((batch.candidate.database.as_str(), batch.candidate.measurement.as_str())).or_default().push(batch);
+    }
+    for listing in listings.iter_mut() {
+        let Some(batches) = by_listing.get(&(listing.database.as_str(), listing.measurement.as_str())) else { continue };
+        let merged: HashSet<&str> = batches.iter().flat_map(|b| b.candidate.files.iter().map(String::as_str)).collect();
         listing.files.retain(|f| !merged.contains(f.key.as_str()));
-        let name = compactor_model::output_name(&candidate.measurement, now, candidate.batch_number, suffix);
-        listing.files.push(FileMeta { key: format!("{}/{name}", candidate.partition_path), size: batch.bytes, last_modified: now });
+        for batch in batches {
+            let candidate = &batch.candidate;
+            let name = compactor_model::output_name(&candidate.measurement, now, candidate.batch_number, suffix);
+            listing.files.push(FileMeta { key: format!("{}/{name}", candidate.partition_path), size: batch.bytes, last_modified: now });
+        }
     }
 }
 
