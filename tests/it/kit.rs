@@ -522,7 +522,7 @@ pub(crate) fn run_until_idle(config: &str, now: &str, lease_ttl_ms: u64, keep: i
         let cycle = compactor(&["-v", "once", "--config", config, "--now", now], &[]);
         keep("once", &cycle);
         let none_live = String::from_utf8_lossy(&recovered.stdout).contains(" 0 left to live jobs");
-        if none_live && cycle.status.success() && String::from_utf8_lossy(&cycle.stdout).contains("0 jobs") {
+        if none_live && cycle.status.success() && String::from_utf8_lossy(&cycle.stdout).contains(": 0 jobs,") {
             return;
         }
         assert!(attempt < 5, "no convergence: {}", text(&cycle));
