@@ -110,3 +110,29 @@ fn the_simulator_passes_the_built_in_tiers_and_the_template_and_flags_a_policy_t
     assert_eq!(foreign.status.code(), Some(1), "{}", text(&foreign));
     assert!(String::from_utf8_lossy(&foreign.stdout).contains("is not in the partition's listing"), "{}", text(&foreign));
 }
+
+/// Found by review: a policy that answers several candidates per partition
+/// (binpack's bins) had every candidate's output named `…_b1_…` in the
+/// simulator, so each overwrote the last and the lake lost files and bytes.
+/// Three 1 MB bins of 256 KiB files an hour leave three outputs an hour.
+#[test]
+fn the_simulator_keeps_every_output_of_a_policy_with_several_candidates() {
+    let output = compactor(
+        &[
+            "plugin",
+            "simulate",
+            "--plugin",
+            "builtin:binpack",
+            "--plugin-config",
+            r#"{"target_file_size_mb":1}"#,
+            "--file-size",
+            "256KiB",
+            "--hours",
+            "24",
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(stdout.contains("288 files (72.0 MiB) in, 72 files left"), "{stdout}");
+}

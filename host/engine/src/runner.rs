@@ -374,7 +374,10 @@ impl JobRunner {
 /// (it may have sent writes before its deadline). Its partition is then
 /// released late, and recovery resolves it after the claim has expired.
 fn leaves_writes_in_flight(attempt: &Attempt) -> bool {
-    matches!(&attempt.outcome, Err(failure) if matches!(failure.kind, FailureKind::UnknownOutcome | FailureKind::LeaseLost))
+    let Err(failure) = &attempt.outcome else { return false };
+    // A job the lease was lost before (no result: it never started) sent
+    // nothing.
+    failure.kind == FailureKind::UnknownOutcome || (failure.kind == FailureKind::LeaseLost && failure.result.is_some())
 }
 
 /// What the batches of one tier share in a cycle.

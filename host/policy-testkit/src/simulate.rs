@@ -164,6 +164,10 @@ struct Lake {
     files: BTreeMap<String, FileMeta>,
     /// Output key → the tier that wrote it.
     outputs: HashMap<String, String>,
+    /// Jobs run so far: each job's clock is `now` plus its sequence in
+    /// nanoseconds, as every real job names its output by its own clock (two
+    /// candidates of one partition both have a batch 1).
+    sequence: i64,
 }
 
 impl Lake {
@@ -379,7 +383,9 @@ impl Cycle<'_> {
         for key in &batch.files {
             self.lake.outputs.remove(key);
         }
-        let key = format!("{}/{}", batch.partition_path, output_name(&batch.measurement, now, batch.batch_number, &self.tier.suffix));
+        self.lake.sequence += 1;
+        let job_clock = now + Duration::nanoseconds(self.lake.sequence);
+        let key = format!("{}/{}", batch.partition_path, output_name(&batch.measurement, job_clock, batch.batch_number, &self.tier.suffix));
         self.lake.add(key.clone(), bytes, now);
         self.lake.outputs.insert(key, self.tier.spec.name.clone());
         self.totals.jobs += 1;
