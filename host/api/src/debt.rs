@@ -51,9 +51,10 @@ pub async fn compute(manager: &Manager) -> Result<Debt, PlanError> {
     for batch in &plan.batches {
         let candidate = &batch.candidate;
         let id = batch.tier_id();
-        let owed = tiers.entry(id.key()).or_insert_with(|| TierDebt { id: id.clone(), ..Default::default() });
+        let key = id.key();
+        let owed = tiers.entry(key.clone()).or_insert_with(|| TierDebt { id, ..Default::default() });
         owed.files += candidate.files.len();
-        if partitions.insert((id.key(), &candidate.partition_path)) {
+        if partitions.insert((key, &candidate.partition_path)) {
             owed.partitions += 1;
         }
         owed.oldest_partition = Some(owed.oldest_partition.map_or(candidate.partition_time, |t| t.min(candidate.partition_time)));

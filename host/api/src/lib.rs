@@ -319,9 +319,7 @@ async fn status(State(api): State<Api>) -> Response {
             "running": scheduling.running,
             "schedule": tier.effective_schedule(),
         });
-        if let Some(tenant) = &registered.id.tenant {
-            status["tenant"] = json!(tenant);
-        }
+        with_tenant(&mut status, registered.id.tenant.as_deref());
         if scheduling.running
             && let Ok(schedule) = parse_schedule(tier.effective_schedule())
             && let Some(next) = schedule.upcoming(Utc).next()
@@ -379,9 +377,7 @@ async fn stats(State(api): State<Api>) -> Response {
                 "schedule": tier.effective_schedule(),
                 "recent_jobs": jobs.count(),
             });
-            if let Some(tenant) = &registered.id.tenant {
-                entry["tenant"] = json!(tenant);
-            }
+            with_tenant(&mut entry, registered.id.tenant.as_deref());
             entry
         })
         .collect();
@@ -389,6 +385,14 @@ async fn stats(State(api): State<Api>) -> Response {
         body["tiers"] = Value::Array(tiers);
     }
     ok(body)
+}
+
+/// Adds `tenant` to a tier's or a candidate's entry when it has one (a
+/// top-level tier's entries stay as Arc's).
+fn with_tenant(entry: &mut Value, tenant: Option<&str>) {
+    if let Some(tenant) = tenant {
+        entry["tenant"] = json!(tenant);
+    }
 }
 
 async fn candidates(State(api): State<Api>) -> Response {
@@ -404,9 +408,7 @@ async fn candidates(State(api): State<Api>) -> Response {
         let c = &batch.candidate;
         let entry = grouped.entry((batch.tier_key(), c.partition_path.clone())).or_insert_with(|| {
             let mut entry = json!({ "database": c.database, "measurement": c.measurement, "partition_path": c.partition_path, "file_count": 0, "tier": c.tier });
-            if let Some(tenant) = &batch.tenant {
-                entry["tenant"] = json!(tenant);
-            }
+            with_tenant(&mut entry, batch.tenant.as_deref());
             entry
         });
         entry["file_count"] = json!(entry["file_count"].as_u64().unwrap_or(0) + c.files.len() as u64);

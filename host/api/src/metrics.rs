@@ -168,9 +168,9 @@ impl Metrics {
 
     fn observe_job(&self, record: &JobRecord) {
         let id = record.tier_id();
-        let tier = [id.tenant_label(), id.name.as_str()];
+        let tier = id.labels();
         let outcome = job_outcome(record);
-        self.jobs.with_label_values(&[id.tenant_label(), id.name.as_str(), outcome.as_str()]).inc();
+        self.jobs.with_label_values(&[tier[0], tier[1], outcome.as_str()]).inc();
         self.files_read.with_label_values(&tier).inc_by(record.files_compacted as u64);
         self.files_written.with_label_values(&tier).inc_by(record.files_out as u64);
         self.bytes_read.with_label_values(&tier).inc_by(record.bytes_before);
@@ -223,18 +223,17 @@ impl Metrics {
         self.plugin_loaded.reset();
         for tier in manager.tiers().iter() {
             let (id, key) = (tier.id(), tier.key());
+            let [tenant, name] = id.labels();
             let policy = match &tier.policy {
                 Ok(policy) => policy,
                 Err(_) => {
-                    self.plugin_loaded.with_label_values(&[id.tenant_label(), id.name.as_str(), "", "", ""]).set(0);
+                    self.plugin_loaded.with_label_values(&[tenant, name, "", "", ""]).set(0);
                     continue;
                 }
             };
-            let labels = [id.tenant_label(), id.name.as_str(), policy.name()];
+            let labels = [tenant, name, policy.name()];
             let version = policy.wit_version().unwrap_or_default();
-            self.plugin_loaded
-                .with_label_values(&[id.tenant_label(), id.name.as_str(), policy.name(), &version, policy.content_hash()])
-                .set(1);
+            self.plugin_loaded.with_label_values(&[tenant, name, policy.name(), &version, policy.content_hash()]).set(1);
             let counts = manager.cumulative_call_counts(&key);
             let followed = [
                 (&self.plugin_calls, "calls", counts.calls),
@@ -253,13 +252,13 @@ impl Metrics {
         for tier in manager.tiers().iter() {
             let id = tier.id();
             let suspended = health.get(&id.key()).is_some_and(|h| h.is_suspended(now));
-            self.plugin_suspended.with_label_values(&[id.tenant_label(), id.name.as_str()]).set(i64::from(suspended));
+            self.plugin_suspended.with_label_values(&id.labels()).set(i64::from(suspended));
         }
         self.active_jobs.set(manager.active_jobs().len() as i64);
         self.cycle_running.set(i64::from(manager.is_cycle_running()));
         if let Some(debt) = debt {
             for owed in debt.tiers.values() {
-                let labels = [owed.id.tenant_label(), owed.id.name.as_str()];
+                let labels = owed.id.labels();
                 self.debt_files.with_label_values(&labels).set(owed.files as i64);
                 self.debt_partitions.with_label_values(&labels).set(owed.partitions as i64);
                 self.debt_oldest_age.with_label_values(&labels).set(owed.oldest_age_seconds(debt.computed_at));

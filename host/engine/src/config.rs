@@ -712,7 +712,7 @@ impl Config {
     }
 }
 
-pub use compactor_planning::{TierId, tier_key};
+pub use compactor_planning::TierId;
 
 /// One tier of the config, as [`Config::tier_registry`] lists it.
 #[derive(Debug, Clone)]

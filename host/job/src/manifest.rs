@@ -514,7 +514,7 @@ impl ManifestStore {
                 }
             };
             // The lease was granted, so the job's claim has ended: expired,
-            // with the late-write grace where its writes were in flight, or
+            // with the late-write window where its writes were in flight, or
             // void because its engine is gone and nothing of it can land.
             let resolved = self.resolve(key, &manifest, &lease, leases.engine(), None, observers).await;
             leases.release(lease).await;

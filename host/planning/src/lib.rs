@@ -24,7 +24,6 @@ pub use batching::{Candidate, split_into_batches};
 pub use cost::{batch_cost, lease_mark_cost, list_pages};
 pub use plan::{
     Listing, PartitionVerdict, Plan, PlanOptions, PlanProblem, PlannedBatch, PlannedTier, TierId, TierSummary, plan_tier, predict_outputs,
-    tier_key,
 };
 pub use policy::{PartitionPolicy, PolicyFactory};
 

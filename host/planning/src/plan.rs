@@ -16,15 +16,6 @@ use crate::validate_answer;
 use compactor_model::{FileMeta, HeldFiles, MIN_BATCH_FILES, Partition, RequestCost, group_into_partitions};
 use compactor_runtime::{PluginLimits, sanitize};
 
-/// How reports, health, metrics and `--tier` name a tier: `tier`, or
-/// `tenant/tier` for a tenant's.
-pub fn tier_key(tenant: Option<&str>, tier: &str) -> String {
-    match tenant {
-        Some(tenant) => format!("{tenant}/{tier}"),
-        None => tier.to_owned(),
-    }
-}
-
 /// Which tier: its tenant (none outside `[[tenants]]`) and its name. Two
 /// tenants may each have an `hourly`; every surface that counts or reports
 /// per tier (health, metrics, debt, history, the API) tells them apart by
@@ -44,14 +35,19 @@ impl TierId {
         Self { tenant: tenant.map(str::to_owned), name: name.to_owned() }
     }
 
-    /// `tier`, or `tenant/tier`.
+    /// How reports, health, `--tier` and the API name it: `tier`, or
+    /// `tenant/tier` for a tenant's.
     pub fn key(&self) -> String {
-        tier_key(self.tenant.as_deref(), &self.name)
+        match &self.tenant {
+            Some(tenant) => format!("{tenant}/{}", self.name),
+            None => self.name.clone(),
+        }
     }
 
-    /// The `tenant` label of its metric series: empty outside tenants.
-    pub fn tenant_label(&self) -> &str {
-        self.tenant.as_deref().unwrap_or_default()
+    /// The `tenant` and `tier` label values of its metric series (`tenant`
+    /// empty outside tenants).
+    pub fn labels(&self) -> [&str; 2] {
+        [self.tenant.as_deref().unwrap_or_default(), &self.name]
     }
 }
 

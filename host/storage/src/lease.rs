@@ -67,7 +67,7 @@ struct Claim {
     /// The claim's job may have a write in flight (it is about to write its
     /// recovery manifest, or its upload's outcome is unknown): on a store
     /// where writes land late, the claim holds its partition until it
-    /// expires, plus the late-write grace, even if its engine is seen dead.
+    /// expires, plus the late-write window, even if its engine is seen dead.
     /// Stored as `settling`, the name engines before this flag used for a
     /// late release, which they honour the same way.
     #[serde(default, rename = "settling", skip_serializing_if = "std::ops::Not::not")]
