@@ -392,8 +392,21 @@ mod tests {
     fn script(dir: &std::path::Path, body: &str) -> ChildCommand {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.join("job.sh");
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::write(&path, format!("#!/bin/sh\n[ -n \"$JOB_SH_PROBE\" ] && exit 0\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A process another test forked while the script was being written
+        // holds it open for writing until it execs, and executing it then
+        // fails with "Text file busy" (seen once in CI). Once a probe run
+        // succeeds, no writer is left, and none can appear.
+        for _ in 0..500 {
+            match std::process::Command::new(&path).env("JOB_SH_PROBE", "1").status() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => std::thread::sleep(std::time::Duration::from_millis(2)),
+                probed => {
+                    assert!(probed.unwrap().success());
+                    break;
+                }
+            }
+        }
         ChildCommand { program: path, env: Vec::new(), timeout: Some(std::time::Duration::from_secs(60)) }
     }
 
