@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::debt::Debt;
 use crate::metrics::Metrics;
-use compactor_engine::config::{ConfigError, parse_schedule};
+use compactor_engine::config::ConfigError;
 use compactor_engine::manager::{CycleOptions, GateDecision, Manager};
 
 /// How long `/candidates` may plan (Arc's deadline).
@@ -312,8 +312,8 @@ async fn status(State(api): State<Api>) -> Response {
     let stats = manager.stats();
     let scheduling = api.inner.scheduling.read().unwrap_or_else(|e| e.into_inner()).clone();
     let mut schedulers = serde_json::Map::new();
-    for registered in manager.config().tier_registry().into_iter().filter(|t| t.config.enabled) {
-        let tier = registered.config;
+    for registered in manager.config().settings().tiers.iter().filter(|t| t.config.enabled) {
+        let tier = &registered.config;
         let mut status = json!({
             "enabled": true,
             "running": scheduling.running,
@@ -321,8 +321,7 @@ async fn status(State(api): State<Api>) -> Response {
         });
         with_tenant(&mut status, registered.id.tenant.as_deref());
         if scheduling.running
-            && let Ok(schedule) = parse_schedule(tier.effective_schedule())
-            && let Some(next) = schedule.upcoming(Utc).next()
+            && let Some(next) = registered.schedule.upcoming(Utc).next()
         {
             status["next_run"] = json!(next.to_rfc3339());
         }
@@ -365,10 +364,11 @@ async fn stats(State(api): State<Api>) -> Response {
     });
     let tiers: Vec<Value> = manager
         .config()
-        .tier_registry()
-        .into_iter()
+        .settings()
+        .tiers
+        .iter()
         .map(|registered| {
-            let tier = registered.config;
+            let tier = &registered.config;
             let jobs = recent.iter().filter(|j| j.tier_id() == registered.id);
             let mut entry = json!({
                 "name": tier.name,
@@ -579,7 +579,7 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
     })?;
     let cycle_id = ticket.cycle_id;
     let tiers: Vec<String> = if requested.is_empty() {
-        manager.config().tier_registry().iter().filter(|t| t.config.enabled).map(|t| t.id.key()).collect()
+        manager.config().settings().tiers.iter().filter(|t| t.config.enabled).map(|t| t.id.key()).collect()
     } else {
         requested.clone()
     };
@@ -721,7 +721,7 @@ fn plugin_entry(manager: &Manager, tier: &compactor_engine::planner::PlannedTier
         Err(load_error) => json!({
             "tier": tier.key(),
             "tenant": tier.tenant,
-            "name": manager.config().tier_config(tier.tenant.as_deref(), &tier.name).map(|t| t.plugin.clone()),
+            "name": manager.config().tier(&tier.id()).map(|t| t.config.plugin.clone()),
             "enabled": tier.enabled,
             "wit_version": Value::Null,
             "content_hash": Value::Null,

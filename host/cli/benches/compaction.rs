@@ -335,7 +335,7 @@ fn manager(work: &Path, storage: Storage, temp: &str, shape: Shape) -> anyhow::R
     let config = config(work, work, temp, shape)?;
     let plugins = PluginRuntime::new(ArtifactCache::new(std::env::temp_dir().join("compactor-bench-artifacts")))?
         .with_builtins(compactor_builtin::BUILTINS);
-    let tiers = compactor_engine::planner::load_tiers(&config, &plugins)?;
+    let tiers = compactor_engine::planner::load_tiers(&config, &plugins);
     let child = ChildCommand { program: env!("CARGO_BIN_EXE_compactor").into(), env: Vec::new(), timeout: None };
     Ok(Manager::new(config, storage, tiers, plugins, child))
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use compactor_api::Api;
-use compactor_engine::config::{ApiConfig, parse_schedule};
+use compactor_engine::config::ApiSettings;
 use compactor_engine::manager::{GateDecision, Manager};
 
 /// Run the scheduler until interrupted.
@@ -32,7 +32,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         let (api_stop, api_stopped) = tokio::sync::watch::channel(false);
         // The API answers from the start: /healthz at once, /readyz once
         // recovery is done.
-        let api = match &config.api {
+        let api = match &config.settings().api {
             Some(api_config) => Some(start_api(&manager, api_config, api_stopped).await?),
             None => None,
         };
@@ -56,11 +56,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
                     Ok(report) => tracing::info!(recovered = report.recovered, "start-up recovery finished"),
                     Err(e) => tracing::error!(error = %e, "start-up recovery failed"),
                 }
-                config
-                    .schedules()
-                    .into_iter()
-                    .map(|(expression, tiers)| Ok((tiers, parse_schedule(&expression).map_err(anyhow::Error::msg)?)))
-                    .collect::<anyhow::Result<Vec<_>>>()?
+                config.schedules()
             }
         };
         if let Some((api, _)) = &api {
@@ -93,14 +89,13 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
 /// Binds `[api] listen` and serves the API until `stopped` turns true.
 async fn start_api(
     manager: &Arc<Manager>,
-    config: &ApiConfig,
+    config: &ApiSettings,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(Api, tokio::task::JoinHandle<()>)> {
-    let address = config.listen_addr()?;
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on [api] listen = {:?}: {e}", config.listen))?;
-    let token = config.effective_token();
+    let address = config.listen;
+    let listener =
+        tokio::net::TcpListener::bind(address).await.map_err(|e| anyhow::anyhow!("cannot listen on [api] listen = \"{address}\": {e}"))?;
+    let token = config.token.clone();
     if token.is_none() {
         tracing::warn!("the API has no token ([api] token or COMPACTOR_API_TOKEN): trigger and reload are refused");
     }
@@ -144,7 +139,8 @@ fn spawn_reload_on_change(manager: &Arc<Manager>) {
     // Every tier of every tenant: a tenant's own component is watched too.
     let mut paths: Vec<std::path::PathBuf> = manager
         .config()
-        .tier_registry()
+        .settings()
+        .tiers
         .iter()
         .filter_map(|t| match compactor_runtime::PluginSource::parse(&t.config.plugin, &manager.config().base_dir) {
             compactor_runtime::PluginSource::Path(path) => Some(path),

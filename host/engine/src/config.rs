@@ -106,6 +106,50 @@ pub struct Config {
     /// Directory of the config file, against which relative paths resolve.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file resolved at load; see [`Config::settings`].
+    #[serde(skip)]
+    settings: Settings,
+}
+
+/// The configuration resolved once, when it is loaded: every duration,
+/// size, address and schedule parsed, every default and clamp applied, and
+/// one registry of every tier of every tenant. Consumers read these instead
+/// of the file's strings, so a value is parsed, defaulted and validated in
+/// one place, and an error names the key as written.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `compaction.max_files_per_batch` after Arc's clamp.
+    pub max_files_per_batch: usize,
+    /// `compaction.max_concurrent` (0 means 2).
+    pub max_concurrent: usize,
+    /// `compaction.threads` (0 means half the cores, at least 1).
+    pub threads: usize,
+    /// `compaction.job_timeout`; `None` for never.
+    pub job_timeout: Option<Duration>,
+    /// `compaction.multipart_threshold` in bytes.
+    pub multipart_threshold: u64,
+    /// `[coordination]`.
+    pub lease: LeaseSettings,
+    /// `[api]`, when present.
+    pub api: Option<ApiSettings>,
+    /// `[plugins.limits]` over the defaults: the gate's limits, and the base
+    /// of every tier's.
+    pub plugin_limits: PluginLimits,
+    /// Every tier, top-level ones first, then each tenant's (its own, or the
+    /// top-level ones it inherits): the one list that the plugin loader,
+    /// the scheduler, the file watcher, `--tier` checks and the API's
+    /// status, stats and trigger all read.
+    pub tiers: Vec<RegisteredTier>,
+}
+
+/// `[api]`, resolved.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// `api.listen`.
+    pub listen: std::net::SocketAddr,
+    /// The token in effect, trimmed: `COMPACTOR_API_TOKEN` if set and not
+    /// empty, else `api.token`; none when both are empty.
+    pub token: Option<String>,
 }
 
 /// `[storage]`.
@@ -167,36 +211,6 @@ impl Default for CompactionConfig {
 }
 
 impl CompactionConfig {
-    /// The batch size after Arc's clamp.
-    pub fn effective_max_files_per_batch(&self) -> usize {
-        clamp_max_files_per_batch(self.max_files_per_batch).0
-    }
-
-    /// The job timeout; `None` for never.
-    pub fn job_timeout(&self) -> Result<Option<Duration>, ConfigError> {
-        let timeout = humantime::parse_duration(&self.job_timeout)
-            .map_err(|e| value_error("compaction.job_timeout", format!("{:?} ({e}; expected e.g. \"1h\")", self.job_timeout)))?;
-        Ok((!timeout.is_zero()).then_some(timeout))
-    }
-
-    /// Partitions in flight: 0 means 2.
-    pub fn effective_max_concurrent(&self) -> usize {
-        if self.max_concurrent == 0 { 2 } else { self.max_concurrent as usize }
-    }
-
-    /// DuckDB threads per job: 0 means half the cores (at least 1).
-    pub fn effective_threads(&self) -> usize {
-        if self.threads > 0 {
-            return self.threads as usize;
-        }
-        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-    }
-
-    /// The multipart threshold in bytes (validated at load).
-    pub fn multipart_threshold_bytes(&self) -> u64 {
-        compactor_model::units::parse_size(&self.multipart_threshold).unwrap_or(64 << 20)
-    }
-
     /// The sort keys of `measurement`.
     pub fn sort_keys_for(&self, measurement: &str) -> &[String] {
         self.sort_keys.get(measurement).unwrap_or(&self.default_sort_keys)
@@ -378,8 +392,7 @@ impl Default for CoordinationConfig {
 }
 
 impl CoordinationConfig {
-    /// The lease timing, validated.
-    pub fn lease_settings(&self) -> Result<LeaseSettings, ConfigError> {
+    fn lease_settings(&self) -> Result<LeaseSettings, ConfigError> {
         let duration = |key: &str, value: &str| {
             humantime::parse_duration(value)
                 .map_err(|e| value_error(format!("coordination.{key}"), format!("{value:?} ({e}; expected e.g. \"60s\")")))
@@ -421,16 +434,14 @@ impl Default for ApiConfig {
 }
 
 impl ApiConfig {
-    /// The address, validated.
-    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
-        self.listen.parse().map_err(|e| value_error("api.listen", format!("{:?} ({e}; expected e.g. \"127.0.0.1:8081\")", self.listen)))
-    }
-
-    /// The token in effect, trimmed: the environment's if set and not
-    /// empty, else the config's; none when both are empty.
-    pub fn effective_token(&self) -> Option<String> {
+    fn resolve(&self) -> Result<ApiSettings, ConfigError> {
+        let listen = self
+            .listen
+            .parse()
+            .map_err(|e| value_error("api.listen", format!("{:?} ({e}; expected e.g. \"127.0.0.1:8081\")", self.listen)))?;
         let nonempty = |t: String| Some(t.trim().to_owned()).filter(|t| !t.is_empty());
-        std::env::var("COMPACTOR_API_TOKEN").ok().and_then(nonempty).or_else(|| self.token.clone().and_then(nonempty))
+        let token = std::env::var("COMPACTOR_API_TOKEN").ok().and_then(nonempty).or_else(|| self.token.clone().and_then(nonempty));
+        Ok(ApiSettings { listen, token })
     }
 }
 
@@ -515,8 +526,13 @@ impl Config {
         if config.tiers.is_empty() {
             config.tiers = TierConfig::arc_defaults();
         }
-        config.validate()?;
+        config.settings = config.resolve()?;
         Ok(config)
+    }
+
+    /// The configuration resolved at load.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// What validation accepted but changed, for the composition root to
@@ -524,8 +540,8 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         let configured = self.compaction.max_files_per_batch;
-        let (effective, adjusted) = clamp_max_files_per_batch(configured);
-        if adjusted {
+        if clamp_max_files_per_batch(configured).1 {
+            let effective = self.settings.max_files_per_batch;
             warnings.push(format!("compaction.max_files_per_batch = {configured} is outside 2..=500; using {effective} (Arc's clamp)"));
         }
         warnings
@@ -535,7 +551,7 @@ impl Config {
     /// (every tenant's tier of that name) or `tenant/tier`.
     pub fn check_tier_names(&self, tiers: &[String]) -> Result<(), ConfigError> {
         let mut known: Vec<String> = self.tiers.iter().map(|t| t.name.clone()).collect();
-        for tier in self.tier_registry().iter().filter(|t| t.tenant.is_some()) {
+        for tier in self.settings.tiers.iter().filter(|t| t.id.tenant.is_some()) {
             known.push(tier.id.name.clone());
             known.push(tier.id.key());
         }
@@ -547,40 +563,9 @@ impl Config {
         }
     }
 
-    /// Every tier of the config, top-level ones first, then each tenant's
-    /// (its own, or the top-level ones it inherits): the one list that the
-    /// plugin loader, the scheduler, the file watcher, `--tier` checks and
-    /// the API's status, stats and trigger all read.
-    pub fn tier_registry(&self) -> Vec<RegisteredTier<'_>> {
-        let top = self.tiers.iter().enumerate().map(|(i, tier)| RegisteredTier {
-            id: TierId::new(None, &tier.name),
-            tenant: None,
-            config: tier,
-            config_key: format!("tiers[{i}]"),
-        });
-        let tenants = self.tenants.iter().enumerate().flat_map(|(n, tenant)| {
-            self.tenant_tiers(tenant).iter().enumerate().map(move |(i, tier)| RegisteredTier {
-                id: TierId::new(Some(&tenant.name), &tier.name),
-                tenant: Some(tenant),
-                config: tier,
-                config_key: format!("tenants[{n}].tiers[{i}]"),
-            })
-        });
-        top.chain(tenants).collect()
-    }
-
-    /// The configuration of tier `name` of `tenant` (none: top-level).
-    pub fn tier_config(&self, tenant: Option<&str>, name: &str) -> Option<&TierConfig> {
-        let tiers = match tenant {
-            Some(tenant) => self.tenant_tiers(self.tenants.iter().find(|t| t.name == tenant)?),
-            None => &self.tiers,
-        };
-        tiers.iter().find(|t| t.name == name)
-    }
-
-    /// A tenant's tiers: its own, or the top-level ones.
-    pub fn tenant_tiers<'a>(&'a self, tenant: &'a TenantConfig) -> &'a [TierConfig] {
-        if tenant.tiers.is_empty() { &self.tiers } else { &tenant.tiers }
+    /// The registered tier `id`.
+    pub fn tier(&self, id: &TierId) -> Option<&RegisteredTier> {
+        self.settings.tiers.iter().find(|t| t.id == *id)
     }
 
     /// The tenant that owns `database`: the first whose patterns match, none
@@ -591,34 +576,27 @@ impl Config {
 
     /// Every enabled tier's cron schedule, with the tiers that fire on it
     /// (`tier` or `tenant/tier`): tiers sharing a schedule run in one cycle.
-    pub fn schedules(&self) -> Vec<(String, Vec<String>)> {
-        let mut schedules: Vec<(String, Vec<String>)> = Vec::new();
-        for tier in self.tier_registry().into_iter().filter(|t| t.config.enabled) {
-            let expression = tier.config.effective_schedule().to_owned();
-            match schedules.iter_mut().find(|(e, _)| *e == expression) {
-                Some((_, keys)) => keys.push(tier.id.key()),
-                None => schedules.push((expression, vec![tier.id.key()])),
+    pub fn schedules(&self) -> Vec<(Vec<String>, cron::Schedule)> {
+        let mut schedules: Vec<(&str, Vec<String>, cron::Schedule)> = Vec::new();
+        for tier in self.settings.tiers.iter().filter(|t| t.config.enabled) {
+            let expression = tier.config.effective_schedule();
+            match schedules.iter_mut().find(|(e, ..)| *e == expression) {
+                Some((_, keys, _)) => keys.push(tier.id.key()),
+                None => schedules.push((expression, vec![tier.id.key()], tier.schedule.clone())),
             }
         }
-        schedules
+        schedules.into_iter().map(|(_, keys, schedule)| (keys, schedule)).collect()
     }
 
-    /// The sandbox limits of every plugin, and the gate's: `[plugins.limits]`
-    /// over the defaults.
-    pub fn gate_limits(&self) -> Result<PluginLimits, ConfigError> {
-        self.plugins.limits.apply_to(PluginLimits::default(), "plugins.limits")
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn resolve(&self) -> Result<Settings, ConfigError> {
         if self.storage.url.trim().is_empty() {
             return Err(value_error("storage.url", "\"\" (expected e.g. \"file:///var/lib/arc\")"));
         }
-        self.coordination.lease_settings()?;
-        if let Some(api) = &self.api {
-            api.listen_addr()?;
-        }
-        self.compaction.job_timeout()?;
+        let lease = self.coordination.lease_settings()?;
+        let api = self.api.as_ref().map(ApiConfig::resolve).transpose()?;
         let c = &self.compaction;
+        let job_timeout = humantime::parse_duration(&c.job_timeout)
+            .map_err(|e| value_error("compaction.job_timeout", format!("{:?} ({e}; expected e.g. \"1h\")", c.job_timeout)))?;
         if c.max_concurrent < 0 {
             return Err(value_error("compaction.max_concurrent", format!("{} (must be >= 0; 0 = default)", c.max_concurrent)));
         }
@@ -629,12 +607,12 @@ impl Config {
         if !(1..=100_000_000).contains(&c.row_group_size) {
             return Err(value_error("compaction.row_group_size", format!("{} (expected 1 to 100000000 rows)", c.row_group_size)));
         }
-        if compactor_model::units::parse_size(&c.multipart_threshold).is_none_or(|b| b == 0) {
+        let Some(multipart_threshold) = compactor_model::units::parse_size(&c.multipart_threshold).filter(|b| *b > 0) else {
             return Err(value_error(
                 "compaction.multipart_threshold",
                 format!("{:?} (expected a size such as \"64MiB\")", c.multipart_threshold),
             ));
-        }
+        };
         for (measurement, keys) in
             std::iter::once(("default", &c.default_sort_keys)).chain(c.sort_keys.iter().map(|(m, k)| (m.as_str(), k)))
         {
@@ -642,7 +620,8 @@ impl Config {
                 return Err(value_error(format!("compaction.sort_keys.{measurement}"), "contains an empty column name"));
             }
         }
-        self.validate_tiers(&self.tiers, "tiers", None)?;
+        let plugin_limits = self.plugins.limits.apply_to(PluginLimits::default(), "plugins.limits")?;
+        let mut tiers = self.resolve_tiers(&self.tiers, "tiers", None, plugin_limits)?;
         let mut tenant_names = std::collections::HashSet::new();
         for (i, tenant) in self.tenants.iter().enumerate() {
             let key = format!("tenants[{i}]");
@@ -663,16 +642,42 @@ impl Config {
             {
                 return Err(value_error(format!("{key}.max_bytes_per_cycle"), format!("{budget:?} (expected a size such as \"20GiB\")")));
             }
-            tenant.limits.apply_to(self.gate_limits()?, &format!("{key}.limits"))?;
-            if !tenant.tiers.is_empty() {
-                self.validate_tiers(&tenant.tiers, &format!("{key}.tiers"), Some(tenant))?;
-            }
+            tenant.limits.apply_to(plugin_limits, &format!("{key}.limits"))?;
+            // A tenant without tiers of its own runs the top-level ones, in
+            // its own sandboxes and with its own limits.
+            let (own, key) =
+                if tenant.tiers.is_empty() { (&self.tiers, "tiers".to_owned()) } else { (&tenant.tiers, format!("{key}.tiers")) };
+            tiers.extend(self.resolve_tiers(own, &key, Some(tenant), plugin_limits)?);
         }
-        Ok(())
+        let threads = match c.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            n => n as usize,
+        };
+        Ok(Settings {
+            max_files_per_batch: clamp_max_files_per_batch(c.max_files_per_batch).0,
+            max_concurrent: if c.max_concurrent == 0 { 2 } else { c.max_concurrent as usize },
+            threads,
+            job_timeout: (!job_timeout.is_zero()).then_some(job_timeout),
+            multipart_threshold,
+            lease,
+            api,
+            plugin_limits,
+            tiers,
+        })
     }
 
-    fn validate_tiers(&self, tiers: &[TierConfig], key: &str, tenant: Option<&TenantConfig>) -> Result<(), ConfigError> {
+    /// `tiers` (of `tenant`, if any; at `key` in the file) resolved: their
+    /// schedules parsed, and their sandbox limits: `[plugins.limits]`, then
+    /// the tier's, then the tenant's.
+    fn resolve_tiers(
+        &self,
+        tiers: &[TierConfig],
+        key: &str,
+        tenant: Option<&TenantConfig>,
+        plugin_limits: PluginLimits,
+    ) -> Result<Vec<RegisteredTier>, ConfigError> {
         let mut names = std::collections::HashSet::new();
+        let mut resolved = Vec::new();
         for (i, tier) in tiers.iter().enumerate() {
             let key = format!("{key}[{i}]");
             check_name(&tier.name, &format!("{key}.name"))?;
@@ -682,20 +687,15 @@ impl Config {
             if tier.plugin.trim().is_empty() {
                 return Err(value_error(format!("{key}.plugin"), "\"\" (expected builtin:NAME or a path to a .wasm component)"));
             }
-            parse_schedule(tier.effective_schedule()).map_err(|e| value_error(format!("{key}.schedule"), e))?;
-            self.tier_limits(tenant, tier, &key)?;
+            let schedule = parse_schedule(tier.effective_schedule()).map_err(|e| value_error(format!("{key}.schedule"), e))?;
+            let mut limits = tier.limits.apply_to(plugin_limits, &format!("{key}.limits"))?;
+            if let Some(tenant) = tenant {
+                limits = tenant.limits.apply_to(limits, &format!("tenants.{}.limits", tenant.name))?;
+            }
+            let id = TierId::new(tenant.map(|t| t.name.as_str()), &tier.name);
+            resolved.push(RegisteredTier { id, config: tier.clone(), limits, schedule });
         }
-        Ok(())
-    }
-
-    /// The sandbox limits of `tier` (of `tenant`, if any; `key` names it in
-    /// errors): `[plugins.limits]`, then the tier's, then the tenant's.
-    pub fn tier_limits(&self, tenant: Option<&TenantConfig>, tier: &TierConfig, key: &str) -> Result<PluginLimits, ConfigError> {
-        let limits = tier.limits.apply_to(self.gate_limits()?, &format!("{key}.limits"))?;
-        match tenant {
-            Some(tenant) => tenant.limits.apply_to(limits, &format!("tenants.{}.limits", tenant.name)),
-            None => Ok(limits),
-        }
+        Ok(resolved)
     }
 
     /// Resolves a path from the config against the config file's directory.
@@ -714,18 +714,18 @@ impl Config {
 
 pub use compactor_planning::TierId;
 
-/// One tier of the config, as [`Config::tier_registry`] lists it.
+/// One tier of the config, as [`Settings::tiers`] lists it.
 #[derive(Debug, Clone)]
-pub struct RegisteredTier<'a> {
+pub struct RegisteredTier {
     /// Which tier.
     pub id: TierId,
-    /// Its tenant (none: a top-level tier).
-    pub tenant: Option<&'a TenantConfig>,
-    /// Its settings.
-    pub config: &'a TierConfig,
-    /// Where it is in the file (`tiers[0]`, `tenants[1].tiers[0]`), for
-    /// errors that name the key.
-    pub config_key: String,
+    /// Its settings as written.
+    pub config: TierConfig,
+    /// Its plugin's sandbox limits: `[plugins.limits]`, then the tier's,
+    /// then its tenant's.
+    pub limits: PluginLimits,
+    /// Its parsed schedule.
+    pub schedule: cron::Schedule,
 }
 
 /// Tier and tenant names become part of keys, logs and metrics.
@@ -789,8 +789,12 @@ mod tests {
         let c = parse("[storage]\nurl = \"memory://\"\n").unwrap();
         assert_eq!(c.tiers.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["hourly", "daily"]);
         assert_eq!(c.tiers[1].effective_schedule(), "0 3 * * *");
-        assert_eq!(c.compaction.effective_max_files_per_batch(), 30);
-        assert_eq!(c.compaction.effective_max_concurrent(), 2);
+        assert_eq!(c.settings().max_files_per_batch, 30);
+        assert_eq!(c.settings().max_concurrent, 2);
+        assert_eq!(c.settings().job_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(c.settings().multipart_threshold, 64 << 20);
+        assert_eq!(c.settings().lease.ttl, Duration::from_secs(60));
+        assert!(c.settings().api.is_none());
         assert_eq!(c.compaction.sort_keys_for("cpu"), ["time"]);
     }
 
@@ -838,7 +842,7 @@ mod tests {
             "[storage]\nurl = \"memory://\"\n[plugins.limits]\nfuel_per_call = 1000\n[[tiers]]\nname = \"h\"\nplugin = \"builtin:hourly\"\n[tiers.limits]\ncall_timeout_ms = 50\n",
         )
         .unwrap();
-        let limits = c.tier_limits(None, &c.tiers[0], "tiers[0]").unwrap();
+        let limits = c.settings().tiers[0].limits;
         assert_eq!(limits.fuel_per_call, 1000);
         assert_eq!(limits.call_timeout, Duration::from_millis(50));
         assert_eq!(limits.memory_bytes, PluginLimits::default().memory_bytes);
@@ -885,11 +889,12 @@ schedule = "0 3 * * *"
     #[test]
     fn tiers_sharing_a_schedule_fire_together_by_key() {
         let c = parse(TENANTS).unwrap();
+        let schedules: Vec<(Vec<String>, String)> = c.schedules().into_iter().map(|(keys, s)| (keys, s.to_string())).collect();
         assert_eq!(
-            c.schedules(),
+            schedules,
             [
-                ("5 * * * *".to_owned(), vec!["hourly".to_owned(), "acme/hourly".to_owned(), "acme-eu/hourly".to_owned()]),
-                ("0 3 * * *".to_owned(), vec!["acme-eu/daily".to_owned()]),
+                (vec!["hourly".to_owned(), "acme/hourly".to_owned(), "acme-eu/hourly".to_owned()], "0 5 * * * *".to_owned()),
+                (vec!["acme-eu/daily".to_owned()], "0 0 3 * * *".to_owned()),
             ]
         );
         assert!(c.check_tier_names(&["daily".into(), "acme/hourly".into()]).is_ok());
@@ -899,8 +904,8 @@ schedule = "0 3 * * *"
     #[test]
     fn a_tenants_limits_have_the_last_word() {
         let c = parse(TENANTS).unwrap();
-        let acme = &c.tenants[0];
-        let limits = c.tier_limits(Some(acme), &c.tiers[0], "t").unwrap();
+        let acme_hourly = c.tier(&TierId::new(Some("acme"), "hourly")).unwrap();
+        let limits = acme_hourly.limits;
         assert_eq!(limits.fuel_per_call, 1000);
         assert_eq!(limits.call_timeout, Duration::from_millis(50), "the tier's own limit stays where the tenant sets none");
     }

@@ -84,7 +84,7 @@ impl Manager {
             crate::temp::check_outside_lake(&config.resolve_path(&config.compaction.temp_directory), &lake).map_err(anyhow::Error::msg)?;
         }
         let plugins = crate::plugin_runtime(config.plugin_cache_dir())?;
-        let tiers = crate::planner::load_tiers(&config, &plugins)?;
+        let tiers = crate::planner::load_tiers(&config, &plugins);
         for tier in tiers.iter().filter(|t| t.enabled) {
             if let Err(e) = &tier.policy {
                 tracing::error!(tier = %tier.key(), "{e}; the tier does nothing until its plugin loads (fix it, then SIGHUP or reload)");
@@ -97,10 +97,10 @@ impl Manager {
     pub fn new(config: Config, storage: Storage, tiers: Vec<PlannedTier>, plugins: PluginRuntime, mut child: ChildCommand) -> Self {
         // Credentials from the config reach jobs through their environment.
         child.env.extend(storage.child_env().iter().cloned());
-        child.timeout = config.compaction.job_timeout().unwrap_or_default();
+        child.timeout = config.settings().job_timeout;
         let (storage, requests) = storage.counted();
         let temp_directory = config.resolve_path(&config.compaction.temp_directory);
-        let leases = Leases::new(storage.clone(), new_engine_id(), config.coordination.lease_settings().unwrap_or_default());
+        let leases = Leases::new(storage.clone(), new_engine_id(), config.settings().lease);
         let persistent_history = History::new(storage.clone(), leases.engine(), config.history.max_records);
         let stop: Arc<AtomicBool> = Arc::default();
         let runner = JobRunner::new(config.clone(), storage.clone(), child, leases, temp_directory, stop.clone());
@@ -155,7 +155,7 @@ impl Manager {
     /// fails to load or configure, nothing is swapped and the error names it.
     pub fn reload_plugins(&self) -> Result<Vec<String>, String> {
         let checked = (|| {
-            let reloaded = crate::planner::load_tiers(&self.config, &self.plugins).map_err(|e| e.to_string())?;
+            let reloaded = crate::planner::load_tiers(&self.config, &self.plugins);
             for tier in reloaded.iter().filter(|t| t.enabled) {
                 let policy = tier.policy.as_ref().map_err(|e| format!("tier {}: {e}", tier.key()))?;
                 policy.instantiate(&tier.config_json, tier.limits).map_err(|e| format!("tier {}: {e}", tier.key()))?;
@@ -351,7 +351,7 @@ impl Manager {
             database: options.database.clone(),
             databases: group.databases.clone(),
             max_files_per_batch: self.config.compaction.max_files_per_batch,
-            multipart_threshold: self.config.compaction.multipart_threshold_bytes(),
+            multipart_threshold: self.config.settings().multipart_threshold,
             explain: options.explain,
             stop: self.stop.clone(),
         }
@@ -372,7 +372,7 @@ impl Manager {
         let answer = (|| -> anyhow::Result<bool> {
             let gate = self.plugins.load_gate(&source)?;
             let gate_config = serde_json::to_string(&cluster.gate_config)?;
-            let mut gate = gate.instantiate(&gate_config, self.config.gate_limits()?)?;
+            let mut gate = gate.instantiate(&gate_config, self.config.settings().plugin_limits)?;
             Ok(gate.can_compact(&node)?)
         })();
         match answer {
@@ -618,7 +618,7 @@ impl TenantGroup<'_> {
     }
 
     fn max_concurrent(&self, config: &Config) -> usize {
-        let global = config.compaction.effective_max_concurrent();
+        let global = config.settings().max_concurrent;
         self.tenant.and_then(|t| t.max_concurrent).map_or(global, |n| (n.max(1) as usize).min(global))
     }
 

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
-use crate::config::{Config, parse_schedule};
+use crate::config::Config;
 use crate::planner::PlannedTier;
 use compactor_model::HeldFiles;
 use compactor_model::{FileMeta, PartitionLevel, group_into_partitions};
@@ -103,7 +103,7 @@ pub fn outlook(config: &Config, tiers: &[PlannedTier], request: &OutlookRequest<
     let (mut entries, truncated) = entries(request);
     let mut tier_views = Vec::new();
     for tier in tiers.iter().filter(|t| t.enabled) {
-        let schedule = config.tier_config(tier.tenant.as_deref(), &tier.name).and_then(|t| parse_schedule(t.effective_schedule()).ok());
+        let schedule = config.tier(&tier.id()).map(|t| t.schedule.clone());
         let mut view = TierView { name: tier.name.clone(), schedule, verdicts: HashMap::new(), load_error: None, suffix: String::new() };
         let instance = tier
             .policy
@@ -297,7 +297,7 @@ mod tests {
         let config = Config::parse("[storage]\nurl = \"memory://\"\n").unwrap();
         let cache = tempfile::tempdir().unwrap();
         let runtime = crate::plugin_runtime(cache.path().to_path_buf()).unwrap();
-        let tiers = crate::planner::load_tiers(&config, &runtime).unwrap();
+        let tiers = crate::planner::load_tiers(&config, &runtime);
         let request = OutlookRequest { database: "db", measurement: "cpu", files, from: None, to: None, now, held: None };
         outlook(&config, &tiers, &request).0
     }

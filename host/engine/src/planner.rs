@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use compactor_job::manifest::ManifestStore;
 use compactor_model::{HeldFiles, is_eligible_input};
 pub use compactor_planning::{
@@ -19,21 +19,22 @@ use compactor_storage::{self as storage, Storage, StorageError};
 /// in order. A plugin that fails to load is kept as an error, so that
 /// the other tiers still plan. Each tenant loads its components apart
 /// (its own call counters; its own stores and instances when planning).
-pub fn load_tiers(config: &Config, runtime: &PluginRuntime) -> Result<Vec<PlannedTier>, ConfigError> {
+pub fn load_tiers(config: &Config, runtime: &PluginRuntime) -> Vec<PlannedTier> {
     config
-        .tier_registry()
-        .into_iter()
+        .settings()
+        .tiers
+        .iter()
         .map(|registered| {
-            let tier = registered.config;
+            let tier = &registered.config;
             let source = PluginSource::parse(&tier.plugin, &config.base_dir);
-            Ok(PlannedTier {
+            PlannedTier {
                 name: tier.name.clone(),
                 tenant: registered.id.tenant.clone(),
                 enabled: tier.enabled,
                 policy: runtime.load_tier(&source).map(|p| Arc::new(p) as Arc<dyn PolicyFactory>).map_err(|e| e.to_string()),
                 config_json: tier.config_json(),
-                limits: config.tier_limits(registered.tenant, tier, &registered.config_key)?,
-            })
+                limits: registered.limits,
+            }
         })
         .collect()
 }

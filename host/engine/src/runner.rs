@@ -53,7 +53,7 @@ impl JobRunner {
         temp_directory: PathBuf,
         stop: Arc<AtomicBool>,
     ) -> Self {
-        let job_slots = tokio::sync::Semaphore::new(config.compaction.effective_max_concurrent());
+        let job_slots = tokio::sync::Semaphore::new(config.settings().max_concurrent);
         Self {
             config,
             storage,
@@ -261,14 +261,14 @@ impl JobRunner {
             parent_finalizes_manifest: false,
             sort_keys: Some(self.config.compaction.sort_keys_for(&candidate.measurement).to_vec()),
             memory_limit: self.config.compaction.memory_limit.clone(),
-            threads: self.config.compaction.effective_threads(),
+            threads: self.config.settings().threads,
             storage_type: descriptor.storage_type.clone(),
             storage_config: descriptor.config_json.clone(),
             job_id: String::new(),
             completion_dir: String::new(),
             partition_time: candidate.partition_time,
             output_suffix: suffix.map(str::to_owned),
-            multipart_threshold_bytes: Some(self.config.compaction.multipart_threshold_bytes()),
+            multipart_threshold_bytes: Some(self.config.settings().multipart_threshold),
             row_group_size: Some(self.config.compaction.row_group_size as u64),
             lease: Some(JobLease {
                 engine: self.engine_id().to_owned(),
