@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use compactor_job::{JobConfig, child, job_id};
-use compactor_storage::Storage;
+use compactor_storage::{Storage, StoreDescriptor};
 
 /// Run one compaction job (used by the engine itself; JSON in, JSON out).
 #[derive(Debug, clap::Args)]
@@ -55,7 +55,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     if config.job_id.is_empty() {
         config.job_id = job_id(&config.database, &config.partition_path, chrono::Utc::now(), config.batch_number);
     }
-    let storage = match Storage::from_descriptor(&config.storage_type, &config.storage_config) {
+    let storage = match StoreDescriptor::from_arc(&config.storage_type, &config.storage_config).and_then(|d| Storage::from_descriptor(&d)) {
         Ok(storage) => storage,
         Err(e) => return fail(e.to_string()),
     };

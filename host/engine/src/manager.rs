@@ -24,7 +24,7 @@ use compactor_job::parent::ChildCommand;
 use compactor_runtime::{NodeInfo, PluginRuntime, PluginSource};
 use compactor_storage::RequestCost;
 use compactor_storage::lease::{Leases, new_engine_id};
-use compactor_storage::{Storage, StorageDescriptor};
+use compactor_storage::{Storage, StoreDescriptor};
 
 /// Records kept in the manager's memory (the persistent history keeps
 /// `[history] max_records`).
@@ -527,7 +527,7 @@ impl Manager {
         group: &TenantGroup<'_>,
         options: &CycleOptions,
         cycle_id: u64,
-        descriptor: &StorageDescriptor,
+        descriptor: &StoreDescriptor,
     ) -> Result<CycleReport, planner::PlanError> {
         let mut outcome = CycleReport::default();
         let mut budget = group.budget();

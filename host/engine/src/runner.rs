@@ -19,7 +19,7 @@ use compactor_job::manifest::{ManifestStore, RecoveryManifest, RecoveryOutcome};
 use compactor_job::parent::{Attempt, ChildCommand, JobFailure, RunSubset, StartedChild, compact_adaptive};
 use compactor_job::{FailureKind, JobConfig, JobLease, JobResult, PolicyRef, job_id, job_prefix};
 use compactor_storage::lease::{Lease, Leases};
-use compactor_storage::{RequestCost, Storage, StorageDescriptor};
+use compactor_storage::{RequestCost, Storage, StoreDescriptor};
 
 /// Told each batch's record as soon as it is done (the manager counts it,
 /// keeps it in the history and publishes it).
@@ -262,8 +262,8 @@ impl JobRunner {
             sort_keys: Some(self.config.compaction.sort_keys_for(&candidate.measurement).to_vec()),
             memory_limit: self.config.compaction.memory_limit.clone(),
             threads: self.config.settings().threads,
-            storage_type: descriptor.storage_type.clone(),
-            storage_config: descriptor.config_json.clone(),
+            storage_type: descriptor.storage_type().to_owned(),
+            storage_config: descriptor.storage_config(),
             job_id: String::new(),
             completion_dir: String::new(),
             partition_time: candidate.partition_time,
@@ -383,7 +383,7 @@ fn leaves_writes_in_flight(attempt: &Attempt) -> bool {
 /// What the batches of one tier share in a cycle.
 pub(crate) struct TierRun<'a> {
     pub(crate) cycle_id: u64,
-    pub(crate) descriptor: &'a StorageDescriptor,
+    pub(crate) descriptor: &'a StoreDescriptor,
     pub(crate) suffix: Option<&'a str>,
     pub(crate) policy: PolicyRef,
     pub(crate) tenant: Option<String>,

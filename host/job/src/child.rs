@@ -30,16 +30,13 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path as StorePath;
-use object_store::{PutMode, PutOptions, WriteMultipart};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::manifest::{ManifestOwner, ManifestStore, Outcome, RecoveryManifest, upload_record_key};
 use crate::seams::Seams;
 use crate::sql::{self, compaction_statements, file_list, is_valid_identifier, order_by};
 use crate::{FailureKind, JobConfig, JobResult, output_name};
 use compactor_storage::lease::{before_deadline, deadline_file_is_valid, mark_writes_in_flight};
-use compactor_storage::{Storage, TrackedUploads};
+use compactor_storage::{EarlyWriteback, Storage, TrackedUploads};
 
 /// Outputs up to this size are uploaded in one request.
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 64 << 20;
@@ -504,18 +501,17 @@ impl Job<'_> {
     /// Streams every input into the work directory, `DOWNLOAD_CONCURRENCY` at
     /// a time, keeping input order; vanished inputs are skipped.
     fn download(&mut self) -> anyhow::Result<Vec<Input>> {
-        let store = self.storage.object_store().clone();
         let dir = self.work_dir.clone();
         let keys = self.config.files.clone();
         let downloads = futures::stream::iter(keys.into_iter().enumerate().map(|(index, key)| {
-            let (store, dir) = (store.clone(), dir.clone());
+            let (storage, dir) = (self.storage.clone(), dir.clone());
             async move {
                 // The index keeps two inputs with one base name apart.
                 let base = key.rsplit('/').next().unwrap_or(&key).to_owned();
                 let local = dir.join(format!("{index:05}_{base}"));
-                match download_one(store.as_ref(), &key, &local).await {
-                    Ok(size) => Ok(Some((Input { key, local }, size))),
-                    Err(object_store::Error::NotFound { .. }) => {
+                match storage.download(&key, &local).await {
+                    Ok(Some(size)) => Ok(Some((Input { key, local }, size))),
+                    Ok(None) => {
                         let _ = tokio::fs::remove_file(&local).await;
                         tracing::info!(file = %key, "input vanished before download; skipping it");
                         Ok(None)
@@ -637,61 +633,20 @@ impl Job<'_> {
 
     /// Uploads create-only: one request when small, parts when large.
     async fn upload(&self, local: &Path, key: &str, size: u64, manifest_key: &str) -> anyhow::Result<()> {
-        let store = self.storage.object_store();
-        let location = StorePath::from(key);
         let threshold = self.multipart_threshold();
-        if let Some(target) = self.storage.local_path(key).filter(|_| size <= threshold) {
-            // A local store: link the finished file into place. `link` fails
-            // if the name exists, so this is create-only and atomic, like the
-            // store's own put. (Larger outputs take the multipart path below,
-            // as they would on any store.)
-            if let Some(dir) = target.parent() {
-                tokio::fs::create_dir_all(dir).await?;
-            }
-            match tokio::fs::hard_link(local, &target).await {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!("{key} already exists; refusing to overwrite it"),
-                Err(e) => tracing::debug!(error = %e, "cannot link the output into place; uploading a copy"),
-            }
-        }
         if size <= threshold {
-            let bytes = tokio::fs::read(local).await?;
-            let put =
-                async { store.put_opts(&location, bytes.into(), PutOptions::from(PutMode::Create)).await.map_err(anyhow::Error::from) };
-            self.upload_step(put).await.with_context(|| format!("cannot create {key}"))?;
-            return Ok(());
+            let create = async { self.storage.create_from_file(local, key).await.map_err(anyhow::Error::from) };
+            return self.upload_step(create).await.with_context(|| format!("cannot create {key}"));
         }
-        // Multipart uploads cannot be conditional: refuse an existing object
-        // first (names are unique per job, so this is a safety net).
-        match store.head(&location).await {
-            Ok(_) => bail!("{key} already exists; refusing to overwrite it"),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        self.storage.ensure_absent(key).await?;
         if let Some(uploads) = self.storage.tracked_uploads() {
             return self.upload_tracked(uploads, local, key, manifest_key).await;
         }
         let untracked = async {
-            let upload = store.put_multipart(&location).await?;
-            let mut writer = WriteMultipart::new_with_chunk_size(upload, threshold as usize);
-            let mut file = tokio::fs::File::open(local).await?;
-            let mut buffer = vec![0u8; (threshold as usize).min(8 << 20)];
-            let mut sent = 0u64;
-            loop {
-                let n = file.read(&mut buffer).await?;
-                if n == 0 {
-                    break;
-                }
-                writer.wait_for_capacity(2).await?;
-                writer.write(&buffer[..n]);
-                sent += n as u64;
-                if sent >= threshold {
-                    self.seams.at("mid-upload");
-                }
-            }
-            writer.finish().await.with_context(|| format!("cannot complete the upload of {key}"))
+            let parts = self.storage.upload_in_parts(local, key, threshold, || self.seams.at("mid-upload"));
+            parts.await.with_context(|| format!("cannot complete the upload of {key}"))
         };
-        self.upload_step(untracked).await.map(drop)
+        self.upload_step(untracked).await
     }
 
     /// Whether the output goes up as a multipart upload whose id is recorded.
@@ -742,103 +697,20 @@ impl Job<'_> {
         id: &str,
     ) -> anyhow::Result<Vec<object_store::multipart::PartId>> {
         let id = id.to_owned();
-        let part_size = self.multipart_threshold();
         ManifestStore::new(self.storage.clone()).record_upload(manifest_key, key, &id).await?;
-        let mut file = tokio::fs::File::open(local).await?;
-        let mut parts = Vec::new();
-        loop {
-            let mut part = Vec::with_capacity(part_size as usize);
-            (&mut file).take(part_size).read_to_end(&mut part).await?;
-            if part.is_empty() {
-                break;
-            }
-            self.check_lease("uploading a part")?;
-            parts.push(
-                uploads.put_part(key, &id, parts.len(), part.into()).await.with_context(|| format!("cannot upload a part of {key}"))?,
-            );
-            self.seams.at("mid-upload");
-        }
-        self.check_lease("completing the upload")?;
-        Ok(parts)
+        let before_part = || self.check_lease("uploading a part or completing the upload");
+        uploads.put_file_parts(local, key, &id, self.multipart_threshold(), before_part, || self.seams.at("mid-upload")).await
     }
 
-    /// Deletes the inputs — the first alone, the rest in bulk (one request
-    /// per 1,000 keys on S3), checking the lease before each; returns those
-    /// that could not be deleted. A key already gone counts as deleted.
+    /// Deletes the inputs (checking the lease before the first and before
+    /// the rest); returns those that could not be deleted.
     async fn delete_inputs(&self, keys: &[String]) -> anyhow::Result<Vec<String>> {
-        let Some((first, rest)) = keys.split_first() else { return Ok(Vec::new()) };
-        let mut deleted = std::collections::HashSet::new();
         self.check_lease("deleting the inputs")?;
-        match self.storage.delete(first).await {
-            Ok(()) => {
-                deleted.insert(first.clone());
-            }
-            Err(e) => tracing::warn!(file = %first, error = %e, "cannot delete compacted input"),
-        }
-        self.seams.at("mid-delete");
-        self.check_lease("deleting the inputs")?;
-        let locations = futures::stream::iter(rest.iter().map(|k| Ok(StorePath::from(k.as_str())))).boxed();
-        let results: Vec<_> = self.storage.object_store().delete_stream(locations).collect().await;
-        for result in results {
-            match result {
-                Ok(path) => {
-                    deleted.insert(path.to_string());
-                }
-                Err(object_store::Error::NotFound { path, .. }) => {
-                    deleted.insert(path);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot delete a compacted input"),
-            }
-        }
-        Ok(keys.iter().filter(|k| !deleted.contains(*k)).cloned().collect())
-    }
-}
-
-/// Starts writing a file back to disk while it is being written, so that a
-/// later `fsync` finds little left to do. Stops (after one last push) when
-/// dropped.
-struct EarlyWriteback {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl EarlyWriteback {
-    const INTERVAL: std::time::Duration = std::time::Duration::from_millis(25);
-
-    fn start(path: PathBuf) -> Self {
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("writeback".into())
-            .spawn(move || {
-                let mut file = None;
-                loop {
-                    let last = !matches!(stopped.recv_timeout(Self::INTERVAL), Err(std::sync::mpsc::RecvTimeoutError::Timeout));
-                    if file.is_none() {
-                        file = std::fs::File::open(&path).ok();
-                    }
-                    if let Some(file) = &file {
-                        // SAFETY: a valid descriptor; SYNC_FILE_RANGE_WRITE only
-                        // starts the write-back of dirty pages, it waits for none.
-                        unsafe {
-                            libc::sync_file_range(std::os::fd::AsRawFd::as_raw_fd(file), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-                        }
-                    }
-                    if last {
-                        return;
-                    }
-                }
-            })
-            .ok();
-        Self { stop: Some(stop), thread }
-    }
-}
-
-impl Drop for EarlyWriteback {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let between = || {
+            self.seams.at("mid-delete");
+            self.check_lease("deleting the inputs")
+        };
+        self.storage.delete_all(keys, between).await
     }
 }
 
@@ -865,40 +737,6 @@ impl std::fmt::Display for StepTimer {
         let parts: Vec<String> = self.steps.iter().map(|(n, d)| format!("{n}={:.1}ms", d.as_secs_f64() * 1e3)).collect();
         f.write_str(&parts.join(" "))
     }
-}
-
-/// The database as the cluster manifest names it: a pseudo-database
-/// `spoke/db` is `db`.
-async fn download_one(store: &dyn object_store::ObjectStore, key: &str, local: &Path) -> Result<u64, object_store::Error> {
-    let result = store.get(&StorePath::from(key)).await?;
-    let io = |e: std::io::Error| object_store::Error::Generic { store: "local temp", source: Box::new(e) };
-    if let object_store::GetResultPayload::File(mut file, path) = result.payload {
-        // A local store hands out the file itself. Parquet files are never
-        // modified in place, so a hard link is a faithful copy that costs
-        // nothing; across file systems, let the kernel copy it.
-        let local = local.to_owned();
-        return tokio::task::spawn_blocking(move || {
-            let size = file.metadata()?.len();
-            if std::fs::hard_link(&path, &local).is_ok() {
-                return Ok(size);
-            }
-            let mut out = std::fs::File::create(&local)?;
-            std::io::copy(&mut file, &mut out)
-        })
-        .await
-        .map_err(|e| io(std::io::Error::other(e)))?
-        .map_err(io);
-    }
-    let mut stream = result.into_stream();
-    let mut file = tokio::fs::File::create(local).await.map_err(io)?;
-    let mut size = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        size += chunk.len() as u64;
-        file.write_all(&chunk).await.map_err(io)?;
-    }
-    file.flush().await.map_err(io)?;
-    Ok(size)
 }
 
 /// Checks Parquet's magic bytes: at least 12 bytes, `PAR1` at both ends.

@@ -7,10 +7,11 @@ pub mod faults;
 pub mod lease;
 mod local;
 mod s3;
+mod transfer;
 mod uploads;
 
 use std::collections::BTreeMap;
-use std::path::Path as FsPath;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -22,6 +23,8 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 pub use compactor_model::{FileMeta, is_eligible_input};
 pub use counting::{CountingStore, RequestCost, RequestCounts};
+pub use s3::S3Config;
+pub use transfer::EarlyWriteback;
 pub use uploads::TrackedUploads;
 
 /// Root of Arc's recovery manifests; never a database.
@@ -74,14 +77,55 @@ pub struct Level {
     pub dirs: Vec<String>,
 }
 
-/// How a child process rebuilds the same store: Arc's `storage_type` and
-/// `storage_config` (JSON, never with secrets).
+/// How a job process opens the same store again. It never holds secrets:
+/// those travel in the job's environment ([`Storage::child_env`]). At the
+/// job's JSON edge it is Arc's `storage_type` and `storage_config` pair.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StorageDescriptor {
-    /// `local`, `s3`, …
-    pub storage_type: String,
-    /// The settings, as a JSON object.
-    pub config_json: String,
+pub enum StoreDescriptor {
+    /// A local directory.
+    Local {
+        /// Its canonical path.
+        base_path: PathBuf,
+    },
+    /// An S3 bucket: Arc's S3 fields and the other non-secret options.
+    S3(S3Config),
+}
+
+impl StoreDescriptor {
+    /// Arc's `storage_type`.
+    pub fn storage_type(&self) -> &'static str {
+        match self {
+            Self::Local { .. } => "local",
+            Self::S3(_) => "s3",
+        }
+    }
+
+    /// Arc's `storage_config`: the settings as a JSON object.
+    pub fn storage_config(&self) -> String {
+        let json = match self {
+            Self::Local { base_path } => serde_json::json!({ "base_path": base_path.display().to_string() }),
+            Self::S3(config) => serde_json::to_value(config).unwrap_or_default(),
+        };
+        json.to_string()
+    }
+
+    /// Reads Arc's pair.
+    pub fn from_arc(storage_type: &str, storage_config: &str) -> Result<Self, StorageError> {
+        let open_error = |message: String| StorageError::Open { url: format!("{storage_type} {storage_config}"), message };
+        let invalid = |e: serde_json::Error| open_error(format!("invalid storage config: {e}"));
+        match storage_type {
+            "local" => {
+                #[derive(serde::Deserialize)]
+                struct Local {
+                    base_path: PathBuf,
+                }
+                let local: Local = serde_json::from_str(storage_config).map_err(invalid)?;
+                Ok(Self::Local { base_path: local.base_path })
+            }
+            "s3" => Ok(Self::S3(serde_json::from_str(storage_config).map_err(invalid)?)),
+            other => Err(open_error(format!("unsupported storage type: {other}"))),
+        }
+    }
 }
 
 /// A lake's object store.
@@ -89,7 +133,7 @@ pub struct StorageDescriptor {
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
     description: String,
-    descriptor: Option<StorageDescriptor>,
+    descriptor: Option<StoreDescriptor>,
     /// Credentials a job process needs, passed in its environment (never in
     /// its JSON config, logs or manifests).
     child_env: Vec<(String, String)>,
@@ -171,40 +215,28 @@ impl Storage {
         let store = local::LocalStore::new(root)
             .map_err(|e| StorageError::Open { url: root.display().to_string(), message: format!("{e} (does the directory exist?)") })?;
         let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
-        let descriptor = StorageDescriptor {
-            storage_type: "local".into(),
-            config_json: serde_json::json!({ "base_path": root.display().to_string() }).to_string(),
-        };
         Ok(Self {
             store: faults::FaultyStore::from_env(Arc::new(store)),
             description: format!("file://{}", root.display()),
-            descriptor: Some(descriptor),
+            descriptor: Some(StoreDescriptor::Local { base_path: root }),
             child_env: Vec::new(),
             uploads: None,
             late_writes: None,
         })
     }
 
-    /// Rebuilds a store in a child process from its descriptor.
-    pub fn from_descriptor(storage_type: &str, config_json: &str) -> Result<Self, StorageError> {
-        let open_error = |message: String| StorageError::Open { url: format!("{storage_type} {config_json}"), message };
-        match storage_type {
-            "local" => {
-                #[derive(serde::Deserialize)]
-                struct Local {
-                    base_path: String,
-                }
-                let local: Local = serde_json::from_str(config_json).map_err(|e| open_error(format!("invalid storage config: {e}")))?;
-                Self::local(FsPath::new(&local.base_path))
-            }
-            "s3" => s3::from_descriptor(config_json).map_err(|e| open_error(e.to_string())),
-            other => Err(open_error(format!("unsupported storage type: {other}"))),
+    /// Opens the store `descriptor` describes, in a job process.
+    pub fn from_descriptor(descriptor: &StoreDescriptor) -> Result<Self, StorageError> {
+        match descriptor {
+            StoreDescriptor::Local { base_path } => Self::local(base_path),
+            StoreDescriptor::S3(config) => s3::from_config(config)
+                .map_err(|e| StorageError::Open { url: format!("s3://{}/{}", config.bucket, config.prefix), message: e.to_string() }),
         }
     }
 
     /// How a child process rebuilds this store; `None` for stores other
     /// processes cannot see (in-memory).
-    pub fn descriptor(&self) -> Option<&StorageDescriptor> {
+    pub fn descriptor(&self) -> Option<&StoreDescriptor> {
         self.descriptor.as_ref()
     }
 
@@ -402,9 +434,10 @@ impl Storage {
 
     /// The root directory when this is a local store.
     pub fn local_root(&self) -> Option<std::path::PathBuf> {
-        let descriptor = self.descriptor.as_ref().filter(|d| d.storage_type == "local")?;
-        let config: serde_json::Value = serde_json::from_str(&descriptor.config_json).ok()?;
-        config.get("base_path")?.as_str().map(std::path::PathBuf::from)
+        match &self.descriptor {
+            Some(StoreDescriptor::Local { base_path }) => Some(base_path.clone()),
+            _ => None,
+        }
     }
 
     /// The whole content of `key`.

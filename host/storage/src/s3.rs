@@ -12,15 +12,15 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::prefix::PrefixStore;
 use serde::{Deserialize, Serialize};
 
-use super::{Storage, StorageDescriptor, TrackedUploads, redact_url};
+use super::{Storage, StoreDescriptor, TrackedUploads, redact_url};
 
 /// Arc's S3 storage config, field for field, plus the other non-secret
 /// options (timeouts, retries, …) so the job process behaves the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct S3Config {
-    bucket: String,
+pub struct S3Config {
+    pub(crate) bucket: String,
     #[serde(default)]
-    prefix: String,
+    pub(crate) prefix: String,
     #[serde(default)]
     region: String,
     #[serde(default)]
@@ -109,17 +109,16 @@ pub(super) fn open(url: &url::Url, options: &BTreeMap<String, String>) -> anyhow
     Ok(Storage {
         store: with_prefix(store.clone(), &prefix),
         description: redact_url(url),
-        descriptor: Some(descriptor(&config)),
+        descriptor: Some(StoreDescriptor::S3(config)),
         child_env,
         uploads: Some(TrackedUploads::new(store, &prefix)),
         late_writes: Some(super::request_timeout(options)),
     })
 }
 
-/// Rebuilds the store in a job process from Arc's config JSON; credentials
-/// come from the environment.
-pub(super) fn from_descriptor(config_json: &str) -> anyhow::Result<Storage> {
-    let config: S3Config = serde_json::from_str(config_json)?;
+/// Opens the store again in a job process; credentials come from the
+/// environment.
+pub(super) fn from_config(config: &S3Config) -> anyhow::Result<Storage> {
     let builder = AmazonS3Builder::from_env()
         .with_bucket_name(&config.bucket)
         .with_allow_http(!config.use_ssl)
@@ -136,7 +135,7 @@ pub(super) fn from_descriptor(config_json: &str) -> anyhow::Result<Storage> {
     Ok(Storage {
         store: with_prefix(store.clone(), &config.prefix),
         description,
-        descriptor: Some(descriptor(&config)),
+        descriptor: Some(StoreDescriptor::S3(config.clone())),
         child_env: Vec::new(),
         uploads: Some(TrackedUploads::new(store, &config.prefix)),
         late_writes: Some(super::request_timeout(&config.options)),
@@ -147,10 +146,6 @@ pub(super) fn from_descriptor(config_json: &str) -> anyhow::Result<Storage> {
 fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
     let store = if prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix)) };
     super::faults::FaultyStore::from_env(store)
-}
-
-fn descriptor(config: &S3Config) -> StorageDescriptor {
-    StorageDescriptor { storage_type: "s3".into(), config_json: serde_json::to_string(config).unwrap_or_default() }
 }
 
 #[cfg(test)]
@@ -175,8 +170,9 @@ mod tests {
         ]);
         let storage = open(&url, &opts).unwrap();
         let descriptor = storage.descriptor().unwrap().clone();
-        assert_eq!(descriptor.storage_type, "s3");
-        let json: serde_json::Value = serde_json::from_str(&descriptor.config_json).unwrap();
+        assert_eq!(descriptor.storage_type(), "s3");
+        let config_json = descriptor.storage_config();
+        let json: serde_json::Value = serde_json::from_str(&config_json).unwrap();
         assert_eq!(json["bucket"], "arc-data");
         assert_eq!(json["prefix"], "instances/abc123");
         assert_eq!(json["region"], "us-west-2");
@@ -184,11 +180,13 @@ mod tests {
         assert_eq!((json["path_style"].as_bool(), json["use_ssl"].as_bool()), (Some(true), Some(false)));
         assert_eq!(json["options"]["timeout"], "5s", "non-secret options reach the job");
         assert_eq!(json["options"]["max_retries"], "2");
-        assert!(!descriptor.config_json.contains("s3cr3t") && !descriptor.config_json.contains("AKIA"), "no secrets in the job config");
+        assert!(!config_json.contains("s3cr3t") && !config_json.contains("AKIA"), "no secrets in the job config");
         assert!(!storage.to_string().contains("s3cr3t"));
         assert!(storage.child_env().contains(&("AWS_SECRET_ACCESS_KEY".to_owned(), "s3cr3t".to_owned())));
-        let rebuilt = Storage::from_descriptor("s3", &descriptor.config_json).unwrap();
-        assert_eq!(rebuilt.descriptor().unwrap().config_json, descriptor.config_json, "rebuilding yields the identical config");
+        let read_back = StoreDescriptor::from_arc("s3", &config_json).unwrap();
+        assert_eq!(read_back, descriptor, "Arc's pair round-trips");
+        let rebuilt = Storage::from_descriptor(&read_back).unwrap();
+        assert_eq!(rebuilt.descriptor(), Some(&descriptor), "rebuilding yields the identical config");
     }
 
     #[test]
@@ -196,6 +194,6 @@ mod tests {
         let url = url::Url::parse("s3://bucket/p").unwrap();
         assert!(open(&url, &options(&[("aws_regoin", "x")])).unwrap_err().to_string().contains("aws_regoin"));
         assert!(open(&url, &options(&[("retry_timeout", "soon")])).unwrap_err().to_string().contains("retry_timeout"));
-        assert!(Storage::from_descriptor("resilient", "{}").unwrap_err().to_string().contains("unsupported storage type: resilient"));
+        assert!(StoreDescriptor::from_arc("resilient", "{}").unwrap_err().to_string().contains("unsupported storage type: resilient"));
     }
 }
