@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use compactor_engine::planner::{self, PlanOptions};
-use compactor_job::manifest::{ManifestStore, RecoveryManifest};
+use compactor_engine::{self as planner, PlanOptions};
+use compactor_job::{ManifestStore, RecoveryManifest};
 use compactor_runtime::PluginLimits;
 use compactor_storage::Storage;
 
@@ -75,7 +75,7 @@ async fn only_visible_parquet_files_are_ever_inputs() {
     assert!(plan_of(&storage).await.batches.is_empty());
 }
 
-async fn plan_of(storage: &Storage) -> compactor_engine::planner::Plan {
+async fn plan_of(storage: &Storage) -> compactor_engine::Plan {
     plan(storage, &arc_tiers(), "2026-04-13T00:00:00Z").await
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use compactor_engine::planner::Plan;
+use compactor_engine::Plan;
 use compactor_runtime::PluginLimits;
 use compactor_runtime::PluginSource;
 
@@ -186,7 +186,7 @@ fn a_stop_request_ends_planning_before_the_next_partition() {
     let storage = runtime.block_on(store_with(&keys));
     let limits = PluginLimits { call_timeout: Duration::from_secs(2), ..PluginLimits::default() };
     let tiers = [tier("raw", "raw", r#"{"mode": "nap"}"#, limits)];
-    let options = compactor_engine::planner::PlanOptions {
+    let options = compactor_engine::PlanOptions {
         now: crate::util::at("2026-04-13T00:00:00Z"),
         database: None,
         databases: None,
@@ -201,7 +201,7 @@ fn a_stop_request_ends_planning_before_the_next_partition() {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
     });
     let started = std::time::Instant::now();
-    let plan = runtime.block_on(compactor_engine::planner::plan(&storage, &tiers, &options)).unwrap();
+    let plan = runtime.block_on(compactor_engine::plan(&storage, &tiers, &options)).unwrap();
     stopper.join().unwrap();
     // 20 partitions at 0.9 s each would take 18 s.
     assert!(started.elapsed() < Duration::from_secs(4), "planning took {:?} after the stop", started.elapsed());

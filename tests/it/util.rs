@@ -74,8 +74,8 @@ pub(crate) fn refs(names: &[String]) -> Vec<&str> {
 }
 
 /// A tier named `name` running `spec` with `config` and `limits`.
-pub(crate) fn tier(name: &str, spec: &str, config: &str, limits: PluginLimits) -> compactor_engine::planner::PlannedTier {
-    compactor_engine::planner::PlannedTier {
+pub(crate) fn tier(name: &str, spec: &str, config: &str, limits: PluginLimits) -> compactor_engine::PlannedTier {
+    compactor_engine::PlannedTier {
         name: name.into(),
         tenant: None,
         enabled: true,
@@ -95,8 +95,8 @@ pub(crate) async fn store_with(keys: &[String]) -> compactor_storage::Storage {
 }
 
 /// Plan options for every tier at `now`, with Arc's batch size.
-pub(crate) fn plan_options(now: &str) -> compactor_engine::planner::PlanOptions {
-    compactor_engine::planner::PlanOptions {
+pub(crate) fn plan_options(now: &str) -> compactor_engine::PlanOptions {
+    compactor_engine::PlanOptions {
         now: at(now),
         database: None,
         databases: None,
@@ -110,10 +110,10 @@ pub(crate) fn plan_options(now: &str) -> compactor_engine::planner::PlanOptions 
 /// Plans `tiers` over `storage` at `now`, with Arc's batch size.
 pub(crate) async fn plan(
     storage: &compactor_storage::Storage,
-    tiers: &[compactor_engine::planner::PlannedTier],
+    tiers: &[compactor_engine::PlannedTier],
     now: &str,
-) -> compactor_engine::planner::Plan {
-    compactor_engine::planner::plan(storage, tiers, &plan_options(now)).await.unwrap()
+) -> compactor_engine::Plan {
+    compactor_engine::plan(storage, tiers, &plan_options(now)).await.unwrap()
 }
 
 /// A lease object (or its local sidecar): one per day of a measurement that

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use compactor_engine::manager::{CycleOptions, Manager};
-use compactor_engine::planner::{PlanError, TierId};
+use compactor_engine::{CycleOptions, Manager};
+use compactor_engine::{PlanError, TierId};
 
 /// What each enabled tier owes, at one moment.
 #[derive(Debug, Clone, Serialize)]

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::debt::Debt;
 use crate::metrics::Metrics;
 use compactor_engine::config::ConfigError;
-use compactor_engine::manager::{CycleOptions, GateDecision, Manager};
+use compactor_engine::{CycleOptions, GateDecision, Manager};
 
 /// How long `/candidates` may plan (Arc's deadline).
 const CANDIDATES_DEADLINE: Duration = Duration::from_secs(30);
@@ -99,7 +99,7 @@ impl Api {
         };
         let wake = Arc::downgrade(&api.inner);
         api.inner.manager.subscribe(move |event| {
-            if let (compactor_engine::manager::Progress::CycleFinished { .. }, Some(inner)) = (&event, wake.upgrade()) {
+            if let (compactor_engine::Progress::CycleFinished { .. }, Some(inner)) = (&event, wake.upgrade()) {
                 inner.debt_wanted.notify_one();
             }
         });
@@ -428,7 +428,7 @@ async fn history(State(api): State<Api>, Query(query): Query<HashMap<String, Str
     let limit = query.get("limit").and_then(|l| l.trim().parse::<usize>().ok()).filter(|l| *l >= 1).unwrap_or(HISTORY_MAX).min(HISTORY_MAX);
     let manager = api.manager();
     match manager.history().recent(limit).await {
-        Ok(compactor_engine::history::Recent { records, unreadable, kept }) => {
+        Ok(compactor_engine::Recent { records, unreadable, kept }) => {
             for entry in &unreadable {
                 tracing::warn!(key = %entry.key, error = %entry.error, "unreadable history entry");
             }
@@ -678,7 +678,7 @@ fn plugin_list(api: &Api) -> Vec<Value> {
 }
 
 /// The tier's description from its configured policy, asked once per build.
-fn tier_info(api: &Api, tier: &compactor_engine::planner::PlannedTier) -> Value {
+fn tier_info(api: &Api, tier: &compactor_engine::PlannedTier) -> Value {
     let Ok(policy) = &tier.policy else { return Value::Null };
     let key = (tier.key(), policy.content_hash().to_owned());
     if let Some(info) = api.inner.tier_info.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
@@ -693,7 +693,7 @@ fn tier_info(api: &Api, tier: &compactor_engine::planner::PlannedTier) -> Value 
     info
 }
 
-fn plugin_entry(manager: &Manager, tier: &compactor_engine::planner::PlannedTier) -> Value {
+fn plugin_entry(manager: &Manager, tier: &compactor_engine::PlannedTier) -> Value {
     match &tier.policy {
         Ok(policy) => {
             let counts = policy.call_counts();

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::debt::Debt;
-use compactor_engine::manager::{CycleReport, JobRecord, Manager, Progress};
-use compactor_job::manifest::RecoveryReport;
+use compactor_engine::{CycleReport, JobRecord, Manager, Progress};
+use compactor_job::RecoveryReport;
 use compactor_storage::RequestCost;
 
 /// Every metric of one engine.

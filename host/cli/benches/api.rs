@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use compactor_api::Api;
 use compactor_engine::config::Config;
-use compactor_engine::manager::{CycleOptions, GateDecision, Manager};
-use compactor_job::parent::ChildCommand;
+use compactor_engine::{CycleOptions, GateDecision, Manager};
+use compactor_job::ChildCommand;
 use compactor_job::sample::{self, SampleSpec};
 
 const NOW: &str = "2026-04-13T12:00:00Z";

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use chrono::DateTime;
 use compactor_engine::config::Config;
-use compactor_engine::manager::{CycleOptions, Manager};
-use compactor_job::parent::ChildCommand;
+use compactor_engine::{CycleOptions, Manager};
+use compactor_job::ChildCommand;
 use compactor_job::sql::{DEFAULT_ROW_GROUP_SIZE, TIME_NORMALISATION, file_list, order_by, write_options};
 use compactor_runtime::{ArtifactCache, PluginRuntime};
 use compactor_storage::Storage;
@@ -335,7 +335,7 @@ fn manager(work: &Path, storage: Storage, temp: &str, shape: Shape) -> anyhow::R
     let config = config(work, work, temp, shape)?;
     let plugins = PluginRuntime::new(ArtifactCache::new(std::env::temp_dir().join("compactor-bench-artifacts")))?
         .with_builtins(compactor_builtin::BUILTINS);
-    let tiers = compactor_engine::planner::load_tiers(&config, &plugins);
+    let tiers = compactor_engine::load_tiers(&config, &plugins);
     let child = ChildCommand { program: env!("CARGO_BIN_EXE_compactor").into(), env: Vec::new(), timeout: None };
     Ok(Manager::new(config, storage, tiers, plugins, child))
 }
@@ -467,7 +467,7 @@ const COORDINATION_JOBS: u32 = 20;
 /// they contend for one lease object. Returns the mean wall time per job and
 /// the requests per job (total, LIST, GET, PUT, DELETE).
 fn coordination_cost(storage: &Storage, engines: usize) -> anyhow::Result<(Duration, [f64; 5])> {
-    use compactor_job::manifest::{ManifestStore, Outcome};
+    use compactor_job::{ManifestStore, Outcome};
     use compactor_storage::lease::{Leases, new_engine_id};
     let (storage, counts) = storage.counted();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -22,8 +22,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use compactor_engine::config::Config;
-use compactor_engine::manager::{CycleOptions, Manager};
-use compactor_job::parent::ChildCommand;
+use compactor_engine::{CycleOptions, Manager};
+use compactor_job::ChildCommand;
 use compactor_job::sample::{self, SampleSpec};
 
 const NOW: &str = "2026-04-13T12:00:00Z";
@@ -121,7 +121,7 @@ fn load_and_idle(work: &Path) -> anyhow::Result<()> {
     let config = tenants_config(work, &work.join("lake"))?;
     let runtime = compactor_engine::plugin_runtime(config.plugin_cache_dir())?;
     let started = Instant::now();
-    let tiers = compactor_engine::planner::load_tiers(&config, &runtime);
+    let tiers = compactor_engine::load_tiers(&config, &runtime);
     let first = started.elapsed();
     if let Some(error) = tiers.iter().find_map(|t| t.policy.as_ref().err()) {
         anyhow::bail!("a tenant's component did not load: {error}");
@@ -130,7 +130,7 @@ fn load_and_idle(work: &Path) -> anyhow::Result<()> {
     let mut loads = Vec::new();
     for _ in 0..ROUNDS {
         let started = Instant::now();
-        let tiers = compactor_engine::planner::load_tiers(&config, &runtime);
+        let tiers = compactor_engine::load_tiers(&config, &runtime);
         loads.push(started.elapsed());
         drop(tiers);
     }

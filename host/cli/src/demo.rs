@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
-use compactor_engine::manager::CycleOptions;
+use compactor_engine::CycleOptions;
 use compactor_job::sample::{self, SampleSpec};
 use compactor_job::verify::{self, Fingerprint};
 

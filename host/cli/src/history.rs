@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
+use compactor_engine::History;
 use compactor_engine::config::Config;
-use compactor_engine::history::History;
 use compactor_model::units::format_bytes;
 use compactor_storage::Storage;
 
@@ -30,7 +30,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config.path)?;
     let storage = Storage::open(&config.storage.url, &config.storage.options, &config.base_dir)?;
     let history = History::new(storage, "", config.history.max_records);
-    let compactor_engine::history::Recent { records, unreadable, .. } = crate::runtime()?.block_on(history.recent(args.limit))?;
+    let compactor_engine::Recent { records, unreadable, .. } = crate::runtime()?.block_on(history.recent(args.limit))?;
     for entry in &unreadable {
         eprintln!("warning: unreadable history entry {}: {}", entry.key, entry.error);
     }

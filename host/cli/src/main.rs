@@ -16,9 +16,9 @@ mod table;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use compactor_engine::Manager;
 use compactor_engine::config::Config;
-use compactor_engine::manager::Manager;
-use compactor_job::parent::ChildCommand;
+use compactor_job::ChildCommand;
 
 fn main() -> ExitCode {
     match run() {

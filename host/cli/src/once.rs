@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
-use compactor_engine::manager::{CycleOptions, CycleReport, GateDecision};
+use compactor_engine::{CycleOptions, CycleReport, GateDecision};
 use compactor_model::units::format_bytes;
 
 use crate::Format;

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use compactor_engine::manager::{CycleOptions, GateDecision, Manager};
-use compactor_engine::planner::Plan;
+use compactor_engine::Plan;
+use compactor_engine::{CycleOptions, GateDecision, Manager};
 
 use crate::Format;
 use crate::table::Table;

@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 
-use compactor_engine::manager::{Manager, Progress};
+use compactor_engine::{Manager, Progress};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The bar of one command.

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use compactor_engine::manager::GateDecision;
+use compactor_engine::GateDecision;
 
 use crate::Format;
 

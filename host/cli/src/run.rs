@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use compactor_api::Api;
 use compactor_engine::config::ApiSettings;
-use compactor_engine::manager::{GateDecision, Manager};
+use compactor_engine::{GateDecision, Manager};
 
 /// Run the scheduler until interrupted.
 #[derive(Debug, clap::Args)]

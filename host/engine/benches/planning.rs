@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Duration as Span, Utc};
-use compactor_engine::planner::{self, PartitionPolicy, PlanOptions, PlannedTier, PolicyFactory};
+use compactor_engine::{self as planner, PartitionPolicy, PlanOptions, PlannedTier, PolicyFactory};
 use compactor_model::{Partition, PartitionLevel, group_into_partitions};
 use compactor_plugin_sdk::TierPolicy;
 use compactor_runtime::PluginLimits;

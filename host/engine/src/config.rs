@@ -25,7 +25,7 @@ use compactor_runtime::{ArtifactCache, PluginLimits};
 use compactor_storage::lease::LeaseSettings;
 use serde::Deserialize;
 
-use crate::tier::clamp_max_files_per_batch;
+use compactor_planning::batching::clamp_max_files_per_batch;
 
 /// A configuration error, naming the key and the bad value.
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +212,7 @@ impl Default for CompactionConfig {
 
 impl CompactionConfig {
     /// The sort keys of `measurement`.
-    pub fn sort_keys_for(&self, measurement: &str) -> &[String] {
+    pub(crate) fn sort_keys_for(&self, measurement: &str) -> &[String] {
         self.sort_keys.get(measurement).unwrap_or(&self.default_sort_keys)
     }
 }
@@ -243,7 +243,7 @@ pub struct LimitsConfig {
 impl LimitsConfig {
     /// `limits` with the fields this table sets replaced; `key` names the
     /// table for errors.
-    pub fn apply_to(&self, mut limits: PluginLimits, key: &str) -> Result<PluginLimits, ConfigError> {
+    pub(crate) fn apply_to(&self, mut limits: PluginLimits, key: &str) -> Result<PluginLimits, ConfigError> {
         if let Some(fuel) = self.fuel_per_call {
             if fuel == 0 {
                 return Err(value_error(format!("{key}.fuel_per_call"), "0 (must be at least 1)"));
@@ -294,7 +294,7 @@ fn yes() -> bool {
 
 impl TierConfig {
     /// Arc's tiers: `hourly` at minute 5 of every hour, `daily` at 03:00.
-    pub fn arc_defaults() -> Vec<TierConfig> {
+    pub(crate) fn arc_defaults() -> Vec<TierConfig> {
         let tier = |name: &str, schedule: &str| TierConfig {
             name: name.into(),
             plugin: format!("builtin:{name}"),
@@ -537,7 +537,7 @@ impl Config {
 
     /// What validation accepted but changed, for the composition root to
     /// log once whatever the command (Arc clamps `max_files_per_batch`).
-    pub fn warnings(&self) -> Vec<String> {
+    pub(crate) fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         let configured = self.compaction.max_files_per_batch;
         if clamp_max_files_per_batch(configured).1 {
@@ -570,7 +570,7 @@ impl Config {
 
     /// The tenant that owns `database`: the first whose patterns match, none
     /// for the databases that run the top-level tiers.
-    pub fn tenant_of(&self, database: &str) -> Option<&TenantConfig> {
+    pub(crate) fn tenant_of(&self, database: &str) -> Option<&TenantConfig> {
         self.tenants.iter().find(|t| t.claims(database))
     }
 
@@ -699,7 +699,7 @@ impl Config {
     }
 
     /// Resolves a path from the config against the config file's directory.
-    pub fn resolve_path(&self, path: &Path) -> PathBuf {
+    pub(crate) fn resolve_path(&self, path: &Path) -> PathBuf {
         if path.is_absolute() { path.to_owned() } else { self.base_dir.join(path) }
     }
 
@@ -739,7 +739,7 @@ fn check_name(name: &str, key: &str) -> Result<(), ConfigError> {
 /// Arc's rule for `compaction.memory_limit`: empty, or a number with one of
 /// the units `B`, `KB`, `MB`, `GB`, `TB` (percent and unit-less forms are
 /// refused because DuckDB needs an absolute size).
-pub fn validate_memory_limit(value: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_memory_limit(value: &str) -> Result<(), ConfigError> {
     if value.is_empty() {
         return Ok(());
     }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 /// Consecutive cycles whose policy calls failed after which a tier is
 /// suspended.
-pub const SUSPEND_AFTER_FAILING_CYCLES: u32 = 3;
+pub(crate) const SUSPEND_AFTER_FAILING_CYCLES: u32 = 3;
 /// The first suspension; each further one in a row doubles, up to a day.
 const FIRST_SUSPENSION_MINUTES: i64 = 10;
 const LONGEST_SUSPENSION_MINUTES: i64 = 24 * 60;
@@ -46,7 +46,7 @@ impl TierHealth {
     }
 
     /// Why a suspended tier is not asked, as plans and cycles report it.
-    pub fn suspension_note(&self) -> String {
+    pub(crate) fn suspension_note(&self) -> String {
         format!(
             "suspended until {} after {} cycles in a row whose policy calls failed (last: {}); not asked; reload the plugin to retry sooner",
             self.suspended_until.map(|t| t.to_rfc3339()).unwrap_or_default(),

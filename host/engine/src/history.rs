@@ -16,7 +16,7 @@ use crate::report::JobRecord;
 use compactor_storage::{COMPACTION_STATE_ROOT, Storage, StorageError};
 
 /// Where history entries live.
-pub fn history_prefix() -> String {
+pub(crate) fn history_prefix() -> String {
     format!("{COMPACTION_STATE_ROOT}/history/")
 }
 
@@ -140,7 +140,7 @@ impl History {
     /// Deletes the oldest entries beyond `max_records`; returns how many.
     /// Engines sharing the store may prune at once: an entry already gone is
     /// not an error.
-    pub async fn prune(&self) -> Result<usize, StorageError> {
+    pub(crate) async fn prune(&self) -> Result<usize, StorageError> {
         if self.max_records == 0 {
             return Ok(0);
         }
@@ -215,7 +215,7 @@ mod tests {
         let listed = storage.list(COMPACTION_STATE_ROOT).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert!(!listed[0].key.ends_with(".json"), "{}", listed[0].key);
-        let manifests = compactor_job::manifest::ManifestStore::new(storage).list().await.unwrap();
+        let manifests = compactor_job::ManifestStore::new(storage).list().await.unwrap();
         assert!(manifests.is_empty(), "{manifests:?}");
     }
 

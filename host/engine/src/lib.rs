@@ -6,23 +6,33 @@
 //! storage listing ─► planner ─► tier policy (runtime) ─► validated candidates ─► batches ─► jobs
 //! ```
 //!
-//! - [`config`]: the TOML configuration, defaults and validation;
-//! - [`tier`]: Arc's candidate and batch splitting;
-//! - [`planner`]: one cycle's plan, as data;
-//! - [`manager`]: cycles: recovery, then plan and execute each tier;
+//! - [`config`]: the TOML configuration, resolved once into settings and
+//!   one registry of every tier;
+//! - [`plan`]: one cycle's plan, as data (Arc's rules are in
+//!   `compactor-planning`);
+//! - [`Manager`]: cycles: recovery, then plan and execute each tier, with
+//!   the job runner, tier health and tenants' budgets behind it;
+//! - [`History`]: the persistent job history;
 //! - [`scheduler`]: cron schedules per tier.
 
 pub mod config;
 mod health;
-pub mod history;
-pub mod manager;
-pub mod outlook;
-pub mod planner;
+mod history;
+mod manager;
+mod outlook;
+mod planner;
 mod report;
 mod runner;
 pub mod scheduler;
-pub mod temp;
-pub mod tier;
+mod temp;
+
+pub use compactor_planning::{PartitionPolicy, Plan, PlanOptions, PlannedTier, PolicyFactory, TierId};
+pub use health::TierHealth;
+pub use history::{History, Recent, UnreadableEntry};
+pub use manager::{CycleTicket, Manager};
+pub use outlook::{OutlookRequest, PartitionOutlook, TierOutlook};
+pub use planner::{PlanError, load_tiers, plan};
+pub use report::{ActiveJob, CycleError, CycleOptions, CycleReport, GateDecision, JobRecord, ManagerStats, Progress};
 
 use compactor_runtime::{ArtifactCache, PluginError, PluginRuntime};
 

@@ -12,15 +12,16 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-pub use crate::health::{SUSPEND_AFTER_FAILING_CYCLES, TierHealth};
+use crate::health::{SUSPEND_AFTER_FAILING_CYCLES, TierHealth};
 use crate::history::History;
-use crate::planner::{self, PlanOptions, PlanProblem, PlannedBatch, PlannedTier};
-pub use crate::report::{ActiveJob, CycleError, CycleOptions, CycleReport, GateDecision, JobRecord, ManagerStats, Progress};
+use crate::planner::{self, PlanError};
+use crate::report::{ActiveJob, CycleError, CycleOptions, CycleReport, GateDecision, JobRecord, ManagerStats, Progress};
 use crate::runner::{JobRunner, TierRun};
 use crate::temp::sweep_dead_engines;
+use compactor_job::ChildCommand;
 use compactor_job::PolicyRef;
-use compactor_job::manifest::{ManifestStore, RecoveryObservers, RecoveryReport};
-use compactor_job::parent::ChildCommand;
+use compactor_job::{ManifestStore, RecoveryObservers, RecoveryReport};
+use compactor_planning::{Plan, PlanOptions, PlanProblem, PlannedBatch, PlannedTier};
 use compactor_runtime::{NodeInfo, PluginRuntime, PluginSource};
 use compactor_storage::RequestCost;
 use compactor_storage::lease::{Leases, new_engine_id};
@@ -192,7 +193,7 @@ impl Manager {
 
     /// The tiers whose policies may be called now, and the suspended ones
     /// with their health.
-    pub fn callable_tiers(&self) -> (Vec<PlannedTier>, BTreeMap<String, TierHealth>) {
+    pub(crate) fn callable_tiers(&self) -> (Vec<PlannedTier>, BTreeMap<String, TierHealth>) {
         let now = Utc::now();
         let suspended: BTreeMap<String, TierHealth> =
             lock(&self.health).iter().filter(|(_, h)| h.is_suspended(now)).map(|(n, h)| (n.clone(), h.clone())).collect();
@@ -293,12 +294,12 @@ impl Manager {
     /// nothing (`compactor plan`); a cycle plans each tier just before
     /// running it instead, so that daily sees hourly's outputs. Each
     /// tenant's tiers plan over its databases, within its byte budget.
-    pub async fn plan(&self, options: &CycleOptions) -> Result<planner::Plan, planner::PlanError> {
+    pub async fn plan(&self, options: &CycleOptions) -> Result<Plan, PlanError> {
         // A suspended tier is not called, here either (the API plans too).
         let (tiers, suspended) = self.callable_tiers();
         let selected: Vec<&PlannedTier> =
             tiers.iter().filter(|t| t.enabled && t.is_selected_by(&options.tiers, options.exact_tiers)).collect();
-        let mut plan = planner::Plan::default();
+        let mut plan = Plan::default();
         for group in self.tenant_groups(&selected, options, &mut plan.planning_requests).await? {
             let group_tiers: Vec<PlannedTier> = group.tiers.iter().map(|t| (*t).clone()).collect();
             let mut tenant_plan = planner::plan(&self.storage, &group_tiers, &self.plan_options(options, &group)).await?;
@@ -319,7 +320,7 @@ impl Manager {
         selected: &[&'a PlannedTier],
         options: &CycleOptions,
         requests: &mut RequestCost,
-    ) -> Result<Vec<TenantGroup<'a>>, planner::PlanError> {
+    ) -> Result<Vec<TenantGroup<'a>>, PlanError> {
         if self.config.tenants.is_empty() {
             let tiers = selected.to_vec();
             return Ok(if tiers.is_empty() { Vec::new() } else { vec![TenantGroup { tenant: None, tiers, databases: None }] });
@@ -328,7 +329,7 @@ impl Manager {
             Some(database) => vec![database.clone()],
             None => {
                 requests.list += 1;
-                compactor_storage::discover_databases(&self.storage).await.map_err(planner::PlanError::Discovery)?
+                compactor_storage::discover_databases(&self.storage).await.map_err(PlanError::Discovery)?
             }
         };
         let tenants = std::iter::once(None).chain(self.config.tenants.iter().map(Some));
@@ -389,7 +390,7 @@ impl Manager {
 
     /// Finishes or rolls back the interrupted jobs whose owner's lease is
     /// gone, and leaves live ones alone (see [`ManifestStore::recover`]).
-    pub async fn recover(&self) -> Result<RecoveryReport, compactor_job::manifest::ManifestError> {
+    pub async fn recover(&self) -> Result<RecoveryReport, compactor_job::ManifestError> {
         let report = ManifestStore::new(self.storage.clone()).recover(self.runner.leases(), &RecoveryObservers::default()).await?;
         if !report.quarantined.is_empty() {
             tracing::error!(manifests = ?report.quarantined, "unparseable recovery manifests moved aside to *.quarantined");
@@ -528,7 +529,7 @@ impl Manager {
         options: &CycleOptions,
         cycle_id: u64,
         descriptor: &StoreDescriptor,
-    ) -> Result<CycleReport, planner::PlanError> {
+    ) -> Result<CycleReport, PlanError> {
         let mut outcome = CycleReport::default();
         let mut budget = group.budget();
         for tier in &group.tiers {
@@ -636,7 +637,7 @@ struct ByteBudget {
 impl ByteBudget {
     /// Takes out of `plan` the batches past the budget, logs it, and counts
     /// them as deferred to the next cycle: `plan` and a cycle do the same.
-    fn defer_over_budget(&mut self, group: &TenantGroup<'_>, plan: &mut planner::Plan) {
+    fn defer_over_budget(&mut self, group: &TenantGroup<'_>, plan: &mut Plan) {
         let deferred = self.take(&mut plan.batches);
         if !deferred.is_empty() {
             tracing::info!("{}", self.note(group, &deferred));

@@ -16,13 +16,13 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::planner::PlannedTier;
 use compactor_model::HeldFiles;
 use compactor_model::{FileMeta, PartitionLevel, group_into_partitions};
+use compactor_planning::PlannedTier;
 use compactor_planning::probe::{Verdict, earliest, not_selected_reason};
 
 /// At most this many partitions are described per request (the newest).
-pub const MAX_PARTITIONS: usize = 1000;
+pub(crate) const MAX_PARTITIONS: usize = 1000;
 
 /// One partition (an hour, or a day's files outside its hours) and its
 /// outlook.
@@ -99,7 +99,7 @@ pub struct OutlookRequest<'a> {
 /// Describes every partition of the request (the newest [`MAX_PARTITIONS`];
 /// the flag says whether older ones were left out). Plugin calls block: run
 /// it off the async runtime's threads.
-pub fn outlook(config: &Config, tiers: &[PlannedTier], request: &OutlookRequest<'_>) -> (Vec<PartitionOutlook>, bool) {
+pub(crate) fn outlook(config: &Config, tiers: &[PlannedTier], request: &OutlookRequest<'_>) -> (Vec<PartitionOutlook>, bool) {
     let (mut entries, truncated) = entries(request);
     let mut tier_views = Vec::new();
     for tier in tiers.iter().filter(|t| t.enabled) {
@@ -211,7 +211,7 @@ fn contains(partition: &str, path: &str) -> bool {
 /// (the callable ones; only those of the database's tenant look at it).
 /// Empty when the measurement has no files.
 #[allow(clippy::too_many_arguments)]
-pub async fn partition_outlook(
+pub(crate) async fn partition_outlook(
     storage: &compactor_storage::Storage,
     config: &Config,
     mut tiers: Vec<PlannedTier>,
@@ -223,7 +223,7 @@ pub async fn partition_outlook(
 ) -> Result<(Vec<PartitionOutlook>, bool), compactor_storage::StorageError> {
     let mut files = storage.list(&format!("{database}/{measurement}/")).await?;
     files.retain(|f| compactor_model::is_eligible_input(&f.key));
-    let held = match compactor_job::manifest::ManifestStore::new(storage.clone()).held_files().await {
+    let held = match compactor_job::ManifestStore::new(storage.clone()).held_files().await {
         Ok(held) => Some(held),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the recovery manifests; the outlook does not show held files");

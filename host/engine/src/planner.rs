@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use compactor_job::manifest::ManifestStore;
+use compactor_job::ManifestStore;
 use compactor_model::{HeldFiles, is_eligible_input};
-pub use compactor_planning::{
-    Listing, PartitionPolicy, PartitionVerdict, Plan, PlanOptions, PlanProblem, PlannedBatch, PlannedTier, PolicyFactory, TierId,
-    TierSummary, batch_cost, lease_mark_cost, list_pages, plan_tier, predict_outputs,
+use compactor_planning::{
+    Listing, Plan, PlanOptions, PlanProblem, PlannedTier, PolicyFactory, TierSummary, lease_mark_cost, list_pages, plan_tier,
+    predict_outputs,
 };
 use compactor_runtime::{PluginRuntime, PluginSource};
 use compactor_storage::{self as storage, Storage, StorageError};

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::planner::{self, PlanProblem};
 use compactor_job::FailureKind;
-use compactor_job::manifest::RecoveryReport;
+use compactor_job::RecoveryReport;
+use compactor_planning::{PlanProblem, TierId};
 use compactor_storage::RequestCost;
 
 /// A cycle that could not run.
@@ -21,7 +21,7 @@ pub enum CycleError {
     AlreadyRunning,
     /// Planning failed (e.g. the databases could not be listed).
     #[error(transparent)]
-    Plan(#[from] planner::PlanError),
+    Plan(#[from] crate::planner::PlanError),
     /// The store cannot be used by a child process.
     #[error("storage {0} cannot be compacted by a job process (use file://, s3://, …)")]
     NotShareable(String),
@@ -122,8 +122,8 @@ impl JobRecord {
     }
 
     /// Which tier ran it.
-    pub fn tier_id(&self) -> crate::planner::TierId {
-        crate::planner::TierId::new(self.tenant.as_deref(), &self.tier)
+    pub fn tier_id(&self) -> TierId {
+        TierId::new(self.tenant.as_deref(), &self.tier)
     }
 
     /// Why it failed, for tables: `[kind] message` (none when it succeeded).

@@ -12,12 +12,12 @@ use std::time::Instant;
 use chrono::Utc;
 
 use crate::config::Config;
-use crate::planner::PlannedBatch;
 use crate::report::{ActiveJob, JobRecord};
 use crate::temp::EngineDir;
-use compactor_job::manifest::{ManifestStore, RecoveryManifest, RecoveryOutcome};
-use compactor_job::parent::{Attempt, ChildCommand, JobFailure, RunSubset, StartedChild, compact_adaptive};
+use compactor_job::{Attempt, ChildCommand, JobFailure, RunSubset, StartedChild, compact_adaptive};
 use compactor_job::{FailureKind, JobConfig, JobLease, JobResult, PolicyRef, job_id, job_prefix};
+use compactor_job::{ManifestStore, RecoveryManifest, RecoveryOutcome};
+use compactor_planning::PlannedBatch;
 use compactor_storage::lease::{Lease, Leases};
 use compactor_storage::{RequestCost, Storage, StoreDescriptor};
 
@@ -198,7 +198,7 @@ impl JobRunner {
             }
             let planned = batch.candidate.files.len();
             batch.candidate.files.retain(|f| !held.contains(f));
-            if batch.candidate.files.len() < compactor_job::parent::MIN_BATCH_FILES {
+            if batch.candidate.files.len() < compactor_job::MIN_BATCH_FILES {
                 if planned > 0 {
                     tracing::info!(partition = %lease.partition(), "the batch's files are held by another job's manifest now; skipping it");
                 }

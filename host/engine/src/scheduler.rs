@@ -9,7 +9,8 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::watch;
 
-use crate::manager::{CycleError, CycleOptions, CycleReport, Manager};
+use crate::manager::Manager;
+use crate::report::{CycleError, CycleOptions, CycleReport};
 
 /// First pause before restarting a tier whose task failed; it doubles up to
 /// [`MAX_RESTART_BACKOFF`].

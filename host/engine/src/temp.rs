@@ -16,7 +16,7 @@ const MARKER: &str = ".compactor-engine";
 /// This engine's own sub-directory of the temp directory, removed when
 /// dropped.
 #[derive(Debug)]
-pub struct EngineDir {
+pub(crate) struct EngineDir {
     path: PathBuf,
     /// Holds the `flock` for as long as the engine lives.
     _marker: File,
@@ -25,7 +25,7 @@ pub struct EngineDir {
 impl EngineDir {
     /// Creates `{temp_directory}/{engine_id}/` (private to this user) and
     /// locks its marker.
-    pub fn create(temp_directory: &Path, engine_id: &str) -> std::io::Result<Self> {
+    pub(crate) fn create(temp_directory: &Path, engine_id: &str) -> std::io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
         let path = temp_directory.join(engine_id);
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&path)?;
@@ -36,7 +36,7 @@ impl EngineDir {
     }
 
     /// The directory.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -58,7 +58,7 @@ impl Drop for EngineDir {
 /// Removes the directories of engines that are gone: marked, and whose
 /// marker's lock can be taken. Returns how many. A missing temp directory
 /// is fine.
-pub fn sweep_dead_engines(temp_directory: &Path) -> std::io::Result<usize> {
+pub(crate) fn sweep_dead_engines(temp_directory: &Path) -> std::io::Result<usize> {
     let entries = match std::fs::read_dir(temp_directory) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -83,7 +83,7 @@ pub fn sweep_dead_engines(temp_directory: &Path) -> std::io::Result<usize> {
 
 /// Refuses a temp directory that is, contains or lies inside the local
 /// storage root `lake`: the sweep and the jobs' clean-up delete in it.
-pub fn check_outside_lake(temp_directory: &Path, lake: &Path) -> Result<(), String> {
+pub(crate) fn check_outside_lake(temp_directory: &Path, lake: &Path) -> Result<(), String> {
     let temp = resolve(temp_directory);
     let lake = resolve(lake);
     let relation = if temp == lake {

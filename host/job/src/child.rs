@@ -740,7 +740,7 @@ impl std::fmt::Display for StepTimer {
 }
 
 /// Checks Parquet's magic bytes: at least 12 bytes, `PAR1` at both ends.
-pub fn validate_parquet_file(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn validate_parquet_file(path: &Path) -> anyhow::Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path).with_context(|| format!("failed to open file {}", path.display()))?;
     let size = file.metadata()?.len();

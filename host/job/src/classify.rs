@@ -4,7 +4,7 @@
 
 /// The verdict on one failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Classification {
+pub(crate) struct Classification {
     /// Whether splitting the batch and retrying may help.
     pub recoverable: bool,
     /// `segfault`, `killed`, `oom_killed`, `sql_error`, `memory_error`,
@@ -19,7 +19,7 @@ const fn verdict(recoverable: bool, reason: &'static str) -> Classification {
 impl crate::FailureKind {
     /// Arc's verdict on a failure of this kind. Arc reads the kind from the
     /// error text; here it was decided where the failure was seen.
-    pub fn classification(self) -> Classification {
+    pub(crate) fn classification(self) -> Classification {
         use crate::FailureKind::*;
         match self {
             Killed | Timeout => verdict(true, "killed"),
@@ -39,7 +39,7 @@ impl crate::FailureKind {
 
 /// Classifies a failure from its error text, the child's stderr, and the
 /// child's real exit code when it exited (not a code merely quoted in text).
-pub fn classify(error: Option<&str>, stderr: &str, exit_code: Option<i32>) -> Classification {
+pub(crate) fn classify(error: Option<&str>, stderr: &str, exit_code: Option<i32>) -> Classification {
     let Some(error) = error else { return verdict(false, "") };
     if error.contains("signal:") {
         if error.contains("segmentation fault") {
@@ -71,7 +71,7 @@ pub fn classify(error: Option<&str>, stderr: &str, exit_code: Option<i32>) -> Cl
 
 /// The stderr quoted in an error text after `(stderr:`, trimmed, with one
 /// trailing `)` removed.
-pub fn quoted_stderr(error: &str) -> Option<String> {
+pub(crate) fn quoted_stderr(error: &str) -> Option<String> {
     let (_, rest) = error.split_once("(stderr:")?;
     let rest = rest.trim();
     Some(rest.strip_suffix(')').unwrap_or(rest).to_owned())

@@ -106,7 +106,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CompletionError + '_ 
 }
 
 /// Refuses job ids that are not a plain file name.
-pub fn validate_job_id(job_id: &str) -> Result<(), CompletionError> {
+pub(crate) fn validate_job_id(job_id: &str) -> Result<(), CompletionError> {
     let reason = if job_id.is_empty() {
         Some("must not be empty")
     } else if job_id.contains('/') || job_id.contains('\\') {
@@ -157,7 +157,7 @@ pub fn read(path: &Path) -> Result<CompletionManifest, CompletionError> {
 
 /// The `*.json` files of `dir` (not `*.tmp`, not directories), sorted by name;
 /// a missing directory is empty.
-pub fn list_pending(dir: &Path) -> Result<Vec<PathBuf>, CompletionError> {
+pub(crate) fn list_pending(dir: &Path) -> Result<Vec<PathBuf>, CompletionError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

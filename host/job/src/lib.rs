@@ -6,23 +6,28 @@
 //! - [`JobConfig`] / [`JobResult`]: Arc's subprocess protocol (JSON on stdin,
 //!   exactly one JSON result on stdout, JSON log lines on stderr);
 //! - [`child`]: the job itself, step by step, with its data-safety protocol;
-//! - [`parent`]: spawning the child, reading its result, classifying
-//!   failures, and the halving retry;
-//! - [`sql`]: Arc's merge SQL; [`classify`]: which failures to retry;
-//! - [`manifest`]: Arc-compatible recovery manifests and recovery;
+//! - [`ChildCommand`] and [`compact_adaptive`]: spawning the child, reading
+//!   its result, classifying failures, and the halving retry;
+//! - [`sql`]: Arc's merge SQL;
+//! - [`ManifestStore`]: Arc-compatible recovery manifests and recovery;
 //! - [`completion`]: completion manifests for cluster mode;
 //! - [`verify`] and [`sample`]: row-level checks and the demo's sample lake,
 //!   both with DuckDB.
 
 pub mod child;
-pub mod classify;
+mod classify;
 pub mod completion;
-pub mod manifest;
-pub mod parent;
+mod manifest;
+mod parent;
 pub mod sample;
 mod seams;
 pub mod sql;
 pub mod verify;
+
+pub use manifest::{
+    ManifestError, ManifestOwner, ManifestStore, Outcome, RecoveryManifest, RecoveryObservers, RecoveryOutcome, RecoveryReport,
+};
+pub use parent::{Attempt, BatchFailure, ChildCommand, JobFailure, MIN_BATCH_FILES, RunOutcome, RunSubset, StartedChild, compact_adaptive};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -129,17 +134,17 @@ fn unset_time() -> DateTime<Utc> {
 
 impl JobConfig {
     /// Rows per row group of the output.
-    pub fn effective_row_group_size(&self) -> u64 {
+    pub(crate) fn effective_row_group_size(&self) -> u64 {
         self.row_group_size.unwrap_or(sql::DEFAULT_ROW_GROUP_SIZE)
     }
 
     /// The sort keys in effect.
-    pub fn effective_sort_keys(&self) -> Vec<String> {
+    pub(crate) fn effective_sort_keys(&self) -> Vec<String> {
         self.sort_keys.clone().unwrap_or_else(|| vec!["time".into()])
     }
 
     /// The output suffix in effect.
-    pub fn effective_output_suffix(&self) -> String {
+    pub(crate) fn effective_output_suffix(&self) -> String {
         match &self.output_suffix {
             Some(suffix) => suffix.clone(),
             None if self.tier == "hourly" => "compacted".into(),
@@ -273,7 +278,7 @@ fn proc_status_kib(field: &str) -> u64 {
 
 /// `db` with `/` replaced by `.`, so a pseudo-database `spoke/db` cannot
 /// collide with a legal `spoke_db`.
-pub fn sanitize_database(database: &str) -> String {
+pub(crate) fn sanitize_database(database: &str) -> String {
     database.replace('/', ".")
 }
 

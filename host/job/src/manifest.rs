@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use compactor_model::HeldFiles;
+use compactor_model::HeldFiles;
 use compactor_storage::lease::{Lease, Leases};
 use compactor_storage::{COMPACTION_STATE_ROOT, Storage, StorageError};
 
@@ -92,13 +92,13 @@ impl RecoveryManifest {
 }
 
 /// The key of the outcome object of the manifest at `manifest_key`.
-pub fn outcome_key(manifest_key: &str) -> String {
+pub(crate) fn outcome_key(manifest_key: &str) -> String {
     format!("{}.outcome", manifest_key.strip_suffix(".json").unwrap_or(manifest_key))
 }
 
 /// The key of the record of the job's multipart upload (S3), which lets
 /// recovery abort it.
-pub fn upload_record_key(manifest_key: &str) -> String {
+pub(crate) fn upload_record_key(manifest_key: &str) -> String {
     format!("{}.multipart", manifest_key.strip_suffix(".json").unwrap_or(manifest_key))
 }
 
@@ -289,7 +289,7 @@ impl ManifestStore {
 
     /// Records the multipart upload `upload_id` of `output_path` by the job
     /// of the manifest at `manifest_key`, before any part is sent.
-    pub async fn record_upload(&self, manifest_key: &str, output_path: &str, upload_id: &str) -> Result<(), StorageError> {
+    pub(crate) async fn record_upload(&self, manifest_key: &str, output_path: &str, upload_id: &str) -> Result<(), StorageError> {
         let record = UploadRecord { output_path: output_path.to_owned(), upload_id: upload_id.to_owned() };
         self.storage.write(&upload_record_key(manifest_key), serde_json::to_vec(&record).unwrap_or_default()).await
     }
@@ -381,7 +381,7 @@ fn parquet_names(text: &str) -> Vec<String> {
 
 /// Manifests older than this are logged as stale (and still processed, as
 /// in Arc); aborted outcomes are kept this long as fences.
-pub const STALE_AFTER: chrono::Duration = chrono::Duration::days(7);
+pub(crate) const STALE_AFTER: chrono::Duration = chrono::Duration::days(7);
 
 /// What recovery did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -445,7 +445,7 @@ pub enum RecoveryError {
 }
 
 /// Told a finished job's inputs; an error keeps the manifest.
-pub type ConsumedInputsObserver<'a> = dyn Fn(&[String]) -> Result<(), String> + Sync + 'a;
+pub(crate) type ConsumedInputsObserver<'a> = dyn Fn(&[String]) -> Result<(), String> + Sync + 'a;
 
 /// Hooks recovery calls; both optional. Kept for cluster mode (issue 22):
 /// the completion watcher's `ManifestBridge` marks a recovered job's outputs

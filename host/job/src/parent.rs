@@ -14,7 +14,7 @@ use crate::classify::{Classification, classify, quoted_stderr};
 use crate::{FailureKind, JobConfig, JobResult};
 
 /// Deepest split of a failing batch.
-pub const MAX_RETRY_DEPTH: usize = 4;
+pub(crate) const MAX_RETRY_DEPTH: usize = 4;
 pub use compactor_model::MIN_BATCH_FILES;
 
 /// A failed job attempt.

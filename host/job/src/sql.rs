@@ -27,12 +27,12 @@ pub const STAGING_TABLE: &str = "arc_compaction_staged";
 
 /// Escapes a path for a single-quoted SQL literal: backslashes doubled, then
 /// single quotes doubled.
-pub fn escape_path(path: &str) -> String {
+pub(crate) fn escape_path(path: &str) -> String {
     path.replace('\\', "\\\\").replace('\'', "''")
 }
 
 /// Quotes an identifier, doubling embedded double quotes.
-pub fn quote_identifier(name: &str) -> String {
+pub(crate) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -53,14 +53,14 @@ pub fn order_by(sort_keys: &[String]) -> String {
 }
 
 /// A tag column name from `arc:tags` metadata: non-empty, `[A-Za-z0-9_-]`.
-pub fn is_valid_identifier(name: &str) -> bool {
+pub(crate) fn is_valid_identifier(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// The statements of one merge, in order, on one connection. Dedup runs when
 /// `tags` is non-empty or `dedup_time` is set, keyed by the sorted tags then
 /// `time`.
-pub fn compaction_statements(
+pub(crate) fn compaction_statements(
     files_sql: &str,
     order_by: &str,
     output: &str,

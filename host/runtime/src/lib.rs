@@ -235,7 +235,7 @@ impl PluginRuntime {
     }
 
     /// The names `builtin:NAME` resolves.
-    pub fn builtin_names(&self) -> Vec<&'static str> {
+    pub(crate) fn builtin_names(&self) -> Vec<&'static str> {
         self.builtins.iter().map(|(name, _)| *name).collect()
     }
 

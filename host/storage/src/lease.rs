@@ -371,7 +371,7 @@ impl Leases {
     /// Extends `lease` by the TTL from now. `Ok(false)` when the claim is
     /// gone (it expired and another engine took its place): the lease is
     /// then marked lost.
-    pub async fn renew(&self, lease: &Lease) -> Result<bool, StorageError> {
+    pub(crate) async fn renew(&self, lease: &Lease) -> Result<bool, StorageError> {
         self.extend(lease, false).await
     }
 
@@ -538,7 +538,7 @@ impl Drop for Renewal {
 
 /// `CLOCK_BOOTTIME` in nanoseconds: monotonic, shared by every process of
 /// the host, and counting while the machine is suspended.
-pub fn boottime_nanos() -> u64 {
+pub(crate) fn boottime_nanos() -> u64 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `now` is a valid, writable timespec.
     unsafe {

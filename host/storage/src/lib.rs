@@ -259,7 +259,8 @@ impl Storage {
     /// The same store, taken to let a write land up to `window` after its
     /// process is gone (for tests of what a remote store does with an
     /// in-memory one).
-    pub fn with_late_writes(self, window: std::time::Duration) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_late_writes(self, window: std::time::Duration) -> Self {
         Self { late_writes: Some(window), ..self }
     }
 
@@ -337,7 +338,7 @@ impl Storage {
 
     /// Names of the immediate sub-directories of `prefix`, sorted, except
     /// names starting with `.`.
-    pub async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+    pub(crate) async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         Ok(self.list_level(prefix).await?.dirs)
     }
 
@@ -418,7 +419,7 @@ impl Storage {
     }
 
     /// The file behind `key` when this is a local store.
-    pub fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+    pub(crate) fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
         self.local_root().map(|root| root.join(key))
     }
 

@@ -38,7 +38,7 @@ impl TrackedUploads {
     }
 
     /// Uploads part `index` (0-based).
-    pub async fn put_part(&self, key: &str, id: &MultipartId, index: usize, data: PutPayload) -> object_store::Result<PartId> {
+    pub(crate) async fn put_part(&self, key: &str, id: &MultipartId, index: usize, data: PutPayload) -> object_store::Result<PartId> {
         self.store.put_part(&self.path(key), id, index, data).await
     }
 
