@@ -492,6 +492,35 @@ fn a_changed_component_is_reloaded_between_cycles_and_a_broken_one_leaves_the_ol
 }
 
 #[test]
+fn a_job_killed_for_memory_is_counted_as_out_of_memory_in_metrics_and_history() {
+    let port = free_port();
+    let lake = lake_configured(20_000, |config| {
+        config
+            .schedules("0 0 1 1 *")
+            .section("api", "listen", format!("127.0.0.1:{port}"))
+            .section("api", "token", TOKEN)
+            .compaction("memory_limit", "1MB")
+            .compaction("max_files_per_batch", 12)
+    });
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    let (status, body) = api.post("/api/v1/compaction/trigger?tier=hourly", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    api.wait_cycle_done(1);
+    let (_, metrics) = api.text("/metrics");
+    let (_, history) = api.get("/api/v1/compaction/history");
+    stop(engine);
+    let failed = metric_sum(&metrics, "compactor_jobs_total", &["tenant=\"\"", "tier=\"hourly\"", "outcome=\"out_of_memory\""]);
+    assert!(failed > 0.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "compactor_jobs_total", &["outcome=\"success\""]), 0.0, "{metrics}");
+    let records = history["recent_jobs"].as_array().unwrap();
+    assert_eq!(records.len() as f64, failed, "one record per counted job: {history}");
+    assert!(records.iter().all(|r| r["failure_kind"] == "out_of_memory"), "{history}");
+    assert_intact(&lake);
+}
+
+#[test]
 fn sigterm_during_a_triggered_cycle_lets_its_jobs_finish() {
     let (lake, port) = api_lake(|config| config.section("api", "token", TOKEN));
     let mut engine = spawn_compactor(&lake.config, &["run"], &[("COMPACTOR_STALL", "after-merge:1500")]);
