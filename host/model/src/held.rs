@@ -48,10 +48,8 @@ impl HeldFiles {
     /// with `/` → `_` (Arc's `{partition}_{job}.json` and `{job_id}.json`
     /// alike).
     pub fn blocked_by(&self, partition_path: &str) -> Option<&str> {
-        let segments: Vec<&str> = partition_path.split('/').collect();
-        let is_hour = segments.len() > 4 && segments.last().is_some_and(|h| h.len() == 2 && h.bytes().all(|b| b.is_ascii_digit()));
-        let (day, hour) = if is_hour { (&segments[..segments.len() - 1], segments.last().copied()) } else { (&segments[..], None) };
-        let day = format!("{}_", day.join("_"));
+        let path = crate::PartitionPath::parse(partition_path);
+        let (day, hour) = (format!("{}_", path.day().replace('/', "_")), path.hour());
         let mentions = |name: &str| {
             name.match_indices(&day).any(|(at, _)| {
                 let rest = &name[at + day.len()..];

@@ -55,6 +55,42 @@ impl Partition {
     }
 }
 
+/// A partition path split once into the day it belongs to and, for an hour
+/// partition, its hour: the unit of leases (one lease object per day, a
+/// claim per hour or for the whole day) and of held-file blocking (an hour
+/// waits for its own and its day's manifests, a day for any of its hours').
+///
+/// `…/YYYY/MM/DD/HH` is an hour of `…/YYYY/MM/DD`; any other path (a day,
+/// or a layout Arc never writes) is taken whole, as a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionPath<'a> {
+    day: &'a str,
+    hour: Option<&'a str>,
+}
+
+impl<'a> PartitionPath<'a> {
+    /// Splits `path` (a trailing `/` is ignored).
+    pub fn parse(path: &'a str) -> Self {
+        let path = path.trim_end_matches('/');
+        let segments: Vec<&str> = path.rsplitn(5, '/').collect();
+        let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+        if segments.len() == 5 && digits(segments[0], 2) && digits(segments[1], 2) && digits(segments[2], 2) && digits(segments[3], 4) {
+            return Self { day: &path[..path.len() - 3], hour: Some(segments[0]) };
+        }
+        Self { day: path, hour: None }
+    }
+
+    /// The day: `…/YYYY/MM/DD`, or the whole path when it is not an hour.
+    pub fn day(&self) -> &'a str {
+        self.day
+    }
+
+    /// The hour (`HH`) of an hour partition.
+    pub fn hour(&self) -> Option<&'a str> {
+        self.hour
+    }
+}
+
 /// Groups `files` (all under `{database}/{measurement}/`) into partitions at
 /// `level`, sorted by path. Keys too shallow or with unparseable date
 /// segments are skipped, as in Arc.
@@ -133,6 +169,16 @@ mod tests {
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    #[test]
+    fn partition_paths_split_into_day_and_hour() {
+        let split = |p: &'static str| (PartitionPath::parse(p).day(), PartitionPath::parse(p).hour());
+        assert_eq!(split("db/cpu/2026/04/11/14"), ("db/cpu/2026/04/11", Some("14")));
+        assert_eq!(split("spoke/db/cpu/2026/04/11/14/"), ("spoke/db/cpu/2026/04/11", Some("14")));
+        assert_eq!(split("db/cpu/2026/04/11"), ("db/cpu/2026/04/11", None), "a day ends in two digits too");
+        assert_eq!(split("db/12/2026/04/11"), ("db/12/2026/04/11", None), "a measurement named like an hour");
+        assert_eq!(split("db/cpu/26/04/11/14"), ("db/cpu/26/04/11/14", None), "a layout Arc never writes is taken whole");
     }
 
     #[test]

@@ -33,6 +33,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{COMPACTION_STATE_ROOT, Storage, StorageError};
+use compactor_model::PartitionPath;
 
 /// Timing of leases; see the ownership model for what each bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,18 +145,11 @@ struct Scope {
     part: String,
 }
 
-/// `{day}/{HH}` → (day, hour); `{day}` (`…/YYYY/MM/DD`) → (day, `day`);
-/// anything else is its own object, claimed whole.
+/// The day's lease object, and the claim's part of it: the hour, or `day`
+/// ([`PartitionPath`]).
 fn scope_of(partition_path: &str) -> Scope {
-    let path = partition_path.trim_end_matches('/');
-    let segments: Vec<&str> = path.rsplitn(5, '/').collect();
-    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
-    let object = |day: &str| format!("{COMPACTION_STATE_ROOT}/leases/{day}.lease");
-    if segments.len() == 5 && digits(segments[0], 2) && digits(segments[1], 2) && digits(segments[2], 2) && digits(segments[3], 4) {
-        let day = &path[..path.len() - 3];
-        return Scope { key: object(day), part: segments[0].to_owned() };
-    }
-    Scope { key: object(path), part: "day".into() }
+    let path = PartitionPath::parse(partition_path);
+    Scope { key: format!("{COMPACTION_STATE_ROOT}/leases/{}.lease", path.day()), part: path.hour().unwrap_or("day").to_owned() }
 }
 
 /// A held claim. Its validity is judged on this host's `CLOCK_BOOTTIME`,
