@@ -403,10 +403,16 @@ fn json_logs_carry_the_job_id_tier_and_partition_on_every_job_line() {
 /// `bytes` with a custom section appended: the same component, another
 /// content hash.
 fn rebuilt(bytes: &[u8]) -> Vec<u8> {
+    rebuilt_as(bytes, "2")
+}
+
+/// [`rebuilt`] with `tag` in the section: a build no cache has seen, for a
+/// unique `tag`.
+fn rebuilt_as(bytes: &[u8], tag: &str) -> Vec<u8> {
     let name = b"compactor-test-build";
     let mut payload = vec![name.len() as u8];
     payload.extend_from_slice(name);
-    payload.extend_from_slice(b"2");
+    payload.extend_from_slice(tag.as_bytes());
     let mut out = bytes.to_vec();
     out.push(0); // custom section id
     out.push(payload.len() as u8);
@@ -530,9 +536,12 @@ fn sigterm_during_a_triggered_cycle_lets_its_jobs_finish() {
     assert_eq!(status, 200, "{body}");
     wait_until("a job in flight", Duration::from_secs(60), || api.get("/api/v1/compaction/jobs").1["active_jobs"].as_u64() > Some(0));
     signal_group(&engine, libc::SIGTERM);
+    wait_until("readyz to say stopping", Duration::from_secs(10), || api.get("/readyz").0 == 503);
     // While the jobs drain, the API still answers, and refuses new work.
     let (status, body) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
-    assert!(status == 503 || status == 409, "{status} {body}");
+    assert_eq!(status, 503, "a trigger after SIGTERM: {body}");
+    let (status, body) = api.post("/api/v1/plugins/reload", Some(TOKEN));
+    assert_eq!(status, 503, "a reload after SIGTERM: {body}");
     assert_eq!(api.get("/healthz").0, 200);
     let status = engine.wait().unwrap();
     assert!(status.success(), "{status}");
@@ -656,9 +665,10 @@ fn a_tier_whose_policy_keeps_failing_is_suspended_and_the_other_tier_goes_on() {
     assert_eq!(api.post("/api/v1/compaction/trigger", Some(TOKEN)).0, 200);
     api.wait_cycle_done(4);
     assert_eq!(calls(), before, "no call while suspended");
-    // A reload lifts the suspension.
+    // A reload of the same build does not lift the suspension (issue 24: only a
+    // new build of the tier's own component does, see the tenants' test).
     assert_eq!(api.post("/api/v1/plugins/reload", Some(TOKEN)).0, 200);
-    assert_eq!(api.get("/api/v1/plugins").1["plugins"][0]["suspended"], false);
+    assert_eq!(api.get("/api/v1/plugins").1["plugins"][0]["suspended"], true);
     stop(engine);
 }
 
@@ -690,9 +700,17 @@ fn a_tenants_own_tier_shows_everywhere_and_its_component_is_watched() {
     });
     let component = lake.root.join("policy.wasm");
     std::fs::write(&component, &original).unwrap();
-    let mut engine = spawn_compactor(&lake.config, &["run"], &[]);
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[("COMPACTOR_STALL", "after-merge:1000")]);
     let api = Client::new(port);
     api.wait_ready(&mut engine);
+
+    // A trigger whose tiers never compact the database it names does nothing: 422, saying why.
+    let (status, body) = api.post("/api/v1/compaction/trigger?tier=hourly&database=db", Some(TOKEN));
+    assert_eq!(status, 422, "db belongs to acme, whose tiers are not hourly: {body}");
+    assert!(body["error"].as_str().unwrap().contains("acme"), "{body}");
+    let (status, body) = api.post("/api/v1/compaction/trigger?tier=acme/own&database=other", Some(TOKEN));
+    assert_eq!(status, 422, "other belongs to no tenant: {body}");
+    assert_eq!(api.get("/api/v1/compaction/status").1["manager"]["current_cycle_id"], 0, "nothing began");
 
     let (_, status) = api.get("/api/v1/compaction/status");
     assert_eq!(status["schedulers"]["acme/own"]["tenant"], "acme", "{status}");
@@ -718,7 +736,149 @@ fn a_tenants_own_tier_shows_everywhere_and_its_component_is_watched() {
     let (status, reply) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
     assert_eq!(status, 200, "{reply}");
     assert!(reply["tiers"].as_array().unwrap().iter().any(|t| t == "acme/own"), "{reply}");
+    wait_until("a job in flight", Duration::from_secs(60), || api.get("/api/v1/compaction/jobs").1["active_jobs"].as_u64() > Some(0));
+    let (_, jobs) = api.get("/api/v1/compaction/jobs");
+    assert!(jobs["jobs"].as_array().unwrap().iter().all(|j| j["tenant"] == "acme"), "every job in flight names its tenant: {jobs}");
     api.wait_cycle_done(1);
     signal_group(&engine, libc::SIGTERM);
     let _ = engine.wait();
+}
+
+/// Issue 24: a reload that compiles a new build and a later one that finds
+/// a cached build on disk no longer finish in the wrong order: reloads run
+/// one at a time and read the file when they run, so what is installed at
+/// the end is what is on disk, and each answer says which hash it installed.
+#[test]
+fn reloads_run_in_order_and_install_what_is_on_disk() {
+    let original = std::fs::read(compactor_test_components::EXAMPLE_POLICY).unwrap();
+    let port = free_port();
+    let lake = lake_configured(50, |_| {
+        crate::kit::TestConfig::new("lake")
+            .compaction("temp_directory", "tmp")
+            .compaction("threads", 1)
+            .tier("hourly", "builtin:hourly", &[])
+            .schedules("0 0 1 1 *")
+            .tenant(
+                r#"name = "acme"
+                   databases = ["db"]
+                   [[tiers]]
+                   name = "own"
+                   plugin = "policy.wasm"
+                   schedule = "0 0 1 1 *""#,
+            )
+            .section("api", "listen", format!("127.0.0.1:{port}"))
+            .section("api", "token", TOKEN)
+    });
+    let component = lake.root.join("policy.wasm");
+    std::fs::write(&component, &original).unwrap();
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    let own_hash = || {
+        let (_, plugins) = api.get("/api/v1/plugins");
+        plugins["plugins"].as_array().unwrap().iter().find(|p| p["tier"] == "acme/own").unwrap()["content_hash"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    for round in 0..3 {
+        // A build no cache has seen: its reload compiles it, which takes a while.
+        replace(&component, &rebuilt_as(&original, &format!("{unique}-{round}")));
+        let slow = std::thread::spawn(move || Client::new(port).post("/api/v1/plugins/reload?tenant=acme", Some(TOKEN)));
+        std::thread::sleep(Duration::from_millis(40));
+        // The deploy is rolled back to the cached build, and reloaded again.
+        replace(&component, &original);
+        let (status, fast) = api.post("/api/v1/plugins/reload?tenant=acme", Some(TOKEN));
+        assert_eq!(status, 200, "{fast}");
+        let (status, slow) = slow.join().unwrap();
+        assert_eq!(status, 200, "{slow}");
+        assert_eq!(own_hash(), sha256(&original), "round {round}: what is installed is what is on disk");
+        let installed = |answer: &Value| {
+            answer["installed"].as_array().unwrap().iter().map(|b| b["tier"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(installed(&fast), ["acme/own"], "a tenant's reload touches only its tiers: {fast}");
+        let last = [&fast, &slow].into_iter().find(|a| a["installed"][0]["content_hash"] == sha256(&original).as_str());
+        assert!(last.is_some(), "one answer says it installed the build on disk: {fast} {slow}");
+    }
+    stop(engine);
+}
+
+/// Issue 24: one tenant's broken component fails only its own tiers'
+/// reload (they keep their last good build); a tenant's reload never lifts
+/// another tenant's suspension, nor does a reload of an unchanged build;
+/// a new build of the suspended tier's own component does.
+#[test]
+fn a_broken_neighbour_and_a_reload_elsewhere_leave_a_tenant_alone() {
+    let original = std::fs::read(compactor_test_components::EXAMPLE_POLICY).unwrap();
+    let hostile = std::fs::read(compactor_test_components::HOSTILE).unwrap();
+    let port = free_port();
+    let lake = lake_configured(50, |_| {
+        crate::kit::TestConfig::new("lake")
+            .compaction("temp_directory", "tmp")
+            .compaction("threads", 1)
+            .tier("hourly", "builtin:hourly", &[])
+            .schedules("0 0 1 1 *")
+            .tenant(
+                r#"name = "bad"
+                   databases = ["db"]
+                   [[tiers]]
+                   name = "hostile"
+                   plugin = "bad.wasm"
+                   schedule = "0 0 1 1 *"
+                   [tiers.config]
+                   mode = "panic""#,
+            )
+            .tenant(
+                r#"name = "good"
+                   databases = ["good_*"]
+                   [[tiers]]
+                   name = "own"
+                   plugin = "good.wasm"
+                   schedule = "0 0 1 1 *""#,
+            )
+            .section("api", "listen", format!("127.0.0.1:{port}"))
+            .section("api", "token", TOKEN)
+    });
+    let (bad, good) = (lake.root.join("bad.wasm"), lake.root.join("good.wasm"));
+    std::fs::write(&bad, &hostile).unwrap();
+    std::fs::write(&good, &original).unwrap();
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    let plugin = |tier: &str| {
+        let (_, plugins) = api.get("/api/v1/plugins");
+        plugins["plugins"].as_array().unwrap().iter().find(|p| p["tier"] == tier).unwrap().clone()
+    };
+    for cycle in 1..=3 {
+        assert_eq!(api.post("/api/v1/compaction/trigger", Some(TOKEN)).0, 200);
+        api.wait_cycle_done(cycle);
+    }
+    assert_eq!(plugin("bad/hostile")["suspended"], true, "{}", plugin("bad/hostile"));
+
+    let (status, body) = api.post("/api/v1/plugins/reload?tenant=good", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(plugin("bad/hostile")["suspended"], true, "another tenant's reload keeps the suspension");
+    let (status, body) = api.post("/api/v1/plugins/reload", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(plugin("bad/hostile")["suspended"], true, "a reload of the same build keeps it");
+    assert_eq!(api.post("/api/v1/plugins/reload?tenant=nobody", Some(TOKEN)).0, 404);
+
+    // Good's file breaks: only its own tier fails, and keeps its build.
+    replace(&good, b"not a component");
+    let (status, body) = api.post("/api/v1/plugins/reload", Some(TOKEN));
+    assert_eq!(status, 422, "{body}");
+    let failed: Vec<&str> = body["failed"].as_array().unwrap().iter().map(|f| f["tier"].as_str().unwrap()).collect();
+    assert_eq!(failed, ["good/own"], "{body}");
+    assert!(body["installed"].as_array().unwrap().iter().any(|b| b["tier"] == "bad/hostile"), "the others are installed: {body}");
+    assert_eq!(plugin("good/own")["content_hash"], sha256(&original).as_str(), "the last good build stays");
+    let (status, body) = api.post("/api/v1/plugins/reload?tenant=bad", Some(TOKEN));
+    assert_eq!(status, 200, "a neighbour's broken file never fails another tenant's reload: {body}");
+
+    // A new build of bad's own component lifts its suspension.
+    replace(&bad, &rebuilt_as(&hostile, "fixed"));
+    let (status, body) = api.post("/api/v1/plugins/reload?tenant=bad", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(plugin("bad/hostile")["suspended"], false, "{}", plugin("bad/hostile"));
+    stop(engine);
 }

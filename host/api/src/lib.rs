@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::debt::Debt;
 use crate::metrics::Metrics;
 use compactor_engine::config::ConfigError;
-use compactor_engine::{CycleOptions, GateDecision, Manager};
+use compactor_engine::{CycleError, CycleOptions, GateDecision, Manager};
 
 /// How long `/candidates` may plan (Arc's deadline).
 const CANDIDATES_DEADLINE: Duration = Duration::from_secs(30);
@@ -293,6 +293,10 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(api): State<Api>) -> Response {
+    if api.inner.stopping.load(Ordering::SeqCst) {
+        let body = json!({ "ready": false, "error": "stopping: the running jobs finish, nothing new starts" });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
     if api.inner.ready.load(Ordering::SeqCst) {
         ok(json!({ "ready": true }))
     } else {
@@ -546,7 +550,7 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
         .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("cannot read the request body: {e}")))?;
     let TriggerRequest { tiers: requested, database, force } = TriggerRequest::parse(&query, &body)?;
     if api.inner.stopping.load(Ordering::SeqCst) {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine is shutting down".into()));
+        return Err(shutting_down());
     }
     let manager = api.manager();
     manager.config().check_tier_names(&requested).map_err(|e| match e {
@@ -568,15 +572,25 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
             ));
         }
     }
-    let ticket = manager.begin_cycle().map_err(|_| ApiError {
-        status: StatusCode::CONFLICT,
-        body: json!({
-            "error": "Compaction cycle already running",
-            "message": "A compaction cycle is already in progress. Please wait for it to complete.",
-            "cycle_id": manager.current_cycle_id(),
-            "is_running": true,
-        }),
+    if let Some(database) = &database {
+        check_database_is_compacted_by(manager, database, &requested)?;
+    }
+    let ticket = manager.begin_cycle().map_err(|e| match e {
+        CycleError::Stopping => shutting_down(),
+        _ => ApiError {
+            status: StatusCode::CONFLICT,
+            body: json!({
+                "error": "Compaction cycle already running",
+                "message": "A compaction cycle is already in progress. Please wait for it to complete.",
+                "cycle_id": manager.current_cycle_id(),
+                "is_running": true,
+            }),
+        },
     })?;
+    // A stop requested while the cycle began: it would not run.
+    if manager.stop_requested() || api.inner.stopping.load(Ordering::SeqCst) {
+        return Err(shutting_down());
+    }
     let cycle_id = ticket.cycle_id;
     let tiers: Vec<String> = if requested.is_empty() {
         manager.config().settings().tiers.iter().filter(|t| t.config.enabled).map(|t| t.id.key()).collect()
@@ -741,15 +755,74 @@ async fn plugins(State(api): State<Api>) -> Response {
     }))
 }
 
-async fn reload(State(api): State<Api>, headers: HeaderMap) -> Answer {
+/// `POST /api/v1/plugins/reload[?tenant=NAME]`: reloads every tier's
+/// component, or one tenant's. 200 when every reloaded tier installed its
+/// build; 422 when some failed (they keep their last good build; the others
+/// are installed all the same). Either way the answer lists what was
+/// installed, by hash.
+async fn reload(State(api): State<Api>, headers: HeaderMap, Query(query): Query<HashMap<String, String>>) -> Answer {
     authorize(&api, &headers)?;
-    match api.inner.manager.reload_plugins_in_background("POST /api/v1/plugins/reload").await {
-        Ok(_) => Ok(ok(json!({ "reloaded": true, "plugins": plugin_list(&api) }))),
-        Err(message) => Err(ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            body: json!({ "reloaded": false, "error": format!("{message}; the running plugins are kept") }),
-        }),
+    if let Some(unknown) = query.keys().find(|k| k.as_str() != "tenant") {
+        return Err(ApiError::bad_request(format!("unknown parameter {unknown:?} (expected: tenant)")));
     }
+    let tenant = query.get("tenant").cloned();
+    if let Some(name) = &tenant
+        && !api.manager().config().tenants.iter().any(|t| &t.name == name)
+    {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no tenant {name:?} in the config")));
+    }
+    if api.inner.stopping.load(Ordering::SeqCst) || api.manager().stop_requested() {
+        return Err(shutting_down());
+    }
+    let outcome = api.inner.manager.reload_plugins_in_background("POST /api/v1/plugins/reload", tenant.clone()).await;
+    let installed: Vec<Value> =
+        outcome.installed.iter().map(|b| json!({ "tier": b.tier, "name": b.name, "content_hash": b.content_hash })).collect();
+    let failed: Vec<Value> = outcome.failed.iter().map(|(tier, error)| json!({ "tier": tier, "error": error })).collect();
+    let mut body = json!({
+        "reloaded": outcome.failed.is_empty(),
+        "installed": installed,
+        "failed": failed,
+        "plugins": plugin_list(&api),
+    });
+    with_tenant(&mut body, tenant.as_deref());
+    if outcome.failed.is_empty() {
+        return Ok(ok(body));
+    }
+    let tiers: Vec<&str> = outcome.failed.iter().map(|(tier, _)| tier.as_str()).collect();
+    body["error"] = json!(format!(
+        "the new build of {} failed to load; {} their last good build (see failed)",
+        tiers.join(", "),
+        if tiers.len() == 1 { "it keeps" } else { "they keep" }
+    ));
+    Err(ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, body })
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine is shutting down".into())
+}
+
+/// Refuses a trigger for `database` that no selected tier would compact:
+/// the database belongs to a tenant whose tiers were not asked for (or to
+/// no tenant, and only tenants' tiers were).
+fn check_database_is_compacted_by(manager: &Manager, database: &str, requested: &[String]) -> Result<(), ApiError> {
+    let owner = manager.config().tenant_of(database).map(|t| t.name.clone());
+    let tiers = manager.tiers();
+    let selected: Vec<_> = tiers.iter().filter(|t| t.enabled && t.is_selected_by(requested, false)).collect();
+    if selected.iter().any(|t| t.tenant == owner) {
+        return Ok(());
+    }
+    let whose = match &owner {
+        Some(tenant) => format!("belongs to tenant {tenant:?}"),
+        None => "belongs to no tenant (the top-level tiers compact it)".to_owned(),
+    };
+    let asked: Vec<String> = selected.iter().map(|t| t.key()).collect();
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!(
+            "database {database:?} {whose}; the selected tiers ({}) never compact it, so the trigger would do nothing",
+            asked.join(", ")
+        ),
+    ))
 }
 
 #[cfg(test)]

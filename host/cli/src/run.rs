@@ -66,10 +66,12 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         tracing::info!("compactor is running; SIGINT or SIGTERM stops it");
         stop_signal.wait().await;
         tracing::info!("shutting down: waiting for the running jobs and policy calls to finish");
-        manager.request_stop();
+        // Refuse new work first: a trigger or reload answered from now on
+        // says 503, never "triggered" for a cycle that would not run.
         if let Some((api, _)) = &api {
             api.set_stopping();
         }
+        manager.request_stop();
         let _ = stop.send(true);
         let _ = scheduler.await;
         // A cycle the API triggered is not the scheduler's: wait for it too,
@@ -123,7 +125,7 @@ fn spawn_reload_on_hangup(manager: &Arc<Manager>) -> anyhow::Result<()> {
     let manager = manager.clone();
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            let _ = manager.reload_plugins_in_background("SIGHUP").await;
+            let _ = manager.reload_plugins_in_background("SIGHUP", None).await;
         }
     });
     Ok(())
@@ -166,7 +168,7 @@ fn spawn_reload_on_change(manager: &Arc<Manager>) {
             }
             seen = now;
             tracing::info!("a tier's component file changed; reloading the policies");
-            let _ = manager.reload_plugins_in_background("a changed component file").await;
+            let _ = manager.reload_plugins_in_background("a changed component file", None).await;
         }
     });
 }

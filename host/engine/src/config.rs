@@ -570,7 +570,7 @@ impl Config {
 
     /// The tenant that owns `database`: the first whose patterns match, none
     /// for the databases that run the top-level tiers.
-    pub(crate) fn tenant_of(&self, database: &str) -> Option<&TenantConfig> {
+    pub fn tenant_of(&self, database: &str) -> Option<&TenantConfig> {
         self.tenants.iter().find(|t| t.claims(database))
     }
 

@@ -32,7 +32,9 @@ pub use history::{History, Recent, UnreadableEntry};
 pub use manager::{CycleTicket, Manager};
 pub use outlook::{OutlookRequest, PartitionOutlook, TierOutlook};
 pub use planner::{PlanError, load_tiers, plan};
-pub use report::{ActiveJob, CycleError, CycleOptions, CycleReport, GateDecision, JobRecord, ManagerStats, Progress};
+pub use report::{
+    ActiveJob, CycleError, CycleOptions, CycleReport, GateDecision, InstalledBuild, JobRecord, ManagerStats, Progress, ReloadOutcome,
+};
 
 use compactor_runtime::{ArtifactCache, PluginError, PluginRuntime};
 

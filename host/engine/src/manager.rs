@@ -15,7 +15,9 @@ use crate::config::Config;
 use crate::health::{SUSPEND_AFTER_FAILING_CYCLES, TierHealth};
 use crate::history::History;
 use crate::planner::{self, PlanError};
-use crate::report::{ActiveJob, CycleError, CycleOptions, CycleReport, GateDecision, JobRecord, ManagerStats, Progress};
+use crate::report::{
+    ActiveJob, CycleError, CycleOptions, CycleReport, GateDecision, InstalledBuild, JobRecord, ManagerStats, Progress, ReloadOutcome,
+};
 use crate::runner::{JobRunner, TierRun};
 use crate::temp::sweep_dead_engines;
 use compactor_job::ChildCommand;
@@ -63,8 +65,12 @@ pub struct Manager {
     /// Call counters of the tiers' replaced plugins, which instances of a
     /// cycle in flight may still be using.
     retired_calls: Mutex<BTreeMap<String, Vec<Arc<compactor_runtime::CallStats>>>>,
-    /// Why the last reload failed (cleared by one that succeeds).
-    reload_error: Mutex<Option<String>>,
+    /// Why the last reload of each tier failed, by tier key (cleared by
+    /// one that succeeds).
+    reload_errors: Mutex<BTreeMap<String, String>>,
+    /// Held by the reload that runs: reloads read the files when they run,
+    /// one at a time, so the last one installs what is on disk.
+    reloading: Mutex<()>,
     /// Tenants planning at once: bounds the memory their policies can hold
     /// together (each instance within its own memory limit).
     planning_slots: tokio::sync::Semaphore,
@@ -122,7 +128,8 @@ impl Manager {
             observers: Mutex::default(),
             health: Mutex::default(),
             retired_calls: Mutex::default(),
-            reload_error: Mutex::default(),
+            reload_errors: Mutex::default(),
+            reloading: Mutex::default(),
             planning_slots,
         }
     }
@@ -131,6 +138,11 @@ impl Manager {
     /// and no further batch is started; a job already running finishes.
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Manager::request_stop`] was called: nothing new begins.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
 
     /// Receives progress events (every subscriber gets every event).
@@ -150,34 +162,58 @@ impl Manager {
         self.tiers.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Loads every tier's component again (a changed file on disk), checks
-    /// each and configures one instance, then swaps them in for the next
-    /// cycle; a cycle in flight keeps the ones it started with. If any tier
-    /// fails to load or configure, nothing is swapped and the error names it.
-    pub fn reload_plugins(&self) -> Result<Vec<String>, String> {
-        let checked = (|| {
-            let reloaded = crate::planner::load_tiers(&self.config, &self.plugins);
-            for tier in reloaded.iter().filter(|t| t.enabled) {
-                let policy = tier.policy.as_ref().map_err(|e| format!("tier {}: {e}", tier.key()))?;
-                policy.instantiate(&tier.config_json, tier.limits).map_err(|e| format!("tier {}: {e}", tier.key()))?;
+    /// Loads the components of every tier again (of `tenant`'s tiers only,
+    /// when given), checks each and configures one instance, and swaps in
+    /// those that pass for the next cycle; a cycle in flight keeps the ones
+    /// it started with. A tier whose new build fails keeps its last good
+    /// one and is reported; the other tiers are swapped all the same.
+    /// Reloads run one at a time and read the files when they run, so the
+    /// last one installs what is on disk then. A tier's suspension is lifted
+    /// only when its own build changed.
+    pub fn reload_plugins(&self, tenant: Option<&str>) -> ReloadOutcome {
+        let _one_at_a_time = lock(&self.reloading);
+        let current = self.tiers();
+        let mut next = Vec::with_capacity(current.len());
+        let mut outcome = ReloadOutcome::default();
+        for old in current.iter() {
+            let registered = self.config.tier(&old.id());
+            let Some(registered) = registered.filter(|r| tenant.is_none_or(|t| r.id.tenant.as_deref() == Some(t))) else {
+                next.push(old.clone());
+                continue;
+            };
+            let new = crate::planner::load_tier(&self.config, registered, &self.plugins);
+            let key = new.key();
+            let checked = match &new.policy {
+                Ok(policy) if new.enabled => policy.instantiate(&new.config_json, new.limits).map(drop).map_err(|e| e.to_string()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.clone()),
+            };
+            if let Err(error) = checked {
+                lock(&self.reload_errors).insert(key.clone(), error.clone());
+                outcome.failed.push((key, error));
+                next.push(old.clone());
+                continue;
             }
-            Ok(reloaded)
-        })();
-        *lock(&self.reload_error) = checked.as_ref().err().cloned();
-        let reloaded = checked?;
-        let names = reloaded.iter().filter_map(|t| t.policy.as_ref().ok().map(|p| format!("{}: {}", t.key(), p.name()))).collect();
-        let replaced = std::mem::replace(&mut *self.tiers.write().unwrap_or_else(|e| e.into_inner()), Arc::new(reloaded));
-        let mut retired = lock(&self.retired_calls);
-        for tier in replaced.iter() {
-            if let Some(stats) = tier.policy.as_ref().ok().and_then(|p| p.call_stats()) {
-                retired.entry(tier.key()).or_default().push(stats);
+            lock(&self.reload_errors).remove(&key);
+            let hash = |t: &PlannedTier| t.policy.as_ref().ok().map(|p| p.content_hash().to_owned());
+            if hash(old) != hash(&new) {
+                // A new build gets a clean slate: a suspension was about the old one.
+                lock(&self.health).remove(&key);
             }
+            if let Some(stats) = old.policy.as_ref().ok().and_then(|p| p.call_stats()) {
+                lock(&self.retired_calls).entry(key.clone()).or_default().push(stats);
+            }
+            let (name, content_hash) = new.policy.as_ref().map(|p| (p.name().to_owned(), p.content_hash().to_owned())).unwrap_or_default();
+            outcome.installed.push(InstalledBuild { tier: key, name, content_hash });
+            next.push(new);
         }
-        drop(retired);
-        // New components get a clean slate: a suspension was about the old ones.
-        lock(&self.health).clear();
-        tracing::info!(tiers = ?names, "plugins reloaded; the next cycle uses them");
-        Ok(names)
+        *self.tiers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        for (tier, error) in &outcome.failed {
+            tracing::error!(%tier, %error, "the new build of this tier's component failed to load; its last good build stays");
+        }
+        let installed: Vec<String> = outcome.installed.iter().map(|b| format!("{}: {}", b.tier, b.name)).collect();
+        tracing::info!(tiers = ?installed, "plugins reloaded; the next cycle uses them");
+        outcome
     }
 
     /// Object-store requests this engine made itself (listing, recovery,
@@ -186,9 +222,16 @@ impl Manager {
         self.requests.snapshot()
     }
 
-    /// Why the last reload failed, if it did (the running builds were kept).
+    /// Why the last reload failed, if it did for some tier (their running
+    /// builds were kept).
     pub fn reload_error(&self) -> Option<String> {
-        lock(&self.reload_error).clone()
+        let errors = lock(&self.reload_errors);
+        (!errors.is_empty()).then(|| errors.iter().map(|(tier, e)| format!("tier {tier}: {e}")).collect::<Vec<_>>().join("; "))
+    }
+
+    /// Why the last reload of tier `key` failed, if it did.
+    pub fn tier_reload_error(&self, key: &str) -> Option<String> {
+        lock(&self.reload_errors).get(key).cloned()
     }
 
     /// The tiers whose policies may be called now, and the suspended ones
@@ -223,15 +266,15 @@ impl Manager {
 
     /// [`Manager::reload_plugins`] off the async runtime's threads (loading
     /// compiles and blocks), logged either way; `why` says what asked.
-    pub async fn reload_plugins_in_background(self: &Arc<Self>, why: &str) -> Result<Vec<String>, String> {
+    pub async fn reload_plugins_in_background(self: &Arc<Self>, why: &str, tenant: Option<String>) -> ReloadOutcome {
         let manager = self.clone();
-        let outcome = tokio::task::spawn_blocking(move || manager.reload_plugins())
-            .await
-            .unwrap_or_else(|e| Err(format!("the reload failed (a bug in compactor): {e}")));
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "{why}: the reload failed; the running plugins are kept");
+        match tokio::task::spawn_blocking(move || manager.reload_plugins(tenant.as_deref())).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(error = %e, "{why}: the reload failed (a bug in compactor); the running plugins are kept");
+                ReloadOutcome { installed: Vec::new(), failed: vec![("*".into(), format!("the reload failed (a bug in compactor): {e}"))] }
+            }
         }
-        outcome
     }
 
     /// The batches being compacted now.
@@ -456,6 +499,9 @@ impl Manager {
     /// that answers "started" before the cycle runs (the API's trigger) can
     /// then never race another cycle. Dropping the ticket gives it back.
     pub fn begin_cycle(&self) -> Result<CycleTicket, CycleError> {
+        if self.stop_requested() {
+            return Err(CycleError::Stopping);
+        }
         if self.running.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
             return Err(CycleError::AlreadyRunning);
         }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, RegisteredTier};
 use compactor_job::ManifestStore;
 use compactor_model::{HeldFiles, is_eligible_input};
 use compactor_planning::{
@@ -20,23 +20,22 @@ use compactor_storage::{self as storage, Storage, StorageError};
 /// the other tiers still plan. Each tenant loads its components apart
 /// (its own call counters; its own stores and instances when planning).
 pub fn load_tiers(config: &Config, runtime: &PluginRuntime) -> Vec<PlannedTier> {
-    config
-        .settings()
-        .tiers
-        .iter()
-        .map(|registered| {
-            let tier = &registered.config;
-            let source = PluginSource::parse(&tier.plugin, &config.base_dir);
-            PlannedTier {
-                name: tier.name.clone(),
-                tenant: registered.id.tenant.clone(),
-                enabled: tier.enabled,
-                policy: runtime.load_tier(&source).map(|p| Arc::new(p) as Arc<dyn PolicyFactory>).map_err(|e| e.to_string()),
-                config_json: tier.config_json(),
-                limits: registered.limits,
-            }
-        })
-        .collect()
+    config.settings().tiers.iter().map(|registered| load_tier(config, registered, runtime)).collect()
+}
+
+/// Loads one tier's component (read from disk now, or taken from the
+/// compiled cache); a failure is kept in the tier.
+pub(crate) fn load_tier(config: &Config, registered: &RegisteredTier, runtime: &PluginRuntime) -> PlannedTier {
+    let tier = &registered.config;
+    let source = PluginSource::parse(&tier.plugin, &config.base_dir);
+    PlannedTier {
+        name: tier.name.clone(),
+        tenant: registered.id.tenant.clone(),
+        enabled: tier.enabled,
+        policy: runtime.load_tier(&source).map(|p| Arc::new(p) as Arc<dyn PolicyFactory>).map_err(|e| e.to_string()),
+        config_json: tier.config_json(),
+        limits: registered.limits,
+    }
 }
 
 /// An error that stops planning altogether.

@@ -19,6 +19,9 @@ pub enum CycleError {
     /// Another cycle is running.
     #[error("compaction cycle already running")]
     AlreadyRunning,
+    /// The engine is stopping: no new cycle begins.
+    #[error("the engine is shutting down")]
+    Stopping,
     /// Planning failed (e.g. the databases could not be listed).
     #[error(transparent)]
     Plan(#[from] crate::planner::PlanError),
@@ -278,6 +281,9 @@ pub enum Progress {
 pub struct ActiveJob {
     /// The cycle running it.
     pub cycle_id: u64,
+    /// The tenant whose tier runs it (none: a top-level tier).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Database.
     pub database: String,
     /// Measurement.
@@ -294,4 +300,26 @@ pub struct ActiveJob {
     pub bytes: u64,
     /// When it started.
     pub started_at: DateTime<Utc>,
+}
+
+/// What a reload installed, and what it could not.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadOutcome {
+    /// The tiers whose component was loaded and checked, with the build now
+    /// installed.
+    pub installed: Vec<InstalledBuild>,
+    /// The tiers (by key) whose new build failed, and why: they keep their
+    /// last good build.
+    pub failed: Vec<(String, String)>,
+}
+
+/// A tier's build, as a reload installed it.
+#[derive(Debug, Clone)]
+pub struct InstalledBuild {
+    /// The tier's key (`tier` or `tenant/tier`).
+    pub tier: String,
+    /// The component's name.
+    pub name: String,
+    /// SHA-256 of the component's bytes.
+    pub content_hash: String,
 }

@@ -240,6 +240,7 @@ impl JobRunner {
             self.next_active.fetch_add(1, Ordering::Relaxed),
             ActiveJob {
                 cycle_id: run.cycle_id,
+                tenant: run.tenant.clone(),
                 database: candidate.database.clone(),
                 measurement: candidate.measurement.clone(),
                 partition_path: candidate.partition_path.clone(),

@@ -75,6 +75,7 @@ async fn run_one(manager: Arc<Manager>, tiers: Vec<String>, schedule: cron::Sche
         let options = CycleOptions { tiers: tiers.clone(), exact_tiers: true, ..Default::default() };
         match manager.run_cycle(options).await {
             Err(CycleError::AlreadyRunning) => tracing::warn!(%tier, "skipped a firing: a compaction cycle is already running"),
+            Err(CycleError::Stopping) => tracing::info!(%tier, "skipped a firing: the engine is shutting down"),
             outcome => log_cycle_outcome("scheduled", &outcome),
         }
     }
