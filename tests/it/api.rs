@@ -672,6 +672,39 @@ fn a_tier_whose_policy_keeps_failing_is_suspended_and_the_other_tier_goes_on() {
     stop(engine);
 }
 
+/// A lake with the top-level `hourly` tier and `tenants` (TOML tables),
+/// whose API listens on the port returned.
+fn tenants_lake(tenants: &[&str]) -> (Lake, u16) {
+    let port = free_port();
+    let lake = lake_configured(50, |_| {
+        let config = crate::kit::TestConfig::new("lake")
+            .compaction("temp_directory", "tmp")
+            .compaction("threads", 1)
+            .tier("hourly", "builtin:hourly", &[])
+            .schedules("0 0 1 1 *");
+        tenants
+            .iter()
+            .fold(config, |config, tenant| config.tenant(tenant))
+            .section("api", "listen", format!("127.0.0.1:{port}"))
+            .section("api", "token", TOKEN)
+    });
+    (lake, port)
+}
+
+/// A lake whose database `db` belongs to tenant `acme`, whose own tier
+/// `own` runs `policy.wasm` (written with `bytes`, its path returned).
+fn acme_lake(bytes: &[u8]) -> (Lake, u16, std::path::PathBuf) {
+    let (lake, port) = tenants_lake(&[r#"name = "acme"
+           databases = ["db"]
+           [[tiers]]
+           name = "own"
+           plugin = "policy.wasm"
+           schedule = "0 0 1 1 *""#]);
+    let component = lake.root.join("policy.wasm");
+    std::fs::write(&component, bytes).unwrap();
+    (lake, port, component)
+}
+
 /// Issue 20: consumers that read only the top-level tiers missed a tenant's
 /// own. Its tier is in `/status` and `/stats`, the trigger's reply names it,
 /// candidates carry its tenant, and editing its component file hot-reloads
@@ -680,26 +713,7 @@ fn a_tier_whose_policy_keeps_failing_is_suspended_and_the_other_tier_goes_on() {
 fn a_tenants_own_tier_shows_everywhere_and_its_component_is_watched() {
     let original = std::fs::read(compactor_test_components::EXAMPLE_POLICY).unwrap();
     let replacement = rebuilt(&original);
-    let port = free_port();
-    let lake = lake_configured(50, |_| {
-        crate::kit::TestConfig::new("lake")
-            .compaction("temp_directory", "tmp")
-            .compaction("threads", 1)
-            .tier("hourly", "builtin:hourly", &[])
-            .schedules("0 0 1 1 *")
-            .tenant(
-                r#"name = "acme"
-                   databases = ["db"]
-                   [[tiers]]
-                   name = "own"
-                   plugin = "policy.wasm"
-                   schedule = "0 0 1 1 *""#,
-            )
-            .section("api", "listen", format!("127.0.0.1:{port}"))
-            .section("api", "token", TOKEN)
-    });
-    let component = lake.root.join("policy.wasm");
-    std::fs::write(&component, &original).unwrap();
+    let (lake, port, component) = acme_lake(&original);
     let mut engine = spawn_compactor(&lake.config, &["run"], &[("COMPACTOR_STALL", "after-merge:1000")]);
     let api = Client::new(port);
     api.wait_ready(&mut engine);
@@ -751,26 +765,7 @@ fn a_tenants_own_tier_shows_everywhere_and_its_component_is_watched() {
 #[test]
 fn reloads_run_in_order_and_install_what_is_on_disk() {
     let original = std::fs::read(compactor_test_components::EXAMPLE_POLICY).unwrap();
-    let port = free_port();
-    let lake = lake_configured(50, |_| {
-        crate::kit::TestConfig::new("lake")
-            .compaction("temp_directory", "tmp")
-            .compaction("threads", 1)
-            .tier("hourly", "builtin:hourly", &[])
-            .schedules("0 0 1 1 *")
-            .tenant(
-                r#"name = "acme"
-                   databases = ["db"]
-                   [[tiers]]
-                   name = "own"
-                   plugin = "policy.wasm"
-                   schedule = "0 0 1 1 *""#,
-            )
-            .section("api", "listen", format!("127.0.0.1:{port}"))
-            .section("api", "token", TOKEN)
-    });
-    let component = lake.root.join("policy.wasm");
-    std::fs::write(&component, &original).unwrap();
+    let (lake, port, component) = acme_lake(&original);
     let mut engine = spawn_compactor(&lake.config, &["run"], &[]);
     let api = Client::new(port);
     api.wait_ready(&mut engine);
@@ -812,34 +807,22 @@ fn reloads_run_in_order_and_install_what_is_on_disk() {
 fn a_broken_neighbour_and_a_reload_elsewhere_leave_a_tenant_alone() {
     let original = std::fs::read(compactor_test_components::EXAMPLE_POLICY).unwrap();
     let hostile = std::fs::read(compactor_test_components::HOSTILE).unwrap();
-    let port = free_port();
-    let lake = lake_configured(50, |_| {
-        crate::kit::TestConfig::new("lake")
-            .compaction("temp_directory", "tmp")
-            .compaction("threads", 1)
-            .tier("hourly", "builtin:hourly", &[])
-            .schedules("0 0 1 1 *")
-            .tenant(
-                r#"name = "bad"
-                   databases = ["db"]
-                   [[tiers]]
-                   name = "hostile"
-                   plugin = "bad.wasm"
-                   schedule = "0 0 1 1 *"
-                   [tiers.config]
-                   mode = "panic""#,
-            )
-            .tenant(
-                r#"name = "good"
-                   databases = ["good_*"]
-                   [[tiers]]
-                   name = "own"
-                   plugin = "good.wasm"
-                   schedule = "0 0 1 1 *""#,
-            )
-            .section("api", "listen", format!("127.0.0.1:{port}"))
-            .section("api", "token", TOKEN)
-    });
+    let (lake, port) = tenants_lake(&[
+        r#"name = "bad"
+           databases = ["db"]
+           [[tiers]]
+           name = "hostile"
+           plugin = "bad.wasm"
+           schedule = "0 0 1 1 *"
+           [tiers.config]
+           mode = "panic""#,
+        r#"name = "good"
+           databases = ["good_*"]
+           [[tiers]]
+           name = "own"
+           plugin = "good.wasm"
+           schedule = "0 0 1 1 *""#,
+    ]);
     let (bad, good) = (lake.root.join("bad.wasm"), lake.root.join("good.wasm"));
     std::fs::write(&bad, &hostile).unwrap();
     std::fs::write(&good, &original).unwrap();
