@@ -865,3 +865,69 @@ fn a_broken_neighbour_and_a_reload_elsewhere_leave_a_tenant_alone() {
     assert_eq!(plugin("bad/hostile")["suspended"], false, "{}", plugin("bad/hostile"));
     stop(engine);
 }
+
+/// Issue 24: four tenants whose policy takes two seconds a call beside a
+/// benign one. Each tenant's tiers run in a cycle of their own, with no
+/// planning slot to wait for: the benign tenant's outputs appear while the
+/// slow tenants still plan, and its next trigger starts at once (it was a
+/// 409 while any tenant's part of the cycle ran).
+#[test]
+fn slow_tenants_hold_back_neither_a_benign_tenants_cycle_nor_its_trigger() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let slow = ["slow_1", "slow_2", "slow_3", "slow_4"];
+    crate::tenants::lake(root, &[&["acme"][..], &slow[..]].concat());
+    let port = free_port();
+    let mut config = crate::kit::TestConfig::new("lake")
+        .hourly_and_daily()
+        .compaction("temp_directory", "tmp")
+        .compaction("threads", 1)
+        .schedules("0 0 1 1 *")
+        .tenant(
+            r#"name = "acme"
+                   databases = ["acme"]"#,
+        );
+    for database in slow {
+        config = config.tenant(&format!(
+            r#"name = "{database}"
+               databases = ["{database}"]
+               [limits]
+               fuel_per_call = 1000000000000
+               call_timeout_ms = 2000
+               [[tiers]]
+               name = "hourly"
+               plugin = "{}"
+               schedule = "0 0 1 1 *"
+               config = {{ mode = "loop" }}"#,
+            compactor_test_components::HOSTILE
+        ));
+    }
+    let config = config.section("api", "listen", format!("127.0.0.1:{port}")).section("api", "token", TOKEN).write(root);
+    let mut engine = spawn_compactor(&config, &["run"], &[]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    let (status, body) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    wait_until("acme's first output", Duration::from_secs(60), || {
+        crate::tenants::files_of(root, "acme").iter().any(|f| f.ends_with("_hourly.parquet") || f.ends_with("_daily.parquet"))
+    });
+    let running =
+        |api: &Client| -> Vec<Value> { api.get("/api/v1/compaction/status").1["manager"]["running_tenants"].as_array().unwrap().clone() };
+    let now_running = running(&api);
+    assert!(now_running.iter().any(|t| t.as_str().is_some_and(|t| t.starts_with("slow_"))), "the slow tenants still plan: {now_running:?}");
+    wait_until("acme's part of the cycle to end", Duration::from_secs(60), || !running(&api).contains(&Value::from("acme")));
+    let still = running(&api);
+    assert!(!still.is_empty(), "the slow tenants' parts outlast acme's: {still:?}");
+    let (status, body) = api.post("/api/v1/compaction/trigger?database=acme", Some(TOKEN));
+    assert_eq!(status, 200, "acme's trigger is not refused while other tenants' cycles run: {body}");
+    assert_eq!(body["cycle_id"], 2, "{body}");
+    wait_until("every cycle to end", Duration::from_secs(120), || {
+        !api.get("/api/v1/compaction/status").1["manager"]["cycle_running"].as_bool().unwrap()
+    });
+    stop(engine);
+    let acme = crate::tenants::files_of(root, "acme");
+    assert_eq!(acme.len(), 1, "acme compacted to one day: {acme:?}");
+    for database in slow {
+        assert_eq!(crate::tenants::files_of(root, database).len(), 24, "{database} untouched");
+    }
+}

@@ -16,7 +16,7 @@ use crate::util::{at, compactor, files_under, text};
 const NOW: &str = "2026-04-13T12:00:00Z";
 
 /// Two hours × 12 files of one measurement in each database.
-fn lake(root: &Path, databases: &[&str]) {
+pub(crate) fn lake(root: &Path, databases: &[&str]) {
     for database in databases {
         let spec = SampleSpec {
             database: (*database).into(),
@@ -39,7 +39,7 @@ fn assert_rows_kept(root: &Path, database: &str) {
     assert_eq!((missing, extra), (0, 0), "{database}: rows missing / duplicated");
 }
 
-fn files_of(root: &Path, database: &str) -> Vec<String> {
+pub(crate) fn files_of(root: &Path, database: &str) -> Vec<String> {
     files_under(&root.join("lake").join(database))
 }
 

@@ -342,6 +342,8 @@ async fn status(State(api): State<Api>) -> Response {
             "total_failed": stats.total_jobs_failed,
             "cycle_running": manager.is_cycle_running(),
             "current_cycle_id": manager.current_cycle_id(),
+            // Each tenant's tiers run in cycles of their own (null: the top-level tiers).
+            "running_tenants": manager.running_tenants(),
             "engine_id": manager.engine_id(),
         },
         "schedulers": schedulers,
@@ -575,13 +577,14 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
     if let Some(database) = &database {
         check_database_is_compacted_by(manager, database, &requested)?;
     }
-    let ticket = manager.begin_cycle().map_err(|e| match e {
+    let options = CycleOptions { now: None, tiers: requested.clone(), database: database.clone(), force, ..Default::default() };
+    let ticket = manager.begin_cycle(&options).map_err(|e| match e {
         CycleError::Stopping => shutting_down(),
         _ => ApiError {
             status: StatusCode::CONFLICT,
             body: json!({
                 "error": "Compaction cycle already running",
-                "message": "A compaction cycle is already in progress. Please wait for it to complete.",
+                "message": "A compaction cycle of the selected tenants is already in progress. Please wait for it to complete.",
                 "cycle_id": manager.current_cycle_id(),
                 "is_running": true,
             }),
@@ -592,12 +595,12 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
         return Err(shutting_down());
     }
     let cycle_id = ticket.cycle_id;
+    let busy = ticket.busy.clone();
     let tiers: Vec<String> = if requested.is_empty() {
-        manager.config().settings().tiers.iter().filter(|t| t.config.enabled).map(|t| t.id.key()).collect()
+        manager.config().settings().tiers.iter().filter(|t| t.config.enabled && !busy.contains(&t.id.tenant)).map(|t| t.id.key()).collect()
     } else {
-        requested.clone()
+        requested
     };
-    let options = CycleOptions { now: None, tiers: requested, database: database.clone(), force, ..Default::default() };
     let running = api.inner.manager.clone();
     tokio::spawn(async move {
         let outcome = running.run_begun_cycle(ticket, options).await;
@@ -610,6 +613,10 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
         "cycle_id": cycle_id,
         "force": force,
     });
+    if !busy.is_empty() {
+        // Tenants whose own cycle still runs are left to it.
+        body["busy_tenants"] = json!(busy.iter().map(|t| t.clone().unwrap_or_default()).collect::<Vec<_>>());
+    }
     if let Some(db) = database {
         body["database"] = json!(db);
     }

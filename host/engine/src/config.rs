@@ -575,17 +575,19 @@ impl Config {
     }
 
     /// Every enabled tier's cron schedule, with the tiers that fire on it
-    /// (`tier` or `tenant/tier`): tiers sharing a schedule run in one cycle.
+    /// (`tier` or `tenant/tier`): a tenant's tiers sharing a schedule run
+    /// in one cycle; different tenants never share one, so that each
+    /// tenant's cycle starts and ends on its own.
     pub fn schedules(&self) -> Vec<(Vec<String>, cron::Schedule)> {
-        let mut schedules: Vec<(&str, Vec<String>, cron::Schedule)> = Vec::new();
+        let mut schedules: Vec<(&str, Option<&str>, Vec<String>, cron::Schedule)> = Vec::new();
         for tier in self.settings.tiers.iter().filter(|t| t.config.enabled) {
-            let expression = tier.config.effective_schedule();
-            match schedules.iter_mut().find(|(e, ..)| *e == expression) {
-                Some((_, keys, _)) => keys.push(tier.id.key()),
-                None => schedules.push((expression, vec![tier.id.key()], tier.schedule.clone())),
+            let (expression, tenant) = (tier.config.effective_schedule(), tier.id.tenant.as_deref());
+            match schedules.iter_mut().find(|(e, t, ..)| *e == expression && *t == tenant) {
+                Some((_, _, keys, _)) => keys.push(tier.id.key()),
+                None => schedules.push((expression, tenant, vec![tier.id.key()], tier.schedule.clone())),
             }
         }
-        schedules.into_iter().map(|(_, keys, schedule)| (keys, schedule)).collect()
+        schedules.into_iter().map(|(_, _, keys, schedule)| (keys, schedule)).collect()
     }
 
     fn resolve(&self) -> Result<Settings, ConfigError> {
@@ -887,13 +889,15 @@ schedule = "0 3 * * *"
     }
 
     #[test]
-    fn tiers_sharing_a_schedule_fire_together_by_key() {
+    fn a_tenants_tiers_sharing_a_schedule_fire_together_and_tenants_apart() {
         let c = parse(TENANTS).unwrap();
         let schedules: Vec<(Vec<String>, String)> = c.schedules().into_iter().map(|(keys, s)| (keys, s.to_string())).collect();
         assert_eq!(
             schedules,
             [
-                (vec!["hourly".to_owned(), "acme/hourly".to_owned(), "acme-eu/hourly".to_owned()], "0 5 * * * *".to_owned()),
+                (vec!["hourly".to_owned()], "0 5 * * * *".to_owned()),
+                (vec!["acme/hourly".to_owned()], "0 5 * * * *".to_owned()),
+                (vec!["acme-eu/hourly".to_owned()], "0 5 * * * *".to_owned()),
                 (vec!["acme-eu/daily".to_owned()], "0 0 3 * * *".to_owned()),
             ]
         );

@@ -4,7 +4,7 @@
 //! Arc's halving retry. Tiers run one after the other so that daily sees
 //! hourly's outputs. One cycle at a time: a second one is refused.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -33,10 +33,6 @@ use compactor_storage::{Storage, StoreDescriptor};
 /// `[history] max_records`).
 const HISTORY_LIMIT: usize = 100;
 
-/// Tenants that plan at once, at least (more on machines with more cores):
-/// one tenant's policy spinning to its deadline leaves the others room.
-const PLANNING_SLOTS: usize = 4;
-
 /// How far ahead a forced cycle's policies see the clock: every age rule is
 /// met (Arc #186: backfilled data older than the schedule's window).
 const FORCE_HORIZON_DAYS: i64 = 3650;
@@ -55,7 +51,10 @@ pub struct Manager {
     /// engine's temp directory, the jobs in flight.
     runner: JobRunner,
     stop: Arc<AtomicBool>,
-    running: Arc<AtomicBool>,
+    /// The tenants whose cycle is running (`None`: the top-level tiers'):
+    /// each tenant's tiers run in cycles of their own, so that one tenant's
+    /// slow cycle never holds another's.
+    running: Arc<Mutex<BTreeSet<Option<String>>>>,
     cycle_id: AtomicU64,
     stats: Mutex<ManagerStats>,
     history: Mutex<VecDeque<JobRecord>>,
@@ -71,9 +70,6 @@ pub struct Manager {
     /// Held by the reload that runs: reloads read the files when they run,
     /// one at a time, so the last one installs what is on disk.
     reloading: Mutex<()>,
-    /// Tenants planning at once: bounds the memory their policies can hold
-    /// together (each instance within its own memory limit).
-    planning_slots: tokio::sync::Semaphore,
 }
 
 impl Manager {
@@ -111,7 +107,6 @@ impl Manager {
         let persistent_history = History::new(storage.clone(), leases.engine(), config.history.max_records);
         let stop: Arc<AtomicBool> = Arc::default();
         let runner = JobRunner::new(config.clone(), storage.clone(), child, leases, temp_directory, stop.clone());
-        let planning_slots = tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()).max(PLANNING_SLOTS));
         Self {
             config,
             storage,
@@ -130,7 +125,6 @@ impl Manager {
             retired_calls: Mutex::default(),
             reload_errors: Mutex::default(),
             reloading: Mutex::default(),
-            planning_slots,
         }
     }
 
@@ -287,9 +281,14 @@ impl Manager {
         &self.persistent_history
     }
 
-    /// Whether a cycle is running.
+    /// Whether a cycle is running (of any tenant).
     pub fn is_cycle_running(&self) -> bool {
-        self.running.load(Ordering::SeqCst)
+        !lock(&self.running).is_empty()
+    }
+
+    /// The tenants whose cycle is running (`None`: the top-level tiers').
+    pub fn running_tenants(&self) -> Vec<Option<String>> {
+        lock(&self.running).iter().cloned().collect()
     }
 
     /// The last cycle id handed out (0 before the first cycle).
@@ -491,22 +490,50 @@ impl Manager {
 
     /// Runs one cycle.
     pub async fn run_cycle(&self, options: CycleOptions) -> Result<CycleReport, CycleError> {
-        let ticket = self.begin_cycle()?;
+        let ticket = self.begin_cycle(&options)?;
         self.run_begun_cycle(ticket, options).await
     }
 
-    /// Claims the right to run the next cycle and its id, at once: a caller
-    /// that answers "started" before the cycle runs (the API's trigger) can
-    /// then never race another cycle. Dropping the ticket gives it back.
-    pub fn begin_cycle(&self) -> Result<CycleTicket, CycleError> {
+    /// Claims the right to run the next cycle of the tenants `options`
+    /// selects, and its id, at once: a caller that answers "started" before
+    /// the cycle runs (the API's trigger) can then never race another
+    /// cycle of those tenants. Tenants whose own cycle is running are left
+    /// out ([`CycleTicket::busy`]); when all are, the cycle is refused.
+    /// Dropping the ticket gives it back.
+    pub fn begin_cycle(&self, options: &CycleOptions) -> Result<CycleTicket, CycleError> {
         if self.stop_requested() {
             return Err(CycleError::Stopping);
         }
-        if self.running.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        let mut scopes = self.cycle_scopes(options);
+        let mut running = lock(&self.running);
+        let busy: Vec<Option<String>> = scopes.iter().filter(|s| running.contains(*s)).cloned().collect();
+        scopes.retain(|s| !running.contains(s));
+        if scopes.is_empty() {
             return Err(CycleError::AlreadyRunning);
         }
-        let running = RunningFlag(self.running.clone());
-        Ok(CycleTicket { cycle_id: self.cycle_id.fetch_add(1, Ordering::SeqCst) + 1, _running: running })
+        running.extend(scopes.iter().cloned());
+        drop(running);
+        let guard = RunningScopes { running: self.running.clone(), scopes: Mutex::new(scopes) };
+        Ok(CycleTicket { cycle_id: self.cycle_id.fetch_add(1, Ordering::SeqCst) + 1, busy, _running: guard })
+    }
+
+    /// The tenants (`None`: the top-level tiers) a cycle of `options` runs:
+    /// those of the selected tiers, narrowed to the owner of `database` when
+    /// one is named; the top-level scope when nothing is selected, so that
+    /// even an empty cycle is one at a time.
+    fn cycle_scopes(&self, options: &CycleOptions) -> BTreeSet<Option<String>> {
+        let owner = options.database.as_deref().map(|db| self.config.tenant_of(db).map(|t| t.name.clone()));
+        let mut scopes: BTreeSet<Option<String>> = self
+            .tiers()
+            .iter()
+            .filter(|t| t.enabled && t.is_selected_by(&options.tiers, options.exact_tiers))
+            .map(|t| t.tenant.clone())
+            .filter(|tenant| owner.as_ref().is_none_or(|owner| owner == tenant))
+            .collect();
+        if scopes.is_empty() {
+            scopes.insert(None);
+        }
+        scopes
     }
 
     /// Runs the cycle `ticket` claimed.
@@ -517,8 +544,11 @@ impl Manager {
         let requests_before = self.requests.snapshot();
         let mut report = CycleReport { cycle_id, ..Default::default() };
         let tiers = self.tiers();
-        let selected: Vec<&PlannedTier> =
-            tiers.iter().filter(|t| t.enabled && t.is_selected_by(&options.tiers, options.exact_tiers)).collect();
+        let selected: Vec<&PlannedTier> = tiers
+            .iter()
+            .filter(|t| t.enabled && t.is_selected_by(&options.tiers, options.exact_tiers))
+            .filter(|t| _ticket._running.contains(&t.tenant))
+            .collect();
         if selected.is_empty() {
             return Ok(report);
         }
@@ -539,7 +569,14 @@ impl Manager {
         let groups = self.tenant_groups(&selected, &options, &mut discovery).await?;
         // Tenants run side by side: one tenant's slow policy, failing jobs
         // or spent budget never holds another's partitions.
-        let outcomes = futures::future::join_all(groups.iter().map(|group| self.run_tenant(group, &options, cycle_id, &descriptor))).await;
+        // Each tenant's part ends on its own: its next cycle may begin while
+        // the others' parts go on.
+        let outcomes = futures::future::join_all(groups.iter().map(|group| async {
+            let outcome = self.run_tenant(group, &options, cycle_id, &descriptor).await;
+            _ticket._running.release(&group.tenant_name().map(str::to_owned));
+            outcome
+        }))
+        .await;
         for outcome in outcomes {
             let outcome = outcome?;
             report.jobs.extend(outcome.jobs);
@@ -587,9 +624,10 @@ impl Manager {
                 outcome.problems.push(PlanProblem { tier: key, partition: None, message: health.suspension_note() });
                 continue;
             }
-            let planning = self.planning_slots.acquire().await;
+            // Each tenant plans one tier at a time, in its own cycle, and no
+            // tenant waits for a slot another holds: planning memory is at most
+            // one instance per tenant, each within its tier's memory limit.
             let mut plan = planner::plan(&self.storage, std::slice::from_ref(*tier), &self.plan_options(options, group)).await?;
-            drop(planning);
             let failed_calls = plan.tiers.first().is_some_and(|t| t.plugin_failures > 0);
             let failure = failed_calls.then(|| plan.problems.first().map(|p| p.message.clone()).unwrap_or_default());
             let suspended = lock(&self.health).entry(key.clone()).or_default().record(failure, Utc::now());
@@ -736,15 +774,39 @@ fn policy_ref(tier: &PlannedTier) -> PolicyRef {
 pub struct CycleTicket {
     /// The cycle's id.
     pub cycle_id: u64,
-    _running: RunningFlag,
+    /// The selected tenants left out because their own cycle is running
+    /// (`None`: the top-level tiers).
+    pub busy: Vec<Option<String>>,
+    _running: RunningScopes,
 }
 
-/// Clears the manager's "cycle running" flag when dropped.
-struct RunningFlag(Arc<AtomicBool>);
+/// The tenants a cycle runs; each marked running until its part of the
+/// cycle ends ([`RunningScopes::release`]) or the cycle does.
+struct RunningScopes {
+    running: Arc<Mutex<BTreeSet<Option<String>>>>,
+    scopes: Mutex<BTreeSet<Option<String>>>,
+}
 
-impl Drop for RunningFlag {
+impl RunningScopes {
+    fn contains(&self, scope: &Option<String>) -> bool {
+        lock(&self.scopes).contains(scope)
+    }
+
+    /// `scope`'s part of the cycle is over: its next cycle may begin while
+    /// the other tenants' parts go on.
+    fn release(&self, scope: &Option<String>) {
+        if lock(&self.scopes).remove(scope) {
+            lock(&self.running).remove(scope);
+        }
+    }
+}
+
+impl Drop for RunningScopes {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+        let mut running = lock(&self.running);
+        for scope in lock(&self.scopes).iter() {
+            running.remove(scope);
+        }
     }
 }
 
@@ -776,7 +838,7 @@ mod tests {
     #[tokio::test]
     async fn a_second_cycle_is_refused_while_one_runs() {
         let manager = manager(Vec::new());
-        manager.running.store(true, Ordering::SeqCst);
+        lock(&manager.running).insert(None);
         assert!(matches!(manager.run_cycle(CycleOptions::default()).await, Err(CycleError::AlreadyRunning)));
         assert_eq!(manager.current_cycle_id(), 0, "a refused cycle gets no id");
     }
