@@ -931,3 +931,52 @@ fn slow_tenants_hold_back_neither_a_benign_tenants_cycle_nor_its_trigger() {
         assert_eq!(crate::tenants::files_of(root, database).len(), 24, "{database} untouched");
     }
 }
+
+/// Issue 24: `/api/v1/compaction/candidates` beside a tenant whose policy
+/// answers validly but takes 0.9 s a call, over 32 partitions (~29 s of
+/// planning): each tenant plans within its own deadline, so the answer comes
+/// with the benign tenant's candidates and names the tenant cut short (it
+/// was a 500 for everyone after 30 s, and the planning went on after it).
+#[test]
+fn candidates_answer_beside_a_slow_tenant_and_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let slow: Vec<String> = (1..=16).map(|n| format!("slow_{n:02}")).collect();
+    let databases: Vec<&str> = std::iter::once("acme").chain(slow.iter().map(String::as_str)).collect();
+    crate::tenants::lake(root, &databases);
+    let port = free_port();
+    let config = crate::kit::TestConfig::new("lake")
+        .hourly_and_daily()
+        .compaction("temp_directory", "tmp")
+        .schedules("0 0 1 1 *")
+        .tenant(
+            r#"name = "acme"
+               databases = ["acme"]"#,
+        )
+        .tenant(&format!(
+            r#"name = "slow"
+               databases = ["slow_*"]
+               [limits]
+               call_timeout_ms = 2000
+               [[tiers]]
+               name = "hourly"
+               plugin = "{}"
+               schedule = "0 0 1 1 *"
+               config = {{ mode = "nap" }}"#,
+            compactor_test_components::RAW
+        ))
+        .section("api", "listen", format!("127.0.0.1:{port}"))
+        .section("api", "token", TOKEN)
+        .write(root);
+    let mut engine = spawn_compactor(&config, &["run"], &[]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    let (status, body) = api.get("/api/v1/compaction/candidates");
+    assert_eq!(status, 200, "{body}");
+    let candidates = body["candidates"].as_array().unwrap();
+    assert!(candidates.iter().any(|c| c["tenant"] == "acme"), "the benign tenant's candidates are there: {body}");
+    assert!(candidates.iter().any(|c| c["tenant"] == "slow"), "and what the slow one planned in time: {body}");
+    assert_eq!(body["timed_out_tenants"], serde_json::json!(["slow"]), "{body}");
+    assert_eq!(body["partial"], true);
+    stop(engine);
+}

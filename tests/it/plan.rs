@@ -159,6 +159,8 @@ async fn pseudo_databases_plan_like_plain_ones() {
         multipart_threshold: 64 << 20,
         explain: false,
         stop: Default::default(),
+        deadline: None,
+        cancel: None,
     };
     let plan = planner::plan(&storage, &tiers, &options).await.unwrap();
     assert_eq!(plan.batches.len(), 1);
@@ -184,6 +186,8 @@ async fn tier_and_database_filters_and_disabled_tiers() {
         multipart_threshold: 64 << 20,
         explain: false,
         stop: Default::default(),
+        deadline: None,
+        cancel: None,
     };
     let daily_tier: Vec<_> = tiers.iter().filter(|t| t.name == "daily").cloned().collect();
     let only_daily = planner::plan(&storage, &daily_tier, &options(None)).await.unwrap();

@@ -194,6 +194,8 @@ fn a_stop_request_ends_planning_before_the_next_partition() {
         multipart_threshold: 64 << 20,
         explain: false,
         stop: Default::default(),
+        deadline: None,
+        cancel: None,
     };
     let stop = options.stop.clone();
     let stopper = std::thread::spawn(move || {

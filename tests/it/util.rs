@@ -104,6 +104,8 @@ pub(crate) fn plan_options(now: &str) -> compactor_engine::PlanOptions {
         multipart_threshold: 64 << 20,
         explain: false,
         stop: Default::default(),
+        deadline: None,
+        cancel: None,
     }
 }
 

@@ -10,7 +10,7 @@
 pub mod debt;
 pub mod metrics;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -32,6 +32,10 @@ use compactor_engine::{CycleError, CycleOptions, GateDecision, Manager};
 
 /// How long `/candidates` may plan (Arc's deadline).
 const CANDIDATES_DEADLINE: Duration = Duration::from_secs(30);
+/// How long each tenant's planning may take for a planning view: one
+/// policy call (5 s by default) may run past it, and the view answers within
+/// [`CANDIDATES_DEADLINE`] with what is ready, naming the tenants cut short.
+const TENANT_PLANNING_DEADLINE: Duration = Duration::from_secs(10);
 /// How often debt is recomputed between cycles.
 const DEBT_INTERVAL: Duration = Duration::from_secs(300);
 /// Partition outlooks computed at once; others wait their turn (within the
@@ -402,7 +406,11 @@ fn with_tenant(entry: &mut Value, tenant: Option<&str>) {
 }
 
 async fn candidates(State(api): State<Api>) -> Response {
-    let planned = tokio::time::timeout(CANDIDATES_DEADLINE, api.manager().plan(&CycleOptions::default())).await;
+    // Nobody waits once the client is gone: planning stops at the next partition.
+    let cancel = CancelOnDrop::default();
+    let options = CycleOptions { planning_deadline: Some(TENANT_PLANNING_DEADLINE), cancel: Some(cancel.0.clone()), ..Default::default() };
+    let manager = api.manager();
+    let planned = tokio::time::timeout(CANDIDATES_DEADLINE, manager.plan(&options)).await;
     let plan = match planned {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("Failed to find candidates: {e}")),
@@ -420,7 +428,33 @@ async fn candidates(State(api): State<Api>) -> Response {
         entry["file_count"] = json!(entry["file_count"].as_u64().unwrap_or(0) + c.files.len() as u64);
     }
     let candidates: Vec<Value> = grouped.into_values().collect();
-    ok(json!({ "count": candidates.len(), "candidates": candidates }))
+    let mut body = json!({ "count": candidates.len(), "candidates": candidates });
+    // The tiers whose planning ran out of time answer in part; say whose.
+    let tiers = manager.tiers();
+    let timed_out: BTreeSet<Option<String>> = plan
+        .tiers
+        .iter()
+        .filter(|t| t.interrupted)
+        .filter_map(|t| tiers.iter().find(|p| p.key() == t.tier))
+        .map(|t| t.tenant.clone())
+        .collect();
+    if !timed_out.is_empty() {
+        // null: the top-level tiers.
+        body["timed_out_tenants"] = json!(timed_out);
+        body["partial"] = json!(true);
+    }
+    ok(body)
+}
+
+/// Sets its flag when dropped: a request handler's future is dropped when
+/// its client goes away.
+#[derive(Default)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 async fn jobs(State(api): State<Api>) -> Response {

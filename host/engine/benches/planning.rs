@@ -45,6 +45,8 @@ fn main() -> anyhow::Result<()> {
         multipart_threshold: 64 << 20,
         explain: false,
         stop: Default::default(),
+        deadline: None,
+        cancel: None,
     };
     let wasm_tier = PlannedTier {
         name: "hourly".into(),

@@ -342,11 +342,18 @@ impl Manager {
         let selected: Vec<&PlannedTier> =
             tiers.iter().filter(|t| t.enabled && t.is_selected_by(&options.tiers, options.exact_tiers)).collect();
         let mut plan = Plan::default();
-        for group in self.tenant_groups(&selected, options, &mut plan.planning_requests).await? {
+        let groups = self.tenant_groups(&selected, options, &mut plan.planning_requests).await?;
+        // Tenants plan side by side, each within its own deadline: a slow
+        // tenant's planning holds back no other's.
+        let plans = futures::future::join_all(groups.iter().map(|group| async move {
             let group_tiers: Vec<PlannedTier> = group.tiers.iter().map(|t| (*t).clone()).collect();
-            let mut tenant_plan = planner::plan(&self.storage, &group_tiers, &self.plan_options(options, &group)).await?;
-            group.budget().defer_over_budget(&group, &mut tenant_plan);
-            plan.merge(tenant_plan);
+            let mut tenant_plan = planner::plan(&self.storage, &group_tiers, &self.plan_options(options, group)).await?;
+            group.budget().defer_over_budget(group, &mut tenant_plan);
+            Ok::<Plan, PlanError>(tenant_plan)
+        }))
+        .await;
+        for tenant_plan in plans {
+            plan.merge(tenant_plan?);
         }
         for (name, health) in suspended {
             plan.problems.push(PlanProblem { tier: name, partition: None, message: health.suspension_note() });
@@ -397,6 +404,8 @@ impl Manager {
             multipart_threshold: self.config.settings().multipart_threshold,
             explain: options.explain,
             stop: self.stop.clone(),
+            deadline: options.planning_deadline.map(|d| std::time::Instant::now() + d),
+            cancel: options.cancel.clone(),
         }
     }
 

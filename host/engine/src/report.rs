@@ -48,6 +48,12 @@ pub struct CycleOptions {
     pub force: bool,
     /// Planning only: record why each partition was or was not selected.
     pub explain: bool,
+    /// Planning only: how long each tenant's planning may take; a tenant
+    /// still planning then stops, and its tiers' summaries say so
+    /// (`interrupted`). The API's planning views set it.
+    pub planning_deadline: Option<std::time::Duration>,
+    /// Planning only: set when nobody waits for the plan any more.
+    pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// One batch's outcome.

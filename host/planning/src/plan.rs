@@ -114,6 +114,27 @@ pub struct PlanOptions {
     /// Set on shutdown: planning stops before the next partition, so that a
     /// stop waits for one policy call at most, not for every partition.
     pub stop: Arc<AtomicBool>,
+    /// Planning stops before the next partition once this has passed (the
+    /// rest of the tier is not planned, and its summary says so).
+    pub deadline: Option<std::time::Instant>,
+    /// Set when nobody waits for the plan any more (an API request gone):
+    /// planning stops before the next partition.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl PlanOptions {
+    /// Why planning must stop before the next partition, if it must.
+    fn interrupted(&self) -> Option<&'static str> {
+        if self.stop.load(Ordering::Relaxed) {
+            Some("the engine is stopping")
+        } else if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            Some("nobody waits for the plan any more")
+        } else if self.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            Some("its planning deadline passed")
+        } else {
+            None
+        }
+    }
 }
 
 /// One batch of the plan and the bytes it would read.
@@ -167,6 +188,10 @@ pub struct TierSummary {
     /// configuration): a tier failing cycle after cycle is suspended.
     #[serde(skip_serializing_if = "is_zero")]
     pub plugin_failures: usize,
+    /// Planning stopped before every partition was seen (its deadline
+    /// passed, or it was cancelled): the plan of this tier is partial.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     /// Object-store requests executing this tier's batches would make.
     pub requests: RequestCost,
 }
@@ -345,8 +370,12 @@ pub fn plan_tier(
     };
     for listing in listings {
         for partition in group_into_partitions(&listing.database, &listing.measurement, &listing.files, level) {
-            if options.stop.load(Ordering::Relaxed) {
-                tracing::info!(tier = %key, "stopping: the rest of the tier is not planned");
+            if let Some(why) = options.interrupted() {
+                tracing::info!(tier = %key, "{why}: the rest of the tier is not planned");
+                if !options.stop.load(Ordering::Relaxed) {
+                    problem(None, format!("{why}: the rest of the tier was not planned (its partitions wait for the next plan)"));
+                }
+                summary.interrupted = true;
                 return summary;
             }
             summary.partitions_seen += 1;

@@ -438,6 +438,8 @@ fn plan_over(tier: &LoadedTier, listings: &[Listing], now: DateTime<Utc>, max_ba
         multipart_threshold: u64::MAX,
         explain: false,
         stop: Default::default(),
+        deadline: None,
+        cancel: None,
     };
     let mut plan = Plan::default();
     plan_tier(&planned, listings, Some(&HeldFiles::default()), &options, &mut plan);
