@@ -12,6 +12,10 @@
 //!    four healthy tenants, alone and next to three hostile ones (infinite
 //!    loop, memory bomb, panic), alternated: the healthy tenants' jobs and
 //!    the cycle's time.
+//! 5. **Slow but valid tenants next to a benign one**: four tenants whose
+//!    policy answers validly but takes 0.9 s a call (never failing, never
+//!    suspended), alone and beside a benign tenant: the benign tenant's time
+//!    to its first output and to the end of its part of the cycle.
 //!
 //! Run: `cargo bench -p compactor --bench tenants` (prints Markdown tables).
 
@@ -307,6 +311,88 @@ fn isolation(work: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+const SLOW: [&str; 4] = ["slow_1", "slow_2", "slow_3", "slow_4"];
+
+/// One benign tenant (Arc's tiers), and with `slow`, four tenants whose
+/// policy naps 0.9 s a call and then selects every file.
+fn slow_config(work: &Path, lake: &Path, slow: bool) -> anyhow::Result<Config> {
+    let mut text = format!("{}[[tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\nenabled = false\n", header(lake, work, 2));
+    // The slow tenants come first: the benign one would be the last to get
+    // anything handed out in config order.
+    for database in SLOW.iter().filter(|_| slow) {
+        writeln!(
+            text,
+            "[[tenants]]\nname = \"{database}\"\ndatabases = [\"{database}\"]\n[tenants.limits]\ncall_timeout_ms = 2000\n\
+             [[tenants.tiers]]\nname = \"hourly\"\nplugin = \"{}\"\nconfig = {{ mode = \"nap\" }}",
+            compactor_test_components::RAW
+        )?;
+    }
+    writeln!(
+        text,
+        "[[tenants]]\nname = \"benign\"\ndatabases = [\"benign\"]\n\
+         [[tenants.tiers]]\nname = \"hourly\"\nplugin = \"builtin:hourly\"\n\
+         [[tenants.tiers]]\nname = \"daily\"\nplugin = \"builtin:daily\"\nconfig = {{ min_files = 2 }}"
+    )?;
+    parse(work, &text)
+}
+
+fn slow_neighbours(work: &Path) -> anyhow::Result<()> {
+    let pristine = work.join("pristine");
+    for database in std::iter::once("benign").chain(SLOW) {
+        let spec = SampleSpec {
+            database: database.into(),
+            measurements: vec![("cpu".into(), vec!["host".into()])],
+            hours: 2,
+            files_per_hour: 12,
+            rows_per_file: 20_000,
+        };
+        sample::generate(&pristine, now(), &spec)?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let sides = [("benign alone", false), ("benign + 4 slow-but-valid tenants (0.9 s a call)", true)];
+    // Per side: time to the benign tenant's first output, to its last.
+    let mut rows: Vec<(Vec<Duration>, Vec<Duration>)> = vec![(Vec::new(), Vec::new()); sides.len()];
+    for round in 0..ISOLATION_ROUNDS {
+        for step in 0..sides.len() {
+            let index = (round + step) % sides.len();
+            let lake = work.join(format!("slow-{round}-{index}"));
+            common::copy_tree(&pristine, &lake)?;
+            let config = slow_config(work, &lake, sides[index].1)?;
+            let child = ChildCommand { program: env!("CARGO_BIN_EXE_compactor").into(), env: Vec::new(), timeout: None };
+            let manager = Manager::open(config, child)?;
+            let benign_outputs: std::sync::Arc<std::sync::Mutex<Vec<Instant>>> = Default::default();
+            let seen = benign_outputs.clone();
+            manager.subscribe(move |event| {
+                if let compactor_engine::Progress::BatchDone { record } = event
+                    && record.tenant.as_deref() == Some("benign")
+                    && record.success
+                {
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).push(Instant::now());
+                }
+            });
+            let started = Instant::now();
+            let report = runtime.block_on(manager.run_cycle(CycleOptions { now: Some(now()), ..Default::default() }))?;
+            let benign = benign_outputs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            anyhow::ensure!(benign.len() == 3, "the benign tenant's jobs: {} (expected 3)", benign.len());
+            anyhow::ensure!(report.failed().count() == 0, "a job failed");
+            let (first, last) = (benign[0] - started, benign[benign.len() - 1] - started);
+            rows[index].0.push(first);
+            rows[index].1.push(last);
+            std::fs::remove_dir_all(&lake)?;
+        }
+    }
+    println!("\n### A benign tenant, alone and beside four slow-but-valid ones (a full cycle, real jobs)\n");
+    println!(
+        "| tenants | benign: first output ms, median of {ISOLATION_ROUNDS} | benign: its part done ms, median | all rounds (first / done) ms |"
+    );
+    println!("|---|---|---|---|");
+    for ((name, _), (first, last)) in sides.iter().zip(&rows) {
+        let all: Vec<String> = first.iter().zip(last).map(|(f, l)| format!("{} / {}", ms(*f), ms(*l))).collect();
+        println!("| {name} | {} | {} | {} |", ms(median(first.clone())), ms(median(last.clone())), all.join(", "));
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let wanted = |part: &str| filter.as_deref().is_none_or(|f| part.contains(f));
@@ -321,6 +407,10 @@ fn main() -> anyhow::Result<()> {
     if wanted("isolation") {
         let work = tempfile::tempdir()?;
         isolation(work.path())?;
+    }
+    if wanted("slow") {
+        let work = tempfile::tempdir()?;
+        slow_neighbours(work.path())?;
     }
     Ok(())
 }
