@@ -192,3 +192,55 @@ fn tenant_config_errors_name_the_key() {
         assert!(String::from_utf8_lossy(&output.stderr).contains(key), "{tenant}: {}", text(&output));
     }
 }
+
+/// Issue 24: a tenant's planning has a wall-clock budget per cycle. A
+/// tenant whose policy answers validly in 0.9 s a call over 32 partitions
+/// (~29 s) stops planning at its 2 s; the cycle says so, compacts what it
+/// planned and the benign tenant's partitions, and the rest waits for the
+/// next cycle: no row lost or duplicated.
+#[test]
+fn a_tenants_planning_stops_at_its_budget_and_the_rest_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let slow: Vec<String> = (1..=16).map(|n| format!("slow_{n:02}")).collect();
+    let databases: Vec<&str> = std::iter::once("acme").chain(slow.iter().map(String::as_str)).collect();
+    lake(root, &databases);
+    let config = TestConfig::new("lake")
+        .hourly_and_daily()
+        .compaction("temp_directory", "tmp")
+        .compaction("threads", 1)
+        .tenant(
+            r#"name = "acme"
+               databases = ["acme"]"#,
+        )
+        .tenant(&format!(
+            r#"name = "slow"
+               databases = ["slow_*"]
+               max_planning_time = "2s"
+               [limits]
+               call_timeout_ms = 2000
+               [[tiers]]
+               name = "hourly"
+               plugin = "{}"
+               config = {{ mode = "nap" }}"#,
+            compactor_test_components::RAW
+        ))
+        .write(root);
+    let started = std::time::Instant::now();
+    let (output, report) = once_json(&config);
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(1), "the cut-short planning is reported: {}", text(&output));
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p["tier"] == "slow/hourly" && p["message"].as_str().unwrap().contains("planning deadline")),
+        "{problems:?}"
+    );
+    assert!(took < std::time::Duration::from_secs(20), "the tenant stopped planning at its budget, not after ~29 s: {took:?}");
+    let jobs = report["jobs"].as_array().unwrap();
+    assert_eq!(jobs.iter().filter(|j| j["database"] == "acme" && j["success"] == true).count(), 3, "{jobs:?}");
+    let slow_jobs = jobs.iter().filter(|j| j["tenant"] == "slow").count();
+    assert!((1..32).contains(&slow_jobs), "what it planned in time ran, not all of it: {slow_jobs}");
+    for database in &databases {
+        assert_rows_kept(root, database);
+    }
+}

@@ -126,6 +126,10 @@ pub struct Settings {
     pub threads: usize,
     /// `compaction.job_timeout`; `None` for never.
     pub job_timeout: Option<Duration>,
+    /// Each tenant's planning time per cycle: `compaction.max_planning_time`
+    /// under the key `None`, each tenant's own `max_planning_time` under its
+    /// name; `None` for no limit.
+    pub max_planning_time: BTreeMap<Option<String>, Option<Duration>>,
     /// `compaction.multipart_threshold` in bytes.
     pub multipart_threshold: u64,
     /// `[coordination]`.
@@ -191,6 +195,11 @@ pub struct CompactionConfig {
     /// retried in halves, as for any killed job), so that a hung job cannot
     /// hold its partition's lease forever; e.g. `"1h"`, `"0s"` for never.
     pub job_timeout: String,
+    /// How long each tenant's planning may take in one cycle (the
+    /// top-level tiers count as one tenant); e.g. `"10m"`, `"0s"` for no
+    /// limit. A tier still planning then stops, its remaining partitions
+    /// wait for the next cycle, and the cycle reports it.
+    pub max_planning_time: String,
 }
 
 impl Default for CompactionConfig {
@@ -206,6 +215,7 @@ impl Default for CompactionConfig {
             multipart_threshold: "64MiB".into(),
             row_group_size: 122_880,
             job_timeout: "1h".into(),
+            max_planning_time: "10m".into(),
         }
     }
 }
@@ -326,6 +336,7 @@ impl TierConfig {
 /// databases = ["acme", "acme_*"]    # names or patterns (`*`, `?`)
 /// max_concurrent = 1                # its jobs at once
 /// max_bytes_per_cycle = "20GiB"     # input bytes its jobs read per cycle
+/// max_planning_time = "2m"          # its planning per cycle (default: [compaction]'s)
 /// [tenants.limits]                  # per call of its policies; overrides the tier's
 /// fuel_per_call = 50_000_000
 /// [[tenants.tiers]]                 # its own tiers (default: the top-level ones)
@@ -356,6 +367,12 @@ pub struct TenantConfig {
     /// runs). Unlimited when absent.
     #[serde(default)]
     pub max_bytes_per_cycle: Option<String>,
+    /// How long its planning may take in one cycle, e.g. `"2m"` (default:
+    /// `[compaction] max_planning_time`): a tier still planning then stops,
+    /// its remaining partitions wait for the next cycle, and the cycle says
+    /// so. The other tenants never wait for it either way.
+    #[serde(default)]
+    pub max_planning_time: Option<String>,
 }
 
 impl TenantConfig {
@@ -599,6 +616,20 @@ impl Config {
         let c = &self.compaction;
         let job_timeout = humantime::parse_duration(&c.job_timeout)
             .map_err(|e| value_error("compaction.job_timeout", format!("{:?} ({e}; expected e.g. \"1h\")", c.job_timeout)))?;
+        let planning_time = |key: String, value: &str| {
+            humantime::parse_duration(value)
+                .map(|d| (!d.is_zero()).then_some(d))
+                .map_err(|e| value_error(key, format!("{value:?} ({e}; expected e.g. \"10m\", or \"0s\" for no limit)")))
+        };
+        let default_planning_time = planning_time("compaction.max_planning_time".into(), &c.max_planning_time)?;
+        let mut max_planning_time = BTreeMap::from([(None, default_planning_time)]);
+        for (i, tenant) in self.tenants.iter().enumerate() {
+            let own = match &tenant.max_planning_time {
+                Some(value) => planning_time(format!("tenants[{i}].max_planning_time"), value)?,
+                None => default_planning_time,
+            };
+            max_planning_time.insert(Some(tenant.name.clone()), own);
+        }
         if c.max_concurrent < 0 {
             return Err(value_error("compaction.max_concurrent", format!("{} (must be >= 0; 0 = default)", c.max_concurrent)));
         }
@@ -660,6 +691,7 @@ impl Config {
             max_concurrent: if c.max_concurrent == 0 { 2 } else { c.max_concurrent as usize },
             threads,
             job_timeout: (!job_timeout.is_zero()).then_some(job_timeout),
+            max_planning_time,
             multipart_threshold,
             lease,
             api,
@@ -912,6 +944,18 @@ schedule = "0 3 * * *"
         let limits = acme_hourly.limits;
         assert_eq!(limits.fuel_per_call, 1000);
         assert_eq!(limits.call_timeout, Duration::from_millis(50), "the tier's own limit stays where the tenant sets none");
+    }
+
+    #[test]
+    fn planning_time_per_tenant_defaults_to_the_compactions_and_names_its_key() {
+        let c = parse(TENANTS).unwrap();
+        let budget = |tenant: Option<&str>| c.settings().max_planning_time[&tenant.map(str::to_owned)];
+        assert_eq!(budget(None), Some(Duration::from_secs(600)));
+        assert_eq!(budget(Some("acme")), Some(Duration::from_secs(600)));
+        let own = TENANTS.replace("name = \"acme\"\n", "name = \"acme\"\nmax_planning_time = \"0s\"\n");
+        assert_eq!(parse(&own).unwrap().settings().max_planning_time[&Some("acme".to_owned())], None, "0s: no limit");
+        let bad = TENANTS.replace("name = \"acme\"\n", "name = \"acme\"\nmax_planning_time = \"soon\"\n");
+        assert!(parse(&bad).unwrap_err().to_string().contains("tenants[0].max_planning_time"));
     }
 
     #[test]

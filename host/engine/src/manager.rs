@@ -395,6 +395,11 @@ impl Manager {
 
     /// What the planner needs for `group`'s tiers (already selected).
     fn plan_options(&self, options: &CycleOptions, group: &TenantGroup<'_>) -> PlanOptions {
+        self.plan_options_until(options, group, options.planning_deadline.map(|d| std::time::Instant::now() + d))
+    }
+
+    /// [`Manager::plan_options`] with planning stopped at `deadline`.
+    fn plan_options_until(&self, options: &CycleOptions, group: &TenantGroup<'_>, deadline: Option<std::time::Instant>) -> PlanOptions {
         let now = options.now.unwrap_or_else(Utc::now);
         PlanOptions {
             now: if options.force { now + chrono::Duration::days(FORCE_HORIZON_DAYS) } else { now },
@@ -404,7 +409,7 @@ impl Manager {
             multipart_threshold: self.config.settings().multipart_threshold,
             explain: options.explain,
             stop: self.stop.clone(),
-            deadline: options.planning_deadline.map(|d| std::time::Instant::now() + d),
+            deadline,
             cancel: options.cancel.clone(),
         }
     }
@@ -624,6 +629,10 @@ impl Manager {
     ) -> Result<CycleReport, PlanError> {
         let mut outcome = CycleReport::default();
         let mut budget = group.budget();
+        // The tenant's planning time for this cycle, over all its tiers.
+        let scope = group.tenant_name().map(str::to_owned);
+        let planning_time = self.config.settings().max_planning_time.get(&scope).copied().flatten();
+        let mut planning_deadline = planning_time.map(|t| std::time::Instant::now() + t);
         for tier in &group.tiers {
             if self.stop.load(Ordering::SeqCst) {
                 break;
@@ -636,7 +645,11 @@ impl Manager {
             // Each tenant plans one tier at a time, in its own cycle, and no
             // tenant waits for a slot another holds: planning memory is at most
             // one instance per tenant, each within its tier's memory limit.
-            let mut plan = planner::plan(&self.storage, std::slice::from_ref(*tier), &self.plan_options(options, group)).await?;
+            let plan_options = self.plan_options_until(options, group, planning_deadline);
+            let mut plan = planner::plan(&self.storage, std::slice::from_ref(*tier), &plan_options).await?;
+            // Running jobs does not spend the planning time: the next tier's
+            // deadline moves by the time this tier's jobs take (below).
+            let planned = std::time::Instant::now();
             let failed_calls = plan.tiers.first().is_some_and(|t| t.plugin_failures > 0);
             let failure = failed_calls.then(|| plan.problems.first().map(|p| p.message.clone()).unwrap_or_default());
             let suspended = lock(&self.health).entry(key.clone()).or_default().record(failure, Utc::now());
@@ -663,6 +676,7 @@ impl Manager {
                 })
             };
             let (records, skipped) = self.runner.execute(plan.batches, &run, &on_record).await;
+            planning_deadline = planning_deadline.map(|deadline| deadline + planned.elapsed());
             outcome.jobs.extend(records);
             outcome.skipped_locked += skipped;
         }
