@@ -14,7 +14,7 @@ use chrono::Utc;
 use crate::config::Config;
 use crate::report::{ActiveJob, JobRecord};
 use crate::temp::EngineDir;
-use compactor_job::{Attempt, ChildCommand, JobFailure, RunSubset, StartedChild, compact_adaptive};
+use compactor_job::{Attempt, BatchRunner, BoxedFuture, ChildCommand, JobFailure, RunOutcome, StartedChild, compact_adaptive};
 use compactor_job::{FailureKind, JobConfig, JobLease, JobResult, PolicyRef, job_id, job_prefix};
 use compactor_job::{ManifestStore, RecoveryManifest, RecoveryOutcome};
 use compactor_planning::PlannedBatch;
@@ -278,62 +278,8 @@ impl JobRunner {
             }),
             policy: Some(run.policy.clone()),
         };
-        let run_subset: &RunSubset<'_> = &|files: Vec<String>| {
-            let config = JobConfig {
-                files,
-                job_id: job_id(&template.database, &template.partition_path, Utc::now(), template.batch_number),
-                ..template.clone()
-            };
-            let child = &self.child;
-            let manifests = ManifestStore::new(self.storage.clone());
-            let engine = self.engine_id();
-            Box::pin(async move {
-                if !lease.is_valid() {
-                    let mut failure =
-                        JobFailure::new(FailureKind::LeaseLost, "the partition's lease was lost; the job was not started".into());
-                    failure.permanent = true;
-                    return (config.job_id, Err(failure));
-                }
-                let standby = lock(&self.standby).take().and_then(|mut c| c.is_running().then_some(c));
-                let mut outcome = match standby {
-                    Some(started) => started.run(&config).await,
-                    None => child.run(&config).await,
-                };
-                if let Err(failure) = &mut outcome {
-                    match failure.kind {
-                        // Recovery resolves these once the lease, released
-                        // late, has expired (see `leaves_writes_in_flight`).
-                        FailureKind::UnknownOutcome | FailureKind::LeaseLost => failure.permanent = true,
-                        _ if !lease.is_valid() => {
-                            failure.message = format!("{}; the partition's lease was lost, so recovery resolves the job", failure.message);
-                            failure.permanent = true;
-                        }
-                        _ => {
-                            // A job killed after writing its recovery manifest may
-                            // have uploaded its output: resolve that first, or a
-                            // retry in halves would merge the same rows a second time.
-                            let key = RecoveryManifest::key_for(&config.tier, &config.database, &config.partition_path, &config.job_id);
-                            match manifests.recover_job(&key, lease, engine).await {
-                                Ok(RecoveryOutcome::Finished) => {
-                                    tracing::warn!(job_id = %config.job_id, error = %failure, "the job died after its upload; recovery finished it");
-                                    let files_compacted = config.files.len();
-                                    outcome =
-                                        Ok(JobResult { success: true, files_compacted, output_file: String::new(), ..Default::default() });
-                                }
-                                Ok(_) => {}
-                                Err(e) => {
-                                    tracing::error!(job_id = %config.job_id, error = %e, "cannot resolve the failed job's manifest; not retrying");
-                                    failure.message = format!("{}; its recovery manifest could not be resolved: {e}", failure.message);
-                                    failure.permanent = true;
-                                }
-                            }
-                        }
-                    }
-                }
-                (config.job_id, outcome)
-            })
-        };
-        let (attempts, outcome) = compact_adaptive(run_subset, candidate.files.clone()).await;
+        let attempts = LeasedAttempts { runner: self, template, lease };
+        let (attempts, outcome) = compact_adaptive(&attempts, candidate.files.clone()).await;
         let results: Vec<&JobResult> = attempts.iter().filter_map(Attempt::result).collect();
         let succeeded: Vec<&JobResult> = results.iter().copied().filter(|r| r.success).collect();
         let record = JobRecord {
@@ -448,4 +394,70 @@ fn remove_partition_temp_dirs(temp_directory: &Path, prefix: &str) {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The jobs of one batch in its leased partition, for the halving retry: each
+/// runs only while the lease holds, and a failed one is settled before the
+/// retry halves it.
+struct LeasedAttempts<'a> {
+    runner: &'a JobRunner,
+    template: JobConfig,
+    lease: &'a Lease,
+}
+
+impl BatchRunner for LeasedAttempts<'_> {
+    fn run(&self, files: Vec<String>) -> BoxedFuture<'_, RunOutcome> {
+        let t = &self.template;
+        let config = JobConfig { files, job_id: job_id(&t.database, &t.partition_path, Utc::now(), t.batch_number), ..t.clone() };
+        Box::pin(async move {
+            if !self.lease.is_valid() {
+                let mut failure = JobFailure::new(FailureKind::LeaseLost, "the partition's lease was lost; the job was not started".into());
+                failure.permanent = true;
+                return (config.job_id, Err(failure));
+            }
+            let standby = lock(&self.runner.standby).take().and_then(|mut c| c.is_running().then_some(c));
+            let outcome = match standby {
+                Some(started) => started.run(&config).await,
+                None => self.runner.child.run(&config).await,
+            };
+            (config.job_id, outcome)
+        })
+    }
+
+    fn settle<'s>(
+        &'s self,
+        job_id: &'s str,
+        files: &'s [String],
+        mut failure: JobFailure,
+    ) -> BoxedFuture<'s, Result<JobResult, JobFailure>> {
+        Box::pin(async move {
+            match failure.kind {
+                // Recovery resolves these once the lease, released late, has
+                // expired (see `leaves_writes_in_flight`).
+                FailureKind::UnknownOutcome | FailureKind::LeaseLost => failure.permanent = true,
+                _ if !self.lease.is_valid() => {
+                    failure.message = format!("{}; the partition's lease was lost, so recovery resolves the job", failure.message);
+                    failure.permanent = true;
+                }
+                _ => {
+                    let t = &self.template;
+                    let key = RecoveryManifest::key_for(&t.tier, &t.database, &t.partition_path, job_id);
+                    let manifests = ManifestStore::new(self.runner.storage.clone());
+                    match manifests.recover_job(&key, self.lease, self.runner.engine_id()).await {
+                        Ok(RecoveryOutcome::Finished) => {
+                            tracing::warn!(%job_id, error = %failure, "the job died after its upload; recovery finished it");
+                            return Ok(JobResult { success: true, files_compacted: files.len(), ..Default::default() });
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::error!(%job_id, error = %e, "cannot resolve the failed job's manifest; not retrying");
+                            failure.message = format!("{}; its recovery manifest could not be resolved: {e}", failure.message);
+                            failure.permanent = true;
+                        }
+                    }
+                }
+            }
+            Err(failure)
+        })
+    }
 }

@@ -27,7 +27,10 @@ pub mod verify;
 pub use manifest::{
     ManifestError, ManifestOwner, ManifestStore, Outcome, RecoveryManifest, RecoveryObservers, RecoveryOutcome, RecoveryReport,
 };
-pub use parent::{Attempt, BatchFailure, ChildCommand, JobFailure, MIN_BATCH_FILES, RunOutcome, RunSubset, StartedChild, compact_adaptive};
+pub use parent::{
+    Attempt, BatchFailure, BatchRunner, BoxedFuture, ChildCommand, JobFailure, MIN_BATCH_FILES, RunJobs, RunOutcome, RunSubset,
+    StartedChild, compact_adaptive,
+};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

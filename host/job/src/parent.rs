@@ -326,18 +326,46 @@ pub type RunOutcome = (String, Result<JobResult, JobFailure>);
 /// Runs a job over a subset of files.
 pub type RunSubset<'a> = dyn Fn(Vec<String>) -> Pin<Box<dyn Future<Output = RunOutcome> + Send + 'a>> + Sync + 'a;
 
-/// Arc's adaptive compaction: run the batch; on a recoverable failure split
-/// it at n/2 and run the first half, then (only if it succeeded) the second,
-/// down to depth 4 or 2 files. Returns every attempt, in order, and the final
-/// error if the batch did not fully succeed.
-pub async fn compact_adaptive(run: &RunSubset<'_>, files: Vec<String>) -> (Vec<Attempt>, Result<(), BatchFailure>) {
+/// A boxed future that may cross threads.
+pub type BoxedFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the halving retry asks of whoever runs the jobs.
+pub trait BatchRunner: Sync {
+    /// Runs a job over `files`; returns its job id and outcome.
+    fn run(&self, files: Vec<String>) -> BoxedFuture<'_, RunOutcome>;
+
+    /// Settles a failed job before anything is retried: a job killed after
+    /// its recovery manifest may have uploaded its output, and a retry in
+    /// halves would then merge the same rows a second time. Returns the
+    /// outcome to go on with (a success when recovery finished the job);
+    /// a failure marked permanent is not retried.
+    fn settle<'s>(&'s self, job_id: &'s str, files: &'s [String], failure: JobFailure) -> BoxedFuture<'s, Result<JobResult, JobFailure>> {
+        let _ = (job_id, files);
+        Box::pin(std::future::ready(Err(failure)))
+    }
+}
+
+/// A [`BatchRunner`] that only runs jobs (nothing to settle).
+pub struct RunJobs<'a>(pub &'a RunSubset<'a>);
+
+impl BatchRunner for RunJobs<'_> {
+    fn run(&self, files: Vec<String>) -> BoxedFuture<'_, RunOutcome> {
+        (self.0)(files)
+    }
+}
+
+/// Arc's adaptive compaction: run the batch; on a failure, settle it; on a
+/// recoverable one split it at n/2 and run the first half, then (only if it
+/// succeeded) the second, down to depth 4 or 2 files. Returns every attempt,
+/// in order, and the final error if the batch did not fully succeed.
+pub async fn compact_adaptive(runner: &dyn BatchRunner, files: Vec<String>) -> (Vec<Attempt>, Result<(), BatchFailure>) {
     let mut attempts = Vec::new();
-    let outcome = attempt(run, files, 0, String::new(), None, &mut attempts).await;
+    let outcome = attempt(runner, files, 0, String::new(), None, &mut attempts).await;
     (attempts, outcome)
 }
 
-fn attempt<'r: 'b, 'b>(
-    run: &'b RunSubset<'r>,
+fn attempt<'b>(
+    run: &'b dyn BatchRunner,
     files: Vec<String>,
     depth: usize,
     previous_stderr: String,
@@ -356,7 +384,11 @@ fn attempt<'r: 'b, 'b>(
             return Err(BatchFailure { kind, message });
         }
         let count = files.len();
-        let (job_id, outcome) = run(files.clone()).await;
+        let (job_id, outcome) = run.run(files.clone()).await;
+        let outcome = match outcome {
+            Ok(result) => Ok(result),
+            Err(failure) => run.settle(&job_id, &files, failure).await,
+        };
         let failure = match outcome {
             Ok(result) => {
                 attempts.push(Attempt { files: count, job_id, outcome: Ok(result) });
@@ -476,7 +508,7 @@ mod tests {
                 (String::new(), if n > 15 { Err(failing("subprocess failed: signal: killed")) } else { Ok(JobResult::default()) })
             })
         };
-        let (attempts, outcome) = compact_adaptive(&run, files(30)).await;
+        let (attempts, outcome) = compact_adaptive(&RunJobs(&run), files(30)).await;
         assert_eq!(outcome, Ok(()));
         assert_eq!(*sizes.lock().unwrap(), [30, 15, 15]);
         assert_eq!(attempts.len(), 3);
@@ -489,10 +521,10 @@ mod tests {
             *count.lock().unwrap() += 1;
             Box::pin(async { (String::new(), Err(failing("failed to execute compaction query: Binder Error: nope"))) })
         };
-        let (_, outcome) = compact_adaptive(&run, files(30)).await;
+        let (_, outcome) = compact_adaptive(&RunJobs(&run), files(30)).await;
         assert!(outcome.unwrap_err().message.contains("Binder Error"));
         assert_eq!(*count.lock().unwrap(), 1);
-        let (_, outcome) = compact_adaptive(&run, files(1)).await;
+        let (_, outcome) = compact_adaptive(&RunJobs(&run), files(1)).await;
         assert_eq!(outcome.unwrap_err().message, "compaction failed: batch size 1 below minimum 2");
     }
 
@@ -504,9 +536,42 @@ mod tests {
             // No marker in the text: only the kind says it is permanent.
             Box::pin(async { (String::new(), Err(JobFailure::new(FailureKind::Sql, "the merge failed".into()))) })
         };
-        let (_, outcome) = compact_adaptive(&run, files(30)).await;
+        let (_, outcome) = compact_adaptive(&RunJobs(&run), files(30)).await;
         assert_eq!(outcome.unwrap_err(), BatchFailure { kind: FailureKind::Sql, message: "the merge failed".into() });
         assert_eq!(*count.lock().unwrap(), 1, "a SQL error is not retried");
+    }
+
+    /// Kills every job, and settles each as recovery would find it: the
+    /// first job had uploaded its output before it died.
+    struct UploadedThenKilled(Mutex<Vec<usize>>);
+
+    impl BatchRunner for UploadedThenKilled {
+        fn run(&self, files: Vec<String>) -> BoxedFuture<'_, RunOutcome> {
+            self.0.lock().unwrap().push(files.len());
+            Box::pin(async { ("job-1".into(), Err(JobFailure::new(FailureKind::Killed, "subprocess failed: signal: killed".into()))) })
+        }
+
+        fn settle<'s>(
+            &'s self,
+            job_id: &'s str,
+            files: &'s [String],
+            failure: JobFailure,
+        ) -> BoxedFuture<'s, Result<JobResult, JobFailure>> {
+            let finished = job_id == "job-1" && files.len() == 30;
+            Box::pin(async move {
+                if finished { Ok(JobResult { success: true, files_compacted: 30, ..Default::default() }) } else { Err(failure) }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_job_is_settled_before_it_is_halved() {
+        let runner = UploadedThenKilled(Mutex::new(Vec::new()));
+        let (attempts, outcome) = compact_adaptive(&runner, files(30)).await;
+        assert_eq!(outcome, Ok(()), "recovery finished the job: nothing to retry");
+        assert_eq!(*runner.0.lock().unwrap(), [30], "no half ran: its rows would have been merged twice");
+        assert_eq!(attempts.len(), 1);
+        assert!(attempts[0].outcome.as_ref().is_ok_and(|r| r.files_compacted == 30));
     }
 
     #[tokio::test]
@@ -516,7 +581,7 @@ mod tests {
             sizes.lock().unwrap().push(f.len());
             Box::pin(async { (String::new(), Err(JobFailure::new(FailureKind::Killed, "subprocess failed: signal: killed".into()))) })
         };
-        let (_, outcome) = compact_adaptive(&run, files(30)).await;
+        let (_, outcome) = compact_adaptive(&RunJobs(&run), files(30)).await;
         // 30 → 15 → 7 → 3 → 1: the 1-file half is refused.
         assert_eq!(*sizes.lock().unwrap(), [30, 15, 7, 3]);
         let BatchFailure { kind, message: error } = outcome.unwrap_err();
@@ -528,7 +593,7 @@ mod tests {
         );
         assert!(error.ends_with("(after: subprocess failed: signal: killed)"), "the cause is kept: {error}");
         sizes.lock().unwrap().clear();
-        let (_, outcome) = compact_adaptive(&run, files(2)).await;
+        let (_, outcome) = compact_adaptive(&RunJobs(&run), files(2)).await;
         assert_eq!(*sizes.lock().unwrap(), [2], "two files never split");
         assert!(outcome.is_err());
     }
