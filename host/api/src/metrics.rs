@@ -319,7 +319,8 @@ mod tests {
     fn two_tenants_hourly_jobs_are_counted_apart() {
         let metrics = Metrics::new().unwrap();
         for tenant in [Some("a"), Some("b"), Some("b"), None] {
-            let record = JobRecord { tenant: tenant.map(str::to_owned), tier: "hourly".into(), success: true, ..Default::default() };
+            let batch = compactor_engine::BatchRef { tenant: tenant.map(str::to_owned), tier: "hourly".into(), ..Default::default() };
+            let record = JobRecord { batch, success: true, ..Default::default() };
             metrics.observe(&Progress::BatchDone { record: Box::new(record) });
         }
         let mut out = Vec::new();

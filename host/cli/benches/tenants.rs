@@ -288,7 +288,7 @@ fn isolation(work: &Path) -> anyhow::Result<()> {
             let started = Instant::now();
             let report = runtime.block_on(manager.run_cycle(CycleOptions { now: Some(now()), ..Default::default() }))?;
             let elapsed = started.elapsed();
-            let healthy_jobs: Vec<_> = report.jobs.iter().filter(|j| HEALTHY.contains(&j.database.as_str())).collect();
+            let healthy_jobs: Vec<_> = report.jobs.iter().filter(|j| HEALTHY.contains(&j.batch.database.as_str())).collect();
             anyhow::ensure!(healthy_jobs.iter().all(|j| j.success), "a healthy tenant's job failed");
             anyhow::ensure!(
                 healthy_jobs.len() == 3 * HEALTHY.len(),
@@ -364,7 +364,7 @@ fn slow_neighbours(work: &Path) -> anyhow::Result<()> {
             let seen = benign_outputs.clone();
             manager.subscribe(move |event| {
                 if let compactor_engine::Progress::BatchDone { record } = event
-                    && record.tenant.as_deref() == Some("benign")
+                    && record.batch.tenant.as_deref() == Some("benign")
                     && record.success
                 {
                     seen.lock().unwrap_or_else(|e| e.into_inner()).push(Instant::now());

@@ -45,8 +45,8 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     for r in &records {
         table.row([
             r.finished_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-            clean(&r.tier),
-            clean(&r.partition_path),
+            clean(&r.batch.tier),
+            clean(&r.batch.partition_path),
             format!("{}→{}", r.files_compacted, r.files_out),
             format_bytes(r.bytes_before),
             format_bytes(r.bytes_after),

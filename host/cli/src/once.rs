@@ -109,14 +109,14 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
     for job in report.failed() {
         println!(
             "failed: {} batch {} ({} files): {}",
-            job.partition_path,
-            job.batch_number,
+            job.batch.partition_path,
+            job.batch.batch_number,
             job.files_in,
             job.failure().unwrap_or_default()
         );
     }
     for job in report.jobs.iter().filter(|j| !j.skipped_inputs.is_empty()) {
-        println!("skipped invalid inputs in {}: {}", job.partition_path, job.skipped_inputs.join(", "));
+        println!("skipped invalid inputs in {}: {}", job.batch.partition_path, job.skipped_inputs.join(", "));
     }
     for (manifest, reason) in &recovery.failed {
         println!("recovery kept {manifest}: {reason}");

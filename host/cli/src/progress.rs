@@ -37,7 +37,7 @@ pub(crate) fn attach(manager: &Manager) -> Bar {
         }
         Progress::BatchDone { record } => {
             shown.inc(1);
-            shown.set_message(record.partition_path);
+            shown.set_message(record.batch.partition_path);
         }
         Progress::Recovered { .. } | Progress::CycleFinished { .. } => {}
     });

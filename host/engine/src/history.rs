@@ -163,7 +163,7 @@ fn is_entry_name(name: &str) -> bool {
 /// finish time (a bare `{}` would otherwise read as an empty job).
 fn parse_entry(bytes: &[u8]) -> Result<JobRecord, String> {
     let record: JobRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if record.tier.is_empty() || record.partition_path.is_empty() || record.finished_at.timestamp() <= 0 {
+    if record.batch.tier.is_empty() || record.batch.partition_path.is_empty() || record.finished_at.timestamp() <= 0 {
         return Err("not a job record (no tier, partition or finish time)".into());
     }
     Ok(record)
@@ -181,8 +181,7 @@ mod tests {
 
     fn record(minute: u32, partition: &str) -> JobRecord {
         JobRecord {
-            tier: "hourly".into(),
-            partition_path: partition.into(),
+            batch: compactor_planning::BatchRef { tier: "hourly".into(), partition_path: partition.into(), ..Default::default() },
             finished_at: Utc.with_ymd_and_hms(2026, 4, 11, 10, minute, 0).unwrap(),
             success: true,
             ..Default::default()
@@ -200,11 +199,11 @@ mod tests {
         b.append(&record(9, "p9")).await.unwrap();
         let Recent { records: all, unreadable, .. } = a.recent(10).await.unwrap();
         assert!(unreadable.is_empty());
-        let order: Vec<&str> = all.iter().map(|r| r.partition_path.as_str()).collect();
+        let order: Vec<&str> = all.iter().map(|r| r.batch.partition_path.as_str()).collect();
         assert_eq!(order, ["p1", "p3", "p5", "p9"]);
         assert_eq!(a.prune().await.unwrap(), 1);
         let kept = b.recent(2).await.unwrap().records;
-        let order: Vec<&str> = kept.iter().map(|r| r.partition_path.as_str()).collect();
+        let order: Vec<&str> = kept.iter().map(|r| r.batch.partition_path.as_str()).collect();
         assert_eq!(order, ["p5", "p9"]);
     }
 
@@ -232,7 +231,7 @@ mod tests {
         storage.write(&format!("{prefix}notes.jsonl"), "{}").await.unwrap();
         // The two junk entries sort newest, yet two records are still found.
         let Recent { records, unreadable, kept } = history.recent(2).await.unwrap();
-        let order: Vec<&str> = records.iter().map(|r| r.partition_path.as_str()).collect();
+        let order: Vec<&str> = records.iter().map(|r| r.batch.partition_path.as_str()).collect();
         assert_eq!(order, ["p1", "p2"]);
         assert_eq!(unreadable.len(), 2, "{unreadable:?}");
         assert_eq!(kept, 4, "only entry-shaped names count");

@@ -26,7 +26,7 @@ mod runner;
 pub mod scheduler;
 mod temp;
 
-pub use compactor_planning::{PartitionPolicy, Plan, PlanOptions, PlannedTier, PolicyFactory, TierId};
+pub use compactor_planning::{BatchRef, PartitionPolicy, Plan, PlanOptions, PlannedTier, PolicyFactory, TierId};
 pub use health::TierHealth;
 pub use history::{History, Recent, UnreadableEntry};
 pub use manager::{CycleTicket, Manager};

@@ -666,7 +666,6 @@ impl Manager {
                 descriptor,
                 suffix: suffix.as_deref(),
                 policy: policy_ref(tier),
-                tenant: group.tenant_name().map(str::to_owned),
                 max_concurrent: group.max_concurrent(&self.config),
             };
             let on_record = |record: JobRecord| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {

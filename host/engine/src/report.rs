@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use compactor_job::FailureKind;
 use compactor_job::RecoveryReport;
-use compactor_planning::{PlanProblem, TierId};
+use compactor_planning::{BatchRef, PlanProblem, TierId};
 use compactor_storage::RequestCost;
 
 /// A cycle that could not run.
@@ -61,19 +61,9 @@ pub struct CycleOptions {
 // Read back from the history: fields added later, or skipped when empty, default.
 #[serde(default)]
 pub struct JobRecord {
-    /// Database.
-    pub database: String,
-    /// Measurement.
-    pub measurement: String,
-    /// Partition key prefix.
-    pub partition_path: String,
-    /// Tier.
-    pub tier: String,
-    /// The tenant whose database it is (none outside `[[tenants]]`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-    /// 1-based batch number.
-    pub batch_number: usize,
+    /// Which batch (its fields are the record's, in JSON).
+    #[serde(flatten)]
+    pub batch: BatchRef,
     /// Files in the batch.
     pub files_in: usize,
     /// Inputs merged and removed, over all attempts.
@@ -127,12 +117,12 @@ pub struct JobRecord {
 impl JobRecord {
     /// Its tier as reports name it: `tier`, or `tenant/tier`.
     pub fn tier_key(&self) -> String {
-        self.tier_id().key()
+        self.batch.tier_key()
     }
 
     /// Which tier ran it.
     pub fn tier_id(&self) -> TierId {
-        TierId::new(self.tenant.as_deref(), &self.tier)
+        self.batch.tier_id()
     }
 
     /// Why it failed, for tables: `[kind] message` (none when it succeeded).
@@ -287,19 +277,9 @@ pub enum Progress {
 pub struct ActiveJob {
     /// The cycle running it.
     pub cycle_id: u64,
-    /// The tenant whose tier runs it (none: a top-level tier).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-    /// Database.
-    pub database: String,
-    /// Measurement.
-    pub measurement: String,
-    /// Partition key prefix.
-    pub partition_path: String,
-    /// Tier.
-    pub tier: String,
-    /// 1-based batch number.
-    pub batch_number: usize,
+    /// Which batch (its fields are the entry's, in JSON).
+    #[serde(flatten)]
+    pub batch: BatchRef,
     /// Files in the batch.
     pub files: usize,
     /// Bytes in the batch.

@@ -124,7 +124,7 @@ impl JobRunner {
             records.extend(r);
             skipped += s;
         }
-        records.sort_by(|a, b| (&a.partition_path, a.batch_number).cmp(&(&b.partition_path, b.batch_number)));
+        records.sort_by(|a, b| (&a.batch.partition_path, a.batch.batch_number).cmp(&(&b.batch.partition_path, b.batch.batch_number)));
         (records, skipped)
     }
 
@@ -238,18 +238,7 @@ impl JobRunner {
         let _active = ActiveGuard::register(
             &self.active,
             self.next_active.fetch_add(1, Ordering::Relaxed),
-            ActiveJob {
-                cycle_id: run.cycle_id,
-                tenant: run.tenant.clone(),
-                database: candidate.database.clone(),
-                measurement: candidate.measurement.clone(),
-                partition_path: candidate.partition_path.clone(),
-                tier: candidate.tier.clone(),
-                batch_number: candidate.batch_number,
-                files: candidate.files.len(),
-                bytes: batch.bytes,
-                started_at,
-            },
+            ActiveJob { cycle_id: run.cycle_id, batch: batch.reference(), files: candidate.files.len(), bytes: batch.bytes, started_at },
         );
         let template = JobConfig {
             database: candidate.database.clone(),
@@ -283,12 +272,7 @@ impl JobRunner {
         let results: Vec<&JobResult> = attempts.iter().filter_map(Attempt::result).collect();
         let succeeded: Vec<&JobResult> = results.iter().copied().filter(|r| r.success).collect();
         let record = JobRecord {
-            database: candidate.database.clone(),
-            measurement: candidate.measurement.clone(),
-            partition_path: candidate.partition_path.clone(),
-            tier: candidate.tier.clone(),
-            tenant: run.tenant.clone(),
-            batch_number: candidate.batch_number,
+            batch: batch.reference(),
             files_in: candidate.files.len(),
             files_compacted: succeeded.iter().map(|r| r.files_compacted).sum(),
             files_out: succeeded.iter().filter(|r| r.files_compacted > 0).count(),
@@ -333,7 +317,6 @@ pub(crate) struct TierRun<'a> {
     pub(crate) descriptor: &'a StoreDescriptor,
     pub(crate) suffix: Option<&'a str>,
     pub(crate) policy: PolicyRef,
-    pub(crate) tenant: Option<String>,
     /// The tenant's partitions at once.
     pub(crate) max_concurrent: usize,
 }

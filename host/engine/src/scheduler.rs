@@ -94,8 +94,8 @@ pub fn log_cycle_outcome(origin: &str, outcome: &Result<CycleReport, CycleError>
                 tracing::warn!(
                     origin,
                     cycle_id = report.cycle_id,
-                    tier = %job.tier,
-                    partition = %job.partition_path,
+                    tier = %job.batch.tier,
+                    partition = %job.batch.partition_path,
                     error = job.error.as_deref().unwrap_or_default(),
                     "job failed"
                 );

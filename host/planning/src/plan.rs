@@ -151,7 +151,53 @@ pub struct PlannedBatch {
     pub tenant: Option<String>,
 }
 
+/// Which batch: its tier (and tenant), partition and number, as every
+/// record of it (job records, the history, jobs in flight) names it. Arc's
+/// candidate and job config keep their own flat fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct BatchRef {
+    /// Database.
+    pub database: String,
+    /// Measurement.
+    pub measurement: String,
+    /// Partition key prefix.
+    pub partition_path: String,
+    /// Tier.
+    pub tier: String,
+    /// The tenant whose database it is (none outside `[[tenants]]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// 1-based batch number within its partition.
+    pub batch_number: usize,
+}
+
+impl BatchRef {
+    /// Its tier as reports name it: `tier`, or `tenant/tier`.
+    pub fn tier_key(&self) -> String {
+        self.tier_id().key()
+    }
+
+    /// Which tier it belongs to.
+    pub fn tier_id(&self) -> TierId {
+        TierId::new(self.tenant.as_deref(), &self.tier)
+    }
+}
+
 impl PlannedBatch {
+    /// Which batch this is, for the records of its job.
+    pub fn reference(&self) -> BatchRef {
+        let c = &self.candidate;
+        BatchRef {
+            database: c.database.clone(),
+            measurement: c.measurement.clone(),
+            partition_path: c.partition_path.clone(),
+            tier: c.tier.clone(),
+            tenant: self.tenant.clone(),
+            batch_number: c.batch_number,
+        }
+    }
+
     /// Its tier as reports name it: `tier`, or `tenant/tier`.
     pub fn tier_key(&self) -> String {
         self.tier_id().key()
