@@ -187,7 +187,8 @@ pub fn delete(path: &Path) -> Result<(), CompletionError> {
 /// Deletes `writing_output` manifests last updated more than `timeout` ago
 /// (`0` means 10 minutes): jobs that died before uploading. Manifests in any
 /// other state are pending watcher work and are never aged out. Returns how
-/// many were deleted.
+/// many were deleted. Cluster mode's watcher (the etcd issue) calls it; until
+/// then only its tests do.
 pub fn cleanup_orphans(dir: &Path, timeout: Duration, now: DateTime<Utc>) -> Result<usize, CompletionError> {
     let timeout = if timeout.is_zero() { Duration::from_secs(600) } else { timeout };
     let cutoff = now - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::minutes(10));
@@ -342,7 +343,8 @@ impl Watcher {
         }
     }
 
-    /// Runs one poll now (for tests and the daemon's shutdown).
+    /// Runs one poll now (for tests, and for the cluster daemon's shutdown
+    /// once cluster mode runs the watcher).
     pub fn poll_once(&self) {
         poll(&self.dir, self.bridge.as_ref(), &self.state);
     }
