@@ -244,3 +244,44 @@ fn a_tenants_planning_stops_at_its_budget_and_the_rest_waits() {
         assert_rows_kept(root, database);
     }
 }
+
+/// Issue 24: the engine's job slots are shared in turn. A tenant with six
+/// partitions takes both slots first; the other tenant's first job, waiting
+/// since then, gets the next free slot, before the busy tenant's third job
+/// (every job stalls a second, so the order is not a matter of luck).
+#[test]
+fn a_tenant_with_many_partitions_never_takes_every_job_slot_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    lake(root, &["a_1", "a_2", "a_3", "b"]);
+    let config = TestConfig::new("lake")
+        .tier("hourly", "builtin:hourly", &[])
+        .compaction("temp_directory", "tmp")
+        .compaction("threads", 1)
+        .compaction("max_concurrent", 2)
+        .tenant(
+            r#"name = "busy"
+               databases = ["a_*"]"#,
+        )
+        .tenant(
+            r#"name = "other"
+               databases = ["b"]"#,
+        )
+        .write(root);
+    let output = compactor(&["once", "--config", &config, "--now", NOW, "--format", "json"], &[("COMPACTOR_STALL", "after-merge:1000")]);
+    assert!(output.status.success(), "{}", text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut jobs: Vec<(String, String)> = report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["started_at"].as_str().unwrap().to_owned(), j["tenant"].as_str().unwrap().to_owned()))
+        .collect();
+    jobs.sort();
+    assert_eq!(jobs.len(), 8, "{jobs:?}");
+    let first_other = jobs.iter().position(|(_, tenant)| tenant == "other").unwrap();
+    assert!(first_other <= 2, "the other tenant's first job starts no later than third: {jobs:?}");
+    for database in ["a_1", "a_2", "a_3", "b"] {
+        assert_rows_kept(root, database);
+    }
+}
