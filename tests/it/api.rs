@@ -980,3 +980,48 @@ fn candidates_answer_beside_a_slow_tenant_and_name_it() {
     assert_eq!(body["partial"], true);
     stop(engine);
 }
+
+/// Issue 24, from the adversarial pass: a tenant whose planning time runs
+/// out every cycle still gets round its partitions. Each cycle goes on
+/// where the last one stopped, and plans at least one partition, so even a
+/// budget of a millisecond compacts everything in time (it compacted
+/// nothing, and a longer budget only the first partitions, cycle after
+/// cycle).
+#[test]
+fn a_tenant_out_of_planning_time_every_cycle_still_gets_round_its_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let databases = ["a_1", "a_2", "a_3", "a_4"];
+    crate::tenants::lake(root, &databases);
+    let port = free_port();
+    let config = crate::kit::TestConfig::new("lake")
+        .tier("hourly", "builtin:hourly", &[])
+        .compaction("temp_directory", "tmp")
+        .compaction("threads", 1)
+        .schedules("0 0 1 1 *")
+        .tenant(
+            r#"name = "hurried"
+               databases = ["a_*"]
+               max_planning_time = "1ms""#,
+        )
+        .section("api", "listen", format!("127.0.0.1:{port}"))
+        .section("api", "token", TOKEN)
+        .write(root);
+    let mut engine = spawn_compactor(&config, &["run"], &[]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    let compacted = || databases.iter().all(|db| crate::tenants::files_of(root, db).len() == 2);
+    let mut cycles = 0;
+    while !compacted() && cycles < 12 {
+        cycles += 1;
+        let (status, body) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
+        assert_eq!(status, 200, "{body}");
+        api.wait_cycle_done(cycles);
+    }
+    stop(engine);
+    assert!(compacted(), "every hour compacted after {cycles} cycles: {:?}", databases.map(|db| crate::tenants::files_of(root, db).len()));
+    assert!(cycles >= 2, "one partition a cycle at least, not all at once in the first");
+    for database in databases {
+        crate::tenants::assert_rows_kept(root, database);
+    }
+}

@@ -161,6 +161,7 @@ async fn pseudo_databases_plan_like_plain_ones() {
         stop: Default::default(),
         deadline: None,
         cancel: None,
+        resume_after: None,
     };
     let plan = planner::plan(&storage, &tiers, &options).await.unwrap();
     assert_eq!(plan.batches.len(), 1);
@@ -188,6 +189,7 @@ async fn tier_and_database_filters_and_disabled_tiers() {
         stop: Default::default(),
         deadline: None,
         cancel: None,
+        resume_after: None,
     };
     let daily_tier: Vec<_> = tiers.iter().filter(|t| t.name == "daily").cloned().collect();
     let only_daily = planner::plan(&storage, &daily_tier, &options(None)).await.unwrap();

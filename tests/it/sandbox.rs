@@ -196,6 +196,7 @@ fn a_stop_request_ends_planning_before_the_next_partition() {
         stop: Default::default(),
         deadline: None,
         cancel: None,
+        resume_after: None,
     };
     let stop = options.stop.clone();
     let stopper = std::thread::spawn(move || {

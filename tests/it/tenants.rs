@@ -31,7 +31,7 @@ pub(crate) fn lake(root: &Path, databases: &[&str]) {
 }
 
 /// The rows of `database` are exactly the original ones.
-fn assert_rows_kept(root: &Path, database: &str) {
+pub(crate) fn assert_rows_kept(root: &Path, database: &str) {
     let connection = verify::connection().unwrap();
     let before = format!("{}/{database}/cpu/**/*.parquet", root.join("pristine").display());
     let after = format!("{}/{database}/cpu/**/*.parquet", root.join("lake").display());

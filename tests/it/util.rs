@@ -106,6 +106,7 @@ pub(crate) fn plan_options(now: &str) -> compactor_engine::PlanOptions {
         stop: Default::default(),
         deadline: None,
         cancel: None,
+        resume_after: None,
     }
 }
 

@@ -630,8 +630,12 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
     }
     let cycle_id = ticket.cycle_id;
     let busy = ticket.busy.clone();
+    // The tiers that will run: not a busy tenant's, and with a database,
+    // only its owner's.
+    let owner = database.as_deref().map(|db| manager.config().tenant_of(db).map(|t| t.name.clone()));
+    let will_run = |tenant: &Option<String>| !busy.contains(tenant) && owner.as_ref().is_none_or(|owner| owner == tenant);
     let tiers: Vec<String> = if requested.is_empty() {
-        manager.config().settings().tiers.iter().filter(|t| t.config.enabled && !busy.contains(&t.id.tenant)).map(|t| t.id.key()).collect()
+        manager.config().settings().tiers.iter().filter(|t| t.config.enabled && will_run(&t.id.tenant)).map(|t| t.id.key()).collect()
     } else {
         requested
     };
@@ -760,6 +764,8 @@ fn plugin_entry(manager: &Manager, tier: &compactor_engine::PlannedTier) -> Valu
                 "wit_version": policy.wit_version(),
                 "content_hash": policy.content_hash(),
                 "load_error": Value::Null,
+                // The build on disk failed to load at the last reload: this one still runs.
+                "reload_error": manager.tier_reload_error(&tier.key()),
                 "limits": {
                     "fuel_per_call": tier.limits.fuel_per_call,
                     "memory_bytes": tier.limits.memory_bytes,

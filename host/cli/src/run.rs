@@ -154,8 +154,18 @@ fn spawn_reload_on_change(manager: &Arc<Manager>) {
     if paths.is_empty() {
         return;
     }
-    let signature = move || -> Vec<Option<(u64, std::time::SystemTime)>> {
-        paths.iter().map(|p| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().unwrap_or(std::time::UNIX_EPOCH)))).collect()
+    // Size and modification time, and the inode and change time: a build
+    // renamed over the file, or written in place with its old mtime put back,
+    // changes those even when size and mtime match.
+    let signature = move || -> Vec<Option<FileSignature>> {
+        use std::os::unix::fs::MetadataExt;
+        let of = |m: std::fs::Metadata| FileSignature {
+            len: m.len(),
+            modified: m.modified().unwrap_or(std::time::UNIX_EPOCH),
+            inode: m.ino(),
+            changed: (m.ctime(), m.ctime_nsec()),
+        };
+        paths.iter().map(|p| std::fs::metadata(p).ok().map(of)).collect()
     };
     let manager = manager.clone();
     tokio::spawn(async move {
@@ -191,4 +201,13 @@ impl ShutdownSignal {
             _ = self.terminate.recv() => {}
         }
     }
+}
+
+/// What tells a component file changed (see `spawn_reload_on_change`).
+#[derive(PartialEq, Eq)]
+struct FileSignature {
+    len: u64,
+    modified: std::time::SystemTime,
+    inode: u64,
+    changed: (i64, i64),
 }

@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         stop: Default::default(),
         deadline: None,
         cancel: None,
+        resume_after: None,
     };
     let wasm_tier = PlannedTier {
         name: "hourly".into(),

@@ -70,6 +70,9 @@ pub struct Manager {
     /// Held by the reload that runs: reloads read the files when they run,
     /// one at a time, so the last one installs what is on disk.
     reloading: Mutex<()>,
+    /// Where each tier's planning was last cut short by its tenant's
+    /// planning time, by tier key: its next cycle goes on from there.
+    planning_cursors: Mutex<BTreeMap<String, String>>,
 }
 
 impl Manager {
@@ -125,6 +128,7 @@ impl Manager {
             retired_calls: Mutex::default(),
             reload_errors: Mutex::default(),
             reloading: Mutex::default(),
+            planning_cursors: Mutex::default(),
         }
     }
 
@@ -411,6 +415,7 @@ impl Manager {
             stop: self.stop.clone(),
             deadline,
             cancel: options.cancel.clone(),
+            resume_after: None,
         }
     }
 
@@ -645,8 +650,13 @@ impl Manager {
             // Each tenant plans one tier at a time, in its own cycle, and no
             // tenant waits for a slot another holds: planning memory is at most
             // one instance per tenant, each within its tier's memory limit.
-            let plan_options = self.plan_options_until(options, group, planning_deadline);
+            let mut plan_options = self.plan_options_until(options, group, planning_deadline);
+            plan_options.resume_after = lock(&self.planning_cursors).get(&key).cloned();
             let mut plan = planner::plan(&self.storage, std::slice::from_ref(*tier), &plan_options).await?;
+            match plan.tiers.first().and_then(|t| t.resume_after.clone()) {
+                Some(cursor) => lock(&self.planning_cursors).insert(key.clone(), cursor),
+                None => lock(&self.planning_cursors).remove(&key),
+            };
             // Running jobs does not spend the planning time: the next tier's
             // deadline moves by the time this tier's jobs take (below).
             let planned = std::time::Instant::now();

@@ -120,6 +120,10 @@ pub struct PlanOptions {
     /// Set when nobody waits for the plan any more (an API request gone):
     /// planning stops before the next partition.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Where the last plan of this tier was cut short
+    /// ([`TierSummary::resume_after`]): planning starts after this
+    /// partition and comes round to the ones before it last.
+    pub resume_after: Option<String>,
 }
 
 impl PlanOptions {
@@ -238,6 +242,10 @@ pub struct TierSummary {
     /// passed, or it was cancelled): the plan of this tier is partial.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub interrupted: bool,
+    /// When interrupted: the last partition planned, where the next plan
+    /// of this tier should go on ([`PlanOptions::resume_after`]).
+    #[serde(skip)]
+    pub resume_after: Option<String>,
     /// Object-store requests executing this tier's batches would make.
     pub requests: RequestCost,
 }
@@ -414,123 +422,132 @@ pub fn plan_tier(
             plan.partitions.push(PartitionVerdict { tier: key.clone(), partition_path: partition.to_owned(), selected, reason });
         }
     };
-    for listing in listings {
-        for partition in group_into_partitions(&listing.database, &listing.measurement, &listing.files, level) {
-            if let Some(why) = options.interrupted() {
-                tracing::info!(tier = %key, "{why}: the rest of the tier is not planned");
-                if !options.stop.load(Ordering::Relaxed) {
-                    problem(None, format!("{why}: the rest of the tier was not planned (its partitions wait for the next plan)"));
-                }
-                summary.interrupted = true;
+    let partitions: Vec<Partition> =
+        listings.iter().flat_map(|l| group_into_partitions(&l.database, &l.measurement, &l.files, level)).collect();
+    // A plan cut short last time goes on where it stopped, so that a tenant
+    // whose planning never finishes in time still gets round its partitions.
+    let start = options.resume_after.as_deref().map_or(0, |after| match partitions.iter().position(|p| p.path == after) {
+        Some(index) => index + 1,
+        None => partitions.iter().position(|p| p.path.as_str() > after).unwrap_or(0),
+    });
+    let start = start.min(partitions.len());
+    let (before_start, from_start) = partitions.split_at(start);
+    for (seen, partition) in from_start.iter().chain(before_start).enumerate() {
+        // The first partition is always planned (a budget of a
+        // millisecond still makes progress); a stop is obeyed at once.
+        let interrupted = options.interrupted().filter(|_| seen > 0 || options.stop.load(Ordering::Relaxed));
+        if let Some(why) = interrupted {
+            tracing::info!(tier = %key, "{why}: the rest of the tier is not planned");
+            if !options.stop.load(Ordering::Relaxed) {
+                problem(None, format!("{why}: the rest of the tier was not planned (its partitions wait for the next plan)"));
+            }
+            summary.interrupted = true;
+            summary.resume_after =
+                seen.checked_sub(1).and_then(|last| from_start.iter().chain(before_start).nth(last)).map(|p| p.path.clone());
+            return summary;
+        }
+        summary.partitions_seen += 1;
+        let answer = match instance.select_candidates(partition, options.now) {
+            Ok(answer) => answer,
+            Err(e) => {
+                verdict(&partition.path, false, format!("its policy failed: {e}"));
+                problem(Some(&partition.path), format!("{e}; the tier is skipped for the rest of this cycle"));
+                summary.plugin_failures += 1;
                 return summary;
             }
-            summary.partitions_seen += 1;
-            let answer = match instance.select_candidates(&partition, options.now) {
-                Ok(answer) => answer,
-                Err(e) => {
-                    verdict(&partition.path, false, format!("its policy failed: {e}"));
-                    problem(Some(&partition.path), format!("{e}; the tier is skipped for the rest of this cycle"));
-                    summary.plugin_failures += 1;
-                    return summary;
-                }
-            };
-            if let Err(reason) = validate_answer(&partition, &answer) {
-                verdict(&partition.path, false, format!("its policy gave an invalid answer: {reason}"));
+        };
+        if let Err(reason) = validate_answer(partition, &answer) {
+            verdict(&partition.path, false, format!("its policy gave an invalid answer: {reason}"));
+            problem(Some(&partition.path), format!("plugin {} gave an invalid answer: {reason}; the partition is skipped", policy.name()));
+            continue;
+        }
+        let Some(held) = held else {
+            verdict(&partition.path, false, "the recovery manifests cannot be read: every partition waits, to be safe".into());
+            continue;
+        };
+        if let Some(manifest) = held.blocked_by(&partition.path) {
+            verdict(&partition.path, false, format!("held: recovery manifest {manifest} cannot be read now"));
+            problem(Some(&partition.path), format!("recovery manifest {manifest} cannot be read now; the partition waits, to be safe"));
+            continue;
+        }
+        let chosen: usize = answer.iter().map(Vec::len).sum();
+        let held_files = answer.iter().flatten().filter(|f| held.contains(f)).count();
+        let mut selected = false;
+        for mut files in answer {
+            let before = files.len();
+            files.retain(|f| !held.contains(f));
+            summary.held_files_dropped += before - files.len();
+            if files.is_empty() {
+                continue;
+            }
+            if files.len() < MIN_BATCH_FILES && before >= MIN_BATCH_FILES {
+                // What recovery holds comes back next cycle.
+                continue;
+            }
+            if files.len() < MIN_BATCH_FILES {
+                // A job needs two files; one alone would fail every cycle.
                 problem(
                     Some(&partition.path),
-                    format!("plugin {} gave an invalid answer: {reason}; the partition is skipped", policy.name()),
+                    format!(
+                        "plugin {} chose a candidate of {} file ({}); at least {MIN_BATCH_FILES} are needed, so it is skipped",
+                        policy.name(),
+                        files.len(),
+                        sanitize(&files[0], 200)
+                    ),
                 );
                 continue;
             }
-            let Some(held) = held else {
-                verdict(&partition.path, false, "the recovery manifests cannot be read: every partition waits, to be safe".into());
-                continue;
+            files.sort();
+            let candidate = Candidate {
+                database: partition.database.clone(),
+                measurement: partition.measurement.clone(),
+                partition_path: partition.path.clone(),
+                file_count: files.len(),
+                files,
+                tier: tier.name.clone(),
+                partition_time: partition.time,
+                batch_number: 0,
+                total_batches: 0,
             };
-            if let Some(manifest) = held.blocked_by(&partition.path) {
-                verdict(&partition.path, false, format!("held: recovery manifest {manifest} cannot be read now"));
-                problem(Some(&partition.path), format!("recovery manifest {manifest} cannot be read now; the partition waits, to be safe"));
-                continue;
+            for batch in split_into_batches(&candidate, options.max_files_per_batch) {
+                let bytes = batch_bytes(partition, &batch.files);
+                summary.requests += batch_cost(batch.files.len(), bytes, options.multipart_threshold);
+                summary.batches += 1;
+                summary.files += batch.files.len();
+                summary.bytes += bytes;
+                plan.batches.push(PlannedBatch { candidate: batch, bytes, tenant: tier.tenant.clone() });
             }
-            let chosen: usize = answer.iter().map(Vec::len).sum();
-            let held_files = answer.iter().flatten().filter(|f| held.contains(f)).count();
-            let mut selected = false;
-            for mut files in answer {
-                let before = files.len();
-                files.retain(|f| !held.contains(f));
-                summary.held_files_dropped += before - files.len();
-                if files.is_empty() {
-                    continue;
+            selected = true;
+        }
+        summary.partitions_selected += usize::from(selected);
+        if let Some(explainer) = &mut explainer {
+            let files = partition.files.len();
+            let mut own_words = || match explainer {
+                Ok(explainer) => explainer.explain(partition, options.now).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let reason = if selected {
+                let held_note = if held_files > 0 { format!(" ({held_files} held by a recovery manifest wait)") } else { String::new() };
+                let chosen = format!("selects {} of {files} files{held_note}", chosen - held_files);
+                match own_words() {
+                    Ok(Some(reason)) => format!("{chosen}: {reason}"),
+                    _ => chosen,
                 }
-                if files.len() < MIN_BATCH_FILES && before >= MIN_BATCH_FILES {
-                    // What recovery holds comes back next cycle.
-                    continue;
+            } else if chosen > 0 && held_files > 0 {
+                "held by a recovery manifest (an interrupted job): recovery resolves it first".to_owned()
+            } else if chosen > 0 {
+                "its policy chose a single file; a merge needs at least 2".to_owned()
+            } else {
+                match own_words() {
+                    Ok(Some(reason)) => reason,
+                    Ok(None) => match explainer {
+                        Ok(explainer) => crate::probe::explain_waiting(explainer.as_mut(), partition, options.now),
+                        Err(e) => format!("its policy cannot be asked why: {e}"),
+                    },
+                    Err(e) => format!("its policy failed to explain: {e}"),
                 }
-                if files.len() < MIN_BATCH_FILES {
-                    // A job needs two files; one alone would fail every cycle.
-                    problem(
-                        Some(&partition.path),
-                        format!(
-                            "plugin {} chose a candidate of {} file ({}); at least {MIN_BATCH_FILES} are needed, so it is skipped",
-                            policy.name(),
-                            files.len(),
-                            sanitize(&files[0], 200)
-                        ),
-                    );
-                    continue;
-                }
-                files.sort();
-                let candidate = Candidate {
-                    database: partition.database.clone(),
-                    measurement: partition.measurement.clone(),
-                    partition_path: partition.path.clone(),
-                    file_count: files.len(),
-                    files,
-                    tier: tier.name.clone(),
-                    partition_time: partition.time,
-                    batch_number: 0,
-                    total_batches: 0,
-                };
-                for batch in split_into_batches(&candidate, options.max_files_per_batch) {
-                    let bytes = batch_bytes(&partition, &batch.files);
-                    summary.requests += batch_cost(batch.files.len(), bytes, options.multipart_threshold);
-                    summary.batches += 1;
-                    summary.files += batch.files.len();
-                    summary.bytes += bytes;
-                    plan.batches.push(PlannedBatch { candidate: batch, bytes, tenant: tier.tenant.clone() });
-                }
-                selected = true;
-            }
-            summary.partitions_selected += usize::from(selected);
-            if let Some(explainer) = &mut explainer {
-                let files = partition.files.len();
-                let mut own_words = || match explainer {
-                    Ok(explainer) => explainer.explain(&partition, options.now).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                let reason = if selected {
-                    let held_note =
-                        if held_files > 0 { format!(" ({held_files} held by a recovery manifest wait)") } else { String::new() };
-                    let chosen = format!("selects {} of {files} files{held_note}", chosen - held_files);
-                    match own_words() {
-                        Ok(Some(reason)) => format!("{chosen}: {reason}"),
-                        _ => chosen,
-                    }
-                } else if chosen > 0 && held_files > 0 {
-                    "held by a recovery manifest (an interrupted job): recovery resolves it first".to_owned()
-                } else if chosen > 0 {
-                    "its policy chose a single file; a merge needs at least 2".to_owned()
-                } else {
-                    match own_words() {
-                        Ok(Some(reason)) => reason,
-                        Ok(None) => match explainer {
-                            Ok(explainer) => crate::probe::explain_waiting(explainer.as_mut(), &partition, options.now),
-                            Err(e) => format!("its policy cannot be asked why: {e}"),
-                        },
-                        Err(e) => format!("its policy failed to explain: {e}"),
-                    }
-                };
-                verdict(&partition.path, selected, reason);
-            }
+            };
+            verdict(&partition.path, selected, reason);
         }
     }
     summary

@@ -440,6 +440,7 @@ fn plan_over(tier: &LoadedTier, listings: &[Listing], now: DateTime<Utc>, max_ba
         stop: Default::default(),
         deadline: None,
         cancel: None,
+        resume_after: None,
     };
     let mut plan = Plan::default();
     plan_tier(&planned, listings, Some(&HeldFiles::default()), &options, &mut plan);
