@@ -866,6 +866,27 @@ fn a_broken_neighbour_and_a_reload_elsewhere_leave_a_tenant_alone() {
     stop(engine);
 }
 
+/// An engine serving the API over a lake of `databases` (two hours of
+/// `cpu` each), configured by `configure` (its tiers and tenants) with
+/// schedules that never fire; the lake is under the returned directory.
+fn engine_on_databases(
+    databases: &[&str],
+    configure: impl FnOnce(crate::kit::TestConfig) -> crate::kit::TestConfig,
+) -> (tempfile::TempDir, Child, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    crate::tenants::lake(dir.path(), databases);
+    let port = free_port();
+    let config = configure(crate::kit::TestConfig::new("lake").compaction("temp_directory", "tmp").compaction("threads", 1))
+        .schedules("0 0 1 1 *")
+        .section("api", "listen", format!("127.0.0.1:{port}"))
+        .section("api", "token", TOKEN)
+        .write(dir.path());
+    let mut engine = spawn_compactor(&config, &["run"], &[]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    (dir, engine, api)
+}
+
 /// Issue 24: four tenants whose policy takes two seconds a call beside a
 /// benign one. Each tenant's tiers run in a cycle of their own, with no
 /// planning slot to wait for: the benign tenant's outputs appear while the
@@ -873,39 +894,29 @@ fn a_broken_neighbour_and_a_reload_elsewhere_leave_a_tenant_alone() {
 /// 409 while any tenant's part of the cycle ran).
 #[test]
 fn slow_tenants_hold_back_neither_a_benign_tenants_cycle_nor_its_trigger() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
     let slow = ["slow_1", "slow_2", "slow_3", "slow_4"];
-    crate::tenants::lake(root, &[&["acme"][..], &slow[..]].concat());
-    let port = free_port();
-    let mut config = crate::kit::TestConfig::new("lake")
-        .hourly_and_daily()
-        .compaction("temp_directory", "tmp")
-        .compaction("threads", 1)
-        .schedules("0 0 1 1 *")
-        .tenant(
+    let (dir, engine, api) = engine_on_databases(&[&["acme"][..], &slow[..]].concat(), |config| {
+        let config = config.hourly_and_daily().tenant(
             r#"name = "acme"
-                   databases = ["acme"]"#,
+               databases = ["acme"]"#,
         );
-    for database in slow {
-        config = config.tenant(&format!(
-            r#"name = "{database}"
-               databases = ["{database}"]
-               [limits]
-               fuel_per_call = 1000000000000
-               call_timeout_ms = 2000
-               [[tiers]]
-               name = "hourly"
-               plugin = "{}"
-               schedule = "0 0 1 1 *"
-               config = {{ mode = "loop" }}"#,
-            compactor_test_components::HOSTILE
-        ));
-    }
-    let config = config.section("api", "listen", format!("127.0.0.1:{port}")).section("api", "token", TOKEN).write(root);
-    let mut engine = spawn_compactor(&config, &["run"], &[]);
-    let api = Client::new(port);
-    api.wait_ready(&mut engine);
+        slow.iter().fold(config, |config, database| {
+            config.tenant(&format!(
+                r#"name = "{database}"
+                   databases = ["{database}"]
+                   [limits]
+                   fuel_per_call = 1000000000000
+                   call_timeout_ms = 2000
+                   [[tiers]]
+                   name = "hourly"
+                   plugin = "{}"
+                   schedule = "0 0 1 1 *"
+                   config = {{ mode = "loop" }}"#,
+                compactor_test_components::HOSTILE
+            ))
+        })
+    });
+    let root = dir.path();
     let (status, body) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
     assert_eq!(status, 200, "{body}");
     wait_until("acme's first output", Duration::from_secs(60), || {
@@ -939,38 +950,28 @@ fn slow_tenants_hold_back_neither_a_benign_tenants_cycle_nor_its_trigger() {
 /// was a 500 for everyone after 30 s, and the planning went on after it).
 #[test]
 fn candidates_answer_beside_a_slow_tenant_and_name_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
     let slow: Vec<String> = (1..=16).map(|n| format!("slow_{n:02}")).collect();
     let databases: Vec<&str> = std::iter::once("acme").chain(slow.iter().map(String::as_str)).collect();
-    crate::tenants::lake(root, &databases);
-    let port = free_port();
-    let config = crate::kit::TestConfig::new("lake")
-        .hourly_and_daily()
-        .compaction("temp_directory", "tmp")
-        .schedules("0 0 1 1 *")
-        .tenant(
-            r#"name = "acme"
-               databases = ["acme"]"#,
-        )
-        .tenant(&format!(
-            r#"name = "slow"
-               databases = ["slow_*"]
-               [limits]
-               call_timeout_ms = 2000
-               [[tiers]]
-               name = "hourly"
-               plugin = "{}"
-               schedule = "0 0 1 1 *"
-               config = {{ mode = "nap" }}"#,
-            compactor_test_components::RAW
-        ))
-        .section("api", "listen", format!("127.0.0.1:{port}"))
-        .section("api", "token", TOKEN)
-        .write(root);
-    let mut engine = spawn_compactor(&config, &["run"], &[]);
-    let api = Client::new(port);
-    api.wait_ready(&mut engine);
+    let (_dir, engine, api) = engine_on_databases(&databases, |config| {
+        config
+            .hourly_and_daily()
+            .tenant(
+                r#"name = "acme"
+                   databases = ["acme"]"#,
+            )
+            .tenant(&format!(
+                r#"name = "slow"
+                   databases = ["slow_*"]
+                   [limits]
+                   call_timeout_ms = 2000
+                   [[tiers]]
+                   name = "hourly"
+                   plugin = "{}"
+                   schedule = "0 0 1 1 *"
+                   config = {{ mode = "nap" }}"#,
+                compactor_test_components::RAW
+            ))
+    });
     let (status, body) = api.get("/api/v1/compaction/candidates");
     assert_eq!(status, 200, "{body}");
     let candidates = body["candidates"].as_array().unwrap();
@@ -989,27 +990,15 @@ fn candidates_answer_beside_a_slow_tenant_and_name_it() {
 /// cycle).
 #[test]
 fn a_tenant_out_of_planning_time_every_cycle_still_gets_round_its_partitions() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
     let databases = ["a_1", "a_2", "a_3", "a_4"];
-    crate::tenants::lake(root, &databases);
-    let port = free_port();
-    let config = crate::kit::TestConfig::new("lake")
-        .tier("hourly", "builtin:hourly", &[])
-        .compaction("temp_directory", "tmp")
-        .compaction("threads", 1)
-        .schedules("0 0 1 1 *")
-        .tenant(
+    let (dir, engine, api) = engine_on_databases(&databases, |config| {
+        config.tier("hourly", "builtin:hourly", &[]).tenant(
             r#"name = "hurried"
                databases = ["a_*"]
                max_planning_time = "1ms""#,
         )
-        .section("api", "listen", format!("127.0.0.1:{port}"))
-        .section("api", "token", TOKEN)
-        .write(root);
-    let mut engine = spawn_compactor(&config, &["run"], &[]);
-    let api = Client::new(port);
-    api.wait_ready(&mut engine);
+    });
+    let root = dir.path();
     let compacted = || databases.iter().all(|db| crate::tenants::files_of(root, db).len() == 2);
     let mut cycles = 0;
     while !compacted() && cycles < 12 {

@@ -260,9 +260,8 @@ fn isolation_config(work: &Path, lake: &Path, hostile_limits: Option<&str>) -> a
     parse(work, &text)
 }
 
-fn isolation(work: &Path) -> anyhow::Result<()> {
-    let pristine = work.join("pristine");
-    let databases = HEALTHY.iter().map(|d| d.to_string()).chain(HOSTILE.iter().map(|m| format!("evil_{m}")));
+/// Two hours × 12 files × 20,000 rows of one measurement in each database.
+fn sample_lake(lake: &Path, databases: impl Iterator<Item = String>) -> anyhow::Result<()> {
     for database in databases {
         let spec = SampleSpec {
             database,
@@ -271,8 +270,14 @@ fn isolation(work: &Path) -> anyhow::Result<()> {
             files_per_hour: 12,
             rows_per_file: 20_000,
         };
-        sample::generate(&pristine, now(), &spec)?;
+        sample::generate(lake, now(), &spec)?;
     }
+    Ok(())
+}
+
+fn isolation(work: &Path) -> anyhow::Result<()> {
+    let pristine = work.join("pristine");
+    sample_lake(&pristine, HEALTHY.iter().map(|d| d.to_string()).chain(HOSTILE.iter().map(|m| format!("evil_{m}"))))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut rows: Vec<(Vec<Duration>, usize, usize)> = vec![(Vec::new(), 0, 0); NEIGHBOURS.len()];
     for round in 0..ISOLATION_ROUNDS {
@@ -338,16 +343,7 @@ fn slow_config(work: &Path, lake: &Path, slow: bool) -> anyhow::Result<Config> {
 
 fn slow_neighbours(work: &Path) -> anyhow::Result<()> {
     let pristine = work.join("pristine");
-    for database in std::iter::once("benign").chain(SLOW) {
-        let spec = SampleSpec {
-            database: database.into(),
-            measurements: vec![("cpu".into(), vec!["host".into()])],
-            hours: 2,
-            files_per_hour: 12,
-            rows_per_file: 20_000,
-        };
-        sample::generate(&pristine, now(), &spec)?;
-    }
+    sample_lake(&pristine, std::iter::once("benign").chain(SLOW).map(str::to_owned))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let sides = [("benign alone", false), ("benign + 4 slow-but-valid tenants (0.9 s a call)", true)];
     // Per side: time to the benign tenant's first output, to its last.
