@@ -38,9 +38,12 @@ const CANDIDATES_DEADLINE: Duration = Duration::from_secs(30);
 const TENANT_PLANNING_DEADLINE: Duration = Duration::from_secs(10);
 /// How often debt is recomputed between cycles.
 const DEBT_INTERVAL: Duration = Duration::from_secs(300);
-/// Partition outlooks computed at once; others wait their turn (within the
-/// deadline).
-const OUTLOOKS_AT_ONCE: usize = 2;
+/// Planning views (candidates, partition outlooks) computed at once; others
+/// wait their turn (within their deadline): each can make thousands of policy
+/// calls on threads of their own.
+const PLANNING_VIEWS_AT_ONCE: usize = 2;
+/// How long a candidates request waits for its turn before a 503.
+const PLANNING_VIEW_WAIT: Duration = Duration::from_secs(5);
 /// How long `/partitions` may take, waiting included.
 const OUTLOOK_DEADLINE: Duration = Duration::from_secs(30);
 /// The largest request body (a trigger's JSON).
@@ -67,8 +70,8 @@ struct Inner {
     scheduling: RwLock<Scheduling>,
     debt: RwLock<Option<Debt>>,
     debt_wanted: tokio::sync::Notify,
-    /// Outlooks computed at once: each can make thousands of policy calls.
-    outlooks: tokio::sync::Semaphore,
+    /// Planning views computed at once ([`PLANNING_VIEWS_AT_ONCE`]).
+    planning_views: tokio::sync::Semaphore,
     /// What each loaded build says about itself, by tier and content hash
     /// (asked once per build).
     tier_info: std::sync::Mutex<HashMap<(String, String), Value>>,
@@ -97,7 +100,7 @@ impl Api {
                 scheduling: RwLock::default(),
                 debt: RwLock::default(),
                 debt_wanted: tokio::sync::Notify::new(),
-                outlooks: tokio::sync::Semaphore::new(OUTLOOKS_AT_ONCE),
+                planning_views: tokio::sync::Semaphore::new(PLANNING_VIEWS_AT_ONCE),
                 tier_info: std::sync::Mutex::default(),
             }),
         };
@@ -410,6 +413,11 @@ async fn candidates(State(api): State<Api>) -> Response {
     let cancel = CancelOnDrop::default();
     let options = CycleOptions { planning_deadline: Some(TENANT_PLANNING_DEADLINE), cancel: Some(cancel.0.clone()), ..Default::default() };
     let manager = api.manager();
+    // A bounded number plan at once; a request that cannot get a turn soon
+    // is told to come back rather than left to time out.
+    let Ok(Ok(_turn)) = tokio::time::timeout(PLANNING_VIEW_WAIT, api.inner.planning_views.acquire()).await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "other planning views are being computed; retry in a few seconds".into());
+    };
     let planned = tokio::time::timeout(CANDIDATES_DEADLINE, manager.plan(&options)).await;
     let plan = match planned {
         Ok(Ok(plan)) => plan,
@@ -697,7 +705,7 @@ async fn partitions(
         return Err(ApiError::bad_request(format!("invalid to: {} is not after from ({})", to.to_rfc3339(), from.to_rfc3339())));
     }
     let computed = tokio::time::timeout(OUTLOOK_DEADLINE, async {
-        let _turn = api.inner.outlooks.acquire().await;
+        let _turn = api.inner.planning_views.acquire().await;
         api.manager().partition_outlook(&database, &measurement, from, to, now).await
     })
     .await
