@@ -838,6 +838,9 @@ fn a_broken_neighbour_and_a_reload_elsewhere_leave_a_tenant_alone() {
         api.wait_cycle_done(cycle);
     }
     assert_eq!(plugin("bad/hostile")["suspended"], true, "{}", plugin("bad/hostile"));
+    let (status, body) = api.post("/api/v1/compaction/trigger?tier=bad/hostile", Some(TOKEN));
+    assert_eq!(status, 422, "a trigger of suspended tiers only would do nothing: {body}");
+    assert!(body["error"].as_str().unwrap().contains("suspended"), "{body}");
 
     let (status, body) = api.post("/api/v1/plugins/reload?tenant=good", Some(TOKEN));
     assert_eq!(status, 200, "{body}");

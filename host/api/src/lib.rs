@@ -619,6 +619,7 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
     if let Some(database) = &database {
         check_database_is_compacted_by(manager, database, &requested)?;
     }
+    check_some_tier_may_run(manager, &requested)?;
     let options = CycleOptions { now: None, tiers: requested.clone(), database: database.clone(), force, ..Default::default() };
     let ticket = manager.begin_cycle(&options).map_err(|e| match e {
         CycleError::Stopping => shutting_down(),
@@ -854,6 +855,24 @@ async fn reload(State(api): State<Api>, headers: HeaderMap, Query(query): Query<
 
 fn shutting_down() -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine is shutting down".into())
+}
+
+/// Refuses a trigger whose selected tiers are all suspended: it would do
+/// nothing.
+fn check_some_tier_may_run(manager: &Manager, requested: &[String]) -> Result<(), ApiError> {
+    let (now, health) = (Utc::now(), manager.tier_health());
+    let tiers = manager.tiers();
+    let selected: Vec<_> = tiers.iter().filter(|t| t.enabled && t.is_selected_by(requested, false)).collect();
+    let suspended = |key: &str| health.get(key).is_some_and(|h| h.is_suspended(now));
+    if selected.is_empty() || !selected.iter().all(|t| suspended(&t.key())) {
+        return Ok(());
+    }
+    let notes: Vec<String> =
+        selected.iter().filter_map(|t| health.get(&t.key()).map(|h| format!("{}: {}", t.key(), h.suspension_note()))).collect();
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("every selected tier is suspended, so the trigger would do nothing ({})", notes.join("; ")),
+    ))
 }
 
 /// Refuses a trigger for `database` that no selected tier would compact:

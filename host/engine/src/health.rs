@@ -46,9 +46,9 @@ impl TierHealth {
     }
 
     /// Why a suspended tier is not asked, as plans and cycles report it.
-    pub(crate) fn suspension_note(&self) -> String {
+    pub fn suspension_note(&self) -> String {
         format!(
-            "suspended until {} after {} cycles in a row whose policy calls failed (last: {}); not asked; reload the plugin to retry sooner",
+            "suspended until {} after {} cycles in a row whose policy calls failed (last: {}); not asked; a new build of its component (then a reload) lifts it sooner",
             self.suspended_until.map(|t| t.to_rfc3339()).unwrap_or_default(),
             self.consecutive_failures,
             self.last_error.as_deref().unwrap_or_default()
