@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use crate::debt::Debt;
 use crate::metrics::Metrics;
 use compactor_engine::config::ConfigError;
-use compactor_engine::{CycleError, CycleOptions, GateDecision, Manager};
+use compactor_engine::{CycleError, CycleOptions, GateDecision, Manager, PlannedTier};
 
 /// How long `/candidates` may plan (Arc's deadline).
 const CANDIDATES_DEADLINE: Duration = Duration::from_secs(30);
@@ -616,11 +616,12 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
             ));
         }
     }
-    if let Some(database) = &database {
-        check_database_is_compacted_by(manager, database, &requested)?;
-    }
-    check_some_tier_may_run(manager, &requested)?;
     let options = CycleOptions { now: None, tiers: requested.clone(), database: database.clone(), force, ..Default::default() };
+    let selected: Vec<&PlannedTier> = loaded.iter().filter(|t| options.selects(t)).collect();
+    if let Some(database) = &database {
+        check_database_is_compacted_by(manager, database, &selected)?;
+    }
+    check_some_tier_may_run(manager, &selected)?;
     let ticket = manager.begin_cycle(&options).map_err(|e| match e {
         CycleError::Stopping => shutting_down(),
         _ => ApiError {
@@ -639,12 +640,8 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
     }
     let cycle_id = ticket.cycle_id;
     let busy = ticket.busy.clone();
-    // The tiers that will run: not a busy tenant's, and with a database,
-    // only its owner's.
-    let owner = database.as_deref().map(|db| manager.config().tenant_of(db).map(|t| t.name.clone()));
-    let will_run = |tenant: &Option<String>| !busy.contains(tenant) && owner.as_ref().is_none_or(|owner| owner == tenant);
     let tiers: Vec<String> = if requested.is_empty() {
-        manager.config().settings().tiers.iter().filter(|t| t.config.enabled && will_run(&t.id.tenant)).map(|t| t.id.key()).collect()
+        manager.config().settings().tiers.iter().filter(|t| t.config.enabled && ticket.runs(&t.id.tenant)).map(|t| t.id.key()).collect()
     } else {
         requested
     };
@@ -859,10 +856,8 @@ fn shutting_down() -> ApiError {
 
 /// Refuses a trigger whose selected tiers are all suspended: it would do
 /// nothing.
-fn check_some_tier_may_run(manager: &Manager, requested: &[String]) -> Result<(), ApiError> {
+fn check_some_tier_may_run(manager: &Manager, selected: &[&PlannedTier]) -> Result<(), ApiError> {
     let (now, health) = (Utc::now(), manager.tier_health());
-    let tiers = manager.tiers();
-    let selected: Vec<_> = tiers.iter().filter(|t| t.enabled && t.is_selected_by(requested, false)).collect();
     let suspended = |key: &str| health.get(key).is_some_and(|h| h.is_suspended(now));
     if selected.is_empty() || !selected.iter().all(|t| suspended(&t.key())) {
         return Ok(());
@@ -878,10 +873,8 @@ fn check_some_tier_may_run(manager: &Manager, requested: &[String]) -> Result<()
 /// Refuses a trigger for `database` that no selected tier would compact:
 /// the database belongs to a tenant whose tiers were not asked for (or to
 /// no tenant, and only tenants' tiers were).
-fn check_database_is_compacted_by(manager: &Manager, database: &str, requested: &[String]) -> Result<(), ApiError> {
+fn check_database_is_compacted_by(manager: &Manager, database: &str, selected: &[&PlannedTier]) -> Result<(), ApiError> {
     let owner = manager.config().tenant_of(database).map(|t| t.name.clone());
-    let tiers = manager.tiers();
-    let selected: Vec<_> = tiers.iter().filter(|t| t.enabled && t.is_selected_by(requested, false)).collect();
     if selected.iter().any(|t| t.tenant == owner) {
         return Ok(());
     }

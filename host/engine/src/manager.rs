@@ -343,8 +343,7 @@ impl Manager {
     pub async fn plan(&self, options: &CycleOptions) -> Result<Plan, PlanError> {
         // A suspended tier is not called, here either (the API plans too).
         let (tiers, suspended) = self.callable_tiers();
-        let selected: Vec<&PlannedTier> =
-            tiers.iter().filter(|t| t.enabled && t.is_selected_by(&options.tiers, options.exact_tiers)).collect();
+        let selected: Vec<&PlannedTier> = tiers.iter().filter(|t| options.selects(t)).collect();
         let mut plan = Plan::default();
         let groups = self.tenant_groups(&selected, options, &mut plan.planning_requests).await?;
         // Tenants plan side by side, each within its own deadline: a slow
@@ -545,7 +544,7 @@ impl Manager {
         let mut scopes: BTreeSet<Option<String>> = self
             .tiers()
             .iter()
-            .filter(|t| t.enabled && t.is_selected_by(&options.tiers, options.exact_tiers))
+            .filter(|t| options.selects(t))
             .map(|t| t.tenant.clone())
             .filter(|tenant| owner.as_ref().is_none_or(|owner| owner == tenant))
             .collect();
@@ -563,11 +562,7 @@ impl Manager {
         let requests_before = self.requests.snapshot();
         let mut report = CycleReport { cycle_id, ..Default::default() };
         let tiers = self.tiers();
-        let selected: Vec<&PlannedTier> = tiers
-            .iter()
-            .filter(|t| t.enabled && t.is_selected_by(&options.tiers, options.exact_tiers))
-            .filter(|t| _ticket._running.contains(&t.tenant))
-            .collect();
+        let selected: Vec<&PlannedTier> = tiers.iter().filter(|t| options.selects(t) && _ticket._running.contains(&t.tenant)).collect();
         if selected.is_empty() {
             return Ok(report);
         }
@@ -810,6 +805,14 @@ pub struct CycleTicket {
     /// (`None`: the top-level tiers).
     pub busy: Vec<Option<String>>,
     _running: RunningScopes,
+}
+
+impl CycleTicket {
+    /// Whether the cycle runs `tenant`'s tiers (`None`: the top-level ones):
+    /// selected, the owner of the named database if any, and not busy.
+    pub fn runs(&self, tenant: &Option<String>) -> bool {
+        self._running.contains(tenant)
+    }
 }
 
 /// The tenants a cycle runs; each marked running until its part of the

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use compactor_job::FailureKind;
 use compactor_job::RecoveryReport;
-use compactor_planning::{BatchRef, PlanProblem, TierId};
+use compactor_planning::{BatchRef, PlanProblem, PlannedTier, TierId};
 use compactor_storage::RequestCost;
 
 /// A cycle that could not run.
@@ -54,6 +54,14 @@ pub struct CycleOptions {
     pub planning_deadline: Option<std::time::Duration>,
     /// Planning only: set when nobody waits for the plan any more.
     pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl CycleOptions {
+    /// Whether a cycle of these options runs `tier`: enabled and named by
+    /// [`CycleOptions::tiers`] (every tier when empty).
+    pub fn selects(&self, tier: &PlannedTier) -> bool {
+        tier.enabled && tier.is_selected_by(&self.tiers, self.exact_tiers)
+    }
 }
 
 /// One batch's outcome.

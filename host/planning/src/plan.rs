@@ -422,7 +422,7 @@ pub fn plan_tier(
             plan.partitions.push(PartitionVerdict { tier: key.clone(), partition_path: partition.to_owned(), selected, reason });
         }
     };
-    let partitions: Vec<Partition> =
+    let mut partitions: Vec<Partition> =
         listings.iter().flat_map(|l| group_into_partitions(&l.database, &l.measurement, &l.files, level)).collect();
     // A plan cut short last time goes on where it stopped, so that a tenant
     // whose planning never finishes in time still gets round its partitions.
@@ -431,8 +431,8 @@ pub fn plan_tier(
         None => partitions.iter().position(|p| p.path.as_str() > after).unwrap_or(0),
     });
     let start = start.min(partitions.len());
-    let (before_start, from_start) = partitions.split_at(start);
-    for (seen, partition) in from_start.iter().chain(before_start).enumerate() {
+    partitions.rotate_left(start);
+    for (seen, partition) in partitions.iter().enumerate() {
         // The first partition is always planned (a budget of a
         // millisecond still makes progress); a stop is obeyed at once.
         let interrupted = options.interrupted().filter(|_| seen > 0 || options.stop.load(Ordering::Relaxed));
@@ -442,8 +442,7 @@ pub fn plan_tier(
                 problem(None, format!("{why}: the rest of the tier was not planned (its partitions wait for the next plan)"));
             }
             summary.interrupted = true;
-            summary.resume_after =
-                seen.checked_sub(1).and_then(|last| from_start.iter().chain(before_start).nth(last)).map(|p| p.path.clone());
+            summary.resume_after = seen.checked_sub(1).map(|last| partitions[last].path.clone());
             return summary;
         }
         summary.partitions_seen += 1;
