@@ -31,6 +31,7 @@ pub fn build(levels_up: usize, workspaces: &[GuestWorkspace<'_>]) -> Artifacts {
         root.push("..");
     }
     let target_dir = PathBuf::from(env("OUT_DIR")).join("guests");
+    ensure_target_installed();
     for workspace in workspaces {
         let dir = root.join(workspace.dir);
         build_workspace(&dir, workspace.packages, &target_dir);
@@ -59,11 +60,64 @@ pub fn write_generated(name: &str, text: &str) {
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
+/// The target the guests are built for.
+const TARGET: &str = "wasm32-wasip2";
+
+/// Makes sure the toolchain has the standard library for [`TARGET`]:
+/// `rust-toolchain.toml` lists it, but rustup adds a toolchain file's
+/// targets only when it installs the toolchain, so a machine that already
+/// had Rust 1.95 lacks it. Adds it through rustup when it is missing (one
+/// build script at a time: two `rustup target add` at once can collide),
+/// and otherwise stops the build with the one command that fixes it —
+/// early, since this runs before the engine's long compile.
+fn ensure_target_installed() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    if target_installed(&rustc) {
+        return;
+    }
+    let lock_path = std::env::temp_dir().join("compactor-guest-target.lock");
+    let lock = std::fs::File::create(&lock_path).and_then(|file| file.lock().map(|()| file));
+    if target_installed(&rustc) {
+        return;
+    }
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    println!(
+        "cargo:warning=the {TARGET} target is missing from the Rust toolchain{}; adding it with rustup (rust-toolchain.toml asks for it)",
+        toolchain.as_deref().map(|t| format!(" {t}")).unwrap_or_default()
+    );
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", TARGET]);
+    if let Some(toolchain) = &toolchain {
+        rustup.args(["--toolchain", toolchain]);
+    }
+    let added = rustup.status();
+    drop(lock);
+    match added {
+        Ok(status) if status.success() && target_installed(&rustc) => {}
+        Ok(status) => panic!(
+            "`rustup target add {TARGET}` failed ({status}); the guest components cannot be built without it. Run it by hand and build again."
+        ),
+        Err(e) => panic!(
+            "the {TARGET} target is missing from the Rust toolchain and rustup cannot be run ({e}): install the target's standard library (with rustup: `rustup target add {TARGET}`) and build again"
+        ),
+    }
+}
+
+/// Whether `rustc` has the standard library for [`TARGET`].
+fn target_installed(rustc: &str) -> bool {
+    let output = Command::new(rustc).args(["--print", "target-libdir", "--target", TARGET]).output();
+    let Ok(output) = output else { return false };
+    let libdir = String::from_utf8_lossy(&output.stdout);
+    let libdir = Path::new(libdir.trim());
+    output.status.success()
+        && std::fs::read_dir(libdir).is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
+}
+
 fn build_workspace(workspace: &Path, packages: &[&str], target_dir: &Path) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2"])
+        .args(["build", "--release", "--locked", "--target", TARGET])
         .args(packages.iter().flat_map(|p| ["-p", p]))
         .arg("--target-dir")
         .arg(target_dir)
@@ -79,7 +133,7 @@ fn build_workspace(workspace: &Path, packages: &[&str], target_dir: &Path) {
     let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo for the guest components: {e}"));
     if !status.success() {
         panic!(
-            "building the guest components {packages:?} in {} failed; is the wasm32-wasip2 target installed? (`rustup target add wasm32-wasip2`)",
+            "building the guest components {packages:?} in {} failed (see the errors above)",
             workspace.display()
         );
     }
