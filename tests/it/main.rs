@@ -7,6 +7,7 @@ mod cli;
 mod compaction;
 mod engines;
 mod kit;
+mod names;
 mod plan;
 mod policies;
 mod raw;

@@ -126,7 +126,7 @@ async fn a_manifest_that_cannot_be_read_now_blocks_its_partitions() {
     ManifestStore::new(inner.clone()).write(&manifest).await.unwrap();
     keys = hour("db/cpu", "11", 12);
     for key in &keys {
-        inner.write(key, "x").await.unwrap();
+        inner.write(key, vec![0u8; 100]).await.unwrap();
     }
     let storage = Storage::from_store(Arc::new(failing::FailsUnder::reads(inner.object_store().clone(), "_compaction_state")), "flaky://");
     let plan = plan(&storage, &arc_tiers(), "2026-04-13T00:00:00Z").await;

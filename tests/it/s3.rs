@@ -24,7 +24,7 @@ fn endpoint() -> &'static str {
     crate::kit::shared_s3_endpoint()
 }
 
-fn create_bucket_at(endpoint: &str, name: &str) {
+pub(crate) fn create_bucket_at(endpoint: &str, name: &str) {
     let address = endpoint.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     write!(stream, "PUT /{name} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
@@ -52,7 +52,7 @@ struct Bucket {
     config: String,
 }
 
-fn options_for(endpoint: &str) -> BTreeMap<String, String> {
+pub(crate) fn options_for(endpoint: &str) -> BTreeMap<String, String> {
     [
         ("aws_endpoint", endpoint),
         ("aws_allow_http", "true"),

@@ -364,6 +364,7 @@ async fn stats(State(api): State<Api>) -> Response {
     let mut body = json!({
         "total_jobs_completed": stats.total_jobs_completed,
         "total_jobs_failed": stats.total_jobs_failed,
+        "total_jobs_skipped": stats.total_jobs_skipped,
         "total_files_compacted": stats.total_files_compacted,
         "total_bytes_saved": stats.total_bytes_saved,
         "total_bytes_saved_mb": stats.total_bytes_saved as f64 / 1024.0 / 1024.0,

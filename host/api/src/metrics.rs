@@ -46,6 +46,7 @@ pub struct Metrics {
     debt_partitions: IntGaugeVec,
     debt_oldest_age: IntGaugeVec,
     debt_updated: IntGauge,
+    objects_set_aside: IntGauge,
     /// Last readings of counters kept elsewhere, to add only what is new.
     seen: Mutex<HashMap<String, u64>>,
 }
@@ -97,7 +98,7 @@ impl Metrics {
             jobs: counter_vec(
                 r,
                 "jobs_total",
-                "Batches compacted, by tier and outcome: success, or the kind of failure (out_of_memory, killed, timeout, sql, storage, lease_lost, unknown_outcome, ...).",
+                "Batches compacted, by tier and outcome: success, skipped (ran, merged nothing), or the kind of failure (out_of_memory, killed, timeout, sql, storage, lease_lost, unknown_outcome, ...).",
                 &["tenant", "tier", "outcome"],
             )?,
             files_read: counter_vec(r, "job_files_read_total", "Input files merged and removed by jobs.", tier)?,
@@ -121,6 +122,11 @@ impl Metrics {
                 "store_requests_total",
                 "Object-store requests, by kind (list, get, put, delete) and source (engine, job).",
                 &["kind", "source"],
+            )?,
+            objects_set_aside: gauge(
+                r,
+                "objects_set_aside",
+                "Objects the last cycle left in place because compaction cannot take them (named in the log and by `compactor plan`).",
             )?,
             plugin_calls: counter_vec(r, "plugin_calls_total", "Calls into a tier's policy component.", plugin)?,
             plugin_fuel: counter_vec(r, "plugin_fuel_used_total", "Fuel a tier's policy consumed.", plugin)?,
@@ -198,6 +204,7 @@ impl Metrics {
     fn observe_cycle(&self, report: &CycleReport) {
         self.cycles.inc();
         self.cycle_duration.observe(report.duration_ms as f64 / 1000.0);
+        self.objects_set_aside.set(report.set_aside.len() as i64);
     }
 
     fn add_requests(&self, source: &str, cost: RequestCost) {
@@ -289,11 +296,13 @@ pub fn attach(metrics: &Arc<Metrics>, manager: &Manager) {
     manager.subscribe(move |event| metrics.observe(&event));
 }
 
-/// A job record's `outcome` label: `success`, or the kind of failure that
-/// ended it, as history and the `once` summary name it (`failure` when a
-/// record from an older engine has none).
+/// A job record's `outcome` label: `success`, `skipped` (it ran and merged
+/// nothing), or the kind of failure that ended it, as history and the
+/// `once` summary name it (`failure` when a record from an older engine has
+/// none).
 fn job_outcome(record: &JobRecord) -> String {
     match (record.success, record.failure_kind) {
+        (true, _) if record.skipped.is_some() => "skipped".to_owned(),
         (true, _) => "success".to_owned(),
         (false, Some(kind)) => kind.name(),
         (false, None) => "failure".to_owned(),

@@ -91,10 +91,11 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
     let failed = report.failed().count();
     let recovery = &report.recovery;
     let summary = format!(
-        "cycle {}: {} jobs, {} failed, {} batches skipped (partition leased elsewhere); recovery: {} finished, {} rolled back; {:.1}s",
+        "cycle {}: {} jobs, {} failed, {} skipped, {} batches skipped (partition leased elsewhere); recovery: {} finished, {} rolled back; {:.1}s",
         report.cycle_id,
         report.jobs.len(),
         failed,
+        report.jobs.iter().filter(|j| j.skipped.is_some()).count(),
         report.skipped_locked,
         recovery.completed,
         recovery.rolled_back,
@@ -117,6 +118,12 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
     }
     for job in report.jobs.iter().filter(|j| !j.skipped_inputs.is_empty()) {
         println!("skipped invalid inputs in {}: {}", job.batch.partition_path, job.skipped_inputs.join(", "));
+    }
+    for job in report.jobs.iter().filter_map(|j| j.skipped.as_ref().map(|why| (j, why))) {
+        println!("skipped job in {} batch {}: {}", job.0.batch.partition_path, job.0.batch.batch_number, job.1);
+    }
+    for object in &report.set_aside {
+        println!("left in place: {:?}: {}", object.key, object.reason.escape_debug());
     }
     for (manifest, reason) in &recovery.failed {
         println!("recovery kept {manifest}: {reason}");

@@ -77,11 +77,18 @@ pub(crate) fn print_plan(plan: &Plan, format: Format, explain: bool) -> anyhow::
     for problem in &plan.problems {
         eprintln!("warning: {problem}");
     }
+    // Every object left in place, by name, in either format (the JSON
+    // answer stays the batch list).
+    for object in &plan.set_aside {
+        eprintln!("left in place: {:?}: {}", object.key, object.reason.escape_debug());
+    }
     match format {
         Format::Json => {
             let batches = &plan.batches;
             if explain {
-                crate::table::print_json(&serde_json::json!({ "batches": batches, "partitions": plan.partitions }))
+                crate::table::print_json(
+                    &serde_json::json!({ "batches": batches, "partitions": plan.partitions, "set_aside": plan.set_aside }),
+                )
             } else {
                 crate::table::print_json(&batches)
             }
@@ -122,6 +129,9 @@ pub(crate) fn print_plan(plan: &Plan, format: Format, explain: bool) -> anyhow::
                 if plan.problems.is_empty() { String::new() } else { format!("; {} problems (see above)", plan.problems.len()) },
             );
             table.print(&summary)?;
+            if !plan.set_aside.is_empty() {
+                println!("{} objects are left in place: compaction cannot take them (listed above)", plan.set_aside.len());
+            }
             if plan.deferred_by_budget > 0 {
                 println!("{} more batches wait for a later cycle: their tenants' max_bytes_per_cycle is spent", plan.deferred_by_budget);
             }

@@ -27,7 +27,7 @@ use compactor_planning::{Plan, PlanOptions, PlanProblem, PlannedBatch, PlannedTi
 use compactor_runtime::{NodeInfo, PluginRuntime, PluginSource};
 use compactor_storage::RequestCost;
 use compactor_storage::lease::{Leases, new_engine_id};
-use compactor_storage::{Storage, StoreDescriptor};
+use compactor_storage::{SetAside, Storage, StoreDescriptor};
 
 /// Records kept in the manager's memory (the persistent history keeps
 /// `[history] max_records`).
@@ -345,7 +345,7 @@ impl Manager {
         let (tiers, suspended) = self.callable_tiers();
         let selected: Vec<&PlannedTier> = tiers.iter().filter(|t| options.selects(t)).collect();
         let mut plan = Plan::default();
-        let groups = self.tenant_groups(&selected, options, &mut plan.planning_requests).await?;
+        let groups = self.tenant_groups(&selected, options, &mut plan.planning_requests, &mut plan.set_aside).await?;
         // Tenants plan side by side, each within its own deadline: a slow
         // tenant's planning holds back no other's.
         let plans = futures::future::join_all(groups.iter().map(|group| async move {
@@ -355,9 +355,10 @@ impl Manager {
             Ok::<Plan, PlanError>(tenant_plan)
         }))
         .await;
-        for tenant_plan in plans {
+        let mut plan = plans.into_iter().try_fold(plan, |mut plan, tenant_plan| {
             plan.merge(tenant_plan?);
-        }
+            Ok::<Plan, PlanError>(plan)
+        })?;
         for (name, health) in suspended {
             plan.problems.push(PlanProblem { tier: name, partition: None, message: health.suspension_note() });
         }
@@ -372,6 +373,7 @@ impl Manager {
         selected: &[&'a PlannedTier],
         options: &CycleOptions,
         requests: &mut RequestCost,
+        set_aside: &mut Vec<SetAside>,
     ) -> Result<Vec<TenantGroup<'a>>, PlanError> {
         if self.config.tenants.is_empty() {
             let tiers = selected.to_vec();
@@ -381,7 +383,9 @@ impl Manager {
             Some(database) => vec![database.clone()],
             None => {
                 requests.list += 1;
-                compactor_storage::discover_databases(&self.storage).await.map_err(PlanError::Discovery)?
+                let level = compactor_storage::discover_databases(&self.storage).await.map_err(PlanError::Discovery)?;
+                set_aside.extend(level.set_aside);
+                level.dirs
             }
         };
         let tenants = std::iter::once(None).chain(self.config.tenants.iter().map(Some));
@@ -580,7 +584,7 @@ impl Manager {
             Err(e) => tracing::error!(error = %e, "recovery failed; continuing with the cycle"),
         }
         let mut discovery = RequestCost::default();
-        let groups = self.tenant_groups(&selected, &options, &mut discovery).await?;
+        let groups = self.tenant_groups(&selected, &options, &mut discovery, &mut report.set_aside).await?;
         // Tenants run side by side: one tenant's slow policy, failing jobs
         // or spent budget never holds another's partitions.
         // Each tenant's part ends on its own: its next cycle may begin while
@@ -597,6 +601,12 @@ impl Manager {
             report.problems.extend(outcome.problems);
             report.skipped_locked += outcome.skipped_locked;
             report.deferred_by_budget += outcome.deferred_by_budget;
+            report.set_aside.extend(outcome.set_aside);
+        }
+        report.set_aside.sort();
+        report.set_aside.dedup();
+        for object in &report.set_aside {
+            tracing::warn!(cycle_id, key = ?object.key, reason = ?object.reason, "object left in place: compaction cannot take it");
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
         let own = self.requests.snapshot().since(requests_before);
@@ -662,6 +672,7 @@ impl Manager {
                 tracing::error!(tier = %key, "the tier's policy failed in {SUSPEND_AFTER_FAILING_CYCLES} cycles in a row; it is suspended (see /api/v1/plugins)");
             }
             outcome.problems.append(&mut plan.problems);
+            outcome.set_aside.append(&mut plan.set_aside);
             budget.defer_over_budget(group, &mut plan);
             outcome.deferred_by_budget += plan.deferred_by_budget;
             self.emit(Progress::TierStarted { tier: key, batches: plan.batches.len() });
@@ -690,7 +701,9 @@ impl Manager {
     async fn account(&self, record: &JobRecord) {
         {
             let mut stats = lock(&self.stats);
-            if record.success {
+            if record.skipped.is_some() {
+                stats.total_jobs_skipped += 1;
+            } else if record.success {
                 stats.total_jobs_completed += 1;
                 stats.total_files_compacted += record.files_compacted as u64;
                 stats.total_bytes_saved += record.bytes_before as i64 - record.bytes_after as i64;

@@ -221,8 +221,7 @@ pub(crate) async fn partition_outlook(
     to: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<(Vec<PartitionOutlook>, bool), compactor_storage::StorageError> {
-    let mut files = storage.list(&format!("{database}/{measurement}/")).await?;
-    files.retain(|f| compactor_model::is_eligible_input(&f.key));
+    let files = crate::planner::list_measurement(storage, database, measurement).await?.0.files;
     let held = match compactor_job::ManifestStore::new(storage.clone()).held_files().await {
         Ok(held) => Some(held),
         Err(e) => {

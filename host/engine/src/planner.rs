@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use crate::config::{Config, RegisteredTier};
 use compactor_job::ManifestStore;
-use compactor_model::{HeldFiles, is_eligible_input};
+use compactor_model::{HeldFiles, set_aside_reason};
 use compactor_planning::{
     Listing, Plan, PlanOptions, PlanProblem, PlannedTier, PolicyFactory, TierSummary, lease_mark_cost, list_pages, plan_tier,
     predict_outputs,
 };
 use compactor_runtime::{PluginRuntime, PluginSource};
-use compactor_storage::{self as storage, Storage, StorageError};
+use compactor_storage::{self as storage, SetAside, Storage, StorageError};
 
 /// Loads every tier of `config`: the top-level ones, then each tenant's,
 /// in order. A plugin that fails to load is kept as an error, so that
@@ -73,10 +73,12 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
         (None, Some(db)) => vec![db.clone()],
         (None, None) => {
             plan.planning_requests.list += 1;
-            storage::discover_databases(storage).await.map_err(PlanError::Discovery)?
+            let level = storage::discover_databases(storage).await.map_err(PlanError::Discovery)?;
+            plan.set_aside.extend(level.set_aside);
+            level.dirs
         }
     };
-    let mut listings = Arc::new(list_measurements(storage, &databases, &selected, &mut plan.problems).await);
+    let mut listings = Arc::new(list_measurements(storage, &databases, &selected, &mut plan).await);
     let databases: std::collections::BTreeSet<&str> = listings.iter().map(|l| l.database.as_str()).collect();
     plan.planning_requests.list += databases.len() as u64;
     plan.planning_requests.list += listings.iter().map(|l| list_pages(l.files.len())).sum::<u64>();
@@ -96,40 +98,63 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
         }
         plan.tiers.push(summary);
     }
+    plan.set_aside.sort();
+    plan.set_aside.dedup();
     Ok(plan)
 }
 
-async fn list_measurements(
-    storage: &Storage,
-    databases: &[String],
-    tiers: &[&PlannedTier],
-    problems: &mut Vec<PlanProblem>,
-) -> Vec<Listing> {
-    let mut report = |message: String| {
-        for tier in tiers {
-            problems.push(PlanProblem { tier: tier.key(), partition: None, message: message.clone() });
-        }
-    };
+async fn list_measurements(storage: &Storage, databases: &[String], tiers: &[&PlannedTier], plan: &mut Plan) -> Vec<Listing> {
     let mut listings = Vec::new();
     for database in databases {
         let measurements = match storage::discover_measurements(storage, database).await {
-            Ok(m) => m,
+            Ok(level) => {
+                plan.set_aside.extend(level.set_aside);
+                level.dirs
+            }
             Err(e) => {
-                report(format!("skipping database {database}: {e}"));
+                report_to_tiers(plan, tiers, format!("skipping database {database}: {e}"));
                 continue;
             }
         };
         for measurement in measurements {
-            match storage.list(&format!("{database}/{measurement}/")).await {
-                Ok(mut files) => {
-                    files.retain(|f| is_eligible_input(&f.key));
-                    listings.push(Listing { database: database.clone(), measurement, files });
+            match list_measurement(storage, database, &measurement).await {
+                Ok((listing, set_aside)) => {
+                    listings.push(listing);
+                    plan.set_aside.extend(set_aside);
                 }
-                Err(e) => report(format!("skipping {database}/{measurement}: {e}")),
+                Err(e) => report_to_tiers(plan, tiers, format!("skipping {database}/{measurement}: {e}")),
             }
         }
     }
     listings
+}
+
+fn report_to_tiers(plan: &mut Plan, tiers: &[&PlannedTier], message: String) {
+    for tier in tiers {
+        plan.problems.push(PlanProblem { tier: tier.key(), partition: None, message: message.clone() });
+    }
+}
+
+/// The files of `database`/`measurement` that compaction may read, and the
+/// objects there it leaves in place, each with the reason: what the store
+/// cannot name, and what is not a Parquet input Arc would take
+/// ([`compactor_model::set_aside_reason`]). The one listing of a
+/// measurement: plans and partition outlooks both take it.
+pub(crate) async fn list_measurement(
+    storage: &Storage,
+    database: &str,
+    measurement: &str,
+) -> Result<(Listing, Vec<SetAside>), StorageError> {
+    let listed = storage.list_objects(&format!("{database}/{measurement}/")).await?;
+    let mut set_aside = listed.set_aside;
+    let mut files = Vec::with_capacity(listed.files.len());
+    for file in listed.files {
+        match set_aside_reason(&file) {
+            Some(reason) => set_aside.push(SetAside { key: file.key, reason }),
+            None => files.push(file),
+        }
+    }
+    Ok((Listing { database: database.to_owned(), measurement: measurement.to_owned(), files }, set_aside))
 }
 
 /// Plans one tier on a thread of its own, awaited without blocking: the

@@ -100,6 +100,11 @@ pub struct JobRecord {
     /// Inputs skipped as invalid Parquet (left in place).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped_inputs: Vec<String>,
+    /// Why a job that ran merged nothing (its inputs had vanished, one
+    /// valid input was left, …): a skipped job, counted apart from the
+    /// successes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
     /// Largest peak resident memory of the job processes, in bytes.
@@ -211,6 +216,9 @@ pub struct CycleReport {
     pub deferred_by_budget: usize,
     /// Planning problems (a tier or partition that could not be planned).
     pub problems: Vec<PlanProblem>,
+    /// Objects the cycle's listings left in place, each once, with the
+    /// reason ([`compactor_planning::Plan::set_aside`]).
+    pub set_aside: Vec<compactor_model::SetAside>,
     /// Object-store requests of the whole cycle: the engine's own (recovery,
     /// listing, locks) and its jobs'.
     pub requests: RequestCost,
@@ -241,6 +249,8 @@ pub struct ManagerStats {
     pub total_jobs_completed: u64,
     /// Jobs that failed.
     pub total_jobs_failed: u64,
+    /// Jobs that ran and merged nothing ([`JobRecord::skipped`]).
+    pub total_jobs_skipped: u64,
     /// Inputs compacted.
     pub total_files_compacted: u64,
     /// Bytes saved (may be negative).

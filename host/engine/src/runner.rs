@@ -282,6 +282,7 @@ impl JobRunner {
             rows_after: succeeded.iter().map(|r| r.rows_after).sum(),
             attempts: attempts.len(),
             success: outcome.is_ok(),
+            skipped: skipped_reason(&succeeded).filter(|_| outcome.is_ok()),
             failure_kind: outcome.as_ref().err().map(|e| e.kind),
             error: outcome.err().map(|e| e.message),
             skipped_inputs: results.iter().flat_map(|r| r.skipped_inputs.clone()).collect(),
@@ -298,6 +299,14 @@ impl JobRunner {
         };
         (record, attempts.iter().any(leaves_writes_in_flight))
     }
+}
+
+/// Why a batch whose attempts all succeeded merged nothing, if none did.
+fn skipped_reason(succeeded: &[&JobResult]) -> Option<String> {
+    if succeeded.iter().any(|r| r.files_compacted > 0) {
+        return None;
+    }
+    succeeded.iter().find_map(|r| r.skipped.clone())
 }
 
 /// Whether `attempt` may have left writes that have not landed yet: an

@@ -93,7 +93,12 @@ fn ensure_target_installed() {
     let added = rustup.status();
     drop(lock);
     match added {
-        Ok(status) if status.success() && target_installed(&rustc) => {}
+        Ok(status) if status.success() && target_installed(&rustc) => {
+            // Cargo replays a build script's warnings until it runs again:
+            // make the next build run it once more (a path that never
+            // exists), so the notice is not shown after the fact.
+            println!("cargo:rerun-if-changed={}", std::env::temp_dir().join("compactor-guest-target-just-added").display());
+        }
         Ok(status) => panic!(
             "`rustup target add {TARGET}` failed ({status}); the guest components cannot be built without it. Run it by hand and build again."
         ),
@@ -132,10 +137,7 @@ fn build_workspace(workspace: &Path, packages: &[&str], target_dir: &Path) {
         .env_remove("CARGO_INCREMENTAL");
     let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo for the guest components: {e}"));
     if !status.success() {
-        panic!(
-            "building the guest components {packages:?} in {} failed (see the errors above)",
-            workspace.display()
-        );
+        panic!("building the guest components {packages:?} in {} failed (see the errors above)", workspace.display());
     }
 }
 

@@ -256,13 +256,12 @@ impl Job<'_> {
     fn execute(&mut self) -> anyhow::Result<()> {
         self.seams.started();
         create_private_dir(&self.work_dir).with_context(|| format!("failed to create temp directory {}", self.work_dir.display()))?;
-        let Some(inputs) = self.download_valid_inputs()? else {
-            self.seams.nothing_to_do();
-            return Ok(());
+        let inputs = match self.download_valid_inputs()? {
+            Ok(inputs) => inputs,
+            Err(why) => return Ok(self.skip(why)),
         };
         if !self.probe_time_column(&inputs) {
-            self.seams.nothing_to_do();
-            return Ok(());
+            return Ok(self.skip("no input has a `time` column; they are left as they are".to_owned()));
         }
         let (output, expected_rows) = self.merge_inputs(&inputs)?;
         self.verify(&inputs, &output, expected_rows)?;
@@ -277,14 +276,16 @@ impl Job<'_> {
 
     /// Steps 1 and 2: the inputs that still exist, downloaded, and of those
     /// the valid Parquet files (the others stay in storage, never deleted).
-    /// `None` when every input vanished.
-    fn download_valid_inputs(&mut self) -> anyhow::Result<Option<Inputs>> {
+    /// `Err(why)` when there is nothing to merge: every input vanished, or
+    /// one valid input is left (merging it alone would only rewrite it, and
+    /// a tier would do so every cycle).
+    fn download_valid_inputs(&mut self) -> anyhow::Result<Result<Inputs, String>> {
         let downloaded = self.download().context("failed to download files")?;
         self.timer.step("download");
         self.seams.at("after-download");
+        let vanished = self.config.files.len() - downloaded.len();
         if downloaded.is_empty() {
-            tracing::info!("no input left to compact (all vanished)");
-            return Ok(None);
+            return Ok(Err(format!("all {vanished} inputs vanished before download (another job took them)")));
         }
         let mut inputs = Vec::new();
         for input in downloaded {
@@ -299,9 +300,23 @@ impl Job<'_> {
         if inputs.is_empty() {
             return Err(NoValidInput.into());
         }
+        if inputs.len() < compactor_model::MIN_BATCH_FILES {
+            let invalid = self.result.skipped_inputs.len();
+            return Ok(Err(format!(
+                "one valid input is left ({vanished} vanished, {invalid} not valid Parquet): nothing to merge, it stays as it is"
+            )));
+        }
         let mut inputs = Inputs { inputs, files_sql: String::new() };
         inputs.files_sql = file_list(&inputs.local_paths());
-        Ok(Some(inputs))
+        Ok(Ok(inputs))
+    }
+
+    /// Ends the job without an output, saying why.
+    fn skip(&mut self, why: String) {
+        tracing::info!(reason = %why, "nothing to compact");
+        self.result.bytes_before = 0;
+        self.result.skipped = Some(why);
+        self.seams.nothing_to_do();
     }
 
     /// Step 3a: whether the inputs have a `time` column (without one they
@@ -316,7 +331,6 @@ impl Job<'_> {
         };
         if !has_time {
             tracing::warn!(partition = %self.config.partition_path, "no time column in the inputs; leaving them as they are");
-            self.result.bytes_before = 0;
         }
         self.timer.step("probe");
         has_time
@@ -506,9 +520,10 @@ impl Job<'_> {
         let downloads = futures::stream::iter(keys.into_iter().enumerate().map(|(index, key)| {
             let (storage, dir) = (self.storage.clone(), dir.clone());
             async move {
-                // The index keeps two inputs with one base name apart.
-                let base = key.rsplit('/').next().unwrap_or(&key).to_owned();
-                let local = dir.join(format!("{index:05}_{base}"));
+                // Named by position only: an object's own name may hold what
+                // DuckDB reads as a glob (`*`, `?`, `[`) or a quote, or be
+                // too long for the local file system once prefixed.
+                let local = dir.join(format!("{index:05}.parquet"));
                 match storage.download(&key, &local).await {
                     Ok(Some(size)) => Ok(Some((Input { key, local }, size))),
                     Ok(None) => {

@@ -246,6 +246,12 @@ pub struct JobResult {
     /// Inputs skipped because they are not valid Parquet (left in place).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_inputs: Vec<String>,
+    /// Why the job merged nothing although it ran: every input vanished
+    /// (another engine took them), fewer than two valid inputs were left
+    /// (a merge of one would only rewrite it), or no input has a `time`
+    /// column. `None` when it merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
     /// Inputs that could not be deleted (recovery retries them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub undeleted_inputs: Vec<String>,

@@ -705,7 +705,7 @@ impl ManifestStore {
             if state.manifests.contains(&manifest) {
                 continue;
             }
-            let settled = match self.storage.object_store().head(&object_store::path::Path::from(key.as_str())).await {
+            let settled = match self.storage.object_store().head(&compactor_storage::object_path(key)).await {
                 Ok(meta) => Utc::now() - meta.last_modified > settle,
                 Err(_) => false,
             };
@@ -730,7 +730,7 @@ impl ManifestStore {
         if size < 12 {
             return false;
         }
-        let location = object_store::path::Path::from(key);
+        let location = compactor_storage::object_path(key);
         match self.storage.object_store().get_range(&location, size - 4..size).await {
             Ok(tail) => tail.as_ref() == b"PAR1",
             Err(e) => {

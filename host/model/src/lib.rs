@@ -38,9 +38,61 @@ pub struct FileMeta {
     pub last_modified: DateTime<Utc>,
 }
 
-/// True for objects compaction may read: `*.parquet`, not hidden.
+/// An object a listing found that compaction leaves where it is: never
+/// read, merged or deleted, and reported by name once per cycle.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct SetAside {
+    /// The key as the store spells it (percent-encoded where it is not UTF-8).
+    pub key: String,
+    /// Why it is left alone.
+    pub reason: String,
+}
+
+/// True for objects compaction may read: `*.parquet`, not hidden, and a
+/// key Arc accepts ([`key_problem`]).
 pub fn is_eligible_input(key: &str) -> bool {
-    key.ends_with(".parquet") && !key.split('/').any(|segment| segment.starts_with('.'))
+    key.ends_with(".parquet") && !key.split('/').any(|segment| segment.starts_with('.')) && key_problem(key).is_none()
+}
+
+/// Longest key segment Arc accepts (#755: leaves room for its suffixes
+/// within a file system's 255-byte name).
+pub const MAX_KEY_SEGMENT_BYTES: usize = 250;
+/// Longest key Arc accepts (#755: S3's 1,024 bytes less its suffixes).
+pub const MAX_KEY_BYTES: usize = 1019;
+/// The smallest Parquet file: `PAR1`, a footer length and `PAR1`.
+const MIN_PARQUET_BYTES: u64 = 12;
+
+/// Why compaction leaves the listed data object `file` (not hidden) where
+/// it is, in words; `None` for an input it may read. These objects are
+/// reported by name each cycle, never read, merged or deleted.
+pub fn set_aside_reason(file: &FileMeta) -> Option<String> {
+    if let Some(problem) = key_problem(&file.key) {
+        return Some(problem);
+    }
+    if !file.key.ends_with(".parquet") {
+        return Some("not a Parquet file (no `.parquet` suffix)".to_owned());
+    }
+    if file.size < MIN_PARQUET_BYTES {
+        return Some(format!("too small to be a Parquet file ({} bytes)", file.size));
+    }
+    None
+}
+
+/// Arc's rules for keys it sets aside (#755): a `\`, a segment over
+/// [`MAX_KEY_SEGMENT_BYTES`], a key over [`MAX_KEY_BYTES`]. (The empty and
+/// `.` segments it also refuses never reach here: the store cannot name
+/// them, see `compactor_storage::SetAside`.)
+pub fn key_problem(key: &str) -> Option<String> {
+    if key.contains('\\') {
+        return Some("its key has a `\\`".to_owned());
+    }
+    if let Some(segment) = key.split('/').find(|s| s.len() > MAX_KEY_SEGMENT_BYTES) {
+        return Some(format!("a segment of its key is {} bytes (at most {MAX_KEY_SEGMENT_BYTES})", segment.len()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Some(format!("its key is {} bytes (at most {MAX_KEY_BYTES})", key.len()));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -52,5 +104,18 @@ mod tests {
         assert!(is_eligible_input("db/cpu/2026/01/01/00/a.parquet"));
         assert!(!is_eligible_input("db/cpu/2026/01/01/00/notes.txt"));
         assert!(!is_eligible_input("db/cpu/2026/01/01/00/.a.parquet"));
+        assert!(!is_eligible_input("db/cpu/2026/01/01/00/a\\b.parquet"));
+        assert!(!is_eligible_input(&format!("db/cpu/2026/01/01/00/{}.parquet", "x".repeat(243))));
+        assert!(is_eligible_input(&format!("db/cpu/2026/01/01/00/{}.parquet", "x".repeat(242))));
+        assert!(!is_eligible_input(&format!("db/cpu/{}/a.parquet", ["y"; 600].join("/"))));
+    }
+
+    #[test]
+    fn set_aside_objects_say_why() {
+        let file = |key: &str, size| FileMeta { key: key.into(), size, last_modified: DateTime::UNIX_EPOCH };
+        assert_eq!(set_aside_reason(&file("db/m/2026/01/01/00/a.parquet", 400)), None);
+        assert!(set_aside_reason(&file("db/m/2026/01/01/00/_SUCCESS", 0)).unwrap().contains("not a Parquet"));
+        assert!(set_aside_reason(&file("db/m/2026/01/01/00/a.parquet", 0)).unwrap().contains("too small"));
+        assert!(set_aside_reason(&file("db/m/2026/01/01/00/a\\b.parquet", 400)).unwrap().contains("`\\`"));
     }
 }

@@ -13,7 +13,7 @@ use crate::batching::{Candidate, split_into_batches};
 use crate::cost::batch_cost;
 use crate::policy::PolicyFactory;
 use crate::validate_answer;
-use compactor_model::{FileMeta, HeldFiles, MIN_BATCH_FILES, Partition, RequestCost, group_into_partitions};
+use compactor_model::{FileMeta, HeldFiles, MIN_BATCH_FILES, Partition, RequestCost, SetAside, group_into_partitions};
 use compactor_runtime::{PluginLimits, sanitize};
 
 /// Which tier: its tenant (none outside `[[tenants]]`) and its name. Two
@@ -296,6 +296,10 @@ pub struct Plan {
     /// Batches left out by a tenant's `max_bytes_per_cycle`: the next
     /// cycle's.
     pub deferred_by_budget: usize,
+    /// Objects the listings found that compaction leaves in place (names
+    /// the store cannot give, keys Arc refuses, files that are not Parquet
+    /// inputs), sorted, each once.
+    pub set_aside: Vec<SetAside>,
 }
 
 /// Why a tier did or did not select a partition.
@@ -320,6 +324,9 @@ impl Plan {
         self.problems.extend(other.problems);
         self.partitions.extend(other.partitions);
         self.deferred_by_budget += other.deferred_by_budget;
+        self.set_aside.extend(other.set_aside);
+        self.set_aside.sort();
+        self.set_aside.dedup();
     }
 
     /// Records that `deferred` (taken out of `batches`) waits for the next

@@ -486,7 +486,7 @@ impl Leases {
         self.storage.swap(&probe, None, "probe").await?;
         let after = Utc::now();
         let conditional_writes = !self.storage.swap(&probe, None, "probe").await.unwrap_or(true);
-        let stored = self.storage.object_store().head(&object_store::path::Path::from(probe.as_str())).await.ok();
+        let stored = self.storage.object_store().head(&crate::object_path(&probe)).await.ok();
         let _ = self.storage.delete(&probe).await;
         // The store stamps within [before, after] on a shared clock;
         // `Last-Modified` has one-second resolution on S3.

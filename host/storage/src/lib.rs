@@ -6,6 +6,7 @@ mod counting;
 pub mod faults;
 pub mod lease;
 mod local;
+mod names;
 mod s3;
 mod transfer;
 mod uploads;
@@ -15,14 +16,16 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::StreamExt;
 use object_store::memory::InMemory;
-use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 
+pub use compactor_model::SetAside;
 pub use compactor_model::{FileMeta, is_eligible_input};
 pub use counting::{CountingStore, RequestCost, RequestCounts};
+pub use names::object_path;
+use names::{is_hidden, raw_key_problem, unnamable};
 pub use s3::S3Config;
 pub use transfer::EarlyWriteback;
 pub use uploads::TrackedUploads;
@@ -53,6 +56,17 @@ pub enum StorageError {
         /// `Result` of this crate carries it).
         source: Box<object_store::Error>,
     },
+    /// A listing of the engine's own state found an object that cannot be
+    /// named.
+    #[error("cannot list {key:?} in {store}: {reason}")]
+    Unnamable {
+        /// The store's description.
+        store: String,
+        /// The key, as the store spells it.
+        key: String,
+        /// Why it cannot be named.
+        reason: String,
+    },
     /// An object operation failed.
     #[error("cannot {operation} {key:?} in {store}: {source}")]
     Object {
@@ -75,6 +89,17 @@ pub struct Level {
     pub objects: Vec<String>,
     /// Names of the sub-directories.
     pub dirs: Vec<String>,
+    /// Entries of the level that `object_store` cannot name.
+    pub set_aside: Vec<SetAside>,
+}
+
+/// A recursive listing ([`Storage::list_objects`]).
+#[derive(Debug, Clone, Default)]
+pub struct Listed {
+    /// The objects, except hidden ones.
+    pub files: Vec<FileMeta>,
+    /// Objects `object_store` cannot name, left where they are.
+    pub set_aside: Vec<SetAside>,
 }
 
 /// How a job process opens the same store again. It never holds secrets:
@@ -139,6 +164,9 @@ pub struct Storage {
     child_env: Vec<(String, String)>,
     /// Multipart uploads with known ids, where the store has them (S3).
     uploads: Option<TrackedUploads>,
+    /// Lists what `object_store` cannot (S3: a page with a key it refuses to
+    /// name fails whole); see [`s3::RawLister`].
+    raw_lister: Option<Arc<s3::RawLister>>,
     /// How long a write may still land after its process is gone; see
     /// [`Storage::late_write_window`].
     late_writes: Option<std::time::Duration>,
@@ -159,7 +187,7 @@ impl StorageError {
     pub fn object_store_error(&self) -> Option<&object_store::Error> {
         match self {
             Self::List { source, .. } | Self::Object { source, .. } => Some(source),
-            Self::Open { .. } => None,
+            Self::Open { .. } | Self::Unnamable { .. } => None,
         }
     }
 }
@@ -205,6 +233,7 @@ impl Storage {
             descriptor: None,
             child_env: Vec::new(),
             uploads: None,
+            raw_lister: None,
             late_writes: Some(request_timeout(options)),
         })
     }
@@ -221,6 +250,7 @@ impl Storage {
             descriptor: Some(StoreDescriptor::Local { base_path: root }),
             child_env: Vec::new(),
             uploads: None,
+            raw_lister: None,
             late_writes: None,
         })
     }
@@ -253,7 +283,15 @@ impl Storage {
 
     /// Wraps any `object_store` implementation.
     pub fn from_store(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
-        Self { store, description: description.into(), descriptor: None, child_env: Vec::new(), uploads: None, late_writes: None }
+        Self {
+            store,
+            description: description.into(),
+            descriptor: None,
+            child_env: Vec::new(),
+            uploads: None,
+            raw_lister: None,
+            late_writes: None,
+        }
     }
 
     /// The same store, taken to let a write land up to `window` after its
@@ -296,19 +334,95 @@ impl Storage {
 
     /// Every object under `prefix` (recursively; `""` is the whole store),
     /// except names starting with `.`. A missing prefix is an empty listing.
+    /// Fails when the store holds an object under `prefix` that
+    /// `object_store` cannot name: for the engine's own state, where
+    /// skipping an object could hide a manifest. Data listings use
+    /// [`Storage::list_objects`].
     pub async fn list(&self, prefix: &str) -> Result<Vec<FileMeta>, StorageError> {
-        let location = (!prefix.is_empty()).then(|| Path::from(prefix.trim_end_matches('/')));
-        let objects: Vec<_> = self.store.list(location.as_ref()).try_collect().await.map_err(|source| StorageError::List {
+        let listed = self.list_objects(prefix).await?;
+        match listed.set_aside.into_iter().next() {
+            Some(SetAside { key, reason }) => Err(StorageError::Unnamable { store: self.description.clone(), key, reason }),
+            None => Ok(listed.files),
+        }
+    }
+
+    /// Every object under `prefix`, like [`Storage::list`], where the ones
+    /// `object_store` cannot name are set aside (by name, with the reason)
+    /// instead of failing the listing: one such object must not stop the
+    /// rest of its measurement.
+    pub async fn list_objects(&self, prefix: &str) -> Result<Listed, StorageError> {
+        let location = (!prefix.is_empty()).then(|| object_path(prefix.trim_end_matches('/')));
+        let list_error = |source: object_store::Error| StorageError::List {
             store: self.description.clone(),
             prefix: prefix.to_owned(),
             source: Box::new(source),
-        })?;
-        let files: Vec<FileMeta> = objects
-            .into_iter()
-            .filter(|o| !o.location.parts().any(|p| p.as_ref().starts_with('.')))
-            .map(|o| FileMeta { key: o.location.to_string(), size: o.size, last_modified: o.last_modified })
-            .collect();
-        Ok(self.without_symlinks(files))
+        };
+        let mut stream = self.store.list(location.as_ref());
+        let mut listed = Listed::default();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(object) => {
+                    listed.files.push(FileMeta { key: object.location.to_string(), size: object.size, last_modified: object.last_modified })
+                }
+                // The listing stops at the first key it cannot name (on S3
+                // the whole page fails); list again, by exact names.
+                Err(object_store::Error::InvalidPath { source }) => {
+                    drop(stream);
+                    listed = match self.list_raw(prefix, false).await? {
+                        Some((listed, _)) => listed,
+                        None => Listed { files: Vec::new(), set_aside: vec![unnamable(&source)] },
+                    };
+                    break;
+                }
+                Err(e) => return Err(list_error(e)),
+            }
+        }
+        listed.files.retain(|f| !f.key.split('/').any(|p| p.starts_with('.')));
+        listed.set_aside.retain(|s| !is_hidden(&s.key));
+        listed.files = self.without_symlinks(std::mem::take(&mut listed.files));
+        Ok(listed)
+    }
+
+    /// A listing by exact names, for where `object_store` stops at a key it
+    /// cannot name: S3 through [`s3::RawLister`], local disk by walking the
+    /// directories. The objects and sub-directories (with `delimiter`: one
+    /// level) `object_store` can name, and the others set aside; `None` for
+    /// a store that cannot be listed that way.
+    async fn list_raw(&self, prefix: &str, delimiter: bool) -> Result<Option<(Listed, Vec<String>)>, StorageError> {
+        let (objects, dirs, set_aside) = if let Some(raw) = &self.raw_lister {
+            let raw = raw.list(prefix, delimiter).await.map_err(|e| StorageError::List {
+                store: self.description.clone(),
+                prefix: prefix.to_owned(),
+                source: Box::new(object_store::Error::Generic { store: "S3", source: e.into() }),
+            })?;
+            let objects = raw.objects.into_iter().map(|o| FileMeta { key: o.key, size: o.size, last_modified: o.last_modified }).collect();
+            (objects, raw.dirs, Vec::new())
+        } else if let Some(root) = self.local_root() {
+            let prefix = prefix.to_owned();
+            tokio::task::spawn_blocking(move || local::walk(&root, &prefix, delimiter)).await.map_err(|e| StorageError::List {
+                store: self.description.clone(),
+                prefix: String::new(),
+                source: Box::new(object_store::Error::Generic { store: "LocalFileSystem", source: e.into() }),
+            })?
+        } else {
+            return Ok(None);
+        };
+        let mut listed = Listed { files: Vec::new(), set_aside };
+        for object in objects {
+            match raw_key_problem(&object.key) {
+                None => listed.files.push(object),
+                Some(set_aside) => listed.set_aside.push(set_aside),
+            }
+        }
+        let mut names = Vec::new();
+        for dir in dirs {
+            let name = dir.strip_prefix(prefix).unwrap_or(&dir).trim_end_matches('/');
+            match raw_key_problem(&format!("{prefix}{name}")) {
+                None if !name.is_empty() && !name.contains('/') => names.push(name.to_owned()),
+                _ => listed.set_aside.push(SetAside { key: dir.clone(), reason: "a directory object stores cannot name".to_owned() }),
+            }
+        }
+        Ok(Some((listed, names)))
     }
 
     /// On local disk, drops files reached through a symbolic link (a linked
@@ -336,29 +450,35 @@ impl Storage {
         files
     }
 
-    /// Names of the immediate sub-directories of `prefix`, sorted, except
-    /// names starting with `.`.
-    pub(crate) async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        Ok(self.list_level(prefix).await?.dirs)
-    }
-
     /// One level under `prefix`: the keys of its objects and the names of its
-    /// sub-directories, each sorted, except names starting with `.`.
+    /// sub-directories, each sorted, except names starting with `.`. Entries
+    /// `object_store` cannot name are left out of both and listed in
+    /// [`Level::set_aside`].
     pub async fn list_level(&self, prefix: &str) -> Result<Level, StorageError> {
-        let location = (!prefix.is_empty()).then(|| Path::from(prefix.trim_end_matches('/')));
-        let listing = self.store.list_with_delimiter(location.as_ref()).await.map_err(|source| StorageError::List {
-            store: self.description.clone(),
-            prefix: prefix.to_owned(),
-            source: Box::new(source),
-        })?;
-        let visible = |name: &&str| !name.is_empty() && !name.starts_with('.');
-        let mut dirs: Vec<String> =
-            listing.common_prefixes.iter().filter_map(|p| p.filename()).filter(visible).map(str::to_owned).collect();
-        let mut objects: Vec<String> =
-            listing.objects.iter().filter(|o| o.location.filename().is_some_and(|n| visible(&n))).map(|o| o.location.to_string()).collect();
+        let location = (!prefix.is_empty()).then(|| object_path(prefix.trim_end_matches('/')));
+        let (mut dirs, mut objects, mut set_aside) = match self.store.list_with_delimiter(location.as_ref()).await {
+            Ok(listing) => (
+                listing.common_prefixes.iter().filter_map(|p| p.filename()).map(str::to_owned).collect::<Vec<_>>(),
+                listing.objects.iter().map(|o| o.location.to_string()).collect::<Vec<_>>(),
+                Vec::new(),
+            ),
+            // The level holds an entry object_store cannot name, and its
+            // listing fails whole: list it again, by exact names.
+            Err(object_store::Error::InvalidPath { source }) => match self.list_raw(prefix, true).await? {
+                Some((listed, dirs)) => (dirs, listed.files.into_iter().map(|f| f.key).collect(), listed.set_aside),
+                None => (Vec::new(), Vec::new(), vec![unnamable(&source)]),
+            },
+            Err(source) => {
+                return Err(StorageError::List { store: self.description.clone(), prefix: prefix.to_owned(), source: Box::new(source) });
+            }
+        };
+        let visible = |name: &str| !name.is_empty() && !name.starts_with('.');
+        dirs.retain(|d| visible(d));
+        objects.retain(|key| visible(key.rsplit('/').next().unwrap_or(key)));
+        set_aside.retain(|s| !is_hidden(&s.key));
         dirs.sort();
         objects.sort();
-        Ok(Level { objects, dirs })
+        Ok(Level { objects, dirs, set_aside })
     }
 
     /// Removes what an interrupted multipart upload of `key` left behind.
@@ -443,20 +563,20 @@ impl Storage {
 
     /// The whole content of `key`.
     pub async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
-        let result = self.store.get(&Path::from(key)).await.map_err(|e| self.object_error("read", key, e))?;
+        let result = self.store.get(&object_path(key)).await.map_err(|e| self.object_error("read", key, e))?;
         result.bytes().await.map_err(|e| self.object_error("read", key, e))
     }
 
     /// Writes `bytes` to `key`, replacing any previous object.
     pub async fn write(&self, key: &str, bytes: impl Into<PutPayload>) -> Result<(), StorageError> {
-        self.store.put(&Path::from(key), bytes.into()).await.map_err(|e| self.object_error("write", key, e))?;
+        self.store.put(&object_path(key), bytes.into()).await.map_err(|e| self.object_error("write", key, e))?;
         Ok(())
     }
 
     /// The content of `key` and its version, or `None` when it does not
     /// exist.
     pub async fn read_versioned(&self, key: &str) -> Result<Option<(Bytes, UpdateVersion)>, StorageError> {
-        let result = match self.store.get(&Path::from(key)).await {
+        let result = match self.store.get(&object_path(key)).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.object_error("read", key, e)),
@@ -474,7 +594,7 @@ impl Storage {
             Some(version) => PutMode::Update(version),
             None => PutMode::Create,
         };
-        match self.store.put_opts(&Path::from(key), bytes.into(), PutOptions::from(mode)).await {
+        match self.store.put_opts(&object_path(key), bytes.into(), PutOptions::from(mode)).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
             Err(e) => Err(self.object_error("write", key, e)),
@@ -483,7 +603,7 @@ impl Storage {
 
     /// Deletes `key`; a missing object is success.
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        match self.store.delete(&Path::from(key)).await {
+        match self.store.delete(&object_path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.object_error("delete", key, e)),
         }
@@ -491,7 +611,7 @@ impl Storage {
 
     /// The size of `key`, or `None` when it does not exist.
     pub async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
-        match self.store.head(&Path::from(key)).await {
+        match self.store.head(&object_path(key)).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.object_error("stat", key, e)),
@@ -515,16 +635,17 @@ fn redact_url(url: &url::Url) -> String {
 }
 
 /// Databases of the lake: top-level directories, except hidden ones,
-/// `compaction` and `_compaction_state` (Arc's reserved names).
-pub async fn discover_databases(storage: &Storage) -> Result<Vec<String>, StorageError> {
-    let mut names = storage.list_dirs("").await?;
-    names.retain(|n| n != "compaction" && n != COMPACTION_STATE_ROOT);
-    Ok(names)
+/// `compaction` and `_compaction_state` (Arc's reserved names); top-level
+/// entries that cannot be named are in [`Level::set_aside`].
+pub async fn discover_databases(storage: &Storage) -> Result<Level, StorageError> {
+    let mut level = storage.list_level("").await?;
+    level.dirs.retain(|n| n != "compaction" && n != COMPACTION_STATE_ROOT);
+    Ok(level)
 }
 
 /// Measurements of `database`: its immediate sub-directories.
-pub async fn discover_measurements(storage: &Storage, database: &str) -> Result<Vec<String>, StorageError> {
-    storage.list_dirs(&format!("{database}/")).await
+pub async fn discover_measurements(storage: &Storage, database: &str) -> Result<Level, StorageError> {
+    storage.list_level(&format!("{database}/")).await
 }
 
 #[cfg(test)]
@@ -550,14 +671,14 @@ mod tests {
             "compaction/x/y",
         ])
         .await;
-        assert_eq!(discover_databases(&storage).await.unwrap(), ["db1", "db2"]);
-        assert_eq!(discover_measurements(&storage, "db1").await.unwrap(), ["cpu", "mem"]);
+        assert_eq!(discover_databases(&storage).await.unwrap().dirs, ["db1", "db2"]);
+        assert_eq!(discover_measurements(&storage, "db1").await.unwrap().dirs, ["cpu", "mem"]);
     }
 
     #[tokio::test]
     async fn pseudo_database_measurements_are_relative() {
         let storage = store_with(&["rocket-01/factory/temps/2026/08/19/10/a.parquet"]).await;
-        assert_eq!(discover_measurements(&storage, "rocket-01/factory").await.unwrap(), ["temps"]);
+        assert_eq!(discover_measurements(&storage, "rocket-01/factory").await.unwrap().dirs, ["temps"]);
     }
 
     #[tokio::test]

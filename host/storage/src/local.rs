@@ -72,6 +72,48 @@ impl LocalStore {
     }
 }
 
+/// The objects under `prefix` of the store at `root` (with `delimiter`,
+/// one level, and the sub-directories as `{prefix}{name}/`), named exactly
+/// as the file system names them, for a listing `object_store` cannot make
+/// (it stops at the first name it refuses), and the entries whose name is
+/// not UTF-8, set aside (shown percent-encoded).
+/// Symbolic links are not followed; the staging files of the store's own
+/// writes (`{name}#{n}`) are left out, as `object_store` leaves them out.
+pub(crate) fn walk(
+    root: &FsPath,
+    prefix: &str,
+    delimiter: bool,
+) -> (Vec<compactor_model::FileMeta>, Vec<String>, Vec<compactor_model::SetAside>) {
+    let (mut objects, mut dirs, mut set_aside) = (Vec::new(), Vec::new(), Vec::new());
+    let mut pending = vec![prefix.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(root.join(&dir)) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                let shown = percent_encoding::percent_encode(name.as_encoded_bytes(), percent_encoding::CONTROLS);
+                let reason = "its name is not UTF-8 (shown percent-encoded)".to_owned();
+                set_aside.push(compactor_model::SetAside { key: format!("{dir}{shown}"), reason });
+                continue;
+            };
+            let key = format!("{dir}{name}");
+            let Ok(metadata) = entry.path().symlink_metadata() else { continue };
+            if metadata.is_dir() {
+                if delimiter { dirs.push(format!("{key}/")) } else { pending.push(format!("{key}/")) }
+            } else if metadata.is_file() && !is_staging(name) {
+                let last_modified = metadata.modified().map(chrono::DateTime::<chrono::Utc>::from).unwrap_or_default();
+                objects.push(compactor_model::FileMeta { key, size: metadata.len(), last_modified });
+            }
+        }
+    }
+    (objects, dirs, set_aside)
+}
+
+/// A staging file of the local store's writes: `{name}#{digits}`.
+fn is_staging(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// How long a swap waits for another process's swap of the same object: a
 /// swap holds the lock for microseconds, so a longer wait means its holder is
 /// stopped (SIGSTOP, a frozen VM), and waiting on would stop this engine too.

@@ -7,9 +7,14 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use object_store::ObjectStore;
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
+use object_store::client::{HttpClient, HttpConnector, ReqwestConnector};
+use object_store::path::Path;
 use object_store::prefix::PrefixStore;
+use object_store::signer::Signer;
 use serde::{Deserialize, Serialize};
 
 use super::{Storage, StoreDescriptor, TrackedUploads, redact_url};
@@ -105,10 +110,12 @@ pub(super) fn open(url: &url::Url, options: &BTreeMap<String, String>) -> anyhow
         endpoint,
         options: extra,
     };
+    let allow_http = get(AmazonS3ConfigKey::Client(object_store::ClientConfigKey::AllowHttp)) == "true";
     let store = Arc::new(builder.build()?);
     Ok(Storage {
         store: with_prefix(store.clone(), &prefix),
         description: redact_url(url),
+        raw_lister: Some(Arc::new(RawLister::new(store.clone(), config.region.clone(), &prefix, allow_http)?)),
         descriptor: Some(StoreDescriptor::S3(config)),
         child_env,
         uploads: Some(TrackedUploads::new(store, &prefix)),
@@ -135,6 +142,7 @@ pub(super) fn from_config(config: &S3Config) -> anyhow::Result<Storage> {
     Ok(Storage {
         store: with_prefix(store.clone(), &config.prefix),
         description,
+        raw_lister: Some(Arc::new(RawLister::new(store.clone(), config.region.clone(), &config.prefix, !config.use_ssl)?)),
         descriptor: Some(StoreDescriptor::S3(config.clone())),
         child_env: Vec::new(),
         uploads: Some(TrackedUploads::new(store, &config.prefix)),
@@ -143,6 +151,139 @@ pub(super) fn from_config(config: &S3Config) -> anyhow::Result<Storage> {
 }
 
 /// The store under `prefix`, with faults injected when the tests ask for them.
+/// Lists a bucket with `ListObjectsV2` directly, for the one case
+/// `object_store` cannot: a page holding a key it refuses to name (an empty
+/// or `.` segment, a control character) fails as a whole, and with it the
+/// listing of everything after it. This lister returns every key exactly as
+/// the bucket spells it (`encoding-type=url`, so that no key can break the
+/// XML), signed with the store's own credentials and sent through its HTTP
+/// client settings; the caller sets aside what `object_store` cannot read.
+#[derive(Debug)]
+pub(crate) struct RawLister {
+    store: Arc<AmazonS3>,
+    client: HttpClient,
+    region: String,
+    /// The store's key prefix inside the bucket, without slashes around it.
+    prefix: String,
+}
+
+/// One object of a raw listing, its key relative to the store's prefix.
+#[derive(Debug)]
+pub(crate) struct RawObject {
+    pub(crate) key: String,
+    pub(crate) size: u64,
+    pub(crate) last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// What a raw listing found: objects, and with a delimiter the
+/// sub-directories (relative keys ending in `/`).
+#[derive(Debug, Default)]
+pub(crate) struct RawListing {
+    pub(crate) objects: Vec<RawObject>,
+    pub(crate) dirs: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListBucketResult {
+    #[serde(default)]
+    contents: Vec<ListedObject>,
+    #[serde(default)]
+    common_prefixes: Vec<ListedPrefix>,
+    next_continuation_token: Option<String>,
+    encoding_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListedObject {
+    key: String,
+    size: u64,
+    last_modified: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListedPrefix {
+    prefix: String,
+}
+
+impl RawLister {
+    fn new(store: Arc<AmazonS3>, region: String, prefix: &str, allow_http: bool) -> anyhow::Result<Self> {
+        let options = object_store::ClientOptions::new().with_allow_http(allow_http);
+        let client = ReqwestConnector::default().connect(&options)?;
+        let region = if region.is_empty() { "us-east-1".to_owned() } else { region };
+        Ok(Self { store, client, region, prefix: prefix.trim_matches('/').to_owned() })
+    }
+
+    /// Everything under `prefix` (relative to the store), or with
+    /// `delimiter` one level of it.
+    pub(crate) async fn list(&self, prefix: &str, delimiter: bool) -> anyhow::Result<RawListing> {
+        // The bucket's URL as object_store builds it (endpoint, path or
+        // virtual-hosted style), read off a signed URL of a placeholder key.
+        let mut bucket_url = self.store.signed_url(http::Method::GET, &Path::from("placeholder"), Duration::from_secs(60)).await?;
+        bucket_url.set_query(None);
+        let path = bucket_url.path().trim_end_matches("placeholder").to_owned();
+        bucket_url.set_path(&path);
+        let full_prefix = match (self.prefix.is_empty(), prefix.is_empty()) {
+            (true, _) => prefix.to_owned(),
+            (false, true) => format!("{}/", self.prefix),
+            (false, false) => format!("{}/{prefix}", self.prefix),
+        };
+        let strip = |key: String| -> Option<String> {
+            if self.prefix.is_empty() { Some(key) } else { key.strip_prefix(&format!("{}/", self.prefix)).map(str::to_owned) }
+        };
+        let mut listing = RawListing::default();
+        let mut token: Option<String> = None;
+        loop {
+            let mut url = bucket_url.clone();
+            {
+                let mut query = url.query_pairs_mut();
+                query.append_pair("list-type", "2").append_pair("encoding-type", "url").append_pair("prefix", &full_prefix);
+                if delimiter {
+                    query.append_pair("delimiter", "/");
+                }
+                if let Some(token) = &token {
+                    query.append_pair("continuation-token", token);
+                }
+            }
+            let page = self.page(&url).await?;
+            let decode = |text: String| -> String {
+                if page.encoding_type.as_deref() == Some("url") {
+                    percent_encoding::percent_decode_str(&text.replace('+', " ")).decode_utf8_lossy().into_owned()
+                } else {
+                    text
+                }
+            };
+            for object in page.contents {
+                if let Some(key) = strip(decode(object.key)) {
+                    listing.objects.push(RawObject { key, size: object.size, last_modified: object.last_modified });
+                }
+            }
+            listing.dirs.extend(page.common_prefixes.into_iter().filter_map(|p| strip(decode(p.prefix))));
+            match page.next_continuation_token {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => return Ok(listing),
+            }
+        }
+    }
+
+    async fn page(&self, url: &url::Url) -> anyhow::Result<ListBucketResult> {
+        let credential = self.store.credentials().get_credential().await?;
+        let mut request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(url.as_str())
+            .body(object_store::client::HttpRequestBody::from(bytes::Bytes::new()))?;
+        AwsAuthorizer::new(&credential, "s3", &self.region).authorize(&mut request, None);
+        let response = self.client.execute(request).await?;
+        let status = response.status();
+        let body = response.into_body().bytes().await?;
+        let text = String::from_utf8_lossy(&body);
+        anyhow::ensure!(status.is_success(), "ListObjectsV2 answered {status}: {}", text.chars().take(300).collect::<String>());
+        Ok(quick_xml::de::from_str(&text)?)
+    }
+}
+
 fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
     let store = if prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix)) };
     super::faults::FaultyStore::from_env(store)

@@ -6,11 +6,10 @@
 use std::path::{Path as FsPath, PathBuf};
 
 use futures::StreamExt;
-use object_store::path::Path;
 use object_store::{MultipartId, PutMode, PutOptions, WriteMultipart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{Storage, StorageError, TrackedUploads};
+use crate::{Storage, StorageError, TrackedUploads, object_path};
 
 impl Storage {
     /// Copies `key` into the file `local` and returns its size; `None` when
@@ -19,7 +18,7 @@ impl Storage {
     /// copy that costs nothing), or copied by the kernel across file
     /// systems.
     pub async fn download(&self, key: &str, local: &FsPath) -> Result<Option<u64>, StorageError> {
-        let result = match self.store.get(&Path::from(key)).await {
+        let result = match self.store.get(&object_path(key)).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(self.object_error("read", key, e)),
@@ -74,7 +73,7 @@ impl Storage {
         }
         let bytes = tokio::fs::read(local).await.map_err(|e| self.object_error("create", key, local_io(e)))?;
         self.store
-            .put_opts(&Path::from(key), bytes.into(), PutOptions::from(PutMode::Create))
+            .put_opts(&object_path(key), bytes.into(), PutOptions::from(PutMode::Create))
             .await
             .map(drop)
             .map_err(|e| self.object_error("create", key, e))
@@ -83,7 +82,7 @@ impl Storage {
     /// Fails when `key` exists. A multipart upload cannot be conditional, so
     /// it is preceded by this check (names are unique per job: a safety net).
     pub async fn ensure_absent(&self, key: &str) -> Result<(), StorageError> {
-        match self.store.head(&Path::from(key)).await {
+        match self.store.head(&object_path(key)).await {
             Ok(_) => Err(self.already_exists(key)),
             Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.object_error("stat", key, e)),
@@ -102,7 +101,7 @@ impl Storage {
         mut after_part: impl FnMut(),
     ) -> Result<(), StorageError> {
         let error = |e: object_store::Error| self.object_error("upload", key, e);
-        let upload = self.store.put_multipart(&Path::from(key)).await.map_err(error)?;
+        let upload = self.store.put_multipart(&object_path(key)).await.map_err(error)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size as usize);
         let mut file = tokio::fs::File::open(local).await.map_err(|e| error(local_io(e)))?;
         let mut buffer = vec![0u8; (part_size as usize).min(8 << 20)];
@@ -145,7 +144,7 @@ impl Storage {
             Err(e) => tracing::warn!(file = %first, error = %e, "cannot delete compacted input"),
         }
         between()?;
-        let locations = futures::stream::iter(rest.iter().map(|k| Ok(Path::from(k.as_str())))).boxed();
+        let locations = futures::stream::iter(rest.iter().map(|k| Ok(object_path(k)))).boxed();
         let results: Vec<_> = self.store.delete_stream(locations).collect().await;
         for result in results {
             match result {

@@ -29,7 +29,7 @@ impl TrackedUploads {
     }
 
     fn path(&self, key: &str) -> Path {
-        if self.prefix.is_empty() { Path::from(key) } else { Path::from(format!("{}/{key}", self.prefix)) }
+        if self.prefix.is_empty() { crate::object_path(key) } else { crate::object_path(&format!("{}/{key}", self.prefix)) }
     }
 
     /// Starts an upload of `key`; returns its id.
