@@ -129,39 +129,44 @@ impl StartedChild {
             let _ = stdin.write_all(&input).await;
             drop(stdin);
         };
-        let read_stdout = async move {
-            let mut out = Vec::new();
-            let _ = stdout.read_to_end(&mut out).await;
-            out
+        // The result is the first complete line: a child stopped or slow
+        // after writing it (before it lets go of its output, or while the
+        // kernel takes back its memory) has done its job, and is neither
+        // waited for nor, under `job_timeout`, killed as a failure.
+        let read_result = async move {
+            let mut line = Vec::new();
+            let _ = BufReader::new(stdout).read_until(b'\n', &mut line).await;
+            line
         };
-        let read_stderr = async move {
+        // Its log lines are passed on as they come, also after the result.
+        let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let collected = stderr_lines.clone();
+        let mut read_stderr = tokio::spawn(tracing::Instrument::in_current_span(async move {
             let mut lines = BufReader::new(stderr).lines();
-            let mut all = String::new();
             while let Ok(Some(line)) = lines.next_line().await {
                 reemit(&origin, &line);
                 if !line.trim().is_empty() {
+                    let mut all = collected.lock().unwrap_or_else(|e| e.into_inner());
                     all.push_str(&line);
                     all.push('\n');
                 }
             }
-            all
-        };
+        }));
         let pid = child.id();
         let finished = async move {
-            let ((), out, err) = tokio::join!(write, read_stdout, read_stderr);
-            // A child that wrote its whole result has done its job and closed
-            // its output; its exit (the kernel handing back the merge's
-            // memory, ~25 ms after a 1 GB merge) is not waited for.
+            let ((), out) = tokio::join!(write, read_result);
+            let complete = out.ends_with(b"\n");
             let parsed = match serde_json::from_slice::<JobResult>(&out) {
-                Ok(result) => {
+                Ok(result) if complete => {
                     tokio::spawn(async move {
                         let _ = child.wait().await;
                     });
                     Ok(result)
                 }
-                Err(unparsed) => Err((unparsed, child.wait().await)),
+                Ok(_) => Err(("the result line is not complete".to_owned(), child.wait().await)),
+                Err(unparsed) => Err((unparsed.to_string(), child.wait().await)),
             };
-            (out, err, parsed)
+            (out, parsed)
         };
         tokio::pin!(finished);
         let deadline = async {
@@ -170,7 +175,7 @@ impl StartedChild {
                 None => std::future::pending().await,
             }
         };
-        let ((out, err, parsed), timed_out) = tokio::select! {
+        let ((out, parsed), timed_out) = tokio::select! {
             done = &mut finished => (done, false),
             () = deadline => {
                 if let Some(pid) = pid {
@@ -181,6 +186,11 @@ impl StartedChild {
                 ((&mut finished).await, true)
             }
         };
+        // The job's lines are in the pipe before its result (or its exit):
+        // they are passed on before the job is reported, but a process that
+        // holds the pipe (stopped, or one it left behind) is not waited for.
+        let _ = tokio::time::timeout(STDERR_DRAIN, &mut read_stderr).await;
+        let err = stderr_lines.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut err = err;
         if timed_out {
             err.push_str(&format!("killed after compaction.job_timeout ({:?})", timeout.unwrap_or_default()));
@@ -198,7 +208,10 @@ impl StartedChild {
                     return Err(failure);
                 }
                 return Err(JobFailure {
-                    message: format!("failed to parse subprocess result: {unparsed} (stdout: {})", String::from_utf8_lossy(&out)),
+                    message: format!(
+                        "failed to parse subprocess result: {unparsed} (stdout: {})",
+                        String::from_utf8_lossy(&out).trim_end()
+                    ),
                     stderr,
                     exit_code: status.code(),
                     kind: FailureKind::Protocol,
@@ -221,6 +234,9 @@ impl StartedChild {
         Ok(result)
     }
 }
+
+/// How long the job's log lines are drained after its result or exit.
+const STDERR_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A job process that exited unsuccessfully, described as Arc describes it.
 fn exit_failure(status: std::process::ExitStatus, stderr: String) -> JobFailure {
@@ -461,6 +477,28 @@ mod tests {
         command.timeout = Some(std::time::Duration::from_secs(5));
         let result = command.run(&job()).await.unwrap();
         assert_eq!(result.files_compacted, 2);
+    }
+
+    /// Issue 21 §4a: the parent used to wait for the end of the child's
+    /// output, so a child stopped between its result and letting go of its
+    /// output held the cycle, and under `job_timeout` a job that succeeded
+    /// was killed and failed as a timeout.
+    #[tokio::test]
+    async fn a_job_stopped_right_after_its_result_is_taken_at_its_result_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let mut command = script(
+            dir.path(),
+            &format!(r#"cat >/dev/null; echo $$ > {}; echo '{{"success":true,"files_compacted":2}}'; kill -STOP $$"#, pid_file.display()),
+        );
+        command.timeout = Some(std::time::Duration::from_secs(5));
+        let started = std::time::Instant::now();
+        let result = command.run(&job()).await;
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        // SAFETY: the stopped script is this test's own grandchild.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert_eq!(result.unwrap().files_compacted, 2);
+        assert!(started.elapsed() < std::time::Duration::from_secs(4), "taken at once, not at the timeout: {:?}", started.elapsed());
     }
 
     #[tokio::test]
