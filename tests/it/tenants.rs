@@ -151,6 +151,15 @@ fn a_tenants_byte_budget_defers_batches_to_later_cycles_and_loses_none() {
     let table = compactor(&["plan", "--config", &config, "--now", NOW], &[]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("small/hourly") && table.contains("2 more batches wait for a later cycle"), "{table}");
+    // Its request estimate counts what the cycle runs (issue 21 §4d: it
+    // counted the deferred batches too): one hour's batch, where the
+    // untenanted database of the same shape runs two.
+    let gets = |tier: &str| -> u64 {
+        let line = table.lines().find(|l| l.trim_start().starts_with(&format!("{tier}: "))).unwrap_or_else(|| panic!("{tier}: {table}"));
+        line.trim_start()[tier.len() + 2..].split(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(2 * gets("small/hourly"), gets("hourly"), "{table}");
+    assert_eq!(gets("small/daily"), 0, "the day is deferred: {table}");
 
     let (output, report) = once_json(&config);
     assert!(output.status.success(), "a deferral is not a failure: {}", text(&output));

@@ -87,6 +87,10 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
         let first_batch = plan.batches.len();
         let mut summary = plan_tier_on_own_thread(tier, &listings, &held, options, &mut plan).await;
         if storage.late_write_window().is_some() {
+            // Each batch's job also marks its lease (a GET and a PUT).
+            for batch in &mut plan.batches[first_batch..] {
+                batch.requests += lease_mark_cost(1);
+            }
             summary.requests += lease_mark_cost(summary.batches);
         }
         // A cycle runs the tiers in order: the next one sees this one's

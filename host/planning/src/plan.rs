@@ -153,6 +153,10 @@ pub struct PlannedBatch {
     /// The tenant whose database it is (absent outside `[[tenants]]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Object-store requests its job would make (in its tier's
+    /// [`TierSummary::requests`]).
+    #[serde(skip)]
+    pub requests: RequestCost,
 }
 
 /// Which batch: its tier (and tenant), partition and number, as every
@@ -340,6 +344,7 @@ impl Plan {
             summary.batches = summary.batches.saturating_sub(1);
             summary.files = summary.files.saturating_sub(batch.candidate.files.len());
             summary.bytes = summary.bytes.saturating_sub(batch.bytes);
+            summary.requests = summary.requests.since(batch.requests);
         }
     }
 
@@ -517,11 +522,12 @@ pub fn plan_tier(
             };
             for batch in split_into_batches(&candidate, options.max_files_per_batch) {
                 let bytes = batch_bytes(partition, &batch.files);
-                summary.requests += batch_cost(batch.files.len(), bytes, options.multipart_threshold);
+                let requests = batch_cost(batch.files.len(), bytes, options.multipart_threshold);
+                summary.requests += requests;
                 summary.batches += 1;
                 summary.files += batch.files.len();
                 summary.bytes += bytes;
-                plan.batches.push(PlannedBatch { candidate: batch, bytes, tenant: tier.tenant.clone() });
+                plan.batches.push(PlannedBatch { candidate: batch, bytes, tenant: tier.tenant.clone(), requests });
             }
             selected = true;
         }
