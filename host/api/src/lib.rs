@@ -527,7 +527,7 @@ impl TriggerRequest {
         let mut request = Self::default();
         let mut seen: Vec<&str> = Vec::new();
         if has_body {
-            let object: serde_json::Map<String, Value> = serde_json::from_slice(body)
+            let UniqueKeys(object) = serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e} (expected an object with tier, database, force)")))?;
             for (key, value) in &object {
                 match (key.as_str(), value) {
@@ -563,6 +563,36 @@ impl TriggerRequest {
             seen.push(key);
         }
         Ok(request)
+    }
+}
+
+/// A JSON object whose keys are each given once: `serde_json` keeps the
+/// last of two, so `{"tier":"daily","tier":"hourly"}` would silently run
+/// another tier than the client may think it asked for.
+struct UniqueKeys(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueKeys;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+                let mut entries: Vec<(String, Value)> = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    if entries.iter().any(|(k, _)| *k == key) {
+                        return Err(serde::de::Error::custom(format!("{key:?} is given more than once")));
+                    }
+                    entries.push((key, value));
+                }
+                Ok(UniqueKeys(entries))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
     }
 }
 
@@ -905,6 +935,18 @@ mod tests {
         for bad in ["", "1db", "a b", "_x", &"a".repeat(65), "db/x", "dé"] {
             assert!(!valid_database(bad), "{bad}");
         }
+    }
+
+    /// Issue 21 §4j: the last of two keys won.
+    #[test]
+    fn a_trigger_body_naming_a_key_twice_is_refused_naming_it() {
+        let body = Bytes::from_static(br#"{"tier": "daily", "tier": "hourly"}"#);
+        let Err(error) = TriggerRequest::parse(&[], &body) else { panic!("accepted") };
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        let message = error.body.to_string();
+        assert!(message.contains(r#"\"tier\" is given more than once"#), "{message}");
+        let Ok(once) = TriggerRequest::parse(&[], &Bytes::from_static(br#"{"tier": "daily", "force": true}"#)) else { panic!() };
+        assert_eq!((once.tiers, once.force), (vec!["daily".to_owned()], true));
     }
 
     #[test]
