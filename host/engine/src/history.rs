@@ -33,6 +33,9 @@ pub struct History {
     engine: String,
     max_records: usize,
     written: std::sync::Arc<AtomicU64>,
+    /// Whether each entry seen parses as a record (entries never change:
+    /// each is read once to be counted).
+    parses: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, bool>>>,
 }
 
 /// What [`History::recent`] found.
@@ -43,7 +46,8 @@ pub struct Recent {
     /// Entries met on the way that could not be read (they do not count
     /// towards the limit).
     pub unreadable: Vec<UnreadableEntry>,
-    /// Entries the history holds in all.
+    /// Entries the history holds in all that are job records (an object
+    /// merely named like one does not count).
     pub kept: usize,
 }
 
@@ -60,7 +64,7 @@ impl History {
     /// The history in `storage`, written by engine `engine`, kept to
     /// `max_records` entries (0: nothing is recorded).
     pub fn new(storage: Storage, engine: &str, max_records: usize) -> Self {
-        Self { storage, engine: engine.to_owned(), max_records, written: Default::default() }
+        Self { storage, engine: engine.to_owned(), max_records, written: Default::default(), parses: Default::default() }
     }
 
     /// Records one finished job. The key starts with the finish time in
@@ -98,7 +102,7 @@ impl History {
     /// The `limit` most recent readable entries, from one listing.
     pub async fn recent(&self, limit: usize) -> Result<Recent, StorageError> {
         let entries = self.entries().await?;
-        let kept = entries.len();
+        let kept = self.count_records(&entries).await;
         let mut records = Vec::new();
         let mut unreadable = Vec::new();
         let mut newest_first = entries.into_iter().rev();
@@ -135,6 +139,39 @@ impl History {
         }
         records.reverse();
         Ok(Recent { records, unreadable, kept })
+    }
+
+    /// How many of `entries` parse as job records; each entry is read the
+    /// first time it is met only.
+    async fn count_records(&self, entries: &[compactor_model::FileMeta]) -> usize {
+        let unseen: Vec<compactor_model::FileMeta> = {
+            let parses = self.parses.lock().unwrap_or_else(|e| e.into_inner());
+            entries.iter().filter(|e| !parses.contains_key(&e.key)).cloned().collect()
+        };
+        let verdicts = futures::stream::iter(unseen.into_iter().map(|entry| {
+            let storage = self.storage.clone();
+            async move {
+                // A read that fails now is not remembered: it is tried again.
+                let verdict = if entry.size > MAX_ENTRY_BYTES {
+                    Some(false)
+                } else {
+                    storage.read(&entry.key).await.ok().map(|bytes| parse_entry(&bytes).is_ok())
+                };
+                (entry.key, verdict)
+            }
+        }))
+        .buffered(CONCURRENT_READS)
+        .collect::<Vec<_>>()
+        .await;
+        let mut parses = self.parses.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, verdict) in verdicts {
+            if let Some(verdict) = verdict {
+                parses.insert(key, verdict);
+            }
+        }
+        let listed: std::collections::HashSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+        parses.retain(|key, _| listed.contains(key.as_str()));
+        entries.iter().filter(|e| parses.get(&e.key).copied().unwrap_or(false)).count()
     }
 
     /// Deletes the oldest entries beyond `max_records`; returns how many.
@@ -234,6 +271,10 @@ mod tests {
         let order: Vec<&str> = records.iter().map(|r| r.batch.partition_path.as_str()).collect();
         assert_eq!(order, ["p1", "p2"]);
         assert_eq!(unreadable.len(), 2, "{unreadable:?}");
-        assert_eq!(kept, 4, "only entry-shaped names count");
+        // Issue 21 §4l: the two entry-shaped objects that are no records
+        // counted too.
+        assert_eq!(kept, 2, "only records count");
+        history.append(&record(3, "p3")).await.unwrap();
+        assert_eq!(history.recent(1).await.unwrap().kept, 3, "a new entry counts once read");
     }
 }
