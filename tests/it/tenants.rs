@@ -294,3 +294,25 @@ fn a_tenant_with_many_partitions_never_takes_every_job_slot_in_turn() {
         assert_rows_kept(root, database);
     }
 }
+
+/// Issue 21 §4f: a tenant pattern that owns no database (a typo, or one an
+/// earlier tenant's pattern shadows) was accepted silently, and its
+/// databases ran the top-level tiers.
+#[test]
+fn a_tenant_pattern_that_owns_no_database_is_warned_about_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    lake(root, &["acme_eu", "acme_us"]);
+    let config = TestConfig::new("lake")
+        .hourly_and_daily()
+        .compaction("temp_directory", "tmp")
+        .tenant("name = \"acme\"\ndatabases = [\"acme_*\", \"amce_*\"]")
+        .tenant("name = \"late\"\ndatabases = [\"acme_eu\"]")
+        .write(root);
+    let once = compactor(&["once", "--config", &config, "--now", NOW], &[]);
+    assert!(once.status.success(), "{}", text(&once));
+    let stderr = String::from_utf8_lossy(&once.stderr);
+    assert!(stderr.contains("tenant acme: database pattern \"amce_*\" matches no database of the lake"), "{stderr}");
+    assert!(stderr.contains("tenant late: database pattern \"acme_eu\" only matches databases an earlier tenant owns (acme_eu)"), "{stderr}");
+    assert!(!stderr.contains("\"acme_*\""), "the pattern in use is not warned about: {stderr}");
+}

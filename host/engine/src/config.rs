@@ -238,6 +238,11 @@ pub struct PluginsConfig {
     pub limits: LimitsConfig,
 }
 
+/// Smallest memory a plugin instance may be given.
+const MIN_PLUGIN_MEMORY: u64 = 1 << 20;
+/// Largest: a 32-bit WebAssembly instance addresses 4 GiB.
+const MAX_PLUGIN_MEMORY: u64 = 4 << 30;
+
 /// Sandbox limits, as written in the config; absent fields take defaults.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -261,9 +266,16 @@ impl LimitsConfig {
             limits.fuel_per_call = fuel;
         }
         if let Some(memory) = &self.memory {
-            limits.memory_bytes = compactor_model::units::parse_size(memory).filter(|b| *b >= 1 << 20).ok_or_else(|| {
-                value_error(format!("{key}.memory"), format!("{memory:?} (expected a size of at least 1MiB, e.g. \"256MiB\")"))
+            let bytes = compactor_model::units::parse_size(memory).ok_or_else(|| {
+                value_error(format!("{key}.memory"), format!("{memory:?} (expected a size such as \"256MiB\": B, KB, MB, GB, KiB, MiB, GiB)"))
             })?;
+            if !(MIN_PLUGIN_MEMORY..=MAX_PLUGIN_MEMORY).contains(&bytes) {
+                return Err(value_error(
+                    format!("{key}.memory"),
+                    format!("{memory:?} (a plugin's memory is between 1MiB and 4GiB, the most a 32-bit WebAssembly instance can address)"),
+                ));
+            }
+            limits.memory_bytes = bytes;
         }
         if let Some(ms) = self.call_timeout_ms {
             if ms == 0 {
@@ -857,6 +869,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().starts_with("invalid tiers[0].limits.memory value"), "{err}");
+    }
+
+    /// Issue 21 §4f: `1TiB` was accepted, and `16EiB` said "too small".
+    #[test]
+    fn plugin_memory_is_bounded_by_what_an_instance_can_address() {
+        let limits = |memory: &str| {
+            parse(&format!("[storage]\nurl = \"memory://\"\n[[tenants]]\nname = \"t\"\ndatabases = [\"x\"]\n[tenants.limits]\nmemory = \"{memory}\"\n"))
+        };
+        for too_much in ["1TiB", "5GiB", "512KiB"] {
+            let err = limits(too_much).unwrap_err().to_string();
+            assert!(err.starts_with("invalid tenants[0].limits.memory value") && err.contains("between 1MiB and 4GiB"), "{err}");
+        }
+        let err = limits("16EiB").unwrap_err().to_string();
+        assert!(err.contains("expected a size such as") && !err.contains("too small"), "{err}");
+        assert!(limits("4GiB").is_ok() && limits("1MiB").is_ok());
     }
 
     #[test]

@@ -501,7 +501,42 @@ impl Manager {
                 offset.num_milliseconds()
             );
         }
+        for warning in self.unmatched_tenant_patterns().await {
+            tracing::warn!("{warning}");
+        }
         Ok(())
+    }
+
+    /// A warning for each tenant's database pattern that owns no database
+    /// of the lake: it matches none, or only databases an earlier tenant
+    /// owns (a database belongs to the first tenant that matches). Likely a
+    /// typo, whose databases then run the top-level tiers.
+    pub async fn unmatched_tenant_patterns(&self) -> Vec<String> {
+        if self.config.tenants.is_empty() {
+            return Vec::new();
+        }
+        let databases = match compactor_storage::discover_databases(&self.storage).await {
+            Ok(level) => level.dirs,
+            Err(e) => return vec![format!("cannot list the databases to check the tenants' patterns: {e}")],
+        };
+        let mut warnings = Vec::new();
+        for tenant in &self.config.tenants {
+            for pattern in &tenant.databases {
+                let matcher = wildmatch::WildMatch::new(pattern);
+                let matched: Vec<&String> = databases.iter().filter(|db| matcher.matches(db)).collect();
+                let owned = matched.iter().any(|db| self.config.tenant_of(db).is_some_and(|owner| owner.name == tenant.name));
+                if matched.is_empty() {
+                    warnings.push(format!("tenant {}: database pattern {pattern:?} matches no database of the lake", tenant.name));
+                } else if !owned {
+                    warnings.push(format!(
+                        "tenant {}: database pattern {pattern:?} only matches databases an earlier tenant owns ({}); it can never take one",
+                        tenant.name,
+                        matched.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+        }
+        warnings
     }
 
     /// Removes the temp directories of engines that are gone (their leftover
