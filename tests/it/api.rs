@@ -1017,3 +1017,53 @@ fn a_tenant_out_of_planning_time_every_cycle_still_gets_round_its_partitions() {
         crate::tenants::assert_rows_kept(root, database);
     }
 }
+
+/// Issue 21 §4g: a cycle the API started had no deadline (Arc's is 30
+/// minutes). With `trigger_timeout` past, the job running finishes and no
+/// further batch starts.
+#[test]
+fn a_triggered_cycle_starts_no_batch_after_its_trigger_timeout() {
+    let (lake, port) =
+        api_lake(|config| config.section("api", "token", TOKEN).section("api", "trigger_timeout", "2s").compaction("max_concurrent", 1));
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[("COMPACTOR_STALL", "after-merge:3000")]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    let (status, body) = api.post("/api/v1/compaction/trigger?tier=hourly", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    api.wait_cycle_done(body["cycle_id"].as_u64().unwrap());
+    stop(engine);
+    let history = compactor(&["history", "--config", &lake.config, "--format", "json"], &[]);
+    let records: Vec<Value> = serde_json::from_slice(&history.stdout).unwrap();
+    assert_eq!(records.len(), 1, "one job ran (4 hourly batches were planned): {records:#?}");
+    assert_eq!(records[0]["success"], true, "the job running at the deadline finished: {records:#?}");
+    assert_intact(&lake);
+}
+
+/// Issue 21 §4n: every read endpoint answered whoever reached the port.
+#[test]
+fn with_auth_all_only_the_probes_and_open_metrics_answer_without_the_token() {
+    let (_lake, port) =
+        api_lake(|config| config.section("api", "token", TOKEN).section("api", "auth", "all").section("api", "open_metrics", true));
+    let mut engine = spawn_compactor(&_lake.config, &["run"], &[]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(api.text(open).0, 200, "{open}");
+    }
+    for path in [
+        "/api/v1/compaction/status",
+        "/api/v1/compaction/stats",
+        "/api/v1/compaction/jobs",
+        "/api/v1/compaction/history",
+        "/api/v1/compaction/candidates",
+        "/api/v1/compaction/partitions/db/cpu",
+        "/api/v1/plugins",
+    ] {
+        assert_eq!(api.text(path).0, 401, "{path} without the token");
+        let (status, body) = api.send(api.http.get(format!("{}{path}", api.base)).bearer_auth(TOKEN)).unwrap();
+        assert_eq!(status, 200, "{path} with the token: {body}");
+        let (status, _) = api.send(api.http.get(format!("{}{path}", api.base)).bearer_auth("wrong")).unwrap();
+        assert_eq!(status, 401, "{path} with a wrong token");
+    }
+    stop(engine);
+}

@@ -313,6 +313,9 @@ fn a_tenant_pattern_that_owns_no_database_is_warned_about_at_start_up() {
     assert!(once.status.success(), "{}", text(&once));
     let stderr = String::from_utf8_lossy(&once.stderr);
     assert!(stderr.contains("tenant acme: database pattern \"amce_*\" matches no database of the lake"), "{stderr}");
-    assert!(stderr.contains("tenant late: database pattern \"acme_eu\" only matches databases an earlier tenant owns (acme_eu)"), "{stderr}");
+    assert!(
+        stderr.contains("tenant late: database pattern \"acme_eu\" only matches databases an earlier tenant owns (acme_eu)"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("\"acme_*\""), "the pattern in use is not warned about: {stderr}");
 }

@@ -144,6 +144,7 @@ impl Api {
             .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
             .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint".into()) })
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), token_for_reads))
             .layer(axum::middleware::map_response(json_errors))
             .with_state(self.clone())
     }
@@ -288,6 +289,23 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
         Some(token) if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) => Ok(()),
         Some(_) => Err(refuse(StatusCode::UNAUTHORIZED, "Invalid token")),
     }
+}
+
+/// With `[api] auth = "all"`, every endpoint asks for the token but the
+/// probes (`/healthz`, `/readyz`) and, with `open_metrics`, `/metrics`: the
+/// lake's names, plans and job history are not for whoever reaches the port.
+async fn token_for_reads(State(api): State<Api>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let manager = api.manager();
+    if let Some(settings) = &manager.config().settings().api
+        && settings.auth == compactor_engine::config::ApiAuth::All
+    {
+        let path = request.uri().path();
+        let open = matches!(path, "/healthz" | "/readyz") || (path == "/metrics" && settings.open_metrics);
+        if !open && let Err(refused) = authorize(&api, request.headers()) {
+            return refused.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Compares without an early exit, so timing does not reveal a prefix.
@@ -647,7 +665,8 @@ async fn trigger(State(api): State<Api>, Query(query): Query<Vec<(String, String
             ));
         }
     }
-    let options = CycleOptions { now: None, tiers: requested.clone(), database: database.clone(), force, ..Default::default() };
+    let deadline = manager.config().settings().api.as_ref().map(|api| std::time::Instant::now() + api.trigger_timeout);
+    let options = CycleOptions { now: None, tiers: requested.clone(), database: database.clone(), force, deadline, ..Default::default() };
     let selected: Vec<&PlannedTier> = loaded.iter().filter(|t| options.selects(t)).collect();
     if let Some(database) = &database {
         check_database_is_compacted_by(manager, database, &selected)?;

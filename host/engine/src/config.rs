@@ -154,6 +154,12 @@ pub struct ApiSettings {
     /// The token in effect, trimmed: `COMPACTOR_API_TOKEN` if set and not
     /// empty, else `api.token`; none when both are empty.
     pub token: Option<String>,
+    /// `api.auth`.
+    pub auth: ApiAuth,
+    /// `api.open_metrics`.
+    pub open_metrics: bool,
+    /// `api.trigger_timeout`.
+    pub trigger_timeout: Duration,
 }
 
 /// `[storage]`.
@@ -267,7 +273,10 @@ impl LimitsConfig {
         }
         if let Some(memory) = &self.memory {
             let bytes = compactor_model::units::parse_size(memory).ok_or_else(|| {
-                value_error(format!("{key}.memory"), format!("{memory:?} (expected a size such as \"256MiB\": B, KB, MB, GB, KiB, MiB, GiB)"))
+                value_error(
+                    format!("{key}.memory"),
+                    format!("{memory:?} (expected a size such as \"256MiB\": B, KB, MB, GB, KiB, MiB, GiB)"),
+                )
             })?;
             if !(MIN_PLUGIN_MEMORY..=MAX_PLUGIN_MEMORY).contains(&bytes) {
                 return Err(value_error(
@@ -454,11 +463,33 @@ pub struct ApiConfig {
     /// Bearer token for the mutating endpoints (`COMPACTOR_API_TOKEN`
     /// overrides it); without one they are refused.
     pub token: Option<String>,
+    /// Which endpoints ask for the token: `mutations` (trigger, reload),
+    /// or `all` (every endpoint but `/healthz` and `/readyz`, and
+    /// `/metrics` with `open_metrics`), as Arc does with auth on.
+    pub auth: ApiAuth,
+    /// With `auth = "all"`: `/metrics` still answers without the token
+    /// (for a scraper that cannot send one).
+    pub open_metrics: bool,
+    /// How long a cycle the API triggered may start batches, e.g. `"30m"`
+    /// (Arc: 30 minutes); then no new batch starts, and running jobs
+    /// finish or meet `compaction.job_timeout`.
+    pub trigger_timeout: String,
+}
+
+/// `api.auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiAuth {
+    /// Only the mutating endpoints ask for the token.
+    #[default]
+    Mutations,
+    /// Every endpoint but the probes does.
+    All,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8081".into(), token: None }
+        Self { listen: "127.0.0.1:8081".into(), token: None, auth: ApiAuth::Mutations, open_metrics: false, trigger_timeout: "30m".into() }
     }
 }
 
@@ -470,7 +501,13 @@ impl ApiConfig {
             .map_err(|e| value_error("api.listen", format!("{:?} ({e}; expected e.g. \"127.0.0.1:8081\")", self.listen)))?;
         let nonempty = |t: String| Some(t.trim().to_owned()).filter(|t| !t.is_empty());
         let token = std::env::var("COMPACTOR_API_TOKEN").ok().and_then(nonempty).or_else(|| self.token.clone().and_then(nonempty));
-        Ok(ApiSettings { listen, token })
+        if self.auth == ApiAuth::All && token.is_none() {
+            return Err(value_error("api.auth", "\"all\" (needs a token: set api.token or COMPACTOR_API_TOKEN)"));
+        }
+        let trigger_timeout = humantime::parse_duration(&self.trigger_timeout).ok().filter(|t| !t.is_zero()).ok_or_else(|| {
+            value_error("api.trigger_timeout", format!("{:?} (expected a duration such as \"30m\")", self.trigger_timeout))
+        })?;
+        Ok(ApiSettings { listen, token, auth: self.auth, open_metrics: self.open_metrics, trigger_timeout })
     }
 }
 
@@ -871,11 +908,28 @@ mod tests {
         assert!(err.to_string().starts_with("invalid tiers[0].limits.memory value"), "{err}");
     }
 
+    #[test]
+    fn api_auth_all_needs_a_token_and_trigger_timeout_a_duration() {
+        if std::env::var("COMPACTOR_API_TOKEN").is_ok() {
+            return;
+        }
+        let api = |extra: &str| parse(&format!("[storage]\nurl = \"memory://\"\n[api]\n{extra}\n"));
+        let err = api("auth = \"all\"").unwrap_err().to_string();
+        assert!(err.starts_with("invalid api.auth value") && err.contains("needs a token"), "{err}");
+        assert!(api("auth = \"some\"").is_err());
+        let settings = api("auth = \"all\"\ntoken = \"t\"").unwrap().settings().api.clone().unwrap();
+        assert_eq!((settings.auth, settings.trigger_timeout), (ApiAuth::All, Duration::from_secs(1800)), "Arc's 30 minutes");
+        let err = api("trigger_timeout = \"0s\"").unwrap_err().to_string();
+        assert!(err.starts_with("invalid api.trigger_timeout value"), "{err}");
+    }
+
     /// Issue 21 §4f: `1TiB` was accepted, and `16EiB` said "too small".
     #[test]
     fn plugin_memory_is_bounded_by_what_an_instance_can_address() {
         let limits = |memory: &str| {
-            parse(&format!("[storage]\nurl = \"memory://\"\n[[tenants]]\nname = \"t\"\ndatabases = [\"x\"]\n[tenants.limits]\nmemory = \"{memory}\"\n"))
+            parse(&format!(
+                "[storage]\nurl = \"memory://\"\n[[tenants]]\nname = \"t\"\ndatabases = [\"x\"]\n[tenants.limits]\nmemory = \"{memory}\"\n"
+            ))
         };
         for too_much in ["1TiB", "5GiB", "512KiB"] {
             let err = limits(too_much).unwrap_err().to_string();

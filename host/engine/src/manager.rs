@@ -682,6 +682,12 @@ impl Manager {
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
+            if options.deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline) {
+                let message = "the cycle's deadline ([api] trigger_timeout) passed: this tier's batches wait for the next cycle".to_owned();
+                tracing::warn!(tier = %tier.key(), "{message}");
+                outcome.problems.push(PlanProblem { tier: tier.key(), partition: None, message });
+                continue;
+            }
             let key = tier.key();
             if let Some(health) = lock(&self.health).get(&key).filter(|h| h.is_suspended(Utc::now())) {
                 outcome.problems.push(PlanProblem { tier: key, partition: None, message: health.suspension_note() });
@@ -718,6 +724,7 @@ impl Manager {
                 suffix: suffix.as_deref(),
                 policy: policy_ref(tier),
                 max_concurrent: group.max_concurrent(&self.config),
+                deadline: options.deadline,
             };
             let on_record = |record: JobRecord| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
                 Box::pin(async move {

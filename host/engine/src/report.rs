@@ -54,6 +54,10 @@ pub struct CycleOptions {
     pub planning_deadline: Option<std::time::Duration>,
     /// Planning only: set when nobody waits for the plan any more.
     pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// No batch starts after it (running jobs finish, or meet
+    /// `compaction.job_timeout`): the API's triggers set it from
+    /// `[api] trigger_timeout`.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl CycleOptions {

@@ -135,6 +135,10 @@ impl JobRunner {
         // Every tenant's jobs together stay within [compaction] max_concurrent
         // (the semaphore is never closed).
         let Ok(_slot) = self.job_slots.acquire().await else { return (Vec::new(), batches.len()) };
+        if run.expired() {
+            tracing::warn!(%partition, "the cycle's deadline ([api] trigger_timeout) passed: the partition waits for the next cycle");
+            return (Vec::new(), 0);
+        }
         let lease = match self.leases.try_acquire(&partition).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
@@ -193,7 +197,7 @@ impl JobRunner {
         }
         let mut records = Vec::new();
         for mut batch in batches {
-            if self.stop.load(Ordering::SeqCst) {
+            if self.stop.load(Ordering::SeqCst) || run.expired() {
                 break;
             }
             let planned = batch.candidate.files.len();
@@ -328,6 +332,15 @@ pub(crate) struct TierRun<'a> {
     pub(crate) policy: PolicyRef,
     /// The tenant's partitions at once.
     pub(crate) max_concurrent: usize,
+    /// No batch starts after it ([`CycleOptions::deadline`]).
+    pub(crate) deadline: Option<std::time::Instant>,
+}
+
+impl TierRun<'_> {
+    /// Whether the cycle's deadline has passed: no further batch starts.
+    pub(crate) fn expired(&self) -> bool {
+        self.deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline)
+    }
 }
 
 /// Keeps a batch in [`JobRunner::active_jobs`] while it runs.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::classify::{Classification, classify, quoted_stderr};
 use crate::{FailureKind, JobConfig, JobResult};
@@ -121,7 +121,7 @@ impl StartedChild {
 
     /// Hands the process its job and waits for the result.
     pub async fn run(self, config: &JobConfig) -> Result<JobResult, JobFailure> {
-        let Self { mut child, mut stdin, mut stdout, stderr, timeout } = self;
+        let Self { mut child, mut stdin, stdout, stderr, timeout } = self;
         let failure = |message: String| JobFailure::new(FailureKind::Protocol, message);
         let input = serde_json::to_vec(config).map_err(|e| failure(format!("cannot encode job config: {e}")))?;
         let origin = JobOrigin { job_id: config.job_id.clone(), tier: config.tier.clone(), partition: config.partition_path.clone() };
