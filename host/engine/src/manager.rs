@@ -613,7 +613,7 @@ impl Manager {
             tracing::warn!(cycle_id, "{}", report.gate);
             return Ok(report);
         }
-        let _standby = self.runner.start_standby();
+        let standby = self.runner.standby();
         match self.recover().await {
             Ok(recovery) => report.recovery = recovery,
             Err(e) => tracing::error!(error = %e, "recovery failed; continuing with the cycle"),
@@ -625,7 +625,7 @@ impl Manager {
         // Each tenant's part ends on its own: its next cycle may begin while
         // the others' parts go on.
         let outcomes = futures::future::join_all(groups.iter().map(|group| async {
-            let outcome = self.run_tenant(group, &options, cycle_id, &descriptor).await;
+            let outcome = self.run_tenant(group, &options, cycle_id, &descriptor, &standby).await;
             _ticket._running.release(&group.tenant_name().map(str::to_owned));
             outcome
         }))
@@ -671,6 +671,7 @@ impl Manager {
         options: &CycleOptions,
         cycle_id: u64,
         descriptor: &StoreDescriptor,
+        standby: &crate::runner::Standby<'_>,
     ) -> Result<CycleReport, PlanError> {
         let mut outcome = CycleReport::default();
         let mut budget = group.budget();
@@ -716,6 +717,9 @@ impl Manager {
             outcome.set_aside.append(&mut plan.set_aside);
             budget.defer_over_budget(group, &mut plan);
             outcome.deferred_by_budget += plan.deferred_by_budget;
+            if !plan.batches.is_empty() {
+                standby.warm();
+            }
             self.emit(Progress::TierStarted { tier: key, batches: plan.batches.len() });
             let suffix = plan.tiers.first().map(|t| t.output_suffix.clone()).filter(|s| !s.is_empty());
             let run = TierRun {
@@ -923,6 +927,24 @@ mod tests {
         assert_eq!(manager.run_cycle(unknown).await.unwrap().cycle_id, 4, "unknown tier names are ignored");
         assert!(manager.recent_jobs().is_empty());
         assert_eq!(manager.stats().total_jobs_completed, 0);
+    }
+
+    /// Issue 21 §4h: every cycle started (and killed) a job process, even
+    /// one with nothing to do.
+    #[tokio::test]
+    async fn an_idle_cycle_starts_no_job_process() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("lake/db/cpu/2026/04/11/10")).unwrap();
+        let config = Config::parse(&format!("[storage]\nurl = \"{}\"\n", dir.path().join("lake").display())).unwrap();
+        let storage = Storage::local(&dir.path().join("lake")).unwrap();
+        let plugins = PluginRuntime::new(ArtifactCache::disabled()).unwrap().with_builtins(compactor_builtin::BUILTINS);
+        let tiers = crate::load_tiers(&config, &plugins);
+        assert!(tiers.iter().any(|t| t.enabled && t.policy.is_ok()), "the cycle has tiers to plan");
+        let child = ChildCommand { program: "/bin/cat".into(), env: Vec::new(), timeout: None };
+        let manager = Manager::new(config, storage, tiers, plugins, child);
+        let report = manager.run_cycle(CycleOptions::default()).await.unwrap();
+        assert!(report.jobs.is_empty());
+        assert_eq!(manager.runner.standby_starts(), 0, "no job process was started");
     }
 
     #[tokio::test]

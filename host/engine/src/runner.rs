@@ -37,9 +37,11 @@ pub(crate) struct JobRunner {
     next_active: AtomicU64,
     /// `[compaction] max_concurrent`: every tenant's jobs together.
     job_slots: tokio::sync::Semaphore,
-    /// A job process started with the cycle, for its first job: it boots and
-    /// opens DuckDB while the cycle recovers, plans and takes the lease.
+    /// A job process started once a cycle has work, for its first job: it
+    /// boots and opens DuckDB while the cycle takes the lease.
     standby: Mutex<Option<StartedChild>>,
+    /// Standby processes started so far.
+    standby_starts: std::sync::atomic::AtomicU64,
     /// Set on shutdown: no further batch starts.
     stop: Arc<AtomicBool>,
 }
@@ -65,6 +67,7 @@ impl JobRunner {
             next_active: AtomicU64::new(0),
             job_slots,
             standby: Mutex::default(),
+            standby_starts: Default::default(),
             stop,
         }
     }
@@ -88,10 +91,22 @@ impl JobRunner {
         lock(&self.active).values().cloned().collect()
     }
 
-    /// Starts the cycle's standby job process; it is stopped with the
-    /// returned guard if no job took it.
-    pub(crate) fn start_standby(&self) -> Standby<'_> {
-        Standby::start(&self.standby, &self.child)
+    /// The cycle's standby job process, not started yet: the cycle starts
+    /// it once it has a batch to run ([`Standby::warm`]); the returned guard
+    /// stops it if no job took it.
+    pub(crate) fn standby(&self) -> Standby<'_> {
+        Standby {
+            slot: &self.standby,
+            command: &self.child,
+            started: std::sync::atomic::AtomicBool::new(false),
+            starts: &self.standby_starts,
+        }
+    }
+
+    /// Standby processes started so far.
+    #[cfg(test)]
+    pub(crate) fn standby_starts(&self) -> u64 {
+        self.standby_starts.load(Ordering::SeqCst)
     }
 
     /// This engine's temp directory, created on first use.
@@ -369,22 +384,31 @@ struct LeasedJob<'a> {
     engine_dir: &'a Path,
 }
 
-/// The cycle's standby job process: started with the cycle, and stopped with
-/// it if no job took it.
-pub(crate) struct Standby<'m>(&'m Mutex<Option<StartedChild>>);
+/// The cycle's standby job process: started when the cycle has work (an
+/// idle cycle starts no process), and stopped with the cycle if no job
+/// took it.
+pub(crate) struct Standby<'m> {
+    slot: &'m Mutex<Option<StartedChild>>,
+    command: &'m ChildCommand,
+    started: std::sync::atomic::AtomicBool,
+    starts: &'m std::sync::atomic::AtomicU64,
+}
 
-impl<'m> Standby<'m> {
-    fn start(slot: &'m Mutex<Option<StartedChild>>, command: &ChildCommand) -> Self {
-        // Without one, the first job starts its own process, as the others do.
-        *lock(slot) = command.start().ok();
-        Self(slot)
+impl Standby<'_> {
+    /// Starts the process (once per cycle), to open DuckDB while the batches
+    /// are leased; without one, the first job starts its own, as the others do.
+    pub(crate) fn warm(&self) {
+        if !self.started.swap(true, Ordering::SeqCst) {
+            self.starts.fetch_add(1, Ordering::SeqCst);
+            *lock(self.slot) = self.command.start().ok();
+        }
     }
 }
 
 impl Drop for Standby<'_> {
     fn drop(&mut self) {
         // Closing its stdin ends it; `kill_on_drop` makes sure.
-        lock(self.0).take();
+        lock(self.slot).take();
     }
 }
 
