@@ -346,7 +346,7 @@ impl Job<'_> {
         self.result.output_file = key.clone();
         // On local disk the output is made durable at the commit; writing it
         // back while DuckDB still produces it leaves the commit only the tail.
-        let writeback = self.storage.local_root().map(|_| EarlyWriteback::start(local.clone()));
+        let writeback = self.storage.links_from(&self.work_dir).then(|| EarlyWriteback::start(local.clone()));
         let merged = self.merge(&inputs.files_sql, &inputs.local_paths(), &local);
         drop(writeback);
         let (rows_before, expected_rows) = merged.context("failed to compact files")?;

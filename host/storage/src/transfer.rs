@@ -207,6 +207,21 @@ fn local_io(e: std::io::Error) -> object_store::Error {
     object_store::Error::Generic { store: "local file", source: Box::new(e) }
 }
 
+impl Storage {
+    /// Whether a file under `dir` reaches this store by a hard link (a local
+    /// store on the same file system): only then is the file the lake will
+    /// hold the one being written, and its early write-back
+    /// ([`EarlyWriteback`]) worth the I/O; across file systems it is copied.
+    pub fn links_from(&self, dir: &FsPath) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(root) = self.local_root() else { return false };
+        match (std::fs::metadata(root), std::fs::metadata(dir)) {
+            (Ok(lake), Ok(dir)) => lake.dev() == dir.dev(),
+            _ => false,
+        }
+    }
+}
+
 /// Starts writing a file back to disk while another process writes it, so
 /// that its later `fsync` finds little left to do. Stops (after one last
 /// push) when dropped.
@@ -259,6 +274,23 @@ impl Drop for EarlyWriteback {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 21 §4i: the write-back ran where the output is copied, not
+    /// linked (temp directory on another file system): I/O for nothing.
+    #[test]
+    fn only_a_local_store_on_the_same_file_system_links_from_a_directory() {
+        let lake = tempfile::tempdir().unwrap();
+        let beside = tempfile::tempdir().unwrap();
+        let local = Storage::local(lake.path()).unwrap();
+        assert!(local.links_from(beside.path()));
+        assert!(!Storage::in_memory().links_from(beside.path()));
+        let shm = std::path::Path::new("/dev/shm");
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata(shm).is_ok_and(|m| m.dev() != std::fs::metadata(lake.path()).map(|l| l.dev()).unwrap_or(0)) {
+            let other = tempfile::tempdir_in(shm).unwrap();
+            assert!(!local.links_from(other.path()), "another file system: the output is copied");
+        }
+    }
 
     #[tokio::test]
     async fn files_go_up_create_only_and_come_back_whole() {
