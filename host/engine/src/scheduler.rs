@@ -72,12 +72,27 @@ async fn run_one(manager: Arc<Manager>, tiers: Vec<String>, schedule: cron::Sche
         if *shutdown.borrow() {
             return;
         }
+        fault_point(&tier);
         let options = CycleOptions { tiers: tiers.clone(), exact_tiers: true, ..Default::default() };
         match manager.run_cycle(options).await {
             Err(CycleError::AlreadyRunning) => tracing::warn!(%tier, "skipped a firing: a compaction cycle is already running"),
             Err(CycleError::Stopping) => tracing::info!(%tier, "skipped a firing: the engine is shutting down"),
             outcome => log_cycle_outcome("scheduled", &outcome),
         }
+    }
+}
+
+/// Panics left to inject at a firing: one with `COMPACTOR_FAULT=scheduler-panic`,
+/// so that a test (or an operator checking a deployment) sees the
+/// supervisor restart a tier's task and the task's next cycle.
+static PANICS_LEFT: std::sync::LazyLock<std::sync::atomic::AtomicU32> = std::sync::LazyLock::new(|| {
+    std::sync::atomic::AtomicU32::new(u32::from(std::env::var("COMPACTOR_FAULT").as_deref() == Ok("scheduler-panic")))
+});
+
+fn fault_point(tier: &str) {
+    let injected = PANICS_LEFT.fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| n.checked_sub(1));
+    if injected.is_ok() {
+        panic!("fault injection: the scheduler task of {tier} panics at a firing");
     }
 }
 
@@ -112,5 +127,38 @@ pub fn log_cycle_outcome(origin: &str, outcome: &Result<CycleReport, CycleError>
             );
         }
         Err(e) => tracing::error!(origin, error = %e, "cycle failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+    use compactor_job::ChildCommand;
+    use compactor_runtime::{ArtifactCache, PluginRuntime};
+    use compactor_storage::Storage;
+
+    /// Issue 21 §4k: the supervisor's restart had never met a real panic.
+    #[tokio::test]
+    async fn a_tier_task_that_panics_is_restarted_and_runs_its_next_cycle() {
+        let config = crate::config::Config::parse("[storage]\nurl = \"memory://\"\n").unwrap();
+        let child = ChildCommand { program: "/nonexistent".into(), env: Vec::new(), timeout: None };
+        let plugins = PluginRuntime::new(ArtifactCache::disabled()).unwrap();
+        let manager = Arc::new(Manager::new(config, Storage::in_memory(), Vec::new(), plugins, child));
+        PANICS_LEFT.store(1, std::sync::atomic::Ordering::SeqCst);
+        // Every second (the cron crate's own six fields).
+        let every_second = cron::Schedule::from_str("* * * * * *").unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let scheduler = tokio::spawn(run(manager.clone(), vec![(vec!["hourly".into()], every_second)], shutdown));
+        let started = std::time::Instant::now();
+        while manager.current_cycle_id() == 0 {
+            assert!(started.elapsed() < Duration::from_secs(20), "no cycle after the restart");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(PANICS_LEFT.load(std::sync::atomic::Ordering::SeqCst), 0, "the first firing panicked");
+        assert!(started.elapsed() >= RESTART_BACKOFF, "the cycle came after the restart's pause");
+        let _ = stop.send(true);
+        scheduler.await.unwrap();
     }
 }
