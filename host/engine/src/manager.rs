@@ -633,6 +633,7 @@ impl Manager {
         for outcome in outcomes {
             let outcome = outcome?;
             report.jobs.extend(outcome.jobs);
+            report.recovery.late_outputs_deleted += outcome.recovery.late_outputs_deleted;
             report.problems.extend(outcome.problems);
             report.skipped_locked += outcome.skipped_locked;
             report.deferred_by_budget += outcome.deferred_by_budget;
@@ -715,6 +716,10 @@ impl Manager {
             }
             outcome.problems.append(&mut plan.problems);
             outcome.set_aside.append(&mut plan.set_aside);
+            if !plan.late_outputs.is_empty() {
+                let deleted = ManifestStore::new(self.storage.clone()).delete_late_outputs(&plan.late_outputs).await;
+                outcome.recovery.late_outputs_deleted += deleted;
+            }
             budget.defer_over_budget(group, &mut plan);
             outcome.deferred_by_budget += plan.deferred_by_budget;
             if !plan.batches.is_empty() {

@@ -79,6 +79,10 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
         }
     };
     let mut listings = Arc::new(list_measurements(storage, &databases, &selected, &mut plan).await);
+    if let Some(held) = &held {
+        plan.late_outputs =
+            listings.iter().flat_map(|l| l.files.iter()).filter(|f| held.is_void_output(&f.key)).map(|f| f.key.clone()).collect();
+    }
     let databases: std::collections::BTreeSet<&str> = listings.iter().map(|l| l.database.as_str()).collect();
     plan.planning_requests.list += databases.len() as u64;
     plan.planning_requests.list += listings.iter().map(|l| list_pages(l.files.len())).sum::<u64>();

@@ -6,6 +6,9 @@ use std::collections::HashSet;
 #[derive(Debug, Default)]
 pub struct HeldFiles {
     files: HashSet<String>,
+    /// Outputs of aborted jobs (held too): one found in a listing landed
+    /// late and must go.
+    void_outputs: HashSet<String>,
     /// Manifest names that could not be read right now.
     unreadable: Vec<String>,
 }
@@ -19,6 +22,18 @@ impl HeldFiles {
     /// Holds every key of `keys`.
     pub fn hold_all(&mut self, keys: impl IntoIterator<Item = String>) {
         self.files.extend(keys);
+    }
+
+    /// Holds `key`, the output of an aborted job: should it appear, it
+    /// landed late, and [`HeldFiles::is_void_output`] says so.
+    pub fn hold_void_output(&mut self, key: String) {
+        self.files.insert(key.clone());
+        self.void_outputs.insert(key);
+    }
+
+    /// Whether `key` is the output of an aborted job.
+    pub fn is_void_output(&self, key: &str) -> bool {
+        self.void_outputs.contains(key)
     }
 
     /// Records a manifest, by name, that cannot be read right now: the

@@ -304,6 +304,10 @@ pub struct Plan {
     /// the store cannot give, keys Arc refuses, files that are not Parquet
     /// inputs), sorted, each once.
     pub set_aside: Vec<SetAside>,
+    /// Outputs of aborted jobs that the listings found: they landed after
+    /// the job was aborted, and a cycle deletes them (a plan only names
+    /// them).
+    pub late_outputs: Vec<String>,
 }
 
 /// Why a tier did or did not select a partition.
@@ -331,6 +335,7 @@ impl Plan {
         self.set_aside.extend(other.set_aside);
         self.set_aside.sort();
         self.set_aside.dedup();
+        self.late_outputs.extend(other.late_outputs);
     }
 
     /// Records that `deferred` (taken out of `batches`) waits for the next

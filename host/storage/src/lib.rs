@@ -167,6 +167,9 @@ pub struct Storage {
     /// Lists what `object_store` cannot (S3: a page with a key it refuses to
     /// name fails whole); see [`s3::RawLister`].
     raw_lister: Option<Arc<s3::RawLister>>,
+    /// Objects written once and never changed, read once
+    /// ([`Storage::read_immutable`]).
+    immutable: Arc<std::sync::Mutex<std::collections::HashMap<String, Bytes>>>,
     /// How long a write may still land after its process is gone; see
     /// [`Storage::late_write_window`].
     late_writes: Option<std::time::Duration>,
@@ -234,6 +237,7 @@ impl Storage {
             child_env: Vec::new(),
             uploads: None,
             raw_lister: None,
+            immutable: Default::default(),
             late_writes: Some(request_timeout(options)),
         })
     }
@@ -251,6 +255,7 @@ impl Storage {
             child_env: Vec::new(),
             uploads: None,
             raw_lister: None,
+            immutable: Default::default(),
             late_writes: None,
         })
     }
@@ -290,6 +295,7 @@ impl Storage {
             child_env: Vec::new(),
             uploads: None,
             raw_lister: None,
+            immutable: Default::default(),
             late_writes: None,
         }
     }
@@ -565,6 +571,25 @@ impl Storage {
     pub async fn read(&self, key: &str) -> Result<Bytes, StorageError> {
         let result = self.store.get(&object_path(key)).await.map_err(|e| self.object_error("read", key, e))?;
         result.bytes().await.map_err(|e| self.object_error("read", key, e))
+    }
+
+    /// The content of `key`, an object that is created once and never
+    /// changed (a job's outcome): read from the store the first time only,
+    /// so that what a recovery or a plan looks at every cycle costs no
+    /// request once known.
+    pub async fn read_immutable(&self, key: &str) -> Result<Bytes, StorageError> {
+        if let Some(bytes) = self.immutable.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return Ok(bytes.clone());
+        }
+        let bytes = self.read(key).await?;
+        self.immutable.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_owned(), bytes.clone());
+        Ok(bytes)
+    }
+
+    /// Forgets the objects under `prefix` read by
+    /// [`Storage::read_immutable`] for which `listed` is false (deleted).
+    pub fn forget_immutable(&self, prefix: &str, listed: impl Fn(&str) -> bool) {
+        self.immutable.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| !key.starts_with(prefix) || listed(key));
     }
 
     /// Writes `bytes` to `key`, replacing any previous object.
