@@ -190,8 +190,13 @@ pub struct CompactionConfig {
     pub threads: i64,
     /// Sort keys of measurements without their own entry.
     pub default_sort_keys: Vec<String>,
-    /// Sort keys per measurement, used verbatim.
+    /// Sort keys per measurement.
     pub sort_keys: BTreeMap<String, Vec<String>>,
+    /// Use the sort keys as written. By default `time` is appended to a
+    /// measurement's keys when they lack it, as Arc's ingestion and
+    /// compaction do (Arc #792, #890): files of one partition then come out
+    /// in time order within each series.
+    pub sort_keys_verbatim: bool,
     /// Outputs larger than this are uploaded in parts of this size.
     pub multipart_threshold: String,
     /// Rows per Parquet row group of an output (Arc's 122,880; larger groups
@@ -218,6 +223,7 @@ impl Default for CompactionConfig {
             threads: 0,
             default_sort_keys: vec!["time".into()],
             sort_keys: BTreeMap::new(),
+            sort_keys_verbatim: false,
             multipart_threshold: "64MiB".into(),
             row_group_size: 122_880,
             job_timeout: "1h".into(),
@@ -227,9 +233,14 @@ impl Default for CompactionConfig {
 }
 
 impl CompactionConfig {
-    /// The sort keys of `measurement`.
-    pub(crate) fn sort_keys_for(&self, measurement: &str) -> &[String] {
-        self.sort_keys.get(measurement).unwrap_or(&self.default_sort_keys)
+    /// The sort keys of `measurement`: its own or the default, with `time`
+    /// appended when missing unless `sort_keys_verbatim`.
+    pub(crate) fn sort_keys_for(&self, measurement: &str) -> Vec<String> {
+        let mut keys = self.sort_keys.get(measurement).unwrap_or(&self.default_sort_keys).clone();
+        if !self.sort_keys_verbatim && !keys.iter().any(|k| k == "time") {
+            keys.push("time".to_owned());
+        }
+        keys
     }
 }
 
@@ -879,6 +890,20 @@ mod tests {
         assert_eq!(c.settings().lease.ttl, Duration::from_secs(60));
         assert!(c.settings().api.is_none());
         assert_eq!(c.compaction.sort_keys_for("cpu"), ["time"]);
+    }
+
+    /// Issue 21 §3 (Arc #792, #890): `time` is appended to sort keys that
+    /// lack it, unless they are to be used verbatim.
+    #[test]
+    fn time_is_appended_to_sort_keys_unless_verbatim() {
+        let config = |extra: &str| parse(&format!("[storage]\nurl = \"memory://\"\n[compaction]\n{extra}\n")).unwrap();
+        let c = config("[compaction.sort_keys]\ncpu = [\"host\"]\nmem = [\"time\", \"host\"]\nnone = []");
+        assert_eq!(c.compaction.sort_keys_for("cpu"), ["host", "time"]);
+        assert_eq!(c.compaction.sort_keys_for("mem"), ["time", "host"], "kept where it is");
+        assert_eq!(c.compaction.sort_keys_for("none"), ["time"]);
+        let c = config("sort_keys_verbatim = true\n[compaction.sort_keys]\ncpu = [\"host\"]\nnone = []");
+        assert_eq!(c.compaction.sort_keys_for("cpu"), ["host"]);
+        assert!(c.compaction.sort_keys_for("none").is_empty(), "no ORDER BY");
     }
 
     #[test]

@@ -268,7 +268,7 @@ impl JobRunner {
             temp_directory: job.engine_dir.display().to_string(),
             batch_number: candidate.batch_number,
             parent_finalizes_manifest: false,
-            sort_keys: Some(self.config.compaction.sort_keys_for(&candidate.measurement).to_vec()),
+            sort_keys: Some(self.config.compaction.sort_keys_for(&candidate.measurement)),
             memory_limit: self.config.compaction.memory_limit.clone(),
             threads: self.config.settings().threads,
             storage_type: descriptor.storage_type().to_owned(),
