@@ -319,3 +319,34 @@ fn a_tenant_pattern_that_owns_no_database_is_warned_about_at_start_up() {
     );
     assert!(!stderr.contains("\"acme_*\""), "the pattern in use is not warned about: {stderr}");
 }
+
+/// Issue 21 §4o: nothing bounded a tenant's whole cycle. With a
+/// `fuel_per_cycle` worth about one hourly call, each cycle plans one of
+/// the tenant's partitions, says why it stopped, and the next goes on where
+/// it stopped: every partition is compacted in the end, every row once.
+#[test]
+fn a_tenants_fuel_per_cycle_stops_its_policies_and_the_next_cycle_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    lake(root, &["acme_a", "acme_b"]);
+    let config = TestConfig::new("lake")
+        .hourly_and_daily()
+        .compaction("temp_directory", "tmp")
+        .compaction("threads", 1)
+        .tenant("name = \"acme\"\ndatabases = [\"acme_*\"]\n[limits]\nfuel_per_cycle = 150000")
+        .write(root);
+    let mut cycles = 0;
+    while files_of(root, "acme_a").len() + files_of(root, "acme_b").len() > 2 {
+        cycles += 1;
+        assert!(cycles <= 12, "no progress: {:?} {:?}", files_of(root, "acme_a"), files_of(root, "acme_b"));
+        let (output, report) = once_json(&config);
+        let problems = report["problems"].as_array().unwrap();
+        let fuel_spent = problems.iter().any(|p| p["message"].as_str().unwrap_or_default().contains("fuel_per_cycle is spent"));
+        assert!(fuel_spent || cycles > 1, "the first cycle runs out and says so: {}", text(&output));
+        let jobs = report["jobs"].as_array().unwrap();
+        assert!(jobs.len() <= 2, "a cycle's fuel plans about one partition per tier: {jobs:#?}");
+    }
+    assert!(cycles >= 3, "four hours and two days cannot fit in fewer cycles: {cycles}");
+    assert_rows_kept(root, "acme_a");
+    assert_rows_kept(root, "acme_b");
+}

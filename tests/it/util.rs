@@ -107,6 +107,7 @@ pub(crate) fn plan_options(now: &str) -> compactor_engine::PlanOptions {
         deadline: None,
         cancel: None,
         resume_after: None,
+        fuel_left: None,
     }
 }
 

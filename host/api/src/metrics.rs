@@ -47,6 +47,7 @@ pub struct Metrics {
     debt_oldest_age: IntGaugeVec,
     debt_updated: IntGauge,
     objects_set_aside: IntGauge,
+    fuel_exhausted: IntCounterVec,
     /// Last readings of counters kept elsewhere, to add only what is new.
     seen: Mutex<HashMap<String, u64>>,
 }
@@ -122,6 +123,12 @@ impl Metrics {
                 "store_requests_total",
                 "Object-store requests, by kind (list, get, put, delete) and source (engine, job).",
                 &["kind", "source"],
+            )?,
+            fuel_exhausted: counter_vec(
+                r,
+                "tenant_fuel_exhausted_total",
+                "Cycles in which a tier was not planned through because its tenant's fuel_per_cycle ran out.",
+                tier,
             )?,
             objects_set_aside: gauge(
                 r,
@@ -205,6 +212,9 @@ impl Metrics {
         self.cycles.inc();
         self.cycle_duration.observe(report.duration_ms as f64 / 1000.0);
         self.objects_set_aside.set(report.set_aside.len() as i64);
+        for id in &report.fuel_exhausted {
+            self.fuel_exhausted.with_label_values(&id.labels()).inc();
+        }
     }
 
     fn add_requests(&self, source: &str, cost: RequestCost) {

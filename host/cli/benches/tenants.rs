@@ -232,7 +232,7 @@ const NEIGHBOURS: [(&str, Option<&str>); 3] = [
         "4 healthy + loop, memory bomb, panic (tenant limits: 20M fuel, 16 MiB, 300 ms)",
         Some("[tenants.limits]\nfuel_per_call = 20000000\nmemory = \"16MiB\"\ncall_timeout_ms = 300\n"),
     ),
-    ("4 healthy + loop, memory bomb, panic (default limits: 2G fuel, 256 MiB, 5 s)", Some("")),
+    ("4 healthy + loop, memory bomb, panic (default limits: 2G fuel a call, 100M a cycle, 256 MiB, 5 s)", Some("")),
 ];
 
 fn isolation_config(work: &Path, lake: &Path, hostile_limits: Option<&str>) -> anyhow::Result<Config> {

@@ -48,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         deadline: None,
         cancel: None,
         resume_after: None,
+        fuel_left: None,
     };
     let wasm_tier = PlannedTier {
         name: "hourly".into(),

@@ -130,6 +130,9 @@ pub struct Settings {
     /// under the key `None`, each tenant's own `max_planning_time` under its
     /// name; `None` for no limit.
     pub max_planning_time: BTreeMap<Option<String>, Option<Duration>>,
+    /// Each tenant's policy fuel per cycle (`fuel_per_cycle`), keyed as
+    /// `max_planning_time`; `None` for no limit.
+    pub fuel_per_cycle: BTreeMap<Option<String>, Option<u64>>,
     /// `compaction.multipart_threshold` in bytes.
     pub multipart_threshold: u64,
     /// `[coordination]`.
@@ -270,7 +273,22 @@ pub struct LimitsConfig {
     pub memory: Option<String>,
     /// Wall-clock deadline per call, in milliseconds.
     pub call_timeout_ms: Option<u64>,
+    /// Fuel a tenant's policies may spend in one cycle, over all its
+    /// tiers; then they are not called again until the next cycle (its
+    /// partitions wait, reported). `[plugins.limits]` sets it for every
+    /// tenant ([`DEFAULT_TENANT_FUEL_PER_CYCLE`] when absent) and for the
+    /// top-level tiers (unlimited when absent); `[tenants.limits]` for one.
+    /// `0`: unlimited.
+    pub fuel_per_cycle: Option<u64>,
 }
+
+/// A tenant's fuel per cycle by default: about 50 ms of a policy's work,
+/// some 1,000 calls of Arc's hourly rule over a 12-file partition (10,000
+/// over compacted ones) — all a policy spinning to its limit can take from
+/// its neighbours' cycle. A tenant with more partitions is planned over
+/// several cycles (each goes on where the last stopped) unless it is given
+/// more.
+pub const DEFAULT_TENANT_FUEL_PER_CYCLE: u64 = 100_000_000;
 
 impl LimitsConfig {
     /// `limits` with the fields this table sets replaced; `key` names the
@@ -690,6 +708,12 @@ impl Config {
             };
             max_planning_time.insert(Some(tenant.name.clone()), own);
         }
+        let unlimited_if_zero = |fuel: u64| (fuel > 0).then_some(fuel);
+        let mut fuel_per_cycle = BTreeMap::from([(None, self.plugins.limits.fuel_per_cycle.and_then(unlimited_if_zero))]);
+        for tenant in &self.tenants {
+            let own = tenant.limits.fuel_per_cycle.or(self.plugins.limits.fuel_per_cycle).unwrap_or(DEFAULT_TENANT_FUEL_PER_CYCLE);
+            fuel_per_cycle.insert(Some(tenant.name.clone()), unlimited_if_zero(own));
+        }
         if c.max_concurrent < 0 {
             return Err(value_error("compaction.max_concurrent", format!("{} (must be >= 0; 0 = default)", c.max_concurrent)));
         }
@@ -752,6 +776,7 @@ impl Config {
             threads,
             job_timeout: (!job_timeout.is_zero()).then_some(job_timeout),
             max_planning_time,
+            fuel_per_cycle,
             multipart_threshold,
             lease,
             api,

@@ -419,6 +419,7 @@ impl Manager {
             deadline,
             cancel: options.cancel.clone(),
             resume_after: None,
+            fuel_left: self.config.settings().fuel_per_cycle.get(&group.tenant_name().map(str::to_owned)).copied().flatten(),
         }
     }
 
@@ -634,6 +635,7 @@ impl Manager {
             let outcome = outcome?;
             report.jobs.extend(outcome.jobs);
             report.recovery.late_outputs_deleted += outcome.recovery.late_outputs_deleted;
+            report.fuel_exhausted.extend(outcome.fuel_exhausted);
             report.problems.extend(outcome.problems);
             report.skipped_locked += outcome.skipped_locked;
             report.deferred_by_budget += outcome.deferred_by_budget;
@@ -680,6 +682,8 @@ impl Manager {
         let scope = group.tenant_name().map(str::to_owned);
         let planning_time = self.config.settings().max_planning_time.get(&scope).copied().flatten();
         let mut planning_deadline = planning_time.map(|t| std::time::Instant::now() + t);
+        // The tenant's policy fuel spent this cycle, over its tiers.
+        let mut fuel_spent = 0u64;
         for tier in &group.tiers {
             if self.stop.load(Ordering::SeqCst) {
                 break;
@@ -700,7 +704,12 @@ impl Manager {
             // one instance per tenant, each within its tier's memory limit.
             let mut plan_options = self.plan_options_until(options, group, planning_deadline);
             plan_options.resume_after = lock(&self.planning_cursors).get(&key).cloned();
+            plan_options.fuel_left = plan_options.fuel_left.map(|budget| budget.saturating_sub(fuel_spent));
             let mut plan = planner::plan(&self.storage, std::slice::from_ref(*tier), &plan_options).await?;
+            fuel_spent = fuel_spent.saturating_add(plan.tiers.iter().map(|t| t.fuel_used).sum());
+            if plan.tiers.iter().any(|t| t.fuel_spent) {
+                outcome.fuel_exhausted.push(tier.id());
+            }
             match plan.tiers.first().and_then(|t| t.resume_after.clone()) {
                 Some(cursor) => lock(&self.planning_cursors).insert(key.clone(), cursor),
                 None => lock(&self.planning_cursors).remove(&key),

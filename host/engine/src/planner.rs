@@ -87,9 +87,12 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
     plan.planning_requests.list += databases.len() as u64;
     plan.planning_requests.list += listings.iter().map(|l| list_pages(l.files.len())).sum::<u64>();
     let last = selected.len().saturating_sub(1);
+    // The tiers share their tenant's fuel for the cycle.
+    let mut options = options.clone();
     for (index, tier) in selected.into_iter().enumerate() {
         let first_batch = plan.batches.len();
-        let mut summary = plan_tier_on_own_thread(tier, &listings, &held, options, &mut plan).await;
+        let mut summary = plan_tier_on_own_thread(tier, &listings, &held, &options, &mut plan).await;
+        options.fuel_left = options.fuel_left.map(|left| left.saturating_sub(summary.fuel_used));
         if storage.late_write_window().is_some() {
             // Each batch's job also marks its lease (a GET and a PUT).
             for batch in &mut plan.batches[first_batch..] {

@@ -223,6 +223,9 @@ pub struct CycleReport {
     /// Objects the cycle's listings left in place, each once, with the
     /// reason ([`compactor_planning::Plan::set_aside`]).
     pub set_aside: Vec<compactor_model::SetAside>,
+    /// Tiers whose tenant's `fuel_per_cycle` ran out before they were
+    /// planned through.
+    pub fuel_exhausted: Vec<compactor_planning::TierId>,
     /// Object-store requests of the whole cycle: the engine's own (recovery,
     /// listing, locks) and its jobs'.
     pub requests: RequestCost,

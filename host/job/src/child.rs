@@ -258,10 +258,14 @@ impl Job<'_> {
         create_private_dir(&self.work_dir).with_context(|| format!("failed to create temp directory {}", self.work_dir.display()))?;
         let inputs = match self.download_valid_inputs()? {
             Ok(inputs) => inputs,
-            Err(why) => return Ok(self.skip(why)),
+            Err(why) => {
+                self.skip(why);
+                return Ok(());
+            }
         };
         if !self.probe_time_column(&inputs) {
-            return Ok(self.skip("no input has a `time` column; they are left as they are".to_owned()));
+            self.skip("no input has a `time` column; they are left as they are".to_owned());
+            return Ok(());
         }
         let (output, expected_rows) = self.merge_inputs(&inputs)?;
         self.verify(&inputs, &output, expected_rows)?;

@@ -124,6 +124,10 @@ pub struct PlanOptions {
     /// ([`TierSummary::resume_after`]): planning starts after this
     /// partition and comes round to the ones before it last.
     pub resume_after: Option<String>,
+    /// The fuel the tenant's policies may still spend this cycle
+    /// (`fuel_per_cycle`; `None`: no limit). No call is given more, and a
+    /// tier whose tenant has none left is not called again this cycle.
+    pub fuel_left: Option<u64>,
 }
 
 impl PlanOptions {
@@ -252,6 +256,13 @@ pub struct TierSummary {
     pub resume_after: Option<String>,
     /// Object-store requests executing this tier's batches would make.
     pub requests: RequestCost,
+    /// Fuel its policy spent planning (instantiation and calls).
+    #[serde(skip)]
+    pub fuel_used: u64,
+    /// Its tenant's fuel for the cycle ran out: its policy was not called
+    /// for the rest of the cycle.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fuel_spent: bool,
 }
 
 /// Something that went wrong in one tier or partition; the rest of the plan
@@ -420,7 +431,46 @@ pub fn plan_tier(
         }
     };
     summary.plugin = policy.name().to_owned();
-    let mut instance = match policy.instantiate(&tier.config_json, tier.limits) {
+    let mut limits = tier.limits;
+    if let Some(left) = options.fuel_left {
+        if left == 0 {
+            problem(None, FUEL_SPENT.to_owned());
+            summary.fuel_spent = true;
+            summary.interrupted = true;
+            summary.resume_after = options.resume_after.clone();
+            return summary;
+        }
+        // No call may take more than the cycle has left.
+        limits.fuel_per_call = limits.fuel_per_call.min(left);
+    }
+    let fuel_before = policy.call_counts().fuel_used;
+    let fuel_spent = || policy.call_counts().fuel_used.saturating_sub(fuel_before);
+    let summary = plan_partitions(tier, policy.as_ref(), limits, listings, held, options, plan, summary, &fuel_spent);
+    TierSummary { fuel_used: fuel_spent(), ..summary }
+}
+
+/// What [`plan_tier`] says when a tenant's `fuel_per_cycle` is spent.
+const FUEL_SPENT: &str =
+    "its tenant's fuel_per_cycle is spent: its policies are not called again this cycle (the partitions left wait for the next)";
+
+/// [`plan_tier`] for a loaded policy, within `limits`.
+#[allow(clippy::too_many_arguments)]
+fn plan_partitions(
+    tier: &PlannedTier,
+    policy: &dyn PolicyFactory,
+    limits: PluginLimits,
+    listings: &[Listing],
+    held: Option<&HeldFiles>,
+    options: &PlanOptions,
+    plan: &mut Plan,
+    mut summary: TierSummary,
+    fuel_spent: &dyn Fn() -> u64,
+) -> TierSummary {
+    let key = summary.tier.clone();
+    let mut problem = |partition: Option<&str>, message: String| {
+        plan.problems.push(PlanProblem { tier: key.clone(), partition: partition.map(str::to_owned), message })
+    };
+    let mut instance = match policy.instantiate(&tier.config_json, limits) {
         Ok(instance) => instance,
         Err(e) => {
             problem(None, e.to_string());
@@ -433,7 +483,7 @@ pub fn plan_tier(
     let explain = options.explain;
     // Explaining asks the policy more (its reasons, later clocks) on an
     // instance of its own: a call that fails there must not cost the plan.
-    let mut explainer = if explain { Some(policy.instantiate(&tier.config_json, tier.limits)) } else { None };
+    let mut explainer = if explain { Some(policy.instantiate(&tier.config_json, limits)) } else { None };
     let mut verdict = |partition: &str, selected: bool, reason: String| {
         if explain {
             plan.partitions.push(PartitionVerdict { tier: key.clone(), partition_path: partition.to_owned(), selected, reason });
@@ -452,7 +502,15 @@ pub fn plan_tier(
     for (seen, partition) in partitions.iter().enumerate() {
         // The first partition is always planned (a budget of a
         // millisecond still makes progress); a stop is obeyed at once.
+        let out_of_fuel = options.fuel_left.is_some_and(|left| fuel_spent() >= left);
         let interrupted = options.interrupted().filter(|_| seen > 0 || options.stop.load(Ordering::Relaxed));
+        if out_of_fuel {
+            problem(None, FUEL_SPENT.to_owned());
+            summary.fuel_spent = true;
+            summary.interrupted = true;
+            summary.resume_after = seen.checked_sub(1).map(|last| partitions[last].path.clone()).or_else(|| options.resume_after.clone());
+            return summary;
+        }
         if let Some(why) = interrupted {
             tracing::info!(tier = %key, "{why}: the rest of the tier is not planned");
             if !options.stop.load(Ordering::Relaxed) {
