@@ -258,6 +258,24 @@ pub struct PluginsConfig {
     pub limits: LimitsConfig,
 }
 
+/// Why the store at `url` cannot be compacted, for the schemes
+/// `object_store` opens but a job process cannot rebuild: refused when the
+/// config is loaded rather than failing every job.
+fn unsupported_store(url: &str) -> Option<&'static str> {
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase())?;
+    match scheme.as_str() {
+        "gs" | "gcs" => Some(
+            "Google Cloud Storage is not supported: a job process cannot open it, and there is no GCS server to test against; \
+             GCS serves the S3 API (s3:// with aws_endpoint = \"https://storage.googleapis.com\" and HMAC keys)",
+        ),
+        "az" | "azure" | "abfs" | "abfss" | "adl" => {
+            Some("Azure Blob Storage is not supported yet: a job process cannot open it; every job would fail")
+        }
+        "http" | "https" => Some("plain HTTP stores cannot do the create-only writes that keep a job's outputs and leases safe"),
+        _ => None,
+    }
+}
+
 /// Smallest memory a plugin instance may be given.
 const MIN_PLUGIN_MEMORY: u64 = 1 << 20;
 /// Largest: a 32-bit WebAssembly instance addresses 4 GiB.
@@ -689,6 +707,9 @@ impl Config {
         if self.storage.url.trim().is_empty() {
             return Err(value_error("storage.url", "\"\" (expected e.g. \"file:///var/lib/arc\")"));
         }
+        if let Some(why) = unsupported_store(&self.storage.url) {
+            return Err(value_error("storage.url", format!("{:?} ({why})", self.storage.url)));
+        }
         let lease = self.coordination.lease_settings()?;
         let api = self.api.as_ref().map(ApiConfig::resolve).transpose()?;
         let c = &self.compaction;
@@ -971,6 +992,18 @@ mod tests {
         assert_eq!((settings.auth, settings.trigger_timeout), (ApiAuth::All, Duration::from_secs(1800)), "Arc's 30 minutes");
         let err = api("trigger_timeout = \"0s\"").unwrap_err().to_string();
         assert!(err.starts_with("invalid api.trigger_timeout value"), "{err}");
+    }
+
+    /// Issue 21 §4m: these opened, then failed in every job.
+    #[test]
+    fn stores_a_job_cannot_open_are_refused_at_load_saying_why() {
+        for url in ["gs://bucket/lake", "GS://bucket", "az://container/lake", "abfss://c@a.dfs.core.windows.net/x", "https://host/lake"] {
+            let err = parse(&format!("[storage]\nurl = \"{url}\"\n")).unwrap_err().to_string();
+            assert!(err.starts_with("invalid storage.url value"), "{url}: {err}");
+        }
+        let err = parse("[storage]\nurl = \"gs://b\"\n").unwrap_err().to_string();
+        assert!(err.contains("storage.googleapis.com"), "{err}");
+        assert!(parse("[storage]\nurl = \"s3://bucket/lake\"\n").is_ok());
     }
 
     /// Issue 21 §4f: `1TiB` was accepted, and `16EiB` said "too small".
