@@ -909,6 +909,7 @@ fn slow_tenants_hold_back_neither_a_benign_tenants_cycle_nor_its_trigger() {
                    databases = ["{database}"]
                    [limits]
                    fuel_per_call = 1000000000000
+                   fuel_per_cycle = 0
                    call_timeout_ms = 2000
                    [[tiers]]
                    name = "hourly"
