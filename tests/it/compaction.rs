@@ -254,6 +254,9 @@ pub(crate) fn write_bad_inputs(lake: &Path) -> (String, String) {
     std::fs::write(hour.join(t(12)), b"this is not parquet at all").unwrap();
     let real = std::fs::read(hour.join(t(0))).unwrap();
     std::fs::write(hour.join(t(13)), &real[..real.len() / 2]).unwrap();
+    // Both magic numbers, and a footer no reader can read (adversarial run:
+    // it failed its partition and day every cycle).
+    std::fs::write(hour.join(t(14)), [&b"PAR1"[..], &[0u8; 64], &b"PAR1"[..]].concat()).unwrap();
     std::fs::write(hour.join("notes.txt"), b"operator notes").unwrap();
     // A partition without a time column.
     let no_time = lake.join("db/trades/2026/04/11/10");
@@ -274,7 +277,7 @@ pub(crate) fn assert_bad_input_report(report: &serde_json::Value) {
     assert_eq!(cpu["files_compacted"], 12, "8 good + 2 drifted + 1 epoch-string + 1 empty");
     assert_eq!(cpu["rows_after"], 830);
     let skipped: Vec<&str> = cpu["skipped_inputs"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-    assert_eq!(skipped.len(), 2, "corrupt and truncated inputs are skipped: {skipped:?}");
+    assert_eq!(skipped.len(), 3, "corrupt, truncated and unreadable-footer inputs are skipped: {skipped:?}");
     let trades = jobs.iter().find(|j| j["measurement"] == "trades").unwrap();
     assert_eq!((trades["success"].as_bool(), trades["files_compacted"].as_u64()), (Some(true), Some(0)), "no time column: clean skip");
 }

@@ -290,7 +290,7 @@ fn bad_inputs_on_s3_get_the_spec_outcome() {
     }
     assert_eq!(left.iter().filter(|k| k.starts_with("db/trades/")).count(), 10, "inputs without time stay");
     assert_eq!(left.iter().filter(|k| k.ends_with("_compacted.parquet")).count(), 1);
-    assert_eq!(left.len(), 14, "{left:#?}");
+    assert_eq!(left.len(), 15, "{left:#?}");
 }
 
 /// A bucket `name` holding one hour of 12 files whose hourly output (~10

@@ -859,7 +859,8 @@ async fn plugins(State(api): State<Api>) -> Response {
 }
 
 /// `POST /api/v1/plugins/reload[?tenant=NAME]`: reloads every tier's
-/// component, or one tenant's. 200 when every reloaded tier installed its
+/// component, or one tenant's; without a tenant, the config file is read
+/// again first, and an invalid one is a 422 that changes nothing. 200 when every reloaded tier installed its
 /// build; 422 when some failed (they keep their last good build; the others
 /// are installed all the same). Either way the answer lists what was
 /// installed, by hash.
@@ -878,6 +879,16 @@ async fn reload(State(api): State<Api>, headers: HeaderMap, Query(query): Query<
         return Err(shutting_down());
     }
     let outcome = api.inner.manager.reload_plugins_in_background("POST /api/v1/plugins/reload", tenant.clone()).await;
+    if let Some(Err(error)) = &outcome.config {
+        return Err(ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: json!({
+                "reloaded": false,
+                "error": format!("the config file is invalid; the running config is kept: {error}"),
+                "config": { "reloaded": false, "error": error },
+            }),
+        });
+    }
     let installed: Vec<Value> =
         outcome.installed.iter().map(|b| json!({ "tier": b.tier, "name": b.name, "content_hash": b.content_hash })).collect();
     let failed: Vec<Value> = outcome.failed.iter().map(|(tier, error)| json!({ "tier": tier, "error": error })).collect();
@@ -888,6 +899,9 @@ async fn reload(State(api): State<Api>, headers: HeaderMap, Query(query): Query<
         "plugins": plugin_list(&api),
     });
     with_tenant(&mut body, tenant.as_deref());
+    if let Some(Ok(config)) = &outcome.config {
+        body["config"] = json!({ "reloaded": true, "restart_needed": config.restart_needed });
+    }
     if outcome.failed.is_empty() {
         return Ok(ok(body));
     }

@@ -27,7 +27,6 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         // Listen for signals before anything else, so that none is missed.
         let stop_signal = ShutdownSignal::new()?;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
         // The API outlives the schedulers: it answers while running jobs drain.
         let (api_stop, api_stopped) = tokio::sync::watch::channel(false);
         // The API answers from the start: /healthz at once, /readyz once
@@ -62,9 +61,32 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         if let Some((api, _)) = &api {
             api.set_ready(!schedules.is_empty(), gate.clone());
         }
-        let scheduler = tokio::spawn(compactor_engine::scheduler::run(manager.clone(), schedules, stopped));
+        let scheduling = !schedules.is_empty();
+        let spawn_scheduler = |schedules| {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            (stop, tokio::spawn(compactor_engine::scheduler::run(manager.clone(), schedules, stopped)))
+        };
+        let (mut scheduler_stop, mut scheduler) = spawn_scheduler(schedules);
         tracing::info!("compactor is running; SIGINT or SIGTERM stops it");
-        stop_signal.wait().await;
+        // A config reload may change the tiers' schedules: the schedulers
+        // start again with the new file's (a cycle in flight goes on; the
+        // old schedulers' next firings do not come).
+        let mut changes = manager.config_changes();
+        let stopping = stop_signal.wait();
+        tokio::pin!(stopping);
+        loop {
+            tokio::select! {
+                () = &mut stopping => break,
+                changed = changes.changed() => {
+                    if changed.is_err() || !scheduling {
+                        continue;
+                    }
+                    let _ = scheduler_stop.send(true);
+                    (scheduler_stop, scheduler) = spawn_scheduler(manager.config().schedules());
+                    tracing::info!("the config was reloaded: the schedules in effect are the new file's");
+                }
+            }
+        }
         tracing::info!("shutting down: waiting for the running jobs and policy calls to finish");
         // Refuse new work first: a trigger or reload answered from now on
         // says 503, never "triggered" for a cycle that would not run.
@@ -72,7 +94,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
             api.set_stopping();
         }
         manager.request_stop();
-        let _ = stop.send(true);
+        let _ = scheduler_stop.send(true);
         let _ = scheduler.await;
         // A cycle the API triggered is not the scheduler's: wait for it too,
         // so that its jobs finish and release their partitions.

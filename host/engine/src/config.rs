@@ -106,6 +106,12 @@ pub struct Config {
     /// Directory of the config file, against which relative paths resolve.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file it was loaded from, read again by [`Config::reloaded`].
+    #[serde(skip)]
+    path: Option<PathBuf>,
+    /// The TOML as written, to tell which sections a reload changes.
+    #[serde(skip)]
+    raw: toml::Table,
     /// The file resolved at load; see [`Config::settings`].
     #[serde(skip)]
     settings: Settings,
@@ -257,6 +263,23 @@ pub struct PluginsConfig {
     /// Default sandbox limits of every plugin.
     pub limits: LimitsConfig,
 }
+
+/// What a running engine cannot change: its store, its API's socket and
+/// token, its leases, history, logs and cluster role, where its jobs work,
+/// how many run at once and their timeout. A reload keeps these and says a
+/// restart is needed.
+pub const RESTART_ONLY: &[&str] = &[
+    "storage",
+    "api",
+    "coordination",
+    "history",
+    "log",
+    "cluster",
+    "plugins.cache_dir",
+    "compaction.temp_directory",
+    "compaction.max_concurrent",
+    "compaction.job_timeout",
+];
 
 /// Why the store at `url` cannot be compacted, for the schemes
 /// `object_store` opens but a job process cannot rebuild: refused when the
@@ -629,18 +652,60 @@ impl Config {
             other => other,
         })?;
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.path = Some(path.to_owned());
         Ok(config)
+    }
+
+    /// The file this config was loaded from, read and validated again, for
+    /// a reload between cycles: everything applies from the next cycle but
+    /// the sections a running engine cannot change ([`RESTART_ONLY`]), which
+    /// keep their values here and are named in the second element.
+    pub fn reloaded(&self) -> Result<(Config, Vec<String>), ConfigError> {
+        let Some(path) = &self.path else {
+            return Err(value_error("config", "(not loaded from a file: nothing to reload)"));
+        };
+        let mut new = Config::load(path)?;
+        let section = |raw: &toml::Table, key: &str| -> Option<toml::Value> {
+            let mut parts = key.split('.');
+            let mut value = raw.get(parts.next()?)?.clone();
+            for part in parts {
+                value = value.as_table()?.get(part)?.clone();
+            }
+            Some(value)
+        };
+        let restart: Vec<String> =
+            RESTART_ONLY.iter().filter(|key| section(&self.raw, key) != section(&new.raw, key)).map(|key| (*key).to_owned()).collect();
+        new.storage = self.storage.clone();
+        new.api = self.api.clone();
+        new.coordination = self.coordination.clone();
+        new.history = self.history.clone();
+        new.log = self.log.clone();
+        new.cluster = self.cluster.clone();
+        new.plugins.cache_dir = self.plugins.cache_dir.clone();
+        new.compaction.temp_directory = self.compaction.temp_directory.clone();
+        new.compaction.max_concurrent = self.compaction.max_concurrent;
+        new.compaction.job_timeout = self.compaction.job_timeout.clone();
+        new.settings = new.resolve()?;
+        Ok((new, restart))
     }
 
     /// Parses and validates TOML text; relative paths resolve against the
     /// current directory.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        let parse_error = |e: toml::de::Error| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() };
+        let raw: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        let mut config: Config = toml::from_str(text).map_err(parse_error)?;
+        config.raw = raw;
         if config.tiers.is_empty() {
             config.tiers = TierConfig::arc_defaults();
         }
         config.settings = config.resolve()?;
         Ok(config)
+    }
+
+    /// The file it was loaded from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// The configuration resolved at load.

@@ -33,7 +33,8 @@ pub use manager::{CycleTicket, Manager};
 pub use outlook::{OutlookRequest, PartitionOutlook, TierOutlook};
 pub use planner::{PlanError, load_tiers, plan};
 pub use report::{
-    ActiveJob, CycleError, CycleOptions, CycleReport, GateDecision, InstalledBuild, JobRecord, ManagerStats, Progress, ReloadOutcome,
+    ActiveJob, ConfigReload, CycleError, CycleOptions, CycleReport, GateDecision, InstalledBuild, JobRecord, ManagerStats, Progress,
+    ReloadOutcome,
 };
 
 use compactor_runtime::{ArtifactCache, PluginError, PluginRuntime};

@@ -16,7 +16,8 @@ use crate::health::{SUSPEND_AFTER_FAILING_CYCLES, TierHealth};
 use crate::history::History;
 use crate::planner::{self, PlanError};
 use crate::report::{
-    ActiveJob, CycleError, CycleOptions, CycleReport, GateDecision, InstalledBuild, JobRecord, ManagerStats, Progress, ReloadOutcome,
+    ActiveJob, ConfigReload, CycleError, CycleOptions, CycleReport, GateDecision, InstalledBuild, JobRecord, ManagerStats, Progress,
+    ReloadOutcome,
 };
 use crate::runner::{JobRunner, TierRun};
 use crate::temp::sweep_dead_engines;
@@ -42,7 +43,9 @@ type ProgressSink = Arc<dyn Fn(Progress) + Send + Sync>;
 
 /// Runs compaction cycles over one store.
 pub struct Manager {
-    config: Config,
+    /// Swapped whole by a reload ([`Manager::reload_config`]); each use
+    /// takes the one in effect.
+    config: RwLock<Arc<Config>>,
     storage: Storage,
     requests: Arc<compactor_storage::RequestCounts>,
     tiers: RwLock<Arc<Vec<PlannedTier>>>,
@@ -73,6 +76,8 @@ pub struct Manager {
     /// Where each tier's planning was last cut short by its tenant's
     /// planning time, by tier key: its next cycle goes on from there.
     planning_cursors: Mutex<BTreeMap<String, String>>,
+    /// Counts the config reloads applied ([`Manager::config_changes`]).
+    config_generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Manager {
@@ -109,9 +114,9 @@ impl Manager {
         let leases = Leases::new(storage.clone(), new_engine_id(), config.settings().lease);
         let persistent_history = History::new(storage.clone(), leases.engine(), config.history.max_records);
         let stop: Arc<AtomicBool> = Arc::default();
-        let runner = JobRunner::new(config.clone(), storage.clone(), child, leases, temp_directory, stop.clone());
+        let runner = JobRunner::new(&config, storage.clone(), child, leases, temp_directory, stop.clone());
         Self {
-            config,
+            config: RwLock::new(Arc::new(config)),
             storage,
             requests,
             tiers: RwLock::new(Arc::new(tiers)),
@@ -129,6 +134,7 @@ impl Manager {
             reload_errors: Mutex::default(),
             reloading: Mutex::default(),
             planning_cursors: Mutex::default(),
+            config_generation: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -171,15 +177,16 @@ impl Manager {
     pub fn reload_plugins(&self, tenant: Option<&str>) -> ReloadOutcome {
         let _one_at_a_time = lock(&self.reloading);
         let current = self.tiers();
+        let config = self.config();
         let mut next = Vec::with_capacity(current.len());
         let mut outcome = ReloadOutcome::default();
         for old in current.iter() {
-            let registered = self.config.tier(&old.id());
+            let registered = config.tier(&old.id());
             let Some(registered) = registered.filter(|r| tenant.is_none_or(|t| r.id.tenant.as_deref() == Some(t))) else {
                 next.push(old.clone());
                 continue;
             };
-            let new = crate::planner::load_tier(&self.config, registered, &self.plugins);
+            let new = crate::planner::load_tier(&config, registered, &self.plugins);
             let key = new.key();
             let checked = match &new.policy {
                 Ok(policy) if new.enabled => policy.instantiate(&new.config_json, new.limits).map(drop).map_err(|e| e.to_string()),
@@ -262,15 +269,76 @@ impl Manager {
         lock(&self.retired_calls).get(tier).into_iter().flatten().map(|s| s.read()).fold(current, |a, b| a + b)
     }
 
-    /// [`Manager::reload_plugins`] off the async runtime's threads (loading
-    /// compiles and blocks), logged either way; `why` says what asked.
+    /// Reads the config file again and validates it whole, then applies it
+    /// from the next cycle: tiers, tenants, their configs, limits and
+    /// schedules, the compaction settings. An invalid file changes nothing
+    /// (the error says why). Sections a running engine cannot change keep
+    /// their values and are named ([`ConfigReload::restart_needed`]). A tier
+    /// whose component no longer loads keeps its running build.
+    pub fn reload_config(&self) -> Result<ConfigReload, crate::config::ConfigError> {
+        let _one_at_a_time = lock(&self.reloading);
+        let current = self.config();
+        let (new, restart_needed) = current.reloaded()?;
+        for warning in new.warnings() {
+            tracing::warn!("{warning}");
+        }
+        let running = self.tiers();
+        let mut tiers = crate::planner::load_tiers(&new, &self.plugins);
+        for tier in &mut tiers {
+            let Err(error) = &tier.policy else { continue };
+            if let Some(good) = running.iter().find(|old| old.id() == tier.id() && old.policy.is_ok()) {
+                tracing::error!(tier = %tier.key(), "{error}; the tier keeps its running build");
+                lock(&self.reload_errors).insert(tier.key(), error.clone());
+                tier.policy = good.policy.clone();
+            }
+        }
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        *self.tiers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tiers);
+        self.config_generation.send_modify(|generation| *generation += 1);
+        if !restart_needed.is_empty() {
+            tracing::warn!(sections = %restart_needed.join(", "), "the config reload changed sections that apply only after a restart; they keep their running values");
+        }
+        Ok(ConfigReload { restart_needed })
+    }
+
+    /// Notified after each config reload applied (its count).
+    pub fn config_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.config_generation.subscribe()
+    }
+
+    /// A reload off the async runtime's threads (loading compiles and
+    /// blocks), logged either way; `why` says what asked. Without `tenant`,
+    /// the config file is read again first ([`Manager::reload_config`]; an
+    /// invalid one stops the reload there); then the tiers' components
+    /// ([`Manager::reload_plugins`]).
     pub async fn reload_plugins_in_background(self: &Arc<Self>, why: &str, tenant: Option<String>) -> ReloadOutcome {
         let manager = self.clone();
-        match tokio::task::spawn_blocking(move || manager.reload_plugins(tenant.as_deref())).await {
+        let has_file = self.config().path().is_some();
+        let config = if tenant.is_none() && has_file {
+            let reloading = self.clone();
+            let reloaded = tokio::task::spawn_blocking(move || reloading.reload_config()).await;
+            match reloaded {
+                Ok(Ok(reload)) => Some(Ok(reload)),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "{why}: the config file is invalid; the running config is kept");
+                    return ReloadOutcome { config: Some(Err(e.to_string())), ..Default::default() };
+                }
+                Err(e) => Some(Err(format!("the config reload failed (a bug in compactor): {e}"))),
+            }
+        } else {
+            None
+        };
+        let outcome = tokio::task::spawn_blocking(move || manager.reload_plugins(tenant.as_deref())).await;
+        let outcome = outcome.map(|outcome| ReloadOutcome { config, ..outcome });
+        match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::error!(error = %e, "{why}: the reload failed (a bug in compactor); the running plugins are kept");
-                ReloadOutcome { installed: Vec::new(), failed: vec![("*".into(), format!("the reload failed (a bug in compactor): {e}"))] }
+                ReloadOutcome {
+                    installed: Vec::new(),
+                    failed: vec![("*".into(), format!("the reload failed (a bug in compactor): {e}"))],
+                    config: None,
+                }
             }
         }
     }
@@ -311,9 +379,9 @@ impl Manager {
         history.iter().skip(history.len().saturating_sub(10)).cloned().collect()
     }
 
-    /// The configuration this manager runs with.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in effect (a reload swaps it between cycles).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The store this manager compacts.
@@ -333,7 +401,7 @@ impl Manager {
         now: DateTime<Utc>,
     ) -> Result<(Vec<crate::outlook::PartitionOutlook>, bool), compactor_storage::StorageError> {
         let tiers = self.callable_tiers().0;
-        crate::outlook::partition_outlook(&self.storage, &self.config, tiers, database, measurement, from, to, now).await
+        crate::outlook::partition_outlook(&self.storage, &self.config(), tiers, database, measurement, from, to, now).await
     }
 
     /// The plan of one cycle over every selected tier at once, changing
@@ -375,7 +443,7 @@ impl Manager {
         requests: &mut RequestCost,
         set_aside: &mut Vec<SetAside>,
     ) -> Result<Vec<TenantGroup<'a>>, PlanError> {
-        if self.config.tenants.is_empty() {
+        if self.config().tenants.is_empty() {
             let tiers = selected.to_vec();
             return Ok(if tiers.is_empty() { Vec::new() } else { vec![TenantGroup { tenant: None, tiers, databases: None }] });
         }
@@ -388,14 +456,15 @@ impl Manager {
                 level.dirs
             }
         };
-        let tenants = std::iter::once(None).chain(self.config.tenants.iter().map(Some));
+        let config = self.config();
+        let tenants = std::iter::once(None).chain(config.tenants.iter().map(Some));
         Ok(tenants
             .filter_map(|tenant| {
                 let name = tenant.map(|t| t.name.as_str());
                 let tiers: Vec<&PlannedTier> = selected.iter().copied().filter(|t| t.tenant.as_deref() == name).collect();
                 let owned: Vec<String> =
-                    databases.iter().filter(|db| self.config.tenant_of(db).map(|t| t.name.as_str()) == name).cloned().collect();
-                (!tiers.is_empty() && !owned.is_empty()).then_some(TenantGroup { tenant, tiers, databases: Some(owned) })
+                    databases.iter().filter(|db| config.tenant_of(db).map(|t| t.name.as_str()) == name).cloned().collect();
+                (!tiers.is_empty() && !owned.is_empty()).then_some(TenantGroup { tenant: tenant.cloned(), tiers, databases: Some(owned) })
             })
             .collect())
     }
@@ -412,14 +481,14 @@ impl Manager {
             now: if options.force { now + chrono::Duration::days(FORCE_HORIZON_DAYS) } else { now },
             database: options.database.clone(),
             databases: group.databases.clone(),
-            max_files_per_batch: self.config.compaction.max_files_per_batch,
-            multipart_threshold: self.config.settings().multipart_threshold,
+            max_files_per_batch: self.config().compaction.max_files_per_batch,
+            multipart_threshold: self.config().settings().multipart_threshold,
             explain: options.explain,
             stop: self.stop.clone(),
             deadline,
             cancel: options.cancel.clone(),
             resume_after: None,
-            fuel_left: self.config.settings().fuel_per_cycle.get(&group.tenant_name().map(str::to_owned)).copied().flatten(),
+            fuel_left: self.config().settings().fuel_per_cycle.get(&group.tenant_name().map(str::to_owned)).copied().flatten(),
         }
     }
 
@@ -428,17 +497,17 @@ impl Manager {
     /// configured sandbox limits, and a gate that fails means no. Every
     /// command that compacts asks, once per cycle.
     pub fn gate_decision(&self) -> GateDecision {
-        let cluster = &self.config.cluster;
+        let cluster = &self.config().cluster;
         if !cluster.enabled {
             return GateDecision::Standalone;
         }
-        let source = PluginSource::parse(&cluster.gate, &self.config.base_dir);
+        let source = PluginSource::parse(&cluster.gate, &self.config().base_dir);
         let plugin = source.to_string();
         let node = NodeInfo { id: cluster.node_id.clone(), role: cluster.role.clone(), ..Default::default() };
         let answer = (|| -> anyhow::Result<bool> {
             let gate = self.plugins.load_gate(&source)?;
             let gate_config = serde_json::to_string(&cluster.gate_config)?;
-            let mut gate = gate.instantiate(&gate_config, self.config.settings().plugin_limits)?;
+            let mut gate = gate.instantiate(&gate_config, self.config().settings().plugin_limits)?;
             Ok(gate.can_compact(&node)?)
         })();
         match answer {
@@ -513,7 +582,7 @@ impl Manager {
     /// owns (a database belongs to the first tenant that matches). Likely a
     /// typo, whose databases then run the top-level tiers.
     pub async fn unmatched_tenant_patterns(&self) -> Vec<String> {
-        if self.config.tenants.is_empty() {
+        if self.config().tenants.is_empty() {
             return Vec::new();
         }
         let databases = match compactor_storage::discover_databases(&self.storage).await {
@@ -521,11 +590,11 @@ impl Manager {
             Err(e) => return vec![format!("cannot list the databases to check the tenants' patterns: {e}")],
         };
         let mut warnings = Vec::new();
-        for tenant in &self.config.tenants {
+        for tenant in &self.config().tenants {
             for pattern in &tenant.databases {
                 let matcher = wildmatch::WildMatch::new(pattern);
                 let matched: Vec<&String> = databases.iter().filter(|db| matcher.matches(db)).collect();
-                let owned = matched.iter().any(|db| self.config.tenant_of(db).is_some_and(|owner| owner.name == tenant.name));
+                let owned = matched.iter().any(|db| self.config().tenant_of(db).is_some_and(|owner| owner.name == tenant.name));
                 if matched.is_empty() {
                     warnings.push(format!("tenant {}: database pattern {pattern:?} matches no database of the lake", tenant.name));
                 } else if !owned {
@@ -580,7 +649,7 @@ impl Manager {
     /// one is named; the top-level scope when nothing is selected, so that
     /// even an empty cycle is one at a time.
     fn cycle_scopes(&self, options: &CycleOptions) -> BTreeSet<Option<String>> {
-        let owner = options.database.as_deref().map(|db| self.config.tenant_of(db).map(|t| t.name.clone()));
+        let owner = options.database.as_deref().map(|db| self.config().tenant_of(db).map(|t| t.name.clone()));
         let mut scopes: BTreeSet<Option<String>> = self
             .tiers()
             .iter()
@@ -615,6 +684,8 @@ impl Manager {
             return Ok(report);
         }
         let standby = self.runner.standby();
+        // One configuration for the whole cycle: a reload applies from the next.
+        let config = self.config();
         match self.recover().await {
             Ok(recovery) => report.recovery = recovery,
             Err(e) => tracing::error!(error = %e, "recovery failed; continuing with the cycle"),
@@ -626,7 +697,7 @@ impl Manager {
         // Each tenant's part ends on its own: its next cycle may begin while
         // the others' parts go on.
         let outcomes = futures::future::join_all(groups.iter().map(|group| async {
-            let outcome = self.run_tenant(group, &options, cycle_id, &descriptor, &standby).await;
+            let outcome = self.run_tenant(group, &options, cycle_id, &descriptor, &standby, &config).await;
             _ticket._running.release(&group.tenant_name().map(str::to_owned));
             outcome
         }))
@@ -675,12 +746,13 @@ impl Manager {
         cycle_id: u64,
         descriptor: &StoreDescriptor,
         standby: &crate::runner::Standby<'_>,
+        config: &Config,
     ) -> Result<CycleReport, PlanError> {
         let mut outcome = CycleReport::default();
         let mut budget = group.budget();
         // The tenant's planning time for this cycle, over all its tiers.
         let scope = group.tenant_name().map(str::to_owned);
-        let planning_time = self.config.settings().max_planning_time.get(&scope).copied().flatten();
+        let planning_time = config.settings().max_planning_time.get(&scope).copied().flatten();
         let mut planning_deadline = planning_time.map(|t| std::time::Instant::now() + t);
         // The tenant's policy fuel spent this cycle, over its tiers.
         let mut fuel_spent = 0u64;
@@ -737,11 +809,12 @@ impl Manager {
             self.emit(Progress::TierStarted { tier: key, batches: plan.batches.len() });
             let suffix = plan.tiers.first().map(|t| t.output_suffix.clone()).filter(|s| !s.is_empty());
             let run = TierRun {
+                config: &config,
                 cycle_id,
                 descriptor,
                 suffix: suffix.as_deref(),
                 policy: policy_ref(tier),
-                max_concurrent: group.max_concurrent(&self.config),
+                max_concurrent: group.max_concurrent(&config),
                 deadline: options.deadline,
             };
             let on_record = |record: JobRecord| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
@@ -791,7 +864,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// One tenant's selected tiers and the databases it owns.
 struct TenantGroup<'a> {
     /// None: the databases no tenant claims, with the top-level tiers.
-    tenant: Option<&'a crate::config::TenantConfig>,
+    tenant: Option<crate::config::TenantConfig>,
     tiers: Vec<&'a PlannedTier>,
     /// None: every database (no `[[tenants]]`; the planner discovers).
     databases: Option<Vec<String>>,
@@ -799,16 +872,16 @@ struct TenantGroup<'a> {
 
 impl TenantGroup<'_> {
     fn tenant_name(&self) -> Option<&str> {
-        self.tenant.map(|t| t.name.as_str())
+        self.tenant.as_ref().map(|t| t.name.as_str())
     }
 
     fn max_concurrent(&self, config: &Config) -> usize {
         let global = config.settings().max_concurrent;
-        self.tenant.and_then(|t| t.max_concurrent).map_or(global, |n| (n.max(1) as usize).min(global))
+        self.tenant.as_ref().and_then(|t| t.max_concurrent).map_or(global, |n| (n.max(1) as usize).min(global))
     }
 
     fn budget(&self) -> ByteBudget {
-        ByteBudget { limit: self.tenant.and_then(|t| t.max_bytes_per_cycle()), spent: 0 }
+        ByteBudget { limit: self.tenant.as_ref().and_then(|t| t.max_bytes_per_cycle()), spent: 0 }
     }
 }
 

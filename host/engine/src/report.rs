@@ -322,6 +322,17 @@ pub struct ReloadOutcome {
     /// The tiers (by key) whose new build failed, and why: they keep their
     /// last good build.
     pub failed: Vec<(String, String)>,
+    /// What reading the config file again did (`None`: not read, the
+    /// manager has no file, or one tenant's components were reloaded).
+    pub config: Option<Result<ConfigReload, String>>,
+}
+
+/// A config file read again by a reload ([`crate::Manager::reload`]).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigReload {
+    /// Changed sections that apply only after a restart (they keep their
+    /// running values): see [`crate::config::RESTART_ONLY`].
+    pub restart_needed: Vec<String>,
 }
 
 /// A tier's build, as a reload installed it.

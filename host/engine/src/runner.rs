@@ -27,7 +27,6 @@ pub(crate) type OnRecord<'a> = dyn Fn(JobRecord) -> std::pin::Pin<Box<dyn std::f
 
 /// Runs batches in job processes for one engine.
 pub(crate) struct JobRunner {
-    config: Config,
     storage: Storage,
     child: ChildCommand,
     leases: Leases,
@@ -48,7 +47,7 @@ pub(crate) struct JobRunner {
 
 impl JobRunner {
     pub(crate) fn new(
-        config: Config,
+        config: &Config,
         storage: Storage,
         child: ChildCommand,
         leases: Leases,
@@ -57,7 +56,6 @@ impl JobRunner {
     ) -> Self {
         let job_slots = tokio::sync::Semaphore::new(config.settings().max_concurrent);
         Self {
-            config,
             storage,
             child,
             leases,
@@ -268,17 +266,17 @@ impl JobRunner {
             temp_directory: job.engine_dir.display().to_string(),
             batch_number: candidate.batch_number,
             parent_finalizes_manifest: false,
-            sort_keys: Some(self.config.compaction.sort_keys_for(&candidate.measurement)),
-            memory_limit: self.config.compaction.memory_limit.clone(),
-            threads: self.config.settings().threads,
+            sort_keys: Some(run.config.compaction.sort_keys_for(&candidate.measurement)),
+            memory_limit: run.config.compaction.memory_limit.clone(),
+            threads: run.config.settings().threads,
             storage_type: descriptor.storage_type().to_owned(),
             storage_config: descriptor.storage_config(),
             job_id: String::new(),
             completion_dir: String::new(),
             partition_time: candidate.partition_time,
             output_suffix: suffix.map(str::to_owned),
-            multipart_threshold_bytes: Some(self.config.settings().multipart_threshold),
-            row_group_size: Some(self.config.compaction.row_group_size as u64),
+            multipart_threshold_bytes: Some(run.config.settings().multipart_threshold),
+            row_group_size: Some(run.config.compaction.row_group_size as u64),
             lease: Some(JobLease {
                 engine: self.engine_id().to_owned(),
                 id: lease.id().to_owned(),
@@ -341,6 +339,8 @@ fn leaves_writes_in_flight(attempt: &Attempt) -> bool {
 
 /// What the batches of one tier share in a cycle.
 pub(crate) struct TierRun<'a> {
+    /// The configuration of the cycle (a reload applies from the next).
+    pub(crate) config: &'a Config,
     pub(crate) cycle_id: u64,
     pub(crate) descriptor: &'a StoreDescriptor,
     pub(crate) suffix: Option<&'a str>,

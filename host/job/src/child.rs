@@ -293,7 +293,7 @@ impl Job<'_> {
         }
         let mut inputs = Vec::new();
         for input in downloaded {
-            match validate_parquet_file(&input.local) {
+            match validate_parquet_file(&input.local).and_then(|()| self.check_footer(&input.local)) {
                 Ok(()) => inputs.push(input),
                 Err(e) => {
                     tracing::warn!(file = %input.key, error = %e, "skipping invalid input; it stays in storage");
@@ -551,6 +551,17 @@ impl Job<'_> {
             inputs.push(input);
         }
         Ok(inputs)
+    }
+
+    /// Reads `path`'s footer with DuckDB: a file with both magic numbers
+    /// and a footer DuckDB cannot read would fail every merge it is in, and
+    /// its partition every cycle; it is skipped like any invalid input.
+    fn check_footer(&self, path: &Path) -> anyhow::Result<()> {
+        let files_sql = file_list(&[path.display().to_string()]);
+        self.duckdb
+            .query_row(&format!("SELECT count(*) FROM parquet_file_metadata({files_sql})"), [], |row| row.get::<_, i64>(0))
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("unreadable Parquet footer: {}", e.to_string().lines().next().unwrap_or_default()))
     }
 
     fn has_time_column(&self, files_sql: &str) -> anyhow::Result<bool> {

@@ -78,11 +78,17 @@ pub fn set_aside_reason(file: &FileMeta) -> Option<String> {
     None
 }
 
-/// Arc's rules for keys it sets aside (#755): a `\`, a segment over
-/// [`MAX_KEY_SEGMENT_BYTES`], a key over [`MAX_KEY_BYTES`]. (The empty and
+/// A control character (C1 included), and Arc's rules for keys it sets
+/// aside (#755): a `\`, a segment over [`MAX_KEY_SEGMENT_BYTES`], a key
+/// over [`MAX_KEY_BYTES`]. (The empty and
 /// `.` segments it also refuses never reach here: the store cannot name
 /// them, see `compactor_storage::SetAside`.)
 pub fn key_problem(key: &str) -> Option<String> {
+    // Any control character (C1 too, which object_store accepts): such a
+    // name is never one a policy may return, nor safe to print.
+    if key.chars().any(char::is_control) {
+        return Some("its key has a control character".to_owned());
+    }
     if key.contains('\\') {
         return Some("its key has a `\\`".to_owned());
     }
@@ -117,5 +123,8 @@ mod tests {
         assert!(set_aside_reason(&file("db/m/2026/01/01/00/_SUCCESS", 0)).unwrap().contains("not a Parquet"));
         assert!(set_aside_reason(&file("db/m/2026/01/01/00/a.parquet", 0)).unwrap().contains("too small"));
         assert!(set_aside_reason(&file("db/m/2026/01/01/00/a\\b.parquet", 400)).unwrap().contains("`\\`"));
+        // Adversarial run: a C1 control character was listed and then
+        // refused in the policy's answer, failing its partition every cycle.
+        assert!(set_aside_reason(&file("db/m/2026/01/01/00/\u{9b}31mx.parquet", 400)).unwrap().contains("control character"));
     }
 }
