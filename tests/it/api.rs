@@ -1068,3 +1068,42 @@ fn with_auth_all_only_the_probes_and_open_metrics_answer_without_the_token() {
     }
     stop(engine);
 }
+
+/// Issue 21 §4e: a reload reloaded the components only. Now it reads the
+/// whole file again: an invalid one changes nothing (422), a valid one
+/// applies from the next cycle, and a section only a restart can change
+/// keeps its running value and is named.
+#[test]
+fn a_reload_reads_the_whole_config_file_and_keeps_the_old_one_if_invalid() {
+    let (lake, port) = api_lake(|config| config.section("api", "token", TOKEN));
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    let original = std::fs::read_to_string(&lake.config).unwrap();
+    let tiers = |api: &Client| -> Vec<String> {
+        let (_, body) = api.get("/api/v1/plugins");
+        let mut keys: Vec<String> = body["plugins"].as_array().unwrap().iter().map(|p| p["tier"].as_str().unwrap().to_owned()).collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(tiers(&api), ["daily", "hourly"]);
+
+    std::fs::write(&lake.config, format!("{original}\n[[tenants]]\nname = \"acme\"\n")).unwrap();
+    let (status, body) = api.post("/api/v1/plugins/reload", Some(TOKEN));
+    assert_eq!(status, 422, "a tenant without databases is invalid: {body}");
+    assert!(body["error"].as_str().unwrap().contains("the running config is kept"), "{body}");
+    assert_eq!(tiers(&api), ["daily", "hourly"], "nothing changed");
+
+    let moved = original.replacen("url = \"lake\"", "url = \"./lake\"", 1);
+    assert_ne!(moved, original, "the test changes the storage section");
+    std::fs::write(&lake.config, format!("{moved}\n[[tenants]]\nname = \"acme\"\ndatabases = [\"acme_*\"]\n")).unwrap();
+    let (status, body) = api.post("/api/v1/plugins/reload", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["config"]["restart_needed"], serde_json::json!(["storage"]), "{body}");
+    assert_eq!(tiers(&api), ["acme/daily", "acme/hourly", "daily", "hourly"], "the new tenant's tiers are in effect");
+    let (status, body) = api.post("/api/v1/compaction/trigger?tier=acme/hourly", Some(TOKEN));
+    assert_eq!(status, 200, "a trigger sees the new config: {body}");
+    api.wait_cycle_done(body["cycle_id"].as_u64().unwrap());
+    stop(engine);
+    assert_intact(&lake);
+}
