@@ -345,7 +345,7 @@ impl LimitsConfig {
             let bytes = compactor_model::units::parse_size(memory).ok_or_else(|| {
                 value_error(
                     format!("{key}.memory"),
-                    format!("{memory:?} (expected a size such as \"256MiB\": B, KB, MB, GB, KiB, MiB, GiB)"),
+                    format!("{memory:?} (expected a size such as \"256MiB\": B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
                 )
             })?;
             if !(MIN_PLUGIN_MEMORY..=MAX_PLUGIN_MEMORY).contains(&bytes) {
@@ -575,7 +575,7 @@ impl ApiConfig {
             return Err(value_error("api.auth", "\"all\" (needs a token: set api.token or COMPACTOR_API_TOKEN)"));
         }
         let trigger_timeout = humantime::parse_duration(&self.trigger_timeout).ok().filter(|t| !t.is_zero()).ok_or_else(|| {
-            value_error("api.trigger_timeout", format!("{:?} (expected a duration such as \"30m\")", self.trigger_timeout))
+            value_error("api.trigger_timeout", format!("{:?} (expected a duration above zero, such as \"30m\")", self.trigger_timeout))
         })?;
         Ok(ApiSettings { listen, token, auth: self.auth, open_metrics: self.open_metrics, trigger_timeout })
     }

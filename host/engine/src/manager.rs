@@ -809,12 +809,12 @@ impl Manager {
             self.emit(Progress::TierStarted { tier: key, batches: plan.batches.len() });
             let suffix = plan.tiers.first().map(|t| t.output_suffix.clone()).filter(|s| !s.is_empty());
             let run = TierRun {
-                config: &config,
+                config,
                 cycle_id,
                 descriptor,
                 suffix: suffix.as_deref(),
                 policy: policy_ref(tier),
-                max_concurrent: group.max_concurrent(&config),
+                max_concurrent: group.max_concurrent(config),
                 deadline: options.deadline,
             };
             let on_record = |record: JobRecord| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {

@@ -156,11 +156,15 @@ pub(crate) async fn list_measurement(
     database: &str,
     measurement: &str,
 ) -> Result<(Listing, Vec<SetAside>), StorageError> {
-    let listed = storage.list_objects(&format!("{database}/{measurement}/")).await?;
+    let prefix = format!("{database}/{measurement}/");
+    let listed = storage.list_objects(&prefix).await?;
     let mut set_aside = listed.set_aside;
     let mut files = Vec::with_capacity(listed.files.len());
     for file in listed.files {
-        match set_aside_reason(&file) {
+        let outside = || !compactor_model::in_partition_layout(file.key.strip_prefix(&prefix).unwrap_or(&file.key));
+        let reason = set_aside_reason(&file)
+            .or_else(|| outside().then(|| format!("not in a partition directory ({prefix}YYYY/MM/DD[/HH]/…): no tier can take it")));
+        match reason {
             Some(reason) => set_aside.push(SetAside { key: file.key, reason }),
             None => files.push(file),
         }

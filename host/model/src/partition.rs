@@ -120,6 +120,14 @@ pub fn group_into_partitions(database: &str, measurement: &str, files: &[FileMet
     partitions
 }
 
+/// Whether `relative` (a key after `{database}/{measurement}/`) lies in a
+/// partition of either level: `YYYY/MM/DD/file` or deeper. A key no tier
+/// could ever group (too shallow, or with date segments that do not parse)
+/// is never compacted.
+pub fn in_partition_layout(relative: &str) -> bool {
+    parse_date_segments(relative, PartitionLevel::Day).is_some()
+}
+
 /// Parses the date segments at the start of `relative` (the key after
 /// `{database}/{measurement}/`), returning them joined by `/` and the
 /// partition's start time.
@@ -228,6 +236,17 @@ mod tests {
         assert_eq!(partitions[0].time, utc("2026-04-11T00:00:00Z"));
         let rolled = group_into_partitions("db", "cpu", &[file("db/cpu/2026/13/40/a.parquet")], PartitionLevel::Day);
         assert_eq!(rolled[0].time, utc("2027-02-09T00:00:00Z"));
+    }
+
+    /// Adversarial run: keys no tier can group were left without a word.
+    #[test]
+    fn keys_outside_every_partition_layout_are_told_apart() {
+        for inside in ["2026/04/11/14/a.parquet", "2026/04/11/a_daily.parquet", "2026/04/11/14/sub/a.parquet"] {
+            assert!(in_partition_layout(inside), "{inside}");
+        }
+        for outside in ["a.parquet", "2026/a.parquet", "2026/04/a.parquet", "2026/xx/11/14/a.parquet", "cpu/2026/04/11/a.parquet"] {
+            assert!(!in_partition_layout(outside), "{outside}");
+        }
     }
 
     #[test]

@@ -385,7 +385,7 @@ impl Storage {
         }
         listed.files.retain(|f| !f.key.split('/').any(|p| p.starts_with('.')));
         listed.set_aside.retain(|s| !is_hidden(&s.key));
-        listed.files = self.without_symlinks(std::mem::take(&mut listed.files));
+        self.without_symlinks(&mut listed);
         Ok(listed)
     }
 
@@ -431,15 +431,16 @@ impl Storage {
         Ok(Some((listed, names)))
     }
 
-    /// On local disk, drops files reached through a symbolic link (a linked
-    /// file, or one under a linked directory): the local store follows links,
-    /// so a link inside the lake would make one file appear under two keys —
-    /// and two partitions, two leases — and its rows be merged twice.
-    fn without_symlinks(&self, mut files: Vec<FileMeta>) -> Vec<FileMeta> {
-        let Some(root) = self.local_root() else { return files };
+    /// On local disk, sets aside files reached through a symbolic link (a
+    /// linked file, or one under a linked directory): the local store
+    /// follows links, so a link inside the lake would make one file appear
+    /// under two keys — and two partitions, two leases — and its rows be
+    /// merged twice.
+    fn without_symlinks(&self, listed: &mut Listed) {
+        let Some(root) = self.local_root() else { return };
         let mut real_dirs: std::collections::HashMap<std::path::PathBuf, bool> = std::collections::HashMap::new();
-        let mut linked = 0;
-        files.retain(|file| {
+        let mut linked = Vec::new();
+        listed.files.retain(|file| {
             let path = root.join(&file.key);
             let Some(dir) = path.parent() else { return false };
             // A file deleted since the listing (another job's input) is
@@ -447,13 +448,12 @@ impl Storage {
             let Ok(metadata) = std::fs::symlink_metadata(&path) else { return false };
             let real_dir = *real_dirs.entry(dir.to_owned()).or_insert_with(|| std::fs::canonicalize(dir).is_ok_and(|c| c == dir));
             let keep = real_dir && !metadata.file_type().is_symlink();
-            linked += usize::from(!keep);
+            if !keep {
+                linked.push(SetAside { key: file.key.clone(), reason: "reached through a symbolic link in the lake".to_owned() });
+            }
             keep
         });
-        if linked > 0 {
-            tracing::warn!(skipped = linked, store = %self, "skipping files reached through symbolic links in the lake");
-        }
-        files
+        listed.set_aside.extend(linked);
     }
 
     /// One level under `prefix`: the keys of its objects and the names of its
@@ -723,8 +723,13 @@ mod tests {
         std::os::unix::fs::symlink(&hour, dir.path().join("db/cpu/2026/04/11/alias")).unwrap();
         std::os::unix::fs::symlink(hour.join("a.parquet"), hour.join("b.parquet")).unwrap();
         let storage = Storage::local(dir.path()).unwrap();
-        let keys: Vec<String> = storage.list("db/").await.unwrap().into_iter().map(|f| f.key).collect();
+        let listed = storage.list_objects("db/").await.unwrap();
+        let keys: Vec<String> = listed.files.into_iter().map(|f| f.key).collect();
         assert_eq!(keys, ["db/cpu/2026/04/11/10/a.parquet"]);
+        let mut aside: Vec<String> = listed.set_aside.into_iter().map(|s| s.key).collect();
+        aside.sort();
+        let expected = ["db/cpu/2026/04/11/10/b.parquet", "db/cpu/2026/04/11/alias/a.parquet", "db/cpu/2026/04/11/alias/b.parquet"];
+        assert_eq!(aside, expected, "and named");
     }
 
     #[test]
