@@ -2,8 +2,8 @@
 
 use std::io::Write;
 
-/// The longest cell shown; longer ones are cut.
-const MAX_CELL_CHARS: usize = 2000;
+/// The longest cell shown, in bytes; longer ones are cut.
+const MAX_CELL_BYTES: usize = 2000;
 
 /// A table printed with aligned columns.
 pub(crate) struct Table<const N: usize> {
@@ -17,16 +17,10 @@ impl<const N: usize> Table<N> {
     }
 
     pub(crate) fn row(&mut self, row: [String; N]) {
-        // Cells can quote what users and plugins wrote: keep each one short
-        // enough to align (and for `format!`'s width, which is a u16).
-        self.rows.push(row.map(|cell| {
-            if cell.chars().count() <= MAX_CELL_CHARS {
-                cell
-            } else {
-                let cut: String = cell.chars().take(MAX_CELL_CHARS).collect();
-                format!("{cut}…")
-            }
-        }));
+        // Cells can quote what users, other tools' object names and plugins
+        // wrote: escape what would drive or reorder the terminal, and keep
+        // each short enough to align (`format!`'s width is a u16).
+        self.rows.push(row.map(|cell| compactor_runtime::sanitize(&cell, MAX_CELL_BYTES)));
     }
 
     /// Prints the table, then `summary` on its own line.

@@ -25,7 +25,7 @@ pub fn sanitize(text: &str, max: usize) -> String {
         }
         // Controls, and the invisible marks that reorder or hide text on a
         // terminal (bidi overrides, zero-width characters).
-        if c.is_control() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}') {
+        if c.is_control() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}') {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -171,6 +171,8 @@ mod tests {
         let cut = sanitize(&long, 100);
         assert!(cut.starts_with(&"x".repeat(100)) && cut.ends_with("… (50000 bytes in all)"), "{cut}");
         assert_eq!(sanitize("é".repeat(3).as_str(), 100), "ééé");
+        // Adversarial run: names with these reached `plan`'s table raw.
+        assert_eq!(sanitize("db\u{202E}x\u{2028}y\u{9b}", 100), "db\\u{202e}x\\u{2028}y\\u{9b}");
     }
 
     #[test]
