@@ -575,6 +575,25 @@ impl Job<'_> {
         Ok(count > 0)
     }
 
+    /// The configured sort keys the inputs have: a key naming no column of
+    /// theirs would fail the merge as an SQL error, in every cycle, so it is
+    /// left out with a warning (a probe that fails keeps every key).
+    fn sort_keys_present(&self, files_sql: &str) -> Vec<String> {
+        let keys = self.config.effective_sort_keys();
+        let columns = self
+            .duckdb
+            .prepare(&format!("SELECT column_name FROM (DESCRIBE SELECT * FROM read_parquet({files_sql}, union_by_name=true))"))
+            .and_then(|mut statement| {
+                statement.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<std::collections::HashSet<String>, _>>()
+            });
+        let Ok(columns) = columns else { return keys };
+        let (present, missing): (Vec<String>, Vec<String>) = keys.into_iter().partition(|k| columns.contains(k));
+        if !missing.is_empty() {
+            tracing::warn!(partition = %self.config.partition_path, missing = ?missing, "sort keys name no column of the inputs; sorting by the others");
+        }
+        present
+    }
+
     fn count_rows(&self, files_sql: &str) -> anyhow::Result<u64> {
         let rows: i64 = self
             .duckdb
@@ -587,7 +606,7 @@ impl Job<'_> {
     fn merge(&self, files_sql: &str, local: &[String], output: &Path) -> anyhow::Result<(u64, u64)> {
         let rows_before = self.count_rows(files_sql)?;
         let (tags, dedup_time) = self.dedup_settings(local);
-        let sort_keys = self.config.effective_sort_keys();
+        let sort_keys = self.sort_keys_present(files_sql);
         let order = order_by(&sort_keys);
         let statements = compaction_statements(
             files_sql,
