@@ -299,8 +299,9 @@ fn unsupported_store(url: &str) -> Option<&'static str> {
     }
 }
 
-/// Smallest memory a plugin instance may be given.
-const MIN_PLUGIN_MEMORY: u64 = 1 << 20;
+/// Smallest memory a plugin instance may be given: what the built-in
+/// policies need to instantiate (1 MiB is too little for them).
+const MIN_PLUGIN_MEMORY: u64 = 2 << 20;
 /// Largest: a 32-bit WebAssembly instance addresses 4 GiB.
 const MAX_PLUGIN_MEMORY: u64 = 4 << 30;
 
@@ -351,7 +352,9 @@ impl LimitsConfig {
             if !(MIN_PLUGIN_MEMORY..=MAX_PLUGIN_MEMORY).contains(&bytes) {
                 return Err(value_error(
                     format!("{key}.memory"),
-                    format!("{memory:?} (a plugin's memory is between 1MiB and 4GiB, the most a 32-bit WebAssembly instance can address)"),
+                    format!(
+                        "{memory:?} (a plugin's memory is between 2MiB, what the built-in policies need, and 4GiB, the most a 32-bit WebAssembly instance can address)"
+                    ),
                 ));
             }
             limits.memory_bytes = bytes;
@@ -1079,13 +1082,13 @@ mod tests {
                 "[storage]\nurl = \"memory://\"\n[[tenants]]\nname = \"t\"\ndatabases = [\"x\"]\n[tenants.limits]\nmemory = \"{memory}\"\n"
             ))
         };
-        for too_much in ["1TiB", "5GiB", "512KiB"] {
+        for too_much in ["1TiB", "5GiB", "512KiB", "1MiB"] {
             let err = limits(too_much).unwrap_err().to_string();
-            assert!(err.starts_with("invalid tenants[0].limits.memory value") && err.contains("between 1MiB and 4GiB"), "{err}");
+            assert!(err.starts_with("invalid tenants[0].limits.memory value") && err.contains("between 2MiB"), "{err}");
         }
         let err = limits("16EiB").unwrap_err().to_string();
         assert!(err.contains("expected a size such as") && !err.contains("too small"), "{err}");
-        assert!(limits("4GiB").is_ok() && limits("1MiB").is_ok());
+        assert!(limits("4GiB").is_ok() && limits("2MiB").is_ok());
     }
 
     #[test]

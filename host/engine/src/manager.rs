@@ -715,7 +715,8 @@ impl Manager {
         report.set_aside.sort();
         report.set_aside.dedup();
         for object in &report.set_aside {
-            tracing::warn!(cycle_id, key = ?object.key, reason = ?object.reason, "object left in place: compaction cannot take it");
+            let (key, reason) = (compactor_runtime::sanitize(&object.key, 2048), compactor_runtime::sanitize(&object.reason, 2048));
+            tracing::warn!(cycle_id, %key, %reason, "object left in place: compaction cannot take it");
         }
         report.duration_ms = started.elapsed().as_millis() as u64;
         let own = self.requests.snapshot().since(requests_before);
