@@ -232,6 +232,9 @@ struct Inputs {
     inputs: Vec<Input>,
     /// Their local paths as a DuckDB list literal.
     files_sql: String,
+    /// Their columns (by name, over every input), read once by the probe;
+    /// `None` when the probe failed.
+    columns: Option<std::collections::HashSet<String>>,
 }
 
 impl Inputs {
@@ -256,14 +259,14 @@ impl Job<'_> {
     fn execute(&mut self) -> anyhow::Result<()> {
         self.seams.started();
         create_private_dir(&self.work_dir).with_context(|| format!("failed to create temp directory {}", self.work_dir.display()))?;
-        let inputs = match self.download_valid_inputs()? {
+        let mut inputs = match self.download_valid_inputs()? {
             Ok(inputs) => inputs,
             Err(why) => {
                 self.skip(why);
                 return Ok(());
             }
         };
-        if !self.probe_time_column(&inputs) {
+        if !self.probe_time_column(&mut inputs) {
             self.skip("no input has a `time` column; they are left as they are".to_owned());
             return Ok(());
         }
@@ -310,7 +313,7 @@ impl Job<'_> {
                 "one valid input is left ({vanished} vanished, {invalid} not valid Parquet): nothing to merge, it stays as it is"
             )));
         }
-        let mut inputs = Inputs { inputs, files_sql: String::new() };
+        let mut inputs = Inputs { inputs, files_sql: String::new(), columns: None };
         inputs.files_sql = file_list(&inputs.local_paths());
         Ok(Ok(inputs))
     }
@@ -325,14 +328,15 @@ impl Job<'_> {
 
     /// Step 3a: whether the inputs have a `time` column (without one they
     /// are left as they are); a failed probe merges anyway.
-    fn probe_time_column(&mut self, inputs: &Inputs) -> bool {
-        let has_time = match self.has_time_column(&inputs.files_sql) {
-            Ok(has_time) => has_time,
+    fn probe_time_column(&mut self, inputs: &mut Inputs) -> bool {
+        inputs.columns = match self.input_columns(&inputs.files_sql) {
+            Ok(columns) => Some(columns),
             Err(e) => {
                 tracing::warn!(error = %e, "time-column probe failed; merging anyway");
-                true
+                None
             }
         };
+        let has_time = inputs.columns.as_ref().is_none_or(|columns| columns.contains("time"));
         if !has_time {
             tracing::warn!(partition = %self.config.partition_path, "no time column in the inputs; leaving them as they are");
         }
@@ -351,7 +355,7 @@ impl Job<'_> {
         // On local disk the output is made durable at the commit; writing it
         // back while DuckDB still produces it leaves the commit only the tail.
         let writeback = self.storage.links_from(&self.work_dir).then(|| EarlyWriteback::start(local.clone()));
-        let merged = self.merge(&inputs.files_sql, &inputs.local_paths(), &local);
+        let merged = self.merge(inputs, &local);
         drop(writeback);
         let (rows_before, expected_rows) = merged.context("failed to compact files")?;
         self.result.rows_before = rows_before;
@@ -564,29 +568,21 @@ impl Job<'_> {
             .map_err(|e| anyhow::anyhow!("unreadable Parquet footer: {}", e.to_string().lines().next().unwrap_or_default()))
     }
 
-    fn has_time_column(&self, files_sql: &str) -> anyhow::Result<bool> {
-        let count: i64 = self.duckdb.query_row(
-            &format!(
-                "SELECT COUNT(*) FROM (DESCRIBE SELECT * FROM read_parquet({files_sql}, union_by_name=true)) WHERE column_name = 'time'"
-            ),
-            [],
-            |row| row.get(0),
-        )?;
-        Ok(count > 0)
+    /// The columns of the inputs, by name, as the merge reads them.
+    fn input_columns(&self, files_sql: &str) -> anyhow::Result<std::collections::HashSet<String>> {
+        let mut statement = self
+            .duckdb
+            .prepare(&format!("SELECT column_name FROM (DESCRIBE SELECT * FROM read_parquet({files_sql}, union_by_name=true))"))?;
+        let columns = statement.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<_, _>>()?;
+        Ok(columns)
     }
 
     /// The configured sort keys the inputs have: a key naming no column of
     /// theirs would fail the merge as an SQL error, in every cycle, so it is
-    /// left out with a warning (a probe that fails keeps every key).
-    fn sort_keys_present(&self, files_sql: &str) -> Vec<String> {
+    /// left out with a warning (without the columns, every key is kept).
+    fn sort_keys_present(&self, columns: Option<&std::collections::HashSet<String>>) -> Vec<String> {
         let keys = self.config.effective_sort_keys();
-        let columns = self
-            .duckdb
-            .prepare(&format!("SELECT column_name FROM (DESCRIBE SELECT * FROM read_parquet({files_sql}, union_by_name=true))"))
-            .and_then(|mut statement| {
-                statement.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<std::collections::HashSet<String>, _>>()
-            });
-        let Ok(columns) = columns else { return keys };
+        let Some(columns) = columns else { return keys };
         let (present, missing): (Vec<String>, Vec<String>) = keys.into_iter().partition(|k| columns.contains(k));
         if !missing.is_empty() {
             tracing::warn!(partition = %self.config.partition_path, missing = ?missing, "sort keys name no column of the inputs; sorting by the others");
@@ -603,10 +599,11 @@ impl Job<'_> {
     }
 
     /// Runs the merge; returns (input rows, rows the output must have).
-    fn merge(&self, files_sql: &str, local: &[String], output: &Path) -> anyhow::Result<(u64, u64)> {
+    fn merge(&self, inputs: &Inputs, output: &Path) -> anyhow::Result<(u64, u64)> {
+        let files_sql = inputs.files_sql.as_str();
         let rows_before = self.count_rows(files_sql)?;
-        let (tags, dedup_time) = self.dedup_settings(local);
-        let sort_keys = self.sort_keys_present(files_sql);
+        let (tags, dedup_time) = self.dedup_settings(&inputs.local_paths());
+        let sort_keys = self.sort_keys_present(inputs.columns.as_ref());
         let order = order_by(&sort_keys);
         let statements = compaction_statements(
             files_sql,

@@ -383,7 +383,7 @@ impl Storage {
                 Err(e) => return Err(list_error(e)),
             }
         }
-        listed.files.retain(|f| !f.key.split('/').any(|p| p.starts_with('.')));
+        listed.files.retain(|f| !is_hidden(&f.key));
         listed.set_aside.retain(|s| !is_hidden(&s.key));
         self.without_symlinks(&mut listed);
         Ok(listed)
@@ -528,11 +528,7 @@ impl Storage {
                     dirs.push(entry.path());
                     continue;
                 }
-                let name = entry.file_name();
-                let staged = name
-                    .to_str()
-                    .and_then(|n| n.rsplit_once('#'))
-                    .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                let staged = entry.file_name().to_str().is_some_and(local::is_staging);
                 // Only a staging file's age is read: the walk passes every
                 // lease object of the lake.
                 let old = || entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);

@@ -110,7 +110,7 @@ pub(crate) fn walk(
 }
 
 /// A staging file of the local store's writes: `{name}#{digits}`.
-fn is_staging(name: &str) -> bool {
+pub(crate) fn is_staging(name: &str) -> bool {
     name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
