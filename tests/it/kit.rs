@@ -235,23 +235,8 @@ pub(crate) struct MotoServer {
 impl MotoServer {
     /// Starts a server and waits until it accepts connections.
     pub(crate) fn start() -> Self {
-        use std::os::unix::process::CommandExt;
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut command = std::process::Command::new("moto_server");
-        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-        // SAFETY: prctl only sets a flag on the new process.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command.spawn().expect("cannot start moto_server (install it: pip install 'moto[server]')");
-        let server = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
-        wait_until("moto_server to accept connections", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        server
+        let (child, port) = spawn_loopback_server("moto_server", |port| vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()]);
+        Self { child, endpoint: format!("http://127.0.0.1:{port}") }
     }
 
     /// Sends `signal` to the server (SIGSTOP cuts the store off).
@@ -263,6 +248,28 @@ impl MotoServer {
     }
 }
 
+/// Starts `program` with `args(port)` on a free loopback port, killed when
+/// the thread that started it ends (`PR_SET_PDEATHSIG`); returns once it
+/// accepts connections.
+fn spawn_loopback_server(program: &str, args: impl Fn(u16) -> Vec<String>) -> (std::process::Child, u16) {
+    use std::os::unix::process::CommandExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut command = std::process::Command::new(program);
+    command.args(args(port)).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    // SAFETY: prctl only sets a flag on the new process.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {program}: {e} (`.ci/run` installs it)"));
+    wait_until(&format!("{program} to accept connections"), Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (child, port)
+}
+
 impl Drop for MotoServer {
     fn drop(&mut self) {
         self.signal(libc::SIGCONT);
@@ -272,27 +279,58 @@ impl Drop for MotoServer {
 }
 
 /// The S3 endpoint the tests share: `$COMPACTOR_TEST_S3_ENDPOINT` (as
-/// `.ci/run` sets it), else one server started for this test process on a
-/// thread that outlives every test, so that the server lives as long as the
-/// process and no longer.
+/// `.ci/run` sets it), else a `moto_server` started for this test process.
 pub(crate) fn shared_s3_endpoint() -> &'static str {
     static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ENDPOINT.get_or_init(|| {
-        if let Ok(endpoint) = std::env::var("COMPACTOR_TEST_S3_ENDPOINT") {
-            let address = endpoint.trim_start_matches("http://").to_owned();
-            wait_until(&format!("an S3 server at {endpoint}"), Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_ok());
-            return endpoint;
-        }
-        let (ready, started) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+    ENDPOINT.get_or_init(|| shared_server("COMPACTOR_TEST_S3_ENDPOINT", || {
             let server = MotoServer::start();
-            let _ = ready.send(server.endpoint.clone());
-            loop {
-                std::thread::park();
-            }
-        });
-        started.recv().expect("moto_server did not start")
+            let endpoint = server.endpoint.clone();
+            (Box::new(server), endpoint)
+        }))
+}
+
+/// The Azure Blob endpoint the tests share (Azurite's, with its account in
+/// the path): `$COMPACTOR_TEST_AZURE_ENDPOINT` (as `.ci/run` sets it), else
+/// an `azurite-blob` started for this test process, from the PATH or where
+/// `.ci/run` installs it.
+pub(crate) fn shared_azure_endpoint() -> &'static str {
+    static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ENDPOINT.get_or_init(|| {
+        shared_server("COMPACTOR_TEST_AZURE_ENDPOINT", || {
+            let installed = std::env::var("HOME").map(|h| format!("{h}/.cache/compactor/azurite/node_modules/.bin/azurite-blob"));
+            let program = installed.ok().filter(|p| Path::new(p).exists()).unwrap_or_else(|| "azurite-blob".to_owned());
+            // In memory: nothing to clean up (its debug log and account
+            // files would otherwise land in the working directory).
+            let (child, port) = spawn_loopback_server(&program, |port| {
+                ["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry", "--silent"]
+                    .iter()
+                    .map(|a| (*a).to_owned())
+                    .collect()
+            });
+            (Box::new(child), format!("http://127.0.0.1:{port}/devstoreaccount1"))
+        })
     })
+}
+
+/// The endpoint in `variable`, waited for, else a server `start`ed on a
+/// thread that outlives every test, so that the server lives as long as the
+/// test process and no longer.
+/// `start` returns what keeps its server alive, and the endpoint.
+fn shared_server(variable: &str, start: impl FnOnce() -> (Box<dyn Send>, String) + Send + 'static) -> String {
+    if let Ok(endpoint) = std::env::var(variable) {
+        let address = endpoint.trim_start_matches("http://").split('/').next().unwrap_or_default().to_owned();
+        wait_until(&format!("a server at {endpoint}"), Duration::from_secs(10), || std::net::TcpStream::connect(&address).is_ok());
+        return endpoint;
+    }
+    let (ready, started) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (_server, endpoint) = start();
+        let _ = ready.send(endpoint);
+        loop {
+            std::thread::park();
+        }
+    });
+    started.recv().unwrap_or_else(|_| panic!("the server for {variable} did not start"))
 }
 
 /// Starts `compactor -v run --config CONFIG`, waits for its readiness line

@@ -3,6 +3,7 @@
 
 mod api;
 mod author_kit;
+mod azure;
 mod cli;
 mod compaction;
 mod engines;

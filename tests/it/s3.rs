@@ -18,7 +18,7 @@ use compactor_storage::Storage;
 use crate::kit::{MotoServer, TestConfig, signal_group};
 use crate::util::{compactor, files_under, is_coordination_state, text};
 
-const NOW: &str = "2026-04-13T12:00:00Z";
+pub(crate) const NOW: &str = "2026-04-13T12:00:00Z";
 
 fn endpoint() -> &'static str {
     crate::kit::shared_s3_endpoint()
@@ -45,11 +45,13 @@ fn multipart_uploads_in_progress(bucket: &str) -> usize {
     response.matches("<UploadId>").count()
 }
 
-struct Bucket {
-    _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-    storage: Storage,
-    config: String,
+/// A lake in a remote store, its pristine copy on disk, and a config
+/// pointing at it (S3 here; Azure in `azure.rs`).
+pub(crate) struct Bucket {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) root: std::path::PathBuf,
+    pub(crate) storage: Storage,
+    pub(crate) config: String,
 }
 
 pub(crate) fn options_for(endpoint: &str) -> BTreeMap<String, String> {
@@ -76,6 +78,24 @@ fn bucket(name: &str) -> Bucket {
 }
 
 fn bucket_at(endpoint: &str, name: &str, extra: &[(&str, &str)]) -> Bucket {
+    let mut options = options_for(endpoint);
+    options.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    create_bucket_at(endpoint, name);
+    remote_lake(&format!("s3://{name}/lake"), &options, |key| key.to_owned())
+}
+
+/// Creates bucket `name` and uploads every file under `local` to its `lake/`
+/// prefix; returns the URL and the store.
+fn upload_s3_lake(name: &str, options: &BTreeMap<String, String>, local: &Path) -> (String, Storage) {
+    create_bucket_at(&options["aws_endpoint"], name);
+    let url = format!("s3://{name}/lake");
+    let storage = upload_lake(&url, options, local, |key| key.to_owned());
+    (url, storage)
+}
+
+/// A small lake (two hours of 12 files) uploaded to `url`, each file under
+/// the key `rename` gives it, with its pristine copy and a config.
+pub(crate) fn remote_lake(url: &str, options: &BTreeMap<String, String>, rename: impl Fn(&str) -> String) -> Bucket {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
     let spec = SampleSpec {
@@ -86,24 +106,20 @@ fn bucket_at(endpoint: &str, name: &str, extra: &[(&str, &str)]) -> Bucket {
         rows_per_file: 50,
     };
     sample::generate(&root.join("pristine"), crate::util::at(NOW), &spec).unwrap();
-    let mut options = options_for(endpoint);
-    options.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let (url, storage) = upload_lake(name, &options, &root.join("pristine"));
-    let config = s3_config(&url, &options).hourly_and_daily().write(&root);
+    let storage = upload_lake(url, options, &root.join("pristine"), rename);
+    let config = remote_config(url, options).hourly_and_daily().write(&root);
     Bucket { _dir: dir, root, storage, config }
 }
 
-/// Creates bucket `name` and uploads every file under `local` to its `lake/`
-/// prefix; returns the URL and the store.
-fn upload_lake(name: &str, options: &BTreeMap<String, String>, local: &Path) -> (String, Storage) {
-    create_bucket_at(&options["aws_endpoint"], name);
-    let url = format!("s3://{name}/lake");
-    let storage = Storage::open(&url, options, local).unwrap();
+/// Uploads every file under `local` to `url`, under the key `rename` gives
+/// it; returns the store.
+fn upload_lake(url: &str, options: &BTreeMap<String, String>, local: &Path, rename: impl Fn(&str) -> String) -> Storage {
+    let storage = Storage::open(url, options, local).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     for file in files_under(local) {
-        runtime.block_on(storage.write(&file, std::fs::read(local.join(&file)).unwrap())).unwrap();
+        runtime.block_on(storage.write(&rename(&file), std::fs::read(local.join(&file)).unwrap())).unwrap();
     }
-    (url, storage)
+    storage
 }
 
 /// Lease TTL of these tests: short, so that a test can outwait it.
@@ -111,13 +127,13 @@ const LEASE_TTL_MS: u64 = 1500;
 
 /// A config for `url` with `options`, jobs in `tmp` with one thread, short
 /// leases.
-fn s3_config(url: &str, options: &BTreeMap<String, String>) -> TestConfig {
+pub(crate) fn remote_config(url: &str, options: &BTreeMap<String, String>) -> TestConfig {
     TestConfig::new(url).storage_options(options).compaction("temp_directory", "tmp").compaction("threads", 1).lease_ttl_ms(LEASE_TTL_MS)
 }
 
 /// Downloads the bucket and checks: exactly the original rows, two daily
 /// outputs, and nothing else (no manifest, no claim).
-fn assert_intact_and_compacted(bucket: &Bucket) {
+pub(crate) fn assert_intact_and_compacted(bucket: &Bucket) {
     let keys = assert_intact(bucket);
     assert_eq!(keys.len(), 1, "one daily output and nothing else: {keys:#?}\n{}", logs(bucket));
     assert!(keys[0].ends_with("_b1_daily.parquet"), "{keys:?}");
@@ -125,12 +141,13 @@ fn assert_intact_and_compacted(bucket: &Bucket) {
 
 /// Downloads the bucket and checks: exactly the original rows, and nothing
 /// but Parquet outputs (no manifest, no claim). Returns the keys.
-fn assert_intact(bucket: &Bucket) -> Vec<String> {
+pub(crate) fn assert_intact(bucket: &Bucket) -> Vec<String> {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let objects = listed(&runtime, &bucket.storage);
     let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
     assert!(keys.iter().all(|k| k.ends_with(".parquet")), "only outputs are left: {keys:#?}\n{}", logs(bucket));
     let downloaded = bucket.root.join("downloaded");
+    let _ = std::fs::remove_dir_all(&downloaded);
     for object in &objects {
         let path = downloaded.join(&object.key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -153,7 +170,7 @@ fn listed(runtime: &tokio::runtime::Runtime, storage: &Storage) -> Vec<compactor
 }
 
 /// After a fault at `step`: recovery, a clean cycle, and every row once.
-fn recover_then_compact(bucket: &Bucket, step: &str) {
+pub(crate) fn recover_then_compact(bucket: &Bucket, step: &str) {
     recover_then_run_once(bucket, step);
     assert_intact_and_compacted(bucket);
 }
@@ -169,7 +186,7 @@ fn recover_then_run_once(bucket: &Bucket, step: &str) {
 }
 
 /// The logs a test left in the bucket's directory, for failure messages.
-fn logs(bucket: &Bucket) -> String {
+pub(crate) fn logs(bucket: &Bucket) -> String {
     ["engine.log", "recover.log", "once.log"]
         .iter()
         .filter_map(|name| std::fs::read_to_string(bucket.root.join(name)).ok().map(|log| format!("--- {name}\n{log}")))
@@ -278,9 +295,9 @@ fn bad_inputs_on_s3_get_the_spec_outcome() {
     let local = dir.path().join("lake");
     let (corrupt, truncated) = crate::compaction::write_bad_inputs(&local);
     let options = options_for(endpoint());
-    let (url, storage) = upload_lake("s3-bad-inputs", &options, &local);
+    let (url, storage) = upload_s3_lake("s3-bad-inputs", &options, &local);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let config = s3_config(&url, &options).tier("hourly", "builtin:hourly", &[]).write(dir.path());
+    let config = remote_config(&url, &options).tier("hourly", "builtin:hourly", &[]).write(dir.path());
     let output = compactor(&["once", "--config", &config, "--now", NOW, "--format", "json"], &[]);
     assert!(output.status.success(), "{}", text(&output));
     crate::compaction::assert_bad_input_report(&serde_json::from_slice(&output.stdout).unwrap());
@@ -307,8 +324,8 @@ fn multipart_bucket(name: &str) -> Bucket {
         );
     }
     let options = options_for(endpoint());
-    let (url, storage) = upload_lake(name, &options, &root.join("pristine"));
-    let config = s3_config(&url, &options).compaction("multipart_threshold", "5MiB").tier("hourly", "builtin:hourly", &[]).write(&root);
+    let (url, storage) = upload_s3_lake(name, &options, &root.join("pristine"));
+    let config = remote_config(&url, &options).compaction("multipart_threshold", "5MiB").tier("hourly", "builtin:hourly", &[]).write(&root);
     Bucket { _dir: dir, root, storage, config }
 }
 
@@ -368,7 +385,7 @@ fn an_upload_that_lands_after_the_client_timed_out_duplicates_nothing() {
         let mut bucket = bucket(&format!("s3-late-{i}"));
         let mut options = options_for(&proxy.endpoint);
         options.extend([("timeout", "1s"), ("max_retries", "0")].map(|(k, v)| (k.to_owned(), v.to_owned())));
-        bucket.config = s3_config(&format!("s3://s3-late-{i}/lake"), &options).hourly_and_daily().write(&bucket.root);
+        bucket.config = remote_config(&format!("s3://s3-late-{i}/lake"), &options).hourly_and_daily().write(&bucket.root);
         let first = compactor(&["-v", "once", "--config", &bucket.config, "--now", NOW, "--tier", "hourly"], &[]);
         std::fs::write(bucket.root.join("engine.log"), text(&first)).unwrap();
         assert!(text(&first).contains("outcome of the upload is unknown"), "{}", text(&first));
@@ -493,9 +510,9 @@ fn two_day_bucket(name: &str, proxy: &str) -> (Bucket, String) {
         sample::generate(&root.join("pristine"), crate::util::at(NOW) - chrono::Duration::days(days_back), &spec).unwrap();
     }
     let options = options_for(endpoint());
-    let (url, storage) = upload_lake(name, &options, &root.join("pristine"));
+    let (url, storage) = upload_s3_lake(name, &options, &root.join("pristine"));
     let with_temp = |options: &BTreeMap<String, String>, temp: &str| {
-        s3_config(&url, options).compaction("temp_directory", temp).compaction("max_concurrent", 2).hourly_and_daily()
+        remote_config(&url, options).compaction("temp_directory", temp).compaction("max_concurrent", 2).hourly_and_daily()
     };
     let config = with_temp(&options, "tmp-b").write(&root);
     std::fs::rename(&config, root.join("engine-b.toml")).unwrap();

@@ -282,8 +282,9 @@ pub const RESTART_ONLY: &[&str] = &[
 ];
 
 /// Why the store at `url` cannot be compacted, for the schemes
-/// `object_store` opens but a job process cannot rebuild: refused when the
-/// config is loaded rather than failing every job.
+/// `object_store` opens but a job process cannot rebuild or that cannot
+/// write create-only: refused when the config is loaded rather than failing
+/// every job.
 fn unsupported_store(url: &str) -> Option<&'static str> {
     let scheme = url.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase())?;
     match scheme.as_str() {
@@ -291,9 +292,6 @@ fn unsupported_store(url: &str) -> Option<&'static str> {
             "Google Cloud Storage is not supported: a job process cannot open it, and there is no GCS server to test against; \
              GCS serves the S3 API (s3:// with aws_endpoint = \"https://storage.googleapis.com\" and HMAC keys)",
         ),
-        "az" | "azure" | "abfs" | "abfss" | "adl" => {
-            Some("Azure Blob Storage is not supported yet: a job process cannot open it; every job would fail")
-        }
         "http" | "https" => Some("plain HTTP stores cannot do the create-only writes that keep a job's outputs and leases safe"),
         _ => None,
     }
@@ -1065,13 +1063,15 @@ mod tests {
     /// Issue 21 §4m: these opened, then failed in every job.
     #[test]
     fn stores_a_job_cannot_open_are_refused_at_load_saying_why() {
-        for url in ["gs://bucket/lake", "GS://bucket", "az://container/lake", "abfss://c@a.dfs.core.windows.net/x", "https://host/lake"] {
+        for url in ["gs://bucket/lake", "GS://bucket", "https://host/lake"] {
             let err = parse(&format!("[storage]\nurl = \"{url}\"\n")).unwrap_err().to_string();
             assert!(err.starts_with("invalid storage.url value"), "{url}: {err}");
         }
         let err = parse("[storage]\nurl = \"gs://b\"\n").unwrap_err().to_string();
         assert!(err.contains("storage.googleapis.com"), "{err}");
-        assert!(parse("[storage]\nurl = \"s3://bucket/lake\"\n").is_ok());
+        for url in ["s3://bucket/lake", "az://container/lake", "abfss://c@a.dfs.core.windows.net/x"] {
+            assert!(parse(&format!("[storage]\nurl = \"{url}\"\n")).is_ok(), "{url}");
+        }
     }
 
     /// Issue 21 §4f: `1TiB` was accepted, and `16EiB` said "too small".

@@ -66,7 +66,7 @@ pub struct JobConfig {
     /// DuckDB threads; 0 leaves DuckDB's default.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub threads: usize,
-    /// `local`, `s3`, `azure`, `gcs`.
+    /// `local`, `s3`, `azure`.
     pub storage_type: String,
     /// Storage settings as a JSON string (no secrets: those travel in the
     /// child's environment).

@@ -2,6 +2,7 @@
 //! from its URL, listing, reading and writing objects, with errors that name
 //! the key that failed.
 
+mod azure;
 mod counting;
 pub mod faults;
 pub mod lease;
@@ -26,6 +27,7 @@ pub use compactor_model::{FileMeta, is_eligible_input};
 pub use counting::{CountingStore, RequestCost, RequestCounts};
 pub use names::object_path;
 use names::{is_hidden, raw_key_problem, unnamable};
+pub use azure::AzureConfig;
 pub use s3::S3Config;
 pub use transfer::EarlyWriteback;
 pub use uploads::TrackedUploads;
@@ -114,6 +116,9 @@ pub enum StoreDescriptor {
     },
     /// An S3 bucket: Arc's S3 fields and the other non-secret options.
     S3(S3Config),
+    /// An Azure Blob Storage container: Arc's Azure fields, the prefix and
+    /// the other non-secret options.
+    Azure(AzureConfig),
 }
 
 impl StoreDescriptor {
@@ -122,6 +127,7 @@ impl StoreDescriptor {
         match self {
             Self::Local { .. } => "local",
             Self::S3(_) => "s3",
+            Self::Azure(_) => "azure",
         }
     }
 
@@ -130,6 +136,7 @@ impl StoreDescriptor {
         let json = match self {
             Self::Local { base_path } => serde_json::json!({ "base_path": base_path.display().to_string() }),
             Self::S3(config) => serde_json::to_value(config).unwrap_or_default(),
+            Self::Azure(config) => serde_json::to_value(config).unwrap_or_default(),
         };
         json.to_string()
     }
@@ -148,6 +155,7 @@ impl StoreDescriptor {
                 Ok(Self::Local { base_path: local.base_path })
             }
             "s3" => Ok(Self::S3(serde_json::from_str(storage_config).map_err(invalid)?)),
+            "azure" => Ok(Self::Azure(serde_json::from_str(storage_config).map_err(invalid)?)),
             other => Err(open_error(format!("unsupported storage type: {other}"))),
         }
     }
@@ -185,6 +193,28 @@ fn request_timeout(options: &BTreeMap<String, String>) -> std::time::Duration {
     options.get("timeout").and_then(|t| humantime::parse_duration(t).ok()).unwrap_or(DEFAULT_REQUEST_TIMEOUT)
 }
 
+/// Retry options, read by the engine (object_store has no string keys for
+/// them): `max_retries` (default 10) and `retry_timeout` (e.g. `"3m"`).
+pub(crate) const RETRY_OPTIONS: &[&str] = &["max_retries", "retry_timeout"];
+
+pub(crate) fn retry_config(options: &BTreeMap<String, String>) -> anyhow::Result<object_store::RetryConfig> {
+    let mut retry = object_store::RetryConfig::default();
+    if let Some(n) = options.get("max_retries") {
+        retry.max_retries = n.parse().map_err(|_| anyhow::anyhow!("storage option max_retries: expected a number, got {n:?}"))?;
+    }
+    if let Some(t) = options.get("retry_timeout") {
+        retry.retry_timeout =
+            humantime::parse_duration(t).map_err(|e| anyhow::anyhow!("storage option retry_timeout: {e} (e.g. \"30s\")"))?;
+    }
+    Ok(retry)
+}
+
+/// The store under `prefix`, with faults injected when the tests ask for them.
+pub(crate) fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
+    let store = if prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix)) };
+    faults::FaultyStore::from_env(store)
+}
+
 impl StorageError {
     /// The object-store error behind this one, if any.
     pub fn object_store_error(&self) -> Option<&object_store::Error> {
@@ -208,9 +238,9 @@ impl std::fmt::Display for Storage {
 }
 
 impl Storage {
-    /// Opens the store at `url` (`file://`, `memory://`, `s3://`, `az://`,
-    /// `gs://`, or a plain local path resolved against `base_dir`), passing
-    /// `options` to the `object_store` builder.
+    /// Opens the store at `url` (`file://`, `memory://`, `s3://`, `az://`
+    /// and Azure's other schemes, or a plain local path resolved against
+    /// `base_dir`), passing `options` to the `object_store` builder.
     pub fn open(url: &str, options: &BTreeMap<String, String>, base_dir: &FsPath) -> Result<Self, StorageError> {
         let open_error = |message: String| StorageError::Open { url: url.to_owned(), message };
         if !url.contains("://") {
@@ -226,6 +256,9 @@ impl Storage {
         }
         if parsed.scheme() == "s3" || parsed.scheme() == "s3a" {
             return s3::open(&parsed, options).map_err(|e| open_error(e.to_string()));
+        }
+        if matches!(parsed.scheme(), "az" | "azure" | "adl" | "abfs" | "abfss") {
+            return azure::open(&parsed, options).map_err(|e| open_error(e.to_string()));
         }
         let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter()).map_err(|e| open_error(e.to_string()))?;
         let store: Arc<dyn ObjectStore> =
@@ -266,6 +299,9 @@ impl Storage {
             StoreDescriptor::Local { base_path } => Self::local(base_path),
             StoreDescriptor::S3(config) => s3::from_config(config)
                 .map_err(|e| StorageError::Open { url: format!("s3://{}/{}", config.bucket, config.prefix), message: e.to_string() }),
+            StoreDescriptor::Azure(config) => {
+                azure::from_config(config).map_err(|e| StorageError::Open { url: config.url(), message: e.to_string() })
+            }
         }
     }
 

@@ -9,15 +9,13 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use object_store::ObjectStore;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
 use object_store::client::{HttpClient, HttpConnector, ReqwestConnector};
 use object_store::path::Path;
-use object_store::prefix::PrefixStore;
 use object_store::signer::Signer;
 use serde::{Deserialize, Serialize};
 
-use super::{Storage, StoreDescriptor, TrackedUploads, redact_url};
+use super::{Storage, StoreDescriptor, TrackedUploads, redact_url, with_prefix};
 
 /// Arc's S3 storage config, field for field, plus the other non-secret
 /// options (timeouts, retries, …) so the job process behaves the same.
@@ -38,29 +36,13 @@ pub struct S3Config {
     options: BTreeMap<String, String>,
 }
 
-/// Retry options, read by the engine (object_store has no string keys for
-/// them): `max_retries` (default 10) and `retry_timeout` (e.g. `"3m"`).
-const RETRY_OPTIONS: &[&str] = &["max_retries", "retry_timeout"];
-
-fn retry_config(options: &BTreeMap<String, String>) -> anyhow::Result<object_store::RetryConfig> {
-    let mut retry = object_store::RetryConfig::default();
-    if let Some(n) = options.get("max_retries") {
-        retry.max_retries = n.parse().map_err(|_| anyhow::anyhow!("storage option max_retries: expected a number, got {n:?}"))?;
-    }
-    if let Some(t) = options.get("retry_timeout") {
-        retry.retry_timeout =
-            humantime::parse_duration(t).map_err(|e| anyhow::anyhow!("storage option retry_timeout: {e} (e.g. \"30s\")"))?;
-    }
-    Ok(retry)
-}
-
 /// Applies every option but the retry ones to `builder`.
 fn configure(mut builder: AmazonS3Builder, options: &BTreeMap<String, String>) -> anyhow::Result<AmazonS3Builder> {
-    for (key, value) in options.iter().filter(|(k, _)| !RETRY_OPTIONS.contains(&k.as_str())) {
+    for (key, value) in options.iter().filter(|(k, _)| !super::RETRY_OPTIONS.contains(&k.as_str())) {
         let config_key = AmazonS3ConfigKey::from_str(key).map_err(|_| anyhow::anyhow!("unknown S3 option {key:?} in [storage.options]"))?;
         builder = builder.with_config(config_key, value);
     }
-    Ok(builder.with_retry(retry_config(options)?))
+    Ok(builder.with_retry(super::retry_config(options)?))
 }
 
 fn yes() -> bool {
@@ -152,7 +134,6 @@ pub(super) fn from_config(config: &S3Config) -> anyhow::Result<Storage> {
     })
 }
 
-/// The store under `prefix`, with faults injected when the tests ask for them.
 /// Lists a bucket with `ListObjectsV2` directly, for the one case
 /// `object_store` cannot: a page holding a key it refuses to name (an empty
 /// or `.` segment, a control character) fails as a whole, and with it the
@@ -286,10 +267,6 @@ impl RawLister {
     }
 }
 
-fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
-    let store = if prefix.is_empty() { store } else { Arc::new(PrefixStore::new(store, prefix)) };
-    super::faults::FaultyStore::from_env(store)
-}
 
 #[cfg(test)]
 mod tests {
