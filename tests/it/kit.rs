@@ -235,7 +235,8 @@ pub(crate) struct MotoServer {
 impl MotoServer {
     /// Starts a server and waits until it accepts connections.
     pub(crate) fn start() -> Self {
-        let (child, port) = spawn_loopback_server("moto_server", |port| vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()]);
+        let (child, port) =
+            spawn_loopback_server("moto_server", |port| vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()]);
         Self { child, endpoint: format!("http://127.0.0.1:{port}") }
     }
 
@@ -282,11 +283,13 @@ impl Drop for MotoServer {
 /// `.ci/run` sets it), else a `moto_server` started for this test process.
 pub(crate) fn shared_s3_endpoint() -> &'static str {
     static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ENDPOINT.get_or_init(|| shared_server("COMPACTOR_TEST_S3_ENDPOINT", || {
+    ENDPOINT.get_or_init(|| {
+        shared_server("COMPACTOR_TEST_S3_ENDPOINT", || {
             let server = MotoServer::start();
             let endpoint = server.endpoint.clone();
             (Box::new(server), endpoint)
-        }))
+        })
+    })
 }
 
 /// The Azure Blob endpoint the tests share (Azurite's, with its account in
@@ -302,10 +305,19 @@ pub(crate) fn shared_azure_endpoint() -> &'static str {
             // In memory: nothing to clean up (its debug log and account
             // files would otherwise land in the working directory).
             let (child, port) = spawn_loopback_server(&program, |port| {
-                ["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry", "--silent"]
-                    .iter()
-                    .map(|a| (*a).to_owned())
-                    .collect()
+                [
+                    "--blobHost",
+                    "127.0.0.1",
+                    "--blobPort",
+                    &port.to_string(),
+                    "--inMemoryPersistence",
+                    "--skipApiVersionCheck",
+                    "--disableTelemetry",
+                    "--silent",
+                ]
+                .iter()
+                .map(|a| (*a).to_owned())
+                .collect()
             });
             (Box::new(child), format!("http://127.0.0.1:{port}/devstoreaccount1"))
         })

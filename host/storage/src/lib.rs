@@ -22,12 +22,12 @@ use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 
+pub use azure::AzureConfig;
 pub use compactor_model::SetAside;
 pub use compactor_model::{FileMeta, is_eligible_input};
 pub use counting::{CountingStore, RequestCost, RequestCounts};
 pub use names::object_path;
 use names::{is_hidden, raw_key_problem, unnamable};
-pub use azure::AzureConfig;
 pub use s3::S3Config;
 pub use transfer::EarlyWriteback;
 pub use uploads::TrackedUploads;

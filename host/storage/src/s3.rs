@@ -267,7 +267,6 @@ impl RawLister {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
