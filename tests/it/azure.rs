@@ -50,7 +50,7 @@ fn create_container(name: &str) {
     let to_sign = format!("PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{ACCOUNT}{path}\nrestype:container");
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &base64::engine::general_purpose::STANDARD.decode(ACCOUNT_KEY).unwrap());
     let signature = base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
-    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
     write!(
         stream,
         "PUT {path}?restype=container HTTP/1.1\r\nHost: {address}\r\nx-ms-date: {date}\r\nx-ms-version: {version}\r\n\
