@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 
 use base64::Engine;
 
-use crate::s3::{Bucket, NOW, assert_intact, assert_intact_and_compacted, logs, recover_then_compact, remote_lake};
+use crate::s3::{Bucket, NOW, assert_intact, assert_intact_and_compacted, logs, recover_then_compact, remote_lake, two_engines_at_once};
 use crate::util::{compactor, text};
 
 /// Azurite's one account and its well-known key.
@@ -110,13 +110,7 @@ fn a_job_killed_on_azure_loses_and_duplicates_nothing() {
 #[test]
 fn two_engines_racing_on_one_container_compact_every_row_once() {
     let bucket = container("azure-race");
-    let run = || compactor(&["once", "--config", &bucket.config, "--now", NOW, "--tier", "hourly", "--format", "json"], &[]);
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(run);
-        let b = s.spawn(run);
-        (a.join().unwrap(), b.join().unwrap())
-    });
-    assert!(a.status.success() && b.status.success(), "{}\n{}", text(&a), text(&b));
+    let _ = two_engines_at_once(&bucket);
     let keys = assert_intact(&bucket);
     assert_eq!(keys.len(), 2, "one output per hour, whoever made it: {keys:#?}\n{}", logs(&bucket));
 }

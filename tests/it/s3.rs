@@ -217,9 +217,9 @@ fn a_job_killed_on_s3_loses_and_duplicates_nothing() {
     }
 }
 
-#[test]
-fn two_engines_racing_on_one_bucket_compact_every_row_once() {
-    let bucket = bucket("s3-race");
+/// Two `once --tier hourly` on `bucket` at the same moment, both
+/// succeeding; their outputs.
+pub(crate) fn two_engines_at_once(bucket: &Bucket) -> (std::process::Output, std::process::Output) {
     let run = || compactor(&["once", "--config", &bucket.config, "--now", NOW, "--tier", "hourly", "--format", "json"], &[]);
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(run);
@@ -227,6 +227,13 @@ fn two_engines_racing_on_one_bucket_compact_every_row_once() {
         (a.join().unwrap(), b.join().unwrap())
     });
     assert!(a.status.success() && b.status.success(), "{}\n{}", text(&a), text(&b));
+    (a, b)
+}
+
+#[test]
+fn two_engines_racing_on_one_bucket_compact_every_row_once() {
+    let bucket = bucket("s3-race");
+    let (a, b) = two_engines_at_once(&bucket);
     // Each of the two hour partitions was compacted by exactly one engine.
     let mut compacted: Vec<String> = [&a, &b]
         .iter()
