@@ -374,11 +374,12 @@ fn cluster_mode_jobs_hand_over_completion_manifests() {
 fn run_starts_recovers_and_stops_cleanly_on_sigterm() {
     let lake = lake_with(10, &[]);
     let config =
-        TestConfig::new("lake").hourly_and_daily().compaction("temp_directory", "tmp").cluster("enabled", true).cluster("role", "reader");
+        // A writer in spread mode: builtin:role lets no writer compact there.
+        TestConfig::new("lake").hourly_and_daily().compaction("temp_directory", "tmp").cluster_on_etcd("writer").cluster("mode", "spread");
     let config = config.write(&lake.root);
     let (status, stderr) = run_until_ready_then_sigterm(&config);
     assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("node role is not compactor"), "a reader in a cluster stays idle: {stderr}");
+    assert!(stderr.contains("node role is not compactor"), "a writer in a spread cluster stays idle: {stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");
 }
 

@@ -104,6 +104,19 @@ impl TestConfig {
         self
     }
 
+    /// Cluster mode on the shared etcd, with `role` and timings short
+    /// enough for tests (session 2 s, checks every 200 ms, failover after
+    /// 3 checks and 1 s).
+    pub(crate) fn cluster_on_etcd(self, role: &str) -> Self {
+        self.cluster("enabled", true)
+            .cluster("etcd_endpoints", vec![shared_etcd_endpoint().to_owned()])
+            .cluster("role", role)
+            .cluster("session_ttl", "2s")
+            .cluster("check_interval", "200ms")
+            .cluster("failover_timeout", "1s")
+            .cluster("failover_cooldown", "2s")
+    }
+
     /// One `[cluster]` key.
     pub(crate) fn cluster(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
         self.cluster.insert(key.into(), value.into());
@@ -172,6 +185,7 @@ fn configs_are_valid_toml_whatever_the_call_order() {
         .tier("hourly", "builtin:hourly", &[("min_files", value(3))])
         .compaction("threads", 1)
         .cluster("enabled", true)
+        .cluster("etcd_endpoints", vec!["http://127.0.0.1:2379".to_owned()])
         .compaction("temp_directory", "tmp");
     let parsed = compactor_engine::config::Config::parse(&config.to_toml()).unwrap();
     assert_eq!(parsed.compaction.threads, 1);
@@ -327,6 +341,32 @@ pub(crate) fn shared_azure_endpoint() -> &'static str {
 /// The endpoint in `variable`, waited for, else a server `start`ed on a
 /// thread that outlives every test, so that the server lives as long as the
 /// test process and no longer.
+/// The etcd endpoint the tests share: `$COMPACTOR_TEST_ETCD_ENDPOINT` (as
+/// `.ci/run` sets it), else an `etcd` started for this test process. Each
+/// lake's cluster state lives under its own lake id, so tests never meet.
+pub(crate) fn shared_etcd_endpoint() -> &'static str {
+    static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ENDPOINT.get_or_init(|| {
+        shared_server("COMPACTOR_TEST_ETCD_ENDPOINT", || {
+            let data = tempfile::tempdir().unwrap();
+            let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let data_dir = data.path().display().to_string();
+            let (child, port) = spawn_loopback_server("etcd", |port| {
+                let client = format!("http://127.0.0.1:{port}");
+                let peer = format!("http://127.0.0.1:{peer}");
+                [
+                    "--data-dir", &data_dir, "--listen-client-urls", &client, "--advertise-client-urls", &client,
+                    "--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer, "--initial-cluster", &format!("default={peer}"),
+                ]
+                .iter()
+                .map(|a| (*a).to_owned())
+                .collect()
+            });
+            (Box::new((child, data)), format!("http://127.0.0.1:{port}"))
+        })
+    })
+}
+
 /// `start` returns what keeps its server alive, and the endpoint.
 fn shared_server(variable: &str, start: impl FnOnce() -> (Box<dyn Send>, String) + Send + 'static) -> String {
     if let Ok(endpoint) = std::env::var(variable) {

@@ -5,6 +5,7 @@ mod api;
 mod author_kit;
 mod azure;
 mod cli;
+mod cluster;
 mod compaction;
 mod engines;
 mod kit;

@@ -77,8 +77,10 @@ fn gated_config(lake: &Lake, gate: &str, mode: &str, role: &str) -> String {
         .compaction("temp_directory", "tmp")
         .compaction("threads", 1)
         .plugin_limits(limits())
-        .cluster("enabled", true)
-        .cluster("role", role)
+        .cluster_on_etcd(role)
+        // A lone writer takes the compactor lease in single mode (Arc #894);
+        // in spread mode `builtin:role` lets no writer compact.
+        .cluster("mode", if role == "writer" { "spread" } else { "single" })
         .cluster("gate", gate)
         .cluster("gate_config", toml::Value::Table(gate_config))
         .tier("hourly", "builtin:hourly", &[]);

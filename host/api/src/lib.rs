@@ -354,7 +354,7 @@ async fn status(State(api): State<Api>) -> Response {
         {
             status["next_run"] = json!(next.to_rfc3339());
         }
-        if let GateDecision::Allowed { .. } | GateDecision::Denied { .. } | GateDecision::Failed { .. } = &scheduling.gate {
+        if let GateDecision::Allowed { .. } | GateDecision::Denied { .. } | GateDecision::Failed { .. } | GateDecision::CutOff { .. } = &scheduling.gate {
             status["role_gated"] = json!(!scheduling.gate.allows());
             status["gate_role"] = json!(manager.config().cluster.role);
         }

@@ -9,6 +9,7 @@ mod once;
 mod plan;
 mod plugin;
 mod progress;
+mod cluster;
 mod recover;
 mod run;
 mod table;
@@ -67,6 +68,8 @@ enum Command {
     History(history::Args),
     #[command(subcommand)]
     Plugin(plugin::Command),
+    #[command(subcommand)]
+    Cluster(cluster::Command),
     #[command(hide = true)]
     Compact(compact::Args),
 }
@@ -128,6 +131,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         Command::Recover(args) => recover::exec(args),
         Command::History(args) => history::exec(args),
         Command::Plugin(command) => plugin::exec(command),
+        Command::Cluster(command) => cluster::exec(command),
         Command::Compact(args) => compact::exec(args),
     }
 }
@@ -148,6 +152,7 @@ fn config_path(command: &Command) -> Option<&std::path::Path> {
         Command::Run(args) => Some(&args.config.path),
         Command::Recover(args) => Some(&args.config.path),
         Command::History(args) => Some(&args.config.path),
+        Command::Cluster(cluster::Command::Status(args)) => Some(args.config_path()),
         Command::Demo(_) | Command::Plugin(_) | Command::Compact(_) => None,
     }
 }

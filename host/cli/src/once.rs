@@ -42,6 +42,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     if cleaned > 0 {
         tracing::info!(cleaned, "removed orphaned job directories");
     }
+    let cluster = runtime.block_on(crate::cluster::join_for_one_shot(&manager))?;
     let progress = crate::progress::attach(&manager);
     let report = runtime.block_on(manager.run_cycle(CycleOptions {
         now: args.now,
@@ -49,8 +50,12 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         database: args.database,
         force: args.force,
         ..Default::default()
-    }))?;
+    }));
     progress.finish();
+    if let Some(cluster) = cluster {
+        runtime.block_on(cluster.leave());
+    }
+    let report = report?;
     print_report(&report, args.format)?;
     Ok(if report.all_succeeded() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -60,7 +65,7 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
     match &report.gate {
         GateDecision::Standalone | GateDecision::Allowed { .. } => {}
         GateDecision::Denied { .. } => eprintln!("note: {}", report.gate),
-        GateDecision::Failed { .. } => eprintln!("error: {}", report.gate),
+        GateDecision::Failed { .. } | GateDecision::CutOff { .. } => eprintln!("error: {}", report.gate),
     }
     for problem in &report.problems {
         eprintln!("warning: {problem}");

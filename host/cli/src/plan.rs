@@ -64,7 +64,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("note: {gate}");
     }
     print_plan(&plan, args.format, args.explain)?;
-    let gate_failed = matches!(gate, GateDecision::Failed { .. });
+    let gate_failed = matches!(gate, GateDecision::Failed { .. } | GateDecision::CutOff { .. });
     Ok(if plan.problems.is_empty() && !gate_failed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 

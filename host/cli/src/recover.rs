@@ -27,6 +27,15 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let manager = crate::open_manager(&args.config.path, &[])?;
     // Recovery deletes inputs and outputs: a node the gate does not allow
     // to compact leaves the lake to the node that does.
+    let cluster = runtime.block_on(crate::cluster::join_for_one_shot(&manager))?;
+    let outcome = recover(&runtime, &manager, args.format);
+    if let Some(cluster) = cluster {
+        runtime.block_on(cluster.leave());
+    }
+    outcome
+}
+
+fn recover(runtime: &tokio::runtime::Runtime, manager: &compactor_engine::Manager, format: Format) -> anyhow::Result<ExitCode> {
     let gate = manager.gate_decision();
     match gate {
         GateDecision::Standalone | GateDecision::Allowed { .. } => {}
@@ -34,7 +43,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("note: {gate}; nothing was recovered");
             return Ok(ExitCode::SUCCESS);
         }
-        GateDecision::Failed { .. } => {
+        GateDecision::Failed { .. } | GateDecision::CutOff { .. } => {
             eprintln!("error: {gate}; nothing was recovered");
             return Ok(ExitCode::from(1));
         }
@@ -42,7 +51,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let cleaned = manager.cleanup_orphaned_temp_dirs()?;
     runtime.block_on(manager.check_store())?;
     let report = runtime.block_on(manager.recover())?;
-    match args.format {
+    match format {
         crate::Format::Json => crate::table::print_json(&report)?,
         crate::Format::Table => {
             println!(

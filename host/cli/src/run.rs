@@ -39,16 +39,27 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         spawn_reload_on_change(&manager);
         manager.cleanup_orphaned_temp_dirs()?;
         manager.check_store().await?;
+        // A cluster member: etcd unreachable stops the start, never a
+        // fallback to standalone.
+        let cluster = manager.join_cluster().await?;
+        if let Some(cluster) = &cluster {
+            cluster.wait_for_lease_decision(cluster.settings().timings.check_interval).await;
+            crate::cluster::refuse_if_nobody_compacts(cluster)?;
+        }
         // A node the gate does not allow touches nothing, recovery included.
+        // In cluster mode the gate is asked again at every cycle (the lease
+        // moves), so the schedulers run and each cycle compacts only where
+        // the gate allows.
         let gate = manager.gate_decision();
+        let idle = if cluster.is_some() { "the scheduler stays idle until the gate allows this node (asked at every cycle)" } else { "the scheduler stays idle" };
         let schedules = match &gate {
             GateDecision::Denied { role, .. } => {
-                tracing::warn!(%role, "compaction: node role is not compactor; the scheduler stays idle ({gate})");
-                Vec::new()
+                tracing::warn!(%role, "compaction: node role is not compactor; {idle} ({gate})");
+                if cluster.is_some() { config.schedules() } else { Vec::new() }
             }
-            GateDecision::Failed { .. } => {
-                tracing::error!("{gate}; the scheduler stays idle");
-                Vec::new()
+            GateDecision::Failed { .. } | GateDecision::CutOff { .. } => {
+                tracing::error!("{gate}; {idle}");
+                if cluster.is_some() { config.schedules() } else { Vec::new() }
             }
             GateDecision::Standalone | GateDecision::Allowed { .. } => {
                 match manager.recover().await {
@@ -100,6 +111,11 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         // so that its jobs finish and release their partitions.
         while manager.is_cycle_running() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // Hand back the compactor lease, so that another node takes it at
+        // once rather than after the failover timeout.
+        if let Some(cluster) = &cluster {
+            cluster.leave().await;
         }
         let _ = api_stop.send(true);
         if let Some((_, server)) = api {

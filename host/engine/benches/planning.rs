@@ -49,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         cancel: None,
         resume_after: None,
         fuel_left: None,
+        share: None,
     };
     let wasm_tier = PlannedTier {
         name: "hourly".into(),

@@ -148,6 +148,8 @@ pub struct Settings {
     /// `[plugins.limits]` over the defaults: the gate's limits, and the base
     /// of every tier's.
     pub plugin_limits: PluginLimits,
+    /// `[cluster]`, when cluster mode is on.
+    pub cluster: Option<ClusterSettings>,
     /// Every tier, top-level ones first, then each tenant's (its own, or the
     /// top-level ones it inherits): the one list that the plugin loader,
     /// the scheduler, the file watcher, `--tier` checks and the API's
@@ -617,15 +619,46 @@ pub enum LogFormat {
 }
 
 /// `[cluster]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Cluster mode; standalone when false.
     pub enabled: bool,
-    /// This node's id.
+    /// etcd's client URLs (`http://host:2379`, or `https://` with the TLS
+    /// files).
+    pub etcd_endpoints: Vec<String>,
+    /// etcd user, when etcd has auth on.
+    pub username: String,
+    /// Its password (or `COMPACTOR_ETCD_PASSWORD`).
+    pub password: String,
+    /// The CA of etcd's certificate (PEM).
+    pub tls_ca_file: String,
+    /// This node's client certificate (PEM).
+    pub tls_cert_file: String,
+    /// Its key (PEM).
+    pub tls_key_file: String,
+    /// Where this lake's cluster state lives in etcd; default
+    /// `/compactor/{lake id}`.
+    pub key_prefix: String,
+    /// This node's id; default: the host name.
     pub node_id: String,
-    /// This node's role: `standalone`, `writer`, `reader`, `compactor`.
+    /// This node's role: `standalone`, `writer`, `reader`, `compactor`, or
+    /// anything else (which may compact, as in Arc).
     pub role: String,
+    /// Free-form labels, shown in the member list and given to the gate.
+    pub labels: BTreeMap<String, String>,
+    /// The TTL of the node's etcd session.
+    pub session_ttl: String,
+    /// `single` (Arc's one compactor) or `spread`.
+    pub mode: compactor_cluster::Mode,
+    /// The lease manager's check interval (Arc: 10s).
+    pub check_interval: String,
+    /// How long a holder may be gone before failover (Arc: 30s).
+    pub failover_timeout: String,
+    /// No automatic failover within this long of the last (Arc: 60s).
+    pub failover_cooldown: String,
+    /// Consecutive failed checks before failover (Arc: 3).
+    pub unhealthy_threshold: u32,
     /// The cluster-gate component.
     pub gate: String,
     /// Handed to the gate's `configure` as JSON.
@@ -636,11 +669,144 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             enabled: false,
-            node_id: "local".into(),
+            etcd_endpoints: Vec::new(),
+            username: String::new(),
+            password: String::new(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            key_prefix: String::new(),
+            node_id: String::new(),
             role: "standalone".into(),
+            labels: BTreeMap::new(),
+            session_ttl: "10s".into(),
+            mode: compactor_cluster::Mode::Single,
+            check_interval: "10s".into(),
+            failover_timeout: "30s".into(),
+            failover_cooldown: "60s".into(),
+            unhealthy_threshold: 3,
             gate: "builtin:role".into(),
             gate_config: toml::Table::new(),
         }
+    }
+}
+
+/// `[cluster]`, resolved: what [`compactor_cluster::Cluster::join`] needs
+/// but the key prefix's lake id and the engine id, known only once the
+/// store is open.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// The settings, with `key_prefix` empty when it defaults to the lake id.
+    pub join: compactor_cluster::Settings,
+}
+
+impl ClusterConfig {
+    /// The node id: `node_id`, else the host name.
+    pub fn node_id(&self) -> String {
+        if !self.node_id.trim().is_empty() {
+            return self.node_id.trim().to_owned();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned())
+    }
+
+    /// Validates the section. Arc #870: a node given cluster settings but
+    /// not cluster mode would compact as a standalone engine beside the
+    /// lease holder, so that is an error, as is cluster mode without etcd.
+    fn resolve(&self) -> Result<Option<ClusterSettings>, ConfigError> {
+        if !self.enabled {
+            let defaults = ClusterConfig::default();
+            let set: Vec<&str> = [
+                ("role", self.role != defaults.role),
+                ("etcd_endpoints", !self.etcd_endpoints.is_empty()),
+                ("mode", self.mode != defaults.mode),
+                ("key_prefix", !self.key_prefix.is_empty()),
+            ]
+            .into_iter()
+            .filter_map(|(key, set)| set.then_some(key))
+            .collect();
+            if let Some(key) = set.first() {
+                return Err(value_error(
+                    format!("cluster.{key}"),
+                    "is set but cluster.enabled is false: this node would compact as a standalone engine beside the cluster's \
+                     compactor (Arc #870); set cluster.enabled = true with etcd_endpoints, or remove it",
+                ));
+            }
+            return Ok(None);
+        }
+        if self.etcd_endpoints.is_empty() {
+            return Err(value_error(
+                "cluster.etcd_endpoints",
+                "[] (cluster mode needs etcd, e.g. [\"http://127.0.0.1:2379\"]; a node never compacts on its own in a cluster)",
+            ));
+        }
+        for endpoint in &self.etcd_endpoints {
+            let scheme = endpoint.split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("http" | "https")) {
+                return Err(value_error("cluster.etcd_endpoints", format!("{endpoint:?} (expected http://host:port or https://host:port)")));
+            }
+        }
+        let duration = |key: &str, value: &str, minimum: Duration| -> Result<Duration, ConfigError> {
+            let parsed = humantime::parse_duration(value)
+                .map_err(|e| value_error(format!("cluster.{key}"), format!("{value:?} ({e}; expected e.g. \"10s\")")))?;
+            if parsed < minimum {
+                return Err(value_error(format!("cluster.{key}"), format!("{value:?} (at least {})", humantime::format_duration(minimum))));
+            }
+            Ok(parsed)
+        };
+        let session_ttl = duration("session_ttl", &self.session_ttl, Duration::from_secs(1))?;
+        if session_ttl.subsec_nanos() != 0 {
+            return Err(value_error("cluster.session_ttl", format!("{:?} (etcd leases count whole seconds)", self.session_ttl)));
+        }
+        let timings = compactor_cluster::LeaseTimings {
+            check_interval: duration("check_interval", &self.check_interval, Duration::from_millis(100))?,
+            failover_timeout: duration("failover_timeout", &self.failover_timeout, Duration::ZERO)?,
+            cooldown: duration("failover_cooldown", &self.failover_cooldown, Duration::ZERO)?,
+            unhealthy_threshold: self.unhealthy_threshold.max(1),
+        };
+        let node_id = self.node_id();
+        if node_id.contains('/') || node_id.chars().any(char::is_control) {
+            return Err(value_error("cluster.node_id", format!("{node_id:?} (no '/' or control characters)")));
+        }
+        if !self.key_prefix.is_empty() && !self.key_prefix.starts_with('/') {
+            return Err(value_error("cluster.key_prefix", format!("{:?} (must start with '/')", self.key_prefix)));
+        }
+        let password = std::env::var("COMPACTOR_ETCD_PASSWORD").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| self.password.clone());
+        let credentials = match (self.username.is_empty(), password.is_empty()) {
+            (true, true) => None,
+            (false, _) => Some((self.username.clone(), password)),
+            (true, false) => return Err(value_error("cluster.username", "\"\" (a password is set but no username)")),
+        };
+        let file = |path: &str| (!path.is_empty()).then(|| std::path::PathBuf::from(path));
+        let tls = compactor_cluster::TlsFiles {
+            ca_file: file(&self.tls_ca_file),
+            cert_file: file(&self.tls_cert_file),
+            key_file: file(&self.tls_key_file),
+        };
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(value_error("cluster.tls_key_file", "(tls_cert_file and tls_key_file go together)"));
+        }
+        let any_tls = tls != compactor_cluster::TlsFiles::default();
+        Ok(Some(ClusterSettings {
+            join: compactor_cluster::Settings {
+                endpoints: self.etcd_endpoints.clone(),
+                credentials,
+                tls: any_tls.then_some(tls),
+                key_prefix: self.key_prefix.trim_end_matches('/').to_owned(),
+                node_id,
+                role: self.role.clone(),
+                labels: self.labels.clone(),
+                session_ttl,
+                mode: self.mode,
+                timings,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                engine_id: String::new(),
+            },
+        }))
     }
 }
 
@@ -868,6 +1034,7 @@ impl Config {
             lease,
             api,
             plugin_limits,
+            cluster: self.cluster.resolve()?,
             tiers,
         })
     }

@@ -15,6 +15,7 @@
 //! - [`History`]: the persistent job history;
 //! - [`scheduler`]: cron schedules per tier.
 
+mod cluster;
 pub mod config;
 mod health;
 mod history;

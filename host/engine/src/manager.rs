@@ -78,6 +78,8 @@ pub struct Manager {
     planning_cursors: Mutex<BTreeMap<String, String>>,
     /// Counts the config reloads applied ([`Manager::config_changes`]).
     config_generation: tokio::sync::watch::Sender<u64>,
+    /// This node's membership, once it joined ([`Manager::join_cluster`]).
+    cluster: std::sync::OnceLock<Arc<compactor_cluster::Cluster>>,
 }
 
 impl Manager {
@@ -131,6 +133,7 @@ impl Manager {
             observers: Mutex::default(),
             health: Mutex::default(),
             retired_calls: Mutex::default(),
+            cluster: std::sync::OnceLock::new(),
             reload_errors: Mutex::default(),
             reloading: Mutex::default(),
             planning_cursors: Mutex::default(),
@@ -489,32 +492,98 @@ impl Manager {
             cancel: options.cancel.clone(),
             resume_after: None,
             fuel_left: self.config().settings().fuel_per_cycle.get(&group.tenant_name().map(str::to_owned)).copied().flatten(),
+            share: self.cluster.get().and_then(|cluster| cluster.share()).map(|share| {
+                compactor_planning::MeasurementShare(Arc::new(move |database: &str, measurement: &str| share.owns(database, measurement)))
+            }),
         }
     }
 
     /// Asks the cluster gate whether this node may compact. Standalone nodes
     /// always may; in cluster mode the gate component decides, with the
-    /// configured sandbox limits, and a gate that fails means no. Every
-    /// command that compacts asks, once per cycle.
+    /// configured sandbox limits and `node-info` filled from etcd (whether
+    /// this node holds the compactor lease, whether any does); a gate that
+    /// fails, or a node cut off from etcd, means no. Every command that
+    /// compacts asks, once per cycle, and tells the cluster the answer.
     pub fn gate_decision(&self) -> GateDecision {
-        let cluster = &self.config().cluster;
+        let config = self.config();
+        let cluster = &config.cluster;
         if !cluster.enabled {
             return GateDecision::Standalone;
         }
-        let source = PluginSource::parse(&cluster.gate, &self.config().base_dir);
+        let source = PluginSource::parse(&cluster.gate, &config.base_dir);
         let plugin = source.to_string();
-        let node = NodeInfo { id: cluster.node_id.clone(), role: cluster.role.clone(), ..Default::default() };
+        let mut node =
+            NodeInfo { id: cluster.node_id(), role: cluster.role.clone(), labels: cluster.labels.clone().into_iter().collect(), ..Default::default() };
+        if let Some(member) = self.cluster.get() {
+            match member.lease_facts() {
+                Ok(facts) => {
+                    node.holds_compactor_lease = facts.holds_compactor_lease;
+                    node.lease_assigned = facts.lease_assigned;
+                }
+                Err(e) => return GateDecision::CutOff { error: e.to_string() },
+            }
+        }
         let answer = (|| -> anyhow::Result<bool> {
             let gate = self.plugins.load_gate(&source)?;
             let gate_config = serde_json::to_string(&cluster.gate_config)?;
-            let mut gate = gate.instantiate(&gate_config, self.config().settings().plugin_limits)?;
+            let mut gate = gate.instantiate(&gate_config, config.settings().plugin_limits)?;
             Ok(gate.can_compact(&node)?)
         })();
-        match answer {
+        let decision = match answer {
             Ok(true) => GateDecision::Allowed { plugin },
             Ok(false) => GateDecision::Denied { plugin, role: cluster.role.clone() },
             Err(error) => GateDecision::Failed { plugin, error: format!("{error:#}") },
+        };
+        if let Some(member) = self.cluster.get() {
+            let member = member.clone();
+            let (healthy, compacts) = (!matches!(decision, GateDecision::Failed { .. }), decision.allows());
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = member.report(healthy, compacts).await {
+                        tracing::warn!(error = %e, "cluster: cannot publish this node's state");
+                    }
+                });
+            }
         }
+        decision
+    }
+
+    /// Joins the cluster (cluster mode only; a no-op otherwise): the key
+    /// prefix defaults to `/compactor/{lake id}`, the lake id read from (or
+    /// created once in) `_compaction_state/lake-id`. Fails when etcd cannot
+    /// be reached: a node never falls back to standalone.
+    pub async fn join_cluster(&self) -> anyhow::Result<Option<Arc<compactor_cluster::Cluster>>> {
+        let config = self.config();
+        let Some(resolved) = &config.settings().cluster else { return Ok(None) };
+        if let Some(joined) = self.cluster.get() {
+            return Ok(Some(joined.clone()));
+        }
+        let joined = compactor_cluster::Cluster::join(self.cluster_settings(&resolved.join).await?).await?;
+        tracing::info!(node = %joined.settings().node_id, prefix = %joined.settings().key_prefix, "joined the cluster");
+        Ok(Some(self.cluster.get_or_init(|| joined).clone()))
+    }
+
+    /// The cluster's state, read without joining (`compactor cluster
+    /// status`); `None` outside cluster mode.
+    pub async fn observe_cluster(&self) -> anyhow::Result<Option<compactor_cluster::ClusterStatus>> {
+        let config = self.config();
+        let Some(resolved) = &config.settings().cluster else { return Ok(None) };
+        Ok(Some(compactor_cluster::Cluster::observe(self.cluster_settings(&resolved.join).await?).await?))
+    }
+
+    /// `settings` with the key prefix's lake id and this engine's id.
+    async fn cluster_settings(&self, settings: &compactor_cluster::Settings) -> anyhow::Result<compactor_cluster::Settings> {
+        let mut settings = settings.clone();
+        if settings.key_prefix.is_empty() {
+            settings.key_prefix = format!("/compactor/{}", crate::cluster::lake_id(&self.storage).await?);
+        }
+        settings.engine_id = self.engine_id().to_owned();
+        Ok(settings)
+    }
+
+    /// This node's membership, once joined.
+    pub fn cluster(&self) -> Option<&Arc<compactor_cluster::Cluster>> {
+        self.cluster.get()
     }
 
     /// This engine's id, as its leases and manifests name it.
@@ -817,6 +886,7 @@ impl Manager {
                 policy: policy_ref(tier),
                 max_concurrent: group.max_concurrent(config),
                 deadline: options.deadline,
+                cluster: self.cluster.get().map(|c| c.as_ref()),
             };
             let on_record = |record: JobRecord| -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
                 Box::pin(async move {

@@ -78,7 +78,7 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
             level.dirs
         }
     };
-    let mut listings = Arc::new(list_measurements(storage, &databases, &selected, &mut plan).await);
+    let mut listings = Arc::new(list_measurements(storage, &databases, &selected, options.share.as_ref(), &mut plan).await);
     if let Some(held) = &held {
         plan.late_outputs =
             listings.iter().flat_map(|l| l.files.iter()).filter(|f| held.is_void_output(&f.key)).map(|f| f.key.clone()).collect();
@@ -114,7 +114,13 @@ pub async fn plan(storage: &Storage, tiers: &[PlannedTier], options: &PlanOption
     Ok(plan)
 }
 
-async fn list_measurements(storage: &Storage, databases: &[String], tiers: &[&PlannedTier], plan: &mut Plan) -> Vec<Listing> {
+async fn list_measurements(
+    storage: &Storage,
+    databases: &[String],
+    tiers: &[&PlannedTier],
+    share: Option<&compactor_planning::MeasurementShare>,
+    plan: &mut Plan,
+) -> Vec<Listing> {
     let mut listings = Vec::new();
     for database in databases {
         let measurements = match storage::discover_measurements(storage, database).await {
@@ -128,6 +134,11 @@ async fn list_measurements(storage: &Storage, databases: &[String], tiers: &[&Pl
             }
         };
         for measurement in measurements {
+            // Another node's share is not even listed: listing divides too.
+            if share.is_some_and(|share| !share.owns(database, &measurement)) {
+                plan.measurements_elsewhere += 1;
+                continue;
+            }
             match list_measurement(storage, database, &measurement).await {
                 Ok((listing, set_aside)) => {
                     listings.push(listing);

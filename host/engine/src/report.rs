@@ -179,6 +179,12 @@ pub enum GateDecision {
         /// What went wrong.
         error: String,
     },
+    /// Cluster mode, and this node is cut off from etcd: it starts no work
+    /// and never falls back to standalone.
+    CutOff {
+        /// Why.
+        error: String,
+    },
 }
 
 impl GateDecision {
@@ -197,6 +203,7 @@ impl std::fmt::Display for GateDecision {
                 write!(f, "the cluster gate {plugin} says this node (role {role:?}) does not compact; nothing is compacted here")
             }
             Self::Failed { plugin, error } => write!(f, "the cluster gate {plugin} failed, so nothing is compacted: {error}"),
+            Self::CutOff { error } => write!(f, "nothing is compacted: {error}"),
         }
     }
 }

@@ -152,6 +152,10 @@ impl JobRunner {
             tracing::warn!(%partition, "the cycle's deadline ([api] trigger_timeout) passed: the partition waits for the next cycle");
             return (Vec::new(), 0);
         }
+        if let Some(Err(e)) = run.cluster.map(|cluster| cluster.may_start()) {
+            tracing::warn!(%partition, error = %e, "the partition waits: this node starts no work while cut off from etcd");
+            return (Vec::new(), 0);
+        }
         let lease = match self.leases.try_acquire(&partition).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
@@ -349,6 +353,8 @@ pub(crate) struct TierRun<'a> {
     pub(crate) max_concurrent: usize,
     /// No batch starts after it ([`CycleOptions::deadline`]).
     pub(crate) deadline: Option<std::time::Instant>,
+    /// In cluster mode: no batch starts while the node is cut off from etcd.
+    pub(crate) cluster: Option<&'a compactor_cluster::Cluster>,
 }
 
 impl TierRun<'_> {

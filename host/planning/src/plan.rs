@@ -128,6 +128,26 @@ pub struct PlanOptions {
     /// (`fuel_per_cycle`; `None`: no limit). No call is given more, and a
     /// tier whose tenant has none left is not called again this cycle.
     pub fuel_left: Option<u64>,
+    /// Which measurements this node plans (cluster `spread` mode: its
+    /// share); `None`: all.
+    pub share: Option<MeasurementShare>,
+}
+
+/// A node's share of the lake's measurements (cluster `spread` mode).
+#[derive(Clone)]
+pub struct MeasurementShare(pub Arc<dyn Fn(&str, &str) -> bool + Send + Sync>);
+
+impl MeasurementShare {
+    /// Whether this node plans `database/measurement`.
+    pub fn owns(&self, database: &str, measurement: &str) -> bool {
+        (self.0)(database, measurement)
+    }
+}
+
+impl std::fmt::Debug for MeasurementShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MeasurementShare")
+    }
 }
 
 impl PlanOptions {
@@ -319,6 +339,13 @@ pub struct Plan {
     /// the job was aborted, and a cycle deletes them (a plan only names
     /// them).
     pub late_outputs: Vec<String>,
+    /// Measurements left to other nodes (cluster `spread` mode).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub measurements_elsewhere: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Why a tier did or did not select a partition.

@@ -442,6 +442,7 @@ fn plan_over(tier: &LoadedTier, listings: &[Listing], now: DateTime<Utc>, max_ba
         cancel: None,
         resume_after: None,
         fuel_left: None,
+        share: None,
     };
     let mut plan = Plan::default();
     plan_tier(&planned, listings, Some(&HeldFiles::default()), &options, &mut plan);

@@ -1,0 +1,149 @@
+//! Cluster mode on a real etcd (`$COMPACTOR_TEST_ETCD_ENDPOINT`, which
+//! `.ci/run` starts, or an `etcd` this test binary starts): one compactor
+//! lease and failover, and the misconfigurations Arc shipped.
+
+use std::time::Duration;
+
+use crate::compaction::{Lake, assert_intact, lake_configured};
+use crate::kit::{TestConfig, kill_engine_and_wait_for_jobs, wait_until};
+use crate::util::{compactor, text};
+
+const NOW: &str = "2026-04-13T12:00:00Z";
+
+/// The lake's config for node `node_id` of `role`, written beside the
+/// lake's own as `{node_id}.toml`.
+fn node_config(lake: &Lake, node_id: &str, role: &str, configure: impl FnOnce(TestConfig) -> TestConfig) -> String {
+    let config = TestConfig::new("lake")
+        .hourly_and_daily()
+        .compaction("temp_directory", format!("tmp-{node_id}"))
+        .compaction("threads", 1)
+        .cluster_on_etcd(role)
+        .cluster("node_id", node_id);
+    let written = configure(config).write(&lake.root);
+    let path = lake.root.join(format!("{node_id}.toml"));
+    std::fs::rename(written, &path).unwrap();
+    path.display().to_string()
+}
+
+fn status(config: &str) -> serde_json::Value {
+    let output = compactor(&["cluster", "status", "--config", config, "--format", "json"], &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn three_nodes_running_once_at_the_same_moment_compact_every_row_once_through_one_lease_holder() {
+    let lake = lake_configured(20, |c| c);
+    let configs: Vec<String> = ["n1", "n2", "n3"].iter().map(|id| node_config(&lake, id, "compactor", |c| c)).collect();
+    let outputs: Vec<_> = std::thread::scope(|s| {
+        let runs: Vec<_> = configs
+            .iter()
+            .map(|config| s.spawn(move || compactor(&["once", "--config", config, "--now", NOW, "--format", "json"], &[])))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let mut compacting = 0;
+    for output in &outputs {
+        assert!(output.status.success(), "{}", text(output));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        if !report["jobs"].as_array().unwrap().is_empty() {
+            compacting += 1;
+        }
+    }
+    assert_eq!(compacting, 1, "only the lease holder compacts: {:#?}", outputs.iter().map(text).collect::<Vec<_>>());
+    // Each left.
+    let after = status(&configs[0]);
+    assert_eq!(after["members"].as_array().map(Vec::len), Some(0), "{after}");
+    assert_intact(&lake);
+}
+
+#[test]
+fn a_killed_lease_holder_is_replaced_within_the_failover_timeout_and_no_row_is_lost() {
+    let lake = lake_configured(20, |c| c);
+    let a = node_config(&lake, "a", "compactor", |c| c);
+    let b = node_config(&lake, "b", "compactor", |c| c);
+    let spawn = |config: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_compactor"))
+            .args(["run", "--config", config])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = spawn(&a);
+    wait_until("a to hold the compactor lease", Duration::from_secs(20), || status(&a)["compactor_lease"]["holder"] == "a");
+    let mut second = spawn(&b);
+    wait_until("b to join", Duration::from_secs(20), || {
+        status(&b)["members"].as_array().unwrap().iter().any(|m| m["node_id"] == "b")
+    });
+    assert_eq!(status(&b)["compactor_lease"]["holder"], "a", "no preemption");
+    kill_engine_and_wait_for_jobs(&mut first);
+    let killed = std::time::Instant::now();
+    // Session TTL 2 s, then 3 checks of 200 ms or the 1 s failover timeout.
+    wait_until("b to take over", Duration::from_secs(15), || status(&b)["compactor_lease"]["holder"] == "b");
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(6), "failover took {took:?}");
+    let stats = status(&b)["lease_manager"].clone();
+    assert!(stats["last_failover_at"].is_string(), "Arc's stats record the failover: {stats}");
+    // The new holder compacts what is left, every row once.
+    let recovered = compactor(&["recover", "--config", &b], &[]);
+    assert!(recovered.status.success(), "{}", text(&recovered));
+    let _ = std::process::Command::new("kill").args(["-TERM", &second.id().to_string()]).status();
+    let _ = second.wait();
+    let once = compactor(&["once", "--config", &b, "--now", NOW], &[]);
+    assert!(once.status.success(), "{}", text(&once));
+    assert_intact(&lake);
+}
+
+#[test]
+fn etcd_unreachable_at_start_up_means_no_compaction_and_a_clear_error_never_standalone() {
+    let lake = lake_configured(20, |c| c);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = node_config(&lake, "cut", "compactor", |c| c.cluster("etcd_endpoints", vec![format!("http://127.0.0.1:{closed}")]));
+    let before = crate::util::files_under(&lake.lake);
+    let once = compactor(&["once", "--config", &config, "--now", NOW], &[]);
+    assert!(!once.status.success(), "{}", text(&once));
+    assert!(String::from_utf8_lossy(&once.stderr).contains("cannot reach etcd"), "{}", text(&once));
+    assert_eq!(crate::util::files_under(&lake.lake), before, "nothing compacted");
+}
+
+/// Arc #870, #892, #894, #895.
+#[test]
+fn arcs_cluster_misconfigurations_are_refused_or_safe() {
+    let lake = lake_configured(20, |c| c);
+    // #870: a compactor-role node without cluster mode would compact beside
+    // the lease holder.
+    let standalone_compactor = TestConfig::new("lake").hourly_and_daily().cluster("role", "compactor").write(&lake.root);
+    let once = compactor(&["once", "--config", &standalone_compactor, "--now", NOW], &[]);
+    assert_eq!(once.status.code(), Some(2), "{}", text(&once));
+    assert!(String::from_utf8_lossy(&once.stderr).contains("cluster.role"), "{}", text(&once));
+    let no_etcd = TestConfig::new("lake").hourly_and_daily().cluster("enabled", true).write(&lake.root);
+    let once = compactor(&["once", "--config", &no_etcd, "--now", NOW], &[]);
+    assert!(String::from_utf8_lossy(&once.stderr).contains("cluster.etcd_endpoints"), "{}", text(&once));
+    // #895: a cluster of readers compacts nothing, ever: refused, saying why.
+    let reader = node_config(&lake, "r1", "reader", |c| c);
+    let once = compactor(&["once", "--config", &reader, "--now", NOW], &[]);
+    assert!(!once.status.success(), "{}", text(&once));
+    assert!(String::from_utf8_lossy(&once.stderr).contains("no node of this cluster may compact"), "{}", text(&once));
+    // #892: nodes left at the default role get one lease between them, and
+    // #894: a cluster of writers still compacts.
+    for role in ["standalone", "writer"] {
+        let lake = lake_configured(20, |c| c);
+        let configs: Vec<String> = ["x", "y"].iter().map(|id| node_config(&lake, id, role, |c| c)).collect();
+        let outputs: Vec<_> = std::thread::scope(|s| {
+            let runs: Vec<_> = configs
+                .iter()
+                .map(|config| s.spawn(move || compactor(&["once", "--config", config, "--now", NOW, "--format", "json"], &[])))
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let compacting = outputs
+            .iter()
+            .filter(|o| {
+                let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+                report["jobs"].as_array().is_some_and(|jobs| !jobs.is_empty())
+            })
+            .count();
+        assert_eq!(compacting, 1, "{role}: one node compacts: {:#?}", outputs.iter().map(text).collect::<Vec<_>>());
+        assert_intact(&lake);
+    }
+}
