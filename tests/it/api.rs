@@ -1107,3 +1107,46 @@ fn a_reload_reads_the_whole_config_file_and_keeps_the_old_one_if_invalid() {
     stop(engine);
     assert_intact(&lake);
 }
+
+/// Issue 22: etcd paused past `session_ttl`: the node counts itself out
+/// (`compactor_cluster_up 0`), a triggered cycle starts no job and loses
+/// nothing; once etcd is back the node rejoins and compacts.
+#[test]
+fn a_node_cut_off_from_etcd_starts_no_job_and_compacts_again_when_healed() {
+    let etcd = crate::kit::EtcdServer::start();
+    let (lake, port) = api_lake(|config| {
+        config
+            .section("api", "token", TOKEN)
+            .cluster_on_etcd("compactor")
+            .cluster("etcd_endpoints", vec![etcd.endpoint.clone()])
+            .cluster("node_id", "paused")
+    });
+    let mut engine = spawn_compactor(&lake.config, &["run"], &[]);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    let cluster_up = |api: &Client| metric_sum(&api.text("/metrics").1, "compactor_cluster_up", &[]);
+    wait_until("the node to hold the lease", Duration::from_secs(20), || {
+        api.get("/api/v1/cluster").1["compactor_lease"]["holder"] == "paused"
+    });
+    assert_eq!(cluster_up(&api), 1.0);
+    let before = crate::util::files_under(&lake.lake);
+    etcd.signal(libc::SIGSTOP);
+    wait_until("the node to count itself out", Duration::from_secs(20), || cluster_up(&api) == 0.0);
+    let (status, body) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    api.wait_cycle_done(body["cycle_id"].as_u64().unwrap());
+    assert_eq!(crate::util::files_under(&lake.lake), before, "no job started while cut off");
+    let (_, cluster) = api.get("/api/v1/cluster");
+    assert_eq!(cluster["up"], false, "{cluster}");
+    etcd.signal(libc::SIGCONT);
+    wait_until("the node to rejoin", Duration::from_secs(30), || cluster_up(&api) == 1.0);
+    wait_until("the node to hold the lease again", Duration::from_secs(30), || {
+        api.get("/api/v1/cluster").1["compactor_lease"]["holder"] == "paused"
+    });
+    let (status, body) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    api.wait_cycle_done(body["cycle_id"].as_u64().unwrap());
+    stop(engine);
+    assert!(crate::util::files_under(&lake.lake).len() < before.len(), "compacted once healed");
+    assert_intact(&lake);
+}

@@ -105,13 +105,13 @@ impl TestConfig {
     }
 
     /// Cluster mode on the shared etcd, with `role` and timings short
-    /// enough for tests (session 2 s, checks every 200 ms, failover after
+    /// enough for tests (session 4 s, checks every 200 ms, failover after
     /// 3 checks and 1 s).
     pub(crate) fn cluster_on_etcd(self, role: &str) -> Self {
         self.cluster("enabled", true)
             .cluster("etcd_endpoints", vec![shared_etcd_endpoint().to_owned()])
             .cluster("role", role)
-            .cluster("session_ttl", "2s")
+            .cluster("session_ttl", "4s")
             .cluster("check_interval", "200ms")
             .cluster("failover_timeout", "1s")
             .cluster("failover_cooldown", "2s")
@@ -348,23 +348,71 @@ pub(crate) fn shared_etcd_endpoint() -> &'static str {
     static ENDPOINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ENDPOINT.get_or_init(|| {
         shared_server("COMPACTOR_TEST_ETCD_ENDPOINT", || {
-            let data = tempfile::tempdir().unwrap();
-            let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let data_dir = data.path().display().to_string();
-            let (child, port) = spawn_loopback_server("etcd", |port| {
-                let client = format!("http://127.0.0.1:{port}");
-                let peer = format!("http://127.0.0.1:{peer}");
-                [
-                    "--data-dir", &data_dir, "--listen-client-urls", &client, "--advertise-client-urls", &client,
-                    "--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer, "--initial-cluster", &format!("default={peer}"),
-                ]
-                .iter()
-                .map(|a| (*a).to_owned())
-                .collect()
-            });
-            (Box::new((child, data)), format!("http://127.0.0.1:{port}"))
+            let server = EtcdServer::start();
+            let endpoint = server.endpoint.clone();
+            (Box::new(server), endpoint)
         })
     })
+}
+
+/// An etcd of a test's own (one a test may pause), on free loopback
+/// ports, its data in a temporary directory; killed on drop.
+pub(crate) struct EtcdServer {
+    child: std::process::Child,
+    _data: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) endpoint: String,
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it accepts connections.
+    pub(crate) fn start() -> Self {
+        // On tmpfs where there is one: etcd fsyncs every write, and a busy
+        // disk would make its answers late enough to cut nodes off.
+        let shm = Path::new("/dev/shm");
+        let data = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.unwrap();
+        let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let data_dir = data.path().display().to_string();
+        let (child, port) = spawn_loopback_server("etcd", |port| {
+            let client = format!("http://127.0.0.1:{port}");
+            let peer = format!("http://127.0.0.1:{peer}");
+            let cluster = format!("default={peer}");
+            [
+                "--data-dir",
+                &data_dir,
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &cluster,
+            ]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect()
+        });
+        Self { child, _data: data, endpoint: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// Sends `signal` (SIGSTOP pauses etcd, SIGCONT resumes it).
+    pub(crate) fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `start` returns what keeps its server alive, and the endpoint.

@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod compaction;
 mod engines;
+mod files;
 mod kit;
 mod names;
 mod plan;

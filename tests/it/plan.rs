@@ -163,6 +163,7 @@ async fn pseudo_databases_plan_like_plain_ones() {
         cancel: None,
         resume_after: None,
         fuel_left: None,
+        share: None,
     };
     let plan = planner::plan(&storage, &tiers, &options).await.unwrap();
     assert_eq!(plan.batches.len(), 1);
@@ -192,6 +193,7 @@ async fn tier_and_database_filters_and_disabled_tiers() {
         cancel: None,
         resume_after: None,
         fuel_left: None,
+        share: None,
     };
     let daily_tier: Vec<_> = tiers.iter().filter(|t| t.name == "daily").cloned().collect();
     let only_daily = planner::plan(&storage, &daily_tier, &options(None)).await.unwrap();

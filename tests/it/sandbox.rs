@@ -198,6 +198,7 @@ fn a_stop_request_ends_planning_before_the_next_partition() {
         cancel: None,
         resume_after: None,
         fuel_left: None,
+        share: None,
     };
     let stop = options.stop.clone();
     let stopper = std::thread::spawn(move || {

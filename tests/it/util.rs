@@ -108,6 +108,7 @@ pub(crate) fn plan_options(now: &str) -> compactor_engine::PlanOptions {
         cancel: None,
         resume_after: None,
         fuel_left: None,
+        share: None,
     }
 }
 
@@ -131,7 +132,10 @@ pub(crate) fn is_lease(key: &str) -> bool {
 /// aborted job (kept for a week as a fence against its late upload), and
 /// the job history.
 pub(crate) fn is_coordination_state(key: &str, content: impl FnOnce() -> String) -> bool {
-    is_lease(key) || key.starts_with("_compaction_state/history/") || key.ends_with(".outcome") && content().contains("\"aborted\"")
+    is_lease(key)
+        || key == "_compaction_state/lake-id"
+        || key.starts_with("_compaction_state/history/")
+        || key.ends_with(".outcome") && content().contains("\"aborted\"")
 }
 
 /// Every file below `root`, relative and sorted, except what coordination

@@ -139,6 +139,9 @@ impl Api {
             .route("/api/v1/compaction/history", get(history))
             .route("/api/v1/compaction/trigger", post(trigger))
             .route("/api/v1/compaction/partitions/{database}/{measurement}", get(partitions))
+            .route("/api/v1/files", get(live_files))
+            .route("/api/v1/cluster", get(cluster_status))
+            .route("/api/v1/cluster/failover", post(cluster_failover))
             .route("/api/v1/plugins", get(plugins))
             .route("/api/v1/plugins/reload", post(reload))
             .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
@@ -354,7 +357,9 @@ async fn status(State(api): State<Api>) -> Response {
         {
             status["next_run"] = json!(next.to_rfc3339());
         }
-        if let GateDecision::Allowed { .. } | GateDecision::Denied { .. } | GateDecision::Failed { .. } | GateDecision::CutOff { .. } = &scheduling.gate {
+        if let GateDecision::Allowed { .. } | GateDecision::Denied { .. } | GateDecision::Failed { .. } | GateDecision::CutOff { .. } =
+            &scheduling.gate
+        {
             status["role_gated"] = json!(!scheduling.gate.allows());
             status["gate_role"] = json!(manager.config().cluster.role);
         }
@@ -856,6 +861,46 @@ async fn plugins(State(api): State<Api>) -> Response {
         "reload_error": api.manager().reload_error(),
         "plugins": plugin_list(&api),
     }))
+}
+
+/// `GET /api/v1/files?partition=P`: the live file set of a partition (as
+/// `compactor files`): an array of storage keys.
+async fn live_files(State(api): State<Api>, Query(query): Query<HashMap<String, String>>) -> Answer {
+    if let Some(unknown) = query.keys().find(|k| k.as_str() != "partition") {
+        return Err(ApiError::bad_request(format!("unknown parameter {unknown:?} (expected: partition)")));
+    }
+    let Some(partition) = query.get("partition") else {
+        return Err(ApiError::bad_request("partition is required: ?partition=DATABASE/MEASUREMENT/YYYY/MM/DD[/HH]".to_owned()));
+    };
+    match api.manager().live_files(partition).await {
+        Ok(files) => Ok(axum::Json(files).into_response()),
+        Err(e) if e.to_string().starts_with("invalid partition") => Err(ApiError::bad_request(e.to_string())),
+        Err(e) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))),
+    }
+}
+
+/// `GET /api/v1/cluster`: the members, the compactor lease holder, the
+/// failover state and the nodes that compact (as `compactor cluster
+/// status`); 404 in standalone mode.
+async fn cluster_status(State(api): State<Api>) -> Response {
+    match api.manager().cluster() {
+        Some(cluster) => axum::Json(cluster.status()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "cluster mode is off ([cluster] enabled = false)".to_owned()),
+    }
+}
+
+/// `POST /api/v1/cluster/failover`: moves the compactor lease to another
+/// node (Arc's manual failover). 409 while a failover is in progress or
+/// when no node holds the lease (Arc's errors) or none can take it.
+async fn cluster_failover(State(api): State<Api>, headers: HeaderMap) -> Answer {
+    authorize(&api, &headers)?;
+    let Some(cluster) = api.manager().cluster().cloned() else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "cluster mode is off ([cluster] enabled = false)".to_owned()));
+    };
+    match cluster.request_failover().await {
+        Ok(lease) => Ok(axum::Json(json!({ "failed_over": true, "compactor_lease": lease })).into_response()),
+        Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+    }
 }
 
 /// `POST /api/v1/plugins/reload[?tenant=NAME]`: reloads every tier's

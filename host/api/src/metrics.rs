@@ -47,6 +47,7 @@ pub struct Metrics {
     debt_oldest_age: IntGaugeVec,
     debt_updated: IntGauge,
     objects_set_aside: IntGauge,
+    cluster_up: IntGauge,
     fuel_exhausted: IntCounterVec,
     /// Last readings of counters kept elsewhere, to add only what is new.
     seen: Mutex<HashMap<String, u64>>,
@@ -134,6 +135,11 @@ impl Metrics {
                 r,
                 "objects_set_aside",
                 "Objects the last cycle left in place because compaction cannot take them (named in the log and by `compactor plan`).",
+            )?,
+            cluster_up: gauge(
+                r,
+                "cluster_up",
+                "Cluster mode: 1 while this node's etcd session is alive, 0 when it is cut off (it then starts no work). Absent in standalone mode.",
             )?,
             plugin_calls: counter_vec(r, "plugin_calls_total", "Calls into a tier's policy component.", plugin)?,
             plugin_fuel: counter_vec(r, "plugin_fuel_used_total", "Fuel a tier's policy consumed.", plugin)?,
@@ -232,6 +238,9 @@ impl Metrics {
 
     /// Reads the manager's live state into the gauges and followed counters.
     fn refresh(&self, manager: &Manager, debt: Option<&Debt>) {
+        if let Some(cluster) = manager.cluster() {
+            self.cluster_up.set(i64::from(cluster.alive()));
+        }
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let own = manager.engine_requests();
         for (kind, count) in by_kind(own) {

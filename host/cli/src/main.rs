@@ -2,14 +2,15 @@
 //! ran but something in it failed (a plugin, a partition), 2 on an error
 //! that stopped it (bad config, unreachable storage, bad flags).
 
+mod cluster;
 mod compact;
 mod demo;
+mod files;
 mod history;
 mod once;
 mod plan;
 mod plugin;
 mod progress;
-mod cluster;
 mod recover;
 mod run;
 mod table;
@@ -66,6 +67,7 @@ enum Command {
     Run(run::Args),
     Recover(recover::Args),
     History(history::Args),
+    Files(files::Args),
     #[command(subcommand)]
     Plugin(plugin::Command),
     #[command(subcommand)]
@@ -130,6 +132,7 @@ pub(crate) fn run() -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::exec(args),
         Command::Recover(args) => recover::exec(args),
         Command::History(args) => history::exec(args),
+        Command::Files(args) => files::exec(args),
         Command::Plugin(command) => plugin::exec(command),
         Command::Cluster(command) => cluster::exec(command),
         Command::Compact(args) => compact::exec(args),
@@ -152,6 +155,7 @@ fn config_path(command: &Command) -> Option<&std::path::Path> {
         Command::Run(args) => Some(&args.config.path),
         Command::Recover(args) => Some(&args.config.path),
         Command::History(args) => Some(&args.config.path),
+        Command::Files(args) => Some(&args.config.path),
         Command::Cluster(cluster::Command::Status(args)) => Some(args.config_path()),
         Command::Demo(_) | Command::Plugin(_) | Command::Compact(_) => None,
     }

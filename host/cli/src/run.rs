@@ -51,7 +51,11 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         // moves), so the schedulers run and each cycle compacts only where
         // the gate allows.
         let gate = manager.gate_decision();
-        let idle = if cluster.is_some() { "the scheduler stays idle until the gate allows this node (asked at every cycle)" } else { "the scheduler stays idle" };
+        let idle = if cluster.is_some() {
+            "the scheduler stays idle until the gate allows this node (asked at every cycle)"
+        } else {
+            "the scheduler stays idle"
+        };
         let schedules = match &gate {
             GateDecision::Denied { role, .. } => {
                 tracing::warn!(%role, "compaction: node role is not compactor; {idle} ({gate})");

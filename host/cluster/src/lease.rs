@@ -296,7 +296,8 @@ mod tests {
         assert_eq!(moved.holder, "c2");
         assert_eq!(manager.manual_failover(Some(&moved), &members[1..], at(2)), Err(FailoverError::NoCandidate));
         let stats = serde_json::to_value(manager.stats()).unwrap();
-        for field in ["running", "active_compactor_id", "consecutive_fails", "failover_in_progress", "cooldown_period", "last_failover_at"] {
+        for field in ["running", "active_compactor_id", "consecutive_fails", "failover_in_progress", "cooldown_period", "last_failover_at"]
+        {
             assert!(stats.get(field).is_some(), "Arc's stats field {field}: {stats}");
         }
         assert_eq!(stats["cooldown_period"], "60s");

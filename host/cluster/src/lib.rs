@@ -100,7 +100,9 @@ pub enum ClusterError {
         message: String,
     },
     /// Another live process uses this `node_id`.
-    #[error("node_id {node_id:?} is already used by a live member (engine {engine_id}, joined {joined_at}); give each node its own [cluster] node_id")]
+    #[error(
+        "node_id {node_id:?} is already used by a live member (engine {engine_id}, joined {joined_at}); give each node its own [cluster] node_id"
+    )]
     DuplicateNode {
         /// The id.
         node_id: String,

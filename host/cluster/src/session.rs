@@ -64,6 +64,9 @@ pub struct Cluster {
     keys: Arc<Keys>,
     view: Arc<Mutex<View>>,
     changed: Arc<tokio::sync::Notify>,
+    /// Wakes the lead task after a change (a permit is kept if it is busy,
+    /// so that no change waits for the next periodic check).
+    wake_leader: Arc<tokio::sync::Notify>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -100,11 +103,8 @@ impl Cluster {
             other => other,
         })?;
         cluster.refresh().await?;
-        let tasks = vec![
-            tokio::spawn(cluster.clone().keep_alive()),
-            tokio::spawn(cluster.clone().watch()),
-            tokio::spawn(cluster.clone().lead()),
-        ];
+        let tasks =
+            vec![tokio::spawn(cluster.clone().keep_alive()), tokio::spawn(cluster.clone().watch()), tokio::spawn(cluster.clone().lead())];
         *lock(&cluster.tasks) = tasks;
         Ok(cluster)
     }
@@ -149,7 +149,9 @@ impl Cluster {
             engine_id: settings.engine_id.clone(),
             joined_at: Utc::now(),
             healthy: true,
-            compacts: false,
+            // Until its gate answers: what its role says, so that nodes
+            // joining together see each other's share at once.
+            compacts: !matches!(settings.role.as_str(), "writer" | "reader"),
             session: format!("{:016x}", rand_u64()),
         };
         Ok(Arc::new(Self {
@@ -158,6 +160,7 @@ impl Cluster {
             keys,
             view: Arc::new(Mutex::new(View { me, ..View::default() })),
             changed: Arc::new(tokio::sync::Notify::new()),
+            wake_leader: Arc::new(tokio::sync::Notify::new()),
             tasks: Mutex::new(Vec::new()),
         }))
     }
@@ -261,6 +264,7 @@ impl Cluster {
                     lock(&self.view).last_error = e.to_string();
                 }
                 self.changed.notify_waiters();
+                self.wake_leader.notify_one();
                 match tokio::time::timeout(self.settings.timings.check_interval, stream.message()).await {
                     Ok(Ok(Some(_))) | Err(_) => continue,
                     Ok(Ok(None) | Err(_)) => break,
@@ -335,7 +339,7 @@ impl Cluster {
                     break;
                 }
                 let wait = next_check.saturating_duration_since(Instant::now());
-                let _ = tokio::time::timeout(wait, self.changed.notified()).await;
+                let _ = tokio::time::timeout(wait, self.wake_leader.notified()).await;
             }
             tracing::info!(node = %self.settings.node_id, "cluster: this node no longer leads");
         }
@@ -386,8 +390,8 @@ impl Cluster {
                 // Either another leader, or the lease changed under us (a
                 // hand-back): the next turn decides again.
                 let leads = self.leads(still_leader).await;
-                if leads {
-                    self.changed.notify_one();
+                if leads && self.refresh().await.is_ok() {
+                    self.wake_leader.notify_one();
                 }
                 leads
             }
@@ -433,9 +437,14 @@ impl Cluster {
     }
 
     /// In single mode, waits at most `timeout` for the lease to be
-    /// assigned (a node that just joined may be the one to get it).
+    /// assigned (a node that just joined may be the one to get it); in
+    /// spread mode, a fifth of the session TTL at most for the members to
+    /// settle.
     pub async fn wait_for_lease_decision(&self, timeout: Duration) {
-        if self.settings.mode != Mode::Single {
+        if self.settings.mode == Mode::Spread {
+            // No lease: give nodes that start together a moment to see
+            // each other, so that the first cycle already splits the work.
+            tokio::time::sleep(timeout.min(self.settings.session_ttl / 5)).await;
             return;
         }
         let deadline = Instant::now() + timeout;
@@ -470,16 +479,21 @@ impl Cluster {
         }
     }
 
-    /// Publishes this node's health and whether its gate lets it compact
-    /// (after each gate decision); written only when it changed.
-    pub async fn report(&self, healthy: bool, compacts: bool) -> Result<(), ClusterError> {
+    /// Records this node's health and whether its gate lets it compact
+    /// (after each gate decision), at once for this node's own share;
+    /// true when it changed and should be published ([`Cluster::publish`]).
+    pub fn note(&self, healthy: bool, compacts: bool) -> bool {
+        let mut view = lock(&self.view);
+        let changed = view.me.healthy != healthy || view.me.compacts != compacts;
+        view.me.healthy = healthy;
+        view.me.compacts = compacts;
+        changed
+    }
+
+    /// Writes this node's member record as it stands.
+    pub async fn publish(&self) -> Result<(), ClusterError> {
         let (me, lease_id) = {
-            let mut view = lock(&self.view);
-            if view.me.healthy == healthy && view.me.compacts == compacts {
-                return Ok(());
-            }
-            view.me.healthy = healthy;
-            view.me.compacts = compacts;
+            let view = lock(&self.view);
             (view.me.clone(), view.lease_id)
         };
         let mut client = self.client.clone();
@@ -505,9 +519,11 @@ impl Cluster {
         }
         let mut client = self.client.clone();
         let request = serde_json::json!({ "requested_by": self.settings.node_id, "at": Utc::now() }).to_string();
-        let create = Txn::new()
-            .when([Compare::create_revision(self.keys.failover_request(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(self.keys.failover_request(), request, None)]);
+        let create = Txn::new().when([Compare::create_revision(self.keys.failover_request(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+            self.keys.failover_request(),
+            request,
+            None,
+        )]);
         match timed(self.settings.request_timeout(), client.txn(create)).await {
             Ok(answer) if answer.succeeded() => {}
             _ => return Err(FailoverError::InProgress),
@@ -586,9 +602,7 @@ impl Drop for Cluster {
 }
 
 fn tls_options(tls: &crate::TlsFiles) -> Result<etcd_client::TlsOptions, ClusterError> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| ClusterError::Etcd(format!("cannot read {}: {e}", path.display())))
-    };
+    let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| ClusterError::Etcd(format!("cannot read {}: {e}", path.display())));
     let mut options = etcd_client::TlsOptions::new();
     if let Some(ca) = &tls.ca_file {
         options = options.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));

@@ -747,7 +747,10 @@ impl ClusterConfig {
         for endpoint in &self.etcd_endpoints {
             let scheme = endpoint.split_once("://").map(|(s, _)| s);
             if !matches!(scheme, Some("http" | "https")) {
-                return Err(value_error("cluster.etcd_endpoints", format!("{endpoint:?} (expected http://host:port or https://host:port)")));
+                return Err(value_error(
+                    "cluster.etcd_endpoints",
+                    format!("{endpoint:?} (expected http://host:port or https://host:port)"),
+                ));
             }
         }
         let duration = |key: &str, value: &str, minimum: Duration| -> Result<Duration, ConfigError> {

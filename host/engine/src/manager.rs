@@ -512,8 +512,12 @@ impl Manager {
         }
         let source = PluginSource::parse(&cluster.gate, &config.base_dir);
         let plugin = source.to_string();
-        let mut node =
-            NodeInfo { id: cluster.node_id(), role: cluster.role.clone(), labels: cluster.labels.clone().into_iter().collect(), ..Default::default() };
+        let mut node = NodeInfo {
+            id: cluster.node_id(),
+            role: cluster.role.clone(),
+            labels: cluster.labels.clone().into_iter().collect(),
+            ..Default::default()
+        };
         if let Some(member) = self.cluster.get() {
             match member.lease_facts() {
                 Ok(facts) => {
@@ -537,9 +541,11 @@ impl Manager {
         if let Some(member) = self.cluster.get() {
             let member = member.clone();
             let (healthy, compacts) = (!matches!(decision, GateDecision::Failed { .. }), decision.allows());
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            if member.note(healthy, compacts)
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
                 runtime.spawn(async move {
-                    if let Err(e) = member.report(healthy, compacts).await {
+                    if let Err(e) = member.publish().await {
                         tracing::warn!(error = %e, "cluster: cannot publish this node's state");
                     }
                 });
@@ -584,6 +590,39 @@ impl Manager {
     /// This node's membership, once joined.
     pub fn cluster(&self) -> Option<&Arc<compactor_cluster::Cluster>> {
         self.cluster.get()
+    }
+
+    /// The live files of `partition` (`DB/MEASUREMENT/YYYY/MM/DD[/HH]`; a
+    /// day includes its hours), by the one visibility rule: an output
+    /// counts only once its job committed, and its inputs stop counting at
+    /// that same moment, so a reader of these keys never sees a row twice
+    /// or misses one (a key deleted since may be gone: ask again).
+    pub async fn live_files(&self, partition: &str) -> anyhow::Result<Vec<String>> {
+        let partition = partition.trim_matches('/');
+        let measurement_prefix = measurement_prefix(partition)
+            .ok_or_else(|| anyhow::anyhow!("invalid partition {partition:?}: expected DATABASE/MEASUREMENT/YYYY/MM/DD or …/DD/HH"))?;
+        let prefix = format!("{partition}/");
+        let manifests = ManifestStore::new(self.storage.clone());
+        let (files, visibility) = manifests
+            .visible(5, || async {
+                crate::planner::list_eligible(&self.storage, &prefix, &measurement_prefix)
+                    .await
+                    .map(|(files, _)| files)
+                    .map_err(compactor_job::ManifestError::List)
+            })
+            .await?;
+        let mut unsure = compactor_model::HeldFiles::default();
+        for key in &visibility.unsure {
+            unsure.block(key.rsplit('/').next().unwrap_or(key).to_owned());
+        }
+        if let Some(manifest) = unsure.blocked_by(partition) {
+            anyhow::bail!(
+                "cannot answer for {partition} exactly: the recovery manifest {manifest} cannot be read (run `compactor recover`)"
+            );
+        }
+        let mut live: Vec<String> = files.into_iter().map(|f| f.key).filter(|key| !visibility.hidden.contains(key)).collect();
+        live.sort();
+        Ok(live)
     }
 
     /// This engine's id, as its leases and manifests name it.
@@ -1131,4 +1170,15 @@ mod tests {
         let error = manager(vec![tier]).run_cycle(CycleOptions::default()).await.unwrap_err();
         assert!(error.to_string().contains("cannot be compacted by a job process"), "{error}");
     }
+}
+
+/// `DB/MEASUREMENT/` of a partition path `DB/MEASUREMENT/YYYY/MM/DD[/HH]`,
+/// or `None` when it is not one.
+fn measurement_prefix(partition: &str) -> Option<String> {
+    let day = compactor_model::PartitionPath::parse(partition).day();
+    let mut segments = day.rsplitn(4, '/');
+    let digits = |s: Option<&str>, n: usize| s.is_some_and(|s| s.len() == n && s.bytes().all(|b| b.is_ascii_digit()));
+    let (dd, mm, yyyy) = (segments.next(), segments.next(), segments.next());
+    let rest = segments.next()?;
+    (digits(dd, 2) && digits(mm, 2) && digits(yyyy, 4) && rest.contains('/') && !rest.starts_with('/')).then(|| format!("{rest}/"))
 }

@@ -168,19 +168,33 @@ pub(crate) async fn list_measurement(
     measurement: &str,
 ) -> Result<(Listing, Vec<SetAside>), StorageError> {
     let prefix = format!("{database}/{measurement}/");
-    let listed = storage.list_objects(&prefix).await?;
+    let (files, set_aside) = list_eligible(storage, &prefix, &prefix).await?;
+    Ok((Listing { database: database.to_owned(), measurement: measurement.to_owned(), files }, set_aside))
+}
+
+/// The objects under `prefix` (within the measurement at
+/// `measurement_prefix`) that compaction may read, and the ones it sets
+/// aside: the one rule plans, partition outlooks and `compactor files`
+/// share.
+pub(crate) async fn list_eligible(
+    storage: &Storage,
+    prefix: &str,
+    measurement_prefix: &str,
+) -> Result<(Vec<compactor_model::FileMeta>, Vec<SetAside>), StorageError> {
+    let listed = storage.list_objects(prefix).await?;
     let mut set_aside = listed.set_aside;
     let mut files = Vec::with_capacity(listed.files.len());
     for file in listed.files {
-        let outside = || !compactor_model::in_partition_layout(file.key.strip_prefix(&prefix).unwrap_or(&file.key));
-        let reason = set_aside_reason(&file)
-            .or_else(|| outside().then(|| format!("not in a partition directory ({prefix}YYYY/MM/DD[/HH]/…): no tier can take it")));
+        let outside = || !compactor_model::in_partition_layout(file.key.strip_prefix(measurement_prefix).unwrap_or(&file.key));
+        let reason = set_aside_reason(&file).or_else(|| {
+            outside().then(|| format!("not in a partition directory ({measurement_prefix}YYYY/MM/DD[/HH]/…): no tier can take it"))
+        });
         match reason {
             Some(reason) => set_aside.push(SetAside { key: file.key, reason }),
             None => files.push(file),
         }
     }
-    Ok((Listing { database: database.to_owned(), measurement: measurement.to_owned(), files }, set_aside))
+    Ok((files, set_aside))
 }
 
 /// Plans one tier on a thread of its own, awaited without blocking: the

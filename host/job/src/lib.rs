@@ -25,7 +25,7 @@ pub mod sql;
 pub mod verify;
 
 pub use manifest::{
-    ManifestError, ManifestOwner, ManifestStore, Outcome, RecoveryManifest, RecoveryObservers, RecoveryOutcome, RecoveryReport,
+    ManifestError, ManifestOwner, ManifestStore, Outcome, RecoveryManifest, RecoveryObservers, RecoveryOutcome, RecoveryReport, Visibility,
 };
 pub use parent::{
     Attempt, BatchFailure, BatchRunner, BoxedFuture, ChildCommand, JobFailure, MIN_BATCH_FILES, RunJobs, RunOutcome, RunSubset,

@@ -172,11 +172,17 @@ pub enum ManifestError {
         /// The cause.
         source: StorageError,
     },
+    /// Jobs kept starting or finishing while a listing ran.
+    #[error("jobs kept starting or finishing during {attempts} listings; try again")]
+    Unstable {
+        /// Listings tried.
+        attempts: usize,
+    },
 }
 
 /// What `_compaction_state/` holds, from one listing: manifest keys,
 /// outcome keys and quarantined manifests.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 struct StateListing {
     manifests: Vec<String>,
     outcomes: HashSet<String>,
@@ -370,6 +376,73 @@ impl ManifestStore {
             }
         }
         Ok(held)
+    }
+}
+
+/// What a reader may not count in a listing of the lake, by the one
+/// visibility rule (Arc #638, #844): a job's output counts only once its
+/// outcome is committed, and its inputs stop counting at that same moment.
+#[derive(Debug, Default)]
+pub struct Visibility {
+    /// Keys a reader must not count: outputs of jobs not committed (in
+    /// flight, dead or aborted) and inputs of committed jobs (deletes
+    /// pending).
+    pub hidden: HashSet<String>,
+    /// Manifests that could not be read or parsed: the partitions their
+    /// names or contents mention cannot be answered exactly.
+    pub unsure: Vec<String>,
+}
+
+impl ManifestStore {
+    /// The keys hidden from readers now, read so that no job starts,
+    /// commits or finishes while `listing` runs: the state of
+    /// `_compaction_state/` is listed before and after it, and all three are
+    /// taken again while the two differ (at most `attempts` times). Returns
+    /// what `listing` returned with the rule that applies to it.
+    pub async fn visible<T, F, Fut>(&self, attempts: usize, mut listing: F) -> Result<(T, Visibility), ManifestError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ManifestError>>,
+    {
+        let mut before = self.list_state().await?;
+        for _ in 0..attempts.max(1) {
+            let listed = listing().await?;
+            let after = self.list_state().await?;
+            if after == before {
+                return Ok((listed, self.visibility(&after).await?));
+            }
+            before = after;
+        }
+        Err(ManifestError::Unstable { attempts })
+    }
+
+    async fn visibility(&self, state: &StateListing) -> Result<Visibility, ManifestError> {
+        let mut visibility = Visibility::default();
+        for key in &state.manifests {
+            match self.read(key).await {
+                Ok(manifest) => {
+                    let committed = state.outcomes.contains(&outcome_key(key))
+                        && matches!(self.outcome(key).await, Ok(Some(OutcomeRecord { outcome: Outcome::Committed, .. })));
+                    if committed {
+                        visibility.hidden.extend(manifest.input_files);
+                    } else {
+                        visibility.hidden.insert(manifest.output_path);
+                    }
+                }
+                // Resolved since the listing: the state changed, which the
+                // caller's second listing would have seen; hide nothing.
+                Err(ManifestError::Read { source, .. })
+                    if matches!(source.object_store_error(), Some(object_store::Error::NotFound { .. })) => {}
+                Err(_) => visibility.unsure.push(key.clone()),
+            }
+        }
+        for (_, record) in self.orphan_outcomes(state).await {
+            if record.outcome == Outcome::Aborted {
+                visibility.hidden.insert(record.output_path);
+            }
+        }
+        visibility.unsure.extend(state.quarantined.iter().cloned());
+        Ok(visibility)
     }
 }
 

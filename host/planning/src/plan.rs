@@ -344,10 +344,6 @@ pub struct Plan {
     pub measurements_elsewhere: usize,
 }
 
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
 /// Why a tier did or did not select a partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PartitionVerdict {
