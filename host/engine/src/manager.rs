@@ -1101,6 +1101,17 @@ impl Drop for RunningScopes {
     }
 }
 
+/// `DB/MEASUREMENT/` of a partition path `DB/MEASUREMENT/YYYY/MM/DD[/HH]`,
+/// or `None` when it is not one.
+fn measurement_prefix(partition: &str) -> Option<String> {
+    let day = compactor_model::PartitionPath::parse(partition).day();
+    let mut segments = day.rsplitn(4, '/');
+    let digits = |s: Option<&str>, n: usize| s.is_some_and(|s| s.len() == n && s.bytes().all(|b| b.is_ascii_digit()));
+    let (dd, mm, yyyy) = (segments.next(), segments.next(), segments.next());
+    let rest = segments.next()?;
+    (digits(dd, 2) && digits(mm, 2) && digits(yyyy, 4) && rest.contains('/') && !rest.starts_with('/')).then(|| format!("{rest}/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1170,15 +1181,4 @@ mod tests {
         let error = manager(vec![tier]).run_cycle(CycleOptions::default()).await.unwrap_err();
         assert!(error.to_string().contains("cannot be compacted by a job process"), "{error}");
     }
-}
-
-/// `DB/MEASUREMENT/` of a partition path `DB/MEASUREMENT/YYYY/MM/DD[/HH]`,
-/// or `None` when it is not one.
-fn measurement_prefix(partition: &str) -> Option<String> {
-    let day = compactor_model::PartitionPath::parse(partition).day();
-    let mut segments = day.rsplitn(4, '/');
-    let digits = |s: Option<&str>, n: usize| s.is_some_and(|s| s.len() == n && s.bytes().all(|b| b.is_ascii_digit()));
-    let (dd, mm, yyyy) = (segments.next(), segments.next(), segments.next());
-    let rest = segments.next()?;
-    (digits(dd, 2) && digits(mm, 2) && digits(yyyy, 4) && rest.contains('/') && !rest.starts_with('/')).then(|| format!("{rest}/"))
 }

@@ -23,8 +23,8 @@ pub use answer::validate_answer;
 pub use batching::{Candidate, split_into_batches};
 pub use cost::{batch_cost, lease_mark_cost, list_pages};
 pub use plan::{
-    BatchRef, Listing, MeasurementShare, PartitionVerdict, Plan, PlanOptions, PlanProblem, PlannedBatch, PlannedTier, TierId, TierSummary,
-    plan_tier, predict_outputs,
+    BatchRef, Listing, MeasurementShare, OwnsMeasurement, PartitionVerdict, Plan, PlanOptions, PlanProblem, PlannedBatch, PlannedTier,
+    TierId, TierSummary, plan_tier, predict_outputs,
 };
 pub use policy::{PartitionPolicy, PolicyFactory};
 

@@ -133,9 +133,12 @@ pub struct PlanOptions {
     pub share: Option<MeasurementShare>,
 }
 
+/// Whether a node plans `(database, measurement)`.
+pub type OwnsMeasurement = dyn Fn(&str, &str) -> bool + Send + Sync;
+
 /// A node's share of the lake's measurements (cluster `spread` mode).
 #[derive(Clone)]
-pub struct MeasurementShare(pub Arc<dyn Fn(&str, &str) -> bool + Send + Sync>);
+pub struct MeasurementShare(pub Arc<OwnsMeasurement>);
 
 impl MeasurementShare {
     /// Whether this node plans `database/measurement`.
