@@ -25,6 +25,17 @@ fn node_config(lake: &Lake, node_id: &str, role: &str, configure: impl FnOnce(Te
     path.display().to_string()
 }
 
+/// `once --format json` on every node's config at the same moment.
+fn once_on_every_node(configs: &[String]) -> Vec<std::process::Output> {
+    std::thread::scope(|s| {
+        let runs: Vec<_> = configs
+            .iter()
+            .map(|config| s.spawn(move || compactor(&["once", "--config", config, "--now", NOW, "--format", "json"], &[])))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    })
+}
+
 fn status(config: &str) -> serde_json::Value {
     let output = compactor(&["cluster", "status", "--config", config, "--format", "json"], &[]);
     assert!(output.status.success(), "{}", text(&output));
@@ -35,13 +46,7 @@ fn status(config: &str) -> serde_json::Value {
 fn three_nodes_running_once_at_the_same_moment_compact_every_row_once_through_one_lease_holder() {
     let lake = lake_configured(20, |c| c);
     let configs: Vec<String> = ["n1", "n2", "n3"].iter().map(|id| node_config(&lake, id, "compactor", |c| c)).collect();
-    let outputs: Vec<_> = std::thread::scope(|s| {
-        let runs: Vec<_> = configs
-            .iter()
-            .map(|config| s.spawn(move || compactor(&["once", "--config", config, "--now", NOW, "--format", "json"], &[])))
-            .collect();
-        runs.into_iter().map(|r| r.join().unwrap()).collect()
-    });
+    let outputs = once_on_every_node(&configs);
     let mut compacting = 0;
     for output in &outputs {
         assert!(output.status.success(), "{}", text(output));
@@ -92,6 +97,17 @@ fn a_killed_lease_holder_is_replaced_within_the_failover_timeout_and_no_row_is_l
     let once = compactor(&["once", "--config", &b, "--now", NOW], &[]);
     assert!(once.status.success(), "{}", text(&once));
     assert_intact(&lake);
+    // The cluster file manifest (read from etcd) equals the store's live
+    // files exactly.
+    for measurement in ["cpu", "mem_total"] {
+        let partition = format!("db/{measurement}/2026/04/11");
+        let listed = compactor(&["files", "--config", &b, "--partition", &partition, "--format", "json"], &[]);
+        assert!(listed.status.success(), "{}", text(&listed));
+        let registered: Vec<String> = serde_json::from_slice(&listed.stdout).unwrap();
+        let stored: Vec<String> =
+            crate::util::files_under(&lake.lake).into_iter().filter(|k| k.starts_with(&partition) && k.ends_with(".parquet")).collect();
+        assert_eq!(registered, stored, "{measurement}: the registry is the store's live set");
+    }
 }
 
 #[test]
@@ -129,13 +145,7 @@ fn arcs_cluster_misconfigurations_are_refused_or_safe() {
     for role in ["standalone", "writer"] {
         let lake = lake_configured(20, |c| c);
         let configs: Vec<String> = ["x", "y"].iter().map(|id| node_config(&lake, id, role, |c| c)).collect();
-        let outputs: Vec<_> = std::thread::scope(|s| {
-            let runs: Vec<_> = configs
-                .iter()
-                .map(|config| s.spawn(move || compactor(&["once", "--config", config, "--now", NOW, "--format", "json"], &[])))
-                .collect();
-            runs.into_iter().map(|r| r.join().unwrap()).collect()
-        });
+        let outputs = once_on_every_node(&configs);
         let compacting = outputs
             .iter()
             .filter(|o| {
@@ -171,13 +181,7 @@ fn in_spread_mode_three_nodes_split_the_measurements_and_compact_every_row_once(
             })
         })
         .collect();
-    let outputs: Vec<_> = std::thread::scope(|s| {
-        let runs: Vec<_> = configs
-            .iter()
-            .map(|config| s.spawn(move || compactor(&["once", "--config", config, "--now", NOW, "--format", "json"], &[])))
-            .collect();
-        runs.into_iter().map(|r| r.join().unwrap()).collect()
-    });
+    let outputs = once_on_every_node(&configs);
     let mut measurements_by_node = Vec::new();
     for output in &outputs {
         assert!(output.status.success(), "{}", text(output));

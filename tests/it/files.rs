@@ -13,6 +13,19 @@ const DAY: &str = "db/cpu/2026/04/11";
 
 #[test]
 fn a_reader_polling_the_live_files_while_jobs_commit_never_sees_a_row_twice_or_misses_one() {
+    reader_polls_while_jobs_commit(|config| config, false);
+}
+
+/// In cluster mode the answer comes from the cluster file manifest in etcd,
+/// under the same rule.
+#[test]
+fn a_reader_polling_the_cluster_file_manifest_while_jobs_commit_never_sees_a_row_twice_or_misses_one() {
+    reader_polls_while_jobs_commit(|config| config.cluster_on_etcd("compactor"), true);
+}
+
+/// `register_first`: a cycle that compacts nothing registers the lake's
+/// files first (what Arc's ingest does as it writes them).
+fn reader_polls_while_jobs_commit(configure: impl FnOnce(TestConfig) -> TestConfig, register_first: bool) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let spec = SampleSpec {
@@ -24,7 +37,12 @@ fn a_reader_polling_the_live_files_while_jobs_commit_never_sees_a_row_twice_or_m
     };
     let lake = sample::generate(&root.join("lake"), crate::util::at(NOW), &spec).unwrap();
     let expected = lake.rows as i64;
-    let config = TestConfig::new("lake").hourly_and_daily().compaction("temp_directory", "tmp").compaction("threads", 1).write(root);
+    let config =
+        configure(TestConfig::new("lake").hourly_and_daily().compaction("temp_directory", "tmp").compaction("threads", 1)).write(root);
+    if register_first {
+        let registered = compactor(&["once", "--config", &config, "--now", NOW, "--database", "none"], &[]);
+        assert!(registered.status.success(), "{}", text(&registered));
+    }
     let connection = verify::connection().unwrap();
     let done = std::sync::atomic::AtomicBool::new(false);
     let (mut reads, mut retries) = (0, 0);

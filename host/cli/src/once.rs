@@ -52,8 +52,8 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         ..Default::default()
     }));
     progress.finish();
-    if let Some(cluster) = cluster {
-        runtime.block_on(cluster.leave());
+    if cluster.is_some() {
+        runtime.block_on(manager.leave_cluster());
     }
     let report = report?;
     print_report(&report, args.format)?;

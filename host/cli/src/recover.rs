@@ -29,8 +29,8 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     // to compact leaves the lake to the node that does.
     let cluster = runtime.block_on(crate::cluster::join_for_one_shot(&manager))?;
     let outcome = recover(&runtime, &manager, args.format);
-    if let Some(cluster) = cluster {
-        runtime.block_on(cluster.leave());
+    if cluster.is_some() {
+        runtime.block_on(manager.leave_cluster());
     }
     outcome
 }

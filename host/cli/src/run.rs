@@ -118,8 +118,8 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         }
         // Hand back the compactor lease, so that another node takes it at
         // once rather than after the failover timeout.
-        if let Some(cluster) = &cluster {
-            cluster.leave().await;
+        if cluster.is_some() {
+            manager.leave_cluster().await;
         }
         let _ = api_stop.send(true);
         if let Some((_, server)) = api {

@@ -10,6 +10,7 @@
 
 mod lease;
 mod member;
+mod registry;
 mod session;
 mod spread;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 pub use lease::{CompactorLease, Decision, FailoverError, LeaseManager, LeaseManagerStats, LeaseTimings, candidate};
 pub use member::Member;
+pub use registry::{FileEntry, RegistryError};
 pub use session::Cluster;
 pub use spread::{Share, owner};
 

@@ -85,7 +85,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Runs `request` with the settings' timeout.
-async fn timed<T>(timeout: Duration, request: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, ClusterError> {
+pub(crate) async fn timed<T>(timeout: Duration, request: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, ClusterError> {
     match tokio::time::timeout(timeout, request).await {
         Ok(result) => result.map_err(etcd_error),
         Err(_) => Err(ClusterError::Etcd(format!("no answer within {timeout:?}"))),
@@ -119,6 +119,12 @@ impl Cluster {
         status.up = true;
         status.error = None;
         Ok(status)
+    }
+
+    /// A connection that only reads (the cluster file manifest for
+    /// `compactor files`): no member key, no campaign.
+    pub async fn reader(settings: Settings) -> Result<Arc<Self>, ClusterError> {
+        Self::connect(settings).await
     }
 
     fn unreachable(&self, message: String) -> ClusterError {
@@ -456,6 +462,11 @@ impl Cluster {
     /// The settings this node joined with.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// A handle on the etcd client (cheap: it shares the channel).
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
     }
 
     /// This node's share in spread mode (`None` in single mode): the

@@ -80,6 +80,8 @@ pub struct Manager {
     config_generation: tokio::sync::watch::Sender<u64>,
     /// This node's membership, once it joined ([`Manager::join_cluster`]).
     cluster: std::sync::OnceLock<Arc<compactor_cluster::Cluster>>,
+    /// The completion watcher feeding the cluster file manifest, once joined.
+    watcher: std::sync::OnceLock<compactor_job::completion::Watcher>,
 }
 
 impl Manager {
@@ -134,6 +136,7 @@ impl Manager {
             health: Mutex::default(),
             retired_calls: Mutex::default(),
             cluster: std::sync::OnceLock::new(),
+            watcher: std::sync::OnceLock::new(),
             reload_errors: Mutex::default(),
             reloading: Mutex::default(),
             planning_cursors: Mutex::default(),
@@ -566,7 +569,79 @@ impl Manager {
         }
         let joined = compactor_cluster::Cluster::join(self.cluster_settings(&resolved.join).await?).await?;
         tracing::info!(node = %joined.settings().node_id, prefix = %joined.settings().key_prefix, "joined the cluster");
-        Ok(Some(self.cluster.get_or_init(|| joined).clone()))
+        let joined = self.cluster.get_or_init(|| joined).clone();
+        // Jobs leave completion manifests; the watcher applies each to the
+        // cluster file manifest in one etcd transaction, and keeps it for a
+        // retry while etcd cannot take it.
+        let bridge = crate::cluster::EtcdBridge { cluster: joined.clone(), runtime: tokio::runtime::Handle::current() };
+        let dir = crate::cluster::completion_dir(self.runner.temp_directory());
+        let watcher = compactor_job::completion::Watcher::new(dir, Arc::new(bridge), std::time::Duration::from_secs(1))?;
+        self.watcher.get_or_init(|| watcher).start();
+        Ok(Some(joined))
+    }
+
+    /// Leaves the cluster (a no-op standalone): the completion watcher
+    /// applies what the jobs left, then the node hands back a compactor
+    /// lease it holds and ends its session.
+    pub async fn leave_cluster(&self) {
+        if let Some(watcher) = self.watcher.get() {
+            watcher.stop().await;
+        }
+        if let Some(cluster) = self.cluster.get() {
+            cluster.leave().await;
+        }
+    }
+
+    /// [`Manager::reconcile_registry`] in cluster mode, logged.
+    async fn reconcile_logged(&self, cycle_id: u64) {
+        if self.cluster.get().is_none() {
+            return;
+        }
+        match self.reconcile_registry().await {
+            Ok((0, 0)) => {}
+            Ok((added, removed)) => tracing::info!(cycle_id, added, removed, "cluster file manifest reconciled with the store"),
+            Err(e) => tracing::warn!(cycle_id, error = %e, "cannot reconcile the cluster file manifest; the next cycle tries again"),
+        }
+    }
+
+    /// Makes the cluster file manifest hold this node's share of the lake's
+    /// live files (the visibility rule over the store): files others wrote
+    /// are registered, entries whose object is gone are removed. Arc's
+    /// ingest registers its own files; here a cycle does it.
+    pub async fn reconcile_registry(&self) -> anyhow::Result<(usize, usize)> {
+        let Some(cluster) = self.cluster.get() else { return Ok((0, 0)) };
+        let share = cluster.share();
+        let (mut added, mut removed) = (0, 0);
+        for database in compactor_storage::discover_databases(&self.storage).await?.dirs {
+            for measurement in compactor_storage::discover_measurements(&self.storage, &database).await?.dirs {
+                if share.as_ref().is_some_and(|share| !share.owns(&database, &measurement)) {
+                    continue;
+                }
+                let prefix = format!("{database}/{measurement}/");
+                let since = cluster.revision().await?;
+                let live = self.visible_files(&prefix, &prefix).await?;
+                let origin = cluster.settings().node_id.clone();
+                let entries: Vec<compactor_cluster::FileEntry> = live
+                    .into_iter()
+                    .map(|file| compactor_cluster::FileEntry {
+                        partition_time: partition_time(&file.key, &prefix).unwrap_or(file.last_modified),
+                        path: file.key,
+                        sha256: String::new(),
+                        size_bytes: file.size,
+                        database: database.clone(),
+                        measurement: measurement.clone(),
+                        origin_node_id: origin.clone(),
+                        tier: String::new(),
+                        created_at: file.last_modified,
+                        lsn: 0,
+                    })
+                    .collect();
+                let (a, r) = cluster.reconcile_files(&prefix, &entries, since).await?;
+                added += a;
+                removed += r;
+            }
+        }
+        Ok((added, removed))
     }
 
     /// The cluster's state, read without joining (`compactor cluster
@@ -602,15 +677,54 @@ impl Manager {
         let measurement_prefix = measurement_prefix(partition)
             .ok_or_else(|| anyhow::anyhow!("invalid partition {partition:?}: expected DATABASE/MEASUREMENT/YYYY/MM/DD or …/DD/HH"))?;
         let prefix = format!("{partition}/");
-        let manifests = ManifestStore::new(self.storage.clone());
-        let (files, visibility) = manifests
-            .visible(5, || async {
-                crate::planner::list_eligible(&self.storage, &prefix, &measurement_prefix)
-                    .await
-                    .map(|(files, _)| files)
-                    .map_err(compactor_job::ManifestError::List)
-            })
+        let files = match &self.config().settings().cluster {
+            // In cluster mode the files come from the cluster file
+            // manifest, under the same rule.
+            Some(resolved) => {
+                let reader = compactor_cluster::Cluster::reader(self.cluster_settings(&resolved.join).await?).await?;
+                self.visible(
+                    || async {
+                        let (entries, _) =
+                            reader.registered_files(&prefix).await.map_err(|e| compactor_job::ManifestError::Registry(e.to_string()))?;
+                        Ok(entries.into_iter().map(|e| e.path).collect::<Vec<_>>())
+                    },
+                    partition,
+                )
+                .await?
+            }
+            None => self.visible_files(&prefix, &measurement_prefix).await?.into_iter().map(|f| f.key).collect(),
+        };
+        let mut live = files;
+        live.sort();
+        Ok(live)
+    }
+
+    /// The eligible files under `prefix` a reader may count now (the
+    /// visibility rule over the store's listing).
+    async fn visible_files(&self, prefix: &str, measurement_prefix: &str) -> anyhow::Result<Vec<compactor_model::FileMeta>> {
+        let files = self
+            .visible(
+                || async {
+                    crate::planner::list_eligible(&self.storage, prefix, measurement_prefix)
+                        .await
+                        .map(|(files, _)| files)
+                        .map_err(compactor_job::ManifestError::List)
+                },
+                prefix.trim_end_matches('/'),
+            )
             .await?;
+        Ok(files)
+    }
+
+    /// What `listing` returns, without what the visibility rule hides
+    /// ([`ManifestStore::visible`]); an error when a manifest that mentions
+    /// `partition` cannot be read.
+    async fn visible<T: VisibleKey, F, Fut>(&self, listing: F, partition: &str) -> anyhow::Result<Vec<T>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>, compactor_job::ManifestError>>,
+    {
+        let (items, visibility) = ManifestStore::new(self.storage.clone()).visible(5, listing).await?;
         let mut unsure = compactor_model::HeldFiles::default();
         for key in &visibility.unsure {
             unsure.block(key.rsplit('/').next().unwrap_or(key).to_owned());
@@ -620,9 +734,7 @@ impl Manager {
                 "cannot answer for {partition} exactly: the recovery manifest {manifest} cannot be read (run `compactor recover`)"
             );
         }
-        let mut live: Vec<String> = files.into_iter().map(|f| f.key).filter(|key| !visibility.hidden.contains(key)).collect();
-        live.sort();
-        Ok(live)
+        Ok(items.into_iter().filter(|item| !visibility.hidden.contains(item.key())).collect())
     }
 
     /// This engine's id, as its leases and manifests name it.
@@ -791,6 +903,9 @@ impl Manager {
             tracing::warn!(cycle_id, "{}", report.gate);
             return Ok(report);
         }
+        // Files others wrote since the last cycle join the cluster file
+        // manifest before any job takes them (and again after the jobs).
+        self.reconcile_logged(cycle_id).await;
         let standby = self.runner.standby();
         // One configuration for the whole cycle: a reload applies from the next.
         let config = self.config();
@@ -820,6 +935,7 @@ impl Manager {
             report.deferred_by_budget += outcome.deferred_by_budget;
             report.set_aside.extend(outcome.set_aside);
         }
+        self.reconcile_logged(cycle_id).await;
         report.set_aside.sort();
         report.set_aside.dedup();
         for object in &report.set_aside {
@@ -1099,6 +1215,34 @@ impl Drop for RunningScopes {
             running.remove(scope);
         }
     }
+}
+
+/// Anything a listing returns that names a storage key.
+trait VisibleKey {
+    fn key(&self) -> &str;
+}
+
+impl VisibleKey for String {
+    fn key(&self) -> &str {
+        self
+    }
+}
+
+impl VisibleKey for compactor_model::FileMeta {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// The start of the partition `key` lies in (`prefix` is
+/// `DB/MEASUREMENT/`): its hour, or its day for a file at day level.
+fn partition_time(key: &str, prefix: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let mut segments = key.strip_prefix(prefix)?.split('/');
+    let mut number = |len: usize| segments.next().filter(|s| s.len() == len).and_then(|s| s.parse::<u32>().ok());
+    let (year, month, day) = (number(4)?, number(2)?, number(2)?);
+    let hour = number(2).unwrap_or(0);
+    let date = chrono::NaiveDate::from_ymd_opt(year as i32, month, day)?;
+    Some(date.and_hms_opt(hour.min(23), 0, 0)?.and_utc())
 }
 
 /// `DB/MEASUREMENT/` of a partition path `DB/MEASUREMENT/YYYY/MM/DD[/HH]`,

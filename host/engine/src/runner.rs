@@ -276,7 +276,12 @@ impl JobRunner {
             storage_type: descriptor.storage_type().to_owned(),
             storage_config: descriptor.storage_config(),
             job_id: String::new(),
-            completion_dir: String::new(),
+            // Cluster mode: the job hands its outputs and deleted sources to
+            // the completion watcher, for the cluster file manifest.
+            completion_dir: run
+                .cluster
+                .map(|_| crate::cluster::completion_dir(&self.temp_directory).display().to_string())
+                .unwrap_or_default(),
             partition_time: candidate.partition_time,
             output_suffix: suffix.map(str::to_owned),
             multipart_threshold_bytes: Some(run.config.settings().multipart_threshold),

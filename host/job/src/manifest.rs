@@ -172,6 +172,9 @@ pub enum ManifestError {
         /// The cause.
         source: StorageError,
     },
+    /// The cluster file manifest could not be read.
+    #[error("cannot read the cluster file manifest: {0}")]
+    Registry(String),
     /// Jobs kept starting or finishing while a listing ran.
     #[error("jobs kept starting or finishing during {attempts} listings; try again")]
     Unstable {
