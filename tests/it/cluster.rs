@@ -205,3 +205,35 @@ fn in_spread_mode_three_nodes_split_the_measurements_and_compact_every_row_once(
     assert!(working >= 2, "the work was split: {measurements_by_node:?}");
     assert_intact(&lake);
 }
+
+/// The adversarial run's defect B: the lease holder died and only one-shot
+/// nodes are left, each leading for a moment. The missing time of the
+/// holder is kept in etcd, so one of them takes the lease once the failover
+/// timeout has passed.
+#[test]
+fn one_shot_nodes_take_a_dead_holders_lease_once_the_failover_timeout_has_passed() {
+    let lake = lake_configured(20, |c| c);
+    let a = node_config(&lake, "a", "compactor", |c| c.schedules("0 0 1 1 *"));
+    let b = node_config(&lake, "b", "compactor", |c| c);
+    let mut holder = std::process::Command::new(env!("CARGO_BIN_EXE_compactor"))
+        .args(["run", "--config", &a])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("a to hold the compactor lease", Duration::from_secs(20), || status(&a)["compactor_lease"]["holder"] == "a");
+    kill_engine_and_wait_for_jobs(&mut holder);
+    let killed = std::time::Instant::now();
+    let mut denied = 0;
+    loop {
+        let once = compactor(&["once", "--config", &b, "--now", NOW, "--format", "json"], &[]);
+        assert!(once.status.success(), "{}", text(&once));
+        let report: serde_json::Value = serde_json::from_slice(&once.stdout).unwrap();
+        if !report["jobs"].as_array().unwrap().is_empty() {
+            break;
+        }
+        denied += 1;
+        assert!(killed.elapsed() < Duration::from_secs(30), "b never took the lease ({denied} one-shot runs denied)");
+    }
+    eprintln!("one-shot node took the dead holder's lease after {:?} ({denied} runs denied)", killed.elapsed());
+    assert_intact(&lake);
+}

@@ -448,7 +448,11 @@ fn plan_explains_every_partition_and_previews_the_jobs_once_runs() {
 /// converges with every row exactly once.
 #[test]
 fn a_lake_restored_from_a_backup_taken_mid_job_converges_with_every_row_once() {
-    let lake = lake_with(50, &[]);
+    // One job at a time: the backup is taken while one job is between its
+    // upload and its deletes. (With two, the other may write its manifest
+    // after the state was copied and its output before the data was: a
+    // backup taken while jobs start is what the README says not to take.)
+    let lake = lake_with(50, &[("max_concurrent", toml::Value::Integer(1))]);
     let marker = lake.root.join("stalled");
     let mut engine = Command::new(env!("CARGO_BIN_EXE_compactor"))
         .args(["once", "--config", &lake.config, "--now", NOW])

@@ -62,6 +62,11 @@ pub struct LeaseManagerStats {
     /// The last successful failover (RFC 3339), only after one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover_at: Option<DateTime<Utc>>,
+    /// Beyond Arc: since when the holder has been unhealthy or gone, so that
+    /// a new leader (one-shot nodes lead in turn) goes on counting the
+    /// failover timeout instead of starting again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_missing_since: Option<DateTime<Utc>>,
 }
 
 /// What a check decided.
@@ -103,6 +108,22 @@ impl LeaseManager {
     /// A manager with `timings`.
     pub fn new(timings: LeaseTimings) -> Self {
         Self { timings, consecutive_fails: 0, first_fail_at: None, failover_in_progress: false, last_failover_at: None, holder: None }
+    }
+
+    /// A new leader's manager, going on from the stats the last leader
+    /// wrote (the holder's missing time and the last failover), so that a
+    /// cluster of one-shot nodes, each leading for a moment, still fails
+    /// over a dead holder.
+    pub fn resume(timings: LeaseTimings, stats: Option<&LeaseManagerStats>, lease: Option<&CompactorLease>) -> Self {
+        let mut manager = Self::new(timings);
+        if let Some(stats) = stats {
+            manager.last_failover_at = stats.last_failover_at;
+            if lease.is_some_and(|l| l.holder == stats.active_compactor_id) {
+                manager.first_fail_at = stats.holder_missing_since;
+                manager.consecutive_fails = stats.consecutive_fails;
+            }
+        }
+        manager
     }
 
     /// One periodic check (every `check_interval`: each counts towards the
@@ -177,6 +198,7 @@ impl LeaseManager {
             failover_in_progress: self.failover_in_progress,
             cooldown_period: format!("{}s", self.timings.cooldown.as_secs()),
             last_failover_at: self.last_failover_at,
+            holder_missing_since: self.first_fail_at,
         }
     }
 
@@ -269,6 +291,24 @@ mod tests {
             assert_eq!(manager.check(Some(&moved), std::slice::from_ref(&c1), at(t)), Decision::Keep, "cooldown at {t}");
         }
         assert_eq!(assigned(manager.check(Some(&moved), std::slice::from_ref(&c1), at(111))).holder, "c1");
+    }
+
+    #[test]
+    fn a_new_leader_goes_on_counting_a_dead_holders_missing_time() {
+        let c1 = member("c1", "compactor", 1, true);
+        let c2 = member("c2", "compactor", 2, true);
+        let mut first = LeaseManager::new(LeaseTimings::default());
+        let lease = assigned(first.check(None, std::slice::from_ref(&c1), at(0)));
+        // c1 dies; a one-shot c2 leads for one check, then leaves.
+        assert_eq!(first.check(Some(&lease), std::slice::from_ref(&c2), at(10)), Decision::Keep);
+        let stats = first.stats();
+        assert_eq!(stats.holder_missing_since, Some(at(10)));
+        // The next one-shot node leads 40 s later: past the failover timeout.
+        let mut next = LeaseManager::resume(LeaseTimings::default(), Some(&stats), Some(&lease));
+        assert_eq!(assigned(next.check(Some(&lease), std::slice::from_ref(&c2), at(50))).holder, "c2");
+        // Without the stats it would start counting again.
+        let mut fresh = LeaseManager::new(LeaseTimings::default());
+        assert_eq!(fresh.check(Some(&lease), std::slice::from_ref(&c2), at(50)), Decision::Keep);
     }
 
     #[test]

@@ -113,6 +113,9 @@ pub enum ClusterError {
         /// When it joined.
         joined_at: String,
     },
+    /// The compactor lease moved since the gate decided this cycle.
+    #[error("the compactor lease moved since this cycle's gate decision; the next cycle asks the gate again")]
+    LeaseMoved,
     /// A request failed.
     #[error("etcd: {0}")]
     Etcd(String),

@@ -54,6 +54,8 @@ struct View {
     failover_requested: bool,
     leader: Option<String>,
     me: Member,
+    /// The lease facts the gate last decided on.
+    gate_facts: Option<LeaseFacts>,
 }
 
 /// A node in the cluster. Dropping it stops its tasks; [`Cluster::leave`]
@@ -331,7 +333,10 @@ impl Cluster {
             };
             tracing::info!(node = %self.settings.node_id, "cluster: this node leads the compactor lease manager");
             let still_leader = Compare::create_revision(leader_key.key().to_vec(), CompareOp::Equal, leader_key.rev());
-            let mut manager = LeaseManager::new(self.settings.timings);
+            let mut manager = {
+                let view = lock(&self.view);
+                LeaseManager::resume(self.settings.timings, view.manager.as_ref(), view.compactor_lease.as_ref())
+            };
             let mut next_check = Instant::now();
             loop {
                 let periodic = Instant::now() >= next_check;
@@ -419,27 +424,43 @@ impl Cluster {
         lock(&self.view).alive_until.is_some_and(|until| Instant::now() < until)
     }
 
-    /// Ok when this node may start work: its session is alive. Checked
-    /// before every batch.
+    /// Ok when this node may start work: its session is alive, and the
+    /// compactor lease is as it was when the gate last decided (a lease that
+    /// moved mid-cycle stops this node from starting more; the next cycle
+    /// asks the gate again). Checked before every partition.
     pub fn may_start(&self) -> Result<(), ClusterError> {
-        if self.alive() {
-            return Ok(());
-        }
-        let message = lock(&self.view).last_error.clone();
-        Err(ClusterError::CutOff { ttl: self.settings.session_ttl, message })
-    }
-
-    /// What the gate is told; an error when the node is cut off.
-    pub fn lease_facts(&self) -> Result<LeaseFacts, ClusterError> {
-        self.may_start()?;
-        if self.settings.mode == Mode::Spread {
-            return Ok(LeaseFacts::default());
+        if !self.alive() {
+            let message = lock(&self.view).last_error.clone();
+            return Err(ClusterError::CutOff { ttl: self.settings.session_ttl, message });
         }
         let view = lock(&self.view);
-        Ok(LeaseFacts {
+        match view.gate_facts {
+            Some(decided) if decided != self.facts(&view) => Err(ClusterError::LeaseMoved),
+            _ => Ok(()),
+        }
+    }
+
+    /// What the gate is told; an error when the node is cut off. The facts
+    /// are remembered: [`Cluster::may_start`] holds the cycle to them.
+    pub fn lease_facts(&self) -> Result<LeaseFacts, ClusterError> {
+        if !self.alive() {
+            let message = lock(&self.view).last_error.clone();
+            return Err(ClusterError::CutOff { ttl: self.settings.session_ttl, message });
+        }
+        let mut view = lock(&self.view);
+        let facts = self.facts(&view);
+        view.gate_facts = Some(facts);
+        Ok(facts)
+    }
+
+    fn facts(&self, view: &View) -> LeaseFacts {
+        if self.settings.mode == Mode::Spread {
+            return LeaseFacts::default();
+        }
+        LeaseFacts {
             holds_compactor_lease: view.compactor_lease.as_ref().is_some_and(|l| l.holder == self.settings.node_id),
             lease_assigned: view.compactor_lease.is_some(),
-        })
+        }
     }
 
     /// In single mode, waits at most `timeout` for the lease to be
@@ -454,7 +475,13 @@ impl Cluster {
             return;
         }
         let deadline = Instant::now() + timeout;
-        while lock(&self.view).compactor_lease.is_none() && Instant::now() < deadline {
+        // Undecided: no lease, or a lease whose holder is not a live member
+        // (dead: the leader is about to move it).
+        let undecided = || {
+            let view = lock(&self.view);
+            view.compactor_lease.as_ref().is_none_or(|lease| !view.members.iter().any(|m| m.node_id == lease.holder))
+        };
+        while undecided() && Instant::now() < deadline {
             let _ = tokio::time::timeout(Duration::from_millis(100), self.changed.notified()).await;
         }
     }

@@ -619,7 +619,10 @@ impl Manager {
                 }
                 let prefix = format!("{database}/{measurement}/");
                 let since = cluster.revision().await?;
-                let live = self.visible_files(&prefix, &prefix).await?;
+                // A job missed whole by this listing (it began and ended
+                // during it) registers its output through the watcher, and
+                // its inputs are gone anyway: no need to compare claims.
+                let live = self.visible_files(&prefix, &prefix, false).await?;
                 let origin = cluster.settings().node_id.clone();
                 let entries: Vec<compactor_cluster::FileEntry> = live
                     .into_iter()
@@ -689,10 +692,11 @@ impl Manager {
                         Ok(entries.into_iter().map(|e| e.path).collect::<Vec<_>>())
                     },
                     partition,
+                    true,
                 )
                 .await?
             }
-            None => self.visible_files(&prefix, &measurement_prefix).await?.into_iter().map(|f| f.key).collect(),
+            None => self.visible_files(&prefix, &measurement_prefix, true).await?.into_iter().map(|f| f.key).collect(),
         };
         let mut live = files;
         live.sort();
@@ -700,8 +704,9 @@ impl Manager {
     }
 
     /// The eligible files under `prefix` a reader may count now (the
-    /// visibility rule over the store's listing).
-    async fn visible_files(&self, prefix: &str, measurement_prefix: &str) -> anyhow::Result<Vec<compactor_model::FileMeta>> {
+    /// visibility rule over the store's listing); `claims`: `prefix` is one
+    /// partition, whose claims are compared too.
+    async fn visible_files(&self, prefix: &str, measurement_prefix: &str, claims: bool) -> anyhow::Result<Vec<compactor_model::FileMeta>> {
         let files = self
             .visible(
                 || async {
@@ -711,6 +716,7 @@ impl Manager {
                         .map_err(compactor_job::ManifestError::List)
                 },
                 prefix.trim_end_matches('/'),
+                claims,
             )
             .await?;
         Ok(files)
@@ -718,13 +724,14 @@ impl Manager {
 
     /// What `listing` returns, without what the visibility rule hides
     /// ([`ManifestStore::visible`]); an error when a manifest that mentions
-    /// `partition` cannot be read.
-    async fn visible<T: VisibleKey, F, Fut>(&self, listing: F, partition: &str) -> anyhow::Result<Vec<T>>
+    /// `partition` cannot be read. `claims`: `partition` is one partition,
+    /// whose claims are compared before and after the listing too.
+    async fn visible<T: VisibleKey, F, Fut>(&self, listing: F, partition: &str, claims: bool) -> anyhow::Result<Vec<T>>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Vec<T>, compactor_job::ManifestError>>,
     {
-        let (items, visibility) = ManifestStore::new(self.storage.clone()).visible(5, listing).await?;
+        let (items, visibility) = ManifestStore::new(self.storage.clone()).visible(50, claims.then_some(partition), listing).await?;
         let mut unsure = compactor_model::HeldFiles::default();
         for key in &visibility.unsure {
             unsure.block(key.rsplit('/').next().unwrap_or(key).to_owned());

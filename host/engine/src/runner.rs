@@ -153,7 +153,7 @@ impl JobRunner {
             return (Vec::new(), 0);
         }
         if let Some(Err(e)) = run.cluster.map(|cluster| cluster.may_start()) {
-            tracing::warn!(%partition, error = %e, "the partition waits: this node starts no work while cut off from etcd");
+            tracing::warn!(%partition, error = %e, "the partition waits for the next cycle");
             return (Vec::new(), 0);
         }
         let lease = match self.leases.try_acquire(&partition).await {

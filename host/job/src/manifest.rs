@@ -402,19 +402,38 @@ impl ManifestStore {
     /// `_compaction_state/` is listed before and after it, and all three are
     /// taken again while the two differ (at most `attempts` times). Returns
     /// what `listing` returned with the rule that applies to it.
-    pub async fn visible<T, F, Fut>(&self, attempts: usize, mut listing: F) -> Result<(T, Visibility), ManifestError>
+    ///
+    /// With `partition`, the claims covering it are compared too: a job
+    /// that started and finished whole while the listing ran (its manifest
+    /// and outcome come and go, so the state looks the same) changed them,
+    /// and a listing that saw neither its inputs nor its output is taken
+    /// again.
+    pub async fn visible<T, F, Fut>(
+        &self,
+        attempts: usize,
+        partition: Option<&str>,
+        mut listing: F,
+    ) -> Result<(T, Visibility), ManifestError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ManifestError>>,
     {
-        let mut before = self.list_state().await?;
-        for _ in 0..attempts.max(1) {
-            let listed = listing().await?;
-            let after = self.list_state().await?;
-            if after == before {
-                return Ok((listed, self.visibility(&after).await?));
+        let claims = || async {
+            match partition {
+                Some(partition) => compactor_storage::lease::claims_generation(&self.storage, partition).await.map_err(ManifestError::List),
+                None => Ok(0),
             }
-            before = after;
+        };
+        let mut before = (claims().await?, self.list_state().await?);
+        for attempt in 0..attempts.max(1) {
+            let listed = listing().await?;
+            let after = (claims().await?, self.list_state().await?);
+            if after == before {
+                return Ok((listed, self.visibility(&after.1).await?));
+            }
+            // Jobs are busy here: give the next look a moment, growing.
+            tokio::time::sleep(std::time::Duration::from_millis(5 * (attempt as u64 + 1).min(20))).await;
+            before = (claims().await?, self.list_state().await?);
         }
         Err(ManifestError::Unstable { attempts })
     }

@@ -136,6 +136,22 @@ fn to_chrono(duration: Duration) -> chrono::Duration {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct LeaseObject {
     claims: Vec<Claim>,
+    /// Counts the object's writes, so that its content never repeats: a
+    /// reader comparing it before and after a listing sees every claim
+    /// taken or released in between ([`claims_generation`]).
+    #[serde(default)]
+    generation: u64,
+}
+
+/// How many times the claims covering `partition_path` (its day's lease
+/// object) have been written: a job that started or ended between two
+/// reads changed it. 0 when nothing was ever claimed there.
+pub async fn claims_generation(storage: &Storage, partition_path: &str) -> Result<u64, StorageError> {
+    let key = scope_of(partition_path).key;
+    match storage.read_versioned(&key).await? {
+        Some((bytes, _)) => Ok(serde_json::from_slice::<LeaseObject>(&bytes).map(|o| o.generation).unwrap_or(u64::MAX)),
+        None => Ok(0),
+    }
 }
 
 /// Which lease object covers a partition, and which part of it.
@@ -280,6 +296,7 @@ async fn swap_claims<T>(
         };
         let sent = boottime_nanos();
         let Some(answer) = change(&mut object.claims, Utc::now()) else { return Ok(None) };
+        object.generation += 1;
         let body = serde_json::to_vec(&object).unwrap_or_default();
         if storage.swap(key, version, body).await? {
             return Ok(Some((answer, sent)));
