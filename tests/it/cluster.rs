@@ -36,6 +36,17 @@ fn once_on_every_node(configs: &[String]) -> Vec<std::process::Output> {
     })
 }
 
+/// A `run` daemon, killed when the test ends, a failing one included (its
+/// jobs die with it).
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn status(config: &str) -> serde_json::Value {
     let output = compactor(&["cluster", "status", "--config", config, "--format", "json"], &[]);
     assert!(output.status.success(), "{}", text(&output));
@@ -74,12 +85,12 @@ fn a_killed_lease_holder_is_replaced_within_the_failover_timeout_and_no_row_is_l
             .spawn()
             .unwrap()
     };
-    let mut first = spawn(&a);
+    let mut first = Daemon(spawn(&a));
     wait_until("a to hold the compactor lease", Duration::from_secs(20), || status(&a)["compactor_lease"]["holder"] == "a");
-    let mut second = spawn(&b);
+    let mut second = Daemon(spawn(&b));
     wait_until("b to join", Duration::from_secs(20), || status(&b)["members"].as_array().unwrap().iter().any(|m| m["node_id"] == "b"));
     assert_eq!(status(&b)["compactor_lease"]["holder"], "a", "no preemption");
-    kill_engine_and_wait_for_jobs(&mut first);
+    kill_engine_and_wait_for_jobs(&mut first.0);
     let killed = std::time::Instant::now();
     // Session TTL 4 s, then 3 checks of 200 ms or the 1 s failover timeout.
     wait_until("b to take over", Duration::from_secs(20), || status(&b)["compactor_lease"]["holder"] == "b");
@@ -90,8 +101,8 @@ fn a_killed_lease_holder_is_replaced_within_the_failover_timeout_and_no_row_is_l
     assert!(stats["last_failover_at"].is_string(), "Arc's stats record the failover: {stats}");
     // b stops (handing the lease back); a one-shot b recovers and
     // compacts what is left, every row once.
-    let _ = std::process::Command::new("kill").args(["-TERM", &second.id().to_string()]).status();
-    let _ = second.wait();
+    let _ = std::process::Command::new("kill").args(["-TERM", &second.0.id().to_string()]).status();
+    let _ = second.0.wait();
     let recovered = compactor(&["recover", "--config", &b], &[]);
     assert!(recovered.status.success(), "{}", text(&recovered));
     let once = compactor(&["once", "--config", &b, "--now", NOW], &[]);
@@ -215,13 +226,15 @@ fn one_shot_nodes_take_a_dead_holders_lease_once_the_failover_timeout_has_passed
     let lake = lake_configured(20, |c| c);
     let a = node_config(&lake, "a", "compactor", |c| c.schedules("0 0 1 1 *"));
     let b = node_config(&lake, "b", "compactor", |c| c);
-    let mut holder = std::process::Command::new(env!("CARGO_BIN_EXE_compactor"))
-        .args(["run", "--config", &a])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder = Daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_compactor"))
+            .args(["run", "--config", &a])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_until("a to hold the compactor lease", Duration::from_secs(20), || status(&a)["compactor_lease"]["holder"] == "a");
-    kill_engine_and_wait_for_jobs(&mut holder);
+    kill_engine_and_wait_for_jobs(&mut holder.0);
     let killed = std::time::Instant::now();
     let mut denied = 0;
     loop {
