@@ -86,10 +86,10 @@ pub(crate) fn exec(command: Command) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// For `once` and `recover`: joins (cluster mode only), waits at most one
+/// For `run`, `once` and `recover`: joins (cluster mode only), waits at most one
 /// check interval for the compactor lease to be decided, and refuses a
 /// cluster in which no node may ever compact (Arc #895).
-pub(crate) async fn join_for_one_shot(manager: &Manager) -> anyhow::Result<Option<Arc<Cluster>>> {
+pub(crate) async fn join_and_wait(manager: &Manager) -> anyhow::Result<Option<Arc<Cluster>>> {
     let Some(cluster) = manager.join_cluster().await? else { return Ok(None) };
     cluster.wait_for_lease_decision(cluster.settings().timings.check_interval).await;
     refuse_if_nobody_compacts(&cluster)?;
@@ -98,7 +98,7 @@ pub(crate) async fn join_for_one_shot(manager: &Manager) -> anyhow::Result<Optio
 
 /// Arc #895: a cluster whose live members are all readers compacts
 /// nothing, ever; say so instead of idling.
-pub(crate) fn refuse_if_nobody_compacts(cluster: &Cluster) -> anyhow::Result<()> {
+fn refuse_if_nobody_compacts(cluster: &Cluster) -> anyhow::Result<()> {
     let status = cluster.status();
     if !status.members.is_empty() && status.members.iter().all(|m| m.role == "reader") {
         anyhow::bail!(

@@ -42,7 +42,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     if cleaned > 0 {
         tracing::info!(cleaned, "removed orphaned job directories");
     }
-    let cluster = runtime.block_on(crate::cluster::join_for_one_shot(&manager))?;
+    let cluster = runtime.block_on(crate::cluster::join_and_wait(&manager))?;
     let progress = crate::progress::attach(&manager);
     let report = runtime.block_on(manager.run_cycle(CycleOptions {
         now: args.now,

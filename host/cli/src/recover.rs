@@ -27,7 +27,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
     let manager = crate::open_manager(&args.config.path, &[])?;
     // Recovery deletes inputs and outputs: a node the gate does not allow
     // to compact leaves the lake to the node that does.
-    let cluster = runtime.block_on(crate::cluster::join_for_one_shot(&manager))?;
+    let cluster = runtime.block_on(crate::cluster::join_and_wait(&manager))?;
     let outcome = recover(&runtime, &manager, args.format);
     if cluster.is_some() {
         runtime.block_on(manager.leave_cluster());

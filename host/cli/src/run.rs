@@ -41,11 +41,7 @@ pub(crate) fn exec(args: Args) -> anyhow::Result<ExitCode> {
         manager.check_store().await?;
         // A cluster member: etcd unreachable stops the start, never a
         // fallback to standalone.
-        let cluster = manager.join_cluster().await?;
-        if let Some(cluster) = &cluster {
-            cluster.wait_for_lease_decision(cluster.settings().timings.check_interval).await;
-            crate::cluster::refuse_if_nobody_compacts(cluster)?;
-        }
+        let cluster = crate::cluster::join_and_wait(&manager).await?;
         // A node the gate does not allow touches nothing, recovery included.
         // In cluster mode the gate is asked again at every cycle (the lease
         // moves), so the schedulers run and each cycle compacts only where

@@ -429,10 +429,7 @@ impl Cluster {
     /// moved mid-cycle stops this node from starting more; the next cycle
     /// asks the gate again). Checked before every partition.
     pub fn may_start(&self) -> Result<(), ClusterError> {
-        if !self.alive() {
-            let message = lock(&self.view).last_error.clone();
-            return Err(ClusterError::CutOff { ttl: self.settings.session_ttl, message });
-        }
+        self.ensure_alive()?;
         let view = lock(&self.view);
         match view.gate_facts {
             Some(decided) if decided != self.facts(&view) => Err(ClusterError::LeaseMoved),
@@ -443,14 +440,21 @@ impl Cluster {
     /// What the gate is told; an error when the node is cut off. The facts
     /// are remembered: [`Cluster::may_start`] holds the cycle to them.
     pub fn lease_facts(&self) -> Result<LeaseFacts, ClusterError> {
-        if !self.alive() {
-            let message = lock(&self.view).last_error.clone();
-            return Err(ClusterError::CutOff { ttl: self.settings.session_ttl, message });
-        }
+        self.ensure_alive()?;
         let mut view = lock(&self.view);
         let facts = self.facts(&view);
         view.gate_facts = Some(facts);
         Ok(facts)
+    }
+
+    /// [`ClusterError::CutOff`] once the session has not been renewed for
+    /// its TTL.
+    fn ensure_alive(&self) -> Result<(), ClusterError> {
+        if self.alive() {
+            return Ok(());
+        }
+        let message = lock(&self.view).last_error.clone();
+        Err(ClusterError::CutOff { ttl: self.settings.session_ttl, message })
     }
 
     fn facts(&self, view: &View) -> LeaseFacts {
