@@ -23,7 +23,7 @@ fn endpoint() -> &'static str {
     crate::kit::shared_azure_endpoint()
 }
 
-fn options() -> BTreeMap<String, String> {
+pub(crate) fn options() -> BTreeMap<String, String> {
     [
         ("azure_storage_account_name", ACCOUNT),
         ("azure_storage_account_key", ACCOUNT_KEY),
@@ -37,29 +37,51 @@ fn options() -> BTreeMap<String, String> {
     .collect()
 }
 
-/// Creates container `name` (object_store has no call for it): a `PUT`
-/// signed with the account's shared key.
-fn create_container(name: &str) {
+/// Sends `method` to `path` (already percent-encoded, after the account)
+/// of the Azurite account, signed with its shared key, over a plain socket
+/// so that the path reaches the server as written (`//`, `/./`: an HTTP
+/// client would normalise it, and the signature with it); the status line
+/// of the answer.
+pub(crate) fn azure_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> String {
     // `http://HOST:PORT/ACCOUNT`
     let (address, account_path) = endpoint().trim_start_matches("http://").split_once('/').unwrap();
-    let path = format!("/{account_path}/{name}");
+    let target = format!("/{account_path}/{path}");
     let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
-    let version = "2021-08-06";
-    // Shared Key: the verb, eleven empty standard headers, the x-ms- headers,
-    // and the resource with its query parameters.
-    let to_sign = format!("PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{ACCOUNT}{path}\nrestype:container");
+    let mut ms_headers: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.to_lowercase(), (*v).to_owned())).collect();
+    ms_headers.extend([("x-ms-date".to_owned(), date), ("x-ms-version".to_owned(), "2021-08-06".to_owned())]);
+    ms_headers.sort();
+    // Shared Key: the verb, the standard headers (only Content-Length is
+    // set), the x-ms- headers, and the resource with its query parameters.
+    let (resource, query) = target.split_once('?').unwrap_or((&target, ""));
+    let length = if body.is_empty() { String::new() } else { body.len().to_string() };
+    let mut to_sign = format!("{method}\n\n\n{length}\n\n\n\n\n\n\n\n\n");
+    for (name, value) in &ms_headers {
+        to_sign.push_str(&format!("{name}:{value}\n"));
+    }
+    to_sign.push_str(&format!("/{ACCOUNT}{resource}"));
+    let mut parameters: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    parameters.sort();
+    for parameter in parameters {
+        to_sign.push_str(&format!("\n{}", parameter.replacen('=', ":", 1)));
+    }
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &base64::engine::general_purpose::STANDARD.decode(ACCOUNT_KEY).unwrap());
     let signature = base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
     let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "PUT {path}?restype=container HTTP/1.1\r\nHost: {address}\r\nx-ms-date: {date}\r\nx-ms-version: {version}\r\n\
-         Authorization: SharedKey {ACCOUNT}:{signature}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(stream, "{method} {target} HTTP/1.1\r\nHost: {address}\r\nAuthorization: SharedKey {ACCOUNT}:{signature}\r\n").unwrap();
+    for (name, value) in &ms_headers {
+        write!(stream, "{name}: {value}\r\n").unwrap();
+    }
+    write!(stream, "Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+    stream.write_all(body).unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    assert!(response.starts_with("HTTP/1.1 201"), "cannot create container {name}: {response}");
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Creates container `name` (object_store has no call for it).
+pub(crate) fn create_container(name: &str) {
+    let status = azure_request("PUT", &format!("{name}?restype=container"), &[], &[]);
+    assert!(status.starts_with("HTTP/1.1 201"), "cannot create container {name}: {status}");
 }
 
 /// A small lake in a new container; the first files of each hour named as

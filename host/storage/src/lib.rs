@@ -8,6 +8,7 @@ pub mod faults;
 pub mod lease;
 mod local;
 mod names;
+mod raw;
 mod s3;
 mod transfer;
 mod uploads;
@@ -172,9 +173,9 @@ pub struct Storage {
     child_env: Vec<(String, String)>,
     /// Multipart uploads with known ids, where the store has them (S3).
     uploads: Option<TrackedUploads>,
-    /// Lists what `object_store` cannot (S3: a page with a key it refuses to
-    /// name fails whole); see [`s3::RawLister`].
-    raw_lister: Option<Arc<s3::RawLister>>,
+    /// Lists what `object_store` cannot (S3, Azure: a page with a key it
+    /// refuses to name fails whole); see [`raw::RawLister`].
+    raw_lister: Option<Arc<dyn raw::RawLister>>,
     /// Objects written once and never changed, read once
     /// ([`Storage::read_immutable`]).
     immutable: Arc<std::sync::Mutex<std::collections::HashMap<String, Bytes>>>,
@@ -426,7 +427,7 @@ impl Storage {
     }
 
     /// A listing by exact names, for where `object_store` stops at a key it
-    /// cannot name: S3 through [`s3::RawLister`], local disk by walking the
+    /// cannot name: S3 and Azure through their [`raw::RawLister`], local disk by walking the
     /// directories. The objects and sub-directories (with `delimiter`: one
     /// level) `object_store` can name, and the others set aside; `None` for
     /// a store that cannot be listed that way.
@@ -435,7 +436,7 @@ impl Storage {
             let raw = raw.list(prefix, delimiter).await.map_err(|e| StorageError::List {
                 store: self.description.clone(),
                 prefix: prefix.to_owned(),
-                source: Box::new(object_store::Error::Generic { store: "S3", source: e.into() }),
+                source: Box::new(object_store::Error::Generic { store: raw.store_name(), source: e.into() }),
             })?;
             let objects = raw.objects.into_iter().map(|o| FileMeta { key: o.key, size: o.size, last_modified: o.last_modified }).collect();
             (objects, raw.dirs, Vec::new())

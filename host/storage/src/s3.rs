@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
-use object_store::client::{HttpClient, HttpConnector, ReqwestConnector};
+use object_store::client::HttpClient;
 use object_store::path::Path;
 use object_store::signer::Signer;
 use serde::{Deserialize, Serialize};
 
+use super::raw::{self, KeyPrefix, RawListing, RawLister, RawObject};
 use super::{Storage, StoreDescriptor, TrackedUploads, redact_url, with_prefix};
 
 /// Arc's S3 storage config, field for field, plus the other non-secret
@@ -97,7 +98,7 @@ pub(super) fn open(url: &url::Url, options: &BTreeMap<String, String>) -> anyhow
     Ok(Storage {
         store: with_prefix(store.clone(), &prefix),
         description: redact_url(url),
-        raw_lister: Some(Arc::new(RawLister::new(store.clone(), config.region.clone(), &prefix, allow_http)?)),
+        raw_lister: Some(Arc::new(S3RawLister::new(store.clone(), config.region.clone(), &prefix, allow_http)?)),
         immutable: Default::default(),
         descriptor: Some(StoreDescriptor::S3(config)),
         child_env,
@@ -125,7 +126,7 @@ pub(super) fn from_config(config: &S3Config) -> anyhow::Result<Storage> {
     Ok(Storage {
         store: with_prefix(store.clone(), &config.prefix),
         description,
-        raw_lister: Some(Arc::new(RawLister::new(store.clone(), config.region.clone(), &config.prefix, !config.use_ssl)?)),
+        raw_lister: Some(Arc::new(S3RawLister::new(store.clone(), config.region.clone(), &config.prefix, !config.use_ssl)?)),
         immutable: Default::default(),
         descriptor: Some(StoreDescriptor::S3(config.clone())),
         child_env: Vec::new(),
@@ -134,36 +135,14 @@ pub(super) fn from_config(config: &S3Config) -> anyhow::Result<Storage> {
     })
 }
 
-/// Lists a bucket with `ListObjectsV2` directly, for the one case
-/// `object_store` cannot: a page holding a key it refuses to name (an empty
-/// or `.` segment, a control character) fails as a whole, and with it the
-/// listing of everything after it. This lister returns every key exactly as
-/// the bucket spells it (`encoding-type=url`, so that no key can break the
-/// XML), signed with the store's own credentials and sent through its HTTP
-/// client settings; the caller sets aside what `object_store` cannot read.
+/// Lists a bucket with `ListObjectsV2` directly (see [`RawLister`]), with
+/// `encoding-type=url` so that no key can break the XML.
 #[derive(Debug)]
-pub(crate) struct RawLister {
+pub(crate) struct S3RawLister {
     store: Arc<AmazonS3>,
     client: HttpClient,
     region: String,
-    /// The store's key prefix inside the bucket, without slashes around it.
-    prefix: String,
-}
-
-/// One object of a raw listing, its key relative to the store's prefix.
-#[derive(Debug)]
-pub(crate) struct RawObject {
-    pub(crate) key: String,
-    pub(crate) size: u64,
-    pub(crate) last_modified: chrono::DateTime<chrono::Utc>,
-}
-
-/// What a raw listing found: objects, and with a delimiter the
-/// sub-directories (relative keys ending in `/`).
-#[derive(Debug, Default)]
-pub(crate) struct RawListing {
-    pub(crate) objects: Vec<RawObject>,
-    pub(crate) dirs: Vec<String>,
+    prefix: KeyPrefix,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,36 +170,39 @@ struct ListedPrefix {
     prefix: String,
 }
 
-impl RawLister {
+impl S3RawLister {
     fn new(store: Arc<AmazonS3>, region: String, prefix: &str, allow_http: bool) -> anyhow::Result<Self> {
-        let options = object_store::ClientOptions::new().with_allow_http(allow_http);
-        let client = ReqwestConnector::default().connect(&options)?;
         let region = if region.is_empty() { "us-east-1".to_owned() } else { region };
-        Ok(Self { store, client, region, prefix: prefix.trim_matches('/').to_owned() })
+        Ok(Self { store, client: raw::http_client(allow_http)?, region, prefix: KeyPrefix::new(prefix) })
     }
 
-    /// Everything under `prefix` (relative to the store), or with
-    /// `delimiter` one level of it.
-    pub(crate) async fn list(&self, prefix: &str, delimiter: bool) -> anyhow::Result<RawListing> {
+    async fn page(&self, url: &url::Url) -> anyhow::Result<ListBucketResult> {
+        let credential = self.store.credentials().get_credential().await?;
+        let mut request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(url.as_str())
+            .body(object_store::client::HttpRequestBody::from(bytes::Bytes::new()))?;
+        AwsAuthorizer::new(&credential, "s3", &self.region).authorize(&mut request, None);
+        Ok(quick_xml::de::from_str(&raw::send(&self.client, request, "ListObjectsV2").await?)?)
+    }
+}
+
+#[async_trait::async_trait]
+impl RawLister for S3RawLister {
+    async fn list(&self, prefix: &str, delimiter: bool) -> anyhow::Result<RawListing> {
         // The bucket's URL as object_store builds it (endpoint, path or
         // virtual-hosted style), read off a signed URL of a placeholder key.
         let mut bucket_url = self.store.signed_url(http::Method::GET, &Path::from("placeholder"), Duration::from_secs(60)).await?;
         bucket_url.set_query(None);
         let path = bucket_url.path().trim_end_matches("placeholder").to_owned();
         bucket_url.set_path(&path);
-        let full_prefix = match (self.prefix.is_empty(), prefix.is_empty()) {
-            (true, _) => prefix.to_owned(),
-            (false, true) => format!("{}/", self.prefix),
-            (false, false) => format!("{}/{prefix}", self.prefix),
-        };
-        let strip = |key: String| -> Option<String> {
-            if self.prefix.is_empty() { Some(key) } else { key.strip_prefix(&format!("{}/", self.prefix)).map(str::to_owned) }
-        };
+        let full_prefix = self.prefix.full(prefix);
         let mut listing = RawListing::default();
         let mut token: Option<String> = None;
         loop {
             let mut url = bucket_url.clone();
             {
+                // `encoding-type=url`, so that no key can break the XML.
                 let mut query = url.query_pairs_mut();
                 query.append_pair("list-type", "2").append_pair("encoding-type", "url").append_pair("prefix", &full_prefix);
                 if delimiter {
@@ -239,11 +221,11 @@ impl RawLister {
                 }
             };
             for object in page.contents {
-                if let Some(key) = strip(decode(object.key)) {
+                if let Some(key) = self.prefix.strip(decode(object.key)) {
                     listing.objects.push(RawObject { key, size: object.size, last_modified: object.last_modified });
                 }
             }
-            listing.dirs.extend(page.common_prefixes.into_iter().filter_map(|p| strip(decode(p.prefix))));
+            listing.dirs.extend(page.common_prefixes.into_iter().filter_map(|p| self.prefix.strip(decode(p.prefix))));
             match page.next_continuation_token {
                 Some(next) if !next.is_empty() => token = Some(next),
                 _ => return Ok(listing),
@@ -251,19 +233,8 @@ impl RawLister {
         }
     }
 
-    async fn page(&self, url: &url::Url) -> anyhow::Result<ListBucketResult> {
-        let credential = self.store.credentials().get_credential().await?;
-        let mut request = http::Request::builder()
-            .method(http::Method::GET)
-            .uri(url.as_str())
-            .body(object_store::client::HttpRequestBody::from(bytes::Bytes::new()))?;
-        AwsAuthorizer::new(&credential, "s3", &self.region).authorize(&mut request, None);
-        let response = self.client.execute(request).await?;
-        let status = response.status();
-        let body = response.into_body().bytes().await?;
-        let text = String::from_utf8_lossy(&body);
-        anyhow::ensure!(status.is_success(), "ListObjectsV2 answered {status}: {}", text.chars().take(300).collect::<String>());
-        Ok(quick_xml::de::from_str(&text)?)
+    fn store_name(&self) -> &'static str {
+        "S3"
     }
 }
 
