@@ -13,22 +13,22 @@ use crate::compaction::{Lake, NOW, assert_intact, lake_configured};
 use crate::kit::{signal_group, spawn_compactor, wait_until};
 use crate::util::{compactor, text};
 
-const TOKEN: &str = "test-token-5f1c";
+pub(crate) const TOKEN: &str = "test-token-5f1c";
 
 /// A port nobody listens on now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A client of one engine's API.
-struct Client {
+pub(crate) struct Client {
     base: String,
     http: reqwest::Client,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Client {
-    fn new(port: u16) -> Self {
+    pub(crate) fn new(port: u16) -> Self {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
         Self { base: format!("http://127.0.0.1:{port}"), http, runtime }
@@ -42,16 +42,16 @@ impl Client {
         })
     }
 
-    fn text(&self, path: &str) -> (u16, String) {
+    pub(crate) fn text(&self, path: &str) -> (u16, String) {
         self.send(self.http.get(format!("{}{path}", self.base))).unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
-    fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) fn get(&self, path: &str) -> (u16, Value) {
         let (status, body) = self.text(path);
         (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {status} {body:?} is not JSON: {e}")))
     }
 
-    fn post(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+    pub(crate) fn post(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         let mut request = self.http.post(format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -60,7 +60,7 @@ impl Client {
         (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("POST {path}: {status} {body:?} is not JSON: {e}")))
     }
 
-    fn wait_ready(&self, engine: &mut Child) {
+    pub(crate) fn wait_ready(&self, engine: &mut Child) {
         wait_until("the API to be ready", Duration::from_secs(60), || {
             if let Ok(Some(status)) = engine.try_wait() {
                 panic!("compactor run exited early: {status}");
@@ -69,7 +69,7 @@ impl Client {
         });
     }
 
-    fn wait_cycle_done(&self, cycle_id: u64) {
+    pub(crate) fn wait_cycle_done(&self, cycle_id: u64) {
         wait_until("the triggered cycle to finish", Duration::from_secs(120), || {
             let (_, status) = self.get("/api/v1/compaction/status");
             status["manager"]["current_cycle_id"] == cycle_id && status["manager"]["cycle_running"] == false

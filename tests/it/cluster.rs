@@ -2,10 +2,13 @@
 //! `.ci/run` starts, or an `etcd` this test binary starts): one compactor
 //! lease and failover, and the misconfigurations Arc shipped.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::api::{Client, TOKEN, free_port};
 use crate::compaction::{Lake, assert_intact, lake_configured};
-use crate::kit::{TestConfig, kill_engine_and_wait_for_jobs, wait_until};
+use crate::kit::{CutProxy, TestConfig, kill_engine_and_wait_for_jobs, signal_group, spawn_compactor, wait_until};
+use crate::s3::{Bucket, remote_config};
 use crate::util::{compactor, text};
 
 const NOW: &str = "2026-04-13T12:00:00Z";
@@ -248,5 +251,223 @@ fn one_shot_nodes_take_a_dead_holders_lease_once_the_failover_timeout_has_passed
         assert!(killed.elapsed() < Duration::from_secs(30), "b never took the lease ({denied} one-shot runs denied)");
     }
     eprintln!("one-shot node took the dead holder's lease after {:?} ({denied} runs denied)", killed.elapsed());
+    assert_intact(&lake);
+}
+
+/// Six measurements of two hours, six files each, uploaded to `url`, with
+/// their pristine copy on disk.
+fn six_measurement_lake(url: &str, options: &BTreeMap<String, String>) -> Bucket {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let spec = compactor_job::sample::SampleSpec {
+        database: "db".into(),
+        measurements: (0..6).map(|i| (format!("m{i}"), vec!["host".to_owned()])).collect(),
+        hours: 2,
+        files_per_hour: 6,
+        rows_per_file: 20,
+    };
+    compactor_job::sample::generate(&root.join("pristine"), crate::util::at(NOW), &spec).unwrap();
+    let storage = crate::s3::upload_lake(url, options, &root.join("pristine"), |key| key.to_owned());
+    // Each node writes its own config; this one is for the checks' logs.
+    let config = remote_config(url, options).write(&root);
+    Bucket { _dir: dir, root, storage, config }
+}
+
+/// What the lake's job history (written by every node) says: per node,
+/// the partitions it compacted, by tier.
+fn jobs_by_node(bucket: &Bucket, engines: &BTreeMap<String, String>) -> BTreeMap<String, Vec<String>> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut by_node: BTreeMap<String, Vec<String>> = engines.values().map(|node| (node.clone(), Vec::new())).collect();
+    for entry in runtime.block_on(bucket.storage.list("_compaction_state/history/")).unwrap() {
+        let record: serde_json::Value = serde_json::from_slice(&runtime.block_on(bucket.storage.read(&entry.key)).unwrap()).unwrap();
+        let engine = record["engine"].as_str().unwrap_or_default();
+        let node = engines.get(engine).cloned().unwrap_or_else(|| format!("unknown engine {engine}"));
+        let job = format!("{} {}", record["tier"].as_str().unwrap_or_default(), record["partition_path"].as_str().unwrap_or_default());
+        by_node.entry(node).or_default().push(job);
+    }
+    by_node
+}
+
+/// Three `run` daemons on one lake at `url`, in `mode`: each cycle is
+/// triggered on all three at the same moment, until nothing changes.
+/// Returns the jobs each node ran.
+fn three_run_daemons(bucket: &Bucket, url: &str, options: &BTreeMap<String, String>, mode: &str) -> BTreeMap<String, Vec<String>> {
+    let nodes: Vec<(String, u16, String)> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|id| {
+            let port = free_port();
+            let config = remote_config(url, options)
+                .hourly_and_daily()
+                .compaction("temp_directory", format!("tmp-{id}"))
+                .schedules("0 0 1 1 *")
+                .section("api", "listen", format!("127.0.0.1:{port}"))
+                .section("api", "token", TOKEN)
+                .cluster_on_etcd("compactor")
+                .cluster("node_id", *id)
+                .cluster("mode", mode)
+                .write(&bucket.root);
+            let path = bucket.root.join(format!("{id}.toml"));
+            std::fs::rename(config, &path).unwrap();
+            ((*id).to_owned(), port, path.display().to_string())
+        })
+        .collect();
+    let mut daemons: Vec<Daemon> = nodes.iter().map(|(_, _, config)| Daemon(spawn_compactor(config, &["run"], &[]))).collect();
+    let clients: Vec<Client> = nodes.iter().map(|(_, port, _)| Client::new(*port)).collect();
+    for (client, daemon) in clients.iter().zip(&mut daemons) {
+        client.wait_ready(&mut daemon.0);
+    }
+    for client in &clients {
+        wait_until("every node to see the three members", Duration::from_secs(30), || {
+            let cluster = client.get("/api/v1/cluster").1;
+            let settled = if mode == "single" { cluster["compactor_lease"]["holder"].is_string() } else { cluster["compacting_nodes"].as_array().map(Vec::len) == Some(3) };
+            cluster["members"].as_array().map(Vec::len) == Some(3) && settled
+        });
+    }
+    let engines: BTreeMap<String, String> = clients[0].get("/api/v1/cluster").1["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["engine_id"].as_str().unwrap().to_owned(), m["node_id"].as_str().unwrap().to_owned()))
+        .collect();
+    let snapshot = || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut keys: Vec<String> = runtime.block_on(bucket.storage.list("db/")).unwrap().into_iter().map(|f| f.key).collect();
+        keys.sort();
+        keys
+    };
+    let mut rounds = 0;
+    loop {
+        let before = snapshot();
+        let cycles: Vec<u64> = std::thread::scope(|s| {
+            let triggers: Vec<_> = clients.iter().map(|c| s.spawn(move || c.post("/api/v1/compaction/trigger", Some(TOKEN)))).collect();
+            triggers.into_iter().map(|t| t.join().unwrap().1["cycle_id"].as_u64().unwrap()).collect()
+        });
+        for (client, cycle) in clients.iter().zip(cycles) {
+            client.wait_cycle_done(cycle);
+        }
+        rounds += 1;
+        if snapshot() == before {
+            break;
+        }
+        assert!(rounds < 6, "the lake never settled: {:#?}", snapshot());
+    }
+    for daemon in &daemons {
+        signal_group(&daemon.0, libc::SIGTERM);
+    }
+    for daemon in &mut daemons {
+        let status = daemon.0.wait().unwrap();
+        assert!(status.success(), "a daemon exited with {status}");
+    }
+    jobs_by_node(bucket, &engines)
+}
+
+/// The jobs of each node, checked against `mode`, and every row once.
+fn assert_split(bucket: &Bucket, mode: &str, jobs: &BTreeMap<String, Vec<String>>) {
+    let split: Vec<(String, usize)> = jobs.iter().map(|(node, jobs)| (node.clone(), jobs.len())).collect();
+    eprintln!("{mode}: jobs per node {split:?}");
+    let working = jobs.values().filter(|j| !j.is_empty()).count();
+    if mode == "single" {
+        assert_eq!(working, 1, "one lease holder compacts: {jobs:#?}");
+    } else {
+        assert!(working >= 2, "the work was split: {jobs:#?}");
+        // A measurement's partitions stay with one node while the members do
+        // not change.
+        let mut owners: BTreeMap<String, std::collections::BTreeSet<&String>> = BTreeMap::new();
+        for (node, jobs) in jobs {
+            for job in jobs {
+                let measurement = job.split(' ').nth(1).and_then(|p| p.split('/').nth(1)).unwrap_or_default().to_owned();
+                owners.entry(measurement).or_default().insert(node);
+            }
+        }
+        assert!(owners.values().all(|nodes| nodes.len() == 1), "each measurement on one node: {owners:#?}");
+    }
+    let keys = crate::s3::assert_intact(bucket);
+    assert_eq!(keys.len(), 6, "one daily output per measurement: {keys:#?}");
+    assert!(keys.iter().all(|k| k.ends_with("_daily.parquet")), "{keys:#?}");
+}
+
+#[test]
+fn three_run_daemons_on_local_disk_compact_every_row_once_in_both_modes() {
+    for mode in ["single", "spread"] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("lake").display().to_string();
+        std::fs::create_dir_all(&url).unwrap();
+        let bucket = six_measurement_lake(&url, &BTreeMap::new());
+        let jobs = three_run_daemons(&bucket, &url, &BTreeMap::new(), mode);
+        assert_split(&bucket, mode, &jobs);
+    }
+}
+
+#[test]
+fn three_run_daemons_on_s3_compact_every_row_once_in_both_modes() {
+    let endpoint = crate::kit::shared_s3_endpoint();
+    let options = crate::s3::options_for(endpoint);
+    for mode in ["single", "spread"] {
+        let name = format!("cluster-{mode}");
+        crate::s3::create_bucket_at(endpoint, &name);
+        let url = format!("s3://{name}/lake");
+        let bucket = six_measurement_lake(&url, &options);
+        let jobs = three_run_daemons(&bucket, &url, &options, mode);
+        assert_split(&bucket, mode, &jobs);
+    }
+}
+
+/// A node whose link to etcd is cut while the others still see etcd: its
+/// session expires, another node takes the compactor lease, the cut node
+/// starts no job, and once healed it rejoins without taking the lease back.
+#[test]
+fn a_node_cut_off_from_etcd_while_the_others_see_it_starts_no_job_and_rejoins() {
+    let lake = lake_configured(20, |c| c);
+    let proxy = CutProxy::start(crate::kit::shared_etcd_endpoint());
+    let api_node = |id: &str, port: u16, endpoint: &str| {
+        let endpoint = endpoint.to_owned();
+        node_config(&lake, id, "compactor", move |c| {
+            c.schedules("0 0 1 1 *")
+                .section("api", "listen", format!("127.0.0.1:{port}"))
+                .section("api", "token", TOKEN)
+                .cluster("etcd_endpoints", vec![endpoint])
+        })
+    };
+    let (cut_port, seen_port) = (free_port(), free_port());
+    let cut_config = api_node("cut", cut_port, &proxy.endpoint);
+    let seen_config = api_node("seen", seen_port, crate::kit::shared_etcd_endpoint());
+    let mut cut = Daemon(spawn_compactor(&cut_config, &["run"], &[]));
+    let cut_api = Client::new(cut_port);
+    cut_api.wait_ready(&mut cut.0);
+    wait_until("cut to hold the lease", Duration::from_secs(20), || cut_api.get("/api/v1/cluster").1["compactor_lease"]["holder"] == "cut");
+    let mut seen = Daemon(spawn_compactor(&seen_config, &["run"], &[]));
+    let seen_api = Client::new(seen_port);
+    seen_api.wait_ready(&mut seen.0);
+    wait_until("seen to join", Duration::from_secs(20), || seen_api.get("/api/v1/cluster").1["members"].as_array().map(Vec::len) == Some(2));
+    let before = crate::util::files_under(&lake.lake);
+
+    proxy.cut(true);
+    let cut_at = std::time::Instant::now();
+    wait_until("cut to count itself out", Duration::from_secs(20), || cut_api.get("/api/v1/cluster").1["up"] == false);
+    wait_until("seen to take the lease", Duration::from_secs(30), || seen_api.get("/api/v1/cluster").1["compactor_lease"]["holder"] == "seen");
+    eprintln!("lease moved {:?} after the cut", cut_at.elapsed());
+    let (status, body) = cut_api.post("/api/v1/compaction/trigger", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    cut_api.wait_cycle_done(body["cycle_id"].as_u64().unwrap());
+    assert_eq!(cut_api.get("/api/v1/compaction/stats").1["total_jobs_completed"], 0, "the cut node started no job");
+    assert_eq!(crate::util::files_under(&lake.lake), before, "nothing compacted by the cut node");
+    let (_, body) = seen_api.post("/api/v1/compaction/trigger", Some(TOKEN));
+    seen_api.wait_cycle_done(body["cycle_id"].as_u64().unwrap());
+    assert!(seen_api.get("/api/v1/compaction/stats").1["total_jobs_completed"].as_u64().unwrap() > 0, "the holder compacts");
+
+    proxy.cut(false);
+    wait_until("cut to rejoin", Duration::from_secs(30), || {
+        let cluster = cut_api.get("/api/v1/cluster").1;
+        cluster["up"] == true && cluster["members"].as_array().is_some_and(|m| m.iter().any(|m| m["node_id"] == "cut"))
+    });
+    assert_eq!(seen_api.get("/api/v1/cluster").1["compactor_lease"]["holder"], "seen", "no preemption after the heal");
+    let (_, body) = cut_api.post("/api/v1/compaction/trigger", Some(TOKEN));
+    cut_api.wait_cycle_done(body["cycle_id"].as_u64().unwrap());
+    assert_eq!(cut_api.get("/api/v1/compaction/stats").1["total_jobs_completed"], 0, "the healed node is not the holder");
+    for daemon in [&mut seen, &mut cut] {
+        signal_group(&daemon.0, libc::SIGTERM);
+        let status = daemon.0.wait().unwrap();
+        assert!(status.success(), "a daemon exited with {status}");
+    }
     assert_intact(&lake);
 }

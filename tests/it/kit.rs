@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -471,13 +473,11 @@ pub(crate) struct LateProxy {
     /// `http://127.0.0.1:PORT`.
     pub(crate) endpoint: String,
     /// Set once the held request has reached the server.
-    pub(crate) landed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) landed: Arc<AtomicBool>,
 }
 
 impl LateProxy {
     pub(crate) fn start(upstream: &str, pattern: &'static str, delay: Duration) -> Self {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicBool, Ordering};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let upstream = upstream.trim_start_matches("http://").to_owned();
@@ -666,4 +666,72 @@ pub(crate) fn run_until_idle(config: &str, now: &str, lease_ttl_ms: u64, keep: i
         assert!(attempt < 5, "no convergence: {}", text(&cycle));
         std::thread::sleep(Duration::from_millis(lease_ttl_ms));
     }
+}
+
+/// A TCP relay to a server that a test can cut, as a network partition
+/// would (nothing passes either way; bytes sent meanwhile wait), and heal.
+pub(crate) struct CutProxy {
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) endpoint: String,
+    cut: Arc<AtomicBool>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl CutProxy {
+    /// Relays to `upstream` (`http://HOST:PORT`).
+    pub(crate) fn start(upstream: &str) -> Self {
+        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let (cut, stopped) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (cut_flag, stop_flag) = (cut.clone(), stopped.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop_flag.load(Ordering::SeqCst) {
+                    return;
+                }
+                let (Ok(client), Ok(server)) = (client, std::net::TcpStream::connect(&upstream)) else { continue };
+                for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let (cut, stopped) = (cut_flag.clone(), stop_flag.clone());
+                    std::thread::spawn(move || relay(from, to, &cut, &stopped));
+                }
+            }
+        });
+        Self { endpoint, cut, stopped }
+    }
+
+    /// Cuts (`true`) or heals (`false`) every connection, present and new.
+    pub(crate) fn cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = std::net::TcpStream::connect(self.endpoint.trim_start_matches("http://"));
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while `cut` is set.
+fn relay(mut from: std::net::TcpStream, mut to: std::net::TcpStream, cut: &AtomicBool, stopped: &AtomicBool) {
+    use std::io::{Read, Write};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        while cut.load(Ordering::SeqCst) && !stopped.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let n = match from.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while cut.load(Ordering::SeqCst) && !stopped.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if stopped.load(Ordering::SeqCst) || to.write_all(&buffer[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
 }

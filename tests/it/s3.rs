@@ -113,7 +113,7 @@ pub(crate) fn remote_lake(url: &str, options: &BTreeMap<String, String>, rename:
 
 /// Uploads every file under `local` to `url`, under the key `rename` gives
 /// it; returns the store.
-fn upload_lake(url: &str, options: &BTreeMap<String, String>, local: &Path, rename: impl Fn(&str) -> String) -> Storage {
+pub(crate) fn upload_lake(url: &str, options: &BTreeMap<String, String>, local: &Path, rename: impl Fn(&str) -> String) -> Storage {
     let storage = Storage::open(url, options, local).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     for file in files_under(local) {
