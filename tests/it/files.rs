@@ -40,8 +40,7 @@ fn reader_polls_while_jobs_commit(configure: impl FnOnce(TestConfig) -> TestConf
     let config =
         configure(TestConfig::new("lake").hourly_and_daily().compaction("temp_directory", "tmp").compaction("threads", 1)).write(root);
     if register_first {
-        let registered = compactor(&["once", "--config", &config, "--now", NOW, "--database", "none"], &[]);
-        assert!(registered.status.success(), "{}", text(&registered));
+        register_and_check_every_file(&config, &root.join("lake"));
     }
     let connection = verify::connection().unwrap();
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -80,6 +79,40 @@ fn reader_polls_while_jobs_commit(configure: impl FnOnce(TestConfig) -> TestConf
     let keys: Vec<String> = serde_json::from_slice(&last.stdout).unwrap();
     assert_eq!(keys.len(), 1, "one daily output at the end: {keys:?}");
     eprintln!("reader: {reads} consistent reads, {retries} retries");
+}
+
+/// A cycle that compacts nothing registers the lake's files (288: several
+/// requests of nested transactions) and, once some are deleted by hand,
+/// removes their entries: the registry is the store's live set each time.
+fn register_and_check_every_file(config: &str, lake: &std::path::Path) {
+    let registered_then_stored = || {
+        let registered = compactor(&["once", "--config", config, "--now", NOW, "--database", "none"], &[]);
+        assert!(registered.status.success(), "{}", text(&registered));
+        let listed = compactor(&["files", "--config", config, "--partition", DAY, "--format", "json"], &[]);
+        assert!(listed.status.success(), "{}", text(&listed));
+        let keys: Vec<String> = serde_json::from_slice(&listed.stdout).unwrap();
+        let stored: Vec<String> = crate::util::files_under(lake).into_iter().filter(|k| k.starts_with(DAY)).collect();
+        (keys, stored)
+    };
+    let (registered, stored) = registered_then_stored();
+    assert_eq!(registered.len(), 288);
+    assert_eq!(registered, stored);
+    // Seven hours (84 files) moved aside, then put back.
+    let aside = lake.parent().unwrap().join("aside");
+    for hour in ["00", "01", "02", "03", "04", "05", "06"] {
+        let from = lake.join(DAY).join(hour);
+        crate::compaction::copy_dir(&from, &aside.join(hour));
+        std::fs::remove_dir_all(&from).unwrap();
+    }
+    let (registered, stored) = registered_then_stored();
+    assert_eq!(registered.len(), 288 - 7 * 12, "entries of the deleted files are removed");
+    assert_eq!(registered, stored);
+    for hour in ["00", "01", "02", "03", "04", "05", "06"] {
+        crate::compaction::copy_dir(&aside.join(hour), &lake.join(DAY).join(hour));
+    }
+    let (registered, stored) = registered_then_stored();
+    assert_eq!(registered.len(), 288);
+    assert_eq!(registered, stored);
 }
 
 #[test]

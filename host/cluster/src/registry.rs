@@ -4,8 +4,14 @@
 //! semantics.
 
 use chrono::{DateTime, Utc};
-use etcd_client::{GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
+
+/// Entries reconciled per etcd request. etcd refuses a transaction of more
+/// than 128 operations (`--max-txn-ops`), counting a nested one's against
+/// what its parent leaves: 64 nested transactions of one compare and one
+/// operation each stay within it.
+const FILES_PER_REQUEST: usize = 64;
 
 /// An entry, Arc's fields by name (`lsn` is etcd's revision of the entry,
 /// stamped when read).
@@ -125,58 +131,53 @@ impl crate::Cluster {
         Ok((entries, revision))
     }
 
-    /// Makes the registry under `prefix` hold `live` (ingested files the
-    /// compactor did not write are registered here, as Arc's ingest would):
-    /// adds what is missing (never replacing a watcher's entry) and removes
-    /// entries whose object is gone, if they are older than `since` (the
-    /// revision read before the store was listed, so that an output
-    /// registered after the listing is never removed).
-    pub async fn reconcile_files(&self, prefix: &str, live: &[FileEntry], since: i64) -> Result<(usize, usize), RegistryError> {
+    /// Makes the registry hold `live`, given `registered` (what
+    /// [`Registry::registered_files`] read at revision `since`, before the
+    /// store was listed): adds what is missing — ingested files the
+    /// compactor did not write, as Arc's ingest would register them — never
+    /// replacing a watcher's entry, and removes the entries read whose
+    /// object is gone, unless rewritten since. An output registered after
+    /// the read is not among them, so it is never removed. Returns how many
+    /// were added and removed.
+    ///
+    /// Each entry is its own conditional transaction, nested
+    /// [`FILES_PER_REQUEST`] to a request: one entry a watcher wrote
+    /// meanwhile does not undo the others.
+    pub async fn reconcile_files(&self, registered: &[FileEntry], since: i64, live: &[FileEntry]) -> Result<(usize, usize), RegistryError> {
         const OPERATION: &str = "reconcile registered files";
-        let (registered, _) = self.registered_files(prefix).await?;
         let known: std::collections::HashSet<&str> = registered.iter().map(|e| e.path.as_str()).collect();
         let present: std::collections::HashSet<&str> = live.iter().map(|e| e.path.as_str()).collect();
-        let mut ops = Vec::new();
-        let mut added = 0;
+        let mut adds = Vec::new();
         for entry in live.iter().filter(|e| !known.contains(e.path.as_str())) {
             let key = self.file_key(&entry.path);
             let value = serde_json::to_vec(entry).map_err(|e| RegistryError::Failed { operation: OPERATION, message: e.to_string() })?;
-            // Each on its own: a watcher's entry written meanwhile wins.
-            let put = Txn::new()
-                .when([etcd_client::Compare::create_revision(key.clone(), etcd_client::CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key, value, None)]);
-            let mut client = self.client();
-            crate::session::timed(self.settings().request_timeout(), client.txn(put)).await.map_err(|e| classify(OPERATION, &e))?;
-            added += 1;
+            adds.push(Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(key, value, None)]));
         }
-        let mut removed = 0;
-        for entry in registered.iter().filter(|e| !present.contains(e.path.as_str()) && e.lsn < since) {
-            let key = self.file_key(&entry.path);
-            // Only the entry as read: one rewritten since stays.
-            ops.push(
-                Txn::new()
-                    .when([etcd_client::Compare::mod_revision(key.clone(), etcd_client::CompareOp::Equal, entry.lsn)])
-                    .and_then([TxnOp::delete(key, None)]),
-            );
-        }
-        for txn in ops {
-            let mut client = self.client();
-            crate::session::timed(self.settings().request_timeout(), client.txn(txn)).await.map_err(|e| classify(OPERATION, &e))?;
-            removed += 1;
-        }
-        Ok((added, removed))
+        let removes: Vec<Txn> = registered
+            .iter()
+            .filter(|e| !present.contains(e.path.as_str()) && e.lsn <= since)
+            .map(|entry| {
+                let key = self.file_key(&entry.path);
+                Txn::new().when([Compare::mod_revision(key.clone(), CompareOp::Equal, entry.lsn)]).and_then([TxnOp::delete(key, None)])
+            })
+            .collect();
+        Ok((self.apply_each(adds, OPERATION).await?, self.apply_each(removes, OPERATION).await?))
     }
 
-    /// etcd's current revision.
-    pub async fn revision(&self) -> Result<i64, RegistryError> {
-        let mut client = self.client();
-        let answer = crate::session::timed(
-            self.settings().request_timeout(),
-            client.get(self.files_prefix(), Some(GetOptions::new().with_count_only())),
-        )
-        .await
-        .map_err(|e| classify("read revision", &e))?;
-        Ok(answer.header().map_or(0, |h| h.revision()))
+    /// Runs each of `txns`, [`FILES_PER_REQUEST`] to a request; how many
+    /// succeeded.
+    async fn apply_each(&self, txns: Vec<Txn>, operation: &'static str) -> Result<usize, RegistryError> {
+        let mut succeeded = 0;
+        let mut txns = txns.into_iter().peekable();
+        while txns.peek().is_some() {
+            let chunk: Vec<TxnOp> = txns.by_ref().take(FILES_PER_REQUEST).map(TxnOp::txn).collect();
+            let mut client = self.client();
+            let answer = crate::session::timed(self.settings().request_timeout(), client.txn(Txn::new().and_then(chunk)))
+                .await
+                .map_err(|e| classify(operation, &e))?;
+            succeeded += answer.op_responses().iter().filter(|r| matches!(r, TxnOpResponse::Txn(t) if t.succeeded())).count();
+        }
+        Ok(succeeded)
     }
 }
 

@@ -618,7 +618,10 @@ impl Manager {
                     continue;
                 }
                 let prefix = format!("{database}/{measurement}/");
-                let since = cluster.revision().await?;
+                // Read before the store is listed: an entry the watcher
+                // writes after this is never removed by what the listing
+                // misses.
+                let (registered, since) = cluster.registered_files(&prefix).await?;
                 // A job missed whole by this listing (it began and ended
                 // during it) registers its output through the watcher, and
                 // its inputs are gone anyway: no need to compare claims.
@@ -639,7 +642,7 @@ impl Manager {
                         lsn: 0,
                     })
                     .collect();
-                let (a, r) = cluster.reconcile_files(&prefix, &entries, since).await?;
+                let (a, r) = cluster.reconcile_files(&registered, since, &entries).await?;
                 added += a;
                 removed += r;
             }
