@@ -1032,10 +1032,13 @@ fn a_triggered_cycle_starts_no_batch_after_its_trigger_timeout() {
     let (status, body) = api.post("/api/v1/compaction/trigger?tier=hourly", Some(TOKEN));
     assert_eq!(status, 200, "{body}");
     api.wait_cycle_done(body["cycle_id"].as_u64().unwrap());
-    stop(engine);
+    signal_group(&engine, libc::SIGTERM);
+    let output = engine.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output));
     let history = compactor(&["history", "--config", &lake.config, "--format", "json"], &[]);
     let records: Vec<Value> = serde_json::from_slice(&history.stdout).unwrap();
     assert_eq!(records.len(), 1, "one job ran (4 hourly batches were planned): {records:#?}");
+    assert!(text(&output).contains("held_back=3"), "the three batches not started are counted: {}", text(&output));
     assert_eq!(records[0]["success"], true, "the job running at the deadline finished: {records:#?}");
     assert_intact(&lake);
 }

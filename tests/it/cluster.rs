@@ -208,6 +208,8 @@ fn in_spread_mode_three_nodes_split_the_measurements_and_compact_every_row_once(
             .collect();
         measurements.sort();
         measurements.dedup();
+        let elsewhere = report["measurements_elsewhere"].as_u64().unwrap() as usize;
+        assert_eq!(measurements.len() + elsewhere, 10, "each node compacts its share and counts the rest as elsewhere: {report}");
         measurements_by_node.push(measurements);
     }
     eprintln!("measurements compacted per node: {measurements_by_node:?}");

@@ -110,6 +110,15 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
     if report.deferred_by_budget > 0 {
         println!("{} batches wait for the next cycle: their tenants' max_bytes_per_cycle is spent", report.deferred_by_budget);
     }
+    if report.held_back > 0 {
+        println!(
+            "{} batches were not started and wait for the next cycle: the cycle's deadline passed, or this node may no longer start work (see the log)",
+            report.held_back
+        );
+    }
+    if report.measurements_elsewhere > 0 {
+        println!("{} measurements are other nodes' share (cluster mode = \"spread\")", report.measurements_elsewhere);
+    }
     let r = report.requests;
     println!("requests: {} ({} LIST, {} GET, {} PUT incl. parts, {} DELETE)", r.total(), r.list, r.get, r.put, r.delete);
     for job in report.failed() {

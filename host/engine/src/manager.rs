@@ -943,6 +943,8 @@ impl Manager {
             report.problems.extend(outcome.problems);
             report.skipped_locked += outcome.skipped_locked;
             report.deferred_by_budget += outcome.deferred_by_budget;
+            report.held_back += outcome.held_back;
+            report.measurements_elsewhere += outcome.measurements_elsewhere;
             report.set_aside.extend(outcome.set_aside);
         }
         self.reconcile_logged(cycle_id).await;
@@ -959,6 +961,8 @@ impl Manager {
             cycle_id,
             jobs = report.jobs.len(),
             failed = report.failed().count(),
+            skipped_locked = report.skipped_locked,
+            held_back = report.held_back,
             duration_ms = report.duration_ms,
             "compaction cycle finished"
         );
@@ -1038,6 +1042,8 @@ impl Manager {
             }
             budget.defer_over_budget(group, &mut plan);
             outcome.deferred_by_budget += plan.deferred_by_budget;
+            // Every tier counts the same measurements of other nodes.
+            outcome.measurements_elsewhere = outcome.measurements_elsewhere.max(plan.measurements_elsewhere);
             if !plan.batches.is_empty() {
                 standby.warm();
             }
@@ -1059,10 +1065,11 @@ impl Manager {
                     self.emit(Progress::BatchDone { record: Box::new(record) });
                 })
             };
-            let (records, skipped) = self.runner.execute(plan.batches, &run, &on_record).await;
+            let executed = self.runner.execute(plan.batches, &run, &on_record).await;
             planning_deadline = planning_deadline.map(|deadline| deadline + planned.elapsed());
-            outcome.jobs.extend(records);
-            outcome.skipped_locked += skipped;
+            outcome.jobs.extend(executed.records);
+            outcome.skipped_locked += executed.skipped_locked;
+            outcome.held_back += executed.held_back;
         }
         Ok(outcome)
     }

@@ -225,6 +225,12 @@ pub struct CycleReport {
     pub skipped_locked: usize,
     /// Batches left for the next cycle by a tenant's `max_bytes_per_cycle`.
     pub deferred_by_budget: usize,
+    /// Batches not started because the cycle's deadline passed or, in
+    /// cluster mode, this node may no longer start work (its session ended
+    /// or the compactor lease moved during the cycle).
+    pub held_back: usize,
+    /// Measurements this node left to other nodes (cluster `spread` mode).
+    pub measurements_elsewhere: usize,
     /// Planning problems (a tier or partition that could not be planned).
     pub problems: Vec<PlanProblem>,
     /// Objects the cycle's listings left in place, each once, with the

@@ -120,61 +120,62 @@ impl JobRunner {
 
     /// Runs the batches of one tier: partitions in parallel (bounded), the
     /// batches of a partition in sequence.
-    pub(crate) async fn execute(&self, batches: Vec<PlannedBatch>, run: &TierRun<'_>, on_record: &OnRecord<'_>) -> (Vec<JobRecord>, usize) {
+    pub(crate) async fn execute(&self, batches: Vec<PlannedBatch>, run: &TierRun<'_>, on_record: &OnRecord<'_>) -> Executed {
         let mut partitions: BTreeMap<String, Vec<PlannedBatch>> = BTreeMap::new();
         for batch in batches {
             partitions.entry(batch.candidate.partition_path.clone()).or_default().push(batch);
         }
         let limit = run.max_concurrent;
-        let results: Vec<(Vec<JobRecord>, usize)> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+        let results: Vec<Executed> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
             futures::stream::iter(partitions.into_values().map(|batches| self.execute_partition(batches, run, on_record))),
             limit,
         ))
         .await;
-        let mut records = Vec::new();
-        let mut skipped = 0;
-        for (r, s) in results {
-            records.extend(r);
-            skipped += s;
+        let mut executed = Executed::default();
+        for partition in results {
+            executed.records.extend(partition.records);
+            executed.skipped_locked += partition.skipped_locked;
+            executed.held_back += partition.held_back;
         }
-        records.sort_by(|a, b| (&a.batch.partition_path, a.batch.batch_number).cmp(&(&b.batch.partition_path, b.batch.batch_number)));
-        (records, skipped)
+        executed.records.sort_by(|a, b| (&a.batch.partition_path, a.batch.batch_number).cmp(&(&b.batch.partition_path, b.batch.batch_number)));
+        executed
     }
 
-    async fn execute_partition(&self, batches: Vec<PlannedBatch>, run: &TierRun<'_>, on_record: &OnRecord<'_>) -> (Vec<JobRecord>, usize) {
-        let Some(first) = batches.first() else { return (Vec::new(), 0) };
+    async fn execute_partition(&self, batches: Vec<PlannedBatch>, run: &TierRun<'_>, on_record: &OnRecord<'_>) -> Executed {
+        let Some(first) = batches.first() else { return Executed::default() };
+        let locked = Executed { skipped_locked: batches.len(), ..Executed::default() };
+        let held_back = Executed { held_back: batches.len(), ..Executed::default() };
         let partition = first.candidate.partition_path.clone();
         let database = first.candidate.database.clone();
         // Every tenant's jobs together stay within [compaction] max_concurrent
         // (the semaphore is never closed).
-        let Ok(_slot) = self.job_slots.acquire().await else { return (Vec::new(), batches.len()) };
+        let Ok(_slot) = self.job_slots.acquire().await else { return locked };
         if run.expired() {
             tracing::warn!(%partition, "the cycle's deadline ([api] trigger_timeout) passed: the partition waits for the next cycle");
-            return (Vec::new(), 0);
+            return held_back;
         }
         if let Some(Err(e)) = run.cluster.map(|cluster| cluster.may_start()) {
             tracing::warn!(%partition, error = %e, "the partition waits for the next cycle");
-            return (Vec::new(), 0);
+            return held_back;
         }
         let lease = match self.leases.try_acquire(&partition).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
                 tracing::info!(%partition, "partition (or its day, or an hour of it) is being compacted elsewhere; skipping it this cycle");
-                return (Vec::new(), batches.len());
+                return locked;
             }
             Err(e) => {
                 tracing::error!(%partition, error = %e, "cannot take the partition's lease; skipping it this cycle");
-                return (Vec::new(), batches.len());
+                return locked;
             }
         };
-        let skipped = batches.len();
         let outcome = self.execute_leased(batches, run, &lease, on_record).await;
         let (records, unknown_outcome) = match outcome {
             Ok(done) => done,
             Err(reason) => {
                 tracing::error!(%partition, "{reason}; skipping it this cycle");
                 self.leases.release(lease).await;
-                return (Vec::new(), skipped);
+                return locked;
             }
         };
         if unknown_outcome {
@@ -189,7 +190,7 @@ impl JobRunner {
         if let Ok(dir) = self.engine_dir() {
             remove_partition_temp_dirs(dir.path(), &job_prefix(&database, &partition));
         }
-        (records, 0)
+        Executed { records, ..Executed::default() }
     }
 
     /// The batches of one partition, under its lease: the lease is renewed
@@ -344,6 +345,18 @@ fn leaves_writes_in_flight(attempt: &Attempt) -> bool {
     // A job the lease was lost before (no result: it never started) sent
     // nothing.
     failure.kind == FailureKind::UnknownOutcome || (failure.kind == FailureKind::LeaseLost && failure.result.is_some())
+}
+
+/// What running a tier's batches did.
+#[derive(Debug, Default)]
+pub(crate) struct Executed {
+    /// One record per batch run.
+    pub(crate) records: Vec<JobRecord>,
+    /// Batches skipped because another compaction held their partition.
+    pub(crate) skipped_locked: usize,
+    /// Batches not started because the cycle's deadline passed or this node
+    /// may no longer start work (cluster mode).
+    pub(crate) held_back: usize,
 }
 
 /// What the batches of one tier share in a cycle.
