@@ -769,8 +769,14 @@ impl ClusterConfig {
             check_interval: duration("check_interval", &self.check_interval, Duration::from_millis(100))?,
             failover_timeout: duration("failover_timeout", &self.failover_timeout, Duration::ZERO)?,
             cooldown: duration("failover_cooldown", &self.failover_cooldown, Duration::ZERO)?,
-            unhealthy_threshold: self.unhealthy_threshold.max(1),
+            unhealthy_threshold: self.unhealthy_threshold,
         };
+        if self.unhealthy_threshold == 0 {
+            return Err(value_error("cluster.unhealthy_threshold", "0 (at least 1: the checks a holder may fail before it loses the lease)"));
+        }
+        if !self.node_id.is_empty() && self.node_id.trim().is_empty() {
+            return Err(value_error("cluster.node_id", format!("{:?} (blank; leave it out to use the host name)", self.node_id)));
+        }
         let node_id = self.node_id();
         if node_id.contains('/') || node_id.chars().any(char::is_control) {
             return Err(value_error("cluster.node_id", format!("{node_id:?} (no '/' or control characters)")));
@@ -1366,5 +1372,27 @@ schedule = "0 3 * * *"
         assert!(parse_schedule("0 3 * * *").is_ok());
         assert!(parse_schedule("0 0 3 * * *").is_err());
         assert!(parse_schedule("61 * * * *").is_err());
+    }
+
+    #[test]
+    fn odd_cluster_values_are_refused_naming_the_key() {
+        let cluster = |extra: &str| {
+            parse(&format!("[storage]\nurl = \"memory://\"\n[cluster]\nenabled = true\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n{extra}"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        for (extra, key) in [
+            ("node_id = \" \"", "cluster.node_id"),
+            ("node_id = \"a/b\"", "cluster.node_id"),
+            ("unhealthy_threshold = 0", "cluster.unhealthy_threshold"),
+            ("session_ttl = \"1500ms\"", "cluster.session_ttl"),
+            ("check_interval = \"1ms\"", "cluster.check_interval"),
+            ("key_prefix = \"compactor\"", "cluster.key_prefix"),
+        ] {
+            let error = cluster(extra);
+            assert!(error.contains(key) && !error.is_empty(), "{extra}: {error:?}");
+        }
+        assert_eq!(cluster("node_id = \"n1\""), "");
     }
 }
