@@ -321,7 +321,11 @@ fn three_run_daemons(bucket: &Bucket, url: &str, options: &BTreeMap<String, Stri
     for client in &clients {
         wait_until("every node to see the three members", Duration::from_secs(30), || {
             let cluster = client.get("/api/v1/cluster").1;
-            let settled = if mode == "single" { cluster["compactor_lease"]["holder"].is_string() } else { cluster["compacting_nodes"].as_array().map(Vec::len) == Some(3) };
+            let settled = if mode == "single" {
+                cluster["compactor_lease"]["holder"].is_string()
+            } else {
+                cluster["compacting_nodes"].as_array().map(Vec::len) == Some(3)
+            };
             cluster["members"].as_array().map(Vec::len) == Some(3) && settled
         });
     }
@@ -440,13 +444,17 @@ fn a_node_cut_off_from_etcd_while_the_others_see_it_starts_no_job_and_rejoins() 
     let mut seen = Daemon(spawn_compactor(&seen_config, &["run"], &[]));
     let seen_api = Client::new(seen_port);
     seen_api.wait_ready(&mut seen.0);
-    wait_until("seen to join", Duration::from_secs(20), || seen_api.get("/api/v1/cluster").1["members"].as_array().map(Vec::len) == Some(2));
+    wait_until("seen to join", Duration::from_secs(20), || {
+        seen_api.get("/api/v1/cluster").1["members"].as_array().map(Vec::len) == Some(2)
+    });
     let before = crate::util::files_under(&lake.lake);
 
     proxy.cut(true);
     let cut_at = std::time::Instant::now();
     wait_until("cut to count itself out", Duration::from_secs(20), || cut_api.get("/api/v1/cluster").1["up"] == false);
-    wait_until("seen to take the lease", Duration::from_secs(30), || seen_api.get("/api/v1/cluster").1["compactor_lease"]["holder"] == "seen");
+    wait_until("seen to take the lease", Duration::from_secs(30), || {
+        seen_api.get("/api/v1/cluster").1["compactor_lease"]["holder"] == "seen"
+    });
     eprintln!("lease moved {:?} after the cut", cut_at.elapsed());
     let (status, body) = cut_api.post("/api/v1/compaction/trigger", Some(TOKEN));
     assert_eq!(status, 200, "{body}");

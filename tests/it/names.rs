@@ -208,7 +208,9 @@ fn odd_object_names_on_local_disk_are_compacted_or_left_in_place_and_reported() 
 /// `key` as a URL path, every byte but `/`, `.`, `_`, `-` and alphanumerics
 /// percent-encoded.
 fn url_path(key: &str) -> String {
-    key.bytes().map(|b| if b.is_ascii_alphanumeric() || b"/._-".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+    key.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"/._-".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
 }
 
 /// PUTs `bytes` at `key` of `bucket` with a raw request: keys with `//` or a
@@ -245,7 +247,8 @@ fn odd_object_names_on_azure_are_compacted_or_left_in_place_and_reported() {
     // stores `\` as `/`, an ordinary key.
     let azurite_cannot_hold = ["ctrl\u{1}.parquet", "back\\slash.parquet"];
     odd_object_names_on_a_remote_store(&format!("az://{container}/lake"), &crate::azure::options(), &azurite_cannot_hold, |key, bytes| {
-        let status = crate::azure::azure_request("PUT", &format!("{container}/lake/{}", url_path(key)), &[("x-ms-blob-type", "BlockBlob")], bytes);
+        let status =
+            crate::azure::azure_request("PUT", &format!("{container}/lake/{}", url_path(key)), &[("x-ms-blob-type", "BlockBlob")], bytes);
         assert!(status.starts_with("HTTP/1.1 201"), "cannot put {key}: {status}");
     });
 }
@@ -270,7 +273,8 @@ fn odd_object_names_on_a_remote_store(url: &str, options: &BTreeMap<String, Stri
     for (key, bytes) in &lake.objects {
         put(key, bytes);
     }
-    let config = TestConfig::new(url.to_owned()).storage_options(options).hourly_and_daily().compaction("temp_directory", "tmp").write(dir.path());
+    let config =
+        TestConfig::new(url.to_owned()).storage_options(options).hourly_and_daily().compaction("temp_directory", "tmp").write(dir.path());
     let storage = Storage::open(url, options, dir.path()).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let snapshot = || {

@@ -151,7 +151,9 @@ impl crate::Cluster {
         for entry in live.iter().filter(|e| !known.contains(e.path.as_str())) {
             let key = self.file_key(&entry.path);
             let value = serde_json::to_vec(entry).map_err(|e| RegistryError::Failed { operation: OPERATION, message: e.to_string() })?;
-            adds.push(Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(key, value, None)]));
+            adds.push(
+                Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(key, value, None)]),
+            );
         }
         let removes: Vec<Txn> = registered
             .iter()

@@ -772,7 +772,10 @@ impl ClusterConfig {
             unhealthy_threshold: self.unhealthy_threshold,
         };
         if self.unhealthy_threshold == 0 {
-            return Err(value_error("cluster.unhealthy_threshold", "0 (at least 1: the checks a holder may fail before it loses the lease)"));
+            return Err(value_error(
+                "cluster.unhealthy_threshold",
+                "0 (at least 1: the checks a holder may fail before it loses the lease)",
+            ));
         }
         if !self.node_id.is_empty() && self.node_id.trim().is_empty() {
             return Err(value_error("cluster.node_id", format!("{:?} (blank; leave it out to use the host name)", self.node_id)));
@@ -1377,10 +1380,12 @@ schedule = "0 3 * * *"
     #[test]
     fn odd_cluster_values_are_refused_naming_the_key() {
         let cluster = |extra: &str| {
-            parse(&format!("[storage]\nurl = \"memory://\"\n[cluster]\nenabled = true\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n{extra}"))
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
+            parse(&format!(
+                "[storage]\nurl = \"memory://\"\n[cluster]\nenabled = true\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n{extra}"
+            ))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
         };
         for (extra, key) in [
             ("node_id = \" \"", "cluster.node_id"),

@@ -137,7 +137,9 @@ impl JobRunner {
             executed.skipped_locked += partition.skipped_locked;
             executed.held_back += partition.held_back;
         }
-        executed.records.sort_by(|a, b| (&a.batch.partition_path, a.batch.batch_number).cmp(&(&b.batch.partition_path, b.batch.batch_number)));
+        executed
+            .records
+            .sort_by(|a, b| (&a.batch.partition_path, a.batch.batch_number).cmp(&(&b.batch.partition_path, b.batch.batch_number)));
         executed
     }
 

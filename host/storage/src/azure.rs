@@ -20,7 +20,7 @@ use object_store::azure::{AzureAuthorizer, AzureConfigKey, MicrosoftAzure, Micro
 use object_store::client::HttpClient;
 use serde::{Deserialize, Serialize};
 
-use super::raw::{self, KeyPrefix, RawListing, RawLister, RawObject};
+use super::raw::{self, KeyPrefix, RawLister, RawListing, RawObject};
 use super::{Storage, StoreDescriptor, redact_url};
 
 /// Arc's Azure storage config, field for field, plus the store's prefix and
@@ -414,9 +414,13 @@ mod tests {
             ("https://acct.blob.core.windows.net/lake".to_owned(), "acct".to_owned(), true)
         );
         assert_eq!(
-            target(&[("azure_storage_account_name", "devstoreaccount1"), ("azure_storage_endpoint", "http://127.0.0.1:10000/devstoreaccount1/")]).0,
+            target(&[
+                ("azure_storage_account_name", "devstoreaccount1"),
+                ("azure_storage_endpoint", "http://127.0.0.1:10000/devstoreaccount1/")
+            ])
+            .0,
             "http://127.0.0.1:10000/devstoreaccount1/lake"
         );
-        assert_eq!(target(&[("azure_storage_use_emulator", "true"), ("azure_skip_signature", "true")]).2, false);
+        assert!(!target(&[("azure_storage_use_emulator", "true"), ("azure_skip_signature", "true")]).2);
     }
 }

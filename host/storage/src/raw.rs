@@ -69,7 +69,11 @@ pub(crate) fn http_client(allow_http: bool) -> anyhow::Result<HttpClient> {
 
 /// Sends `request`; the body of a successful answer, else an error quoting
 /// the service's.
-pub(crate) async fn send(client: &HttpClient, request: http::Request<object_store::client::HttpRequestBody>, call: &str) -> anyhow::Result<String> {
+pub(crate) async fn send(
+    client: &HttpClient,
+    request: http::Request<object_store::client::HttpRequestBody>,
+    call: &str,
+) -> anyhow::Result<String> {
     let response = client.execute(request).await?;
     let status = response.status();
     let body = response.into_body().bytes().await?;

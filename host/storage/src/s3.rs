@@ -15,7 +15,7 @@ use object_store::path::Path;
 use object_store::signer::Signer;
 use serde::{Deserialize, Serialize};
 
-use super::raw::{self, KeyPrefix, RawListing, RawLister, RawObject};
+use super::raw::{self, KeyPrefix, RawLister, RawListing, RawObject};
 use super::{Storage, StoreDescriptor, TrackedUploads, redact_url, with_prefix};
 
 /// Arc's S3 storage config, field for field, plus the other non-secret
