@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod compaction;
 mod engines;
+mod fast_path;
 mod files;
 mod kit;
 mod names;

@@ -100,8 +100,8 @@ impl Metrics {
             jobs: counter_vec(
                 r,
                 "jobs_total",
-                "Batches compacted, by tier and outcome: success, skipped (ran, merged nothing), or the kind of failure (out_of_memory, killed, timeout, sql, storage, lease_lost, unknown_outcome, ...).",
-                &["tenant", "tier", "outcome"],
+                "Batches compacted, by tier, outcome (success, skipped: ran and merged nothing, or the kind of failure: out_of_memory, killed, timeout, sql, storage, lease_lost, unknown_outcome, ...) and path (duckdb, or row_group_copy: the inputs' row groups copied without decoding).",
+                &["tenant", "tier", "outcome", "path"],
             )?,
             files_read: counter_vec(r, "job_files_read_total", "Input files merged and removed by jobs.", tier)?,
             files_written: counter_vec(r, "job_files_written_total", "Output files written by jobs.", tier)?,
@@ -189,7 +189,7 @@ impl Metrics {
         let id = record.tier_id();
         let tier = id.labels();
         let outcome = job_outcome(record);
-        self.jobs.with_label_values(&[tier[0], tier[1], outcome.as_str()]).inc();
+        self.jobs.with_label_values(&[tier[0], tier[1], outcome.as_str(), record.path.name()]).inc();
         self.files_read.with_label_values(&tier).inc_by(record.files_compacted as u64);
         self.files_written.with_label_values(&tier).inc_by(record.files_out as u64);
         self.bytes_read.with_label_values(&tier).inc_by(record.bytes_before);

@@ -1,8 +1,9 @@
-//! Issue 23, measured first: the daily tier's job over a day of 24 hourly
-//! outputs (each written by the engine's own hourly tier, so each sorted by
-//! the sort keys), against the official DuckDB build's `COPY` of the same
-//! 24 files and against the physical floor of this machine — the input
-//! bytes read and written once, with an fsync. Days of 24 × 1,000,000 and
+//! Issue 23: the daily tier's job over a day of 24 hourly outputs (each
+//! written by the engine's own hourly tier, so each sorted by the sort
+//! keys), with its fast path and with `fast_path = false` (DuckDB, as
+//! before the fast path), against the official DuckDB build's `COPY` of
+//! the same 24 files and against the physical floor of this machine — the
+//! input bytes read and written once, with an fsync. Days of 24 × 1,000,000 and
 //! 24 × 100,000 rows, sort keys `["time"]` and `["host", "time"]`; the
 //! sides alternate run after run, medians of [`RUNS`], peak RSS of each.
 //!
@@ -24,7 +25,7 @@ use compactor_storage::Storage;
 use engine::{Shape, median, official_duckdb, run_cycle};
 
 const HOURS: usize = 24;
-const RAW_FILES_PER_HOUR: usize = 4;
+const RAW_FILES_PER_HOUR: usize = 10;
 const RUNS: usize = 3;
 const DAY: &str = "bench/cpu/2026/04/11";
 
@@ -51,37 +52,48 @@ fn main() -> anyhow::Result<()> {
         let template = hourly_day(work.path(), n, case)?;
         let inputs = day_files(&template)?;
         let input_bytes: u64 = inputs.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
-        let (mut floor, mut official, mut engine) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut official_rss, mut engine_rss) = (0u64, 0u64);
+        let (mut floor, mut official, mut engine, mut duckdb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut official_rss, mut engine_rss, mut duckdb_rss) = (0u64, 0u64, 0u64);
+        let mut path = String::new();
         for run in 0..RUNS {
             floor.push(copy_floor(&inputs, &work.path().join("floor.bin"))?);
             if let Some((elapsed, rss)) = official_duckdb(&inputs, &work.path().join("official.parquet"), case.sort_keys, 1)? {
                 official.push(elapsed);
                 official_rss = official_rss.max(rss);
             }
-            let lake = work.path().join(format!("lake{n}-{run}"));
-            copy_tree(&template, &lake)?;
-            let shape = Shape { tier: "daily", sort_keys: case.sort_keys, row_group_size: DEFAULT_ROW_GROUP_SIZE, compaction: "" };
-            let (elapsed, report) = run_cycle(work.path(), Storage::local(&lake)?, &format!("tmp{n}-{run}"), shape)?;
-            anyhow::ensure!(
-                report.jobs.len() == 1 && report.jobs[0].files_compacted == HOURS,
-                "one daily job of 24 inputs: {:?}",
-                report.jobs
-            );
-            engine.push(elapsed);
-            engine_rss = engine_rss.max(report.jobs[0].peak_job_rss_bytes);
-            std::fs::remove_dir_all(&lake)?;
+            for fast_path in [true, false] {
+                let lake = work.path().join(format!("lake{n}-{run}-{fast_path}"));
+                copy_tree(&template, &lake)?;
+                let compaction = if fast_path { "" } else { "fast_path = false" };
+                let shape = Shape { tier: "daily", sort_keys: case.sort_keys, row_group_size: DEFAULT_ROW_GROUP_SIZE, compaction };
+                let (elapsed, report) = run_cycle(work.path(), Storage::local(&lake)?, &format!("tmp{n}-{run}"), shape)?;
+                let job = match report.jobs.as_slice() {
+                    [job] if job.files_compacted == HOURS => job,
+                    jobs => anyhow::bail!("one daily job of {HOURS} inputs expected: {jobs:?}"),
+                };
+                if fast_path {
+                    engine.push(elapsed);
+                    engine_rss = engine_rss.max(job.peak_job_rss_bytes);
+                    path = job.path.name().to_owned();
+                } else {
+                    duckdb.push(elapsed);
+                    duckdb_rss = duckdb_rss.max(job.peak_job_rss_bytes);
+                }
+                std::fs::remove_dir_all(&lake)?;
+            }
         }
-        let (floor, engine) = (median(floor), median(engine));
+        let (floor, engine, duckdb) = (median(floor), median(engine), median(duckdb));
         let official = (!official.is_empty()).then(|| median(official));
         let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
         println!(
-            "| {HOURS} × {} rows | {} | {:.0} MB | {} | {} | {}, {:.0} MB | {:.1} | {} |",
+            "| {HOURS} × {} rows | {} | {:.0} MB | {} | {} | {}, {:.0} MB | {}, {:.0} MB ({path}) | {:.1} | {} |",
             case.rows_per_hour,
             case.sort_keys.join(", "),
             input_bytes as f64 / 1e6,
             ms(floor),
             official.map_or("-".to_owned(), |o| format!("{}, {:.0} MB", ms(o), official_rss as f64 / 1e6)),
+            ms(duckdb),
+            duckdb_rss as f64 / 1e6,
             ms(engine),
             engine_rss as f64 / 1e6,
             engine.as_secs_f64() / floor.as_secs_f64(),

@@ -222,6 +222,11 @@ pub struct CompactionConfig {
     /// limit. A tier still planning then stops, its remaining partitions
     /// wait for the next cycle, and the cycle reports it.
     pub max_planning_time: String,
+    /// Let a job copy its inputs' row groups instead of merging them with
+    /// DuckDB when every condition holds (our own outputs, one schema, no
+    /// dedup, sort keys beginning with `time`, no overlap in time); `false`
+    /// merges every job with DuckDB.
+    pub fast_path: bool,
 }
 
 impl Default for CompactionConfig {
@@ -239,6 +244,7 @@ impl Default for CompactionConfig {
             row_group_size: 122_880,
             job_timeout: "1h".into(),
             max_planning_time: "10m".into(),
+            fast_path: true,
         }
     }
 }

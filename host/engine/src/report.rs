@@ -109,6 +109,9 @@ pub struct JobRecord {
     /// successes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// How the output was produced: `duckdb` or `row_group_copy`.
+    #[serde(default)]
+    pub path: compactor_job::fast_path::MergePath,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
     /// Largest peak resident memory of the job processes, in bytes.

@@ -295,6 +295,7 @@ impl JobRunner {
                 deadline_file: job.deadline_file.display().to_string(),
             }),
             policy: Some(run.policy.clone()),
+            fast_path: Some(run.config.compaction.fast_path),
         };
         let attempts = LeasedAttempts { runner: self, template, lease };
         let (attempts, outcome) = compact_adaptive(&attempts, candidate.files.clone()).await;
@@ -312,6 +313,7 @@ impl JobRunner {
             attempts: attempts.len(),
             success: outcome.is_ok(),
             skipped: skipped_reason(&succeeded).filter(|_| outcome.is_ok()),
+            path: succeeded.iter().find(|r| r.files_compacted > 0).map(|r| r.merge_path).unwrap_or_default(),
             failure_kind: outcome.as_ref().err().map(|e| e.kind),
             error: outcome.err().map(|e| e.message),
             skipped_inputs: results.iter().flat_map(|r| r.skipped_inputs.clone()).collect(),

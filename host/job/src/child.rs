@@ -33,7 +33,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::manifest::{ManifestOwner, ManifestStore, Outcome, RecoveryManifest, upload_record_key};
 use crate::seams::Seams;
-use crate::sql::{self, compaction_statements, file_list, is_valid_identifier, order_by};
+use crate::sql::{self, compaction_statements, file_list, is_valid_identifier};
+use crate::fast_path;
 use crate::{FailureKind, JobConfig, JobResult, output_name};
 use compactor_storage::lease::{before_deadline, deadline_file_is_valid, mark_writes_in_flight};
 use compactor_storage::{EarlyWriteback, Storage, TrackedUploads};
@@ -599,22 +600,39 @@ impl Job<'_> {
     }
 
     /// Runs the merge; returns (input rows, rows the output must have).
-    fn merge(&self, inputs: &Inputs, output: &Path) -> anyhow::Result<(u64, u64)> {
+    fn merge(&mut self, inputs: &Inputs, output: &Path) -> anyhow::Result<(u64, u64)> {
         let files_sql = inputs.files_sql.as_str();
         let rows_before = self.count_rows(files_sql)?;
-        let (tags, dedup_time) = self.dedup_settings(&inputs.local_paths());
         let sort_keys = self.sort_keys_present(inputs.columns.as_ref());
-        let order = order_by(&sort_keys);
+        if self.config.fast_path != Some(false) {
+            let local: Vec<(String, &Path)> = inputs.inputs.iter().map(|i| (i.key.clone(), i.local.as_path())).collect();
+            match fast_path::plan(&local, &sort_keys, self.config.effective_row_group_size()) {
+                Ok(copy) => {
+                    let started = Instant::now();
+                    let rows = copy.write(output).context("row-group copy failed")?;
+                    fast_path::check_order(output).context("the row-group copy's output failed its order check")?;
+                    anyhow::ensure!(rows == rows_before, "the row-group copy wrote {rows} rows of {rows_before}");
+                    self.result.merge_path = fast_path::MergePath::RowGroupCopy;
+                    tracing::info!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "merged by copying row groups");
+                    return Ok((rows_before, rows_before));
+                }
+                Err(why) => {
+                    tracing::info!(reason = %why, "row-group copy not taken; merging with DuckDB");
+                    self.result.fast_path_declined = Some(why.0);
+                }
+            }
+        }
+        let (tags, dedup_time) = self.dedup_settings(&inputs.local_paths());
         let statements = compaction_statements(
             files_sql,
-            &order,
+            &sort_keys,
             &output.display().to_string(),
             &tags,
             dedup_time,
             self.config.effective_row_group_size(),
         );
         let dedup = statements.len() > 1;
-        if order.is_empty() {
+        if sort_keys.is_empty() {
             self.duckdb.execute_batch("SET preserve_insertion_order = true")?;
         }
         let mut expected = rows_before;

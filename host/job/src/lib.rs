@@ -17,6 +17,7 @@
 pub mod child;
 mod classify;
 pub mod completion;
+pub mod fast_path;
 mod manifest;
 mod parent;
 pub mod sample;
@@ -98,6 +99,10 @@ pub struct JobConfig {
     /// recovery manifest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyRef>,
+    /// Whether the job may copy row groups instead of merging with DuckDB
+    /// when every condition holds ([`fast_path`]); absent means yes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<bool>,
 }
 
 /// Which policy build decided a job: kept in its manifest and history entry,
@@ -255,6 +260,12 @@ pub struct JobResult {
     /// Inputs that could not be deleted (recovery retries them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub undeleted_inputs: Vec<String>,
+    /// How the output was produced.
+    #[serde(default)]
+    pub merge_path: fast_path::MergePath,
+    /// Why the row-group copy was not taken, when it was allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path_declined: Option<String>,
     /// Wall time of the job, in milliseconds.
     #[serde(default)]
     pub duration_ms: u64,

@@ -5,9 +5,19 @@
 pub const DEFAULT_ROW_GROUP_SIZE: u64 = 122_880;
 
 /// Write options of every output: Arc's, with `row_group_size` rows per row
-/// group (Arc's is [`DEFAULT_ROW_GROUP_SIZE`]).
-pub fn write_options(row_group_size: u64) -> String {
-    format!("FORMAT PARQUET, COMPRESSION ZSTD, COMPRESSION_LEVEL 3, ROW_GROUP_SIZE {row_group_size}")
+/// group (Arc's is [`DEFAULT_ROW_GROUP_SIZE`]), and key-value metadata that
+/// names the writer and the sort keys the rows are in, so that a later job
+/// can prove its inputs' order ([`crate::fast_path`]).
+pub fn write_options(row_group_size: u64, sort_keys: &[String]) -> String {
+    let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
+    let keys = serde_json::to_string(sort_keys).unwrap_or_else(|_| "[]".to_owned());
+    format!(
+        "FORMAT PARQUET, COMPRESSION ZSTD, COMPRESSION_LEVEL 3, ROW_GROUP_SIZE {row_group_size}, KV_METADATA {{{}: {}, {}: {}}}",
+        literal(crate::fast_path::WRITER_KEY),
+        literal(&crate::fast_path::writer_name()),
+        literal(crate::fast_path::SORT_KEYS_KEY),
+        literal(&keys)
+    )
 }
 
 /// Normalises `time` to TIMESTAMPTZ: timestamps and ISO strings cast
@@ -62,14 +72,15 @@ pub(crate) fn is_valid_identifier(name: &str) -> bool {
 /// `time`.
 pub(crate) fn compaction_statements(
     files_sql: &str,
-    order_by: &str,
+    sort_keys: &[String],
     output: &str,
     tags: &[String],
     dedup_time: bool,
     row_group_size: u64,
 ) -> Vec<String> {
     let output = escape_path(output);
-    let write_options = write_options(row_group_size);
+    let write_options = write_options(row_group_size, sort_keys);
+    let order_by = order_by(sort_keys);
     let order = if order_by.is_empty() { String::new() } else { format!(" {order_by}") };
     if tags.is_empty() && !dedup_time {
         return vec![format!(
@@ -119,7 +130,7 @@ mod tests {
     fn standard_variant_has_no_dedup() {
         let sql = compaction_statements(
             "['a.parquet', 'b.parquet']",
-            r#"ORDER BY "time""#,
+            &keys(&["time"]),
             "/tmp/out.parquet",
             &[],
             false,
@@ -130,13 +141,14 @@ mod tests {
         assert!(!sql.contains("ROW_NUMBER"));
         assert!(sql.contains("make_timestamp(") && sql.contains("TIMESTAMPTZ"));
         assert!(sql.contains("ROW_GROUP_SIZE 122880"), "Arc's write options: {sql}");
+        assert!(sql.contains(r#"'compactor:sort_keys': '["time"]'"#), "the order is recorded: {sql}");
     }
 
     #[test]
     fn dedup_variant_partitions_by_tags_then_time() {
         let sql = compaction_statements(
             "['a.parquet', 'b.parquet']",
-            r#"ORDER BY "time""#,
+            &keys(&["time"]),
             "/tmp/out.parquet",
             &keys(&["host", "region"]),
             false,
@@ -147,19 +159,19 @@ mod tests {
         assert!(sql.contains(r#"PARTITION BY "host", "region", "time""#));
         assert!(sql.contains("QUALIFY ROW_NUMBER") && sql.contains("make_timestamp(") && sql.contains(r#"ORDER BY "time""#));
         assert!(!sql.contains("__dedup_rn"));
-        let time_only = compaction_statements("['a.parquet']", r#"ORDER BY "time""#, "/o", &[], true, DEFAULT_ROW_GROUP_SIZE).join(";");
+        let time_only = compaction_statements("['a.parquet']", &keys(&["time"]), "/o", &[], true, DEFAULT_ROW_GROUP_SIZE).join(";");
         assert!(time_only.contains(r#"PARTITION BY "time""#) && !time_only.contains("PARTITION BY ,"));
-        let both = compaction_statements("['a.parquet']", "", "/o", &keys(&["host"]), true, DEFAULT_ROW_GROUP_SIZE).join(";");
+        let both = compaction_statements("['a.parquet']", &[], "/o", &keys(&["host"]), true, DEFAULT_ROW_GROUP_SIZE).join(";");
         assert!(both.contains(r#"PARTITION BY "host", "time""#));
-        let empty = compaction_statements("['a.parquet']", "", "/o", &[], false, DEFAULT_ROW_GROUP_SIZE).join(";");
+        let empty = compaction_statements("['a.parquet']", &[], "/o", &[], false, DEFAULT_ROW_GROUP_SIZE).join(";");
         assert!(!empty.contains("ROW_NUMBER"));
     }
 
     #[test]
     fn output_paths_and_identifiers_are_escaped() {
-        let sql = compaction_statements("'a'", "", "/tmp/it's out.parquet", &keys(&["host"]), false, DEFAULT_ROW_GROUP_SIZE).join(";");
+        let sql = compaction_statements("'a'", &[], "/tmp/it's out.parquet", &keys(&["host"]), false, DEFAULT_ROW_GROUP_SIZE).join(";");
         assert!(sql.contains("it''s"));
-        let sql = compaction_statements("'a'", "", "/o", &keys(&["host\"injection"]), false, DEFAULT_ROW_GROUP_SIZE).join(";");
+        let sql = compaction_statements("'a'", &[], "/o", &keys(&["host\"injection"]), false, DEFAULT_ROW_GROUP_SIZE).join(";");
         assert!(sql.contains(r#""host""injection""#));
     }
 

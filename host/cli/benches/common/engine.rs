@@ -25,8 +25,8 @@ pub(crate) fn median(mut runs: Vec<Duration>) -> Duration {
     runs[runs.len() / 2]
 }
 
-/// The engine's merge SQL, alone, on the local files.
-/// The merge statement both baselines run: the job's SQL for this partition.
+/// The merge statement both baselines run: the job's DuckDB SQL for this
+/// partition.
 pub(crate) fn merge_sql(inputs: &[PathBuf], output: &Path, order: &[&str], row_group_size: u64) -> String {
     let files: Vec<String> = inputs.iter().map(|p| p.display().to_string()).collect();
     let order: Vec<String> = order.iter().map(|k| (*k).to_owned()).collect();
@@ -35,7 +35,7 @@ pub(crate) fn merge_sql(inputs: &[PathBuf], output: &Path, order: &[&str], row_g
         file_list(&files),
         order_by(&order),
         output.display(),
-        write_options(row_group_size)
+        write_options(row_group_size, &order)
     )
 }
 

@@ -1,0 +1,290 @@
+//! The row-group copy: when a job's inputs are the engine's own outputs,
+//! each sorted by the measurement's sort keys, and those begin with `time`
+//! and the inputs' time ranges do not overlap, the inputs in time order
+//! *are* the merged output. Their column chunks are copied byte for byte
+//! (`SerializedRowGroupWriter::append_column`, no decoding) and only the
+//! footer is new. Anything else is merged by DuckDB, and the job says why
+//! ([`Declined`]).
+//!
+//! The conditions are checked in the order the issue states them, from the
+//! footers alone: every input is one of ours (its name and its key-value
+//! metadata), the schemas are identical, no tag-based dedup applies, the
+//! sort keys begin with `time` and the inputs were written sorted by them,
+//! and the time ranges (row-group statistics) do not overlap.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use parquet::basic::{LogicalType, Type as PhysicalType};
+use parquet::column::writer::ColumnCloseResult;
+use parquet::file::metadata::{KeyValue, ParquetMetaData};
+use parquet::file::properties::WriterProperties;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::statistics::Statistics;
+use parquet::file::writer::SerializedFileWriter;
+use parquet::format::{SortingColumn, TimeUnit};
+use serde::{Deserialize, Serialize};
+
+/// Key-value metadata naming the writer of an output: `compactor {version}`.
+pub const WRITER_KEY: &str = "compactor:writer";
+/// Key-value metadata recording the sort keys an output was written in
+/// (a JSON array; `[]` for none). With Parquet's `sorting_columns`, the
+/// proof of a file's order.
+pub const SORT_KEYS_KEY: &str = "compactor:sort_keys";
+
+/// This build's [`WRITER_KEY`] value.
+pub fn writer_name() -> String {
+    format!("compactor {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// How a job produced its output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergePath {
+    /// DuckDB read, sorted and wrote every row.
+    #[default]
+    Duckdb,
+    /// The inputs' row groups were copied without decoding.
+    RowGroupCopy,
+}
+
+impl MergePath {
+    /// Its name, as the job record, history, the `once` summary and the
+    /// `path` label of `/metrics` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Duckdb => "duckdb",
+            Self::RowGroupCopy => "row_group_copy",
+        }
+    }
+}
+
+/// Why a job did not take the row-group copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declined(pub String);
+
+impl std::fmt::Display for Declined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn declined(why: impl Into<String>) -> Declined {
+    Declined(why.into())
+}
+
+/// One input: its storage key (for its name), its local file and footer.
+struct Footer {
+    key: String,
+    file: File,
+    metadata: Arc<ParquetMetaData>,
+    /// The smallest and largest `time` over its row groups; `None` for a
+    /// file without rows.
+    time_range: Option<(i64, i64)>,
+}
+
+/// A row-group copy that every condition allows: the inputs in time order.
+pub struct RowGroupCopy {
+    inputs: Vec<Footer>,
+    time_column: usize,
+    sort_keys: Vec<String>,
+}
+
+/// Checks the conditions over `inputs` (storage key, local file), in order;
+/// the copy to make, or why not.
+pub fn plan(inputs: &[(String, &Path)], sort_keys: &[String], row_group_size: u64) -> Result<RowGroupCopy, Declined> {
+    let mut footers = Vec::with_capacity(inputs.len());
+    for (key, local) in inputs {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        if !is_output_name(name) {
+            return Err(declined(format!("{name} is not named as our outputs are")));
+        }
+        let file = File::open(local).map_err(|e| declined(format!("cannot open {name}: {e}")))?;
+        let reader = SerializedFileReader::new(file.try_clone().map_err(|e| declined(format!("cannot open {name}: {e}")))?)
+            .map_err(|e| declined(format!("cannot read the footer of {name}: {e}")))?;
+        let metadata = Arc::new(reader.metadata().clone());
+        let kv = |wanted: &str| -> Option<String> {
+            metadata.file_metadata().key_value_metadata()?.iter().find(|kv| kv.key == wanted).and_then(|kv| kv.value.clone())
+        };
+        if !kv(WRITER_KEY).is_some_and(|w| w.starts_with("compactor ")) {
+            return Err(declined(format!("{name} was not written by compactor (no {WRITER_KEY} metadata)")));
+        }
+        let (sort_keys, tags, dedup_time) = (kv(SORT_KEYS_KEY), kv("arc:tags"), kv("arc:dedup_time"));
+        footers.push((key.clone(), file, metadata, sort_keys, tags, dedup_time));
+    }
+    let Some(first) = footers.first() else { return Err(declined("no inputs")) };
+    let schema = first.2.file_metadata().schema_descr_ptr();
+    for (key, _, metadata, ..) in &footers[1..] {
+        if metadata.file_metadata().schema_descr().root_schema() != schema.root_schema() {
+            return Err(declined(format!("the schema of {key} differs from the first input's")));
+        }
+    }
+    for (key, _, _, _, tags, dedup_time) in &footers {
+        if tags.as_deref().is_some_and(|t| !t.is_empty()) || dedup_time.as_deref() == Some("true") {
+            return Err(declined(format!("{key} asks for tag-based dedup (arc:tags or arc:dedup_time)")));
+        }
+    }
+    if sort_keys.first().map(String::as_str) != Some("time") {
+        return Err(declined(format!("the sort keys {sort_keys:?} do not begin with time")));
+    }
+    for (key, _, _, written, ..) in &footers {
+        let written: Vec<String> = written.as_deref().and_then(|w| serde_json::from_str(w).ok()).unwrap_or_default();
+        if !written.starts_with(sort_keys) {
+            return Err(declined(format!("{key} was written sorted by {written:?}, not by {sort_keys:?}")));
+        }
+    }
+    let time_column = (0..schema.num_columns())
+        .find(|&i| schema.column(i).path().parts() == ["time"])
+        .ok_or_else(|| declined("no time column"))?;
+    let time = schema.column(time_column);
+    let microseconds_utc = matches!(
+        time.logical_type(),
+        Some(LogicalType::Timestamp { is_adjusted_to_u_t_c: true, unit: TimeUnit::MICROS(_) })
+    );
+    if time.physical_type() != PhysicalType::INT64 || !microseconds_utc {
+        return Err(declined("time is not a TIMESTAMPTZ of microseconds"));
+    }
+    let mut inputs = Vec::with_capacity(footers.len());
+    for (key, file, metadata, ..) in footers {
+        if let Some(large) = metadata.row_groups().iter().find(|g| g.num_rows() as u64 > row_group_size) {
+            return Err(declined(format!("{key} has a row group of {} rows, more than row_group_size {row_group_size}", large.num_rows())));
+        }
+        let time_range = time_range(&metadata, time_column).map_err(|why| declined(format!("{key}: {why}")))?;
+        inputs.push(Footer { key, file, metadata, time_range });
+    }
+    // Files without rows first (they add no row group), then by time.
+    inputs.sort_by_key(|input| input.time_range);
+    // Equal times at a seam are in order by `time` alone; by more keys they
+    // would need the next key compared across files.
+    let ties_allowed = sort_keys.len() == 1;
+    for pair in inputs.windows(2) {
+        let (Some(before), Some(after)) = (pair[0].time_range, pair[1].time_range) else { continue };
+        let overlap = if ties_allowed { before.1 > after.0 } else { before.1 >= after.0 };
+        if overlap {
+            return Err(declined(format!("the time ranges of {} and {} overlap", pair[0].key, pair[1].key)));
+        }
+    }
+    Ok(RowGroupCopy { inputs, time_column, sort_keys: sort_keys.to_vec() })
+}
+
+/// The smallest and largest `time` of a file, from every row group's
+/// statistics (`None` without rows); an error when a row group has none, or
+/// has nulls (DuckDB puts nulls last, so two files' nulls would end up in
+/// the middle).
+fn time_range(metadata: &ParquetMetaData, time_column: usize) -> Result<Option<(i64, i64)>, String> {
+    let mut range: Option<(i64, i64)> = None;
+    for group in metadata.row_groups().iter().filter(|g| g.num_rows() > 0) {
+        let Some(Statistics::Int64(stats)) = group.column(time_column).statistics() else {
+            return Err("no time statistics in a row group".to_owned());
+        };
+        if stats.null_count_opt() != Some(0) {
+            return Err("time has nulls (or no null count)".to_owned());
+        }
+        let (Some(&min), Some(&max)) = (stats.min_opt(), stats.max_opt()) else {
+            return Err("no time minimum or maximum in a row group".to_owned());
+        };
+        range = Some(range.map_or((min, max), |(lo, hi)| (lo.min(min), hi.max(max))));
+    }
+    Ok(range)
+}
+
+/// Whether `name` is an output's name: `{measurement}_{YYYYMMDD}_{HHMMSS}_{nanos}_b{n}_{suffix}.parquet`.
+fn is_output_name(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".parquet") else { return false };
+    let parts: Vec<&str> = stem.rsplitn(5, '_').collect();
+    let digits = |s: &str, len: Option<usize>| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && len.is_none_or(|l| s.len() == l);
+    // Reversed: suffix, b{n}, nanos, HHMMSS, then `{measurement}_{YYYYMMDD}`.
+    let [suffix, batch, nanos, time, rest] = parts.as_slice() else { return false };
+    let date = rest.rsplit('_').next().unwrap_or_default();
+    !suffix.is_empty()
+        && batch.strip_prefix('b').is_some_and(|n| digits(n, None))
+        && digits(nanos, None)
+        && digits(time, Some(6))
+        && rest.len() > 9
+        && digits(date, Some(8))
+}
+
+impl RowGroupCopy {
+    /// Writes the output: every input's row groups in time order, copied,
+    /// under a footer with the writer, the sort keys and `sorting_columns`.
+    /// Returns the rows written.
+    pub fn write(&self, output: &Path) -> anyhow::Result<u64> {
+        let Some(first) = self.inputs.first() else { anyhow::bail!("no inputs") };
+        let schema = first.metadata.file_metadata().schema_descr().root_schema_ptr();
+        let properties = WriterProperties::builder()
+            .set_created_by(format!("{} (row-group copy)", writer_name()))
+            .set_key_value_metadata(Some(vec![
+                KeyValue::new(WRITER_KEY.to_owned(), writer_name()),
+                KeyValue::new(SORT_KEYS_KEY.to_owned(), serde_json::to_string(&self.sort_keys)?),
+            ]))
+            .set_sorting_columns(Some(vec![SortingColumn { column_idx: self.time_column as i32, descending: false, nulls_first: false }]))
+            .build();
+        let file = File::create(output)?;
+        let mut writer = SerializedFileWriter::new(file, schema, Arc::new(properties))?;
+        let mut rows = 0u64;
+        for input in &self.inputs {
+            for group in input.metadata.row_groups().iter().filter(|g| g.num_rows() > 0) {
+                let mut group_writer = writer.next_row_group()?;
+                for column in group.columns() {
+                    let close = ColumnCloseResult {
+                        bytes_written: column.compressed_size() as u64,
+                        rows_written: group.num_rows() as u64,
+                        metadata: column.clone(),
+                        bloom_filter: None,
+                        column_index: None,
+                        offset_index: None,
+                    };
+                    group_writer.append_column(&input.file, close).map_err(|e| anyhow::anyhow!("copying a column chunk of {}: {e}", input.key))?;
+                }
+                group_writer.close()?;
+                rows += group.num_rows() as u64;
+            }
+        }
+        writer.close()?;
+        Ok(rows)
+    }
+}
+
+/// The output's order at every seam between row groups: each one's
+/// smallest `time` is not below the previous one's largest (read back from
+/// the written footer, not from the plan).
+pub fn check_order(output: &Path) -> anyhow::Result<()> {
+    let reader = SerializedFileReader::new(File::open(output)?)?;
+    let metadata = reader.metadata();
+    let schema = metadata.file_metadata().schema_descr();
+    let time_column =
+        (0..schema.num_columns()).find(|&i| schema.column(i).path().parts() == ["time"]).ok_or_else(|| anyhow::anyhow!("no time column"))?;
+    let mut previous_max: Option<i64> = None;
+    for (i, group) in metadata.row_groups().iter().enumerate().filter(|(_, g)| g.num_rows() > 0) {
+        let Some(Statistics::Int64(stats)) = group.column(time_column).statistics() else {
+            anyhow::bail!("row group {i} of the output has no time statistics");
+        };
+        let (Some(&min), Some(&max)) = (stats.min_opt(), stats.max_opt()) else { anyhow::bail!("row group {i} has no time range") };
+        if previous_max.is_some_and(|previous| min < previous) {
+            anyhow::bail!("the output is out of order at row group {i}: time {min} after {}", previous_max.unwrap_or_default());
+        }
+        previous_max = Some(max);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_are_recognised() {
+        assert!(is_output_name("cpu_20260412_150512_1776006312123456789_b2_compacted.parquet"));
+        assert!(is_output_name("mem_total_20260412_150512_1776006312123456789_b1_daily.parquet"));
+        for other in [
+            "cpu_20260411_100400_000000001.parquet",
+            "cpu_20260412_150512_177600_bx_compacted.parquet",
+            "cpu_2026041_150512_1776006312123456789_b2_compacted.parquet",
+            "20260412_150512_1776006312123456789_b2_compacted.parquet",
+            "cpu_20260412_150512_1776006312123456789_b2_compacted.csv",
+        ] {
+            assert!(!is_output_name(other), "{other}");
+        }
+    }
+}
