@@ -481,3 +481,69 @@ fn a_node_cut_off_from_etcd_while_the_others_see_it_starts_no_job_and_rejoins() 
     }
     assert_intact(&lake);
 }
+
+/// The store's `.parquet` keys under `partition` and what `compactor files`
+/// answers for it (from the cluster file manifest).
+fn registry_and_store(lake: &Lake, config: &str, partition: &str) -> (Vec<String>, Vec<String>) {
+    let listed = compactor(&["files", "--config", config, "--partition", partition, "--format", "json"], &[]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    let registered: Vec<String> = serde_json::from_slice(&listed.stdout).unwrap();
+    let stored = crate::util::files_under(&lake.lake).into_iter().filter(|k| k.starts_with(partition) && k.ends_with(".parquet")).collect();
+    (registered, stored)
+}
+
+/// The adversarial run's defect 1: a job killed after deleting its inputs
+/// left its completion manifest at `output_written`, and every later
+/// process registered that output again — after the daily tier had merged
+/// it away, `files` listed files that were gone, for good.
+#[test]
+fn a_job_killed_after_its_commit_leaves_no_ghost_in_the_cluster_file_manifest() {
+    let lake = lake_configured(20, |c| c);
+    let config = node_config(&lake, "g", "compactor", |c| c);
+    let killed = compactor(&["once", "--config", &config, "--now", NOW, "--tier", "hourly"], &[("COMPACTOR_FAULT", "after-delete")]);
+    assert!(String::from_utf8_lossy(&killed.stderr).contains("after-delete"), "the job was killed: {}", text(&killed));
+    let recovered = compactor(&["recover", "--config", &config], &[]);
+    assert!(recovered.status.success(), "{}", text(&recovered));
+    for _ in 0..3 {
+        let once = compactor(&["once", "--config", &config, "--now", NOW], &[]);
+        assert!(once.status.success(), "{}", text(&once));
+    }
+    assert_intact(&lake);
+    for measurement in ["cpu", "mem_total"] {
+        let (registered, stored) = registry_and_store(&lake, &config, &format!("db/{measurement}/2026/04/11"));
+        assert_eq!(registered, stored, "{measurement}: the registry lists what the store holds, and no file that is gone");
+    }
+}
+
+/// The adversarial run's defect 2: between a job's commit and the moment
+/// the watcher registers its output, the answer hid the inputs (committed)
+/// and did not have the output yet: a reader counted no rows at all. A
+/// committed output counts at once.
+#[test]
+fn a_committed_output_counts_before_the_watcher_registers_it() {
+    let lake = lake_configured(20, |c| c);
+    // Standalone, the engine and its job killed after the job's commit
+    // (mid-delete): nothing of it is in the cluster file manifest, its
+    // manifest and outcome are in the store.
+    let marker = lake.root.join("committed");
+    let stall = format!("mid-delete:30000:{}", marker.display());
+    let mut engine = spawn_compactor(&lake.config, &["once", "--now", NOW, "--tier", "hourly"], &[("COMPACTOR_STALL", &stall)]);
+    wait_until("a job to commit", Duration::from_secs(30), || marker.exists());
+    signal_group(&engine, libc::SIGKILL);
+    let _ = engine.wait();
+    let reader = node_config(&lake, "reader", "reader", |c| c);
+    let connection = compactor_job::verify::connection().unwrap();
+    let mut counted = 0;
+    let outputs: Vec<String> = crate::util::files_under(&lake.lake).into_iter().filter(|k| k.ends_with("_compacted.parquet")).collect();
+    for output in &outputs {
+        let partition = output.rsplit_once('/').map(|(dir, _)| dir.to_owned()).unwrap_or_default();
+        let (registered, _) = registry_and_store(&lake, &reader, &partition);
+        assert_eq!(registered, std::slice::from_ref(output), "{partition}: the committed output, and none of its inputs");
+        let rows: i64 = connection
+            .query_row(&format!("SELECT count(*) FROM read_parquet('{}')", lake.lake.join(output).display()), [], |row| row.get(0))
+            .unwrap();
+        assert!(rows > 0, "{partition}");
+        counted += 1;
+    }
+    assert!(counted >= 1, "a job was committed before it was killed");
+}

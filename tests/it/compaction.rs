@@ -115,14 +115,25 @@ fn row_groups(lake: &Lake) -> Vec<i64> {
 fn row_group_size_is_a_config_key_with_arcs_default() {
     // One day: 2 hours × 12 files × 500 rows per measurement, 12,000 rows
     // per daily output.
-    let lake = lake_with(500, &[("row_group_size", value(2048))]);
+    let lake = lake_with(500, &[("row_group_size", value(2048)), ("fast_path", value(false))]);
     let output = once(&lake, &[]);
     assert!(output.status.success(), "{}", text(&output));
     assert_intact(&lake);
     assert_eq!(row_groups(&lake), [6, 6], "12,000 rows in groups of 2,048");
-    let lake = lake_with(500, &[]);
+    let lake = lake_with(500, &[("fast_path", value(false))]);
     assert!(once(&lake, &[]).status.success());
     assert_eq!(row_groups(&lake), [1, 1], "Arc's 122,880 rows hold the whole day");
+    // The row-group copy keeps the hourly outputs' groups: two hours of
+    // 6,000 rows each, in groups of at most 2,048 (3 an hour) or one.
+    for (size, groups) in [(2048, [6, 6]), (122_880, [2, 2])] {
+        let lake = lake_with(500, &[("row_group_size", value(size))]);
+        let output = compactor(&["once", "--config", &lake.config, "--now", NOW, "--format", "json"], &[]);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let paths: Vec<&str> = report["jobs"].as_array().unwrap().iter().map(|j| j["path"].as_str().unwrap()).collect();
+        assert_eq!(paths, ["duckdb", "duckdb", "duckdb", "duckdb", "row_group_copy", "row_group_copy"], "{report}");
+        assert_intact(&lake);
+        assert_eq!(row_groups(&lake), groups, "row_group_size {size}");
+    }
 }
 
 #[test]
@@ -144,8 +155,12 @@ fn once_compacts_hourly_then_daily_and_keeps_every_row() {
 fn a_job_killed_at_any_step_loses_and_duplicates_nothing() {
     for step in ["after-download", "after-merge", "after-manifest", "mid-upload", "after-upload", "mid-delete", "after-delete"] {
         // A tiny multipart threshold makes every upload multipart, so that
-        // `mid-upload` lands between two parts.
-        let lake = lake_with(50, &[("multipart_threshold", value("1KiB"))]);
+        // `mid-upload` lands between two parts; on local disk only an output
+        // that cannot be linked into place (its temp directory on another
+        // file system: tmpfs, where there is one) is uploaded in parts.
+        let other_fs = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
+        let lake =
+            lake_with(50, &[("multipart_threshold", value("1KiB")), ("temp_directory", value(other_fs.path().display().to_string()))]);
         let crashed = once(&lake, &[("COMPACTOR_FAULT", step)]);
         let recovered = compactor(&["recover", "--config", &lake.config], &[]);
         assert!(recovered.status.success(), "{step}: {}", text(&recovered));

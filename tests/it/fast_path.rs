@@ -152,8 +152,7 @@ fn daily_output(lake: &Path) -> std::path::PathBuf {
 /// `(time, value)` of every row of `file` in the file's order, read by DuckDB.
 fn rows_in_order(file: &Path) -> Vec<(Option<i64>, i64)> {
     let connection = verify::connection().unwrap();
-    let mut statement =
-        connection.prepare(&format!("SELECT epoch_us(time), value FROM read_parquet('{}')", file.display())).unwrap();
+    let mut statement = connection.prepare(&format!("SELECT epoch_us(time), value FROM read_parquet('{}')", file.display())).unwrap();
     statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
 }
 

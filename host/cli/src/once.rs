@@ -79,19 +79,19 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
             tiers.push(job.tier_key());
         }
     }
-    let mut table = Table::new(["TIER", "JOBS", "FAILED", "ROW-GROUP COPIES", "FILES IN", "FILES OUT", "BEFORE", "AFTER", "ROWS"]);
+    let mut table = Table::new(["TIER", "JOBS", "FAILED", "FILES IN", "FILES OUT", "BEFORE", "AFTER", "ROWS", "ROW-GROUP COPIES"]);
     for tier in &tiers {
         let jobs: Vec<_> = report.jobs.iter().filter(|j| j.tier_key() == *tier).collect();
         table.row([
             tier.clone(),
             jobs.len().to_string(),
             jobs.iter().filter(|j| !j.success).count().to_string(),
-            jobs.iter().filter(|j| j.path == compactor_job::fast_path::MergePath::RowGroupCopy).count().to_string(),
             jobs.iter().map(|j| j.files_compacted).sum::<usize>().to_string(),
             jobs.iter().map(|j| j.files_out).sum::<usize>().to_string(),
             format_bytes(jobs.iter().map(|j| j.bytes_before).sum()),
             format_bytes(jobs.iter().map(|j| j.bytes_after).sum()),
             jobs.iter().map(|j| j.rows_after).sum::<u64>().to_string(),
+            jobs.iter().filter(|j| j.path == compactor_job::fast_path::MergePath::RowGroupCopy).count().to_string(),
         ]);
     }
     let failed = report.failed().count();

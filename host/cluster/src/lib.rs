@@ -116,6 +116,10 @@ pub enum ClusterError {
     /// The compactor lease moved since the gate decided this cycle.
     #[error("the compactor lease moved since this cycle's gate decision; the next cycle asks the gate again")]
     LeaseMoved,
+    /// The node's etcd session ended (and was opened again) since the gate
+    /// decided this cycle: what the cycle planned may be another node's now.
+    #[error("this node's etcd session ended during the cycle; it starts work again at its next cycle")]
+    SessionRenewed,
     /// A request failed.
     #[error("etcd: {0}")]
     Etcd(String),

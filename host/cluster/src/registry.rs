@@ -131,22 +131,29 @@ impl crate::Cluster {
         Ok((entries, revision))
     }
 
-    /// Makes the registry hold `live`, given `registered` (what
-    /// [`Registry::registered_files`] read at revision `since`, before the
-    /// store was listed): adds what is missing — ingested files the
-    /// compactor did not write, as Arc's ingest would register them — never
-    /// replacing a watcher's entry, and removes the entries read whose
-    /// object is gone, unless rewritten since. An output registered after
-    /// the read is not among them, so it is never removed. Returns how many
-    /// were added and removed.
+    /// Makes the registry hold `live` (what readers may count now), given
+    /// `registered` (what [`Registry::registered_files`] read at revision
+    /// `since`, before the store was listed) and `present` (every key the
+    /// listing found, hidden from readers or not): adds what is missing —
+    /// ingested files the compactor did not write, as Arc's ingest would
+    /// register them — never replacing a watcher's entry, and removes the
+    /// entries read whose object is gone, unless rewritten since. An output
+    /// registered after the read is not among them, and one registered
+    /// before its job committed is present: neither is removed. Returns how
+    /// many were added and removed.
     ///
     /// Each entry is its own conditional transaction, nested
     /// [`FILES_PER_REQUEST`] to a request: one entry a watcher wrote
     /// meanwhile does not undo the others.
-    pub async fn reconcile_files(&self, registered: &[FileEntry], since: i64, live: &[FileEntry]) -> Result<(usize, usize), RegistryError> {
+    pub async fn reconcile_files(
+        &self,
+        registered: &[FileEntry],
+        since: i64,
+        live: &[FileEntry],
+        present: &std::collections::HashSet<&str>,
+    ) -> Result<(usize, usize), RegistryError> {
         const OPERATION: &str = "reconcile registered files";
         let known: std::collections::HashSet<&str> = registered.iter().map(|e| e.path.as_str()).collect();
-        let present: std::collections::HashSet<&str> = live.iter().map(|e| e.path.as_str()).collect();
         let mut adds = Vec::new();
         for entry in live.iter().filter(|e| !known.contains(e.path.as_str())) {
             let key = self.file_key(&entry.path);

@@ -56,6 +56,8 @@ struct View {
     me: Member,
     /// The lease facts the gate last decided on.
     gate_facts: Option<LeaseFacts>,
+    /// The etcd lease (session) the gate decided under.
+    gate_session: Option<i64>,
 }
 
 /// A node in the cluster. Dropping it stops its tasks; [`Cluster::leave`]
@@ -431,6 +433,9 @@ impl Cluster {
     pub fn may_start(&self) -> Result<(), ClusterError> {
         self.ensure_alive()?;
         let view = lock(&self.view);
+        if view.gate_session.is_some_and(|session| session != view.lease_id) {
+            return Err(ClusterError::SessionRenewed);
+        }
         match view.gate_facts {
             Some(decided) if decided != self.facts(&view) => Err(ClusterError::LeaseMoved),
             _ => Ok(()),
@@ -444,6 +449,7 @@ impl Cluster {
         let mut view = lock(&self.view);
         let facts = self.facts(&view);
         view.gate_facts = Some(facts);
+        view.gate_session = Some(view.lease_id);
         Ok(facts)
     }
 

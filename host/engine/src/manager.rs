@@ -610,6 +610,7 @@ impl Manager {
     /// ingest registers its own files; here a cycle does it.
     pub async fn reconcile_registry(&self) -> anyhow::Result<(usize, usize)> {
         let Some(cluster) = self.cluster.get() else { return Ok((0, 0)) };
+        self.drop_stale_completions().await;
         let share = cluster.share();
         let (mut added, mut removed) = (0, 0);
         for database in compactor_storage::discover_databases(&self.storage).await?.dirs {
@@ -625,13 +626,29 @@ impl Manager {
                 // A job missed whole by this listing (it began and ended
                 // during it) registers its output through the watcher, and
                 // its inputs are gone anyway: no need to compare claims.
-                let live = self.visible_files(&prefix, &prefix, false).await?;
+                let (listed, visibility) = self
+                    .listed_with_visibility(
+                        || async {
+                            crate::planner::list_eligible(&self.storage, &prefix, &prefix)
+                                .await
+                                .map(|(files, _)| files)
+                                .map_err(compactor_job::ManifestError::List)
+                        },
+                        prefix.trim_end_matches('/'),
+                        false,
+                    )
+                    .await?;
+                // Entries go only with their objects: an output the watcher
+                // registered before its job committed is hidden from
+                // readers, not gone.
+                let present: std::collections::HashSet<&str> = listed.iter().map(|f| f.key.as_str()).collect();
                 let origin = cluster.settings().node_id.clone();
-                let entries: Vec<compactor_cluster::FileEntry> = live
-                    .into_iter()
+                let entries: Vec<compactor_cluster::FileEntry> = listed
+                    .iter()
+                    .filter(|file| !visibility.hidden.contains(&file.key))
                     .map(|file| compactor_cluster::FileEntry {
                         partition_time: partition_time(&file.key, &prefix).unwrap_or(file.last_modified),
-                        path: file.key,
+                        path: file.key.clone(),
                         sha256: String::new(),
                         size_bytes: file.size,
                         database: database.clone(),
@@ -642,12 +659,40 @@ impl Manager {
                         lsn: 0,
                     })
                     .collect();
-                let (a, r) = cluster.reconcile_files(&registered, since, &entries).await?;
+                let (a, r) = cluster.reconcile_files(&registered, since, &entries, &present).await?;
                 added += a;
                 removed += r;
             }
         }
         Ok((added, removed))
+    }
+
+    /// Removes this node's completion manifests of jobs that ended without
+    /// finishing them (killed after their upload): left, the watcher would
+    /// register their output again at every start, after the output was
+    /// merged away. A job whose partition is in flight here, or whose
+    /// recovery manifest is still in the store, keeps its manifest; the
+    /// reconciliation that follows puts the registry right.
+    async fn drop_stale_completions(&self) {
+        let dir = crate::cluster::completion_dir(self.runner.temp_directory());
+        let Ok(paths) = compactor_job::completion::list_pending(&dir) else { return };
+        let in_flight: std::collections::HashSet<String> = self.active_jobs().into_iter().map(|j| j.batch.partition_path).collect();
+        let manifests = ManifestStore::new(self.storage.clone());
+        for path in paths {
+            let Ok(manifest) = compactor_job::completion::read(&path) else { continue };
+            if manifest.state != compactor_job::completion::CompletionState::OutputWritten || in_flight.contains(&manifest.partition_path) {
+                continue;
+            }
+            if !matches!(manifests.has_manifest_of_job(&manifest.job_id).await, Ok(false)) {
+                continue;
+            }
+            match compactor_job::completion::delete(&path) {
+                Ok(()) => {
+                    tracing::warn!(job_id = %manifest.job_id, "removed the completion manifest of a job that ended without finishing it; the registry is reconciled with the store")
+                }
+                Err(e) => tracing::warn!(job_id = %manifest.job_id, error = %e, "cannot remove a stale completion manifest"),
+            }
+        }
     }
 
     /// The cluster's state, read without joining (`compactor cluster
@@ -688,21 +733,28 @@ impl Manager {
             // manifest, under the same rule.
             Some(resolved) => {
                 let reader = compactor_cluster::Cluster::reader(self.cluster_settings(&resolved.join).await?).await?;
-                self.visible(
-                    || async {
-                        let (entries, _) =
-                            reader.registered_files(&prefix).await.map_err(|e| compactor_job::ManifestError::Registry(e.to_string()))?;
-                        Ok(entries.into_iter().map(|e| e.path).collect::<Vec<_>>())
-                    },
-                    partition,
-                    true,
-                )
-                .await?
+                let (entries, visibility) = self
+                    .listed_with_visibility(
+                        || async {
+                            let (entries, _) = reader
+                                .registered_files(&prefix)
+                                .await
+                                .map_err(|e| compactor_job::ManifestError::Registry(e.to_string()))?;
+                            Ok(entries.into_iter().map(|e| e.path).collect::<Vec<_>>())
+                        },
+                        partition,
+                        true,
+                    )
+                    .await?;
+                // A committed output counts before the watcher registers it.
+                let committed = visibility.committed_outputs.into_iter().filter(|key| key.starts_with(&prefix));
+                entries.into_iter().filter(|key| !visibility.hidden.contains(key)).chain(committed).collect()
             }
             None => self.visible_files(&prefix, &measurement_prefix, true).await?.into_iter().map(|f| f.key).collect(),
         };
-        let mut live = files;
+        let mut live: Vec<String> = files;
         live.sort();
+        live.dedup();
         Ok(live)
     }
 
@@ -734,6 +786,23 @@ impl Manager {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Vec<T>, compactor_job::ManifestError>>,
     {
+        let (items, visibility) = self.listed_with_visibility(listing, partition, claims).await?;
+        Ok(items.into_iter().filter(|item| !visibility.hidden.contains(item.key())).collect())
+    }
+
+    /// What `listing` returns and the visibility rule that applies to it
+    /// ([`ManifestStore::visible`]); an error when a manifest that mentions
+    /// `partition` cannot be read.
+    async fn listed_with_visibility<T, F, Fut>(
+        &self,
+        listing: F,
+        partition: &str,
+        claims: bool,
+    ) -> anyhow::Result<(Vec<T>, compactor_job::Visibility)>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>, compactor_job::ManifestError>>,
+    {
         let (items, visibility) = ManifestStore::new(self.storage.clone()).visible(50, claims.then_some(partition), listing).await?;
         let mut unsure = compactor_model::HeldFiles::default();
         for key in &visibility.unsure {
@@ -744,7 +813,7 @@ impl Manager {
                 "cannot answer for {partition} exactly: the recovery manifest {manifest} cannot be read (run `compactor recover`)"
             );
         }
-        Ok(items.into_iter().filter(|item| !visibility.hidden.contains(item.key())).collect())
+        Ok((items, visibility))
     }
 
     /// This engine's id, as its leases and manifests name it.

@@ -31,10 +31,10 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 
+use crate::fast_path;
 use crate::manifest::{ManifestOwner, ManifestStore, Outcome, RecoveryManifest, upload_record_key};
 use crate::seams::Seams;
 use crate::sql::{self, compaction_statements, file_list, is_valid_identifier};
-use crate::fast_path;
 use crate::{FailureKind, JobConfig, JobResult, output_name};
 use compactor_storage::lease::{before_deadline, deadline_file_is_valid, mark_writes_in_flight};
 use compactor_storage::{EarlyWriteback, Storage, TrackedUploads};
@@ -698,7 +698,8 @@ impl Job<'_> {
     /// Uploads create-only: one request when small, parts when large.
     async fn upload(&self, local: &Path, key: &str, size: u64, manifest_key: &str) -> anyhow::Result<()> {
         let threshold = self.multipart_threshold();
-        if size <= threshold {
+        // On local disk the output is linked into place whatever its size.
+        if size <= threshold || self.storage.links_from(&self.work_dir) {
             let create = async { self.storage.create_from_file(local, key).await.map_err(anyhow::Error::from) };
             return self.upload_step(create).await.with_context(|| format!("cannot create {key}"));
         }

@@ -157,7 +157,7 @@ pub fn read(path: &Path) -> Result<CompletionManifest, CompletionError> {
 
 /// The `*.json` files of `dir` (not `*.tmp`, not directories), sorted by name;
 /// a missing directory is empty.
-pub(crate) fn list_pending(dir: &Path) -> Result<Vec<PathBuf>, CompletionError> {
+pub fn list_pending(dir: &Path) -> Result<Vec<PathBuf>, CompletionError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

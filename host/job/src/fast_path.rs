@@ -134,14 +134,11 @@ pub fn plan(inputs: &[(String, &Path)], sort_keys: &[String], row_group_size: u6
             return Err(declined(format!("{key} was written sorted by {written:?}, not by {sort_keys:?}")));
         }
     }
-    let time_column = (0..schema.num_columns())
-        .find(|&i| schema.column(i).path().parts() == ["time"])
-        .ok_or_else(|| declined("no time column"))?;
+    let time_column =
+        (0..schema.num_columns()).find(|&i| schema.column(i).path().parts() == ["time"]).ok_or_else(|| declined("no time column"))?;
     let time = schema.column(time_column);
-    let microseconds_utc = matches!(
-        time.logical_type(),
-        Some(LogicalType::Timestamp { is_adjusted_to_u_t_c: true, unit: TimeUnit::MICROS(_) })
-    );
+    let microseconds_utc =
+        matches!(time.logical_type(), Some(LogicalType::Timestamp { is_adjusted_to_u_t_c: true, unit: TimeUnit::MICROS(_) }));
     if time.physical_type() != PhysicalType::INT64 || !microseconds_utc {
         return Err(declined("time is not a TIMESTAMPTZ of microseconds"));
     }
@@ -220,11 +217,14 @@ impl RowGroupCopy {
             ]))
             .set_sorting_columns(Some(vec![SortingColumn { column_idx: self.time_column as i32, descending: false, nulls_first: false }]))
             .build();
-        let file = File::create(output)?;
+        // Large writes: the copy is one pass over the bytes, as the floor's.
+        let file = std::io::BufWriter::with_capacity(COPY_BUFFER, File::create(output)?);
         let mut writer = SerializedFileWriter::new(file, schema, Arc::new(properties))?;
         let mut rows = 0u64;
         for input in &self.inputs {
             for group in input.metadata.row_groups().iter().filter(|g| g.num_rows() > 0) {
+                let chunks =
+                    RowGroupBytes::read(&input.file, group).map_err(|e| anyhow::anyhow!("reading a row group of {}: {e}", input.key))?;
                 let mut group_writer = writer.next_row_group()?;
                 for column in group.columns() {
                     let close = ColumnCloseResult {
@@ -235,7 +235,9 @@ impl RowGroupCopy {
                         column_index: None,
                         offset_index: None,
                     };
-                    group_writer.append_column(&input.file, close).map_err(|e| anyhow::anyhow!("copying a column chunk of {}: {e}", input.key))?;
+                    group_writer
+                        .append_column(&chunks, close)
+                        .map_err(|e| anyhow::anyhow!("copying a column chunk of {}: {e}", input.key))?;
                 }
                 group_writer.close()?;
                 rows += group.num_rows() as u64;
@@ -246,6 +248,65 @@ impl RowGroupCopy {
     }
 }
 
+/// Bytes written to the output per system call.
+const COPY_BUFFER: usize = 8 << 20;
+
+/// One row group's column chunks, read from its file in one request, as
+/// `append_column` reads them: by their offsets in the file.
+struct RowGroupBytes {
+    start: u64,
+    bytes: bytes::Bytes,
+}
+
+impl RowGroupBytes {
+    fn read(file: &File, group: &parquet::file::metadata::RowGroupMetaData) -> std::io::Result<Self> {
+        use std::os::unix::fs::FileExt;
+        let range = |column: &parquet::file::metadata::ColumnChunkMetaData| {
+            let start = column.dictionary_page_offset().unwrap_or(column.data_page_offset());
+            (start, start + column.compressed_size())
+        };
+        let start = group.columns().iter().map(|c| range(c).0).min().unwrap_or(0);
+        let end = group.columns().iter().map(|c| range(c).1).max().unwrap_or(start);
+        let (start, end) = (u64::try_from(start).unwrap_or(0), u64::try_from(end).unwrap_or(0));
+        let mut bytes = vec![0u8; end.saturating_sub(start) as usize];
+        file.read_exact_at(&mut bytes, start)?;
+        Ok(Self { start, bytes: bytes.into() })
+    }
+}
+
+impl parquet::file::reader::Length for RowGroupBytes {
+    fn len(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+}
+
+impl parquet::file::reader::ChunkReader for RowGroupBytes {
+    type T = bytes::buf::Reader<bytes::Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        use bytes::Buf;
+        Ok(self.slice(start, None)?.reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<bytes::Bytes> {
+        self.slice(start, Some(length))
+    }
+}
+
+impl RowGroupBytes {
+    fn slice(&self, start: u64, length: Option<usize>) -> parquet::errors::Result<bytes::Bytes> {
+        let from = start.checked_sub(self.start).map(|f| f as usize).filter(|f| *f <= self.bytes.len());
+        let Some(from) = from else {
+            return Err(parquet::errors::ParquetError::General(format!("offset {start} outside the row group read")));
+        };
+        let to = length.map_or(self.bytes.len(), |l| from + l);
+        if to > self.bytes.len() {
+            return Err(parquet::errors::ParquetError::General(format!("{length:?} bytes at {start} run past the row group read")));
+        }
+        Ok(self.bytes.slice(from..to))
+    }
+}
+
 /// The output's order at every seam between row groups: each one's
 /// smallest `time` is not below the previous one's largest (read back from
 /// the written footer, not from the plan).
@@ -253,8 +314,9 @@ pub fn check_order(output: &Path) -> anyhow::Result<()> {
     let reader = SerializedFileReader::new(File::open(output)?)?;
     let metadata = reader.metadata();
     let schema = metadata.file_metadata().schema_descr();
-    let time_column =
-        (0..schema.num_columns()).find(|&i| schema.column(i).path().parts() == ["time"]).ok_or_else(|| anyhow::anyhow!("no time column"))?;
+    let time_column = (0..schema.num_columns())
+        .find(|&i| schema.column(i).path().parts() == ["time"])
+        .ok_or_else(|| anyhow::anyhow!("no time column"))?;
     let mut previous_max: Option<i64> = None;
     for (i, group) in metadata.row_groups().iter().enumerate().filter(|(_, g)| g.num_rows() > 0) {
         let Some(Statistics::Int64(stats)) = group.column(time_column).statistics() else {

@@ -394,6 +394,10 @@ pub struct Visibility {
     /// Manifests that could not be read or parsed: the partitions their
     /// names or contents mention cannot be answered exactly.
     pub unsure: Vec<String>,
+    /// Outputs of committed jobs whose manifests are still there: they
+    /// count, whether or not a listing (the cluster file manifest, which
+    /// learns of them a moment later) has them yet.
+    pub committed_outputs: Vec<String>,
 }
 
 impl ManifestStore {
@@ -438,6 +442,13 @@ impl ManifestStore {
         Err(ManifestError::Unstable { attempts })
     }
 
+    /// Whether the recovery manifest of job `job_id` is in the store (the
+    /// job is running, or dead and not yet recovered).
+    pub async fn has_manifest_of_job(&self, job_id: &str) -> Result<bool, ManifestError> {
+        let suffix = format!("_{job_id}.json");
+        Ok(self.list_state().await?.manifests.iter().any(|key| key.ends_with(&suffix)))
+    }
+
     async fn visibility(&self, state: &StateListing) -> Result<Visibility, ManifestError> {
         let mut visibility = Visibility::default();
         for key in &state.manifests {
@@ -447,6 +458,7 @@ impl ManifestStore {
                         && matches!(self.outcome(key).await, Ok(Some(OutcomeRecord { outcome: Outcome::Committed, .. })));
                     if committed {
                         visibility.hidden.extend(manifest.input_files);
+                        visibility.committed_outputs.push(manifest.output_path);
                     } else {
                         visibility.hidden.insert(manifest.output_path);
                     }

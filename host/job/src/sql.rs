@@ -128,15 +128,9 @@ mod tests {
 
     #[test]
     fn standard_variant_has_no_dedup() {
-        let sql = compaction_statements(
-            "['a.parquet', 'b.parquet']",
-            &keys(&["time"]),
-            "/tmp/out.parquet",
-            &[],
-            false,
-            DEFAULT_ROW_GROUP_SIZE,
-        )
-        .join(";");
+        let sql =
+            compaction_statements("['a.parquet', 'b.parquet']", &keys(&["time"]), "/tmp/out.parquet", &[], false, DEFAULT_ROW_GROUP_SIZE)
+                .join(";");
         assert!(sql.contains("read_parquet") && sql.contains(r#"ORDER BY "time""#));
         assert!(!sql.contains("ROW_NUMBER"));
         assert!(sql.contains("make_timestamp(") && sql.contains("TIMESTAMPTZ"));
