@@ -78,7 +78,7 @@ impl Client {
 }
 
 /// A lake whose config serves the API on a free port, plus `configure`.
-fn api_lake(configure: impl FnOnce(crate::kit::TestConfig) -> crate::kit::TestConfig) -> (Lake, u16) {
+pub(crate) fn api_lake(configure: impl FnOnce(crate::kit::TestConfig) -> crate::kit::TestConfig) -> (Lake, u16) {
     let port = free_port();
     // Schedules that never fire during a test: the test triggers every cycle.
     let lake = lake_configured(50, |config| configure(config.schedules("0 0 1 1 *").section("api", "listen", format!("127.0.0.1:{port}"))));

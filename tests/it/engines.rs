@@ -233,3 +233,50 @@ fn an_engine_whose_clock_is_off_refuses_to_run() {
     }
     assert_eq!(files_under(&lake.lake), before, "nothing was touched");
 }
+
+/// The adversarial run's defect C: the start-up check of the clock passed,
+/// then the wall clock stepped forward (an operator's `date -s`, a VM
+/// resumed), and leases judged on it would take live jobs' partitions. A
+/// step against `CLOCK_BOOTTIME` is seen before the next cycle, which
+/// checks the clock against the store's again and, off now, does nothing.
+/// Needs `faketime`.
+#[test]
+fn a_wall_clock_stepped_after_start_up_stops_the_next_cycle() {
+    let Some(library) = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1"]
+        .into_iter()
+        .find(|l| std::path::Path::new(l).exists())
+    else {
+        eprintln!("faketime is not installed (apt-get install faketime); skipping the clock-step test");
+        return;
+    };
+    use crate::api::{Client, TOKEN, api_lake};
+    let (lake, port) = api_lake(|config| config.section("api", "token", TOKEN));
+    let offset = lake.root.join("faketime");
+    std::fs::write(&offset, "+0s\n").unwrap();
+    let offset_path = offset.display().to_string();
+    let env = [
+        ("LD_PRELOAD", library),
+        ("FAKETIME_TIMESTAMP_FILE", offset_path.as_str()),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let mut engine = spawn_compactor(&lake.config, &["run"], &env);
+    let api = Client::new(port);
+    api.wait_ready(&mut engine);
+    let before = files_under(&lake.lake);
+    std::fs::write(&offset, "+30s\n").unwrap();
+    let (status, body) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    api.wait_cycle_done(body["cycle_id"].as_u64().unwrap());
+    assert_eq!(files_under(&lake.lake), before, "no job ran on a stepped clock");
+    // Stepped back: the next cycle checks again, and runs.
+    std::fs::write(&offset, "+0s\n").unwrap();
+    let (_, body) = api.post("/api/v1/compaction/trigger", Some(TOKEN));
+    api.wait_cycle_done(body["cycle_id"].as_u64().unwrap());
+    signal_group(&engine, libc::SIGTERM);
+    let output = engine.wait_with_output().unwrap();
+    let log = text(&output);
+    assert!(log.contains("wall clock stepped") && log.contains("max_clock_skew"), "the step and the refusal are logged: {log}");
+    assert!(files_under(&lake.lake).len() < before.len(), "compacted once the clock agreed again");
+    assert_intact(&lake);
+}

@@ -870,10 +870,28 @@ impl Manager {
                 offset.num_milliseconds()
             );
         }
+        self.runner.leases().anchor_clock();
         for warning in self.unmatched_tenant_patterns().await {
             tracing::warn!("{warning}");
         }
         Ok(())
+    }
+
+    /// When this host's wall clock stepped by more than half
+    /// `max_clock_skew` since it was last checked, checks it against the
+    /// store's again: leases are judged on it, and a clock stepped ahead
+    /// would take live jobs' partitions. A cycle of a host whose clock is
+    /// now off does nothing.
+    async fn recheck_clock_after_a_step(&self) -> Result<(), CycleError> {
+        let step = self.runner.leases().clock_step();
+        if step.to_std().unwrap_or_default() <= self.runner.leases().settings().max_clock_skew / 2 {
+            return Ok(());
+        }
+        tracing::warn!(
+            step_ms = step.num_milliseconds(),
+            "this host's wall clock stepped since it was checked; checking it against the store again"
+        );
+        self.check_store().await.map_err(|e| CycleError::Clock(e.to_string()))
     }
 
     /// A warning for each tenant's database pattern that owns no database
@@ -982,6 +1000,7 @@ impl Manager {
             tracing::warn!(cycle_id, "{}", report.gate);
             return Ok(report);
         }
+        self.recheck_clock_after_a_step().await?;
         // Files others wrote since the last cycle join the cluster file
         // manifest before any job takes them (and again after the jobs).
         self.reconcile_logged(cycle_id).await;

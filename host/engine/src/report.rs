@@ -28,6 +28,10 @@ pub enum CycleError {
     /// The store cannot be used by a child process.
     #[error("storage {0} cannot be compacted by a job process (use file://, s3://, …)")]
     NotShareable(String),
+    /// This host's wall clock stepped since it was checked against the
+    /// store's, and is now off by more than the bound.
+    #[error("{0}")]
+    Clock(String),
 }
 
 /// What to run.

@@ -160,6 +160,11 @@ impl JobRunner {
             tracing::warn!(%partition, error = %e, "the partition waits for the next cycle");
             return held_back;
         }
+        let step = self.leases.clock_step();
+        if step.to_std().unwrap_or_default() > self.leases.settings().max_clock_skew / 2 {
+            tracing::error!(%partition, step_ms = step.num_milliseconds(), "this host's wall clock stepped during the cycle; the partition waits for the next cycle, which checks the clock against the store's again");
+            return held_back;
+        }
         let lease = match self.leases.try_acquire(&partition).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {

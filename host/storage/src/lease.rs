@@ -210,7 +210,14 @@ pub struct Leases {
     sequence: Arc<AtomicU64>,
     /// This engine's liveness lock, held while it lives.
     _alive: Option<Arc<Liveness>>,
+    /// The wall clock and `CLOCK_BOOTTIME` when the clock was last found
+    /// within the bound of the store's ([`Leases::check_store`]): a step of
+    /// the wall clock since shows as a difference between the two.
+    clock_anchor: Arc<std::sync::Mutex<Option<ClockAnchor>>>,
 }
+
+/// The wall clock and `CLOCK_BOOTTIME` (nanoseconds) read together.
+type ClockAnchor = (DateTime<Utc>, u64);
 
 /// An engine's liveness lock file; removed when the engine ends normally.
 #[derive(Debug)]
@@ -334,7 +341,7 @@ impl Leases {
     pub fn new(storage: Storage, engine: String, settings: LeaseSettings) -> Self {
         sweep_liveness_files();
         let alive = hold_liveness(&engine).map(Arc::new);
-        Self { storage, engine, settings, sequence: Arc::default(), _alive: alive }
+        Self { storage, engine, settings, sequence: Arc::default(), _alive: alive, clock_anchor: Arc::default() }
     }
 
     /// This engine's id.
@@ -492,6 +499,23 @@ impl Leases {
             change(claims, now)
         })
         .await
+    }
+
+    /// How far this host's wall clock has stepped since [`Leases::anchor_clock`]
+    /// (against `CLOCK_BOOTTIME`, which never steps); zero before any anchor.
+    /// NTP's slewing moves both alike; a step — an operator's `date -s`, a
+    /// VM resumed with a corrected clock — does not, and leases judged on
+    /// the stepped clock would not be safe.
+    pub fn clock_step(&self) -> chrono::Duration {
+        let anchor = *self.clock_anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((wall, boot)) = anchor else { return chrono::Duration::zero() };
+        let elapsed = chrono::Duration::nanoseconds(boottime_nanos().saturating_sub(boot).min(i64::MAX as u64) as i64);
+        (Utc::now() - wall - elapsed).abs()
+    }
+
+    /// Records the wall clock as checked against the store's now.
+    pub fn anchor_clock(&self) {
+        *self.clock_anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((Utc::now(), boottime_nanos()));
     }
 
     /// Checks what the lease protocol relies on: create-only writes, and this
