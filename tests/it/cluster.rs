@@ -547,3 +547,53 @@ fn a_committed_output_counts_before_the_watcher_registers_it() {
     }
     assert!(counted >= 1, "a job was committed before it was killed");
 }
+
+/// The adversarial run's defect 3: a node reconciling its new share (the
+/// membership changed) met an output the watcher had registered before its
+/// job committed; hidden from readers, it was taken for gone and removed,
+/// and once the job committed the registry held neither the inputs nor the
+/// output. An entry goes only with its object.
+#[test]
+fn reconciling_a_share_keeps_an_output_registered_before_its_commit() {
+    let lake = lake_configured(20, |c| c);
+    let spread = |c: TestConfig| c.cluster("mode", "spread").cluster("check_interval", "1s").cluster("session_ttl", "5s");
+    // The second node owns `cpu` once both are members.
+    let second = ["r1", "r2", "r3", "r4", "r5", "r6"]
+        .into_iter()
+        .find(|id| compactor_cluster::owner(&["w1".to_owned(), (*id).to_owned()], "db", "cpu") == Some(*id))
+        .unwrap();
+    let writer = node_config(&lake, "w1", "compactor", spread);
+    let port = free_port();
+    let other = node_config(&lake, second, "compactor", move |c| {
+        spread(c).schedules("0 0 1 1 *").section("api", "listen", format!("127.0.0.1:{port}")).section("api", "token", TOKEN)
+    });
+    // Alone, the writer owns both measurements; its jobs wait between their
+    // completion manifest (the watcher registers the output) and the commit.
+    let marker = lake.root.join("uploaded");
+    let stall = format!("before-commit:8000:{}", marker.display());
+    let mut writing = spawn_compactor(&writer, &["once", "--now", NOW, "--tier", "hourly"], &[("COMPACTOR_STALL", &stall)]);
+    wait_until("a job to upload its output", Duration::from_secs(30), || {
+        if let Ok(Some(_)) = writing.try_wait() {
+            let mut log = String::new();
+            let _ = std::io::Read::read_to_string(writing.stderr.as_mut().unwrap(), &mut log);
+            panic!("the writer ended before any job uploaded: {log}");
+        }
+        marker.exists()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    // The second node joins: `cpu` is its share, and its cycle reconciles it
+    // while the writer's jobs have not committed.
+    let mut daemon = Daemon(spawn_compactor(&other, &["run"], &[]));
+    let api = Client::new(port);
+    api.wait_ready(&mut daemon.0);
+    let (status, body) = api.post("/api/v1/compaction/trigger?database=none", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    api.wait_cycle_done(body["cycle_id"].as_u64().unwrap());
+    let written = writing.wait_with_output().unwrap();
+    assert!(written.status.success(), "{}", text(&written));
+    assert_intact(&lake);
+    // A day's answer includes its hours.
+    let (registered, stored) = registry_and_store(&lake, &other, "db/cpu/2026/04/11");
+    assert!(stored.iter().any(|k| k.ends_with("_compacted.parquet")), "the writer's outputs are there: {stored:?}");
+    assert_eq!(registered, stored, "the registry is the store's live set");
+}

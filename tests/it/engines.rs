@@ -209,18 +209,23 @@ fn a_hung_job_is_killed_at_the_job_timeout() {
     converge(&lake);
 }
 
+/// libfaketime, which `.ci/run` installs; `None` (saying so) without it.
+fn faketime(test: &str) -> Option<&'static str> {
+    let library = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1"]
+        .into_iter()
+        .find(|l| std::path::Path::new(l).exists());
+    if library.is_none() {
+        eprintln!("faketime is not installed (apt-get install faketime); skipping {test}");
+    }
+    library
+}
+
 /// An engine whose clock is off by more than half of `max_clock_skew` would
 /// judge a live claim expired (the adversarial run duplicated two hours'
 /// rows with +3 s): it refuses to run. Needs `faketime`.
 #[test]
 fn an_engine_whose_clock_is_off_refuses_to_run() {
-    let Some(library) = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1"]
-        .into_iter()
-        .find(|l| std::path::Path::new(l).exists())
-    else {
-        eprintln!("faketime is not installed (apt-get install faketime); skipping the clock-skew test");
-        return;
-    };
+    let Some(library) = faketime("the clock-skew test") else { return };
     let lake = short_leases(50);
     let before = files_under(&lake.lake);
     for command in [&["once", "--now", NOW][..], &["recover"]] {
@@ -242,13 +247,7 @@ fn an_engine_whose_clock_is_off_refuses_to_run() {
 /// Needs `faketime`.
 #[test]
 fn a_wall_clock_stepped_after_start_up_stops_the_next_cycle() {
-    let Some(library) = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1"]
-        .into_iter()
-        .find(|l| std::path::Path::new(l).exists())
-    else {
-        eprintln!("faketime is not installed (apt-get install faketime); skipping the clock-step test");
-        return;
-    };
+    let Some(library) = faketime("the clock-step test") else { return };
     use crate::api::{Client, TOKEN, api_lake};
     let (lake, port) = api_lake(|config| config.section("api", "token", TOKEN));
     let offset = lake.root.join("faketime");

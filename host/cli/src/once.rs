@@ -118,7 +118,8 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
         );
     }
     if report.measurements_elsewhere > 0 {
-        println!("{} measurements are other nodes' share (cluster mode = \"spread\")", report.measurements_elsewhere);
+        let measurements = if report.measurements_elsewhere == 1 { "measurement is" } else { "measurements are" };
+        println!("{} {measurements} other nodes' share (cluster mode = \"spread\")", report.measurements_elsewhere);
     }
     let r = report.requests;
     println!("requests: {} ({} LIST, {} GET, {} PUT incl. parts, {} DELETE)", r.total(), r.list, r.get, r.put, r.delete);

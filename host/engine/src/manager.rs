@@ -626,18 +626,7 @@ impl Manager {
                 // A job missed whole by this listing (it began and ended
                 // during it) registers its output through the watcher, and
                 // its inputs are gone anyway: no need to compare claims.
-                let (listed, visibility) = self
-                    .listed_with_visibility(
-                        || async {
-                            crate::planner::list_eligible(&self.storage, &prefix, &prefix)
-                                .await
-                                .map(|(files, _)| files)
-                                .map_err(compactor_job::ManifestError::List)
-                        },
-                        prefix.trim_end_matches('/'),
-                        false,
-                    )
-                    .await?;
+                let (listed, visibility) = self.listed_files(&prefix, &prefix, false).await?;
                 // Entries go only with their objects: an output the watcher
                 // registered before its job committed is hidden from
                 // readers, not gone.
@@ -762,32 +751,25 @@ impl Manager {
     /// visibility rule over the store's listing); `claims`: `prefix` is one
     /// partition, whose claims are compared too.
     async fn visible_files(&self, prefix: &str, measurement_prefix: &str, claims: bool) -> anyhow::Result<Vec<compactor_model::FileMeta>> {
-        let files = self
-            .visible(
-                || async {
-                    crate::planner::list_eligible(&self.storage, prefix, measurement_prefix)
-                        .await
-                        .map(|(files, _)| files)
-                        .map_err(compactor_job::ManifestError::List)
-                },
-                prefix.trim_end_matches('/'),
-                claims,
-            )
-            .await?;
-        Ok(files)
+        let (files, visibility) = self.listed_files(prefix, measurement_prefix, claims).await?;
+        Ok(files.into_iter().filter(|file| !visibility.hidden.contains(&file.key)).collect())
     }
 
-    /// What `listing` returns, without what the visibility rule hides
-    /// ([`ManifestStore::visible`]); an error when a manifest that mentions
-    /// `partition` cannot be read. `claims`: `partition` is one partition,
-    /// whose claims are compared before and after the listing too.
-    async fn visible<T: VisibleKey, F, Fut>(&self, listing: F, partition: &str, claims: bool) -> anyhow::Result<Vec<T>>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<T>, compactor_job::ManifestError>>,
-    {
-        let (items, visibility) = self.listed_with_visibility(listing, partition, claims).await?;
-        Ok(items.into_iter().filter(|item| !visibility.hidden.contains(item.key())).collect())
+    /// Every eligible file under `prefix`, and the visibility rule that
+    /// applies to the listing.
+    async fn listed_files(
+        &self,
+        prefix: &str,
+        measurement_prefix: &str,
+        claims: bool,
+    ) -> anyhow::Result<(Vec<compactor_model::FileMeta>, compactor_job::Visibility)> {
+        let listing = || async {
+            crate::planner::list_eligible(&self.storage, prefix, measurement_prefix)
+                .await
+                .map(|(files, _)| files)
+                .map_err(compactor_job::ManifestError::List)
+        };
+        self.listed_with_visibility(listing, prefix.trim_end_matches('/'), claims).await
     }
 
     /// What `listing` returns and the visibility rule that applies to it
@@ -1319,23 +1301,6 @@ impl Drop for RunningScopes {
         for scope in lock(&self.scopes).iter() {
             running.remove(scope);
         }
-    }
-}
-
-/// Anything a listing returns that names a storage key.
-trait VisibleKey {
-    fn key(&self) -> &str;
-}
-
-impl VisibleKey for String {
-    fn key(&self) -> &str {
-        self
-    }
-}
-
-impl VisibleKey for compactor_model::FileMeta {
-    fn key(&self) -> &str {
-        &self.key
     }
 }
 

@@ -21,7 +21,7 @@
 //!
 //! Setting `COMPACTOR_FAULT` to a step name (`after-download`, `after-merge`,
 //! `after-manifest`, `upload-started` (a recorded multipart upload, before
-//! its record), `mid-upload`, `after-upload`, `mid-delete`, `after-delete`) makes the child kill itself with SIGKILL there; the crash
+//! its record), `mid-upload`, `after-upload`, `before-commit` (the completion manifest written), `mid-delete`, `after-delete`) makes the child kill itself with SIGKILL there; the crash
 //! tests use it.
 
 use std::path::{Path, PathBuf};
@@ -455,6 +455,7 @@ impl Job<'_> {
     /// job's behalf (and finishes it); an abort by recovery deletes the
     /// output and fails the job.
     fn commit(&mut self, manifest_key: &str, output: &Output) -> anyhow::Result<bool> {
+        self.seams.at("before-commit");
         // On local disk, make the output durable before anything that lets
         // its inputs go.
         self.storage.sync(&output.key).context("failed to sync the output")?;
