@@ -190,9 +190,9 @@ fn day_config(root: &Path, lake: &str, fast_path: bool, sort_keys: &[&str], row_
 /// daily log.
 fn compare_paths(seed: u64, shape: &DayShape, sort_keys: &[&str]) -> String {
     // Smaller row groups and more rows for some days: inputs of several
-    // groups, each copied with its own offsets. (DuckDB writes groups in
-    // steps of its 2,048-row vectors: below that it exceeds the setting, and
-    // the copy, which keeps the inputs' groups, declines.)
+    // groups, each copied with its own offsets. (DuckDB fills a group a
+    // chunk of up to 2,048 rows at a time: below that its groups exceed the
+    // setting, and the copy, which keeps the inputs' groups, declines.)
     let row_group_size = [122_880, 2_048, 4_096][(seed % 3) as usize];
     let mut shape = shape.clone();
     if row_group_size < 122_880 {
