@@ -636,7 +636,11 @@ impl Manager {
                     .iter()
                     .filter(|file| !visibility.hidden.contains(&file.key))
                     .map(|file| compactor_cluster::FileEntry {
-                        partition_time: partition_time(&file.key, &prefix).unwrap_or(file.last_modified),
+                        partition_time: file
+                            .key
+                            .strip_prefix(&prefix)
+                            .and_then(compactor_model::partition_start)
+                            .unwrap_or(file.last_modified),
                         path: file.key.clone(),
                         sha256: String::new(),
                         size_bytes: file.size,
@@ -666,13 +670,19 @@ impl Manager {
         let dir = crate::cluster::completion_dir(self.runner.temp_directory());
         let Ok(paths) = compactor_job::completion::list_pending(&dir) else { return };
         let in_flight: std::collections::HashSet<String> = self.active_jobs().into_iter().map(|j| j.batch.partition_path).collect();
-        let manifests = ManifestStore::new(self.storage.clone());
-        for path in paths {
-            let Ok(manifest) = compactor_job::completion::read(&path) else { continue };
-            if manifest.state != compactor_job::completion::CompletionState::OutputWritten || in_flight.contains(&manifest.partition_path) {
-                continue;
-            }
-            if !matches!(manifests.has_manifest_of_job(&manifest.job_id).await, Ok(false)) {
+        let candidates: Vec<_> = paths
+            .into_iter()
+            .filter_map(|path| compactor_job::completion::read(&path).ok().map(|manifest| (path, manifest)))
+            .filter(|(_, m)| m.state == compactor_job::completion::CompletionState::OutputWritten && !in_flight.contains(&m.partition_path))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        // One listing for them all; a listing that fails keeps every one.
+        let Ok(recovery_manifests) = ManifestStore::new(self.storage.clone()).manifest_keys().await else { return };
+        for (path, manifest) in candidates {
+            let suffix = format!("_{}.json", manifest.job_id);
+            if recovery_manifests.iter().any(|key| key.ends_with(&suffix)) {
                 continue;
             }
             match compactor_job::completion::delete(&path) {
@@ -865,10 +875,7 @@ impl Manager {
     /// would take live jobs' partitions. A cycle of a host whose clock is
     /// now off does nothing.
     async fn recheck_clock_after_a_step(&self) -> Result<(), CycleError> {
-        let step = self.runner.leases().clock_step();
-        if step.to_std().unwrap_or_default() <= self.runner.leases().settings().max_clock_skew / 2 {
-            return Ok(());
-        }
+        let Some(step) = self.runner.leases().clock_stepped() else { return Ok(()) };
         tracing::warn!(
             step_ms = step.num_milliseconds(),
             "this host's wall clock stepped since it was checked; checking it against the store again"
@@ -1302,17 +1309,6 @@ impl Drop for RunningScopes {
             running.remove(scope);
         }
     }
-}
-
-/// The start of the partition `key` lies in (`prefix` is
-/// `DB/MEASUREMENT/`): its hour, or its day for a file at day level.
-fn partition_time(key: &str, prefix: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    let mut segments = key.strip_prefix(prefix)?.split('/');
-    let mut number = |len: usize| segments.next().filter(|s| s.len() == len).and_then(|s| s.parse::<u32>().ok());
-    let (year, month, day) = (number(4)?, number(2)?, number(2)?);
-    let hour = number(2).unwrap_or(0);
-    let date = chrono::NaiveDate::from_ymd_opt(year as i32, month, day)?;
-    Some(date.and_hms_opt(hour.min(23), 0, 0)?.and_utc())
 }
 
 /// `DB/MEASUREMENT/` of a partition path `DB/MEASUREMENT/YYYY/MM/DD[/HH]`,

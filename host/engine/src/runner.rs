@@ -160,8 +160,7 @@ impl JobRunner {
             tracing::warn!(%partition, error = %e, "the partition waits for the next cycle");
             return held_back;
         }
-        let step = self.leases.clock_step();
-        if step.to_std().unwrap_or_default() > self.leases.settings().max_clock_skew / 2 {
+        if let Some(step) = self.leases.clock_stepped() {
             tracing::error!(%partition, step_ms = step.num_milliseconds(), "this host's wall clock stepped during the cycle; the partition waits for the next cycle, which checks the clock against the store's again");
             return held_back;
         }

@@ -344,8 +344,7 @@ impl ManifestStore {
         for key in &state.manifests {
             match self.read(key).await {
                 Ok(manifest) => {
-                    let aborted = state.outcomes.contains(&outcome_key(key))
-                        && matches!(self.outcome(key).await, Ok(Some(OutcomeRecord { outcome: Outcome::Aborted, .. })));
+                    let aborted = self.listed_outcome(&state, key).await == Some(Outcome::Aborted);
                     if !aborted {
                         held.hold_all(manifest.input_files);
                     }
@@ -442,11 +441,19 @@ impl ManifestStore {
         Err(ManifestError::Unstable { attempts })
     }
 
-    /// Whether the recovery manifest of job `job_id` is in the store (the
-    /// job is running, or dead and not yet recovered).
-    pub async fn has_manifest_of_job(&self, job_id: &str) -> Result<bool, ManifestError> {
-        let suffix = format!("_{job_id}.json");
-        Ok(self.list_state().await?.manifests.iter().any(|key| key.ends_with(&suffix)))
+    /// The keys of the recovery manifests in the store (jobs running, or
+    /// dead and not yet recovered); a job's key ends `_{job_id}.json`.
+    pub async fn manifest_keys(&self) -> Result<Vec<String>, ManifestError> {
+        Ok(self.list_state().await?.manifests)
+    }
+
+    /// The decided outcome of the manifest at `key`, when `state` listed
+    /// one and it can be read now.
+    async fn listed_outcome(&self, state: &StateListing, key: &str) -> Option<Outcome> {
+        if !state.outcomes.contains(&outcome_key(key)) {
+            return None;
+        }
+        self.outcome(key).await.ok().flatten().map(|record| record.outcome)
     }
 
     async fn visibility(&self, state: &StateListing) -> Result<Visibility, ManifestError> {
@@ -454,8 +461,7 @@ impl ManifestStore {
         for key in &state.manifests {
             match self.read(key).await {
                 Ok(manifest) => {
-                    let committed = state.outcomes.contains(&outcome_key(key))
-                        && matches!(self.outcome(key).await, Ok(Some(OutcomeRecord { outcome: Outcome::Committed, .. })));
+                    let committed = self.listed_outcome(state, key).await == Some(Outcome::Committed);
                     if committed {
                         visibility.hidden.extend(manifest.input_files);
                         visibility.committed_outputs.push(manifest.output_path);

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 
 pub use cost::RequestCost;
 pub use held::HeldFiles;
-pub use partition::{Partition, PartitionLevel, PartitionPath, group_into_partitions, in_partition_layout};
+pub use partition::{Partition, PartitionLevel, PartitionPath, group_into_partitions, in_partition_layout, partition_start};
 
 /// The fewest files a job merges: one file alone cannot be compacted.
 pub const MIN_BATCH_FILES: usize = 2;

@@ -128,6 +128,13 @@ pub fn in_partition_layout(relative: &str) -> bool {
     parse_date_segments(relative, PartitionLevel::Day).is_some()
 }
 
+/// The start of the partition `relative` (a key after
+/// `{database}/{measurement}/`) lies in: its hour, else its day, by the
+/// rule that groups files into partitions; `None` outside the layout.
+pub fn partition_start(relative: &str) -> Option<DateTime<Utc>> {
+    parse_date_segments(relative, PartitionLevel::Hour).or_else(|| parse_date_segments(relative, PartitionLevel::Day)).map(|(_, time)| time)
+}
+
 /// Parses the date segments at the start of `relative` (the key after
 /// `{database}/{measurement}/`), returning them joined by `/` and the
 /// partition's start time.
@@ -255,5 +262,14 @@ mod tests {
         let p = group_into_partitions("rocket-01/factory", "temps", &files, PartitionLevel::Hour);
         assert_eq!(p[0].path, "rocket-01/factory/temps/2026/08/19/10");
         assert_eq!(p[0].time, utc("2026-08-19T10:00:00Z"));
+    }
+
+    #[test]
+    fn a_key_starts_at_its_hour_or_else_its_day() {
+        let at = |text: &str| DateTime::parse_from_rfc3339(text).unwrap().to_utc();
+        assert_eq!(partition_start("2026/04/11/14/x.parquet"), Some(at("2026-04-11T14:00:00Z")));
+        assert_eq!(partition_start("2026/04/11/x_daily.parquet"), Some(at("2026-04-11T00:00:00Z")));
+        assert_eq!(partition_start("2026/04/11/ab/x.parquet"), Some(at("2026-04-11T00:00:00Z")));
+        assert_eq!(partition_start("2026/04/x.parquet"), None);
     }
 }

@@ -502,15 +502,17 @@ impl Leases {
     }
 
     /// How far this host's wall clock has stepped since [`Leases::anchor_clock`]
-    /// (against `CLOCK_BOOTTIME`, which never steps); zero before any anchor.
-    /// NTP's slewing moves both alike; a step — an operator's `date -s`, a
-    /// VM resumed with a corrected clock — does not, and leases judged on
-    /// the stepped clock would not be safe.
-    pub fn clock_step(&self) -> chrono::Duration {
+    /// (against `CLOCK_BOOTTIME`, which never steps), when that is more than
+    /// half `max_clock_skew`; `None` within it or before any anchor. NTP's
+    /// slewing moves both alike; a step — an operator's `date -s`, a VM
+    /// resumed with a corrected clock — does not, and leases judged on the
+    /// stepped clock would not be safe.
+    pub fn clock_stepped(&self) -> Option<chrono::Duration> {
         let anchor = *self.clock_anchor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some((wall, boot)) = anchor else { return chrono::Duration::zero() };
+        let (wall, boot) = anchor?;
         let elapsed = chrono::Duration::nanoseconds(boottime_nanos().saturating_sub(boot).min(i64::MAX as u64) as i64);
-        (Utc::now() - wall - elapsed).abs()
+        let step = (Utc::now() - wall - elapsed).abs();
+        (step.to_std().unwrap_or_default() > self.settings.max_clock_skew / 2).then_some(step)
     }
 
     /// Records the wall clock as checked against the store's now.
