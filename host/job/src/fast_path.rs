@@ -134,8 +134,7 @@ pub fn plan(inputs: &[(String, &Path)], sort_keys: &[String], row_group_size: u6
             return Err(declined(format!("{key} was written sorted by {written:?}, not by {sort_keys:?}")));
         }
     }
-    let time_column =
-        (0..schema.num_columns()).find(|&i| schema.column(i).path().parts() == ["time"]).ok_or_else(|| declined("no time column"))?;
+    let time_column = time_column(&schema).ok_or_else(|| declined("no time column"))?;
     let time = schema.column(time_column);
     let microseconds_utc =
         matches!(time.logical_type(), Some(LogicalType::Timestamp { is_adjusted_to_u_t_c: true, unit: TimeUnit::MICROS(_) }));
@@ -184,6 +183,11 @@ fn time_range(metadata: &ParquetMetaData, time_column: usize) -> Result<Option<(
         range = Some(range.map_or((min, max), |(lo, hi)| (lo.min(min), hi.max(max))));
     }
     Ok(range)
+}
+
+/// The index of the top-level `time` column.
+fn time_column(schema: &parquet::schema::types::SchemaDescriptor) -> Option<usize> {
+    (0..schema.num_columns()).find(|&i| schema.column(i).path().parts() == ["time"])
 }
 
 /// Whether `name` is an output's name: `{measurement}_{YYYYMMDD}_{HHMMSS}_{nanos}_b{n}_{suffix}.parquet`.
@@ -314,9 +318,7 @@ pub fn check_order(output: &Path) -> anyhow::Result<()> {
     let reader = SerializedFileReader::new(File::open(output)?)?;
     let metadata = reader.metadata();
     let schema = metadata.file_metadata().schema_descr();
-    let time_column = (0..schema.num_columns())
-        .find(|&i| schema.column(i).path().parts() == ["time"])
-        .ok_or_else(|| anyhow::anyhow!("no time column"))?;
+    let time_column = time_column(schema).ok_or_else(|| anyhow::anyhow!("no time column"))?;
     let mut previous_max: Option<i64> = None;
     for (i, group) in metadata.row_groups().iter().enumerate().filter(|(_, g)| g.num_rows() > 0) {
         let Some(Statistics::Int64(stats)) = group.column(time_column).statistics() else {
