@@ -534,7 +534,18 @@ fn a_committed_output_counts_before_the_watcher_registers_it() {
     let reader = node_config(&lake, "reader", "reader", |c| c);
     let connection = compactor_job::verify::connection().unwrap();
     let mut counted = 0;
-    let outputs: Vec<String> = crate::util::files_under(&lake.lake).into_iter().filter(|k| k.ends_with("_compacted.parquet")).collect();
+    // The outputs of the jobs committed when the engine died (another job
+    // may have been between its upload and its commit: its output is
+    // rightly hidden, and other partitions' jobs finished whole and were
+    // never registered, standalone).
+    let state = lake.lake.join("_compaction_state");
+    let outputs: Vec<String> = crate::util::files_under_all(&state)
+        .into_iter()
+        .filter(|key| key.ends_with(".outcome"))
+        .filter_map(|key| serde_json::from_slice::<serde_json::Value>(&std::fs::read(state.join(key)).unwrap()).ok())
+        .filter(|record| record["outcome"] == "committed")
+        .filter_map(|record| record["output_path"].as_str().map(str::to_owned))
+        .collect();
     for output in &outputs {
         let partition = output.rsplit_once('/').map(|(dir, _)| dir.to_owned()).unwrap_or_default();
         let (registered, _) = registry_and_store(&lake, &reader, &partition);
