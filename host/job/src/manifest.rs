@@ -401,9 +401,10 @@ pub struct Visibility {
 
 impl ManifestStore {
     /// The keys hidden from readers now, read so that no job starts,
-    /// commits or finishes while `listing` runs: the state of
-    /// `_compaction_state/` is listed before and after it, and all three are
-    /// taken again while the two differ (at most `attempts` times). Returns
+    /// commits or finishes while the rule is read and `listing` runs: the
+    /// state of `_compaction_state/` is listed before the rule and after the
+    /// listing, and all are taken again while the two differ (at most
+    /// `attempts` times). Returns
     /// what `listing` returned with the rule that applies to it.
     ///
     /// With `partition`, the claims covering it are compared too: a job
@@ -427,16 +428,23 @@ impl ManifestStore {
                 None => Ok(0),
             }
         };
-        let mut before = (claims().await?, self.list_state().await?);
         for attempt in 0..attempts.max(1) {
+            if attempt > 0 {
+                // Jobs are busy here: give the next look a moment, growing.
+                tokio::time::sleep(std::time::Duration::from_millis(5 * (attempt as u64).min(20))).await;
+            }
+            let before = (claims().await?, self.list_state().await?);
+            // The manifests and outcomes are read between the two looks at
+            // the state, so that the rule holds for the listing only if the
+            // state stood still throughout: read after the second look, a
+            // job finishing between the read of its manifest and of its
+            // outcome would hide its committed output.
+            let visibility = self.visibility(&before.1).await?;
             let listed = listing().await?;
             let after = (claims().await?, self.list_state().await?);
             if after == before {
-                return Ok((listed, self.visibility(&after.1).await?));
+                return Ok((listed, visibility));
             }
-            // Jobs are busy here: give the next look a moment, growing.
-            tokio::time::sleep(std::time::Duration::from_millis(5 * (attempt as u64 + 1).min(20))).await;
-            before = (claims().await?, self.list_state().await?);
         }
         Err(ManifestError::Unstable { attempts })
     }
@@ -469,8 +477,8 @@ impl ManifestStore {
                         visibility.hidden.insert(manifest.output_path);
                     }
                 }
-                // Resolved since the listing: the state changed, which the
-                // caller's second listing would have seen; hide nothing.
+                // Resolved since the state was listed: the caller's second
+                // look sees the change and asks again; hide nothing.
                 Err(ManifestError::Read { source, .. })
                     if matches!(source.object_store_error(), Some(object_store::Error::NotFound { .. })) => {}
                 Err(_) => visibility.unsure.push(key.clone()),
@@ -1156,5 +1164,116 @@ mod tests {
         }
         println!("fence cost per cycle: first {:?}, then {:?}", costs[0], costs[1]);
         assert_eq!((costs[1].get, costs[1].put, costs[1].delete), (0, 0, 0), "a known fence costs no request");
+    }
+}
+
+#[cfg(test)]
+mod visibility_race {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use futures::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+    use object_store::{
+        GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+        PutResult,
+    };
+
+    use super::*;
+
+    /// An in-memory store in which a job finishes (its manifest, then its
+    /// outcome, removed) just before the first read of an outcome once
+    /// armed: between a reader's read of the manifest and of its outcome.
+    #[derive(Debug)]
+    struct FinishesBeforeOutcomeRead {
+        inner: InMemory,
+        armed: AtomicBool,
+    }
+
+    impl std::fmt::Display for FinishesBeforeOutcomeRead {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("FinishesBeforeOutcomeRead")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for FinishesBeforeOutcomeRead {
+        async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+            if let Some(manifest) = location.as_ref().strip_suffix(".outcome")
+                && self.armed.swap(false, Ordering::SeqCst)
+            {
+                self.inner.delete(&Path::from(format!("{manifest}.json"))).await?;
+                self.inner.delete(location).await?;
+            }
+            self.inner.get_opts(location, options).await
+        }
+
+        async fn delete(&self, location: &Path) -> object_store::Result<()> {
+            self.inner.delete(location).await
+        }
+
+        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+            self.inner.copy(from, to).await
+        }
+
+        async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> object_store::Result<()> {
+            self.inner.copy_if_not_exists(from, to).await
+        }
+    }
+
+    /// A reader asking while a committed job removes its inputs and then
+    /// finishes sees its output, never neither it nor its inputs: what it
+    /// is told to hide is read in the same stable state as its listing. (A
+    /// manifest read just before its job removed it and its outcome once
+    /// hid a committed output whose inputs were gone: a reader missed an
+    /// hour of rows.)
+    #[tokio::test]
+    async fn a_job_finishing_between_the_reads_of_its_manifest_and_outcome_hides_nothing_it_should_not() {
+        let store = Arc::new(FinishesBeforeOutcomeRead { inner: InMemory::new(), armed: AtomicBool::new(false) });
+        let storage = Storage::from_store(store.clone(), "memory://");
+        let manifests = ManifestStore::new(storage.clone());
+        let inputs = vec!["db/cpu/2026/01/01/00/in0.parquet".to_owned(), "db/cpu/2026/01/01/00/in1.parquet".to_owned()];
+        let output = "db/cpu/2026/01/01/00/out.parquet".to_owned();
+        let manifest = RecoveryManifest {
+            output_path: output.clone(),
+            output_size: 3,
+            input_files: inputs,
+            database: "db".into(),
+            measurement: "cpu".into(),
+            partition_path: "db/cpu/2026/01/01/00".into(),
+            tier: "hourly".into(),
+            status: "pending".into(),
+            created_at: Utc::now(),
+            job_id: "job0".into(),
+            owner: None,
+            policy: None,
+        };
+        // Committed, inputs deleted, not finished yet.
+        let key = manifests.write(&manifest).await.unwrap();
+        storage.write(&output, "out").await.unwrap();
+        manifests.decide(&key, &output, Outcome::Committed, "test").await.unwrap();
+        store.armed.store(true, Ordering::SeqCst);
+        let listing = || async { storage.list("db/").await.map_err(ManifestError::List) };
+        let (files, visibility) = manifests.visible(10, None, listing).await.unwrap();
+        assert!(!store.armed.load(Ordering::SeqCst), "the job finished during the read");
+        let visible: Vec<String> = files.into_iter().map(|f| f.key).filter(|k| !visibility.hidden.contains(k)).collect();
+        assert_eq!(visible, vec![output]);
     }
 }
