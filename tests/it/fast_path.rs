@@ -1,8 +1,9 @@
-//! The row-group copy (issue 23): a daily job over the engine's own hourly
-//! outputs copies their row groups when every condition holds, and its
-//! output holds the same rows in the same order as DuckDB's merge of the
-//! same inputs, read back by DuckDB and by pyarrow; every day that must
-//! fall back to DuckDB does, and says why in the `-v` log.
+//! The fast paths (issue 23): a daily job over the engine's own hourly
+//! outputs copies their row groups when every condition holds, or else
+//! merges them as sorted streams, and its output holds the same rows in
+//! the same order as DuckDB's merge of the same inputs, read back by DuckDB
+//! and by pyarrow; every day that must fall back does, and says why in the
+//! `-v` log.
 
 use std::path::Path;
 
@@ -32,9 +33,20 @@ struct DayShape {
 }
 
 impl DayShape {
-    /// What the daily job must do with this day.
+    /// Whether the daily job may copy this day's row groups (by `time`).
     fn copies(&self) -> bool {
         self.drift.is_none() && self.null_time.is_none() && self.late.is_none()
+    }
+
+    /// The path the daily job must take with `sort_keys`.
+    fn path(&self, sort_keys: &[&str]) -> &'static str {
+        if self.drift.is_some() {
+            "duckdb"
+        } else if self.copies() && sort_keys.first() == Some(&"time") {
+            "row_group_copy"
+        } else {
+            "streaming_merge"
+        }
     }
 }
 
@@ -149,11 +161,13 @@ fn daily_output(lake: &Path) -> std::path::PathBuf {
     outputs.into_iter().next().unwrap()
 }
 
-/// `(time, value)` of every row of `file` in the file's order, read by DuckDB.
-fn rows_in_order(file: &Path) -> Vec<(Option<i64>, i64)> {
+/// `(host, time, value)` of every row of `file` in the file's order, read by DuckDB.
+type Row = (String, Option<i64>, i64);
+
+fn rows_in_order(file: &Path) -> Vec<Row> {
     let connection = verify::connection().unwrap();
-    let mut statement = connection.prepare(&format!("SELECT epoch_us(time), value FROM read_parquet('{}')", file.display())).unwrap();
-    statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    let mut statement = connection.prepare(&format!("SELECT host, epoch_us(time), value FROM read_parquet('{}')", file.display())).unwrap();
+    statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).unwrap().collect::<Result<_, _>>().unwrap()
 }
 
 /// Rows and the sum of `value` as pyarrow reads `file`.
@@ -168,7 +182,7 @@ fn pyarrow_rows(file: &Path) -> (u64, i64) {
     (fields.next().unwrap().parse().unwrap(), fields.next().unwrap().parse().unwrap())
 }
 
-fn day_config(root: &Path, lake: &str, fast_path: bool, sort_keys: &[&str], row_group_size: i64) -> String {
+fn day_config(root: &Path, lake: &str, fast_path: bool, sort_keys: &[&str], row_group_size: i64, merge_batch_rows: i64) -> String {
     let keys: Vec<String> = sort_keys.iter().map(|k| (*k).to_owned()).collect();
     let config = TestConfig::new(lake)
         .tier("hourly", "builtin:hourly", &[("min_files", value(2))])
@@ -177,6 +191,7 @@ fn day_config(root: &Path, lake: &str, fast_path: bool, sort_keys: &[&str], row_
         .compaction("threads", 1)
         .compaction("fast_path", fast_path)
         .compaction("row_group_size", row_group_size)
+        .compaction("merge_batch_rows", merge_batch_rows)
         .compaction("default_sort_keys", keys)
         .write(root);
     let path = root.join(format!("{lake}.toml"));
@@ -194,6 +209,9 @@ fn compare_paths(seed: u64, shape: &DayShape, sort_keys: &[&str]) -> String {
     // chunk of up to 2,048 rows at a time: below that its groups exceed the
     // setting, and the copy, which keeps the inputs' groups, declines.)
     let row_group_size = [122_880, 2_048, 4_096][(seed % 3) as usize];
+    // The streaming merge reads its inputs in batches of this many rows:
+    // small ones make runs span batches and inputs end mid-run.
+    let merge_batch_rows = [8_192, 7, 100, 1_500][(seed % 4) as usize];
     let mut shape = shape.clone();
     if row_group_size < 122_880 {
         shape.hours.iter_mut().for_each(|(_, rows)| *rows *= 10);
@@ -202,33 +220,33 @@ fn compare_paths(seed: u64, shape: &DayShape, sort_keys: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let rows = write_raw_day(&root.join("fast"), shape, seed);
-    let fast = day_config(root, "fast", true, sort_keys, row_group_size);
-    let duckdb = day_config(root, "duckdb", false, sort_keys, row_group_size);
+    let fast = day_config(root, "fast", true, sort_keys, row_group_size, merge_batch_rows);
+    let duckdb = day_config(root, "duckdb", false, sort_keys, row_group_size, merge_batch_rows);
     let (hourly, _) = once(&fast, "hourly");
     assert!(hourly["jobs"].as_array().unwrap().iter().all(|j| j["path"] == "duckdb"), "raw inputs are merged by DuckDB: {hourly}");
     crate::compaction::copy_dir(&root.join("fast"), &root.join("duckdb"));
     let (report, log) = once(&fast, "daily");
     let (reference, _) = once(&duckdb, "daily");
-    let context = format!("seed {seed}, {shape:?}, keys {sort_keys:?}, row groups of {row_group_size}\n{log}");
+    let context =
+        format!("seed {seed}, {shape:?}, keys {sort_keys:?}, row groups of {row_group_size}, merge batches of {merge_batch_rows}\n{log}");
     let jobs = report["jobs"].as_array().unwrap();
     assert_eq!(jobs.len(), 1, "{context}");
-    let copies = shape.copies() && sort_keys.first() == Some(&"time");
-    assert_eq!(jobs[0]["path"], if copies { "row_group_copy" } else { "duckdb" }, "{context}");
+    assert_eq!(jobs[0]["path"], shape.path(sort_keys), "{context}");
     assert_eq!(reference["jobs"][0]["path"], "duckdb", "fast_path = false: {reference}");
     let (ours, theirs) = (rows_in_order(&daily_output(&root.join("fast"))), rows_in_order(&daily_output(&root.join("duckdb"))));
     assert_eq!(ours.len() as u64, rows, "{context}");
     // Equal sort keys may come in either order; the keys' sequence and the
     // rows may not differ.
-    let keys = |rows: &[(Option<i64>, i64)]| rows.iter().map(|r| r.0).collect::<Vec<_>>();
-    if sort_keys == ["time"] {
-        assert_eq!(keys(&ours), keys(&theirs), "the same order by time: {context}");
-    }
+    let keys = |rows: &[Row]| -> Vec<(Option<String>, Option<i64>)> {
+        rows.iter().map(|r| (sort_keys.contains(&"host").then(|| r.0.clone()), r.1)).collect()
+    };
+    assert_eq!(keys(&ours), keys(&theirs), "the same order by {sort_keys:?}: {context}");
     let (mut ours_sorted, mut theirs_sorted) = (ours.clone(), theirs);
     ours_sorted.sort();
     theirs_sorted.sort();
     assert_eq!(ours_sorted, theirs_sorted, "the same rows: {context}");
     let (read, sum) = pyarrow_rows(&daily_output(&root.join("fast")));
-    assert_eq!((read, sum), (rows, ours.iter().map(|r| r.1).sum::<i64>()), "pyarrow reads the same rows: {context}");
+    assert_eq!((read, sum), (rows, ours.iter().map(|r| r.2).sum::<i64>()), "pyarrow reads the same rows: {context}");
     log
 }
 
@@ -242,6 +260,53 @@ fn random_days_give_the_same_rows_in_the_same_order_by_either_path() {
         copied += usize::from(shape.copies());
     }
     assert!(copied >= 2, "the random days exercised the copy {copied} times");
+}
+
+/// Sorted by `host` first, the hours interleave: the streaming merge (or
+/// DuckDB, for a day whose schema drifts) gives DuckDB's order.
+#[test]
+fn random_days_by_host_and_time_give_the_same_rows_in_the_same_order_by_either_path() {
+    let mut merged = 0;
+    for seed in 21..=28u64 {
+        let shape = random_day(seed);
+        eprintln!("seed {seed}: {shape:?}");
+        compare_paths(seed, &shape, &["host", "time"]);
+        merged += usize::from(shape.path(&["host", "time"]) == "streaming_merge");
+    }
+    assert!(merged >= 4, "the random days exercised the streaming merge {merged} times");
+}
+
+/// An hourly output whose metadata claims an order its rows do not have
+/// (rewritten by hand under the same name and metadata): the streaming
+/// merge notices it, says so, and DuckDB merges the day.
+#[test]
+fn an_input_out_of_the_order_its_metadata_claims_is_merged_by_duckdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let shape = DayShape { hours: (0..4).map(|h| (h, 300)).collect(), ..DayShape::default() };
+    let rows = write_raw_day(&root.join("fast"), &shape, 9);
+    let config = day_config(root, "fast", true, &["host", "time"], 122_880, 5);
+    once(&config, "hourly");
+    let hour = root.join("fast").join(DAY).join("02");
+    let output = std::fs::read_dir(&hour).unwrap().flatten().map(|e| e.path()).next().unwrap();
+    let copy = root.join("shuffled.parquet");
+    verify::connection()
+        .unwrap()
+        .execute_batch(&format!(
+            "COPY (SELECT * FROM read_parquet('{}') ORDER BY value DESC) TO '{}' \
+             (FORMAT PARQUET, COMPRESSION ZSTD, KV_METADATA {{'compactor:writer': 'compactor 0', 'compactor:sort_keys': '[\"host\",\"time\"]'}})",
+            output.display(),
+            copy.display()
+        ))
+        .unwrap();
+    std::fs::rename(&copy, &output).unwrap();
+    let (report, log) = once(&config, "daily");
+    assert_eq!(report["jobs"][0]["path"], "duckdb", "{report}");
+    assert!(log.contains("is not sorted by") && log.contains("merging with DuckDB"), "{log}");
+    let day = rows_in_order(&daily_output(&root.join("fast")));
+    assert_eq!(day.len() as u64, rows);
+    let keys: Vec<_> = day.iter().map(|r| (r.0.clone(), r.1)).collect();
+    assert!(keys.windows(2).all(|w| w[0] <= w[1]), "DuckDB's output is sorted by host, time");
 }
 
 #[test]
@@ -278,7 +343,7 @@ fn inputs_not_written_by_compactor_are_merged_by_duckdb() {
     let root = dir.path();
     let shape = DayShape { hours: (0..4).map(|h| (h, 20)).collect(), ..DayShape::default() };
     write_raw_day(&root.join("fast"), &shape, 7);
-    let config = day_config(root, "fast", true, &["time"], 122_880);
+    let config = day_config(root, "fast", true, &["time"], 122_880, 8_192);
     once(&config, "hourly");
     // Hour 2's output rewritten by another tool under the same name.
     let hour = root.join("fast").join(DAY).join("02");

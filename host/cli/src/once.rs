@@ -79,7 +79,8 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
             tiers.push(job.tier_key());
         }
     }
-    let mut table = Table::new(["TIER", "JOBS", "FAILED", "FILES IN", "FILES OUT", "BEFORE", "AFTER", "ROWS", "ROW-GROUP COPIES"]);
+    let mut table =
+        Table::new(["TIER", "JOBS", "FAILED", "FILES IN", "FILES OUT", "BEFORE", "AFTER", "ROWS", "ROW-GROUP COPIES", "STREAMING MERGES"]);
     for tier in &tiers {
         let jobs: Vec<_> = report.jobs.iter().filter(|j| j.tier_key() == *tier).collect();
         table.row([
@@ -92,6 +93,7 @@ pub(crate) fn print_report(report: &CycleReport, format: Format) -> anyhow::Resu
             format_bytes(jobs.iter().map(|j| j.bytes_after).sum()),
             jobs.iter().map(|j| j.rows_after).sum::<u64>().to_string(),
             jobs.iter().filter(|j| j.path == compactor_job::fast_path::MergePath::RowGroupCopy).count().to_string(),
+            jobs.iter().filter(|j| j.path == compactor_job::fast_path::MergePath::StreamingMerge).count().to_string(),
         ]);
     }
     let failed = report.failed().count();

@@ -222,11 +222,14 @@ pub struct CompactionConfig {
     /// limit. A tier still planning then stops, its remaining partitions
     /// wait for the next cycle, and the cycle reports it.
     pub max_planning_time: String,
-    /// Let a job copy its inputs' row groups instead of merging them with
-    /// DuckDB when every condition holds (our own outputs, one schema, no
-    /// dedup, sort keys beginning with `time`, no overlap in time); `false`
-    /// merges every job with DuckDB.
+    /// Let a job whose inputs are our own outputs, of one schema, without
+    /// dedup and each sorted by the sort keys skip DuckDB's full sort: copy
+    /// their row groups (sort keys beginning with `time`, no overlap in
+    /// time) or merge them as streams; `false` merges every job with DuckDB.
     pub fast_path: bool,
+    /// Rows the streaming merge decodes ahead per input: its memory is
+    /// about this many rows of each input plus the row group it writes.
+    pub merge_batch_rows: i64,
 }
 
 impl Default for CompactionConfig {
@@ -245,6 +248,7 @@ impl Default for CompactionConfig {
             job_timeout: "1h".into(),
             max_planning_time: "10m".into(),
             fast_path: true,
+            merge_batch_rows: compactor_job::streaming_merge::DEFAULT_MERGE_BATCH_ROWS as i64,
         }
     }
 }
@@ -992,6 +996,9 @@ impl Config {
             return Err(value_error("compaction.threads", format!("{} (must be >= 0; 0 = auto)", c.threads)));
         }
         validate_memory_limit(&c.memory_limit)?;
+        if !(1..=10_000_000).contains(&c.merge_batch_rows) {
+            return Err(value_error("compaction.merge_batch_rows", format!("{} (expected 1 to 10000000 rows)", c.merge_batch_rows)));
+        }
         if !(1..=100_000_000).contains(&c.row_group_size) {
             return Err(value_error("compaction.row_group_size", format!("{} (expected 1 to 100000000 rows)", c.row_group_size)));
         }

@@ -300,6 +300,7 @@ impl JobRunner {
             }),
             policy: Some(run.policy.clone()),
             fast_path: Some(run.config.compaction.fast_path),
+            merge_batch_rows: Some(run.config.compaction.merge_batch_rows as u64),
         };
         let attempts = LeasedAttempts { runner: self, template, lease };
         let (attempts, outcome) = compact_adaptive(&attempts, candidate.files.clone()).await;

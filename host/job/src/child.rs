@@ -35,6 +35,7 @@ use crate::fast_path;
 use crate::manifest::{ManifestOwner, ManifestStore, Outcome, RecoveryManifest, upload_record_key};
 use crate::seams::Seams;
 use crate::sql::{self, compaction_statements, file_list, is_valid_identifier};
+use crate::streaming_merge;
 use crate::{FailureKind, JobConfig, JobResult, output_name};
 use compactor_storage::lease::{before_deadline, deadline_file_is_valid, mark_writes_in_flight};
 use compactor_storage::{EarlyWriteback, Storage, TrackedUploads};
@@ -608,7 +609,7 @@ impl Job<'_> {
         if self.config.fast_path != Some(false) {
             let local: Vec<(String, &Path)> = inputs.inputs.iter().map(|i| (i.key.clone(), i.local.as_path())).collect();
             match fast_path::plan(&local, &sort_keys, self.config.effective_row_group_size()) {
-                Ok(copy) => {
+                Ok(fast_path::FastPath::RowGroupCopy(copy)) => {
                     let started = Instant::now();
                     let rows = copy.write(output).context("row-group copy failed")?;
                     fast_path::check_order(output).context("the row-group copy's output failed its order check")?;
@@ -616,6 +617,27 @@ impl Job<'_> {
                     self.result.merge_path = fast_path::MergePath::RowGroupCopy;
                     tracing::info!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "merged by copying row groups");
                     return Ok((rows_before, rows_before));
+                }
+                Ok(fast_path::FastPath::StreamingMerge(merge)) => {
+                    tracing::info!(reason = %merge.copy_declined, "row-group copy not taken; merging the sorted inputs as streams");
+                    self.result.fast_path_declined = Some(merge.copy_declined.clone());
+                    let started = Instant::now();
+                    let batch_rows = self.config.merge_batch_rows.map_or(streaming_merge::DEFAULT_MERGE_BATCH_ROWS, |n| n as usize);
+                    match merge.write(output, batch_rows) {
+                        Ok(rows) => {
+                            anyhow::ensure!(rows == rows_before, "the streaming merge wrote {rows} rows of {rows_before}");
+                            self.result.merge_path = fast_path::MergePath::StreamingMerge;
+                            tracing::info!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "merged the sorted inputs as streams");
+                            return Ok((rows_before, rows_before));
+                        }
+                        // An input not in the order its metadata claims, or
+                        // one the merge cannot read: DuckDB merges them (its
+                        // output replaces this one), or says what is wrong.
+                        Err(why) => {
+                            tracing::warn!(reason = %format!("{why:#}"), "streaming merge stopped; merging with DuckDB");
+                            self.result.fast_path_declined = Some(format!("{}; {why:#}", merge.copy_declined));
+                        }
+                    }
                 }
                 Err(why) => {
                     tracing::info!(reason = %why, "row-group copy not taken; merging with DuckDB");

@@ -1,22 +1,27 @@
-//! The row-group copy: when a job's inputs are the engine's own outputs,
-//! each sorted by the measurement's sort keys, and those begin with `time`
-//! and the inputs' time ranges do not overlap, the inputs in time order
-//! *are* the merged output. Their column chunks are copied byte for byte
-//! (`SerializedRowGroupWriter::append_column`, no decoding) and only the
-//! footer is new. Anything else is merged by DuckDB, and the job says why
-//! ([`Declined`]).
+//! The fast paths: when a job's inputs are the engine's own outputs, each
+//! sorted by the measurement's sort keys, they need no full sort.
 //!
+//! - The row-group copy: when the keys begin with `time` and the inputs'
+//!   time ranges do not overlap, the inputs in time order *are* the merged
+//!   output. Their column chunks are copied byte for byte
+//!   (`SerializedRowGroupWriter::append_column`, no decoding) and only the
+//!   footer is new.
+//! - The streaming merge ([`crate::streaming_merge`]): otherwise, a k-way
+//!   merge of the sorted inputs in bounded memory.
+//!
+//! Anything else is merged by DuckDB, and the job says why ([`Declined`]).
 //! The conditions are checked in the order the issue states them, from the
 //! footers alone: every input is one of ours (its name and its key-value
 //! metadata), the schemas are identical, no tag-based dedup applies, the
-//! sort keys begin with `time` and the inputs were written sorted by them,
-//! and the time ranges (row-group statistics) do not overlap.
+//! inputs were written sorted by the sort keys; then, for the copy, the
+//! keys begin with `time` and the time ranges (row-group statistics) do
+//! not overlap.
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use parquet::basic::{LogicalType, Type as PhysicalType};
+use parquet::basic::{Compression, LogicalType, Type as PhysicalType};
 use parquet::column::writer::ColumnCloseResult;
 use parquet::file::metadata::{KeyValue, ParquetMetaData};
 use parquet::file::properties::WriterProperties;
@@ -25,6 +30,8 @@ use parquet::file::statistics::Statistics;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::format::{SortingColumn, TimeUnit};
 use serde::{Deserialize, Serialize};
+
+use crate::streaming_merge::StreamingMerge;
 
 /// Key-value metadata naming the writer of an output: `compactor {version}`.
 pub const WRITER_KEY: &str = "compactor:writer";
@@ -47,6 +54,8 @@ pub enum MergePath {
     Duckdb,
     /// The inputs' row groups were copied without decoding.
     RowGroupCopy,
+    /// The sorted inputs were merged as streams, without a full sort.
+    StreamingMerge,
 }
 
 impl MergePath {
@@ -56,11 +65,12 @@ impl MergePath {
         match self {
             Self::Duckdb => "duckdb",
             Self::RowGroupCopy => "row_group_copy",
+            Self::StreamingMerge => "streaming_merge",
         }
     }
 }
 
-/// Why a job did not take the row-group copy.
+/// Why a job took neither fast path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Declined(pub String);
 
@@ -79,9 +89,6 @@ struct Footer {
     key: String,
     file: File,
     metadata: Arc<ParquetMetaData>,
-    /// The smallest and largest `time` over its row groups; `None` for a
-    /// file without rows.
-    time_range: Option<(i64, i64)>,
 }
 
 /// A row-group copy that every condition allows: the inputs in time order.
@@ -91,9 +98,17 @@ pub struct RowGroupCopy {
     sort_keys: Vec<String>,
 }
 
-/// Checks the conditions over `inputs` (storage key, local file), in order;
-/// the copy to make, or why not.
-pub fn plan(inputs: &[(String, &Path)], sort_keys: &[String], row_group_size: u64) -> Result<RowGroupCopy, Declined> {
+/// The fast path a job may take.
+pub enum FastPath {
+    /// The inputs' row groups, copied in time order.
+    RowGroupCopy(RowGroupCopy),
+    /// A k-way merge of the sorted inputs ([`StreamingMerge`]).
+    StreamingMerge(StreamingMerge),
+}
+
+/// Checks the conditions over `inputs` (storage key, local file), in order:
+/// the fast path to take, or why neither applies.
+pub fn plan(inputs: &[(String, &Path)], sort_keys: &[String], row_group_size: u64) -> Result<FastPath, Declined> {
     let mut footers = Vec::with_capacity(inputs.len());
     for (key, local) in inputs {
         let name = key.rsplit('/').next().unwrap_or(key);
@@ -110,58 +125,121 @@ pub fn plan(inputs: &[(String, &Path)], sort_keys: &[String], row_group_size: u6
         if !kv(WRITER_KEY).is_some_and(|w| w.starts_with("compactor ")) {
             return Err(declined(format!("{name} was not written by compactor (no {WRITER_KEY} metadata)")));
         }
-        let (sort_keys, tags, dedup_time) = (kv(SORT_KEYS_KEY), kv("arc:tags"), kv("arc:dedup_time"));
-        footers.push((key.clone(), file, metadata, sort_keys, tags, dedup_time));
+        let (written, tags, dedup_time) = (kv(SORT_KEYS_KEY), kv("arc:tags"), kv("arc:dedup_time"));
+        footers.push(Input { key: key.clone(), local: local.to_path_buf(), file, metadata, written, tags, dedup_time });
     }
     let Some(first) = footers.first() else { return Err(declined("no inputs")) };
-    let schema = first.2.file_metadata().schema_descr_ptr();
-    for (key, _, metadata, ..) in &footers[1..] {
-        if metadata.file_metadata().schema_descr().root_schema() != schema.root_schema() {
-            return Err(declined(format!("the schema of {key} differs from the first input's")));
+    let schema = first.metadata.file_metadata().schema_descr_ptr();
+    for input in &footers[1..] {
+        if input.metadata.file_metadata().schema_descr().root_schema() != schema.root_schema() {
+            return Err(declined(format!("the schema of {} differs from the first input's", input.key)));
         }
     }
-    for (key, _, _, _, tags, dedup_time) in &footers {
-        if tags.as_deref().is_some_and(|t| !t.is_empty()) || dedup_time.as_deref() == Some("true") {
-            return Err(declined(format!("{key} asks for tag-based dedup (arc:tags or arc:dedup_time)")));
+    for input in &footers {
+        if input.tags.as_deref().is_some_and(|t| !t.is_empty()) || input.dedup_time.as_deref() == Some("true") {
+            return Err(declined(format!("{} asks for tag-based dedup (arc:tags or arc:dedup_time)", input.key)));
         }
     }
+    if sort_keys.is_empty() {
+        return Err(declined("no sort keys: the inputs are merged in DuckDB's insertion order"));
+    }
+    for input in &footers {
+        let written: Vec<String> = input.written.as_deref().and_then(|w| serde_json::from_str(w).ok()).unwrap_or_default();
+        if !written.starts_with(sort_keys) {
+            return Err(declined(format!("{} was written sorted by {written:?}, not by {sort_keys:?}", input.key)));
+        }
+    }
+    let copy_declined = match plan_copy(&footers, &schema, sort_keys, row_group_size) {
+        Ok(copy_order) => {
+            let time_column = time_column(&schema).unwrap_or_default();
+            let mut inputs: Vec<Footer> = Vec::with_capacity(footers.len());
+            for (index, _) in copy_order {
+                let input = &footers[index];
+                let file = input.file.try_clone().map_err(|e| declined(format!("cannot open {}: {e}", input.key)))?;
+                inputs.push(Footer { key: input.key.clone(), file, metadata: input.metadata.clone() });
+            }
+            return Ok(FastPath::RowGroupCopy(RowGroupCopy { inputs, time_column, sort_keys: sort_keys.to_vec() }));
+        }
+        Err(why) => why,
+    };
+    if schema.num_columns() != schema.root_schema().get_fields().len() {
+        return Err(declined(format!("{copy_declined}; the streaming merge takes flat schemas only")));
+    }
+    for input in &footers {
+        let columns = input.metadata.row_groups().iter().flat_map(|group| group.columns());
+        if let Some(column) = columns.filter(|c| !matches!(c.compression(), Compression::ZSTD(_) | Compression::UNCOMPRESSED)).next() {
+            let codec = column.compression();
+            return Err(declined(format!(
+                "{copy_declined}; {} is compressed with {codec}, which the streaming merge does not read",
+                input.key
+            )));
+        }
+    }
+    Ok(FastPath::StreamingMerge(StreamingMerge {
+        inputs: footers.into_iter().map(|input| (input.key, input.local)).collect(),
+        sort_keys: sort_keys.to_vec(),
+        row_group_size,
+        schema_root: schema.root_schema().name().to_owned(),
+        copy_declined: copy_declined.0,
+    }))
+}
+
+/// One input as the conditions read it.
+struct Input {
+    key: String,
+    local: std::path::PathBuf,
+    file: File,
+    metadata: Arc<ParquetMetaData>,
+    /// Its `compactor:sort_keys` and Arc's dedup markers.
+    written: Option<String>,
+    tags: Option<String>,
+    dedup_time: Option<String>,
+}
+
+/// The row-group copy's own conditions, over inputs proven sorted by
+/// `sort_keys`: the inputs (index, time range) in the order to copy them,
+/// or why not.
+fn plan_copy(
+    inputs: &[Input],
+    schema: &parquet::schema::types::SchemaDescriptor,
+    sort_keys: &[String],
+    row_group_size: u64,
+) -> Result<Vec<(usize, Option<(i64, i64)>)>, Declined> {
     if sort_keys.first().map(String::as_str) != Some("time") {
         return Err(declined(format!("the sort keys {sort_keys:?} do not begin with time")));
     }
-    for (key, _, _, written, ..) in &footers {
-        let written: Vec<String> = written.as_deref().and_then(|w| serde_json::from_str(w).ok()).unwrap_or_default();
-        if !written.starts_with(sort_keys) {
-            return Err(declined(format!("{key} was written sorted by {written:?}, not by {sort_keys:?}")));
-        }
-    }
-    let time_column = time_column(&schema).ok_or_else(|| declined("no time column"))?;
+    let time_column = time_column(schema).ok_or_else(|| declined("no time column"))?;
     let time = schema.column(time_column);
     let microseconds_utc =
         matches!(time.logical_type(), Some(LogicalType::Timestamp { is_adjusted_to_u_t_c: true, unit: TimeUnit::MICROS(_) }));
     if time.physical_type() != PhysicalType::INT64 || !microseconds_utc {
         return Err(declined("time is not a TIMESTAMPTZ of microseconds"));
     }
-    let mut inputs = Vec::with_capacity(footers.len());
-    for (key, file, metadata, ..) in footers {
-        if let Some(large) = metadata.row_groups().iter().find(|g| g.num_rows() as u64 > row_group_size) {
-            return Err(declined(format!("{key} has a row group of {} rows, more than row_group_size {row_group_size}", large.num_rows())));
+    let mut order = Vec::with_capacity(inputs.len());
+    for (index, input) in inputs.iter().enumerate() {
+        if let Some(large) = input.metadata.row_groups().iter().find(|g| g.num_rows() as u64 > row_group_size) {
+            return Err(declined(format!(
+                "{} has a row group of {} rows, more than row_group_size {row_group_size}",
+                input.key,
+                large.num_rows()
+            )));
         }
-        let time_range = time_range(&metadata, time_column).map_err(|why| declined(format!("{key}: {why}")))?;
-        inputs.push(Footer { key, file, metadata, time_range });
+        let time_range = time_range(&input.metadata, time_column).map_err(|why| declined(format!("{}: {why}", input.key)))?;
+        order.push((index, time_range));
     }
     // Files without rows first (they add no row group), then by time.
-    inputs.sort_by_key(|input| input.time_range);
+    order.sort_by_key(|(_, range)| *range);
     // Equal times at a seam are in order by `time` alone; by more keys they
     // would need the next key compared across files.
     let ties_allowed = sort_keys.len() == 1;
-    for pair in inputs.windows(2) {
-        let (Some(before), Some(after)) = (pair[0].time_range, pair[1].time_range) else { continue };
+    for pair in order.windows(2) {
+        let (Some(before), Some(after)) = (pair[0].1, pair[1].1) else { continue };
         let overlap = if ties_allowed { before.1 > after.0 } else { before.1 >= after.0 };
         if overlap {
-            return Err(declined(format!("the time ranges of {} and {} overlap", pair[0].key, pair[1].key)));
+            return Err(declined(format!("the time ranges of {} and {} overlap", inputs[pair[0].0].key, inputs[pair[1].0].key)));
         }
     }
-    Ok(RowGroupCopy { inputs, time_column, sort_keys: sort_keys.to_vec() })
+    Ok(order)
 }
 
 /// The smallest and largest `time` of a file, from every row group's

@@ -23,6 +23,7 @@ mod parent;
 pub mod sample;
 mod seams;
 pub mod sql;
+pub mod streaming_merge;
 pub mod verify;
 
 pub use manifest::{
@@ -99,10 +100,15 @@ pub struct JobConfig {
     /// recovery manifest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyRef>,
-    /// Whether the job may copy row groups instead of merging with DuckDB
-    /// when every condition holds ([`fast_path`]); absent means yes.
+    /// Whether the job may copy row groups or merge its sorted inputs as
+    /// streams instead of merging with DuckDB when every condition holds
+    /// ([`fast_path`]); absent means yes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_path: Option<bool>,
+    /// Rows the streaming merge decodes ahead per input (its memory bound);
+    /// absent means [`streaming_merge::DEFAULT_MERGE_BATCH_ROWS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_batch_rows: Option<u64>,
 }
 
 /// Which policy build decided a job: kept in its manifest and history entry,
@@ -263,7 +269,8 @@ pub struct JobResult {
     /// How the output was produced.
     #[serde(default)]
     pub merge_path: fast_path::MergePath,
-    /// Why the row-group copy was not taken, when it was allowed.
+    /// Why the row-group copy was not taken, when the fast path was allowed
+    /// (and why the streaming merge was not either, when DuckDB merged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_path_declined: Option<String>,
     /// Wall time of the job, in milliseconds.

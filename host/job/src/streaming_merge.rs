@@ -1,0 +1,346 @@
+//! The streaming merge: when a job's inputs are the engine's own outputs,
+//! each sorted by the measurement's sort keys, but the copy cannot apply
+//! (the keys do not begin with `time`, or the inputs' times overlap), the
+//! inputs are still sorted runs. A k-way merge of them needs no full sort
+//! and no spill, and its memory is bounded by one decoded batch per input
+//! (`[compaction] merge_batch_rows`) plus the row group being written,
+//! whatever the size of the day.
+//!
+//! The merge compares rows in Arrow's row format (byte-comparable keys,
+//! ascending, nulls last: DuckDB's `ORDER BY` defaults). It takes whole runs
+//! at once: the smallest input gives every row up to the next input's
+//! current row, found by binary search in its batch, so that inputs sorted
+//! by a leading key other than `time` (`host`) merge at the cost of a copy.
+//! Each input's order is checked as it is read; an input out of order
+//! stops the merge, and the job falls back to DuckDB.
+
+use std::cmp::Ordering;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_row::{OwnedRow, RowConverter, Rows, SortField};
+use arrow_schema::{SchemaRef, SortOptions};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use parquet::format::SortingColumn;
+
+use crate::fast_path::{SORT_KEYS_KEY, WRITER_KEY, writer_name};
+
+/// Rows decoded ahead per input when `[compaction] merge_batch_rows` is not set.
+pub const DEFAULT_MERGE_BATCH_ROWS: usize = 8192;
+
+/// Runs shorter than this are gathered row by row into the next output
+/// batch; longer ones are written as slices of their input batch.
+const GATHER_BELOW: usize = 1024;
+
+/// A streaming merge that every condition allows.
+#[derive(Debug)]
+pub struct StreamingMerge {
+    /// Storage key (for messages) and local file of each input, in the
+    /// order ties between inputs are broken.
+    pub(crate) inputs: Vec<(String, PathBuf)>,
+    pub(crate) sort_keys: Vec<String>,
+    pub(crate) row_group_size: u64,
+    pub(crate) schema_root: String,
+    /// Why the row-group copy could not be taken instead.
+    pub copy_declined: String,
+}
+
+/// Why a streaming merge stopped before writing its output: the job
+/// merges with DuckDB instead (`OutOfOrder`) or fails (`Failed`).
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    /// An input was not in the order its metadata claims.
+    #[error("{key} is not sorted by {sort_keys:?} at row {row}, as its metadata says it is")]
+    OutOfOrder {
+        /// The input's storage key.
+        key: String,
+        /// The order its metadata claims.
+        sort_keys: Vec<String>,
+        /// The first row out of order (0-based).
+        row: u64,
+    },
+    /// Reading, comparing or writing failed.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// One input being merged: its reader, its current batch and that batch's
+/// sort keys in row format.
+struct Cursor {
+    key: String,
+    reader: ParquetRecordBatchReader,
+    batch: RecordBatch,
+    rows: Rows,
+    position: usize,
+    /// Rows of this input before the current batch (for messages).
+    rows_before: u64,
+    /// Index of the current batch in the pending output's sources.
+    source: usize,
+}
+
+impl Cursor {
+    fn current(&self) -> arrow_row::Row<'_> {
+        self.rows.row(self.position)
+    }
+}
+
+/// The sort key columns, compared ascending with nulls last (DuckDB's
+/// default `ORDER BY`).
+struct Keys {
+    names: Vec<String>,
+    columns: Vec<usize>,
+    converter: RowConverter,
+}
+
+impl Keys {
+    fn new(schema: &SchemaRef, sort_keys: &[String]) -> anyhow::Result<Self> {
+        let mut columns = Vec::with_capacity(sort_keys.len());
+        let mut fields = Vec::with_capacity(sort_keys.len());
+        for key in sort_keys {
+            let (index, field) = schema.column_with_name(key).ok_or_else(|| anyhow::anyhow!("no column {key:?} to sort by"))?;
+            columns.push(index);
+            fields.push(SortField::new_with_options(field.data_type().clone(), SortOptions { descending: false, nulls_first: false }));
+        }
+        Ok(Self { names: sort_keys.to_vec(), columns, converter: RowConverter::new(fields)? })
+    }
+
+    fn rows(&self, batch: &RecordBatch) -> anyhow::Result<Rows> {
+        let columns: Vec<ArrayRef> = self.columns.iter().map(|&i| batch.column(i).clone()).collect();
+        Ok(self.converter.convert_columns(&columns)?)
+    }
+}
+
+impl StreamingMerge {
+    /// Merges the inputs into `output` with at most `batch_rows` rows
+    /// decoded per input; returns the rows written.
+    pub fn write(&self, output: &Path, batch_rows: usize) -> Result<u64, MergeError> {
+        let batch_rows = batch_rows.max(1);
+        let mut schema: Option<SchemaRef> = None;
+        let mut keys: Option<Keys> = None;
+        let mut cursors: Vec<Cursor> = Vec::with_capacity(self.inputs.len());
+        for (key, local) in &self.inputs {
+            let file = File::open(local).map_err(|e| anyhow::anyhow!("cannot open {key}: {e}"))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?;
+            let input_schema = builder.schema().clone();
+            let reader = builder.with_batch_size(batch_rows).build().map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?;
+            let schema = schema.get_or_insert_with(|| input_schema.clone());
+            if input_schema.fields() != schema.fields() {
+                return Err(anyhow::anyhow!("the Arrow schema of {key} differs from the first input's").into());
+            }
+            let keys = match &keys {
+                Some(keys) => keys,
+                None => keys.insert(Keys::new(schema, &self.sort_keys)?),
+            };
+            if let Some(cursor) = Cursor::open(key, reader, keys)? {
+                cursors.push(cursor);
+            }
+        }
+        let (Some(schema), Some(keys)) = (schema, keys) else { return Err(anyhow::anyhow!("no inputs").into()) };
+        let mut writer = self.writer(output, &schema)?;
+        let mut out = Output::new(schema.clone(), batch_rows);
+        for cursor in &mut cursors {
+            cursor.source = out.add_source(cursor.batch.clone());
+        }
+        // Cursors by current row (ties by input order): `order[0]` is next.
+        let mut order: Vec<usize> = (0..cursors.len()).collect();
+        order.sort_by(|&a, &b| compare(&cursors, a, b));
+        let mut written = 0u64;
+        while let Some(&next) = order.first() {
+            // Every row of `next` before the runner-up's current row.
+            let end = match order.get(1) {
+                Some(&runner_up) => {
+                    let bound = cursors[runner_up].current();
+                    let cursor = &cursors[next];
+                    let tie_goes_first = next < runner_up;
+                    let position = cursor.position;
+                    position
+                        + partition_point(position, cursor.rows.num_rows(), |i| match cursor.rows.row(i).cmp(&bound) {
+                            Ordering::Less => true,
+                            Ordering::Equal => tie_goes_first,
+                            Ordering::Greater => false,
+                        })
+                }
+                None => cursors[next].rows.num_rows(),
+            };
+            let cursor = &mut cursors[next];
+            let run = end.max(cursor.position + 1) - cursor.position;
+            written += run as u64;
+            for batch in out.take(cursor.source, &cursor.batch, cursor.position, run)? {
+                writer.write(&batch).map_err(|e| anyhow::anyhow!("writing the output: {e}"))?;
+            }
+            cursor.position += run;
+            order.remove(0);
+            if cursor.position == cursor.rows.num_rows() {
+                if !cursor.advance(&keys)? {
+                    continue;
+                }
+                cursor.source = out.add_source(cursor.batch.clone());
+            }
+            // Sources grow by one per input batch: once the gathered rows
+            // are written, only the cursors' current batches are needed.
+            if out.indices.is_empty() && out.sources.len() > 2 * cursors.len() {
+                out.sources.clear();
+                for cursor in &mut cursors {
+                    cursor.source = out.add_source(cursor.batch.clone());
+                }
+            }
+            let at = order.partition_point(|&other| compare(&cursors, other, next) == Ordering::Less);
+            order.insert(at, next);
+        }
+        if let Some(batch) = out.flush()? {
+            writer.write(&batch).map_err(|e| anyhow::anyhow!("writing the output: {e}"))?;
+        }
+        writer.close().map_err(|e| anyhow::anyhow!("closing the output: {e}"))?;
+        Ok(written)
+    }
+
+    /// The output's writer: the inputs' schema and root name, ZSTD level 3,
+    /// row groups of `row_group_size`, the writer and sort keys as
+    /// key-value metadata and as `sorting_columns`, no embedded Arrow schema
+    /// (DuckDB writes none).
+    fn writer(&self, output: &Path, schema: &SchemaRef) -> anyhow::Result<ArrowWriter<File>> {
+        let mut sorting = Vec::with_capacity(self.sort_keys.len());
+        for key in &self.sort_keys {
+            let index = schema.index_of(key)?;
+            sorting.push(SortingColumn { column_idx: i32::try_from(index)?, descending: false, nulls_first: false });
+        }
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+            .set_max_row_group_size(usize::try_from(self.row_group_size)?.max(1))
+            .set_created_by(format!("{} (streaming merge)", writer_name()))
+            .set_key_value_metadata(Some(vec![
+                KeyValue::new(WRITER_KEY.to_owned(), writer_name()),
+                KeyValue::new(SORT_KEYS_KEY.to_owned(), serde_json::to_string(&self.sort_keys)?),
+            ]))
+            .set_sorting_columns(Some(sorting))
+            .build();
+        let options =
+            ArrowWriterOptions::new().with_properties(properties).with_skip_arrow_metadata(true).with_schema_root(self.schema_root.clone());
+        let file = File::create(output).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", output.display()))?;
+        Ok(ArrowWriter::try_new_with_options(file, schema.clone(), options)?)
+    }
+}
+
+/// The first index in `from..to` for which `before` is false, minus `from`
+/// (`before` is true, then false, over the range).
+fn partition_point(from: usize, to: usize, before: impl Fn(usize) -> bool) -> usize {
+    let (mut low, mut high) = (from, to);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if before(middle) {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    low - from
+}
+
+fn compare(cursors: &[Cursor], a: usize, b: usize) -> Ordering {
+    cursors[a].current().cmp(&cursors[b].current()).then(a.cmp(&b))
+}
+
+impl Cursor {
+    /// A cursor on the first non-empty batch of `reader`, checked; `None`
+    /// for an input without rows.
+    fn open(key: &str, mut reader: ParquetRecordBatchReader, keys: &Keys) -> Result<Option<Self>, MergeError> {
+        let Some((batch, rows)) = next_batch(key, &mut reader, keys, None, 0)? else { return Ok(None) };
+        Ok(Some(Self { key: key.to_owned(), reader, batch, rows, position: 0, rows_before: 0, source: 0 }))
+    }
+
+    /// Moves to the input's next non-empty batch, checked against the last
+    /// row of the current one; `false` at the input's end.
+    fn advance(&mut self, keys: &Keys) -> Result<bool, MergeError> {
+        let last: OwnedRow = self.rows.row(self.rows.num_rows() - 1).owned();
+        let rows_before = self.rows_before + self.batch.num_rows() as u64;
+        let Some((batch, rows)) = next_batch(&self.key, &mut self.reader, keys, Some(&last), rows_before)? else { return Ok(false) };
+        (self.batch, self.rows, self.position, self.rows_before) = (batch, rows, 0, rows_before);
+        Ok(true)
+    }
+}
+
+/// The next non-empty batch of `reader` and its sort keys, checked in
+/// order after `last`; `None` at its end.
+fn next_batch(
+    key: &str,
+    reader: &mut ParquetRecordBatchReader,
+    keys: &Keys,
+    last: Option<&OwnedRow>,
+    rows_before: u64,
+) -> Result<Option<(RecordBatch, Rows)>, MergeError> {
+    for batch in reader {
+        let batch = batch.map_err(|e| anyhow::anyhow!("reading {key}: {e}"))?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let rows = keys.rows(&batch)?;
+        // Each row after the one before it: the last row of the previous
+        // batch, then this batch's own.
+        let previous = last.map(OwnedRow::row).into_iter().chain(rows.iter());
+        let later = rows.iter().skip(usize::from(last.is_none()));
+        if let Some(at) = previous.zip(later).position(|(before, row)| before > row) {
+            let row = rows_before + at as u64 + u64::from(last.is_none());
+            return Err(MergeError::OutOfOrder { key: key.to_owned(), sort_keys: keys.names.clone(), row });
+        }
+        return Ok(Some((batch, rows)));
+    }
+    Ok(None)
+}
+
+/// The output batch being assembled: short runs gathered by index from
+/// their input batches (`sources`), long ones passed on as slices.
+struct Output {
+    schema: SchemaRef,
+    batch_rows: usize,
+    sources: Vec<RecordBatch>,
+    /// (source, row) of each row gathered so far.
+    indices: Vec<(usize, usize)>,
+}
+
+impl Output {
+    fn new(schema: SchemaRef, batch_rows: usize) -> Self {
+        Self { schema, batch_rows, sources: Vec::new(), indices: Vec::new() }
+    }
+
+    /// Registers an input's new batch; returns its source index.
+    fn add_source(&mut self, batch: RecordBatch) -> usize {
+        self.sources.push(batch);
+        self.sources.len() - 1
+    }
+
+    /// Takes `length` rows of `batch` (source `source`) from `offset`:
+    /// returns what is ready to write, in order.
+    fn take(&mut self, source: usize, batch: &RecordBatch, offset: usize, length: usize) -> anyhow::Result<Vec<RecordBatch>> {
+        if length >= GATHER_BELOW {
+            let mut ready: Vec<RecordBatch> = self.flush()?.into_iter().collect();
+            ready.push(batch.slice(offset, length));
+            return Ok(ready);
+        }
+        self.indices.extend((offset..offset + length).map(|row| (source, row)));
+        if self.indices.len() >= self.batch_rows {
+            return Ok(self.flush()?.into_iter().collect());
+        }
+        Ok(Vec::new())
+    }
+
+    /// The rows gathered so far as one batch. Sources no cursor still
+    /// reads are dropped by the caller re-adding the live ones.
+    fn flush(&mut self) -> anyhow::Result<Option<RecordBatch>> {
+        if self.indices.is_empty() {
+            return Ok(None);
+        }
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        for column in 0..self.schema.fields().len() {
+            let arrays: Vec<&dyn arrow_array::Array> = self.sources.iter().map(|b| b.column(column).as_ref()).collect();
+            columns.push(arrow_select::interleave::interleave(&arrays, &self.indices)?);
+        }
+        self.indices.clear();
+        Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
+    }
+}
