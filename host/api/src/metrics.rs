@@ -100,7 +100,7 @@ impl Metrics {
             jobs: counter_vec(
                 r,
                 "jobs_total",
-                "Batches compacted, by tier, outcome (success, skipped: ran and merged nothing, or the kind of failure: out_of_memory, killed, timeout, sql, storage, lease_lost, unknown_outcome, ...) and path (duckdb, or row_group_copy: the inputs' row groups copied without decoding).",
+                "Batches compacted, by tier, outcome (success, skipped: ran and merged nothing, or the kind of failure: out_of_memory, killed, timeout, sql, storage, lease_lost, unknown_outcome, ...) and path (duckdb; row_group_copy: the inputs' row groups copied without decoding; streaming_merge: the sorted inputs merged as streams).",
                 &["tenant", "tier", "outcome", "path"],
             )?,
             files_read: counter_vec(r, "job_files_read_total", "Input files merged and removed by jobs.", tier)?,

@@ -113,7 +113,7 @@ pub struct JobRecord {
     /// successes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
-    /// How the output was produced: `duckdb` or `row_group_copy`.
+    /// How the output was produced: `duckdb`, `row_group_copy` or `streaming_merge`.
     #[serde(default)]
     pub path: compactor_job::fast_path::MergePath,
     /// Wall time in milliseconds.

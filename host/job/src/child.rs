@@ -624,10 +624,17 @@ impl Job<'_> {
                     let started = Instant::now();
                     let batch_rows = self.config.merge_batch_rows.map_or(streaming_merge::DEFAULT_MERGE_BATCH_ROWS, |n| n as usize);
                     match merge.write(output, batch_rows) {
-                        Ok(rows) => {
+                        Ok(stats) => {
+                            let rows = stats.rows;
                             anyhow::ensure!(rows == rows_before, "the streaming merge wrote {rows} rows of {rows_before}");
                             self.result.merge_path = fast_path::MergePath::StreamingMerge;
-                            tracing::info!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "merged the sorted inputs as streams");
+                            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+                            tracing::info!(
+                                elapsed_ms = ms(started.elapsed()),
+                                read_ms = ms(stats.read),
+                                write_ms = ms(stats.write),
+                                "merged the sorted inputs as streams"
+                            );
                             return Ok((rows_before, rows_before));
                         }
                         // An input not in the order its metadata claims, or

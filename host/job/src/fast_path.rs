@@ -175,13 +175,34 @@ pub fn plan(inputs: &[(String, &Path)], sort_keys: &[String], row_group_size: u6
             )));
         }
     }
+    let dictionary_columns = dictionary_columns(&footers, &schema);
     Ok(FastPath::StreamingMerge(StreamingMerge {
         inputs: footers.into_iter().map(|input| (input.key, input.local)).collect(),
         sort_keys: sort_keys.to_vec(),
         row_group_size,
-        schema_root: schema.root_schema().name().to_owned(),
+        parquet_schema: schema.clone(),
+        dictionary_columns,
         copy_declined: copy_declined.0,
     }))
+}
+
+/// The columns every input stored with a dictionary in every row group:
+/// the writer of the inputs (DuckDB, which keeps a dictionary only for
+/// columns of few distinct values) judged them worth one, and the merge
+/// keeps its judgement rather than hashing every value of every column.
+fn dictionary_columns(inputs: &[Input], schema: &parquet::schema::types::SchemaDescriptor) -> Vec<String> {
+    (0..schema.num_columns())
+        .filter(|&column| {
+            inputs.iter().all(|input| {
+                input
+                    .metadata
+                    .row_groups()
+                    .iter()
+                    .all(|group| group.num_rows() == 0 || group.column(column).dictionary_page_offset().is_some())
+            })
+        })
+        .map(|column| schema.column(column).name().to_owned())
+        .collect()
 }
 
 /// One input as the conditions read it.

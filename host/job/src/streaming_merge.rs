@@ -17,17 +17,21 @@
 use std::cmp::Ordering;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
 
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_row::{OwnedRow, RowConverter, Rows, SortField};
 use arrow_schema::{SchemaRef, SortOptions};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use parquet::arrow::arrow_writer::ArrowWriterOptions;
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowLeafColumn, compute_leaves, get_column_writers};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesPtr};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::format::SortingColumn;
+use parquet::schema::types::{ColumnPath, SchemaDescPtr};
 
 use crate::fast_path::{SORT_KEYS_KEY, WRITER_KEY, writer_name};
 
@@ -46,9 +50,26 @@ pub struct StreamingMerge {
     pub(crate) inputs: Vec<(String, PathBuf)>,
     pub(crate) sort_keys: Vec<String>,
     pub(crate) row_group_size: u64,
-    pub(crate) schema_root: String,
+    /// The inputs' Parquet schema, which the output keeps.
+    pub(crate) parquet_schema: SchemaDescPtr,
+    /// Columns written with a dictionary (those the inputs have one for).
+    pub(crate) dictionary_columns: Vec<String>,
     /// Why the row-group copy could not be taken instead.
     pub copy_declined: String,
+}
+
+/// What a streaming merge did, and where its time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MergeStats {
+    /// Rows written.
+    pub rows: u64,
+    /// Waiting for the inputs' next batches (read, decoded, their sort keys
+    /// converted and checked by a thread per input).
+    pub read: Duration,
+    /// Gathering the output and handing it to the column encoders.
+    pub write: Duration,
+    /// The whole merge.
+    pub total: Duration,
 }
 
 /// Why a streaming merge stopped before writing its output: the job
@@ -73,16 +94,21 @@ pub enum MergeError {
 /// One input being merged: its reader, its current batch and that batch's
 /// sort keys in row format.
 struct Cursor {
-    key: String,
-    reader: ParquetRecordBatchReader,
+    /// The input's batches, decoded, converted and checked ahead by its
+    /// reader thread (at most [`READ_AHEAD`] waiting).
+    batches: Receiver<Result<(RecordBatch, Rows), MergeError>>,
     batch: RecordBatch,
     rows: Rows,
     position: usize,
-    /// Rows of this input before the current batch (for messages).
-    rows_before: u64,
     /// Index of the current batch in the pending output's sources.
     source: usize,
 }
+
+/// Rows handed to the column encoders at a time.
+const HAND_OVER_ROWS: usize = 32_768;
+
+/// Batches a reader thread decodes ahead of the merge, per input.
+const READ_AHEAD: usize = 1;
 
 impl Cursor {
     fn current(&self) -> arrow_row::Row<'_> {
@@ -119,10 +145,12 @@ impl Keys {
 impl StreamingMerge {
     /// Merges the inputs into `output` with at most `batch_rows` rows
     /// decoded per input; returns the rows written.
-    pub fn write(&self, output: &Path, batch_rows: usize) -> Result<u64, MergeError> {
+    pub fn write(&self, output: &Path, batch_rows: usize) -> Result<MergeStats, MergeError> {
+        let started = Instant::now();
+        let mut stats = MergeStats::default();
         let batch_rows = batch_rows.max(1);
         let mut schema: Option<SchemaRef> = None;
-        let mut keys: Option<Keys> = None;
+        let mut keys: Option<Arc<Keys>> = None;
         let mut cursors: Vec<Cursor> = Vec::with_capacity(self.inputs.len());
         for (key, local) in &self.inputs {
             let file = File::open(local).map_err(|e| anyhow::anyhow!("cannot open {key}: {e}"))?;
@@ -135,13 +163,14 @@ impl StreamingMerge {
             }
             let keys = match &keys {
                 Some(keys) => keys,
-                None => keys.insert(Keys::new(schema, &self.sort_keys)?),
+                None => keys.insert(Arc::new(Keys::new(schema, &self.sort_keys)?)),
             };
-            if let Some(cursor) = Cursor::open(key, reader, keys)? {
-                cursors.push(cursor);
-            }
+            let waiting = Instant::now();
+            let cursor = Cursor::open(key, reader, keys.clone())?;
+            stats.read += waiting.elapsed();
+            cursors.extend(cursor);
         }
-        let (Some(schema), Some(keys)) = (schema, keys) else { return Err(anyhow::anyhow!("no inputs").into()) };
+        let Some(schema) = schema else { return Err(anyhow::anyhow!("no inputs").into()) };
         let mut writer = self.writer(output, &schema)?;
         let mut out = Output::new(schema.clone(), batch_rows);
         for cursor in &mut cursors {
@@ -150,7 +179,6 @@ impl StreamingMerge {
         // Cursors by current row (ties by input order): `order[0]` is next.
         let mut order: Vec<usize> = (0..cursors.len()).collect();
         order.sort_by(|&a, &b| compare(&cursors, a, b));
-        let mut written = 0u64;
         while let Some(&next) = order.first() {
             // Every row of `next` before the runner-up's current row.
             let end = match order.get(1) {
@@ -170,14 +198,19 @@ impl StreamingMerge {
             };
             let cursor = &mut cursors[next];
             let run = end.max(cursor.position + 1) - cursor.position;
-            written += run as u64;
+            stats.rows += run as u64;
+            let writing = Instant::now();
             for batch in out.take(cursor.source, &cursor.batch, cursor.position, run)? {
                 writer.write(&batch).map_err(|e| anyhow::anyhow!("writing the output: {e}"))?;
             }
+            stats.write += writing.elapsed();
             cursor.position += run;
             order.remove(0);
             if cursor.position == cursor.rows.num_rows() {
-                if !cursor.advance(&keys)? {
+                let waiting = Instant::now();
+                let more = cursor.advance()?;
+                stats.read += waiting.elapsed();
+                if !more {
                     continue;
                 }
                 cursor.source = out.add_source(cursor.batch.clone());
@@ -193,18 +226,20 @@ impl StreamingMerge {
             let at = order.partition_point(|&other| compare(&cursors, other, next) == Ordering::Less);
             order.insert(at, next);
         }
+        let writing = Instant::now();
         if let Some(batch) = out.flush()? {
             writer.write(&batch).map_err(|e| anyhow::anyhow!("writing the output: {e}"))?;
         }
         writer.close().map_err(|e| anyhow::anyhow!("closing the output: {e}"))?;
-        Ok(written)
+        stats.write += writing.elapsed();
+        stats.total = started.elapsed();
+        Ok(stats)
     }
 
-    /// The output's writer: the inputs' schema and root name, ZSTD level 3,
+    /// The output's writer: the inputs' own Parquet schema, ZSTD level 3,
     /// row groups of `row_group_size`, the writer and sort keys as
-    /// key-value metadata and as `sorting_columns`, no embedded Arrow schema
-    /// (DuckDB writes none).
-    fn writer(&self, output: &Path, schema: &SchemaRef) -> anyhow::Result<ArrowWriter<File>> {
+    /// key-value metadata and as `sorting_columns`.
+    fn writer(&self, output: &Path, schema: &SchemaRef) -> anyhow::Result<ColumnsWriter> {
         let mut sorting = Vec::with_capacity(self.sort_keys.len());
         for key in &self.sort_keys {
             let index = schema.index_of(key)?;
@@ -219,11 +254,174 @@ impl StreamingMerge {
                 KeyValue::new(SORT_KEYS_KEY.to_owned(), serde_json::to_string(&self.sort_keys)?),
             ]))
             .set_sorting_columns(Some(sorting))
+            // Column chunk statistics, as DuckDB writes them (no page index).
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            // Pages by size alone (1 MiB), not every 20,000 rows: fewer,
+            // better-compressed pages, each a fresh ZSTD context.
+            .set_data_page_row_count_limit(usize::MAX)
+            .set_dictionary_enabled(false);
+        let properties = self
+            .dictionary_columns
+            .iter()
+            .fold(properties, |properties, column| properties.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), true))
             .build();
-        let options =
-            ArrowWriterOptions::new().with_properties(properties).with_skip_arrow_metadata(true).with_schema_root(self.schema_root.clone());
         let file = File::create(output).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", output.display()))?;
-        Ok(ArrowWriter::try_new_with_options(file, schema.clone(), options)?)
+        ColumnsWriter::new(file, self.parquet_schema.clone(), Arc::new(properties), schema.clone())
+    }
+}
+
+/// A Parquet writer that encodes and compresses each column of a row group
+/// on its own thread (`ArrowColumnWriter`s), while the merge goes on: the
+/// encoding, most of the merge's work, spreads over the machine's cores.
+struct ColumnsWriter {
+    file: SerializedFileWriter<File>,
+    parquet_schema: SchemaDescPtr,
+    properties: WriterPropertiesPtr,
+    schema: SchemaRef,
+    row_group_size: usize,
+    /// Rows sent to the row group being encoded.
+    buffered: usize,
+    /// One worker per column of the row group being filled.
+    workers: Vec<ColumnWorker>,
+    /// Slices of the row group not yet handed to its workers.
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    /// The columns of the row group filled before it, still encoding.
+    encoding: Option<Vec<std::thread::JoinHandle<parquet::errors::Result<ArrowColumnChunk>>>>,
+}
+
+struct ColumnWorker {
+    leaves: std::sync::mpsc::SyncSender<Vec<ArrowLeafColumn>>,
+    encoded: std::thread::JoinHandle<parquet::errors::Result<ArrowColumnChunk>>,
+}
+
+impl ColumnsWriter {
+    fn new(file: File, parquet_schema: SchemaDescPtr, properties: WriterPropertiesPtr, schema: SchemaRef) -> anyhow::Result<Self> {
+        let row_group_size = properties.max_row_group_size();
+        // The writer buffers small writes itself; a column chunk goes
+        // straight to the file.
+        let file = SerializedFileWriter::new(file, parquet_schema.root_schema_ptr(), properties.clone())?;
+        Ok(Self {
+            file,
+            parquet_schema,
+            properties,
+            schema,
+            row_group_size,
+            buffered: 0,
+            workers: Vec::new(),
+            pending: Vec::new(),
+            pending_rows: 0,
+            encoding: None,
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> anyhow::Result<()> {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            if self.workers.is_empty() {
+                self.start_row_group()?;
+            }
+            let length = (batch.num_rows() - offset).min(self.row_group_size - self.buffered);
+            self.pending.push(batch.slice(offset, length));
+            self.pending_rows += length;
+            offset += length;
+            self.buffered += length;
+            if self.buffered == self.row_group_size {
+                self.finish_row_group()?;
+            } else if self.pending_rows >= HAND_OVER_ROWS {
+                self.hand_over()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the pending slices to the column encoders, each column's in
+    /// one message (a wake-up per column per [`HAND_OVER_ROWS`], not per
+    /// run).
+    fn hand_over(&mut self) -> anyhow::Result<()> {
+        let mut columns: Vec<Vec<ArrowLeafColumn>> = self.workers.iter().map(|_| Vec::with_capacity(self.pending.len())).collect();
+        for part in self.pending.drain(..) {
+            let mut column = columns.iter_mut();
+            for (array, field) in part.columns().iter().zip(self.schema.fields()) {
+                for leaf in compute_leaves(field, array)? {
+                    column.next().ok_or_else(|| anyhow::anyhow!("more leaves than columns"))?.push(leaf);
+                }
+            }
+        }
+        self.pending_rows = 0;
+        for (worker, leaves) in self.workers.iter().zip(columns) {
+            // A worker gone has failed: its error comes from `finish_row_group`.
+            if worker.leaves.send(leaves).is_err() {
+                self.finish_row_group()?;
+                anyhow::bail!("a column encoder stopped");
+            }
+        }
+        Ok(())
+    }
+
+    fn start_row_group(&mut self) -> anyhow::Result<()> {
+        let writers = get_column_writers(&self.parquet_schema, &self.properties, &self.schema)?;
+        self.workers = writers
+            .into_iter()
+            .map(|mut writer| {
+                let (leaves, received) = std::sync::mpsc::sync_channel::<Vec<ArrowLeafColumn>>(2);
+                let encoded = std::thread::spawn(move || {
+                    for leaf in received.iter().flatten() {
+                        writer.write(&leaf)?;
+                    }
+                    writer.close()
+                });
+                ColumnWorker { leaves, encoded }
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Ends the row group being filled: its columns finish encoding while
+    /// the next one fills, and the one before it, done by now, is
+    /// appended to the file.
+    fn finish_row_group(&mut self) -> anyhow::Result<()> {
+        if !self.pending.is_empty() {
+            self.hand_over()?;
+        }
+        // Closing a worker's channel lets it finish its column.
+        let ended: Vec<_> = std::mem::take(&mut self.workers)
+            .into_iter()
+            .map(|ColumnWorker { leaves, encoded }| {
+                drop(leaves);
+                encoded
+            })
+            .collect();
+        self.buffered = 0;
+        if let Some(previous) = self.encoding.replace(ended) {
+            self.append(previous)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every column of a row group and appends them in order.
+    fn append(&mut self, columns: Vec<std::thread::JoinHandle<parquet::errors::Result<ArrowColumnChunk>>>) -> anyhow::Result<()> {
+        let mut chunks = Vec::with_capacity(columns.len());
+        for encoded in columns {
+            chunks.push(encoded.join().map_err(|_| anyhow::anyhow!("a column encoder panicked"))??);
+        }
+        let mut row_group = self.file.next_row_group()?;
+        for chunk in chunks {
+            chunk.append_to_row_group(&mut row_group)?;
+        }
+        row_group.close()?;
+        Ok(())
+    }
+
+    fn close(mut self) -> anyhow::Result<()> {
+        if !self.workers.is_empty() {
+            self.finish_row_group()?;
+        }
+        if let Some(last) = self.encoding.take() {
+            self.append(last)?;
+        }
+        self.file.close()?;
+        Ok(())
     }
 }
 
@@ -247,21 +445,47 @@ fn compare(cursors: &[Cursor], a: usize, b: usize) -> Ordering {
 }
 
 impl Cursor {
-    /// A cursor on the first non-empty batch of `reader`, checked; `None`
-    /// for an input without rows.
-    fn open(key: &str, mut reader: ParquetRecordBatchReader, keys: &Keys) -> Result<Option<Self>, MergeError> {
-        let Some((batch, rows)) = next_batch(key, &mut reader, keys, None, 0)? else { return Ok(None) };
-        Ok(Some(Self { key: key.to_owned(), reader, batch, rows, position: 0, rows_before: 0, source: 0 }))
+    /// A cursor on the input read by `reader`, whose batches a thread of
+    /// its own decodes and checks ahead; `None` for an input without rows.
+    fn open(key: &str, mut reader: ParquetRecordBatchReader, keys: Arc<Keys>) -> Result<Option<Self>, MergeError> {
+        let (sender, batches) = std::sync::mpsc::sync_channel(READ_AHEAD);
+        let (key, empty_rows) = (key.to_owned(), keys.converter.empty_rows(0, 0));
+        std::thread::spawn(move || {
+            let (mut last, mut rows_before): (Option<OwnedRow>, u64) = (None, 0);
+            loop {
+                let next = next_batch(&key, &mut reader, &keys, last.as_ref(), rows_before);
+                if let Ok(Some((batch, rows))) = &next {
+                    last = Some(rows.row(rows.num_rows() - 1).owned());
+                    rows_before += batch.num_rows() as u64;
+                }
+                let end = !matches!(next, Ok(Some(_)));
+                // The merge stopped (it has what it needs, or failed).
+                if next.transpose().is_some_and(|next| sender.send(next).is_err()) || end {
+                    return;
+                }
+            }
+        });
+        let mut cursor = Self {
+            batches,
+            batch: RecordBatch::new_empty(Arc::new(arrow_schema::Schema::empty())),
+            rows: empty_rows,
+            position: 0,
+            source: 0,
+        };
+        Ok(cursor.advance()?.then_some(cursor))
     }
 
-    /// Moves to the input's next non-empty batch, checked against the last
-    /// row of the current one; `false` at the input's end.
-    fn advance(&mut self, keys: &Keys) -> Result<bool, MergeError> {
-        let last: OwnedRow = self.rows.row(self.rows.num_rows() - 1).owned();
-        let rows_before = self.rows_before + self.batch.num_rows() as u64;
-        let Some((batch, rows)) = next_batch(&self.key, &mut self.reader, keys, Some(&last), rows_before)? else { return Ok(false) };
-        (self.batch, self.rows, self.position, self.rows_before) = (batch, rows, 0, rows_before);
-        Ok(true)
+    /// Moves to the input's next batch; `false` at the input's end.
+    fn advance(&mut self) -> Result<bool, MergeError> {
+        match self.batches.recv() {
+            Ok(next) => {
+                (self.batch, self.rows) = next?;
+                self.position = 0;
+                Ok(true)
+            }
+            // The reader thread ended: the input's end.
+            Err(_) => Ok(false),
+        }
     }
 }
 
@@ -274,7 +498,8 @@ fn next_batch(
     last: Option<&OwnedRow>,
     rows_before: u64,
 ) -> Result<Option<(RecordBatch, Rows)>, MergeError> {
-    for batch in reader {
+    loop {
+        let Some(batch) = reader.next() else { return Ok(None) };
         let batch = batch.map_err(|e| anyhow::anyhow!("reading {key}: {e}"))?;
         if batch.num_rows() == 0 {
             continue;
@@ -290,7 +515,6 @@ fn next_batch(
         }
         return Ok(Some((batch, rows)));
     }
-    Ok(None)
 }
 
 /// The output batch being assembled: short runs gathered by index from
