@@ -30,6 +30,8 @@ struct DayShape {
     tie: bool,
     /// An hour's directory holding a file of times two hours later.
     late: Option<u32>,
+    /// A decimal column too wide for 8 bytes.
+    wide_decimal: bool,
 }
 
 impl DayShape {
@@ -44,6 +46,8 @@ impl DayShape {
             "duckdb"
         } else if self.copies() && sort_keys.first() == Some(&"time") {
             "row_group_copy"
+        } else if self.wide_decimal {
+            "duckdb"
         } else {
             "streaming_merge"
         }
@@ -76,6 +80,7 @@ fn random_day(seed: u64) -> DayShape {
         null_time: pick(&mut random, 6),
         tie: random.next(2) == 0,
         late: pick(&mut random, 6).filter(|h| *h < 22),
+        wide_decimal: random.next(8) == 0,
     }
 }
 
@@ -92,6 +97,8 @@ fn write_raw_day(lake: &Path, shape: &DayShape, seed: u64) -> u64 {
         for file in 0..2u64 {
             let first = seed * 1_000_000 + u64::from(hour) * 10_000 + file * 1_000;
             let extra = if shape.drift == Some(hour) { ", r AS extra" } else { "" };
+            // DuckDB stores a decimal this wide as FIXED_LEN_BYTE_ARRAY.
+            let wide = if shape.wide_decimal { ", ((r % 13) * 1.5)::DECIMAL(21, 1) AS wide" } else { "" };
             // Distinct times within the hour, both files interleaved.
             let mut time = format!("make_timestamp(({start} + (r * 2 + {file}) * 997)::BIGINT)::TIMESTAMPTZ");
             if shape.tie && file == 1 && n > 0 {
@@ -107,7 +114,8 @@ fn write_raw_day(lake: &Path, shape: &DayShape, seed: u64) -> u64 {
                 .execute_batch(&format!(
                     "COPY (SELECT {time} AS time, CASE WHEN r % 11 = 5 THEN NULL ELSE 'host-' || (r % 7) END AS host, \
                  md5((r + {first})::VARCHAR) AS note, \
-                     ({first} + r)::BIGINT AS value, (r % 13) * 1.5 AS usage{extra} FROM range({n}) t(r) ORDER BY hash(r + {seed})) \
+                     ({first} + r)::BIGINT AS value, ((r % 13) * 1.5)::DOUBLE AS usage, ((r % 13) * 1.5)::DECIMAL(9, 2) AS price\
+                     {wide}{extra} FROM range({n}) t(r) ORDER BY hash(r + {seed})) \
                      TO '{}' (FORMAT PARQUET)",
                     path.display()
                 ))
@@ -120,7 +128,7 @@ fn write_raw_day(lake: &Path, shape: &DayShape, seed: u64) -> u64 {
             connection
                 .execute_batch(&format!(
                     "COPY (SELECT make_timestamp({start}::BIGINT)::TIMESTAMPTZ AS time, 'host-0' AS host, 'tie' AS note, \
-                     {}::BIGINT AS value, 0.0 AS usage{}) TO '{}' (FORMAT PARQUET)",
+                     {}::BIGINT AS value, 0.0::DOUBLE AS usage{}) TO '{}' (FORMAT PARQUET)",
                     seed * 1_000_000 + u64::from(hour) * 10_000 + 9_000,
                     if shape.drift == Some(hour) { ", 0 AS extra" } else { "" },
                     path.display()
@@ -138,7 +146,7 @@ fn write_raw_day(lake: &Path, shape: &DayShape, seed: u64) -> u64 {
         connection
             .execute_batch(&format!(
                 "COPY (SELECT make_timestamp(({later} + r)::BIGINT)::TIMESTAMPTZ AS time, 'host-1' AS host, 'late' AS note, \
-                 ({value} + r)::BIGINT AS value, 1.0 AS usage{extra} FROM range(5) t(r)) TO '{}' (FORMAT PARQUET)",
+                 ({value} + r)::BIGINT AS value, 1.0::DOUBLE AS usage{extra} FROM range(5) t(r)) TO '{}' (FORMAT PARQUET)",
                 dir.join(format!("cpu_20260411_{hour:02}5800_{value:09}.parquet")).display()
             ))
             .unwrap();
@@ -275,6 +283,35 @@ fn random_days_by_host_and_time_give_the_same_rows_in_the_same_order_by_either_p
         merged += usize::from(shape.path(&["host", "time"]) == "streaming_merge");
     }
     assert!(merged >= 4, "the random days exercised the streaming merge {merged} times");
+}
+
+/// Every day the row-group copy must decline, it declines and says why;
+/// `compare_paths` checks which path took it instead (the streaming merge,
+/// or DuckDB for a schema that drifts or that the merge cannot write).
+#[test]
+fn each_day_that_must_fall_back_does_and_says_why() {
+    let full: Vec<(u32, usize)> = (0..24).map(|h| (h, 50)).collect();
+    let day = |change: &dyn Fn(&mut DayShape)| {
+        let mut shape = DayShape { hours: full.clone(), ..DayShape::default() };
+        change(&mut shape);
+        shape
+    };
+    let cases: [(&str, DayShape, &[&str]); 6] = [
+        ("the schema of", day(&|s| s.drift = Some(5)), &["time"]),
+        ("time has nulls", day(&|s| s.null_time = Some(7)), &["time"]),
+        ("overlap", day(&|s| s.late = Some(3)), &["time"]),
+        ("do not begin with time", day(&|_| {}), &["host", "time"]),
+        ("column wide is stored as FIXED_LEN_BYTE_ARRAY", day(&|s| s.wide_decimal = true), &["host", "time"]),
+        ("", day(&|s| s.tie = true), &["time"]),
+    ];
+    for (seed, (reason, shape, keys)) in cases.iter().enumerate() {
+        let log = compare_paths(100 + seed as u64, shape, keys);
+        if reason.is_empty() {
+            assert!(!log.contains("row-group copy not taken"), "ties at the seams are in order by time: {log}");
+        } else {
+            assert!(log.contains("row-group copy not taken") && log.contains(reason), "{reason}: {log}");
+        }
+    }
 }
 
 /// An hourly output rewritten by hand under the same name and metadata:

@@ -165,6 +165,27 @@ pub fn plan(inputs: &[(String, &Path)], sort_keys: &[String], row_group_size: u6
     if schema.num_columns() != schema.root_schema().get_fields().len() {
         return Err(declined(format!("{copy_declined}; the streaming merge takes flat schemas only")));
     }
+    // Arrow's writer lays out fixed-length values (wide decimals, UUIDs)
+    // and INT96 by its own rules, not the inputs': such a schema would
+    // not survive the merge unchanged.
+    let unwritable = schema.columns().iter().find(|column| {
+        !matches!(
+            column.physical_type(),
+            PhysicalType::BOOLEAN
+                | PhysicalType::INT32
+                | PhysicalType::INT64
+                | PhysicalType::FLOAT
+                | PhysicalType::DOUBLE
+                | PhysicalType::BYTE_ARRAY
+        )
+    });
+    if let Some(column) = unwritable {
+        return Err(declined(format!(
+            "{copy_declined}; column {} is stored as {}, which the streaming merge does not write",
+            column.name(),
+            column.physical_type()
+        )));
+    }
     for input in &footers {
         let columns = input.metadata.row_groups().iter().flat_map(|group| group.columns());
         if let Some(column) = columns.filter(|c| !matches!(c.compression(), Compression::ZSTD(_) | Compression::UNCOMPRESSED)).next() {

@@ -155,6 +155,29 @@ impl StreamingMerge {
         for (key, local) in &self.inputs {
             let file = File::open(local).map_err(|e| anyhow::anyhow!("cannot open {key}: {e}"))?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?;
+            // Strings the inputs keep in a dictionary are read as Arrow
+            // dictionaries: never materialised, row by row.
+            let fields: Vec<arrow_schema::FieldRef> = builder
+                .schema()
+                .fields()
+                .iter()
+                .map(|field| {
+                    if self.dictionary_columns.contains(field.name()) && matches!(field.data_type(), arrow_schema::DataType::Utf8) {
+                        let dictionary = arrow_schema::DataType::Dictionary(
+                            Box::new(arrow_schema::DataType::Int32),
+                            Box::new(arrow_schema::DataType::Utf8),
+                        );
+                        Arc::new(field.as_ref().clone().with_data_type(dictionary))
+                    } else {
+                        field.clone()
+                    }
+                })
+                .collect();
+            let hinted = Arc::new(arrow_schema::Schema::new(fields));
+            let file = File::open(local).map_err(|e| anyhow::anyhow!("cannot open {key}: {e}"))?;
+            let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new().with_schema(hinted);
+            let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
+                .map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?;
             let input_schema = builder.schema().clone();
             let reader = builder.with_batch_size(batch_rows).build().map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?;
             let schema = schema.get_or_insert_with(|| input_schema.clone());
@@ -232,8 +255,24 @@ impl StreamingMerge {
         }
         writer.close().map_err(|e| anyhow::anyhow!("closing the output: {e}"))?;
         stats.write += writing.elapsed();
+        self.check_schema(output)?;
         stats.total = started.elapsed();
         Ok(stats)
+    }
+
+    /// The written footer's schema is the inputs': what readers see does
+    /// not depend on the path that wrote the file.
+    fn check_schema(&self, output: &Path) -> anyhow::Result<()> {
+        use parquet::file::reader::FileReader;
+        let reader = parquet::file::reader::SerializedFileReader::new(File::open(output)?)?;
+        let written = reader.metadata().file_metadata().schema_descr_ptr();
+        anyhow::ensure!(
+            written.root_schema() == self.parquet_schema.root_schema(),
+            "the output's schema differs from the inputs': {:?} for {:?}",
+            written.root_schema(),
+            self.parquet_schema.root_schema()
+        );
+        Ok(())
     }
 
     /// The output's writer: the inputs' own Parquet schema, ZSTD level 3,
@@ -256,9 +295,6 @@ impl StreamingMerge {
             .set_sorting_columns(Some(sorting))
             // Column chunk statistics, as DuckDB writes them (no page index).
             .set_statistics_enabled(EnabledStatistics::Chunk)
-            // Pages by size alone (1 MiB), not every 20,000 rows: fewer,
-            // better-compressed pages, each a fresh ZSTD context.
-            .set_data_page_row_count_limit(usize::MAX)
             .set_dictionary_enabled(false);
         let properties = self
             .dictionary_columns
