@@ -153,7 +153,7 @@ pub fn plan(inputs: &[(String, &Path)], sort_keys: &[String], row_group_size: u6
         Ok(copy_order) => {
             let time_column = time_column(&schema).unwrap_or_default();
             let mut inputs: Vec<Footer> = Vec::with_capacity(footers.len());
-            for (index, _) in copy_order {
+            for index in copy_order {
                 let input = &footers[index];
                 let file = input.file.try_clone().map_err(|e| declined(format!("cannot open {}: {e}", input.key)))?;
                 inputs.push(Footer { key: input.key.clone(), file, metadata: input.metadata.clone() });
@@ -187,8 +187,8 @@ pub fn plan(inputs: &[(String, &Path)], sort_keys: &[String], row_group_size: u6
         )));
     }
     for input in &footers {
-        let columns = input.metadata.row_groups().iter().flat_map(|group| group.columns());
-        if let Some(column) = columns.filter(|c| !matches!(c.compression(), Compression::ZSTD(_) | Compression::UNCOMPRESSED)).next() {
+        let mut columns = input.metadata.row_groups().iter().flat_map(|group| group.columns());
+        if let Some(column) = columns.find(|c| !matches!(c.compression(), Compression::ZSTD(_) | Compression::UNCOMPRESSED)) {
             let codec = column.compression();
             return Err(declined(format!(
                 "{copy_declined}; {} is compressed with {codec}, which the streaming merge does not read",
@@ -239,14 +239,13 @@ struct Input {
 }
 
 /// The row-group copy's own conditions, over inputs proven sorted by
-/// `sort_keys`: the inputs (index, time range) in the order to copy them,
-/// or why not.
+/// `sort_keys`: the inputs' indices in the order to copy them, or why not.
 fn plan_copy(
     inputs: &[Input],
     schema: &parquet::schema::types::SchemaDescriptor,
     sort_keys: &[String],
     row_group_size: u64,
-) -> Result<Vec<(usize, Option<(i64, i64)>)>, Declined> {
+) -> Result<Vec<usize>, Declined> {
     if sort_keys.first().map(String::as_str) != Some("time") {
         return Err(declined(format!("the sort keys {sort_keys:?} do not begin with time")));
     }
@@ -281,7 +280,7 @@ fn plan_copy(
             return Err(declined(format!("the time ranges of {} and {} overlap", inputs[pair[0].0].key, inputs[pair[1].0].key)));
         }
     }
-    Ok(order)
+    Ok(order.into_iter().map(|(index, _)| index).collect())
 }
 
 /// The smallest and largest `time` of a file, from every row group's
