@@ -261,28 +261,27 @@ fn compare_paths(seed: u64, shape: &DayShape, sort_keys: &[&str]) -> String {
 
 #[test]
 fn random_days_give_the_same_rows_in_the_same_order_by_either_path() {
-    let mut copied = 0;
-    for seed in 1..=8u64 {
-        let shape = random_day(seed);
-        eprintln!("seed {seed}: {shape:?}");
-        compare_paths(seed, &shape, &["time"]);
-        copied += usize::from(shape.copies());
-    }
-    assert!(copied >= 2, "the random days exercised the copy {copied} times");
+    random_days(1..=8, &["time"], "row_group_copy", 2);
 }
 
 /// Sorted by `host` first, the hours interleave: the streaming merge (or
 /// DuckDB, for a day whose schema drifts) gives DuckDB's order.
 #[test]
 fn random_days_by_host_and_time_give_the_same_rows_in_the_same_order_by_either_path() {
-    let mut merged = 0;
-    for seed in 21..=28u64 {
+    random_days(21..=28, &["host", "time"], "streaming_merge", 4);
+}
+
+/// Compares both paths over the random days of `seeds`; at least
+/// `at_least` of them must take `path`.
+fn random_days(seeds: std::ops::RangeInclusive<u64>, sort_keys: &[&str], path: &str, at_least: usize) {
+    let mut taken = 0;
+    for seed in seeds {
         let shape = random_day(seed);
         eprintln!("seed {seed}: {shape:?}");
-        compare_paths(seed, &shape, &["host", "time"]);
-        merged += usize::from(shape.path(&["host", "time"]) == "streaming_merge");
+        compare_paths(seed, &shape, sort_keys);
+        taken += usize::from(shape.path(sort_keys) == path);
     }
-    assert!(merged >= 4, "the random days exercised the streaming merge {merged} times");
+    assert!(taken >= at_least, "the random days took {path} {taken} times");
 }
 
 /// Every day the row-group copy must decline, it declines and says why;
@@ -328,23 +327,10 @@ fn an_input_the_streaming_merge_cannot_take_is_merged_by_duckdb() {
     for (order, compression, reason) in cases {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let shape = DayShape { hours: (0..4).map(|h| (h, 300)).collect(), ..DayShape::default() };
-        let rows = write_raw_day(&root.join("fast"), &shape, 9);
-        let config = day_config(root, "fast", true, &["host", "time"], 122_880, 5);
-        once(&config, "hourly");
-        let hour = root.join("fast").join(DAY).join("02");
-        let output = std::fs::read_dir(&hour).unwrap().flatten().map(|e| e.path()).next().unwrap();
-        let copy = root.join("rewritten.parquet");
-        verify::connection()
-            .unwrap()
-            .execute_batch(&format!(
-                "COPY (SELECT * FROM read_parquet('{}') {order}) TO '{}' \
-                 (FORMAT PARQUET, {compression}KV_METADATA {{'compactor:writer': 'compactor 0', 'compactor:sort_keys': '[\"host\",\"time\"]'}})",
-                output.display(),
-                copy.display()
-            ))
-            .unwrap();
-        std::fs::rename(&copy, &output).unwrap();
+        let options = format!(
+            "FORMAT PARQUET, {compression}KV_METADATA {{'compactor:writer': 'compactor 0', 'compactor:sort_keys': '[\"host\",\"time\"]'}}"
+        );
+        let (config, rows) = day_with_hour_two_rewritten(root, &["host", "time"], 300, 9, order, &options);
         let (report, log) = once(&config, "daily");
         assert_eq!(report["jobs"][0]["path"], "duckdb", "{reason}: {report}");
         assert!(log.contains(reason) && log.contains("merging with DuckDB"), "{reason}: {log}");
@@ -361,21 +347,35 @@ fn an_input_the_streaming_merge_cannot_take_is_merged_by_duckdb() {
 #[test]
 fn inputs_not_written_by_compactor_are_merged_by_duckdb() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let shape = DayShape { hours: (0..4).map(|h| (h, 20)).collect(), ..DayShape::default() };
-    write_raw_day(&root.join("fast"), &shape, 7);
-    let config = day_config(root, "fast", true, &["time"], 122_880, 8_192);
-    once(&config, "hourly");
     // Hour 2's output rewritten by another tool under the same name.
+    let (config, _) = day_with_hour_two_rewritten(dir.path(), &["time"], 20, 7, "", "FORMAT PARQUET");
+    let (report, log) = once(&config, "daily");
+    assert_eq!(report["jobs"][0]["path"], "duckdb", "{report}");
+    assert!(log.contains("was not written by compactor"), "{log}");
+}
+
+/// A day of four hours compacted by the hourly tier, then hour 2's output
+/// rewritten by DuckDB under the same name (`SELECT * … {order}`, with the
+/// COPY `options`); returns the config and the day's rows.
+fn day_with_hour_two_rewritten(
+    root: &Path,
+    sort_keys: &[&str],
+    rows_per_file: usize,
+    seed: u64,
+    order: &str,
+    options: &str,
+) -> (String, u64) {
+    let shape = DayShape { hours: (0..4).map(|h| (h, rows_per_file)).collect(), ..DayShape::default() };
+    let rows = write_raw_day(&root.join("fast"), &shape, seed);
+    let config = day_config(root, "fast", true, sort_keys, 122_880, 5);
+    once(&config, "hourly");
     let hour = root.join("fast").join(DAY).join("02");
     let output = std::fs::read_dir(&hour).unwrap().flatten().map(|e| e.path()).next().unwrap();
     let copy = root.join("rewritten.parquet");
     verify::connection()
         .unwrap()
-        .execute_batch(&format!("COPY (SELECT * FROM read_parquet('{}')) TO '{}' (FORMAT PARQUET)", output.display(), copy.display()))
+        .execute_batch(&format!("COPY (SELECT * FROM read_parquet('{}') {order}) TO '{}' ({options})", output.display(), copy.display()))
         .unwrap();
     std::fs::rename(&copy, &output).unwrap();
-    let (report, log) = once(&config, "daily");
-    assert_eq!(report["jobs"][0]["path"], "duckdb", "{report}");
-    assert!(log.contains("was not written by compactor"), "{log}");
+    (config, rows)
 }
