@@ -1225,6 +1225,8 @@ mod tests {
         assert_eq!(err.to_string(), "invalid compaction.max_concurrent value: -1 (must be >= 0; 0 = default)");
         let err = parse("[storage]\nurl = \"memory://\"\n[compaction]\nrow_group_size = 0\n").unwrap_err();
         assert_eq!(err.to_string(), "invalid compaction.row_group_size value: 0 (expected 1 to 100000000 rows)");
+        let err = parse("[storage]\nurl = \"memory://\"\n[compaction]\nmerge_batch_rows = 0\n").unwrap_err();
+        assert_eq!(err.to_string(), "invalid compaction.merge_batch_rows value: 0 (expected 1 to 10000000 rows)");
         let err = parse("[storage]\nurl = \"memory://\"\n[compaction]\nthreads = -2\n").unwrap_err();
         assert_eq!(err.to_string(), "invalid compaction.threads value: -2 (must be >= 0; 0 = auto)");
         let err = parse("[storage]\nurl = \"memory://\"\n[[tiers]]\nname = \"h\"\nplugin = \"builtin:hourly\"\nschedule = \"@hourly\"\n")

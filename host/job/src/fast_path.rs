@@ -31,19 +31,8 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::format::{SortingColumn, TimeUnit};
 use serde::{Deserialize, Serialize};
 
+pub use crate::provenance::{SORT_KEYS_KEY, WRITER_KEY, writer_name};
 use crate::streaming_merge::StreamingMerge;
-
-/// Key-value metadata naming the writer of an output: `compactor {version}`.
-pub const WRITER_KEY: &str = "compactor:writer";
-/// Key-value metadata recording the sort keys an output was written in
-/// (a JSON array; `[]` for none). With Parquet's `sorting_columns`, the
-/// proof of a file's order.
-pub const SORT_KEYS_KEY: &str = "compactor:sort_keys";
-
-/// This build's [`WRITER_KEY`] value.
-pub fn writer_name() -> String {
-    format!("compactor {}", env!("CARGO_PKG_VERSION"))
-}
 
 /// How a job produced its output.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ pub mod completion;
 pub mod fast_path;
 mod manifest;
 mod parent;
+pub mod provenance;
 pub mod sample;
 mod seams;
 pub mod sql;

@@ -13,9 +13,9 @@ pub fn write_options(row_group_size: u64, sort_keys: &[String]) -> String {
     let keys = serde_json::to_string(sort_keys).unwrap_or_else(|_| "[]".to_owned());
     format!(
         "FORMAT PARQUET, COMPRESSION ZSTD, COMPRESSION_LEVEL 3, ROW_GROUP_SIZE {row_group_size}, KV_METADATA {{{}: {}, {}: {}}}",
-        literal(crate::fast_path::WRITER_KEY),
-        literal(&crate::fast_path::writer_name()),
-        literal(crate::fast_path::SORT_KEYS_KEY),
+        literal(crate::provenance::WRITER_KEY),
+        literal(&crate::provenance::writer_name()),
+        literal(crate::provenance::SORT_KEYS_KEY),
         literal(&keys)
     )
 }

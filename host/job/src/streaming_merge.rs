@@ -33,7 +33,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::format::SortingColumn;
 use parquet::schema::types::{ColumnPath, SchemaDescPtr};
 
-use crate::fast_path::{SORT_KEYS_KEY, WRITER_KEY, writer_name};
+use crate::provenance::{SORT_KEYS_KEY, WRITER_KEY, writer_name};
 
 /// Rows decoded ahead per input when `[compaction] merge_batch_rows` is not set.
 pub const DEFAULT_MERGE_BATCH_ROWS: usize = 8192;
