@@ -341,6 +341,39 @@ fn an_input_the_streaming_merge_cannot_take_is_merged_by_duckdb() {
     }
 }
 
+/// A streaming merge's job killed at each step of the protocol after the
+/// merge (the path only changes how the output file is made): recovery
+/// and the next cycle leave every row of the day exactly once.
+#[test]
+fn a_streaming_merge_killed_at_any_step_loses_and_duplicates_nothing() {
+    for step in ["after-merge", "after-manifest", "after-upload", "mid-delete", "after-delete"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let shape = DayShape { hours: (0..6).map(|h| (h, 300)).collect(), ..DayShape::default() };
+        let rows = write_raw_day(&root.join("fast"), &shape, 11);
+        let config = day_config(root, "fast", true, &["host", "time"], 122_880, 64);
+        once(&config, "hourly");
+        let crashed = compactor(&["-v", "once", "--config", &config, "--now", NOW, "--tier", "daily"], &[("COMPACTOR_FAULT", step)]);
+        let log = String::from_utf8_lossy(&crashed.stderr);
+        assert!(log.contains("merged the sorted inputs as streams") && log.contains("killed"), "{step}: {}", text(&crashed));
+        let recovered = compactor(&["recover", "--config", &config], &[]);
+        assert!(recovered.status.success(), "{step}: {}", text(&recovered));
+        once(&config, "daily");
+        let day = root.join("fast").join(DAY);
+        let files: Vec<String> = crate::util::files_under(&day).into_iter().map(|f| format!("'{}'", day.join(f).display())).collect();
+        let (count, distinct): (i64, i64) = verify::connection()
+            .unwrap()
+            .query_row(
+                &format!("SELECT count(*), count(DISTINCT value) FROM read_parquet([{}], union_by_name = true)", files.join(", ")),
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((count as u64, distinct as u64), (rows, rows), "{step}: every row once in {files:?}");
+        assert_eq!(files.len(), 1, "{step}: the day is one file: {files:?}");
+    }
+}
+
 /// Inputs that are not ours (Arc's own outputs carry the same names) go
 /// through DuckDB: an hourly output renamed by hand, and one whose writer
 /// metadata is another's.
