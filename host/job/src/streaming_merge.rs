@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_row::{OwnedRow, RowConverter, Rows, SortField};
-use arrow_schema::{SchemaRef, SortOptions};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use arrow_schema::{DataType, SchemaRef, SortOptions};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowLeafColumn, compute_leaves, get_column_writers};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -155,30 +155,27 @@ impl StreamingMerge {
         let mut cursors: Vec<Cursor> = Vec::with_capacity(self.inputs.len());
         for (key, local) in &self.inputs {
             let file = File::open(local).map_err(|e| anyhow::anyhow!("cannot open {key}: {e}"))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?;
+            let footer =
+                ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?;
             // Strings the inputs keep in a dictionary are read as Arrow
             // dictionaries: never materialised, row by row.
-            let fields: Vec<arrow_schema::FieldRef> = builder
+            let fields: Vec<arrow_schema::FieldRef> = footer
                 .schema()
                 .fields()
                 .iter()
                 .map(|field| {
-                    if self.dictionary_columns.contains(field.name()) && matches!(field.data_type(), arrow_schema::DataType::Utf8) {
-                        let dictionary = arrow_schema::DataType::Dictionary(
-                            Box::new(arrow_schema::DataType::Int32),
-                            Box::new(arrow_schema::DataType::Utf8),
-                        );
+                    if self.dictionary_columns.contains(field.name()) && matches!(field.data_type(), DataType::Utf8) {
+                        let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
                         Arc::new(field.as_ref().clone().with_data_type(dictionary))
                     } else {
                         field.clone()
                     }
                 })
                 .collect();
-            let hinted = Arc::new(arrow_schema::Schema::new(fields));
-            let file = File::open(local).map_err(|e| anyhow::anyhow!("cannot open {key}: {e}"))?;
-            let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new().with_schema(hinted);
-            let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
-                .map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?;
+            let options = ArrowReaderOptions::new().with_schema(Arc::new(arrow_schema::Schema::new(fields)));
+            let hinted =
+                ArrowReaderMetadata::try_new(footer.metadata().clone(), options).map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?;
+            let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, hinted);
             let input_schema = builder.schema().clone();
             let reader = builder.with_batch_size(batch_rows).build().map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?;
             let schema = schema.get_or_insert_with(|| input_schema.clone());
