@@ -73,16 +73,9 @@ fn declined(why: impl Into<String>) -> Declined {
     Declined(why.into())
 }
 
-/// One input: its storage key (for its name), its local file and footer.
-struct Footer {
-    key: String,
-    file: File,
-    metadata: Arc<ParquetMetaData>,
-}
-
 /// A row-group copy that every condition allows: the inputs in time order.
 pub struct RowGroupCopy {
-    inputs: Vec<Footer>,
+    inputs: Vec<Input>,
     time_column: usize,
     sort_keys: Vec<String>,
 }
@@ -115,7 +108,7 @@ pub fn plan(inputs: &[(String, &Path)], sort_keys: &[String], row_group_size: u6
             return Err(declined(format!("{name} was not written by compactor (no {WRITER_KEY} metadata)")));
         }
         let (written, tags, dedup_time) = (kv(SORT_KEYS_KEY), kv("arc:tags"), kv("arc:dedup_time"));
-        footers.push(Input { key: key.clone(), local: local.to_path_buf(), file, metadata, written, tags, dedup_time });
+        footers.push(Input { key: key.clone(), file, metadata, written, tags, dedup_time });
     }
     let Some(first) = footers.first() else { return Err(declined("no inputs")) };
     let schema = first.metadata.file_metadata().schema_descr_ptr();
@@ -141,12 +134,8 @@ pub fn plan(inputs: &[(String, &Path)], sort_keys: &[String], row_group_size: u6
     let copy_declined = match plan_copy(&footers, &schema, sort_keys, row_group_size) {
         Ok(copy_order) => {
             let time_column = time_column(&schema).unwrap_or_default();
-            let mut inputs: Vec<Footer> = Vec::with_capacity(footers.len());
-            for index in copy_order {
-                let input = &footers[index];
-                let file = input.file.try_clone().map_err(|e| declined(format!("cannot open {}: {e}", input.key)))?;
-                inputs.push(Footer { key: input.key.clone(), file, metadata: input.metadata.clone() });
-            }
+            let mut footers: Vec<Option<Input>> = footers.into_iter().map(Some).collect();
+            let inputs = copy_order.into_iter().filter_map(|index| footers[index].take()).collect();
             return Ok(FastPath::RowGroupCopy(RowGroupCopy { inputs, time_column, sort_keys: sort_keys.to_vec() }));
         }
         Err(why) => why,
@@ -187,7 +176,7 @@ pub fn plan(inputs: &[(String, &Path)], sort_keys: &[String], row_group_size: u6
     }
     let dictionary_columns = dictionary_columns(&footers, &schema);
     Ok(FastPath::StreamingMerge(StreamingMerge {
-        inputs: footers.into_iter().map(|input| (input.key, input.local)).collect(),
+        inputs: footers.into_iter().map(|input| (input.key, input.file, input.metadata)).collect(),
         sort_keys: sort_keys.to_vec(),
         row_group_size,
         parquet_schema: schema.clone(),
@@ -215,10 +204,10 @@ fn dictionary_columns(inputs: &[Input], schema: &parquet::schema::types::SchemaD
         .collect()
 }
 
-/// One input as the conditions read it.
+/// One input as the conditions read it: its storage key (for its name),
+/// its local file and footer.
 struct Input {
     key: String,
-    local: std::path::PathBuf,
     file: File,
     metadata: Arc<ParquetMetaData>,
     /// Its `compactor:sort_keys` and Arc's dedup markers.

@@ -16,7 +16,7 @@
 
 use std::cmp::Ordering;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use arrow_schema::{DataType, SchemaRef, SortOptions};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowLeafColumn, compute_leaves, get_column_writers};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
+use parquet::file::metadata::{KeyValue, ParquetMetaData};
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesPtr};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::format::SortingColumn;
@@ -45,9 +45,9 @@ const GATHER_BELOW: usize = 1024;
 /// A streaming merge that every condition allows.
 #[derive(Debug)]
 pub struct StreamingMerge {
-    /// Storage key (for messages) and local file of each input, in the
-    /// order ties between inputs are broken.
-    pub(crate) inputs: Vec<(String, PathBuf)>,
+    /// Storage key (for messages), local file and footer of each input,
+    /// in the order ties between inputs are broken.
+    pub(crate) inputs: Vec<(String, File, Arc<ParquetMetaData>)>,
     pub(crate) sort_keys: Vec<String>,
     pub(crate) row_group_size: u64,
     /// The inputs' Parquet schema, which the output keeps.
@@ -153,10 +153,11 @@ impl StreamingMerge {
         let mut schema: Option<SchemaRef> = None;
         let mut keys: Option<Arc<Keys>> = None;
         let mut cursors: Vec<Cursor> = Vec::with_capacity(self.inputs.len());
-        for (key, local) in &self.inputs {
-            let file = File::open(local).map_err(|e| anyhow::anyhow!("cannot open {key}: {e}"))?;
-            let footer =
-                ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?;
+        for (key, file, metadata) in &self.inputs {
+            // The footer the plan read, not read again.
+            let file = file.try_clone().map_err(|e| anyhow::anyhow!("cannot open {key}: {e}"))?;
+            let footer = ArrowReaderMetadata::try_new(metadata.clone(), ArrowReaderOptions::new())
+                .map_err(|e| anyhow::anyhow!("cannot read {key}: {e}"))?;
             // Strings the inputs keep in a dictionary are read as Arrow
             // dictionaries: never materialised, row by row.
             let fields: Vec<arrow_schema::FieldRef> = footer
