@@ -450,7 +450,8 @@ impl ManifestStore {
     }
 
     /// The keys of the recovery manifests in the store (jobs running, or
-    /// dead and not yet recovered); a job's key ends `_{job_id}.json`.
+    /// dead and not yet recovered); [`RecoveryManifest::key_for`] names a
+    /// job's.
     pub async fn manifest_keys(&self) -> Result<Vec<String>, ManifestError> {
         Ok(self.list_state().await?.manifests)
     }
@@ -887,7 +888,7 @@ impl ManifestStore {
 mod tests {
     use super::*;
 
-    fn manifest(job_id: &str) -> RecoveryManifest {
+    pub(super) fn manifest(job_id: &str) -> RecoveryManifest {
         RecoveryManifest {
             output_path: "testdb/cpu/output.parquet".into(),
             output_size: 17,
@@ -1248,28 +1249,15 @@ mod visibility_race {
         let store = Arc::new(FinishesBeforeOutcomeRead { inner: InMemory::new(), armed: AtomicBool::new(false) });
         let storage = Storage::from_store(store.clone(), "memory://");
         let manifests = ManifestStore::new(storage.clone());
-        let inputs = vec!["db/cpu/2026/01/01/00/in0.parquet".to_owned(), "db/cpu/2026/01/01/00/in1.parquet".to_owned()];
-        let output = "db/cpu/2026/01/01/00/out.parquet".to_owned();
-        let manifest = RecoveryManifest {
-            output_path: output.clone(),
-            output_size: 3,
-            input_files: inputs,
-            database: "db".into(),
-            measurement: "cpu".into(),
-            partition_path: "db/cpu/2026/01/01/00".into(),
-            tier: "hourly".into(),
-            status: "pending".into(),
-            created_at: Utc::now(),
-            job_id: "job0".into(),
-            owner: None,
-            policy: None,
-        };
-        // Committed, inputs deleted, not finished yet.
+        // Its inputs are deleted already.
+        let manifest = super::tests::manifest("job0");
+        let output = manifest.output_path.clone();
+        // Committed, not finished yet.
         let key = manifests.write(&manifest).await.unwrap();
         storage.write(&output, "out").await.unwrap();
         manifests.decide(&key, &output, Outcome::Committed, "test").await.unwrap();
         store.armed.store(true, Ordering::SeqCst);
-        let listing = || async { storage.list("db/").await.map_err(ManifestError::List) };
+        let listing = || async { storage.list("testdb/").await.map_err(ManifestError::List) };
         let (files, visibility) = manifests.visible(10, None, listing).await.unwrap();
         assert!(!store.armed.load(Ordering::SeqCst), "the job finished during the read");
         let visible: Vec<String> = files.into_iter().map(|f| f.key).filter(|k| !visibility.hidden.contains(k)).collect();
