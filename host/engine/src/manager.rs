@@ -681,8 +681,9 @@ impl Manager {
         // One listing for them all; a listing that fails keeps every one.
         let Ok(recovery_manifests) = ManifestStore::new(self.storage.clone()).manifest_keys().await else { return };
         for (path, manifest) in candidates {
-            let suffix = format!("_{}.json", manifest.job_id);
-            if recovery_manifests.iter().any(|key| key.ends_with(&suffix)) {
+            let recovery_key =
+                compactor_job::RecoveryManifest::key_for(&manifest.tier, &manifest.database, &manifest.partition_path, &manifest.job_id);
+            if recovery_manifests.contains(&recovery_key) {
                 continue;
             }
             match compactor_job::completion::delete(&path) {
